@@ -1,0 +1,205 @@
+"""The command line: parse, call one library function, save, print a short summary.
+
+Heavy imports (torch, TensorFlow) happen inside the commands, so `edgempq --help` is fast.
+Loading a model from a .py file or module executes that code, as Python's import does."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from typing import Any
+
+import click
+
+from .errors import EdgeMPQError
+
+MODEL_HELP = ("zoo:NAME[?key=value&...], path/to/file.py:factory or package.module:factory "
+              "(a file or module is executed to build the model)")
+DATA_HELP = "a built-in set (mnist, digits), an image folder, a .npz with x and y, or a .toml manifest"
+
+
+class _Group(click.Group):
+    """Turns our errors into one line on stderr and exit status 1, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EdgeMPQError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("interrupted; nothing was written", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="edgempq")
+def main() -> None:
+    """edgempq: mixed-precision quantization chosen from what the device really does.
+
+    Pipeline: profile -> sensitivity -> search -> deploy -> validate (those verbs arrive
+    with their stages); today: models, data, layers, train, evaluate, demo.
+    """
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    # Piped output gets a wide table rather than truncated layer names.
+    return Console(width=None if sys.stdout.isatty() else 160)
+
+
+@contextmanager
+def _progress(label: str):
+    """A rich progress bar driven by (step, total, loss) callbacks."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), transient=True) as bar:
+        task = bar.add_task(label, total=None, info="")
+
+        def step(i: int, total: int, loss: float) -> None:
+            bar.update(task, completed=i, total=total, info=f"loss {loss:.3f}")
+
+        yield step
+
+
+@main.command()
+def models() -> None:
+    """List the built-in zoo models."""
+    from rich.table import Table
+
+    from .zoo import ZOO
+
+    t = Table("model", "input", "classes", "dataset", "description")
+    for e in ZOO.values():
+        t.add_row(f"zoo:{e.name}", "x".join(map(str, e.input_shape)), str(e.num_classes),
+                  e.dataset or "-", e.description)
+    _console().print(t)
+
+
+@main.command()
+@click.option("--data", "data_spec", required=True, help=DATA_HELP)
+@click.option("--input-shape", help="resample to this CxHxW (as a model would take it)")
+def data(data_spec: str, input_shape: str | None) -> None:
+    """Describe a dataset: samples, classes and the split sizes."""
+    from .data import load_data
+    from .models import parse_shape
+
+    ds = load_data(data_spec, parse_shape(input_shape) if input_shape else None)
+    click.echo(f"{ds.name}: {len(ds.y)} samples of shape {'x'.join(map(str, ds.sample_shape))}, "
+               f"{len(ds.classes)} classes, id {ds.data_id}")
+    for k, idx in ds.splits.items():
+        click.echo(f"  {k:<12}{len(idx):>7}")
+
+
+@main.command()
+@click.option("--model", "model_spec", required=True, help=MODEL_HELP)
+@click.option("--weights", type=click.Path(), help="a state_dict saved with torch.save")
+@click.option("--input-shape", help="CxHxW of one sample when the model does not declare it")
+@click.option("-o", "--output", type=click.Path(), help="write the layers as JSON")
+def layers(model_spec: str, weights: str | None, input_shape: str | None, output: str | None) -> None:
+    """Trace the model and list its layers (names, shapes, MACs, kind)."""
+    from rich.table import Table
+
+    from .files import write_json
+    from .layers import trace
+    from .models import load_model, parse_shape
+
+    m = load_model(model_spec, weights, parse_shape(input_shape) if input_shape else None)
+    if m.input_shape is None:
+        raise EdgeMPQError(f"model {model_spec} does not declare its input shape; give --input-shape CxHxW")
+    ls = trace(m.module, m.input_shape)
+    t = Table("layer", "kind", "in", "out", "params", "MACs", "note")
+    for la in ls:
+        t.add_row(la.name, la.kind, "x".join(map(str, la.in_shape)), "x".join(map(str, la.out_shape)),
+                  f"{la.params:,}", f"{la.macs:,}", la.fixed_reason or "")
+    _console().print(t)
+    click.echo(f"{sum(la.searchable for la in ls)} searchable layers, {sum(la.macs for la in ls):,} MACs")
+    if output:
+        write_json(output, {"model": model_spec, "model_hash": m.model_hash,
+                            "layers": [la.to_dict() for la in ls]})
+        click.echo(f"wrote {output}")
+
+
+@main.command()
+@click.option("--model", "model_spec", required=True, help=MODEL_HELP)
+@click.option("--data", "data_spec", help=DATA_HELP + " (default: the zoo model's)")
+@click.option("--epochs", default=12, show_default=True, type=click.IntRange(1))
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
+@click.option("--lr", default=0.1, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--seed", default=0, show_default=True)
+@click.option("-o", "--output", required=True, type=click.Path(), help="where to save the weights (.pt)")
+def train(model_spec: str, data_spec: str | None, epochs: int, batch_size: int, lr: float,
+          seed: int, output: str) -> None:
+    """Train a model on the CPU and save its state_dict."""
+    import torch
+
+    from .files import atomic_write_bytes
+    from .pipeline import load_model_and_data, state_bytes, train_model
+    from .train import TrainConfig
+
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    torch.manual_seed(seed)
+    model, ds = load_model_and_data(model_spec, data_spec)
+    with _progress(f"training {model_spec}") as step:
+        res, test_top1 = train_model(model, ds, cfg, step)
+    atomic_write_bytes(output, state_bytes(model.module))
+    click.echo(f"trained {epochs} epochs in {res.seconds:.1f} s: validation top-1 {res.val_top1:.2%}, "
+               f"test top-1 {test_top1:.2%}; wrote {output}")
+
+
+@main.command()
+@click.option("--model", "model_spec", required=True, help=MODEL_HELP)
+@click.option("--weights", type=click.Path(), help="a state_dict saved with torch.save")
+@click.option("--data", "data_spec", help=DATA_HELP + " (default: the zoo model's)")
+@click.option("--policy", "policy_path", type=click.Path(), help="a policy.json to simulate")
+@click.option("--precision", "precisions", multiple=True, help="a uniform precision to simulate (repeatable)")
+@click.option("--weight-range", default="minmax", show_default=True, type=click.Choice(["minmax", "percentile", "mse"]))
+@click.option("--act-range", default="minmax", show_default=True, type=click.Choice(["minmax", "percentile", "mse"]))
+@click.option("--qat-epochs", default=0, show_default=True, type=click.IntRange(0))
+def evaluate(model_spec: str, weights: str | None, data_spec: str | None, policy_path: str | None,
+             precisions: tuple[str, ...], weight_range: str, act_range: str, qat_epochs: int) -> None:
+    """Test top-1 of the float model and of simulated (fake-quantized) policies."""
+    from .layers import policy_bops, policy_weight_bytes, trace
+    from .metrics import accuracy
+    from .pipeline import load_model_and_data, simulate
+    from .quant import QuantConfig
+    from .schema import Policy, Precision
+
+    cfg = QuantConfig(weight_method=weight_range, act_method=act_range)
+    model, ds = load_model_and_data(model_spec, data_spec, weights)
+    ls = trace(model.module, model.input_shape)
+    policies = [(p, Policy.uniform(ls, Precision.parse(p))) for p in precisions]
+    if policy_path:
+        policies.append((policy_path, Policy.load(policy_path)))
+    rows = [("float", accuracy(model.module, *ds.split("test")), Policy.uniform(ls, "f32"))]
+    for label, pol in policies:
+        with _progress(f"QAT {label}") as step:
+            _, top1 = simulate(model, ds, ls, pol, cfg, qat_epochs, step)
+        rows.append((label, top1, pol))
+    _print_rows([(lab, top1, policy_weight_bytes(ls, p), policy_bops(ls, p)) for lab, top1, p in rows],
+                f"{model_spec} on {ds.name} (test split, {len(ds.splits['test'])} samples)")
+
+
+def _print_rows(rows: list[tuple[str, float, int, int]], title: str) -> None:
+    from rich.table import Table
+
+    t = Table("precision", "top-1", "weights (KB)", "BOPs (G)", title=title)
+    for label, top1, wbytes, bops in rows:
+        t.add_row(label, f"{top1:.2%}", f"{wbytes / 1024:.1f}", f"{bops / 1e9:.2f}")
+    _console().print(t)
+
+
+@main.command()
+@click.option("--retrain", is_flag=True, help="train again even if cached weights exist")
+def demo(retrain: bool) -> None:
+    """The built-in default, offline: MNIST ResNet-8, float vs simulated uniform precisions."""
+    from . import pipeline
+
+    with _progress(f"training {pipeline.DEMO_MODEL} on {pipeline.DEMO_DATA}") as step:
+        meta, rows = pipeline.demo(retrain, step)
+    how = "cached weights" if meta["cached"] else f"trained in {meta['train_seconds']:.0f} s"
+    _print_rows([(r.label, r.top1, r.weight_bytes, r.bops) for r in rows],
+                f"{pipeline.DEMO_MODEL} on {pipeline.DEMO_DATA} ({how}; PTQ min-max, test split)")
+    click.echo(f"weights: {meta['weights']}")

@@ -1,0 +1,140 @@
+"""Trace the layers a policy can choose precisions for, with their real shapes and costs, and
+compute proxies (BOPs, weight bytes) of a policy from them."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .errors import ConfigError, ModelError
+from .schema import Layer, Policy, Precision
+
+F32 = Precision(32, 32, True)
+_FIXED_TYPES = {
+    nn.Conv1d: "Conv1d has no per-layer precision path in the TFLite export; kept float",
+    nn.Conv3d: "Conv3d has no per-layer precision path in the TFLite export; kept float",
+    nn.ConvTranspose1d: "transposed convolution is not quantized by the deployment path; kept float",
+    nn.ConvTranspose2d: "transposed convolution is not quantized by the deployment path; kept float",
+    nn.ConvTranspose3d: "transposed convolution is not quantized by the deployment path; kept float",
+}
+
+
+def _pair(v: int | tuple[int, ...] | str) -> tuple[int, ...]:
+    if isinstance(v, str):  # padding="same" / "valid": the traced shapes carry its effect
+        return (-1,)
+    return tuple(v) if isinstance(v, tuple | list) else (int(v),)
+
+
+def _kind(m: nn.Module) -> tuple[str, str | None]:
+    if isinstance(m, nn.Linear):
+        return "linear", None
+    for t, why in _FIXED_TYPES.items():
+        if isinstance(m, t):
+            return t.__name__.lower(), why
+    if m.groups == 1:  # what is left is an nn.Conv2d
+        return "conv", None
+    if m.groups == m.in_channels:
+        return "dwconv", None
+    return "grouped_conv", f"grouped convolution (groups={m.groups}) has no quantized TFLite kernel; kept float"
+
+
+def _layer(name: str, m: nn.Module, x: Tensor, y: Tensor, calls: int) -> Layer:
+    kind, reason = _kind(m)
+    in_shape, out_shape = tuple(x.shape[1:]), tuple(y.shape[1:])
+    bias = getattr(m, "bias", None) is not None
+    params = sum(p.numel() for p in (m.weight, m.bias) if p is not None)
+    if isinstance(m, nn.Linear):
+        cin, cout, kernel, stride, pad, dil, groups = m.in_features, m.out_features, (1,), (1,), (0,), (1,), 1
+        macs = math.prod(out_shape) * cin
+    else:
+        cin, cout, groups = m.in_channels, m.out_channels, m.groups
+        kernel, stride, pad, dil = (_pair(v) for v in (m.kernel_size, m.stride, m.padding, m.dilation))
+        per_out = (cin // groups) * math.prod(kernel)
+        # A transposed conv scatters each input element through the whole kernel instead.
+        macs = math.prod(in_shape) * (cout // groups) * math.prod(kernel) if "transpose" in kind \
+            else math.prod(out_shape) * per_out
+    if calls > 1 and reason is None:
+        reason = f"the module is called {calls} times in one forward pass; kept float"
+    shp = "x".join
+    sig = (f"{kind} in{shp(map(str, in_shape))} out{shp(map(str, out_shape))} k{shp(map(str, kernel))} "
+           f"s{shp(map(str, stride))} p{shp(map(str, pad))} d{shp(map(str, dil))} g{groups} b{int(bias)}")
+    return Layer(name, kind, in_shape, out_shape, cin, cout, kernel, stride, pad, dil, groups,
+                 bias, params, macs, sig, reason)
+
+
+def trace(model: nn.Module, example: Tensor | tuple[int, ...]) -> list[Layer]:
+    """Every Conv/Linear of `model` in execution order, from one real forward pass on the first
+    sample of `example` (a batch, or a per-sample shape such as (3, 224, 224))."""
+    if not isinstance(example, Tensor):
+        example = torch.zeros((1, *example))
+    x = example[:1].float()
+    kinds = (nn.Linear, nn.Conv2d, *_FIXED_TYPES)
+    seen: dict[str, list] = {}
+    names = {m: n for n, m in model.named_modules()}
+
+    def hook(mod: nn.Module, inp: tuple, out: Tensor) -> None:
+        n = names[mod]
+        if n in seen:
+            seen[n][3] += 1
+        elif isinstance(inp[0], Tensor) and isinstance(out, Tensor):
+            seen[n] = [mod, inp[0].detach(), out.detach(), 1]
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, kinds)]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(x)
+    except Exception as e:  # noqa: BLE001 - the user's model may raise anything
+        raise ModelError(
+            f"the model failed on an input of shape {tuple(x.shape)} ({type(e).__name__}: {e}); "
+            "give the input shape the model expects"
+        ) from None
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    layers = [_layer(n, m, i, o, c) for n, (m, i, o, c) in seen.items()]
+    if not any(la.searchable for la in layers):
+        raise ModelError("the model has no Conv2d or Linear layer that can be quantized; nothing to search")
+    return layers
+
+
+def weight_bytes(layer: Layer, p: Precision) -> int:
+    """Bytes the artifact stores for the layer's weights and bias at precision `p`: packed
+    integer weights (int4 = half a byte each), an int32 bias (int64 with 16-bit activations, as
+    TFLite's 16x8 kernels use) and one float32 scale + int64 zero point per output channel."""
+    w, b = layer.weight_count, layer.out_channels if layer.bias else 0
+    if p.is_float:
+        return (w + b) * p.weight_bits // 8
+    bias_bytes = 8 if p.act_bits > 8 else 4
+    return math.ceil(w * p.weight_bits / 8) + b * bias_bytes + layer.out_channels * 12
+
+
+def bops(layer: Layer, p: Precision) -> int:
+    """Bit operations: MACs x weight bits x activation bits."""
+    return layer.macs * p.weight_bits * p.act_bits
+
+
+def _choices(layers: list[Layer], policy: Policy) -> list[tuple[Layer, Precision]]:
+    policy.check_layers(layers)
+    return [(la, policy.precisions.get(la.name, F32)) for la in layers]
+
+
+def policy_bops(layers: list[Layer], policy: Policy) -> int:
+    """Total BOPs of the model under `policy`; fixed layers count as float32."""
+    return sum(bops(la, p) for la, p in _choices(layers, policy))
+
+
+def policy_weight_bytes(layers: list[Layer], policy: Policy) -> int:
+    """Total weight bytes of the searched and fixed layers under `policy`."""
+    return sum(weight_bytes(la, p) for la, p in _choices(layers, policy))
+
+
+def layer_by_name(layers: list[Layer], name: str) -> Layer:
+    for la in layers:
+        if la.name == name:
+            return la
+    raise ConfigError(f"no layer named {name!r}; the layers are {', '.join(la.name for la in layers)}")

@@ -1,0 +1,178 @@
+"""Load a model from a spec: `zoo:NAME[?key=value&...]`, `path/to/file.py:factory` or
+`package.module:factory`, with optional weights loaded safely (`weights_only=True`).
+
+Loading a factory from a file or module executes that code, as importing it would."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import pickle
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import ModelError
+from .zoo import ZOO
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for tracing: the module (eval mode), what it expects and its fingerprint."""
+
+    module: nn.Module
+    spec: str
+    input_shape: tuple[int, ...] | None  # one sample (C, H, W), None if unknown
+    num_classes: int | None
+    dataset: str | None  # the built-in dataset the model is meant for, if any
+    model_hash: str
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """'3x224x224' or '3,224,224' -> (3, 224, 224)."""
+    try:
+        dims = tuple(int(v) for v in text.replace(",", "x").split("x"))
+    except ValueError:
+        dims = ()
+    if not dims or any(d <= 0 for d in dims):
+        raise ModelError(f"input shape {text!r} is not valid; write it as CxHxW, e.g. 3x224x224")
+    return dims
+
+
+def load_model(spec: str, weights: str | Path | None = None,
+               input_shape: tuple[int, ...] | None = None) -> LoadedModel:
+    """Build the model named by `spec`, load `weights` if given, return it in eval mode."""
+    if spec.startswith("zoo:"):
+        module, shape, classes, dataset = _from_zoo(spec[4:])
+    else:
+        module, shape, classes, dataset = _from_factory(spec), None, None, None
+        shape = getattr(module, "input_shape", None)
+        if shape is not None:
+            shape = tuple(int(d) for d in shape)
+    if weights is not None:
+        _load_weights(module, Path(weights))
+    module.eval()
+    return LoadedModel(module, spec, input_shape or shape, classes, dataset, model_hash(module, spec))
+
+
+def _from_zoo(rest: str) -> tuple[nn.Module, tuple[int, ...], int, str | None]:
+    name, _, query = rest.partition("?")
+    entry = ZOO.get(name)
+    if entry is None:
+        raise ModelError(f"unknown zoo model {name!r}; choose one of: {', '.join(sorted(ZOO))}")
+    opts: dict[str, Any] = {"num_classes": entry.num_classes, "in_channels": entry.input_shape[0],
+                            **entry.defaults}
+    size = entry.input_shape[1]
+    for item in filter(None, query.split("&")):
+        key, _, val = item.partition("=")
+        if key == "input_size":
+            size = _int_opt(name, key, val)
+        elif key in opts:
+            opts[key] = float(val) if isinstance(opts[key], float) else _int_opt(name, key, val)
+        else:
+            valid = ", ".join(["input_size", *opts])
+            raise ModelError(f"zoo model {name!r} has no option {key!r}; its options are: {valid}")
+    module = entry.build(**opts)
+    return module, (opts["in_channels"], size, size), opts["num_classes"], entry.dataset
+
+
+def _int_opt(name: str, key: str, val: str) -> int:
+    try:
+        v = int(val)
+    except ValueError:
+        v = 0
+    if v <= 0:
+        raise ModelError(f"zoo model {name!r} option {key} must be a positive integer, not {val!r}")
+    return v
+
+
+def _from_factory(spec: str) -> nn.Module:
+    target, sep, attr = spec.rpartition(":")
+    if not sep or not target or not attr:
+        raise ModelError(
+            f"model spec {spec!r} is not understood; write zoo:NAME, path/to/file.py:factory "
+            "or package.module:factory"
+        )
+    if target.endswith(".py") or "/" in target or Path(target).exists():
+        mod = _import_file(Path(target))
+    else:
+        try:
+            mod = importlib.import_module(target)
+        except ImportError as e:
+            raise ModelError(f"cannot import module {target!r} ({e}); check the spec and PYTHONPATH") from None
+    factory = getattr(mod, attr, None)
+    if not callable(factory):
+        raise ModelError(f"{target} has no callable {attr!r}; name the function that builds the model")
+    try:
+        model = factory()
+    except Exception as e:  # noqa: BLE001 - user code may raise anything
+        raise ModelError(f"the factory {spec} raised {type(e).__name__}: {e}") from None
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"the factory {spec} returned a {type(model).__name__}, not a torch.nn.Module")
+    if getattr(factory, "input_shape", None) is not None and not hasattr(model, "input_shape"):
+        model.input_shape = tuple(factory.input_shape)
+    return model
+
+
+def _import_file(path: Path) -> Any:
+    if not path.is_file():
+        raise ModelError(f"model file {path} does not exist; check the path")
+    name = "edgempq_user_" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ModelError(f"model file {path} cannot be imported; it must be a Python file")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    try:
+        spec.loader.exec_module(mod)
+    except Exception as e:  # noqa: BLE001 - user code may raise anything
+        sys.modules.pop(name, None)
+        raise ModelError(f"model file {path} failed to import ({type(e).__name__}: {e})") from None
+    return mod
+
+
+def _load_weights(module: nn.Module, path: Path) -> None:
+    if not path.is_file():
+        raise ModelError(f"weights file {path} does not exist; check the path")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ModelError(
+            f"weights file {path} holds pickled objects that cannot be loaded safely (a whole saved "
+            "module?); save model.state_dict() with torch.save and pass that file"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - corrupt or foreign files raise many types
+        raise ModelError(f"weights file {path} is not a PyTorch weights file ({type(e).__name__})") from None
+    state = _state_dict_of(obj, path)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+        raise ModelError(f"weights file {path} does not fit the model ({first})") from None
+
+
+def _state_dict_of(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    # Checkpoints often wrap the state_dict; take the usual keys.
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ModelError(f"weights file {path} does not hold a state_dict (a dict of tensors)")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def model_hash(module: nn.Module, spec: str) -> str:
+    """Fingerprint of architecture and weights: later stages refuse results of another model."""
+    del spec  # the same model from two paths is the same model
+    h = hashlib.sha256(repr(module).encode())
+    for k, v in module.state_dict().items():
+        h.update(k.encode())
+        h.update(str(tuple(v.shape)).encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]

@@ -1,0 +1,230 @@
+"""Fake quantizers that round the way the TFLite artifact will (ai-edge-quantizer's rules):
+
+* weights: symmetric, per output channel, zero point 0, scale = bound / (2^(b-1) - 1); narrow
+  range [-(2^(b-1)-1), 2^(b-1)-1] from 8 bits up, full signed range below;
+* activations: per tensor; asymmetric int (zero point, the range always holds 0) except 16-bit,
+  which TFLite's 16x8 kernels require to be symmetric (narrow range, zero point 0).
+
+Ranges come from min-max, percentile or MSE calibration; `learnable=True` turns the step into
+an LSQ parameter (Esser et al. 2020) for QAT.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+
+RANGE_METHODS = ("minmax", "percentile", "mse")
+_MSE_GRID = 100  # candidate clipping ratios for MSE calibration
+_SAMPLE_CAP = 1 << 16  # activation values kept per observer for percentile / MSE
+
+
+def weight_qrange(bits: int) -> tuple[int, int]:
+    qmax = 2 ** (bits - 1) - 1
+    return (-qmax if bits >= 8 else -qmax - 1), qmax
+
+
+def act_symmetric(bits: int) -> bool:
+    return bits == 16
+
+
+def act_qrange(bits: int) -> tuple[int, int]:
+    if act_symmetric(bits):
+        qmax = 2 ** (bits - 1) - 1
+        return -qmax, qmax
+    return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+
+
+def round_ste(x: Tensor) -> Tensor:
+    """Round, with the straight-through gradient."""
+    return x + (torch.round(x) - x).detach()
+
+
+def grad_scale(x: Tensor, g: float) -> Tensor:
+    """Identity in the forward pass; multiplies the gradient by g (LSQ's step-size scaling)."""
+    return (x - x * g).detach() + x * g
+
+
+def fake_quantize(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int) -> Tensor:
+    """Quantize and dequantize; gradients pass straight through inside the range."""
+    q = torch.clamp(round_ste(x / scale) + zero_point, qmin, qmax)
+    return (q - zero_point) * scale
+
+
+def _check_method(method: str) -> None:
+    if method not in RANGE_METHODS:
+        raise ConfigError(f"unknown range method {method!r}; choose one of {', '.join(RANGE_METHODS)}")
+
+
+def symmetric_bound(values: Tensor, bits: int, method: str, percentile: float) -> Tensor:
+    """Per-row clipping bound of a [rows, n] tensor for symmetric quantization."""
+    _check_method(method)
+    a = values.abs()
+    top = a.amax(dim=1)
+    if method == "minmax":
+        return top
+    if method == "percentile":
+        return torch.quantile(a.float(), percentile / 100.0, dim=1)
+    qmin, qmax = weight_qrange(bits)
+    ratios = torch.linspace(1.0 / _MSE_GRID, 1.0, _MSE_GRID, dtype=values.dtype)
+    best_err = torch.full_like(top, math.inf)
+    best = top.clone()
+    for r in ratios:
+        bound = (top * r).clamp_min(1e-9)
+        s = (bound / qmax).unsqueeze(1)
+        err = (fake_quantize(values, s, torch.zeros_like(s), qmin, qmax) - values).pow(2).sum(1)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best = torch.where(better, bound, best)
+    return best
+
+
+def asymmetric_range(values: Tensor, bits: int, method: str, percentile: float) -> tuple[float, float]:
+    """(low, high) clipping range of a 1-D sample for asymmetric quantization; holds 0."""
+    _check_method(method)
+    lo, hi = values.min().item(), values.max().item()
+    if method == "percentile":
+        q = torch.quantile(values.float(), torch.tensor([1 - percentile / 100.0, percentile / 100.0]))
+        lo, hi = q[0].item(), q[1].item()
+    elif method == "mse":
+        best = (math.inf, lo, hi)
+        for r in torch.linspace(1.0 / _MSE_GRID, 1.0, _MSE_GRID).tolist():
+            s, zp = asymmetric_qparams(lo * r, hi * r, bits)
+            qmin, qmax = act_qrange(bits)
+            err = (fake_quantize(values, s, zp, qmin, qmax) - values).pow(2).sum().item()
+            if err < best[0]:
+                best = (err, lo * r, hi * r)
+        lo, hi = best[1], best[2]
+    return min(lo, 0.0), max(hi, 0.0)
+
+
+def asymmetric_qparams(lo: float, hi: float, bits: int) -> tuple[Tensor, Tensor]:
+    """Scale and integer zero point for the range [lo, hi] (widened to hold 0)."""
+    qmin, qmax = act_qrange(bits)
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    scale = max(hi - lo, 1e-9) / (qmax - qmin)
+    zp = round(qmin - lo / scale)
+    return torch.tensor(scale), torch.tensor(float(min(max(zp, qmin), qmax)))
+
+
+class WeightQuantizer(nn.Module):
+    """Symmetric per-output-channel fake quantizer of a weight tensor."""
+
+    def __init__(self, bits: int, method: str = "minmax", percentile: float = 99.99) -> None:
+        super().__init__()
+        _check_method(method)
+        self.bits, self.method, self.percentile = bits, method, percentile
+        self.qmin, self.qmax = weight_qrange(bits)
+        self.learnable = False
+        self.register_buffer("scale", torch.ones(1))
+
+    @torch.no_grad()
+    def calibrate(self, weight: Tensor) -> None:
+        flat = weight.detach().reshape(weight.shape[0], -1)
+        bound = symmetric_bound(flat, self.bits, self.method, self.percentile).clamp_min(1e-9)
+        scale = (bound / self.qmax).reshape(-1, *([1] * (weight.dim() - 1)))
+        self._set_scale(scale)
+
+    def _set_scale(self, scale: Tensor) -> None:
+        if self.learnable:
+            self.scale.data = scale.clone()
+        else:
+            self.scale = scale.clone()
+
+    def make_learnable(self) -> None:
+        """Turn the step into an LSQ parameter (kept from calibration as its start)."""
+        if not self.learnable:
+            s = self.scale.detach().clone()
+            del self.scale
+            self.scale = nn.Parameter(s)
+            self.learnable = True
+
+    def forward(self, w: Tensor) -> Tensor:
+        s = self.scale
+        if self.learnable:
+            s = grad_scale(s.abs().clamp_min(1e-9), 1.0 / math.sqrt(w[0].numel() * self.qmax))
+        return fake_quantize(w, s, torch.zeros((), dtype=w.dtype), self.qmin, self.qmax)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, method={self.method}, learnable={self.learnable}"
+
+
+class ActQuantizer(nn.Module):
+    """Per-tensor fake quantizer of an activation; observes ranges while `observing` is set."""
+
+    def __init__(self, bits: int, method: str = "minmax", percentile: float = 99.99, seed: int = 0) -> None:
+        super().__init__()
+        _check_method(method)
+        self.bits, self.method, self.percentile = bits, method, percentile
+        self.qmin, self.qmax = act_qrange(bits)
+        self.symmetric = act_symmetric(bits)
+        self.learnable = False
+        self.observing = False
+        self.calibrated = False
+        self.seed = seed
+        self._gen: torch.Generator | None = None
+        self._lo, self._hi = math.inf, -math.inf
+        self._samples: list[Tensor] = []
+        self.register_buffer("scale", torch.ones(()))
+        self.register_buffer("zero_point", torch.zeros(()))
+
+    def start_observing(self) -> None:
+        self.observing, self._lo, self._hi, self._samples = True, math.inf, -math.inf, []
+        self._gen = torch.Generator().manual_seed(self.seed)  # same samples on every run
+
+    @torch.no_grad()
+    def _observe(self, x: Tensor) -> None:
+        flat = x.detach().reshape(-1).float()
+        self._lo, self._hi = min(self._lo, flat.min().item()), max(self._hi, flat.max().item())
+        if self.method != "minmax":
+            kept = sum(s.numel() for s in self._samples)
+            room = min(_SAMPLE_CAP - kept, _SAMPLE_CAP // 8)
+            if room > 0:
+                idx = torch.randint(0, flat.numel(), (min(room, flat.numel()),), generator=self._gen)
+                self._samples.append(flat[idx])
+
+    @torch.no_grad()
+    def finish_observing(self) -> None:
+        """Set scale / zero point from what was observed."""
+        self.observing = False
+        if not math.isfinite(self._lo):
+            return  # never reached by the calibration data; stays uncalibrated
+        vals = torch.cat(self._samples) if self._samples else torch.tensor([self._lo, self._hi])
+        if self.symmetric:
+            bound = symmetric_bound(vals.unsqueeze(0), self.bits, self.method, self.percentile)
+            scale, zp = bound[0].clamp_min(1e-9) / self.qmax, torch.tensor(0.0)
+        else:
+            if self.method == "minmax":
+                lo, hi = self._lo, self._hi
+            else:
+                lo, hi = asymmetric_range(vals, self.bits, self.method, self.percentile)
+            scale, zp = asymmetric_qparams(lo, hi, self.bits)
+        self.scale.data = scale.reshape(()).to(self.scale.dtype)
+        self.zero_point.data = zp.reshape(()).to(self.zero_point.dtype)
+        self.calibrated, self._samples, self._gen = True, [], None
+
+    def make_learnable(self) -> None:
+        if not self.learnable:
+            s = self.scale.detach().clone()
+            del self.scale
+            self.scale = nn.Parameter(s)
+            self.learnable = True
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.observing:
+            self._observe(x)
+            return x
+        if not self.calibrated:
+            raise ConfigError("an activation quantizer was used before calibration; run PTQ calibration first")
+        s = self.scale
+        if self.learnable:
+            s = grad_scale(s.abs().clamp_min(1e-9), 1.0 / math.sqrt(x[0].numel() * self.qmax))
+        return fake_quantize(x, s, self.zero_point, self.qmin, self.qmax)
+
+    def extra_repr(self) -> str:
+        kind = "symmetric" if self.symmetric else "asymmetric"
+        return f"bits={self.bits}, {kind}, method={self.method}, learnable={self.learnable}"

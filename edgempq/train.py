@@ -1,0 +1,99 @@
+"""Training on the CPU: float training of zoo models (`edgempq train`) and the QAT finetune."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import ConfigError
+from .metrics import accuracy
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """SGD with Nesterov momentum and a one-cycle schedule; random shifts of up to
+    `augment_shift` pixels are the only augmentation (digits must not be flipped)."""
+
+    epochs: int = 8
+    batch_size: int = 64
+    lr: float = 0.1
+    weight_decay: float = 5e-4
+    optimizer: str = "sgd"  # sgd | adam
+    augment_shift: int = 2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError("epochs and batch size must be at least 1")
+        if not self.lr > 0:
+            raise ConfigError(f"learning rate must be positive, not {self.lr}")
+        if self.optimizer not in ("sgd", "adam"):
+            raise ConfigError(f"optimizer must be sgd or adam, not {self.optimizer!r}")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    seconds: float
+    final_loss: float
+    val_top1: float
+
+
+def shift_batch(x: torch.Tensor, shift: int, gen: torch.Generator) -> torch.Tensor:
+    """Translate each sample by a random integer offset in [-shift, shift] (zero fill)."""
+    if shift <= 0:
+        return x
+    n, _, h, w = x.shape
+    padded = nn.functional.pad(x, (shift, shift, shift, shift))
+    dy = torch.randint(0, 2 * shift + 1, (n,), generator=gen).tolist()
+    dx = torch.randint(0, 2 * shift + 1, (n,), generator=gen).tolist()
+    return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+
+
+def fit(
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    cfg: TrainConfig,
+    val: tuple[np.ndarray, np.ndarray] | None = None,
+    on_step: Callable[[int, int, float], None] | None = None,
+) -> TrainResult:
+    """Train `model` in place on (x, y); deterministic for `cfg.seed` on one thread count."""
+    if len(x) == 0:
+        raise ConfigError("the training split is empty; use a larger dataset")
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(
+            params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = (len(x) + cfg.batch_size - 1) // cfg.batch_size
+    total = steps_per_epoch * cfg.epochs
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.25)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    t0, loss_val, step = time.perf_counter(), float("nan"), 0
+    model.train()
+    for _ in range(cfg.epochs):
+        order = torch.randperm(len(x), generator=gen)
+        for i in range(0, len(x), cfg.batch_size):
+            idx = order[i : i + cfg.batch_size]
+            xb = shift_batch(xt[idx], cfg.augment_shift, gen)
+            loss = nn.functional.cross_entropy(model(xb), yt[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(params, 5.0)
+            opt.step()
+            sched.step()
+            step += 1
+            loss_val = loss.item()
+            if on_step:
+                on_step(step, total, loss_val)
+    model.eval()
+    val_top1 = accuracy(model, *val) if val is not None else float("nan")
+    return TrainResult(time.perf_counter() - t0, loss_val, val_top1)
