@@ -141,7 +141,9 @@ def _load_weights(module: nn.Module, path: Path) -> None:
         raise ModelError(f"weights file {path} does not exist; check the path")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as e:
+        if "Unsupported global" not in str(e):
+            raise ModelError(f"weights file {path} is not a PyTorch weights file (it cannot be unpickled)") from None
         raise ModelError(
             f"weights file {path} holds pickled objects that cannot be loaded safely (a whole saved "
             "module?); save model.state_dict() with torch.save and pass that file"

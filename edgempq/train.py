@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from .metrics import accuracy
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """SGD with Nesterov momentum and a one-cycle schedule; random shifts of up to
+    """SGD with Nesterov momentum, warm-up then cosine decay; random shifts of up to
     `augment_shift` pixels are the only augmentation (digits must not be flipped)."""
 
     epochs: int = 8
@@ -54,6 +55,15 @@ def shift_batch(x: torch.Tensor, shift: int, gen: torch.Generator) -> torch.Tens
     return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
 
 
+def warmup_cosine(step: int, total: int, warmup: float = 0.15) -> float:
+    """Learning-rate factor: linear warm-up over the first `warmup` of the steps, then cosine
+    decay to zero; defined for any number of steps, even one."""
+    w = max(1, int(total * warmup))
+    if step < w:
+        return (step + 1) / w
+    return 0.5 * (1 + math.cos(math.pi * (step - w) / max(1, total - w)))
+
+
 def fit(
     model: nn.Module,
     x: np.ndarray,
@@ -75,7 +85,7 @@ def fit(
         opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = (len(x) + cfg.batch_size - 1) // cfg.batch_size
     total = steps_per_epoch * cfg.epochs
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.25)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: warmup_cosine(i, total))
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     t0, loss_val, step = time.perf_counter(), float("nan"), 0
     model.train()

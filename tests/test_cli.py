@@ -1,0 +1,80 @@
+"""The command line as a user meets it: real subprocesses, exit codes, one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+ENV_KEYS = ("PATH", "HOME", "EDGEMPQ_CACHE", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+def run(*args, cwd=None, check=True):
+    env = {k: os.environ[k] for k in ENV_KEYS if k in os.environ}
+    p = subprocess.run([sys.executable, "-m", "edgempq", *args], capture_output=True, text=True,
+                       cwd=cwd, env=env, timeout=600)
+    if check and p.returncode != 0:
+        raise AssertionError(f"exit {p.returncode}\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def test_help_lists_the_verbs_without_importing_torch_or_tensorflow():
+    code = ("import sys\nfrom edgempq.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print([m for m in ('torch', 'tensorflow') if m in sys.modules])")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert p.stdout.strip().endswith("[]")
+    for verb in ("train", "demo", "layers", "evaluate", "models", "data"):
+        assert verb in p.stdout
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["layers", "--model", "zoo:nope"], "unknown zoo model 'nope'"),
+    (["data", "--data", "missing/dir.npz"], "does not exist"),
+    (["evaluate", "--model", "zoo:mnist_resnet8", "--precision", "w9"], "unknown precision"),
+    (["layers", "--model", "zoo:mnist_resnet8", "--input-shape", "1xfoo"], "CxHxW"),
+])
+def test_user_errors_are_one_line_and_exit_1(args, needle):
+    p = run(*args, check=False)
+    assert p.returncode == 1
+    assert needle in p.stderr and "Traceback" not in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+
+
+def test_layers_prints_and_writes_json(tmp_path):
+    out = tmp_path / "layers.json"
+    p = run("layers", "--model", "zoo:resnet18", "-o", str(out))
+    assert "1,814,073,344 MACs" in p.stdout and "layer4.1.conv2" in p.stdout
+    doc = json.loads(out.read_text())
+    assert len(doc["layers"]) == 21 and doc["layers"][0]["name"] == "conv1"
+
+
+def test_train_then_evaluate_a_user_model_from_a_file(tmp_path):
+    (tmp_path / "net.py").write_text(textwrap.dedent("""
+        import torch.nn as nn
+
+        def small():
+            return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                 nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(128, 10))
+        small.input_shape = (1, 8, 8)
+    """))
+    spec, w = f"{tmp_path / 'net.py'}:small", tmp_path / "w.pt"
+    p = run("train", "--model", spec, "--data", "digits", "--epochs", "2", "-o", str(w))
+    assert "test top-1" in p.stdout and set(torch.load(w, weights_only=True)) >= {"0.weight", "5.bias"}
+    p = run("evaluate", "--model", spec, "--weights", str(w), "--data", "digits",
+            "--precision", "w8a8", "--precision", "w4a16", "--weight-range", "mse")
+    assert "float" in p.stdout and "w8a8" in p.stdout and "w4a16" in p.stdout
+    assert not list(tmp_path.glob(".w.pt*"))  # no temporary left behind
+
+
+def test_data_describes_splits():
+    p = run("data", "--data", "digits", "--input-shape", "1x28x28")
+    assert "1797 samples of shape 1x28x28" in p.stdout and "calibration" in p.stdout
+
+
+def test_models_lists_the_zoo():
+    p = run("models")
+    assert all(f"zoo:{n}" in p.stdout for n in ("resnet18", "mobilenet_v2", "mnist_resnet8", "mnist_mobilenet"))

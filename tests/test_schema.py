@@ -1,0 +1,108 @@
+import contextlib
+import json
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edgempq.errors import ConfigError
+from edgempq.schema import Budget, Layer, Policy, Precision
+
+
+@pytest.mark.parametrize("text,w,a,fl", [("w8a8", 8, 8, False), ("w4a8", 4, 8, False),
+                                          ("w8a16", 8, 16, False), ("W4A16", 4, 16, False),
+                                          ("w2a4", 2, 4, False), ("f16", 16, 32, True), ("f32", 32, 32, True)])
+def test_precision_parses_and_prints_back(text, w, a, fl):
+    p = Precision.parse(text)
+    assert (p.weight_bits, p.act_bits, p.is_float) == (w, a, fl)
+    assert str(p) == text.lower()
+    assert Precision.parse(str(p)) == p
+
+
+@pytest.mark.parametrize("text", ["w1a8", "w8a17", "int8", "w8", "f8", "", "w4a8x"])
+def test_precision_rejects_malformed_or_out_of_range(text):
+    with pytest.raises(ConfigError):
+        Precision.parse(text)
+
+
+def test_only_tflite_precisions_are_deployable():
+    assert {p for p in ("w8a8", "w4a8", "w8a16", "w4a16", "f16", "f32") if Precision.parse(p).deployable} == \
+        {"w8a8", "w4a8", "w8a16", "w4a16", "f16", "f32"}
+    assert not Precision.parse("w2a8").deployable and not Precision.parse("w3a8").deployable
+
+
+def _policy() -> Policy:
+    return Policy({"conv1": Precision.parse("w4a8"), "fc": Precision.parse("f16")},
+                  Budget(latency_ms=2.5, size_kb=40), method="csmpq", target="host", model_hash="abc",
+                  predicted={"latency_ms": 2.1, "size_bytes": 30000.0}, solver_status="OPTIMAL", gap=0.0)
+
+
+def test_policy_json_round_trip(tmp_path):
+    p = _policy()
+    assert Policy.from_json(p.to_json()) == p
+    assert Policy.load(p.save(tmp_path / "policy.json")) == p
+
+
+@pytest.mark.parametrize("edit,needle", [
+    (lambda d: d.update(extra=1), "unknown key"),
+    (lambda d: d["layers"][0].update(bits=4), "unknown key"),
+    (lambda d: d["budget"].update(flops=3), "unknown key"),
+    (lambda d: d.update(schema_version=99), "schema_version"),
+    (lambda d: d["layers"].append(dict(d["layers"][0])), "twice"),
+    (lambda d: d["layers"][0].update(precision="int4"), "unknown precision"),
+    (lambda d: d["budget"].update(latency_ms=-1), "positive"),
+])
+def test_policy_from_json_rejects_bad_documents(edit, needle):
+    d = _policy().to_dict()
+    edit(d)
+    with pytest.raises(ConfigError, match=needle):
+        Policy.from_json(json.dumps(d))
+
+
+@pytest.mark.parametrize("value", [0, -1.5, math.nan, math.inf, True, "3"])
+def test_budget_rejects_non_positive_or_non_numbers(value):
+    with pytest.raises(ConfigError, match="positive number"):
+        Budget(latency_ms=value)
+
+
+def test_budget_items_lists_only_set_limits():
+    assert Budget(size_kb=10, bops=5e9).items() == [("size_kb", 10), ("bops", 5e9)]
+
+
+def test_layer_round_trip():
+    la = Layer("layer1.0.conv1", "conv", (16, 28, 28), (16, 28, 28), 16, 16, (3, 3), (1, 1), (1, 1), (1, 1),
+               1, False, 2304, 1806336, "conv in16x28x28 ...", None)
+    assert Layer.from_json(la.to_json()) == la
+    with pytest.raises(ConfigError, match="unknown key"):
+        Layer.from_dict({**la.to_dict(), "speed": 1})
+
+
+def test_policy_load_names_the_file_on_error(tmp_path):
+    bad = tmp_path / "p.json"
+    bad.write_text("{not json")
+    with pytest.raises(ConfigError, match="p.json"):
+        Policy.load(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        Policy.load(tmp_path / "missing.json")
+
+
+_json = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+                     lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4),
+                     max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(doc=_json | st.fixed_dictionaries({"schema_version": st.just(1), "layers": _json}, optional={"budget": _json}))
+def test_random_json_never_crashes_policy_reader(doc):
+    with contextlib.suppress(ConfigError):
+        Policy.from_json(json.dumps(doc))
+
+
+@settings(max_examples=100, deadline=None)
+@given(rows=st.dictionaries(st.from_regex(r"[a-z][a-z0-9_.]{0,12}", fullmatch=True),
+                            st.sampled_from(["w8a8", "w4a8", "w8a16", "w4a16", "f16", "f32", "w2a4", "w3a8"]),
+                            min_size=1, max_size=6))
+def test_any_policy_round_trips(rows):
+    p = Policy({k: Precision.parse(v) for k, v in rows.items()})
+    assert Policy.from_json(p.to_json()) == p
