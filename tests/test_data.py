@@ -125,3 +125,30 @@ def test_bad_data_is_a_clear_error(tmp_path):
 def test_with_splits_resplits_the_same_samples(npz_data):
     ds = with_splits(load_data(str(npz_data)), test=60)
     assert len(ds.splits["test"]) == 60 and len(ds.splits["train"]) == 48
+
+
+@pytest.mark.parametrize("line,needle", [("mean = 0.5", "mean must be a list of numbers"),
+                                         ('seed = "a"', "seed must be int"),
+                                         ('resize = "yes"', "resize must be bool"),
+                                         ("scale = 0", "scale must be a positive number")])
+def test_manifest_field_types_are_checked(tmp_path, npz_data, line, needle):
+    (tmp_path / "m.toml").write_text(f'source = "npz"\npath = "toy.npz"\n{line}\n')
+    with pytest.raises(ConfigError, match=needle):
+        load_data(str(tmp_path / "m.toml"))
+
+
+def test_npy_and_corrupt_npz_are_clear_errors(tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros(3))
+    (tmp_path / "x.npy").rename(tmp_path / "single.npz")
+    with pytest.raises(DataError, match="single array"):
+        load_data(str(tmp_path / "single.npz"))
+    (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04garbage")
+    with pytest.raises(DataError, match="not a readable .npz"):
+        load_data(str(tmp_path / "bad.npz"))
+
+
+def test_npz_labels_with_gaps_keep_their_meaning(tmp_path):
+    x = np.random.default_rng(0).normal(size=(40, 1, 4, 4)).astype(np.float32)
+    np.savez(tmp_path / "gaps.npz", x=x, y=np.array([3, 7] * 20))
+    ds = load_data(str(tmp_path / "gaps.npz"))
+    assert len(ds.classes) == 8 and ds.classes[7] == "7"

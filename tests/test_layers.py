@@ -100,3 +100,24 @@ def test_policy_must_cover_every_searchable_layer(two_layer):
     with pytest.raises(ConfigError, match="does not have"):
         policy_bops(ls, Policy({"conv": Precision.parse("w8a8"), "fc": Precision.parse("w8a8"),
                                 "head": Precision.parse("w8a8")}))
+
+
+class SameConv(nn.Conv2d):
+    def forward(self, x):
+        return super().forward(nn.functional.pad(x, (1, 1, 1, 1)))
+
+
+class PlainSub(nn.Linear):
+    pass
+
+
+def test_trace_and_apply_agree_on_custom_subclasses():
+    from edgempq.quant import apply
+
+    m = nn.Sequential(SameConv(2, 4, 3), nn.Flatten(), PlainSub(4 * 4 * 4, 3))
+    conv, fc = trace(m, (2, 4, 4))
+    assert "overrides forward" in conv.fixed_reason and fc.searchable
+    with pytest.raises(ConfigError, match="stays float"):
+        apply(m, Policy({"0": Precision.parse("w8a8")}))
+    q = apply(m, Policy.uniform([conv, fc], "f16"))
+    assert list(q(torch.zeros(1, 2, 4, 4)).shape) == [1, 3]

@@ -131,3 +131,23 @@ def test_parse_shape(text, shape):
 def test_parse_shape_rejects_garbage():
     with pytest.raises(ModelError, match="CxHxW"):
         parse_shape("3xax2")
+
+
+@pytest.mark.parametrize("spec", ["zoo:mobilenet_v2?width_mult=abc", "zoo:mobilenet_v2?width_mult=nan",
+                                  "zoo:mobilenet_v2?width_mult=-1"])
+def test_bad_float_zoo_option_is_clear(spec):
+    with pytest.raises(ModelError, match="positive number"):
+        load_model(spec)
+
+
+def test_module_that_fails_to_import_is_clear(tmp_path, monkeypatch):
+    (tmp_path / "broken_edgempq_mod.py").write_text("def f(:\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ModelError, match="failed to import.*SyntaxError"):
+        load_model("broken_edgempq_mod:f")
+
+
+def test_model_file_may_import_its_siblings(tmp_path):
+    (tmp_path / "blocks_sibling.py").write_text("import torch.nn as nn\nBLOCK = nn.Linear\n")
+    (tmp_path / "net.py").write_text("from blocks_sibling import BLOCK\n\ndef build():\n    return BLOCK(4, 2)\n")
+    assert load_model(f"{tmp_path / 'net.py'}:build").module.out_features == 2

@@ -106,3 +106,11 @@ def test_random_json_never_crashes_policy_reader(doc):
 def test_any_policy_round_trips(rows):
     p = Policy({k: Precision.parse(v) for k, v in rows.items()})
     assert Policy.from_json(p.to_json()) == p
+
+
+def test_saved_files_are_readable_by_others_and_unwritable_places_are_clear(tmp_path):
+    path = _policy().save(tmp_path / "p.json")
+    assert path.stat().st_mode & 0o044 == 0o044  # not the 0600 of a temp file
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match="cannot write"):
+        _policy().save(tmp_path / "file" / "p.json")

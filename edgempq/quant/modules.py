@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
@@ -36,6 +35,7 @@ class QuantConfig:
 class _QuantMixin:
     precision: Precision
     weight: nn.Parameter
+    keeps_layer_function = True  # tracing treats it as the Conv2d / Linear it replaced
 
     def _setup(self, precision: Precision, cfg: QuantConfig) -> None:
         self.precision = precision
@@ -58,32 +58,11 @@ class _QuantMixin:
 
 
 class QConv2d(_QuantMixin, nn.Conv2d):
-    @classmethod
-    def from_float(cls, conv: nn.Conv2d, precision: Precision, cfg: QuantConfig) -> QConv2d:
-        q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode)
-        with torch.no_grad():
-            q.weight.copy_(conv.weight)
-            if conv.bias is not None:
-                q.bias.copy_(conv.bias)
-        q._setup(precision, cfg)
-        return q
-
     def forward(self, x: Tensor) -> Tensor:
         return self._conv_forward(self._qinput(x), self._qweight(), self.bias)
 
 
 class QLinear(_QuantMixin, nn.Linear):
-    @classmethod
-    def from_float(cls, lin: nn.Linear, precision: Precision, cfg: QuantConfig) -> QLinear:
-        q = cls(lin.in_features, lin.out_features, lin.bias is not None)
-        with torch.no_grad():
-            q.weight.copy_(lin.weight)
-            if lin.bias is not None:
-                q.bias.copy_(lin.bias)
-        q._setup(precision, cfg)
-        return q
-
     def forward(self, x: Tensor) -> Tensor:
         return nn.functional.linear(self._qinput(x), self._qweight(), self.bias)
 
@@ -92,8 +71,8 @@ QUANT_TYPES = (QConv2d, QLinear)
 
 
 def quantize_module(module: nn.Module, precision: Precision, cfg: QuantConfig) -> nn.Module:
-    if isinstance(module, nn.Conv2d):
-        return QConv2d.from_float(module, precision, cfg)
-    if isinstance(module, nn.Linear):
-        return QLinear.from_float(module, precision, cfg)
-    raise TypeError(type(module).__name__)
+    """Turn a Conv2d / Linear (of a copy: this changes it in place) into its fake-quantized
+    form: same parameters, same name in the model, quantizers added."""
+    module.__class__ = QConv2d if isinstance(module, nn.Conv2d) else QLinear
+    module._setup(precision, cfg)
+    return module

@@ -10,8 +10,9 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..layers import layer_kind
 from ..schema import Policy
-from .fold import _set_module, fold_batchnorm
+from .fold import fold_batchnorm
 from .modules import QUANT_TYPES, QuantConfig, quantize_module
 from .quantizers import ActQuantizer, WeightQuantizer
 
@@ -25,15 +26,18 @@ def apply(model: nn.Module, policy: Policy, cfg: QuantConfig | None = None) -> n
         m = modules.get(name)
         if m is None:
             raise ConfigError(f"policy names layer {name!r}, which the model does not have")
-        if type(m) not in (nn.Conv2d, nn.Linear):
+        if not isinstance(m, nn.Conv2d | nn.Linear):
             raise ConfigError(
                 f"policy layer {name!r} is a {type(m).__name__}; only Conv2d and Linear layers take a precision"
             )
+        _, reason = layer_kind(m)
+        if reason:
+            raise ConfigError(f"policy sets a precision for layer {name!r}, which stays float: {reason}")
     q = copy.deepcopy(model).eval()
     if cfg.fold_bn:
         fold_batchnorm(q)
     for name, precision in policy.precisions.items():
-        _set_module(q, name, quantize_module(q.get_submodule(name), precision, cfg))
+        quantize_module(q.get_submodule(name), precision, cfg)
     return q
 
 

@@ -68,7 +68,7 @@ def symmetric_bound(values: Tensor, bits: int, method: str, percentile: float) -
     if method == "minmax":
         return top
     if method == "percentile":
-        return torch.quantile(a.float(), percentile / 100.0, dim=1)
+        return _rank_value(a, percentile / 100.0)
     qmin, qmax = weight_qrange(bits)
     ratios = torch.linspace(1.0 / _MSE_GRID, 1.0, _MSE_GRID, dtype=values.dtype)
     best_err = torch.full_like(top, math.inf)
@@ -83,13 +83,20 @@ def symmetric_bound(values: Tensor, bits: int, method: str, percentile: float) -
     return best
 
 
+def _rank_value(rows: Tensor, q: float) -> Tensor:
+    """Per-row q-quantile (nearest rank); unlike torch.quantile, fine for any tensor size."""
+    k = min(rows.shape[1], max(1, math.ceil(q * rows.shape[1])))
+    return rows.kthvalue(k, dim=1).values
+
+
 def asymmetric_range(values: Tensor, bits: int, method: str, percentile: float) -> tuple[float, float]:
     """(low, high) clipping range of a 1-D sample for asymmetric quantization; holds 0."""
     _check_method(method)
     lo, hi = values.min().item(), values.max().item()
     if method == "percentile":
-        q = torch.quantile(values.float(), torch.tensor([1 - percentile / 100.0, percentile / 100.0]))
-        lo, hi = q[0].item(), q[1].item()
+        row = values.reshape(1, -1)
+        lo = _rank_value(row, 1 - percentile / 100.0).item()
+        hi = _rank_value(row, percentile / 100.0).item()
     elif method == "mse":
         best = (math.inf, lo, hi)
         for r in torch.linspace(1.0 / _MSE_GRID, 1.0, _MSE_GRID).tolist():
@@ -111,69 +118,72 @@ def asymmetric_qparams(lo: float, hi: float, bits: int) -> tuple[Tensor, Tensor]
     return torch.tensor(scale), torch.tensor(float(min(max(zp, qmin), qmax)))
 
 
-class WeightQuantizer(nn.Module):
-    """Symmetric per-output-channel fake quantizer of a weight tensor."""
+class _StepQuantizer(nn.Module):
+    """A quantizer whose step (scale) is a buffer set by calibration, or an LSQ parameter."""
 
-    def __init__(self, bits: int, method: str = "minmax", percentile: float = 99.99) -> None:
+    qmax: int
+
+    def __init__(self, bits: int, method: str, percentile: float, scale: Tensor) -> None:
         super().__init__()
         _check_method(method)
         self.bits, self.method, self.percentile = bits, method, percentile
-        self.qmin, self.qmax = weight_qrange(bits)
         self.learnable = False
-        self.register_buffer("scale", torch.ones(1))
-
-    @torch.no_grad()
-    def calibrate(self, weight: Tensor) -> None:
-        flat = weight.detach().reshape(weight.shape[0], -1)
-        bound = symmetric_bound(flat, self.bits, self.method, self.percentile).clamp_min(1e-9)
-        scale = (bound / self.qmax).reshape(-1, *([1] * (weight.dim() - 1)))
-        self._set_scale(scale)
-
-    def _set_scale(self, scale: Tensor) -> None:
-        if self.learnable:
-            self.scale.data = scale.clone()
-        else:
-            self.scale = scale.clone()
+        self.register_buffer("scale", scale)
 
     def make_learnable(self) -> None:
-        """Turn the step into an LSQ parameter (kept from calibration as its start)."""
+        """Turn the step into an LSQ parameter, starting from its calibrated value."""
         if not self.learnable:
             s = self.scale.detach().clone()
             del self.scale
             self.scale = nn.Parameter(s)
             self.learnable = True
 
+    def step(self, x: Tensor) -> Tensor:
+        """The step to use on `x`: with LSQ, its gradient is scaled by 1/sqrt(n * qmax)."""
+        if not self.learnable:
+            return self.scale
+        return grad_scale(self.scale.abs().clamp_min(1e-9), 1.0 / math.sqrt(x[0].numel() * self.qmax))
+
+
+class WeightQuantizer(_StepQuantizer):
+    """Symmetric per-output-channel fake quantizer of a weight tensor."""
+
+    def __init__(self, bits: int, method: str = "minmax", percentile: float = 99.99) -> None:
+        super().__init__(bits, method, percentile, torch.ones(1))
+        self.qmin, self.qmax = weight_qrange(bits)
+
+    @torch.no_grad()
+    def calibrate(self, weight: Tensor) -> None:
+        flat = weight.detach().reshape(weight.shape[0], -1)
+        bound = symmetric_bound(flat, self.bits, self.method, self.percentile).clamp_min(1e-9)
+        self.scale.data = (bound / self.qmax).reshape(-1, *([1] * (weight.dim() - 1)))
+
     def forward(self, w: Tensor) -> Tensor:
-        s = self.scale
-        if self.learnable:
-            s = grad_scale(s.abs().clamp_min(1e-9), 1.0 / math.sqrt(w[0].numel() * self.qmax))
-        return fake_quantize(w, s, torch.zeros((), dtype=w.dtype), self.qmin, self.qmax)
+        return fake_quantize(w, self.step(w), torch.zeros((), dtype=w.dtype), self.qmin, self.qmax)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, method={self.method}, learnable={self.learnable}"
 
 
-class ActQuantizer(nn.Module):
-    """Per-tensor fake quantizer of an activation; observes ranges while `observing` is set."""
+class ActQuantizer(_StepQuantizer):
+    """Per-tensor fake quantizer of an activation; observes ranges while `observing` is set.
+    Percentile and MSE look at a uniform random sample of every value observed."""
 
     def __init__(self, bits: int, method: str = "minmax", percentile: float = 99.99, seed: int = 0) -> None:
-        super().__init__()
-        _check_method(method)
-        self.bits, self.method, self.percentile = bits, method, percentile
+        super().__init__(bits, method, percentile, torch.ones(()))
         self.qmin, self.qmax = act_qrange(bits)
         self.symmetric = act_symmetric(bits)
-        self.learnable = False
         self.observing = False
         self.calibrated = False
         self.seed = seed
         self._gen: torch.Generator | None = None
         self._lo, self._hi = math.inf, -math.inf
-        self._samples: list[Tensor] = []
-        self.register_buffer("scale", torch.ones(()))
+        self._sample, self._keys = torch.zeros(0), torch.zeros(0)
         self.register_buffer("zero_point", torch.zeros(()))
 
     def start_observing(self) -> None:
-        self.observing, self._lo, self._hi, self._samples = True, math.inf, -math.inf, []
+        self.observing, self._lo, self._hi = True, math.inf, -math.inf
+        self._sample, self._keys = torch.zeros(0), torch.zeros(0)
         self._gen = torch.Generator().manual_seed(self.seed)  # same samples on every run
 
     @torch.no_grad()
@@ -181,11 +191,12 @@ class ActQuantizer(nn.Module):
         flat = x.detach().reshape(-1).float()
         self._lo, self._hi = min(self._lo, flat.min().item()), max(self._hi, flat.max().item())
         if self.method != "minmax":
-            kept = sum(s.numel() for s in self._samples)
-            room = min(_SAMPLE_CAP - kept, _SAMPLE_CAP // 8)
-            if room > 0:
-                idx = torch.randint(0, flat.numel(), (min(room, flat.numel()),), generator=self._gen)
-                self._samples.append(flat[idx])
+            # Bottom-k sampling: every value seen gets a random key; the k smallest keys kept
+            # so far are a uniform sample of all batches, whatever their number and size.
+            keys = torch.cat([self._keys, torch.rand(flat.numel(), generator=self._gen)])
+            vals = torch.cat([self._sample, flat])
+            keep = keys.topk(min(_SAMPLE_CAP, keys.numel()), largest=False).indices
+            self._sample, self._keys = vals[keep], keys[keep]
 
     @torch.no_grad()
     def finish_observing(self) -> None:
@@ -193,7 +204,7 @@ class ActQuantizer(nn.Module):
         self.observing = False
         if not math.isfinite(self._lo):
             return  # never reached by the calibration data; stays uncalibrated
-        vals = torch.cat(self._samples) if self._samples else torch.tensor([self._lo, self._hi])
+        vals = self._sample if self._sample.numel() else torch.tensor([self._lo, self._hi])
         if self.symmetric:
             bound = symmetric_bound(vals.unsqueeze(0), self.bits, self.method, self.percentile)
             scale, zp = bound[0].clamp_min(1e-9) / self.qmax, torch.tensor(0.0)
@@ -205,14 +216,8 @@ class ActQuantizer(nn.Module):
             scale, zp = asymmetric_qparams(lo, hi, self.bits)
         self.scale.data = scale.reshape(()).to(self.scale.dtype)
         self.zero_point.data = zp.reshape(()).to(self.zero_point.dtype)
-        self.calibrated, self._samples, self._gen = True, [], None
-
-    def make_learnable(self) -> None:
-        if not self.learnable:
-            s = self.scale.detach().clone()
-            del self.scale
-            self.scale = nn.Parameter(s)
-            self.learnable = True
+        self.calibrated, self._gen = True, None
+        self._sample, self._keys = torch.zeros(0), torch.zeros(0)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.observing:
@@ -220,10 +225,7 @@ class ActQuantizer(nn.Module):
             return x
         if not self.calibrated:
             raise ConfigError("an activation quantizer was used before calibration; run PTQ calibration first")
-        s = self.scale
-        if self.learnable:
-            s = grad_scale(s.abs().clamp_min(1e-9), 1.0 / math.sqrt(x[0].numel() * self.qmax))
-        return fake_quantize(x, s, self.zero_point, self.qmin, self.qmax)
+        return fake_quantize(x, self.step(x), self.zero_point, self.qmin, self.qmax)
 
     def extra_repr(self) -> str:
         kind = "symmetric" if self.symmetric else "asymmetric"
