@@ -82,7 +82,10 @@ def _check_field(path: Path, key: str, v: Any) -> None:
 
 @dataclass(frozen=True)
 class Dataset:
-    """Preprocessed samples (float32, N x C x H x W), integer labels and the split indices."""
+    """Normalised samples at their own resolution (float32, N x C x H x W), integer labels and
+    the split indices. `split` and `inputs` give samples as the model takes them (channels
+    repeated, resized to `input_shape`), made on demand so a small-image set fed to a 224x224
+    model does not hold every sample at 224x224."""
 
     name: str
     x: np.ndarray
@@ -91,16 +94,24 @@ class Dataset:
     splits: dict[str, np.ndarray]  # calibration, validation, test, train -> sample indices
     data_id: str
     manifest: Manifest
+    input_shape: tuple[int, ...] | None = None
+    _cache: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     def split(self, which: str) -> tuple[np.ndarray, np.ndarray]:
+        """(inputs, labels) of one split, as the model takes them."""
         if which not in self.splits:
             raise ConfigError(f"unknown split {which!r}; choose one of {', '.join(self.splits)}")
-        idx = self.splits[which]
-        return self.x[idx], self.y[idx]
+        if which not in self._cache:
+            self._cache[which] = self.inputs(self.splits[which])
+        return self._cache[which], self.y[self.splits[which]]
+
+    def inputs(self, idx: np.ndarray | slice) -> np.ndarray:
+        """The samples at `idx`, as the model takes them."""
+        return _adapt(self.manifest, self.x[idx], self.input_shape)
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
-        return tuple(self.x.shape[1:])
+        return tuple(self.input_shape or self.x.shape[1:])
 
 
 def builtin_names() -> list[str]:
@@ -126,14 +137,16 @@ def resolve_manifest(spec: str) -> Manifest:
 
 
 def load_data(spec: str, input_shape: tuple[int, ...] | None = None) -> Dataset:
-    """Load, check, preprocess to the model's `input_shape` (if given) and split."""
+    """Load, check, normalise and split; samples will be given at the model's `input_shape`."""
     m = resolve_manifest(spec)
     raw, y, classes, unit = _load_raw(m, input_shape)
     _check_raw(m, raw, y)
-    x = _preprocess(m, raw / np.float32(m.scale or unit), input_shape)
-    digest = hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest()[:12]
+    x = _normalise(m, raw / np.float32(m.scale or unit))
+    shape = tuple(input_shape) if input_shape is not None else None
+    _adapt(m, x[:1], shape)  # fail now, not at first use, if the model cannot take these samples
+    digest = hashlib.sha256(x.tobytes() + y.tobytes() + str(shape).encode()).hexdigest()[:12]
     splits = stratified_splits(y, _split_counts(m, len(y)), m.seed)
-    return Dataset(m.name, x, y, classes, splits, f"{m.name}-{digest}", m)
+    return Dataset(m.name, x, y, classes, splits, f"{m.name}-{digest}", m, shape)
 
 
 # samples (float32, raw values), labels, class names, the divisor that maps raw values to [0, 1]
@@ -235,12 +248,18 @@ def _check_raw(m: Manifest, x: np.ndarray, y: np.ndarray) -> None:
         raise DataError(f"data {where} has a single class ({y[0]}); a classifier needs at least two")
 
 
-def _preprocess(m: Manifest, x: np.ndarray, shape: tuple[int, ...] | None) -> np.ndarray:
+def _normalise(m: Manifest, x: np.ndarray) -> np.ndarray:
     c = x.shape[1]
     mean, std = (np.asarray(v, np.float32) for v in (m.mean, m.std))
     if len(mean) not in (1, c) or len(std) not in (1, c) or np.any(std <= 0):
         raise ConfigError(f"data {m.name}: mean and std need 1 or {c} values and std must be positive")
-    x = (x - mean.reshape(1, -1, 1, 1)) / std.reshape(1, -1, 1, 1)
+    return np.ascontiguousarray((x - mean.reshape(1, -1, 1, 1)) / std.reshape(1, -1, 1, 1), dtype=np.float32)
+
+
+def _adapt(m: Manifest, x: np.ndarray, shape: tuple[int, ...] | None) -> np.ndarray:
+    """Samples as a model of input `shape` takes them: gray repeated to RGB and resized where
+    the manifest allows it; anything else is a DataError."""
+    c = x.shape[1]
     if shape is None or tuple(x.shape[1:]) == tuple(shape):
         return np.ascontiguousarray(x, dtype=np.float32)
     if len(shape) != 3:

@@ -47,7 +47,7 @@ def load_model_and_data(model_spec: str, data_spec: str | None, weights: str | P
 
 def check_fit(model: LoadedModel, ds: Dataset) -> None:
     """The model takes the data's samples and has an output for every label."""
-    x = torch.from_numpy(ds.x[:2])
+    x = torch.from_numpy(ds.inputs(slice(0, 2)))
     try:
         with torch.no_grad():
             out = model.module(x)

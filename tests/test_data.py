@@ -40,9 +40,11 @@ def test_mnist_is_normalised_and_digits_are_upsampled():
     assert m.x.shape == (5000, 1, 28, 28) and m.x.dtype == np.float32
     assert abs(float(m.x.mean())) < 0.05 and 0.9 < float(m.x.std()) < 1.1
     d = load_data("digits", (1, 28, 28))
-    assert d.x.shape == (1797, 1, 28, 28) and len(d.classes) == 10
+    assert d.x.shape == (1797, 1, 8, 8) and len(d.classes) == 10  # kept small until used
+    assert d.split("test")[0].shape == (400, 1, 28, 28) and d.sample_shape == (1, 28, 28)
     rgb = load_data("digits", (3, 16, 16))
-    assert rgb.x.shape == (1797, 3, 16, 16)
+    assert rgb.split("calibration")[0].shape == (200, 3, 16, 16)
+    assert rgb.inputs(np.arange(3)).dtype == np.float32
 
 
 def test_npz_loads_and_shape_mismatch_is_clear(npz_data):
@@ -67,7 +69,7 @@ def _write_images(root, classes, n=4, size=(12, 10), mode="RGB"):
 def test_image_folder_loads_classes_and_resizes(tmp_path):
     _write_images(tmp_path / "imgs", ["cat", "dog", "eel"], n=10)
     ds = load_data(str(tmp_path / "imgs"), (3, 8, 8))
-    assert ds.x.shape == (30, 3, 8, 8) and ds.classes == ("cat", "dog", "eel")
+    assert ds.split("train")[0].shape[1:] == (3, 8, 8) and ds.classes == ("cat", "dog", "eel")
     assert float(ds.x.min()) >= 0.0 and float(ds.x.max()) <= 1.0  # 0..255 scaled, no mean/std given
     native = load_data(str(tmp_path / "imgs"))
     assert native.x.shape == (30, 3, 10, 12)
