@@ -37,8 +37,8 @@ class _Group(click.Group):
 def main() -> None:
     """edgempq: mixed-precision quantization chosen from what the device really does.
 
-    Pipeline: profile -> sensitivity -> search -> deploy -> validate (those verbs arrive
-    with their stages); today: models, data, layers, train, evaluate, demo.
+    Pipeline: profile -> sensitivity -> search -> deploy -> validate. Available now:
+    targets, profile, models, data, layers, train, evaluate, demo.
     """
 
 
@@ -191,6 +191,84 @@ def _print_rows(rows: list, title: str) -> None:
     for r in rows:
         t.add_row(r.label, f"{r.top1:.2%}", f"{r.weight_bytes / 1024:.1f}", f"{r.bops / 1e9:.2f}")
     _console().print(t)
+
+
+@main.command()
+def targets() -> None:
+    """List the built-in device targets (copy a TOML file to describe your own device)."""
+    from rich.table import Table
+
+    from .targets import builtin_targets, load_target
+
+    t = Table("target", "backend", "threads", "conv", "dwconv", "linear", "description")
+    for name in builtin_targets():
+        tg = load_target(name)
+        t.add_row(name + (" (template)" if tg.template else ""), tg.backend, str(tg.threads),
+                  *(" ".join(map(str, tg.allowed(k))) for k in ("conv", "dwconv", "linear")), tg.description)
+    _console().print(t)
+
+
+@main.command()
+@click.option("--device", "device", required=True, help="a built-in target name or a target .toml file")
+@click.option("--model", "model_spec", required=True, help=MODEL_HELP)
+@click.option("--weights", type=click.Path(), help="a state_dict (weights do not change latency)")
+@click.option("--input-shape", help="CxHxW (or 1,C,H,W) when the model does not declare it")
+@click.option("--no-cache", is_flag=True, help="measure everything again, and do not store it")
+@click.option("-o", "--output", default="profile.json", show_default=True, type=click.Path())
+def profile(device: str, model_spec: str, weights: str | None, input_shape: str | None, no_cache: bool,
+            output: str) -> None:
+    """Measure what each layer costs on the device at each precision it can run."""
+    from .layers import trace
+    from .models import load_model, parse_shape
+    from .profile import profile as run_profile
+    from .targets import load_target
+
+    target = load_target(device)
+    shape = parse_shape(input_shape) if input_shape else None
+    if shape and len(shape) == 4 and shape[0] == 1:
+        shape = shape[1:]
+    m = load_model(model_spec, weights, shape)
+    if m.input_shape is None:
+        raise EdgeMPQError(f"model {model_spec} does not declare its input shape; give --input-shape CxHxW")
+    layers = trace(m.module, m.input_shape)
+    with _progress_steps(f"profiling on {target.name}") as step:
+        table = run_profile(layers, target, m.model_hash, use_cache=not no_cache, on_step=step)
+    table.save(output)
+    _print_profile(table, f"{model_spec} on {target.name}")
+    click.echo(f"{len(table.rows)} measurements for {sum(la.searchable for la in layers)} layers; wrote {output}")
+
+
+def _print_profile(table: Any, title: str) -> None:
+    from rich.table import Table
+
+    from .schema import DEPLOYABLE
+
+    order = ("f32", "f16", *DEPLOYABLE)
+    precs = sorted({r.precision for r in table.rows}, key=lambda p: order.index(p) if p in order else len(order))
+    t = Table("layer", "kind", "MACs", *[f"{p} ms" for p in precs], title=title)
+    for la in table.layers:
+        if la.searchable:
+            rows = [table.row(la.signature, p) for p in precs]
+            t.add_row(la.name, la.kind, f"{la.macs:,}", *(f"{r.latency_ms:.3f}" if r else "-" for r in rows))
+    for p, ms in table.whole_ms.items():
+        rows_sum = ms - table.overhead_ms.get(p, 0.0)
+        click.echo(f"whole model at {p}: {ms:.3f} ms measured, layers sum to {rows_sum:.3f} ms")
+    _console().print(t)
+
+
+@contextmanager
+def _progress_steps(label: str):
+    """A progress bar with ETA driven by (done, total, what) callbacks."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=True) as bar:
+        task = bar.add_task(label, total=None, info="")
+
+        def step(i: int, total: int, what: str) -> None:
+            bar.update(task, completed=i, total=total, info=what)
+
+        yield step
 
 
 @main.command()

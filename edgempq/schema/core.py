@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .errors import ConfigError
-from .files import read_json, write_json
+from ..errors import ConfigError
+from ..files import read_json, write_json
 
 SCHEMA_VERSION = 1
 

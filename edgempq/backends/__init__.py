@@ -1,0 +1,5 @@
+"""Ways of reaching a device, one module each, registered by name (the target's `backend`)."""
+
+from .base import BACKENDS, Backend, backend_for
+
+__all__ = ["BACKENDS", "Backend", "backend_for"]

@@ -1,0 +1,31 @@
+"""Local LiteRT (ai-edge-litert) interpreter on this machine."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import DeviceError
+from ..schema import Timing
+from .base import BACKENDS, Backend, device_script, timing_of
+
+
+@BACKENDS.register("litert")
+class LiteRTBackend(Backend):
+    def _call(self, fn: str, *args: Any) -> Any:
+        mod = device_script()
+        try:
+            return getattr(mod, fn)(*args)
+        except mod.DeviceError as e:
+            raise DeviceError(f"target {self.target.name}: {e}") from None
+
+    def check(self) -> dict[str, Any]:
+        return {**self._call("info", self.target.threads), "backend": "litert"}
+
+    def time(self, model: bytes, runs: int | None = None, warmup: int | None = None) -> Timing:
+        runs, warmup = self._runs(runs, warmup)
+        return timing_of(self._call("time_model", model, self.target.threads, warmup, runs))
+
+    def run(self, model: bytes, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        return self._call("run_model", model, inputs, self.target.threads)

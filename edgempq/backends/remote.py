@@ -1,0 +1,117 @@
+"""What the ssh and adb backends share: a private folder on the device holding the device
+runner, models and inputs copied in, the runner called with quoted arguments, results copied
+back, and the folder removed at the end."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shlex
+import subprocess
+import tempfile
+from abc import abstractmethod
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import DeviceError
+from ..resources import data_dir
+from ..schema import Timing
+from .base import Backend, parse_result, timing_of
+
+_SAFE_DIR = re.compile(r"^/[A-Za-z0-9_./-]+$")
+
+
+class RemoteBackend(Backend):
+    """A device reached by a command-line client (ssh, adb)."""
+
+    def __init__(self, target: Any) -> None:
+        super().__init__(target)
+        conn = target.connection
+        self.python = str(conn.get("python", "python3"))
+        self.timeout = float(conn.get("timeout_s", 120))
+        self._dir: str | None = None
+        self._local = tempfile.TemporaryDirectory(prefix="edgempq-remote-")
+
+    @abstractmethod
+    def _exec(self, args: list[str]) -> subprocess.CompletedProcess:
+        """Run one command on the device; `args` are quoted into a single command line."""
+
+    @abstractmethod
+    def _put(self, local: Path, remote: str) -> None: ...
+
+    @abstractmethod
+    def _get(self, remote: str, local: Path) -> None: ...
+
+    @abstractmethod
+    def _make_dir(self) -> str:
+        """Create a private folder on the device and return its path."""
+
+    def _call(self, argv: list[str], timeout: float | None = None) -> subprocess.CompletedProcess:
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, timeout=timeout or self.timeout,
+                                  stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            raise DeviceError(f"target {self.target.name} did not answer within {timeout or self.timeout:.0f} s; "
+                              "check the device or raise timeout_s in its [connection]") from None
+        except FileNotFoundError:
+            raise DeviceError(f"the command {argv[0]!r} is not installed here; install it to reach "
+                              f"target {self.target.name}") from None
+
+    def _session(self) -> str:
+        if self._dir is None:
+            d = self._make_dir().strip()
+            if not _SAFE_DIR.match(d):
+                raise DeviceError(f"target {self.target.name}: unexpected temporary folder {d!r} on the device")
+            self._dir = d
+            self._put(data_dir("tools") / "edgempq_device.py", f"{d}/edgempq_device.py")
+        return self._dir
+
+    def _device(self, mode: str, *args: str) -> dict[str, Any]:
+        d = self._session()
+        p = self._exec([self.python, f"{d}/edgempq_device.py", mode, *args, "--threads", str(self.target.threads)])
+        if p.returncode not in (0, 2):
+            err = (p.stderr or p.stdout).strip().splitlines()
+            raise DeviceError(f"target {self.target.name}: the device runner failed with status {p.returncode} "
+                              f"({err[-1] if err else 'no message'}); check that `{self.python}` has numpy "
+                              "and a TFLite runtime")
+        return parse_result(p.stdout, f"target {self.target.name}")
+
+    def _upload_model(self, model: bytes) -> str:
+        local = Path(self._local.name) / "model.tflite"
+        local.write_bytes(model)
+        remote = f"{self._session()}/model.tflite"
+        self._put(local, remote)
+        return remote
+
+    def check(self) -> dict[str, Any]:
+        return {**self._device("info"), "backend": self.target.backend}
+
+    def time(self, model: bytes, runs: int | None = None, warmup: int | None = None) -> Timing:
+        runs, warmup = self._runs(runs, warmup)
+        remote = self._upload_model(model)
+        return timing_of(self._device("time", remote, "--warmup", str(warmup), "--runs", str(runs)))
+
+    def run(self, model: bytes, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        remote = self._upload_model(model)
+        local_in, local_out = Path(self._local.name) / "inputs.npz", Path(self._local.name) / "outputs.npz"
+        np.savez(local_in, **{f"input_{i}": x for i, x in enumerate(inputs)})
+        d = self._session()
+        self._put(local_in, f"{d}/inputs.npz")
+        self._device("run", remote, f"{d}/inputs.npz", f"{d}/outputs.npz")
+        self._get(f"{d}/outputs.npz", local_out)
+        with np.load(local_out, allow_pickle=False) as f:
+            return [f[f"output_{i}"] for i in range(len(f.files))]
+
+    def close(self) -> None:
+        if self._dir is not None:
+            with contextlib.suppress(DeviceError):  # a device that went away keeps its folder
+                self._exec(["rm", "-rf", "--", self._dir])
+            self._dir = None
+        self._local.cleanup()
+
+
+def quoted(args: list[str]) -> str:
+    """One shell command line in which every argument stays a single literal word."""
+    return shlex.join(args)

@@ -1,0 +1,146 @@
+"""TFLite Micro's interpreter (reference kernels) on this machine: what a microcontroller runs,
+with the arena its memory planner needs measured."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+import tempfile
+import time
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+
+from ..errors import DeviceError
+from ..schema import Timing
+from .base import BACKENDS, Backend, device_script
+
+_MAX_ARENA = 1 << 30
+
+
+def _libc_fflush() -> None:
+    import ctypes
+
+    ctypes.CDLL(None).fflush(None)
+
+
+@contextlib.contextmanager
+def _captured_output():
+    """Capture what C++ code prints on file descriptors 1 and 2 (TFLM's MicroPrintf writes its
+    allocation report and its complaints to stderr)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 1)
+        os.dup2(tmp.fileno(), 2)
+        box: list[str] = []
+        try:
+            yield box
+        finally:
+            _libc_fflush()  # C stdio buffers when not on a terminal
+            for fd, old in zip((1, 2), saved, strict=True):
+                os.dup2(old, fd)
+                os.close(old)
+            tmp.seek(0)
+            box.append(tmp.read().decode(errors="replace"))
+
+
+@BACKENDS.register("tflm")
+class TFLMBackend(Backend):
+    def __init__(self, target: Any) -> None:
+        super().__init__(target)
+        self._arena: dict[int, int] = {}
+
+    def _fit(self, model: bytes) -> Any:
+        """An interpreter with an arena big enough for `model` (doubling until it allocates);
+        a kernel that refuses the model is a DeviceError quoting TFLM's reason."""
+        from tflite_micro.python.tflite_micro import runtime
+
+        arena = max(1 << 20, 16 * len(model))
+        while True:
+            with _captured_output() as said:
+                try:
+                    return runtime.Interpreter.from_bytes(model, arena_size=arena)
+                except RuntimeError:
+                    pass
+            text = said[0]
+            if "Failed to resize buffer" not in text or arena >= _MAX_ARENA:
+                reason = next((ln for ln in text.splitlines() if ln.strip() and "failed to prepare" not in ln),
+                              "allocation failed")
+                raise DeviceError(f"TFLite Micro cannot run this model: {reason.strip()}")
+            arena *= 2
+
+    def check(self) -> dict[str, Any]:
+        try:
+            version = metadata.version("tflite-micro")
+        except metadata.PackageNotFoundError:
+            raise DeviceError("the tflite-micro package is not installed; reinstall edgempq") from None
+        return {"cpu": device_script().cpu_model(), "runtime": "tflite_micro", "runtime_version": version,
+                "threads": 1, "backend": "tflm"}
+
+    def ram_bytes(self, model: bytes) -> int:
+        """Arena bytes the model needs, as TFLM's recording allocator reports them."""
+        key = hash(model)
+        if key not in self._arena:
+            it = self._fit(model)
+            with _captured_output() as out:
+                it.print_allocations()
+            m = re.search(r"Arena allocation total (\d+) bytes", out[0])
+            if not m:
+                raise DeviceError("TFLite Micro did not report its arena size")
+            self._arena[key] = int(m.group(1))
+        return self._arena[key]
+
+    def time(self, model: bytes, runs: int | None = None, warmup: int | None = None) -> Timing:
+        runs, warmup = self._runs(runs, warmup)
+        it = self._fit(model)
+        for i, x in enumerate(self._sample_inputs(it, model)):
+            it.set_input(x, i)
+        for _ in range(warmup):
+            it.invoke()
+        samples = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            it.invoke()
+            samples.append((time.perf_counter() - t) * 1e3)
+        return Timing.from_samples(samples)
+
+    @staticmethod
+    def _io_counts(model: bytes) -> tuple[int, int]:
+        """Number of model inputs and outputs (TFLM's Python API has no count to ask)."""
+        from ai_edge_litert.interpreter import Interpreter
+
+        it = Interpreter(model_content=model)
+        return len(it.get_input_details()), len(it.get_output_details())
+
+    def _inputs_details(self, it: Any, model: bytes) -> list[dict]:
+        return [it.get_input_details(i) for i in range(self._io_counts(model)[0])]
+
+    def _sample_inputs(self, it: Any, model: bytes) -> list[np.ndarray]:
+        rng = np.random.default_rng(0)
+        xs = []
+        for d in self._inputs_details(it, model):
+            dt = np.dtype(d["dtype"])
+            shape = tuple(int(s) for s in d["shape"])
+            xs.append(rng.standard_normal(shape).astype(dt) if np.issubdtype(dt, np.floating)
+                      else rng.integers(-128, 128, shape).astype(dt))
+        return xs
+
+    def run(self, model: bytes, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        it = self._fit(model)
+        details = self._inputs_details(it, model)
+        if len(details) != len(inputs):
+            raise DeviceError(f"the model takes {len(details)} input(s), {len(inputs)} given")
+        outs: list[list[np.ndarray]] = [[] for _ in range(self._io_counts(model)[1])]
+        for i in range(len(inputs[0]) if inputs else 0):
+            for k, x in enumerate(inputs):
+                it.set_input(np.ascontiguousarray(x[i : i + 1], dtype=details[k]["dtype"]), k)
+            it.invoke()
+            for j, o in enumerate(outs):
+                o.append(np.array(it.get_output(j)))
+            it.reset()
+        return [np.concatenate(o) for o in outs]

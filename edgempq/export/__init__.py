@@ -1,0 +1,1 @@
+"""From PyTorch and layer descriptions to TFLite artifacts whose layers carry their own precisions."""

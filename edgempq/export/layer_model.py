@@ -1,0 +1,75 @@
+"""Single-layer TFLite models of exactly one traced layer's shape, for cost profiling: built
+float with Keras, then quantized with the same recipe code deployment uses."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+
+from ..errors import ConversionError
+from ..schema import Layer, Precision
+from .recipe import KIND_OPS, OpRule, check_op, quantize, weight_ops
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def _conv_padding(layer: Layer) -> tuple[str, tuple[int, int] | None]:
+    """'same' / 'valid' when TF's padding equals PyTorch's, else 'valid' after an explicit pad
+    (as onnx2tf converts it)."""
+    ph, pw = (layer.padding * 2)[:2]
+    if ph == 0 and pw == 0:
+        return "valid", None
+    ok = True
+    for i, p in enumerate((ph, pw)):
+        n, s, k, d = layer.in_shape[1 + i], layer.stride[i], layer.kernel[i], layer.dilation[i]
+        out = -(-n // s)
+        total = max((out - 1) * s + (k - 1) * d + 1 - n, 0)
+        ok &= out == layer.out_shape[1 + i] and total // 2 == p and total - total // 2 == p
+    return ("same", None) if ok else ("valid", (ph, pw))
+
+
+def _keras_layer_model(layer: Layer):
+    import tensorflow as tf
+
+    init = tf.keras.initializers.GlorotUniform(seed=0)
+    if layer.kind == "linear":
+        inp = tf.keras.Input(shape=layer.in_shape, batch_size=1, name="input")
+        x = tf.keras.layers.Dense(layer.out_channels, use_bias=layer.bias, kernel_initializer=init)(inp)
+        return tf.keras.Model(inp, x)
+    c, h, w = layer.in_shape
+    inp = tf.keras.Input(shape=(h, w, c), batch_size=1, name="input")
+    padding, explicit = _conv_padding(layer)
+    x = tf.keras.layers.ZeroPadding2D(explicit)(inp) if explicit else inp
+    common = {"strides": layer.stride, "padding": padding, "dilation_rate": layer.dilation,
+              "use_bias": layer.bias, "activation": "relu"}  # conv + fused ReLU, as in the nets
+    if layer.kind == "dwconv":
+        x = tf.keras.layers.DepthwiseConv2D(layer.kernel, depth_multiplier=layer.out_channels // c,
+                                            depthwise_initializer=init, **common)(x)
+    else:
+        x = tf.keras.layers.Conv2D(layer.out_channels, layer.kernel, kernel_initializer=init, **common)(x)
+    return tf.keras.Model(inp, x)
+
+
+def float_layer_model(layer: Layer) -> bytes:
+    """A float32 .tflite (with a signature) holding just `layer`."""
+    if not layer.searchable:
+        raise ConversionError(f"layer {layer.name} is kept float ({layer.fixed_reason}); it is not profiled alone")
+    import tensorflow as tf
+
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            return bytes(tf.lite.TFLiteConverter.from_keras_model(_keras_layer_model(layer)).convert())
+    except Exception as e:  # noqa: BLE001 - TensorFlow raises many types
+        raise ConversionError(f"layer {layer.name}: building its single-layer model failed ({e})") from None
+
+
+def layer_model(layer: Layer, precision: Precision, float_model: bytes | None = None) -> bytes:
+    """`layer` alone at `precision`, quantized as deployment quantizes, checked op by op."""
+    base = float_model if float_model is not None else float_layer_model(layer)
+    out = quantize(base, [OpRule(".*", KIND_OPS[layer.kind], precision)])
+    ops = weight_ops(out)
+    if len(ops) != 1:
+        raise ConversionError(f"layer {layer.name}: the single-layer model has {len(ops)} weight ops, not 1")
+    check_op(ops[0], precision, f"layer {layer.name}")
+    return out

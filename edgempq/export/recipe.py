@@ -1,0 +1,128 @@
+"""Quantize a float .tflite with ai-edge-quantizer, one precision per op (or per op type), and
+read back what the flatbuffer really holds: the quantizer silently leaves an op float when it
+cannot honour a request, so every result is checked."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import ConversionError
+from ..schema import Precision
+
+# TFLite builtin op codes and tensor types (schema.fbs).
+OP_CODES = {"CONV_2D": 3, "DEPTHWISE_CONV_2D": 4, "FULLY_CONNECTED": 9}
+KIND_OPS = {"conv": "CONV_2D", "dwconv": "DEPTHWISE_CONV_2D", "linear": "FULLY_CONNECTED"}
+TYPE_NAMES = {0: "float32", 1: "float16", 7: "int16", 9: "int8", 17: "int4", 2: "int32", 4: "int64"}
+_DEQUANTIZE = 6
+_WEIGHT_TYPE = {4: 17, 8: 9, 16: 1, 32: 0}
+_ACT_TYPE = {8: 9, 16: 7, 32: 0}
+
+
+@dataclass(frozen=True)
+class OpRule:
+    """Quantize ops of type `op` whose output tensor name matches `regex` at `precision`."""
+
+    regex: str
+    op: str
+    precision: Precision
+
+
+def signature_inputs(model: bytes) -> tuple[str, list[dict]]:
+    """(signature key, input details) of a float model's first signature."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_content=model)
+    sigs = it.get_signature_list()
+    if not sigs:
+        raise ConversionError("the float model has no signature, which calibration needs")
+    key = next(iter(sigs))
+    runner = it.get_signature_runner(key)
+    return key, [dict(d, name=n) for n, d in runner.get_input_details().items()]
+
+
+def quantize(model: bytes, rules: Iterable[OpRule], calibration: list[dict[str, np.ndarray]] | None = None) -> bytes:
+    """The model with each rule applied (float32 rules leave ops float). `calibration` is a list
+    of {input name: array}; random normal samples are used when it is None (cost profiling)."""
+    from ai_edge_quantizer import algorithm_manager, quantizer
+
+    rules = [r for r in rules if not (r.precision.is_float and r.precision.weight_bits == 32)]
+    if not rules:
+        return bytes(model)
+    q = quantizer.Quantizer(bytearray(model))
+    for r in rules:
+        if r.precision.is_float:
+            q.add_weight_only_config(r.regex, r.op, 16, algorithm_key=algorithm_manager.AlgorithmName.FLOAT_CASTING)
+        else:
+            q.add_static_config(r.regex, r.op, r.precision.act_bits, r.precision.weight_bits)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():  # size reports, debug notes
+            warnings.simplefilter("ignore")
+            result = None
+            if q.need_calibration:
+                key, inputs = signature_inputs(model)
+                if calibration is None:
+                    rng = np.random.default_rng(0)
+                    calibration = [{d["name"]: rng.standard_normal(d["shape"]).astype(np.float32) for d in inputs}
+                                   for _ in range(8)]
+                result = q.calibrate({key: calibration})
+            out = q.quantize(result).quantized_model
+    except Exception as e:  # noqa: BLE001 - the quantizer raises many types
+        raise ConversionError(f"ai-edge-quantizer failed ({type(e).__name__}: {e})") from None
+    return bytes(out)
+
+
+@dataclass(frozen=True)
+class OpInfo:
+    """One weight op of a flatbuffer as it really is."""
+
+    index: int
+    op: str
+    output_name: str
+    weight_type: str
+    act_type: str
+    weight_bytes: int  # weight + bias buffers
+
+
+def weight_ops(model: bytes) -> list[OpInfo]:
+    """Every conv / depthwise conv / fully-connected op with its real weight and activation types."""
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
+
+    m = fu.read_model(bytearray(model))
+    sg = m.subgraphs[0]
+    names = {v: k for k, v in OP_CODES.items()}
+    codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in m.operatorCodes]
+    # Weights stored in half precision reach the op through a DEQUANTIZE op: look through it.
+    dequantized = {op.outputs[0]: op.inputs[0] for op in sg.operators if codes[op.opcodeIndex] == _DEQUANTIZE}
+    out = []
+    for i, op in enumerate(sg.operators):
+        name = names.get(codes[op.opcodeIndex])
+        if name is None:
+            continue
+        ins = [sg.tensors[dequantized.get(t, t) if k else t] for k, t in enumerate(op.inputs) if t >= 0]
+        sizes = [len(m.buffers[t.buffer].data) if m.buffers[t.buffer].data is not None else 0 for t in ins[1:]]
+        outname = sg.tensors[op.outputs[0]].name
+        out.append(OpInfo(i, name, outname.decode() if isinstance(outname, bytes) else str(outname),
+                          TYPE_NAMES.get(ins[1].type, str(ins[1].type)), TYPE_NAMES.get(ins[0].type, str(ins[0].type)),
+                          sum(sizes)))
+    return out
+
+
+def expected_types(p: Precision) -> tuple[str, str]:
+    """(weight type, activation type) the flatbuffer must show for precision `p`."""
+    if p.is_float:
+        return ("float16" if p.weight_bits == 16 else "float32"), "float32"
+    return TYPE_NAMES[_WEIGHT_TYPE[p.weight_bits]], TYPE_NAMES[_ACT_TYPE[p.act_bits]]
+
+
+def check_op(info: OpInfo, p: Precision, what: str) -> None:
+    """Raise if the op does not carry precision `p` (the quantizer's silent fallback)."""
+    want = expected_types(p)
+    if (info.weight_type, info.act_type) != want:
+        raise ConversionError(f"{what}: asked for {p} but the {info.op} op holds {info.weight_type} weights and "
+                              f"{info.act_type} activations; this runtime's quantizer cannot give it that precision")

@@ -1,0 +1,16 @@
+"""The values that flow between the stages (frozen dataclasses with JSON round-trips)."""
+
+from .core import (
+    DEPLOYABLE,
+    SCHEMA_VERSION,
+    SEARCHABLE_KINDS,
+    Budget,
+    JsonDoc,
+    Layer,
+    Policy,
+    Precision,
+)
+from .device import CostRow, CostTable, Target, Timing
+
+__all__ = ["DEPLOYABLE", "SCHEMA_VERSION", "SEARCHABLE_KINDS", "Budget", "CostRow", "CostTable", "JsonDoc",
+           "Layer", "Policy", "Precision", "Target", "Timing"]

@@ -1,0 +1,224 @@
+"""Device-side values: a Target (what a device is and can run), Timing, and the CostTable that
+profiling measures and the solver reads."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ..errors import ConfigError
+from ..files import read_toml
+from .core import SCHEMA_VERSION, SEARCHABLE_KINDS, JsonDoc, Layer, Precision, _check_keys, _check_version
+
+BACKENDS = ("litert", "tflm", "ssh", "adb")
+# Keys of [connection] per backend: where the device is and how to reach it.
+CONNECTION_KEYS = {
+    "litert": set(),
+    "tflm": set(),
+    "ssh": {"host", "user", "port", "key", "known_hosts", "python", "timeout_s"},
+    "adb": {"serial", "python", "remote_dir", "benchmark_model", "timeout_s"},
+}
+_TOP_KEYS = {"name", "description", "backend", "threads", "warmup", "runs", "flash_kb", "ram_kb",
+             "template", "precisions", "connection"}
+
+
+@dataclass(frozen=True)
+class Target(JsonDoc):
+    """A device: the backend that reaches it, runtime options, the precisions it can run per
+    layer kind, and for microcontrollers its flash and RAM."""
+
+    what: ClassVar[str] = "target"
+    name: str
+    backend: str
+    precisions: dict[str, tuple[Precision, ...]]
+    description: str = ""
+    threads: int = 1
+    warmup: int = 5
+    runs: int = 30
+    flash_kb: float | None = None
+    ram_kb: float | None = None
+    template: bool = False  # a template names no real device until the user edits it
+    connection: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"target {self.name}: unknown backend {self.backend!r}; "
+                              f"choose one of {', '.join(BACKENDS)}")
+        for k in ("threads", "warmup", "runs"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if k == "warmup" else 1):
+                raise ConfigError(f"target {self.name}: {k} must be a positive integer, not {v!r}")
+        for k in ("flash_kb", "ram_kb"):
+            v = getattr(self, k)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < math.inf):
+                raise ConfigError(f"target {self.name}: {k} must be a positive number, not {v!r}")
+        missing = [k for k in SEARCHABLE_KINDS if not self.precisions.get(k)]
+        unknown = set(self.precisions) - set(SEARCHABLE_KINDS)
+        if missing or unknown:
+            raise ConfigError(f"target {self.name}: [precisions] must list {', '.join(SEARCHABLE_KINDS)} "
+                              f"(missing {missing or 'none'}, unknown {sorted(unknown) or 'none'})")
+        for kind, ps in self.precisions.items():
+            for p in ps:
+                if not p.deployable:
+                    raise ConfigError(f"target {self.name}: {kind} precision {p} cannot be deployed; "
+                                      "use w8a8, w4a8, w8a16, w4a16, f16 or f32")
+                if kind == "dwconv" and p.weight_bits == 4:
+                    raise ConfigError(f"target {self.name}: dwconv cannot take {p}: the quantizer has no int4 "
+                                      "depthwise kernel and would silently leave the layer float")
+        extra = set(self.connection) - CONNECTION_KEYS[self.backend]
+        if extra:
+            allowed = ", ".join(sorted(CONNECTION_KEYS[self.backend])) or "none"
+            raise ConfigError(f"target {self.name}: [connection] has unknown key(s) {', '.join(sorted(extra))} "
+                              f"for backend {self.backend}; allowed: {allowed}")
+
+    def allowed(self, kind: str) -> tuple[Precision, ...]:
+        """Precisions this target runs for a layer kind (fixed kinds run float32 only)."""
+        return self.precisions.get(kind, (Precision(32, 32, True),))
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "description": self.description, "backend": self.backend,
+                             "threads": self.threads, "warmup": self.warmup, "runs": self.runs}
+        d.update({k: getattr(self, k) for k in ("flash_kb", "ram_kb") if getattr(self, k) is not None})
+        if self.template:
+            d["template"] = True
+        d["precisions"] = {k: [str(p) for p in v] for k, v in self.precisions.items()}
+        if self.connection:
+            d["connection"] = dict(self.connection)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Any) -> Target:
+        _check_keys(d, "target", {"name", "backend", "precisions"}, _TOP_KEYS)
+        precs = d["precisions"]
+        if not isinstance(precs, dict) or not all(isinstance(v, list) for v in precs.values()):
+            raise ConfigError("target precisions must be a table of lists, e.g. conv = [\"w8a8\", \"f32\"]")
+        conn = d.get("connection", {})
+        if not isinstance(conn, dict):
+            raise ConfigError("target connection must be a table")
+        for k in ("name", "backend", "description"):
+            if k in d and not isinstance(d[k], str):
+                raise ConfigError(f"target {k} must be a string, not {d[k]!r}")
+        if not isinstance(d.get("template", False), bool):
+            raise ConfigError("target template must be true or false")
+        kw = {k: v for k, v in d.items() if k not in ("precisions", "connection")}
+        return cls(precisions={k: tuple(Precision.parse(str(p)) for p in v) for k, v in precs.items()},
+                   connection=dict(conn), **kw)
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> Target:
+        d = read_toml(path, "target")
+        d.setdefault("name", Path(path).stem)
+        try:
+            return cls.from_dict(d)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+
+    def to_toml(self) -> str:
+        """The target as a TOML document that `from_toml` reads back to an equal Target."""
+        d = self.to_dict()
+        lines = [f"{k} = {_toml_value(v)}" for k, v in d.items() if not isinstance(v, dict)]
+        for table in ("precisions", "connection"):
+            if table in d:
+                lines += ["", f"[{table}]"] + [f"{k} = {_toml_value(v)}" for k, v in d[table].items()]
+        return "\n".join(lines) + "\n"
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(i) for i in v) + "]"
+    s = str(v).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{s}"'
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Latency of repeated runs on a device, in milliseconds."""
+
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    runs: int
+
+    @classmethod
+    def from_samples(cls, samples_ms: list[float]) -> Timing:
+        import numpy as np
+
+        a = np.asarray(samples_ms, dtype=float)
+        return cls(float(np.median(a)), float(np.percentile(a, 10)), float(np.percentile(a, 90)), len(a))
+
+
+@dataclass(frozen=True)
+class CostRow:
+    """What one layer signature costs at one precision, measured on the device."""
+
+    signature: str
+    precision: str
+    latency_ms: float
+    p10_ms: float
+    p90_ms: float
+    runs: int
+    weight_bytes: int
+    model_bytes: int
+    ram_bytes: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, d: Any) -> CostRow:
+        fields = set(cls.__dataclass_fields__)
+        _check_keys(d, "cost row", fields - {"ram_bytes"}, {"ram_bytes"})
+        for k in ("latency_ms", "p10_ms", "p90_ms"):
+            v = d[k]
+            if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < math.inf:
+                raise ConfigError(f"cost row {k} must be a non-negative number, not {v!r}")
+        Precision.parse(d["precision"])
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class CostTable(JsonDoc):
+    """A model's per-layer costs on one device: the traced layers, one row per (signature,
+    precision), and per uniform precision the whole model measured end to end and the overhead
+    the rows do not cover (whole - sum of rows)."""
+
+    what: ClassVar[str] = "profile"
+    target: Target
+    fingerprint: dict[str, Any]
+    model_hash: str
+    layers: tuple[Layer, ...]
+    rows: tuple[CostRow, ...]
+    whole_ms: dict[str, float] = field(default_factory=dict)
+    overhead_ms: dict[str, float] = field(default_factory=dict)
+
+    def row(self, signature: str, precision: Precision | str) -> CostRow | None:
+        p = str(precision)
+        return next((r for r in self.rows if r.signature == signature and r.precision == p), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema_version": SCHEMA_VERSION, "target": self.target.to_dict(), "fingerprint": self.fingerprint,
+                "model_hash": self.model_hash, "layers": [la.to_dict() for la in self.layers],
+                "rows": [r.to_dict() for r in self.rows], "whole_ms": dict(self.whole_ms),
+                "overhead_ms": dict(self.overhead_ms)}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> CostTable:
+        _check_keys(d, "profile", {"schema_version", "target", "fingerprint", "model_hash", "layers", "rows"},
+                    {"whole_ms", "overhead_ms"})
+        _check_version(d, "profile")
+        if not all(isinstance(d[k], list) for k in ("layers", "rows")) or not isinstance(d["fingerprint"], dict):
+            raise ConfigError("profile layers and rows must be lists and fingerprint an object")
+        for k in ("whole_ms", "overhead_ms"):
+            v = d.get(k, {})
+            if not isinstance(v, dict) or not all(isinstance(x, int | float) for x in v.values()):
+                raise ConfigError(f"profile {k} must map precisions to numbers")
+        return cls(Target.from_dict(d["target"]), d["fingerprint"], str(d["model_hash"]),
+                   tuple(Layer.from_dict(la) for la in d["layers"]), tuple(CostRow.from_dict(r) for r in d["rows"]),
+                   {k: float(v) for k, v in d.get("whole_ms", {}).items()},
+                   {k: float(v) for k, v in d.get("overhead_ms", {}).items()})

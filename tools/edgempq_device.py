@@ -1,0 +1,194 @@
+#!/usr/bin/env python3
+"""edgempq's device-side runner: times and runs .tflite models on the device it runs on.
+
+Needs only Python 3, numpy and a TFLite interpreter (ai_edge_litert, else tflite_runtime); no
+torch, no edgempq. Every mode prints one JSON object on stdout; failures print
+{"error": "..."} and exit with status 2.
+
+    python3 edgempq_device.py info [--threads N]
+    python3 edgempq_device.py time MODEL.tflite [--threads N] [--warmup W] [--runs R]
+    python3 edgempq_device.py run MODEL.tflite INPUTS.npz OUTPUTS.npz [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+MAX_MODEL_BYTES = 2 << 30
+MAX_RUNS = 100_000
+
+
+class DeviceError(Exception):
+    pass
+
+
+def load_interpreter_class():
+    """(Interpreter class, runtime name, version) of the first TFLite runtime installed."""
+    try:
+        from ai_edge_litert import interpreter as mod
+
+        import ai_edge_litert
+
+        return mod.Interpreter, "ai_edge_litert", getattr(ai_edge_litert, "__version__", "unknown")
+    except ImportError:
+        pass
+    try:
+        import tflite_runtime
+        from tflite_runtime import interpreter as mod
+
+        return mod.Interpreter, "tflite_runtime", getattr(tflite_runtime, "__version__", "unknown")
+    except ImportError:
+        raise DeviceError("no TFLite runtime on this device: install ai-edge-litert (or tflite-runtime) "
+                          "for this Python") from None
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, val = line.partition(":")
+                if key.strip() in ("model name", "Hardware", "Model", "cpu model") and val.strip():
+                    return val.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def info(threads: int) -> dict:
+    _, runtime, version = load_interpreter_class()
+    return {"cpu": cpu_model(), "machine": platform.machine(), "system": platform.system(),
+            "cores": os.cpu_count(), "runtime": runtime, "runtime_version": version,
+            "python": platform.python_version(), "numpy": np.__version__, "threads": threads}
+
+
+def read_model(path: str) -> bytes:
+    if not os.path.isfile(path):
+        raise DeviceError(f"model file {path} does not exist")
+    size = os.path.getsize(path)
+    if not 8 <= size <= MAX_MODEL_BYTES:
+        raise DeviceError(f"model file {path} has an implausible size ({size} bytes)")
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[4:8] != b"TFL3":
+        raise DeviceError(f"model file {path} is not a TFLite flatbuffer")
+    return data
+
+
+def make_interpreter(model: bytes, threads: int):
+    cls, _, _ = load_interpreter_class()
+    try:
+        it = cls(model_content=model, num_threads=threads)
+        it.allocate_tensors()
+    except Exception as e:  # noqa: BLE001 - the runtime raises many types
+        raise DeviceError(f"the TFLite runtime cannot load the model ({type(e).__name__}: {e})") from None
+    return it
+
+
+def sample_inputs(it, seed: int = 0) -> list:
+    """Deterministic random inputs of each input's dtype and shape."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for d in it.get_input_details():
+        dt = np.dtype(d["dtype"])
+        if np.issubdtype(dt, np.floating):
+            out.append(rng.standard_normal(d["shape"]).astype(dt))
+        else:
+            lim = np.iinfo(dt)
+            out.append(rng.integers(max(lim.min, -128), min(lim.max, 127) + 1, d["shape"]).astype(dt))
+    return out
+
+
+def time_model(model: bytes, threads: int, warmup: int, runs: int) -> dict:
+    """Warm-up, then `runs` timed invokes; per-run milliseconds and their median / p10 / p90."""
+    if not 1 <= runs <= MAX_RUNS or not 0 <= warmup <= MAX_RUNS:
+        raise DeviceError(f"runs must be 1..{MAX_RUNS} and warmup 0..{MAX_RUNS}")
+    it = make_interpreter(model, threads)
+    for d, x in zip(it.get_input_details(), sample_inputs(it), strict=True):
+        it.set_tensor(d["index"], x)
+    for _ in range(warmup):
+        it.invoke()
+    samples = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        it.invoke()
+        samples.append((time.perf_counter() - t) * 1e3)
+    a = np.asarray(samples)
+    return {"samples_ms": samples, "median_ms": float(np.median(a)), "p10_ms": float(np.percentile(a, 10)),
+            "p90_ms": float(np.percentile(a, 90)), "runs": runs}
+
+
+def run_model(model: bytes, inputs: list, threads: int) -> list:
+    """Outputs of one invoke per batch row; inputs are checked against the model first."""
+    it = make_interpreter(model, threads)
+    details = it.get_input_details()
+    if len(inputs) != len(details):
+        raise DeviceError(f"the model takes {len(details)} input(s), {len(inputs)} given")
+    n = None
+    for d, x in zip(details, inputs, strict=True):
+        if np.dtype(x.dtype) != np.dtype(d["dtype"]) or tuple(x.shape[1:]) != tuple(d["shape"][1:]):
+            raise DeviceError(f"input {d['name']} must be {np.dtype(d['dtype'])} with samples of shape "
+                              f"{tuple(d['shape'][1:])}, got {x.dtype} {tuple(x.shape)}")
+        n = len(x) if n is None else n
+        if len(x) != n:
+            raise DeviceError("all inputs must hold the same number of samples")
+    outs: list[list] = [[] for _ in it.get_output_details()]
+    for i in range(n or 0):
+        for d, x in zip(details, inputs, strict=True):
+            it.set_tensor(d["index"], x[i : i + 1])
+        it.invoke()
+        for k, d in enumerate(it.get_output_details()):
+            outs[k].append(it.get_tensor(d["index"]).copy())
+    return [np.concatenate(o) for o in outs]
+
+
+def _load_inputs(path: str) -> list:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            names = sorted(f.files, key=lambda s: int(s.rsplit("_", 1)[-1]) if s.rsplit("_", 1)[-1].isdigit() else 0)
+            return [f[k] for k in names]
+    except (OSError, ValueError) as e:
+        raise DeviceError(f"inputs file {path} is not a readable .npz ({e})") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="edgempq device runner")
+    sub = ap.add_subparsers(dest="mode", required=True)
+    p_info = sub.add_parser("info")
+    p_time = sub.add_parser("time")
+    p_time.add_argument("model")
+    p_time.add_argument("--warmup", type=int, default=5)
+    p_time.add_argument("--runs", type=int, default=30)
+    p_run = sub.add_parser("run")
+    p_run.add_argument("model")
+    p_run.add_argument("inputs")
+    p_run.add_argument("outputs")
+    for p in (p_info, p_time, p_run):
+        p.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    try:
+        if not 1 <= args.threads <= 256:
+            raise DeviceError("threads must be 1..256")
+        if args.mode == "info":
+            result = info(args.threads)
+        elif args.mode == "time":
+            result = time_model(read_model(args.model), args.threads, args.warmup, args.runs)
+        else:
+            outs = run_model(read_model(args.model), _load_inputs(args.inputs), args.threads)
+            np.savez(args.outputs, **{f"output_{i}": o for i, o in enumerate(outs)})
+            result = {"outputs": len(outs), "samples": int(len(outs[0])) if outs else 0}
+    except DeviceError as e:
+        print(json.dumps({"error": str(e)}))
+        return 2
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
