@@ -32,9 +32,8 @@ class DeviceError(Exception):
 def load_interpreter_class():
     """(Interpreter class, runtime name, version) of the first TFLite runtime installed."""
     try:
-        from ai_edge_litert import interpreter as mod
-
         import ai_edge_litert
+        from ai_edge_litert import interpreter as mod
 
         return mod.Interpreter, "ai_edge_litert", getattr(ai_edge_litert, "__version__", "unknown")
     except ImportError:

@@ -92,8 +92,13 @@ class Target(JsonDoc):
     def from_dict(cls, d: Any) -> Target:
         _check_keys(d, "target", {"name", "backend", "precisions"}, _TOP_KEYS)
         precs = d["precisions"]
-        if not isinstance(precs, dict) or not all(isinstance(v, list) for v in precs.values()):
-            raise ConfigError("target precisions must be a table of lists, e.g. conv = [\"w8a8\", \"f32\"]")
+        if not isinstance(precs, dict):
+            raise ConfigError("target precisions must be a table, e.g. [precisions] conv = [\"w8a8\", \"f32\"]")
+        for k, v in precs.items():
+            if k not in SEARCHABLE_KINDS:
+                raise ConfigError(f"target precisions has unknown key {k!r}; allowed: {', '.join(SEARCHABLE_KINDS)}")
+            if not isinstance(v, list):
+                raise ConfigError(f"target precisions.{k} must be a list such as [\"w8a8\", \"f32\"], not {v!r}")
         conn = d.get("connection", {})
         if not isinstance(conn, dict):
             raise ConfigError("target connection must be a table")

@@ -1,0 +1,116 @@
+"""Profiling on the real local runtimes: identical layers measured once, the cache reused, an
+interrupted profile resumed without re-measuring what it finished."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+import edgempq.profile as prof
+from edgempq.layers import trace
+from edgempq.models import load_model
+from edgempq.schema import CostTable
+from edgempq.targets import load_target
+
+NET = textwrap.dedent("""
+    import torch.nn as nn
+
+    def net():
+        return nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),          # same signature as the one before
+            nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8), nn.ReLU(),
+            nn.Flatten(), nn.Linear(8 * 6 * 6, 10))
+    net.input_shape = (3, 12, 12)
+""")
+
+
+@pytest.fixture
+def net_spec(tmp_path):
+    (tmp_path / "net.py").write_text(NET)
+    return f"{tmp_path / 'net.py'}:net"
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    calls = []
+    real = prof.measure
+
+    def counting(backend, job, float_model):
+        calls.append(job.key)
+        return real(backend, job, float_model)
+
+    monkeypatch.setattr(prof, "measure", counting)
+    return calls
+
+
+def test_identical_layers_are_measured_once_and_the_cache_is_reused(net_spec, tmp_path, monkeypatch, counted):
+    monkeypatch.setenv("EDGEMPQ_CACHE", str(tmp_path / "cache"))
+    m = load_model(net_spec)
+    layers = trace(m.module, m.input_shape)
+    target = load_target("host")
+    # 3 distinct conv signatures x 6 + dwconv x 4 + linear x 6 (the repeated conv is not measured twice)
+    expected = 2 * 6 + 4 + 6
+    table = prof.profile(layers, target, m.model_hash)
+    assert len(counted) == len(table.rows) == expected
+    assert all(table.row(la.signature, p) for la in layers for p in target.allowed(la.kind))
+    t0 = time.perf_counter()
+    again = prof.profile(layers, target, m.model_hash)
+    assert time.perf_counter() - t0 < 2.0 and len(counted) == expected  # nothing measured again
+    assert again.rows == table.rows
+    fresh = prof.profile(layers, target, m.model_hash, use_cache=False)
+    assert len(counted) == 2 * expected and len(fresh.rows) == expected
+    loaded = CostTable.load(table.save(tmp_path / "profile.json"))
+    assert loaded == table
+
+
+def test_rows_have_the_precision_the_device_really_ran(net_spec, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEMPQ_CACHE", str(tmp_path / "cache"))
+    m = load_model(net_spec)
+    table = prof.profile(trace(m.module, m.input_shape), load_target("tflm-host"), m.model_hash)
+    by = {(r.signature.split()[0], r.precision): r for r in table.rows}
+    assert by[("conv", "w4a8")].weight_bytes < by[("conv", "w8a8")].weight_bytes < by[("conv", "f32")].weight_bytes
+    assert all(r.ram_bytes and r.ram_bytes > 0 for r in table.rows)  # TFLite Micro arena measured
+
+
+def test_a_damaged_cache_row_is_measured_again(net_spec, tmp_path, monkeypatch, counted):
+    monkeypatch.setenv("EDGEMPQ_CACHE", str(tmp_path / "cache"))
+    m = load_model(net_spec)
+    layers = trace(m.module, m.input_shape)
+    prof.profile(layers, load_target("host"), m.model_hash)
+    files = sorted((tmp_path / "cache" / "profiles").rglob("*.json"))
+    doc = json.loads(files[0].read_text())
+    doc["row"]["latency_ms"] = 0.000001  # a hand edit: checksum no longer matches
+    files[0].write_text(json.dumps(doc))
+    files[1].write_text(files[1].read_text()[:20])  # truncated
+    n = len(counted)
+    prof.profile(layers, load_target("host"), m.model_hash)
+    assert len(counted) == n + 2
+
+
+def test_a_killed_profile_resumes_without_measuring_finished_rows(net_spec, tmp_path, monkeypatch, counted):
+    cache = tmp_path / "cache"
+    env = {**os.environ, "EDGEMPQ_CACHE": str(cache)}
+    p = subprocess.Popen([sys.executable, "-m", "edgempq", "profile", "--device", "host", "--model", net_spec,
+                          "-o", str(tmp_path / "p.json")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(cache.rglob("*.json"))) < 5:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    done = {f.stem for f in cache.rglob("*.json")}
+    assert 5 <= len(done) < 22 and not (tmp_path / "p.json").exists()
+    assert not list(cache.rglob("*.tmp"))  # atomic writes leave no half-written row
+    monkeypatch.setenv("EDGEMPQ_CACHE", str(cache))
+    m = load_model(net_spec)
+    table = prof.profile(trace(m.module, m.input_shape), load_target("host"), m.model_hash)
+    assert not set(counted) & done  # nothing finished before the kill was measured again
+    assert len(counted) + len(done) == len(table.rows) == 22
