@@ -214,12 +214,14 @@ def targets() -> None:
 @click.option("--weights", type=click.Path(), help="a state_dict (weights do not change latency)")
 @click.option("--input-shape", help="CxHxW (or 1,C,H,W) when the model does not declare it")
 @click.option("--no-cache", is_flag=True, help="measure everything again, and do not store it")
+@click.option("--layers-only", is_flag=True, help="skip the end-to-end timings of the whole model")
 @click.option("-o", "--output", default="profile.json", show_default=True, type=click.Path())
 def profile(device: str, model_spec: str, weights: str | None, input_shape: str | None, no_cache: bool,
-            output: str) -> None:
+            layers_only: bool, output: str) -> None:
     """Measure what each layer costs on the device at each precision it can run."""
     from .layers import trace
     from .models import load_model, parse_shape
+    from .profile import WholeModel
     from .profile import profile as run_profile
     from .targets import load_target
 
@@ -232,7 +234,8 @@ def profile(device: str, model_spec: str, weights: str | None, input_shape: str 
         raise EdgeMPQError(f"model {model_spec} does not declare its input shape; give --input-shape CxHxW")
     layers = trace(m.module, m.input_shape)
     with _progress_steps(f"profiling on {target.name}") as step:
-        table = run_profile(layers, target, m.model_hash, use_cache=not no_cache, on_step=step)
+        whole = None if layers_only else WholeModel(m.module, m.input_shape)
+        table = run_profile(layers, target, m.model_hash, use_cache=not no_cache, on_step=step, whole=whole)
     table.save(output)
     _print_profile(table, f"{model_spec} on {target.name}")
     click.echo(f"{len(table.rows)} measurements for {sum(la.searchable for la in layers)} layers; wrote {output}")
@@ -250,10 +253,11 @@ def _print_profile(table: Any, title: str) -> None:
         if la.searchable:
             rows = [table.row(la.signature, p) for p in precs]
             t.add_row(la.name, la.kind, f"{la.macs:,}", *(f"{r.latency_ms:.3f}" if r else "-" for r in rows))
+    _console().print(t)
     for p, ms in table.whole_ms.items():
         rows_sum = ms - table.overhead_ms.get(p, 0.0)
-        click.echo(f"whole model at {p}: {ms:.3f} ms measured, layers sum to {rows_sum:.3f} ms")
-    _console().print(t)
+        click.echo(f"uniform {p:>5}: whole model {ms:8.3f} ms measured; its layers alone sum to {rows_sum:8.3f} ms "
+                   f"({(rows_sum - ms) / ms:+.1%}); the difference is kept as overhead")
 
 
 @contextmanager

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,28 +56,44 @@ def jobs_for(layers: list[Layer], target: Target) -> list[Job]:
 
 
 class RowCache:
-    """One JSON file per measured row; a truncated or edited file is ignored and re-measured."""
+    """One JSON file per measurement, with a checksum: a truncated or hand-edited file is
+    ignored and measured again. `folder=None` caches nothing."""
 
     def __init__(self, folder: Path | None) -> None:
         self.folder = folder
 
-    def get(self, job: Job) -> CostRow | None:
+    def _get(self, key: str) -> dict | None:
         if self.folder is None:
             return None
-        path = self.folder / f"{job.key}.json"
         try:
-            doc = json.loads(path.read_text())
-            row = CostRow.from_dict(doc["row"])
-        except (OSError, ValueError, KeyError, TypeError, ConfigError):
+            doc = json.loads((self.folder / f"{key}.json").read_text())
+            ok = doc.get("sha256") == _digest(json.dumps(doc["row"], sort_keys=True))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
-        if doc.get("sha256") != _digest(json.dumps(doc["row"], sort_keys=True)) or row.signature != job.layer.signature:
+        return doc["row"] if ok else None
+
+    def _put(self, key: str, d: dict) -> None:
+        if self.folder is not None:
+            write_json(self.folder / f"{key}.json", {"row": d, "sha256": _digest(json.dumps(d, sort_keys=True))})
+
+    def get(self, job: Job) -> CostRow | None:
+        d = self._get(job.key)
+        try:
+            row = CostRow.from_dict(d) if d is not None else None
+        except (ConfigError, TypeError):
             return None
-        return row
+        return row if row is not None and row.signature == job.layer.signature else None
 
     def put(self, job: Job, row: CostRow) -> None:
-        if self.folder is not None:
-            d = row.to_dict()
-            write_json(self.folder / f"{job.key}.json", {"row": d, "sha256": _digest(json.dumps(d, sort_keys=True))})
+        self._put(job.key, row.to_dict())
+
+    def get_whole(self, arch_key: str, precision: str) -> float | None:
+        d = self._get(f"whole-{arch_key}-{precision}")
+        v = d.get("median_ms") if isinstance(d, dict) else None
+        return float(v) if isinstance(v, int | float) and v >= 0 else None
+
+    def put_whole(self, arch_key: str, precision: str, ms: float) -> None:
+        self._put(f"whole-{arch_key}-{precision}", {"median_ms": ms})
 
 
 def measure(backend: Backend, job: Job, float_model: bytes) -> CostRow:
@@ -90,9 +107,85 @@ def measure(backend: Backend, job: Job, float_model: bytes) -> CostRow:
                    weight_ops(model)[0].weight_bytes, len(model), backend.ram_bytes(model))
 
 
+def uniform_choice(target: Target, kind: str, precision: str) -> Precision | None:
+    """What a layer of `kind` runs when the whole model is asked for `precision`: that precision
+    if the target allows it for the kind, else the allowed one of the same activation bits with
+    the fewest weight bits above it (int4 depthwise falls back to int8), else None."""
+    allowed = target.allowed(kind)
+    p = Precision.parse(precision)
+    if p in allowed:
+        return p
+    up = sorted((q for q in allowed if q.is_float == p.is_float and q.act_bits == p.act_bits
+                 and q.weight_bits > p.weight_bits), key=lambda q: q.weight_bits)
+    return up[0] if up else None
+
+
+def uniform_assignment(layers: list[Layer], target: Target, precision: str) -> dict[str, Precision] | None:
+    """Layer name -> precision of the uniform `precision` policy on `target`, or None."""
+    out = {}
+    for la in layers:
+        if la.searchable:
+            q = uniform_choice(target, la.kind, precision)
+            if q is None:
+                return None
+            out[la.name] = q
+    return out
+
+
+@dataclass(frozen=True)
+class WholeModel:
+    """The model itself, for end-to-end timings at each uniform precision."""
+
+    module: Any
+    input_shape: tuple[int, ...]
+
+    @property
+    def key(self) -> str:
+        """Architecture and input size: what sets latency (the weights' values do not)."""
+        return _digest(repr(self.module) + repr(tuple(self.input_shape)))[:16]
+
+
+def measure_whole(backend: Backend, whole: WholeModel, layers: list[Layer], target: Target, cache: RowCache,
+                  on_step: Progress | None = None) -> dict[str, float]:
+    """End-to-end median latency of the whole model at every uniform precision of the target."""
+    from .export.float_graph import float_tflite
+    from .export.recipe import KIND_OPS, OpRule, quantize
+
+    precisions = sorted({str(p) for la in layers if la.searchable for p in target.allowed(la.kind)})
+    out, base = {}, None
+    for i, p in enumerate(precisions):
+        if on_step:
+            on_step(i, len(precisions), f"whole model {p}")
+        assign = uniform_assignment(layers, target, p)
+        if assign is None or p not in {str(q) for q in assign.values()}:
+            continue
+        ms = cache.get_whole(whole.key, p)
+        if ms is None:
+            base = base or float_tflite(whole.module, whole.input_shape)
+            kinds = {la.kind: assign[la.name] for la in layers if la.searchable}
+            P = Precision.parse(p)
+            rules = [] if P.is_float else [OpRule(".*", "*", P)]  # pools, adds... at the same bits
+            rules += [OpRule(".*", KIND_OPS[k], q) for k, q in kinds.items()]
+            ms = backend.time(quantize(base, rules)).median_ms
+            cache.put_whole(whole.key, p, ms)
+        out[p] = ms
+    return out
+
+
+def overheads(table_rows: dict[tuple[str, str], CostRow], layers: list[Layer], target: Target,
+              whole_ms: dict[str, float]) -> dict[str, float]:
+    """Per uniform precision: measured whole model minus the sum of its layers' rows."""
+    out = {}
+    for p, ms in whole_ms.items():
+        assign = uniform_assignment(layers, target, p) or {}
+        out[p] = ms - sum(table_rows[(la.signature, str(assign[la.name]))].latency_ms for la in layers if la.searchable)
+    return out
+
+
 def profile(layers: list[Layer], target: Target, model_hash: str, use_cache: bool = True,
-            on_step: Progress | None = None) -> CostTable:
-    """The cost table of `layers` on `target`, measuring only what the cache lacks."""
+            on_step: Progress | None = None, whole: WholeModel | None = None) -> CostTable:
+    """The cost table of `layers` on `target`, measuring only what the cache lacks; with
+    `whole`, also the whole model end to end at each uniform precision and the overheads."""
     with backend_for(target) as backend:
         fingerprint = backend.check()
         cache = RowCache(cache_dir("profiles", device_key(target, fingerprint)) if use_cache else None)
@@ -111,9 +204,31 @@ def profile(layers: list[Layer], target: Target, model_hash: str, use_cache: boo
                 row = measure(backend, job, floats[sig])
                 cache.put(job, row)
             rows.append(row)
+        whole_ms: dict[str, float] = {}
+        if whole is not None:
+            whole_ms = measure_whole(backend, whole, layers, target, cache, on_step)
         if on_step:
             on_step(len(jobs), len(jobs), "done")
-    return CostTable(target, fingerprint, model_hash, tuple(layers), tuple(rows))
+    by_key = {(r.signature, r.precision): r for r in rows}
+    return CostTable(target, fingerprint, model_hash, tuple(layers), tuple(rows), whole_ms,
+                     overheads(by_key, layers, target, whole_ms))
+
+
+def layer_cost_ms(table: CostTable, layer: Layer, precision: Precision) -> float:
+    """The layer's measured latency at `precision` plus its share of the overhead the rows do
+    not cover (shared out by output size: pools, adds and (de)quantize ops scale with it)."""
+    cost = layer_latency(table, layer, precision)
+    key = str(precision) if str(precision) in table.overhead_ms else next(
+        (p for p in table.overhead_ms if uniform_choice(table.target, layer.kind, p) == precision), None)
+    if key is None:
+        return cost
+    total = sum(math.prod(la.out_shape) for la in table.layers if la.searchable)
+    return cost + table.overhead_ms[key] * math.prod(layer.out_shape) / total
+
+
+def predict_latency(table: CostTable, precisions: dict[str, Precision]) -> float:
+    """Predicted end-to-end latency of a policy: sum of its layers' costs with overhead shares."""
+    return sum(layer_cost_ms(table, la, precisions[la.name]) for la in table.layers if la.searchable)
 
 
 def layer_latency(table: CostTable, layer: Layer, precision: Precision) -> float:

@@ -6,7 +6,7 @@ torch, no edgempq. Every mode prints one JSON object on stdout; failures print
 {"error": "..."} and exit with status 2.
 
     python3 edgempq_device.py info [--threads N]
-    python3 edgempq_device.py time MODEL.tflite [--threads N] [--warmup W] [--runs R]
+    python3 edgempq_device.py time MODEL.tflite [--threads N] [--warmup W] [--runs R] [--max-seconds S]
     python3 edgempq_device.py run MODEL.tflite INPUTS.npz OUTPUTS.npz [--threads N]
 """
 
@@ -104,23 +104,35 @@ def sample_inputs(it, seed: int = 0) -> list:
     return out
 
 
-def time_model(model: bytes, threads: int, warmup: int, runs: int) -> dict:
-    """Warm-up, then `runs` timed invokes; per-run milliseconds and their median / p10 / p90."""
-    if not 1 <= runs <= MAX_RUNS or not 0 <= warmup <= MAX_RUNS:
-        raise DeviceError(f"runs must be 1..{MAX_RUNS} and warmup 0..{MAX_RUNS}")
+def time_model(model: bytes, threads: int, warmup: int, runs: int, max_seconds: float = 0.0) -> dict:
+    """Warm-up, then `runs` timed invokes; per-run milliseconds and their median / p10 / p90.
+    With `max_seconds`, a slow model stops early, after at least 5 timed runs."""
+    if not 1 <= runs <= MAX_RUNS or not 0 <= warmup <= MAX_RUNS or max_seconds < 0:
+        raise DeviceError(f"runs must be 1..{MAX_RUNS}, warmup 0..{MAX_RUNS} and max-seconds >= 0")
     it = make_interpreter(model, threads)
     for d, x in zip(it.get_input_details(), sample_inputs(it), strict=True):
         it.set_tensor(d["index"], x)
+    return timed_invokes(it.invoke, warmup, runs, max_seconds)
+
+
+def timed_invokes(invoke, warmup: int, runs: int, max_seconds: float = 0.0) -> dict:
+    """Milliseconds of `runs` calls of `invoke` after `warmup` calls, within the time budget."""
+    start = time.perf_counter()
     for _ in range(warmup):
-        it.invoke()
+        invoke()
+        if max_seconds and time.perf_counter() - start > max_seconds / 4:
+            break
     samples = []
+    start = time.perf_counter()
     for _ in range(runs):
         t = time.perf_counter()
-        it.invoke()
+        invoke()
         samples.append((time.perf_counter() - t) * 1e3)
+        if max_seconds and len(samples) >= min(5, runs) and time.perf_counter() - start > max_seconds:
+            break
     a = np.asarray(samples)
     return {"samples_ms": samples, "median_ms": float(np.median(a)), "p10_ms": float(np.percentile(a, 10)),
-            "p90_ms": float(np.percentile(a, 90)), "runs": runs}
+            "p90_ms": float(np.percentile(a, 90)), "runs": len(samples)}
 
 
 def run_model(model: bytes, inputs: list, threads: int) -> list:
@@ -164,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     p_time.add_argument("model")
     p_time.add_argument("--warmup", type=int, default=5)
     p_time.add_argument("--runs", type=int, default=30)
+    p_time.add_argument("--max-seconds", type=float, default=0.0)
     p_run = sub.add_parser("run")
     p_run.add_argument("model")
     p_run.add_argument("inputs")
@@ -177,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.mode == "info":
             result = info(args.threads)
         elif args.mode == "time":
-            result = time_model(read_model(args.model), args.threads, args.warmup, args.runs)
+            result = time_model(read_model(args.model), args.threads, args.warmup, args.runs, args.max_seconds)
         else:
             outs = run_model(read_model(args.model), _load_inputs(args.inputs), args.threads)
             np.savez(args.outputs, **{f"output_{i}": o for i, o in enumerate(outs)})

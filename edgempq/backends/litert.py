@@ -25,7 +25,7 @@ class LiteRTBackend(Backend):
 
     def time(self, model: bytes, runs: int | None = None, warmup: int | None = None) -> Timing:
         runs, warmup = self._runs(runs, warmup)
-        return timing_of(self._call("time_model", model, self.target.threads, warmup, runs))
+        return timing_of(self._call("time_model", model, self.target.threads, warmup, runs, self.target.max_seconds))
 
     def run(self, model: bytes, inputs: list[np.ndarray]) -> list[np.ndarray]:
         return self._call("run_model", model, inputs, self.target.threads)

@@ -91,7 +91,8 @@ class RemoteBackend(Backend):
     def time(self, model: bytes, runs: int | None = None, warmup: int | None = None) -> Timing:
         runs, warmup = self._runs(runs, warmup)
         remote = self._upload_model(model)
-        return timing_of(self._device("time", remote, "--warmup", str(warmup), "--runs", str(runs)))
+        return timing_of(self._device("time", remote, "--warmup", str(warmup), "--runs", str(runs),
+                                      "--max-seconds", str(self.target.max_seconds)))
 
     def run(self, model: bytes, inputs: list[np.ndarray]) -> list[np.ndarray]:
         remote = self._upload_model(model)

@@ -3,50 +3,18 @@ with the arena its memory planner needs measured."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import sys
-import tempfile
-import time
 from importlib import metadata
 from typing import Any
 
 import numpy as np
 
 from ..errors import DeviceError
+from ..quiet import captured_output
 from ..schema import Timing
 from .base import BACKENDS, Backend, device_script
 
 _MAX_ARENA = 1 << 30
-
-
-def _libc_fflush() -> None:
-    import ctypes
-
-    ctypes.CDLL(None).fflush(None)
-
-
-@contextlib.contextmanager
-def _captured_output():
-    """Capture what C++ code prints on file descriptors 1 and 2 (TFLM's MicroPrintf writes its
-    allocation report and its complaints to stderr)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), 1)
-        os.dup2(tmp.fileno(), 2)
-        box: list[str] = []
-        try:
-            yield box
-        finally:
-            _libc_fflush()  # C stdio buffers when not on a terminal
-            for fd, old in zip((1, 2), saved, strict=True):
-                os.dup2(old, fd)
-                os.close(old)
-            tmp.seek(0)
-            box.append(tmp.read().decode(errors="replace"))
 
 
 @BACKENDS.register("tflm")
@@ -62,7 +30,7 @@ class TFLMBackend(Backend):
 
         arena = max(1 << 20, 16 * len(model))
         while True:
-            with _captured_output() as said:
+            with captured_output() as said:
                 try:
                     return runtime.Interpreter.from_bytes(model, arena_size=arena)
                 except RuntimeError:
@@ -87,7 +55,7 @@ class TFLMBackend(Backend):
         key = hash(model)
         if key not in self._arena:
             it = self._fit(model)
-            with _captured_output() as out:
+            with captured_output() as out:
                 it.print_allocations()
             m = re.search(r"Arena allocation total (\d+) bytes", out[0])
             if not m:
@@ -100,14 +68,8 @@ class TFLMBackend(Backend):
         it = self._fit(model)
         for i, x in enumerate(self._sample_inputs(it, model)):
             it.set_input(x, i)
-        for _ in range(warmup):
-            it.invoke()
-        samples = []
-        for _ in range(runs):
-            t = time.perf_counter()
-            it.invoke()
-            samples.append((time.perf_counter() - t) * 1e3)
-        return Timing.from_samples(samples)
+        r = device_script().timed_invokes(it.invoke, warmup, runs, self.target.max_seconds)
+        return Timing.from_samples(r["samples_ms"])
 
     @staticmethod
     def _io_counts(model: bytes) -> tuple[int, int]:

@@ -30,7 +30,9 @@ def _conv_padding(layer: Layer) -> tuple[str, tuple[int, int] | None]:
 
 
 def _keras_layer_model(layer: Layer):
-    import tensorflow as tf
+    from ..quiet import import_tensorflow
+
+    tf = import_tensorflow()
 
     init = tf.keras.initializers.GlorotUniform(seed=0)
     if layer.kind == "linear":
@@ -55,7 +57,9 @@ def float_layer_model(layer: Layer) -> bytes:
     """A float32 .tflite (with a signature) holding just `layer`."""
     if not layer.searchable:
         raise ConversionError(f"layer {layer.name} is kept float ({layer.fixed_reason}); it is not profiled alone")
-    import tensorflow as tf
+    from ..quiet import import_tensorflow
+
+    tf = import_tensorflow()
 
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):

@@ -51,17 +51,21 @@ def quantize(model: bytes, rules: Iterable[OpRule], calibration: list[dict[str, 
     of {input name: array}; random normal samples are used when it is None (cost profiling)."""
     from ai_edge_quantizer import algorithm_manager, quantizer
 
-    rules = [r for r in rules if not (r.precision.is_float and r.precision.weight_bits == 32)]
-    if not rules:
+    rules = list(rules)
+    if all(r.precision.is_float and r.precision.weight_bits == 32 for r in rules):
         return bytes(model)
     q = quantizer.Quantizer(bytearray(model))
+    names = algorithm_manager.AlgorithmName
     for r in rules:
-        if r.precision.is_float:
-            q.add_weight_only_config(r.regex, r.op, 16, algorithm_key=algorithm_manager.AlgorithmName.FLOAT_CASTING)
+        if r.precision.is_float and r.precision.weight_bits == 32:  # keep float, even under a wider rule
+            q.update_quantization_recipe(r.regex, r.op, algorithm_key=names.NO_QUANTIZE)
+        elif r.precision.is_float:
+            q.add_weight_only_config(r.regex, r.op, 16, algorithm_key=names.FLOAT_CASTING)
         else:
             q.add_static_config(r.regex, r.op, r.precision.act_bits, r.precision.weight_bits)
     try:
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():  # size reports, debug notes
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+                warnings.catch_warnings():  # size reports, progress bars, debug notes
             warnings.simplefilter("ignore")
             result = None
             if q.need_calibration:
@@ -87,6 +91,7 @@ class OpInfo:
     weight_type: str
     act_type: str
     weight_bytes: int  # weight + bias buffers
+    weight_shape: tuple[int, ...] = ()
 
 
 def weight_ops(model: bytes) -> list[OpInfo]:
@@ -109,7 +114,7 @@ def weight_ops(model: bytes) -> list[OpInfo]:
         outname = sg.tensors[op.outputs[0]].name
         out.append(OpInfo(i, name, outname.decode() if isinstance(outname, bytes) else str(outname),
                           TYPE_NAMES.get(ins[1].type, str(ins[1].type)), TYPE_NAMES.get(ins[0].type, str(ins[0].type)),
-                          sum(sizes)))
+                          sum(sizes), tuple(int(d) for d in ins[1].shape)))
     return out
 
 

@@ -20,7 +20,7 @@ CONNECTION_KEYS = {
     "ssh": {"host", "user", "port", "key", "known_hosts", "python", "timeout_s"},
     "adb": {"serial", "python", "remote_dir", "benchmark_model", "timeout_s"},
 }
-_TOP_KEYS = {"name", "description", "backend", "threads", "warmup", "runs", "flash_kb", "ram_kb",
+_TOP_KEYS = {"name", "description", "backend", "threads", "warmup", "runs", "max_seconds", "flash_kb", "ram_kb",
              "template", "precisions", "connection"}
 
 
@@ -37,6 +37,7 @@ class Target(JsonDoc):
     threads: int = 1
     warmup: int = 5
     runs: int = 30
+    max_seconds: float = 2.0  # per measurement: a slow model stops after at least 5 runs
     flash_kb: float | None = None
     ram_kb: float | None = None
     template: bool = False  # a template names no real device until the user edits it
@@ -50,7 +51,7 @@ class Target(JsonDoc):
             v = getattr(self, k)
             if isinstance(v, bool) or not isinstance(v, int) or v < (0 if k == "warmup" else 1):
                 raise ConfigError(f"target {self.name}: {k} must be a positive integer, not {v!r}")
-        for k in ("flash_kb", "ram_kb"):
+        for k in ("flash_kb", "ram_kb", "max_seconds"):
             v = getattr(self, k)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < math.inf):
                 raise ConfigError(f"target {self.name}: {k} must be a positive number, not {v!r}")
@@ -79,7 +80,8 @@ class Target(JsonDoc):
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"name": self.name, "description": self.description, "backend": self.backend,
-                             "threads": self.threads, "warmup": self.warmup, "runs": self.runs}
+                             "threads": self.threads, "warmup": self.warmup, "runs": self.runs,
+                             "max_seconds": self.max_seconds}
         d.update({k: getattr(self, k) for k in ("flash_kb", "ram_kb") if getattr(self, k) is not None})
         if self.template:
             d["template"] = True

@@ -1,0 +1,84 @@
+"""PyTorch -> ONNX -> onnx2tf -> a float .tflite with a signature (the quantizer's input).
+
+onnx2tf downloads a sample-image file whenever every model input is a 4-D, 3-channel image;
+it first looks for that file in its working directory, so we always run it in a private folder
+where we have written the file (from real calibration images when given)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import subprocess
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConversionError
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+ONNX2TF_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
+
+
+def export_onnx(module, input_shape: tuple[int, ...], path: Path) -> Path:
+    """The model in eval mode as ONNX (BatchNorm folded by constant folding)."""
+    import torch
+
+    module = module.eval()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, torch.zeros(1, *input_shape), str(path), dynamo=False, opset_version=17,
+                              input_names=["input"], output_names=["output"], do_constant_folding=True)
+    except Exception as e:  # noqa: BLE001 - the exporter raises many types
+        raise ConversionError(f"exporting the model to ONNX failed ({type(e).__name__}: {e})") from None
+    return path
+
+
+def _sample_images(images: np.ndarray | None) -> np.ndarray:
+    """20 x 128 x 128 x 3 float32 in [0, 1], from real images when available."""
+    if images is None or images.ndim != 4 or len(images) == 0:
+        rng = np.random.default_rng(0)
+        return rng.random((20, 128, 128, 3), dtype=np.float32)
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(images[:20], dtype=np.float32))
+    x = x.repeat(1, 3, 1, 1) if x.shape[1] == 1 else x[:, :3]
+    x = torch.nn.functional.interpolate(x, size=(128, 128), mode="bilinear", align_corners=False)
+    x = (x - x.amin()) / max(float(x.amax() - x.amin()), 1e-6)
+    x = x.permute(0, 2, 3, 1).numpy()
+    return np.concatenate([x] * (20 // len(x) + 1))[:20].astype(np.float32)
+
+
+def onnx_to_tflite(onnx_path: Path, images: np.ndarray | None = None) -> bytes:
+    """onnx2tf's SavedModel, converted with a `serving_default` signature."""
+    with tempfile.TemporaryDirectory(prefix="edgempq-onnx2tf-") as work:
+        np.save(Path(work) / ONNX2TF_SAMPLE, _sample_images(images))
+        out = Path(work) / "saved_model"
+        p = subprocess.run([sys.executable, "-m", "onnx2tf", "-i", str(Path(onnx_path).resolve()), "-o", str(out),
+                            "-osd", "-n"], cwd=work, capture_output=True, text=True)
+        if p.returncode != 0 or not (out / "saved_model.pb").exists():
+            tail = [ln for ln in (p.stdout + p.stderr).splitlines() if "rror" in ln][-3:]
+            raise ConversionError(f"onnx2tf could not convert the model: {' | '.join(tail) or 'no message'}")
+        return _saved_model_to_tflite(out)
+
+
+def _saved_model_to_tflite(folder: Path) -> bytes:
+    from ..quiet import import_tensorflow
+
+    tf = import_tensorflow()
+
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            return bytes(tf.lite.TFLiteConverter.from_saved_model(str(folder)).convert())
+    except Exception as e:  # noqa: BLE001 - TensorFlow raises many types
+        raise ConversionError(f"converting onnx2tf's SavedModel to TFLite failed ({e})") from None
+
+
+def float_tflite(module, input_shape: tuple[int, ...], images: np.ndarray | None = None) -> bytes:
+    """The whole model as a float32 .tflite (NHWC input) with a signature."""
+    with tempfile.TemporaryDirectory(prefix="edgempq-onnx-") as work:
+        return onnx_to_tflite(export_onnx(module, input_shape, Path(work) / "model.onnx"), images)

@@ -1,0 +1,102 @@
+"""Match each traced PyTorch layer to the one TFLite op that implements it.
+
+onnx2tf renames every tensor, so names cannot be used. Layers and weight ops are matched in
+execution order, and each pair must agree on op type, weight shape (in TFLite's layout) and, when
+the weights are given, on the weight values themselves (up to the layout change and folded
+BatchNorm scaling per output channel)."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from ..errors import ConversionError
+from ..schema import Layer
+from .recipe import KIND_OPS, OpInfo, weight_ops
+
+
+def _tflite_weight_shape(layer: Layer) -> tuple[int, ...]:
+    if layer.kind == "linear":
+        return (layer.out_channels, layer.in_channels)
+    kh, kw = (layer.kernel * 2)[:2]
+    if layer.kind == "dwconv":
+        return (1, kh, kw, layer.out_channels)
+    return (layer.out_channels, kh, kw, layer.in_channels // layer.groups)
+
+
+def map_layers(layers: list[Layer], model: bytes, weights: dict[str, np.ndarray] | None = None) -> dict[str, OpInfo]:
+    """Layer name -> the op that implements it, for every searchable layer of a float model.
+
+    Candidates are the unused ops of the layer's type and weight shape; several candidates
+    (e.g. a residual block's convs, which the converter may reorder) are told apart by the
+    weights themselves when `weights` (PyTorch name -> array) is given, else taken in order.
+    A layer with no candidate is a ConversionError naming it."""
+    ops = weight_ops(model)
+    values = _op_weights(model) if weights else {}
+    used: set[int] = set()
+    out: dict[str, OpInfo] = {}
+    for la in (x for x in layers if x.searchable):
+        cands = [o for o in ops if o.index not in used and _fits(la, o)]
+        if not cands:
+            raise ConversionError(f"layer {la.name} ({la.kind}, weight {_tflite_weight_shape(la)}) has no matching "
+                                  "op in the converted model; the converter changed it (fused or split it)")
+        if len(cands) > 1 and weights and la.name in weights:
+            w = weights[la.name]
+            agree = [o for o in cands if o.index in values and weights_agree(w, values[o.index], la.kind)]
+            if len(agree) != 1:
+                raise ConversionError(f"layer {la.name}: {len(agree)} ops of the converted model carry its weights; "
+                                      "cannot tell which one implements it")
+            cands = agree
+        out[la.name] = cands[0]
+        used.add(cands[0].index)
+    return out
+
+
+def _op_weights(model: bytes) -> dict[int, np.ndarray]:
+    """Op index -> float32 weight array, for the weight ops of a float model."""
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
+
+    m = fu.read_model(bytearray(model))
+    sg = m.subgraphs[0]
+    out = {}
+    for o in weight_ops(model):
+        t = sg.tensors[sg.operators[o.index].inputs[1]]
+        data = m.buffers[t.buffer].data
+        if data is not None and t.type == 0:
+            out[o.index] = np.frombuffer(bytes(data), dtype=np.float32).reshape(tuple(t.shape))
+    return out
+
+
+def _fits(layer: Layer, op: OpInfo) -> bool:
+    return op.op == KIND_OPS[layer.kind] and tuple(op.weight_shape) == _tflite_weight_shape(layer)
+
+
+def op_regex(op: OpInfo) -> str:
+    """A regex that selects exactly this op in an ai-edge-quantizer recipe, which matches an op's
+    scope: its output tensor names joined and ended by ';'."""
+    return "^" + re.escape(op.output_name) + ";$"
+
+
+def weights_agree(layer_weight: np.ndarray, op_weight: np.ndarray, kind: str) -> bool:
+    """Whether a PyTorch weight and a TFLite weight are the same up to layout and a positive
+    per-output-channel scale (BatchNorm folding)."""
+    w = layer_weight
+    if kind == "conv":
+        w = w.transpose(0, 2, 3, 1)
+    elif kind == "dwconv":
+        w = w.transpose(1, 2, 3, 0)  # (C, 1, kh, kw) -> (1, kh, kw, C)
+    if w.shape != op_weight.shape:
+        return False
+    axis = -1 if kind == "dwconv" else 0
+    a = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)
+    b = np.moveaxis(op_weight, axis, 0).reshape(op_weight.shape[axis], -1)
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    cos = (a * b).sum(1) / np.maximum(na * nb, 1e-12)
+    return bool(np.all(cos[(na > 0) & (nb > 0)] > 0.999))
+
+
+def torch_weights(module, layers: list[Layer]) -> dict[str, np.ndarray]:
+    """PyTorch weight arrays of the searchable layers, for `map_layers`."""
+    mods = dict(module.named_modules())
+    return {la.name: mods[la.name].weight.detach().cpu().numpy() for la in layers if la.searchable}

@@ -1,0 +1,51 @@
+"""Silence what native code prints: TFLite Micro reports allocations on stderr, TensorFlow logs
+CUDA probes at import; neither belongs on a user's terminal."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from types import ModuleType
+
+
+def _libc_fflush() -> None:
+    import ctypes
+
+    ctypes.CDLL(None).fflush(None)
+
+
+@contextlib.contextmanager
+def captured_output() -> Iterator[list[str]]:
+    """Capture file descriptors 1 and 2 (C and C++ output included); the text is appended to
+    the yielded list when the block ends."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 1)
+        os.dup2(tmp.fileno(), 2)
+        box: list[str] = []
+        try:
+            yield box
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            _libc_fflush()  # C stdio buffers when not on a terminal
+            for fd, old in zip((1, 2), saved, strict=True):
+                os.dup2(old, fd)
+                os.close(old)
+            tmp.seek(0)
+            box.append(tmp.read().decode(errors="replace"))
+
+
+def import_tensorflow() -> ModuleType:
+    """`import tensorflow` without its start-up chatter."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"]
+    with captured_output():
+        import tensorflow as tf
+    return tf

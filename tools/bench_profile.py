@@ -1,0 +1,93 @@
+"""Benchmark of device profiling on `host`: cold and warm profile time, and predicted vs
+measured end-to-end latency for every uniform precision and for random mixed policies.
+
+    .venv/bin/python tools/bench_profile.py [--models resnet18,mobilenet_v2] [--policies 3]
+        [--device host] [--out bench_results/profile.json] [--quick]
+
+Cold = an empty cache; warm = the same profile again. A policy is deployed as a real mixed-
+precision .tflite (ONNX -> onnx2tf -> per-layer ai-edge-quantizer recipe) and timed whole.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+
+def bench_model(name: str, device: str, n_policies: int, seed: int) -> dict:
+    from edgempq.backends import backend_for
+    from edgempq.export.float_graph import float_tflite
+    from edgempq.export.mapping import torch_weights
+    from edgempq.export.mixed import quantize_policy
+    from edgempq.layers import trace
+    from edgempq.models import load_model
+    from edgempq.profile import WholeModel, predict_latency, profile, uniform_assignment
+    from edgempq.targets import load_target
+
+    target = load_target(device)
+    m = load_model(name)
+    layers = trace(m.module, m.input_shape)
+    whole = WholeModel(m.module, m.input_shape)
+    t0 = time.perf_counter()
+    table = profile(layers, target, m.model_hash, whole=whole)
+    cold = time.perf_counter() - t0
+    warm_runs = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        profile(layers, target, m.model_hash, whole=whole)
+        warm_runs.append(time.perf_counter() - t0)
+    result: dict = {"model": name, "device": device, "layers": sum(la.searchable for la in layers),
+                    "rows": len(table.rows), "cold_s": cold, "warm_s_median": statistics.median(warm_runs),
+                    "uniform": {}, "mixed": []}
+    for p, ms in table.whole_ms.items():
+        rows_sum = ms - table.overhead_ms[p]
+        result["uniform"][p] = {"measured_ms": ms, "layer_sum_ms": rows_sum, "layer_sum_error": (rows_sum - ms) / ms}
+    base = float_tflite(m.module, m.input_shape)
+    weights = torch_weights(m.module, layers)
+    rng = random.Random(seed)
+    with backend_for(target) as backend:
+        for i in range(n_policies):
+            pol = {la.name: rng.choice(target.allowed(la.kind)) for la in layers if la.searchable}
+            measured = backend.time(quantize_policy(layers, base, pol, weights)).median_ms
+            predicted = predict_latency(table, pol)
+            result["mixed"].append({"policy": i, "predicted_ms": predicted, "measured_ms": measured,
+                                    "error": (predicted - measured) / measured})
+        for p in table.whole_ms:  # uniform policies through the same mixed path, with overhead
+            pol = uniform_assignment(layers, target, p)
+            measured = backend.time(quantize_policy(layers, base, pol, weights)).median_ms
+            result["uniform"][p] |= {"via_policy_measured_ms": measured,
+                                     "predicted_ms": predict_latency(table, pol),
+                                     "error": (predict_latency(table, pol) - measured) / measured}
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="zoo:resnet18,zoo:mobilenet_v2")
+    ap.add_argument("--device", default="host")
+    ap.add_argument("--policies", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quick", action="store_true", help="small models, one mixed policy")
+    ap.add_argument("--out", default="bench_results/profile.json")
+    args = ap.parse_args()
+    models = "zoo:mnist_resnet8,zoo:mnist_mobilenet" if args.quick else args.models
+    n = 1 if args.quick else args.policies
+    os.environ["EDGEMPQ_CACHE"] = tempfile.mkdtemp(prefix="edgempq-bench-cache-")  # cold = empty cache
+    results = []
+    for name in models.split(","):
+        r = bench_model(name, args.device, n, args.seed)
+        results.append(r)
+        print(json.dumps(r, indent=2), flush=True)
+    from edgempq.files import write_json
+
+    write_json(Path(args.out), {"results": results})
+
+
+if __name__ == "__main__":
+    main()
