@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,13 +98,15 @@ class RowCache:
 
 def measure(backend: Backend, job: Job, float_model: bytes) -> CostRow:
     """Build the single-layer model of `job` and time it (and its RAM, on TFLite Micro)."""
+    from .export.boundary import io_models
     from .export.layer_model import layer_model
     from .export.recipe import weight_ops
 
     model = layer_model(job.layer, job.precision, float_model)
     t = backend.time(model)
+    io = [backend.time(x).median_ms if x else 0.0 for x in io_models(model)]
     return CostRow(job.layer.signature, str(job.precision), t.median_ms, t.p10_ms, t.p90_ms, t.runs,
-                   weight_ops(model)[0].weight_bytes, len(model), backend.ram_bytes(model))
+                   weight_ops(model)[0].weight_bytes, len(model), backend.ram_bytes(model), io[0], io[1])
 
 
 def uniform_choice(target: Target, kind: str, precision: str) -> Precision | None:
@@ -144,6 +146,29 @@ class WholeModel:
         """Architecture and input size: what sets latency (the weights' values do not)."""
         return _digest(repr(self.module) + repr(tuple(self.input_shape)))[:16]
 
+    def timing_copy(self) -> Any:
+        """A copy whose BatchNorm statistics are re-estimated on random inputs, so every layer
+        sees unit-scale activations. Latency does not depend on the values, but an untrained
+        net's vanishing activations give int16 scales so small that TFLite's fused-ReLU6 range
+        overflows int32 and the model refuses to load; and timing stays independent of the
+        weights, as its cache key is."""
+        import copy
+
+        import torch
+
+        m = copy.deepcopy(self.module)
+        bns = [b for b in m.modules() if isinstance(b, torch.nn.modules.batchnorm._BatchNorm)]
+        if bns:
+            for b in bns:
+                b.reset_running_stats()
+                b.momentum = None  # cumulative average over the batches below
+            m.train()
+            gen = torch.Generator().manual_seed(0)
+            with torch.no_grad():
+                for _ in range(4):
+                    m(torch.randn((8, *self.input_shape), generator=gen))
+        return m.eval()
+
 
 def measure_whole(backend: Backend, whole: WholeModel, layers: list[Layer], target: Target, cache: RowCache,
                   on_step: Progress | None = None) -> dict[str, float]:
@@ -161,10 +186,10 @@ def measure_whole(backend: Backend, whole: WholeModel, layers: list[Layer], targ
             continue
         ms = cache.get_whole(whole.key, p)
         if ms is None:
-            base = base or float_tflite(whole.module, whole.input_shape)
+            base = base or float_tflite(whole.timing_copy(), whole.input_shape)
             kinds = {la.kind: assign[la.name] for la in layers if la.searchable}
             P = Precision.parse(p)
-            rules = [] if P.is_float else [OpRule(".*", "*", P)]  # pools, adds... at the same bits
+            rules = [] if P.is_float else [OpRule(".*", "*", Precision(8, P.act_bits))]  # pools, adds, ...
             rules += [OpRule(".*", KIND_OPS[k], q) for k, q in kinds.items()]
             ms = backend.time(quantize(base, rules)).median_ms
             cache.put_whole(whole.key, p, ms)
@@ -178,7 +203,7 @@ def overheads(table_rows: dict[tuple[str, str], CostRow], layers: list[Layer], t
     out = {}
     for p, ms in whole_ms.items():
         assign = uniform_assignment(layers, target, p) or {}
-        out[p] = ms - sum(table_rows[(la.signature, str(assign[la.name]))].latency_ms for la in layers if la.searchable)
+        out[p] = ms - sum(table_rows[(la.signature, str(assign[la.name]))].op_ms for la in layers if la.searchable)
     return out
 
 
@@ -214,27 +239,47 @@ def profile(layers: list[Layer], target: Target, model_hash: str, use_cache: boo
                      overheads(by_key, layers, target, whole_ms))
 
 
-def layer_cost_ms(table: CostTable, layer: Layer, precision: Precision) -> float:
-    """The layer's measured latency at `precision` plus its share of the overhead the rows do
-    not cover (shared out by output size: pools, adds and (de)quantize ops scale with it)."""
-    cost = layer_latency(table, layer, precision)
-    key = str(precision) if str(precision) in table.overhead_ms else next(
-        (p for p in table.overhead_ms if uniform_choice(table.target, layer.kind, p) == precision), None)
-    if key is None:
-        return cost
-    total = sum(math.prod(la.out_shape) for la in table.layers if la.searchable)
-    return cost + table.overhead_ms[key] * math.prod(layer.out_shape) / total
+def default_act_bits(precisions: dict[str, Precision]) -> int | None:
+    """Bits of the ops between layers (pools, adds): the most common integer activation width,
+    as the deployment recipe sets them; None when every layer is float."""
+    bits = Counter(p.act_bits for p in precisions.values() if not p.is_float)
+    return bits.most_common(1)[0][0] if bits else None
 
 
-def predict_latency(table: CostTable, precisions: dict[str, Precision]) -> float:
-    """Predicted end-to-end latency of a policy: sum of its layers' costs with overhead shares."""
-    return sum(layer_cost_ms(table, la, precisions[la.name]) for la in table.layers if la.searchable)
-
-
-def layer_latency(table: CostTable, layer: Layer, precision: Precision) -> float:
-    """Measured latency of `layer` at `precision`, or a ConfigError naming what is missing."""
+def layer_cost_ms(table: CostTable, layer: Layer, precision: Precision, default_bits: int | None) -> float:
+    """The layer's own op time at `precision`, plus the conversions at its edges when its
+    activations differ from the ops around it (`default_bits`; None = a float graph)."""
     row = table.row(layer.signature, precision)
     if row is None:
         raise ConfigError(f"the profile has no measurement of layer {layer.name} at {precision}; "
                           f"the target allows {', '.join(map(str, table.target.allowed(layer.kind)))}")
-    return row.latency_ms
+    cost = row.op_ms
+    same = default_bits is None if precision.is_float else precision.act_bits == default_bits
+    if not same:
+        ref = row if not precision.is_float else table.row(layer.signature, Precision(8, default_bits or 8))
+        ref = ref or row
+        cost += ref.io_in_ms + ref.io_out_ms
+    return cost
+
+
+def overhead_ms(table: CostTable, precisions: dict[str, Precision]) -> float:
+    """What the layer rows do not cover, from the uniform measurement closest to the policy:
+    same activation width between layers and the most common weight width."""
+    if not table.overhead_ms:
+        return 0.0
+    bits = default_act_bits(precisions)
+    common = Counter(str(p) if p.is_float else p.weight_bits for p in precisions.values()).most_common()
+    candidates = [k for k in table.overhead_ms
+                  if (bits is None and k.startswith("f")) or (bits is not None and k.endswith(f"a{bits}"))]
+    for value, _ in common:
+        for k in candidates:
+            if k == value or (isinstance(value, int) and k.startswith(f"w{value}a")):
+                return table.overhead_ms[k]
+    return table.overhead_ms[candidates[0]] if candidates else 0.0
+
+
+def predict_latency(table: CostTable, precisions: dict[str, Precision]) -> float:
+    """Predicted end-to-end latency of a policy: layer ops, edge conversions, overhead."""
+    bits = default_act_bits(precisions)
+    layers = [la for la in table.layers if la.searchable]
+    return sum(layer_cost_ms(table, la, precisions[la.name], bits) for la in layers) + overhead_ms(table, precisions)

@@ -78,3 +78,32 @@ def test_data_describes_splits():
 def test_models_lists_the_zoo():
     p = run("models")
     assert all(f"zoo:{n}" in p.stdout for n in ("resnet18", "mobilenet_v2", "mnist_resnet8", "mnist_mobilenet"))
+
+
+def test_targets_lists_built_in_and_template_targets():
+    p = run("targets")
+    for name in ("host", "host-4t", "tflm-host", "linux-ssh (template)", "android-adb (template)"):
+        assert name in p.stdout
+
+
+@pytest.mark.slow
+def test_profile_prints_layer_costs_and_whole_model_errors(tmp_path):
+    (tmp_path / "net.py").write_text(textwrap.dedent("""
+        import torch.nn as nn
+
+        def net():
+            return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1),
+                                 nn.ReLU(), nn.Flatten(), nn.Linear(8 * 8 * 8, 4))
+    """))
+    out = tmp_path / "profile.json"
+    p = run("profile", "--device", "tflm-host", "--model", f"{tmp_path / 'net.py'}:net", "--input-shape",
+            "1,3,16,16", "-o", str(out))
+    assert "w8a8 ms" in p.stdout and "uniform  w8a8: whole model" in p.stdout
+    doc = json.loads(out.read_text())
+    assert doc["target"]["name"] == "tflm-host" and len(doc["rows"]) == 3 * 4 - 1
+    assert all(r["ram_bytes"] > 0 for r in doc["rows"]) and set(doc["whole_ms"]) == {"f32", "w8a8", "w4a8", "w8a16"}
+
+
+def test_profile_of_a_template_target_is_a_clear_error():
+    p = run("profile", "--device", "linux-ssh", "--model", "zoo:mnist_resnet8", check=False)
+    assert p.returncode == 1 and "is a template" in p.stderr and "Traceback" not in p.stderr

@@ -24,7 +24,7 @@ def policy_rules(layers: list[Layer], model: bytes, precisions: dict[str, Precis
         a = ints.most_common(1)[0][0]
         rules.append(OpRule(".*", "*", Precision(8, a)))  # ops without weights run at these bits
     for name, op in mapping.items():
-        rules.append(OpRule(op_regex(op), op.op, precisions[name]))
+        rules.append(OpRule(op_regex(op), op.op, precisions[name], f"layer {name}"))
     return rules
 
 

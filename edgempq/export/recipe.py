@@ -31,6 +31,7 @@ class OpRule:
     regex: str
     op: str
     precision: Precision
+    label: str = ""  # the layer it is for, to name in errors
 
 
 def signature_inputs(model: bytes) -> tuple[str, list[dict]]:
@@ -57,12 +58,17 @@ def quantize(model: bytes, rules: Iterable[OpRule], calibration: list[dict[str, 
     q = quantizer.Quantizer(bytearray(model))
     names = algorithm_manager.AlgorithmName
     for r in rules:
-        if r.precision.is_float and r.precision.weight_bits == 32:  # keep float, even under a wider rule
-            q.update_quantization_recipe(r.regex, r.op, algorithm_key=names.NO_QUANTIZE)
-        elif r.precision.is_float:
-            q.add_weight_only_config(r.regex, r.op, 16, algorithm_key=names.FLOAT_CASTING)
-        else:
-            q.add_static_config(r.regex, r.op, r.precision.act_bits, r.precision.weight_bits)
+        try:
+            if r.precision.is_float and r.precision.weight_bits == 32:  # keep float, even under a wider rule
+                q.update_quantization_recipe(r.regex, r.op, algorithm_key=names.NO_QUANTIZE)
+            elif r.precision.is_float:
+                q.add_weight_only_config(r.regex, r.op, 16, algorithm_key=names.FLOAT_CASTING)
+            else:
+                q.add_static_config(r.regex, r.op, r.precision.act_bits, r.precision.weight_bits)
+        except ValueError as e:
+            first = str(e).split(". ")[0]
+            raise ConversionError(f"{r.label or r.op}: asked for {r.precision} but the quantizer cannot give a "
+                                  f"{r.op} that precision ({first})") from None
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
                 warnings.catch_warnings():  # size reports, progress bars, debug notes

@@ -162,7 +162,11 @@ class Timing:
 
 @dataclass(frozen=True)
 class CostRow:
-    """What one layer signature costs at one precision, measured on the device."""
+    """What one layer signature costs at one precision, measured on the device.
+
+    `latency_ms` (median, with p10 / p90) is the single-layer model end to end; `io_in_ms` and
+    `io_out_ms` are its float<->int conversions of the input and output, timed alone, which a
+    whole model pays only where neighbouring precisions differ."""
 
     signature: str
     precision: str
@@ -173,15 +177,22 @@ class CostRow:
     weight_bytes: int
     model_bytes: int
     ram_bytes: int | None = None
+    io_in_ms: float = 0.0
+    io_out_ms: float = 0.0
+
+    @property
+    def op_ms(self) -> float:
+        """The layer's own op(s), without the conversions at its edges."""
+        return max(0.0, self.latency_ms - self.io_in_ms - self.io_out_ms)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
     @classmethod
     def from_dict(cls, d: Any) -> CostRow:
-        fields = set(cls.__dataclass_fields__)
-        _check_keys(d, "cost row", fields - {"ram_bytes"}, {"ram_bytes"})
-        for k in ("latency_ms", "p10_ms", "p90_ms"):
+        optional = {"ram_bytes", "io_in_ms", "io_out_ms"}
+        _check_keys(d, "cost row", set(cls.__dataclass_fields__) - optional, optional)
+        for k in ("latency_ms", "p10_ms", "p90_ms", *(("io_in_ms", "io_out_ms") if "io_in_ms" in d else ())):
             v = d[k]
             if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < math.inf:
                 raise ConfigError(f"cost row {k} must be a non-negative number, not {v!r}")

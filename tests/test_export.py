@@ -1,0 +1,76 @@
+"""Whole-model export for profiling: layer <-> op mapping, per-layer recipes checked in the
+flatbuffer, uniform timings and overheads (real onnx2tf, ai-edge-quantizer and LiteRT)."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgempq.errors import ConversionError
+from edgempq.export.float_graph import float_tflite
+from edgempq.export.mapping import map_layers, torch_weights
+from edgempq.export.mixed import quantize_policy
+from edgempq.export.recipe import weight_ops
+from edgempq.layers import trace
+from edgempq.models import load_model
+from edgempq.schema import Precision
+from edgempq.targets import load_target
+
+
+@pytest.fixture(scope="module")
+def resnet8():
+    m = load_model("zoo:mnist_resnet8")
+    layers = trace(m.module, m.input_shape)
+    return m, layers, float_tflite(m.module, m.input_shape)
+
+
+@pytest.mark.slow
+def test_layers_map_to_their_ops_even_when_the_converter_reorders_them(resnet8):
+    m, layers, fl = resnet8
+    mapping = map_layers(layers, fl, torch_weights(m.module, layers))
+    assert set(mapping) == {la.name for la in layers}
+    order = [mapping[la.name].index for la in layers]
+    assert order != sorted(order)  # onnx2tf moved the downsample convs: order alone would be wrong
+    assert mapping["layer2.0.downsample.0"].weight_shape == (32, 1, 1, 16)
+
+
+@pytest.mark.slow
+def test_mixed_policy_lands_layer_by_layer_in_the_flatbuffer(resnet8):
+    m, layers, fl = resnet8
+    names = [la.name for la in layers]
+    cycle = ["w8a8", "w4a8", "f32", "w8a16", "f16"]
+    pol = {n: Precision.parse(cycle[i % len(cycle)]) for i, n in enumerate(names)}
+    out = quantize_policy(layers, fl, pol, torch_weights(m.module, layers))
+    found = {o.output_name: (o.weight_type, o.act_type) for o in weight_ops(out)}
+    mapping = map_layers(layers, fl, torch_weights(m.module, layers))
+    expect = {"w8a8": ("int8", "int8"), "w4a8": ("int4", "int8"), "f32": ("float32", "float32"),
+              "w8a16": ("int8", "int16"), "f16": ("float16", "float32")}
+    for n in names:
+        assert found[mapping[n].output_name] == expect[str(pol[n])], n
+
+
+@pytest.mark.slow
+def test_a_precision_the_quantizer_cannot_give_is_refused_not_silently_float():
+    m = load_model("zoo:mnist_mobilenet")
+    layers = trace(m.module, m.input_shape)
+    fl = float_tflite(m.module, m.input_shape)
+    pol = {la.name: Precision.parse("w8a8") for la in layers}
+    dw = next(la.name for la in layers if la.kind == "dwconv")
+    pol[dw] = Precision.parse("w4a8")
+    want = f"layer {dw}: asked for w4a8 but the quantizer cannot give a DEPTHWISE_CONV_2D"
+    with pytest.raises(ConversionError, match=want):
+        quantize_policy(layers, fl, pol, torch_weights(m.module, layers))
+
+
+@pytest.mark.slow
+def test_whole_model_timings_give_overheads_that_close_the_sum(tmp_path, monkeypatch):
+    from edgempq.profile import WholeModel, predict_latency, profile, uniform_assignment
+
+    monkeypatch.setenv("EDGEMPQ_CACHE", str(tmp_path))
+    m = load_model("zoo:mnist_resnet8")
+    layers = trace(m.module, m.input_shape)
+    target = load_target("host")
+    table = profile(layers, target, m.model_hash, whole=WholeModel(m.module, m.input_shape))
+    assert set(table.whole_ms) == {"f32", "f16", "w8a8", "w4a8", "w8a16", "w4a16"}
+    for p, ms in table.whole_ms.items():  # with its overhead, a uniform policy predicts its own measurement
+        assert predict_latency(table, uniform_assignment(layers, target, p)) == pytest.approx(ms, rel=1e-9)
+    assert table.whole_ms["w8a16"] > 3 * table.whole_ms["w8a8"]  # 16-bit activations are slow on this CPU
