@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,10 +37,27 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+PROFILE_FORMAT = 3  # bump when the single-layer models or what a row means change
+
+
+def _toolchain() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {}
+    for pkg in ("ai-edge-quantizer", "tensorflow", "onnx2tf"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "none"
+    return out
+
+
 def device_key(target: Target, fingerprint: dict[str, Any]) -> str:
-    """Cache folder name: the target and what the device reported, not where it is reached."""
+    """Cache folder name: the target's timing options, what the device reported (not where it
+    is reached), and the toolchain that builds the measured models."""
     ident = {k: fingerprint.get(k) for k in ("backend", "cpu", "machine", "cores", "runtime", "runtime_version")}
-    ident |= {"target": target.name, "threads": target.threads}
+    ident |= {"target": target.name, "threads": target.threads, "warmup": target.warmup, "runs": target.runs,
+              "max_seconds": target.max_seconds, "format": PROFILE_FORMAT, **_toolchain()}
     return _digest(json.dumps(ident, sort_keys=True))[:16]
 
 
@@ -98,15 +114,13 @@ class RowCache:
 
 def measure(backend: Backend, job: Job, float_model: bytes) -> CostRow:
     """Build the single-layer model of `job` and time it (and its RAM, on TFLite Micro)."""
-    from .export.boundary import io_models
     from .export.layer_model import layer_model
     from .export.recipe import weight_ops
 
     model = layer_model(job.layer, job.precision, float_model)
     t = backend.time(model)
-    io = [backend.time(x).median_ms if x else 0.0 for x in io_models(model)]
     return CostRow(job.layer.signature, str(job.precision), t.median_ms, t.p10_ms, t.p90_ms, t.runs,
-                   weight_ops(model)[0].weight_bytes, len(model), backend.ram_bytes(model), io[0], io[1])
+                   weight_ops(model)[0].weight_bytes, len(model), backend.ram_bytes(model))
 
 
 def uniform_choice(target: Target, kind: str, precision: str) -> Precision | None:
@@ -141,10 +155,17 @@ class WholeModel:
     module: Any
     input_shape: tuple[int, ...]
 
-    @property
-    def key(self) -> str:
-        """Architecture and input size: what sets latency (the weights' values do not)."""
-        return _digest(repr(self.module) + repr(tuple(self.input_shape)))[:16]
+    def key(self, layers: list[Layer]) -> str:
+        """Architecture and input size, which set latency (the weights' values do not): the
+        modules, the forward graph as torch.fx sees it, and every layer's signature."""
+        import torch.fx
+
+        try:
+            code = torch.fx.symbolic_trace(self.module).code
+        except Exception:  # noqa: BLE001 - untraceable models: modules and shapes only
+            code = ""
+        sigs = "|".join(la.signature for la in layers)
+        return _digest(repr(self.module) + code + sigs + repr(tuple(self.input_shape)))[:16]
 
     def timing_copy(self) -> Any:
         """A copy whose BatchNorm statistics are re-estimated on random inputs, so every layer
@@ -172,27 +193,29 @@ class WholeModel:
 
 def measure_whole(backend: Backend, whole: WholeModel, layers: list[Layer], target: Target, cache: RowCache,
                   on_step: Progress | None = None) -> dict[str, float]:
-    """End-to-end median latency of the whole model at every uniform precision of the target."""
+    """End-to-end median latency of the whole model at every uniform precision of the target,
+    exported through the same per-layer recipe (and checks) as any policy."""
     from .export.float_graph import float_tflite
-    from .export.recipe import KIND_OPS, OpRule, quantize
+    from .export.mapping import torch_weights
+    from .export.mixed import quantize_policy
 
     precisions = sorted({str(p) for la in layers if la.searchable for p in target.allowed(la.kind)})
-    out, base = {}, None
+    key = whole.key(layers)
+    out, base, module = {}, None, None
     for i, p in enumerate(precisions):
         if on_step:
             on_step(i, len(precisions), f"whole model {p}")
         assign = uniform_assignment(layers, target, p)
         if assign is None or p not in {str(q) for q in assign.values()}:
             continue
-        ms = cache.get_whole(whole.key, p)
+        variant = _digest(json.dumps(sorted((la.kind, str(assign[la.name])) for la in layers if la.searchable)))[:8]
+        ms = cache.get_whole(f"{key}-{variant}", p)
         if ms is None:
-            base = base or float_tflite(whole.timing_copy(), whole.input_shape)
-            kinds = {la.kind: assign[la.name] for la in layers if la.searchable}
-            P = Precision.parse(p)
-            rules = [] if P.is_float else [OpRule(".*", "*", Precision(8, P.act_bits))]  # pools, adds, ...
-            rules += [OpRule(".*", KIND_OPS[k], q) for k, q in kinds.items()]
-            ms = backend.time(quantize(base, rules)).median_ms
-            cache.put_whole(whole.key, p, ms)
+            if base is None:
+                module = whole.timing_copy()
+                base = float_tflite(module, whole.input_shape)
+            ms = backend.time(quantize_policy(layers, base, assign, torch_weights(module, layers))).median_ms
+            cache.put_whole(f"{key}-{variant}", p, ms)
         out[p] = ms
     return out
 
@@ -203,7 +226,7 @@ def overheads(table_rows: dict[tuple[str, str], CostRow], layers: list[Layer], t
     out = {}
     for p, ms in whole_ms.items():
         assign = uniform_assignment(layers, target, p) or {}
-        out[p] = ms - sum(table_rows[(la.signature, str(assign[la.name]))].op_ms for la in layers if la.searchable)
+        out[p] = ms - sum(table_rows[(la.signature, str(assign[la.name]))].latency_ms for la in layers if la.searchable)
     return out
 
 
@@ -239,47 +262,36 @@ def profile(layers: list[Layer], target: Target, model_hash: str, use_cache: boo
                      overheads(by_key, layers, target, whole_ms))
 
 
-def default_act_bits(precisions: dict[str, Precision]) -> int | None:
-    """Bits of the ops between layers (pools, adds): the most common integer activation width,
-    as the deployment recipe sets them; None when every layer is float."""
-    bits = Counter(p.act_bits for p in precisions.values() if not p.is_float)
-    return bits.most_common(1)[0][0] if bits else None
+def _uniform_key(table: CostTable, layer: Layer, precision: Precision) -> str | None:
+    """The uniform measurement in which `layer` ran at `precision` (its own precision's, or the
+    one whose fallback gave it that precision, e.g. an int8 depthwise conv in uniform w4a8)."""
+    if str(precision) in table.whole_ms:
+        return str(precision)
+    return next((p for p in table.whole_ms if uniform_choice(table.target, layer.kind, p) == precision), None)
 
 
-def layer_cost_ms(table: CostTable, layer: Layer, precision: Precision, default_bits: int | None) -> float:
-    """The layer's own op time at `precision`, plus the conversions at its edges when its
-    activations differ from the ops around it (`default_bits`; None = a float graph)."""
+def scale(table: CostTable, key: str | None) -> float:
+    """Whole model / sum of its layers alone, for one uniform precision (1 when unmeasured)."""
+    if key is None or key not in table.whole_ms:
+        return 1.0
+    whole = table.whole_ms[key]
+    rows = whole - table.overhead_ms.get(key, 0.0)
+    return whole / rows if rows > 0 else 1.0
+
+
+def layer_cost_ms(table: CostTable, layer: Layer, precision: Precision) -> float:
+    """The layer's measured latency at `precision`, scaled by how the layers at that precision
+    added up against the whole model measured end to end. A layer timed alone pays its own
+    input/output conversions and runs outside the graph's scheduling; the whole-model timing
+    says by how much that over- or under-states it, per precision. A uniform policy is then
+    predicted exactly, and any policy stays a sum of per-layer terms (for the solver)."""
     row = table.row(layer.signature, precision)
     if row is None:
         raise ConfigError(f"the profile has no measurement of layer {layer.name} at {precision}; "
                           f"the target allows {', '.join(map(str, table.target.allowed(layer.kind)))}")
-    cost = row.op_ms
-    same = default_bits is None if precision.is_float else precision.act_bits == default_bits
-    if not same:
-        ref = row if not precision.is_float else table.row(layer.signature, Precision(8, default_bits or 8))
-        ref = ref or row
-        cost += ref.io_in_ms + ref.io_out_ms
-    return cost
-
-
-def overhead_ms(table: CostTable, precisions: dict[str, Precision]) -> float:
-    """What the layer rows do not cover, from the uniform measurement closest to the policy:
-    same activation width between layers and the most common weight width."""
-    if not table.overhead_ms:
-        return 0.0
-    bits = default_act_bits(precisions)
-    common = Counter(str(p) if p.is_float else p.weight_bits for p in precisions.values()).most_common()
-    candidates = [k for k in table.overhead_ms
-                  if (bits is None and k.startswith("f")) or (bits is not None and k.endswith(f"a{bits}"))]
-    for value, _ in common:
-        for k in candidates:
-            if k == value or (isinstance(value, int) and k.startswith(f"w{value}a")):
-                return table.overhead_ms[k]
-    return table.overhead_ms[candidates[0]] if candidates else 0.0
+    return row.latency_ms * scale(table, _uniform_key(table, layer, precision))
 
 
 def predict_latency(table: CostTable, precisions: dict[str, Precision]) -> float:
-    """Predicted end-to-end latency of a policy: layer ops, edge conversions, overhead."""
-    bits = default_act_bits(precisions)
-    layers = [la for la in table.layers if la.searchable]
-    return sum(layer_cost_ms(table, la, precisions[la.name], bits) for la in layers) + overhead_ms(table, precisions)
+    """Predicted end-to-end latency of a policy: the sum of its layers' scaled costs."""
+    return sum(layer_cost_ms(table, la, precisions[la.name]) for la in table.layers if la.searchable)

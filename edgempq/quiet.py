@@ -18,15 +18,16 @@ def _libc_fflush() -> None:
 
 
 @contextlib.contextmanager
-def captured_output() -> Iterator[list[str]]:
-    """Capture file descriptors 1 and 2 (C and C++ output included); the text is appended to
-    the yielded list when the block ends."""
+def captured_output(fds: tuple[int, ...] = (2,)) -> Iterator[list[str]]:
+    """Capture file descriptors `fds` (C and C++ output included; by default stderr, where
+    native libraries log, leaving stdout to progress bars); the text is appended to the
+    yielded list when the block ends."""
     sys.stdout.flush()
     sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
+    saved = [os.dup(fd) for fd in fds]
     with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), 1)
-        os.dup2(tmp.fileno(), 2)
+        for fd in fds:
+            os.dup2(tmp.fileno(), fd)
         box: list[str] = []
         try:
             yield box
@@ -34,7 +35,7 @@ def captured_output() -> Iterator[list[str]]:
             sys.stdout.flush()
             sys.stderr.flush()
             _libc_fflush()  # C stdio buffers when not on a terminal
-            for fd, old in zip((1, 2), saved, strict=True):
+            for fd, old in zip(fds, saved, strict=True):
                 os.dup2(old, fd)
                 os.close(old)
             tmp.seek(0)

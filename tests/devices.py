@@ -3,6 +3,7 @@ device-side Python venv with numpy and ai-edge-litert but no torch."""
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import shutil
@@ -30,13 +31,16 @@ def need(program: str) -> str:
 
 def device_venv() -> Path:
     """A venv with only numpy and ai-edge-litert, built once per machine and reused."""
-    root = Path(tempfile.gettempdir()) / f"edgempq-devvenv-{LITERT_PIN.split('==')[1]}"
+    tag = f"{LITERT_PIN.split('==')[1]}-py{sys.version_info[0]}{sys.version_info[1]}"
+    root = Path(tempfile.gettempdir()) / f"edgempq-devvenv-{tag}"
     py = root / "bin" / "python"
     if not (root / ".ready").exists():
         shutil.rmtree(root, ignore_errors=True)
         subprocess.run([sys.executable, "-m", "venv", str(root)], check=True)
-        subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", "numpy", LITERT_PIN],
-                       check=True, capture_output=True)
+        p = subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", "numpy",
+                            LITERT_PIN], capture_output=True, text=True)
+        if p.returncode != 0:
+            raise RuntimeError(f"building the device venv failed: {p.stderr[-2000:]}")
         (root / ".ready").write_text("ok")
     return root
 
@@ -62,15 +66,20 @@ class SSHServer:
             f"AuthorizedKeysFile {root / 'authorized_keys'}", "PubkeyAuthentication yes",
             "PasswordAuthentication no", "KbdInteractiveAuthentication no", "PermitRootLogin prohibit-password",
             "StrictModes no", "UsePAM no", f"PidFile {root / 'sshd.pid'}", "Subsystem sftp internal-sftp", ""]))
-        Path("/run/sshd").mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen([need("sshd"), "-D", "-e", "-f", str(root / "sshd_config")],
-                                     stdout=subprocess.DEVNULL, stderr=open(root / "sshd.log", "w"))  # noqa: SIM115
+        with contextlib.suppress(PermissionError):  # not root: sshd serves only this user
+            Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # privilege-separation folder
+        with open(root / "sshd.log", "w") as log:
+            self.proc = subprocess.Popen([need("sshd"), "-D", "-e", "-f", str(root / "sshd_config")],
+                                         stdout=subprocess.DEVNULL, stderr=log)
         for _ in range(100):
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
                 return
             except OSError:
+                if self.proc.poll() is not None:
+                    break
                 time.sleep(0.05)
+        self.stop()
         raise RuntimeError(f"sshd did not start: {(root / 'sshd.log').read_text()}")
 
     def connection(self, python: str, **extra: object) -> dict:
@@ -79,8 +88,9 @@ class SSHServer:
                 "python": python, "timeout_s": 60, **extra}
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
 
 
 FAKE_ADB = r'''#!/usr/bin/env python3

@@ -4,6 +4,7 @@ sshd on 127.0.0.1 (device side: a venv without torch), adb through a stand-in cl
 from __future__ import annotations
 
 import os
+import pwd
 import stat
 import subprocess
 from dataclasses import replace
@@ -117,19 +118,18 @@ def test_device_runner_needs_no_torch(device_python):
 
 
 def test_ssh_removes_its_remote_folder(sshd, device_python, tiny_models):
-    b = backend_for(_ssh_target(sshd, device_python))
-    b.time(tiny_models["f32"], runs=1, warmup=0)
-    remote = Path(b._dir)
-    assert (remote / "edgempq_device.py").exists()
-    b.close()
+    with backend_for(_ssh_target(sshd, device_python)) as b:
+        b.time(tiny_models["f32"], runs=1, warmup=0)
+        remote = Path(b._dir)
+        assert (remote / "edgempq_device.py").exists()
     assert not remote.exists()
 
 
 def test_ssh_refuses_an_unknown_host_key(sshd, device_python, tmp_path):
     (tmp_path / "empty_known_hosts").write_text("")
     t = _ssh_target(sshd, device_python, known_hosts=str(tmp_path / "empty_known_hosts"))
-    with pytest.raises(DeviceError, match="host key is not known"):
-        backend_for(t).check()
+    with pytest.raises(DeviceError, match="host key is not known"), backend_for(t) as b:
+        b.check()
 
 
 def test_ssh_quotes_every_remote_argument(sshd, device_python, tmp_path):
@@ -141,13 +141,14 @@ def test_ssh_quotes_every_remote_argument(sshd, device_python, tmp_path):
     wrapper.chmod(0o755)
     with backend_for(_ssh_target(sshd, str(wrapper))) as b:
         assert b.check()["runtime"] == "ai_edge_litert"
-    assert not list(Path.home().glob("PWNED")) and not list(tmp_path.glob("PWNED"))
+    home = Path(pwd.getpwuid(os.getuid()).pw_dir)  # where the remote shell starts
+    assert not list(home.glob("PWNED")) and not list(tmp_path.glob("PWNED"))
 
 
 def test_unreachable_ssh_device_is_a_clear_error(sshd, device_python):
     t = _ssh_target(sshd, device_python, port=1, timeout_s=10)
-    with pytest.raises(DeviceError, match="unreachable"):
-        backend_for(t).check()
+    with pytest.raises(DeviceError, match="unreachable"), backend_for(t) as b:
+        b.check()
 
 
 def test_device_without_tflite_runtime_is_a_clear_error(sshd, tmp_path):
@@ -155,21 +156,26 @@ def test_device_without_tflite_runtime_is_a_clear_error(sshd, tmp_path):
 
     venv = tmp_path / "bare"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    with pytest.raises(DeviceError, match="numpy|TFLite runtime"):
-        backend_for(_ssh_target(sshd, str(venv / "bin" / "python"))).check()
+    with pytest.raises(DeviceError, match="No module named 'numpy'"), \
+            backend_for(_ssh_target(sshd, str(venv / "bin" / "python"))) as b:
+        b.check()
 
 
 def test_adb_reports_a_missing_phone(fake_adb):
-    with pytest.raises(DeviceError, match="not connected"):
-        backend_for(replace(fake_adb, connection={**fake_adb.connection, "serial": "NOPE"})).check()
+    with pytest.raises(DeviceError, match="not connected"), \
+            backend_for(replace(fake_adb, connection={**fake_adb.connection, "serial": "NOPE"})) as b:
+        b.check()
 
 
-def test_real_adb_client_reports_no_phone(tmp_path):
+def test_real_adb_client_reports_no_phone(monkeypatch):
     need("adb")
+    from .devices import _free_port
+
+    monkeypatch.setenv("ANDROID_ADB_SERVER_PORT", str(_free_port()))  # a private adb server, not the user's
     t = replace(load_target("android-adb"), template=False, connection={"serial": "edgempq-absent", "timeout_s": 30})
     try:
-        with pytest.raises(DeviceError, match="not connected"):
-            backend_for(t).check()
+        with pytest.raises(DeviceError, match="not connected"), backend_for(t) as b:
+            b.check()
     finally:
         subprocess.run(["adb", "kill-server"], capture_output=True)
 

@@ -73,4 +73,3 @@ def test_whole_model_timings_give_overheads_that_close_the_sum(tmp_path, monkeyp
     assert set(table.whole_ms) == {"f32", "f16", "w8a8", "w4a8", "w8a16", "w4a16"}
     for p, ms in table.whole_ms.items():  # with its overhead, a uniform policy predicts its own measurement
         assert predict_latency(table, uniform_assignment(layers, target, p)) == pytest.approx(ms, rel=1e-9)
-    assert table.whole_ms["w8a16"] > 3 * table.whole_ms["w8a8"]  # 16-bit activations are slow on this CPU

@@ -57,14 +57,13 @@ def test_identical_layers_are_measured_once_and_the_cache_is_reused(net_spec, tm
     m = load_model(net_spec)
     layers = trace(m.module, m.input_shape)
     target = load_target("host")
-    # 3 distinct conv signatures x 6 + dwconv x 4 + linear x 6 (the repeated conv is not measured twice)
+    # 2 distinct conv signatures x 6 + dwconv x 4 + linear x 6 (the repeated conv is not measured twice)
     expected = 2 * 6 + 4 + 6
     table = prof.profile(layers, target, m.model_hash)
     assert len(counted) == len(table.rows) == expected
     assert all(table.row(la.signature, p) for la in layers for p in target.allowed(la.kind))
-    t0 = time.perf_counter()
     again = prof.profile(layers, target, m.model_hash)
-    assert time.perf_counter() - t0 < 2.0 and len(counted) == expected  # nothing measured again
+    assert len(counted) == expected  # nothing measured again
     assert again.rows == table.rows
     fresh = prof.profile(layers, target, m.model_hash, use_cache=False)
     assert len(counted) == 2 * expected and len(fresh.rows) == expected
@@ -100,15 +99,18 @@ def test_a_killed_profile_resumes_without_measuring_finished_rows(net_spec, tmp_
     cache = tmp_path / "cache"
     env = {**os.environ, "EDGEMPQ_CACHE": str(cache)}
     p = subprocess.Popen([sys.executable, "-m", "edgempq", "profile", "--device", "host", "--model", net_spec,
-                          "-o", str(tmp_path / "p.json")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                          "-o", str(tmp_path / "p.json")], env=env, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while time.time() < deadline and len(list(cache.rglob("*.json"))) < 5:
+    while time.time() < deadline and p.poll() is None and len(list(cache.rglob("*.json"))) < 5:
         time.sleep(0.05)
+    assert p.poll() is None, "the profile ended before it could be interrupted"
     p.send_signal(signal.SIGKILL)
     p.wait()
     done = {f.stem for f in cache.rglob("*.json")}
     assert 5 <= len(done) < 22 and not (tmp_path / "p.json").exists()
-    assert not list(cache.rglob("*.tmp"))  # atomic writes leave no half-written row
+    for f in cache.rglob("*.json"):  # what the kill left is whole: rename is atomic
+        assert "sha256" in json.loads(f.read_text())
     monkeypatch.setenv("EDGEMPQ_CACHE", str(cache))
     m = load_model(net_spec)
     table = prof.profile(trace(m.module, m.input_shape), load_target("host"), m.model_hash)

@@ -35,7 +35,7 @@ BASE = 'name = "x"\nbackend = "litert"\n[precisions]\nconv = ["w8a8"]\ndwconv = 
     (BASE.replace('dwconv = ["w8a8"]', 'dwconv = ["w4a8"]'), "dwconv cannot take w4a8"),
     (BASE.replace('conv = ["w8a8"]\n', 'conv = ["w2a8"]\n', 1), "cannot be deployed"),
     (BASE.replace('linear = ["w8a8"]\n', ""), "missing ['linear']"),
-    (BASE.replace('backend = "litert"', 'backend = "litert"\nthreads = 0'), "threads must be a positive"),
+    (BASE.replace('backend = "litert"', 'backend = "litert"\nthreads = 0'), "threads must be an integer, 1 or more"),
     (BASE + "[connection]\nhost = \"pi\"\n", "unknown key(s) host for backend litert"),
     (BASE.replace('conv = ["w8a8"]\n', 'conv = ["int8"]\n', 1), "unknown precision 'int8'"),
     ("name = [", "not valid TOML"),
@@ -56,3 +56,32 @@ def test_templates_must_be_edited_before_use():
 
     with pytest.raises(DeviceError, match="is a template"):
         backend_for(load_target("linux-ssh"))
+
+
+@pytest.mark.parametrize("key,value,needle", [
+    ("host", '"-oProxyCommand=touch x"', "must not start with '-'"),
+    ("host", '"pi; rm -rf ~"', "may hold only"),
+    ("user", '"a b"', "may hold only"),
+    ("port", "70000", "1..65535"),
+    ("port", '"22a"', "1..65535"),
+    ("timeout_s", "0", "at least 1"),
+])
+def test_ssh_connection_values_cannot_smuggle_options(tmp_path, key, value, needle):
+    text = (BASE.replace('"litert"', '"ssh"') + "[connection]\n" +
+            ("" if key == "host" else 'host = "pi"\n') + f"{key} = {value}\n")
+    (tmp_path / "t.toml").write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        load_target(str(tmp_path / "t.toml"))
+
+
+def test_adb_remote_dir_must_be_a_plain_absolute_path(tmp_path):
+    text = BASE.replace('"litert"', '"adb"') + '[connection]\nremote_dir = "/data/local/tmp/my dir"\n'
+    (tmp_path / "t.toml").write_text(text)
+    with pytest.raises(ConfigError, match="absolute path"):
+        load_target(str(tmp_path / "t.toml"))
+
+
+def test_toml_writer_escapes_what_it_writes(tmp_path):
+    t = Target.from_dict({**load_target("host").to_dict(), "description": 'two\nlines "quoted" \\ back'})
+    (tmp_path / "t.toml").write_text(t.to_toml())
+    assert Target.from_toml(tmp_path / "t.toml") == t

@@ -17,6 +17,7 @@ import random
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 
@@ -52,16 +53,20 @@ def bench_model(name: str, device: str, n_policies: int, seed: int) -> dict:
     base = float_tflite(timing_module, m.input_shape)
     weights = torch_weights(timing_module, layers)
     rng = random.Random(seed)
-    with backend_for(target) as backend:
+
+    def measure(model: bytes) -> float:  # a longer look than profiling's, to average out this host's noise
+        return statistics.median(backend.time(model, runs=30, warmup=3).median_ms for _ in range(3))
+
+    with backend_for(replace(target, max_seconds=10.0)) as backend:
         for i in range(n_policies):
             pol = {la.name: rng.choice(target.allowed(la.kind)) for la in layers if la.searchable}
-            measured = backend.time(quantize_policy(layers, base, pol, weights)).median_ms
+            measured = measure(quantize_policy(layers, base, pol, weights))
             predicted = predict_latency(table, pol)
             result["mixed"].append({"policy": i, "predicted_ms": predicted, "measured_ms": measured,
                                     "error": (predicted - measured) / measured})
         for p in table.whole_ms:  # uniform policies through the same mixed path, with overhead
             pol = uniform_assignment(layers, target, p)
-            measured = backend.time(quantize_policy(layers, base, pol, weights)).median_ms
+            measured = measure(quantize_policy(layers, base, pol, weights))
             result["uniform"][p] |= {"via_policy_measured_ms": measured,
                                      "predicted_ms": predict_latency(table, pol),
                                      "error": (predict_latency(table, pol) - measured) / measured}

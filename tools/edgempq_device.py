@@ -10,7 +10,7 @@ torch, no edgempq. Every mode prints one JSON object on stdout; failures print
     python3 edgempq_device.py run MODEL.tflite INPUTS.npz OUTPUTS.npz [--threads N]
 """
 
-from __future__ import annotations
+from __future__ import annotations  # runs on Python 3.7+: no newer syntax at run time
 
 import argparse
 import json
@@ -110,7 +110,7 @@ def time_model(model: bytes, threads: int, warmup: int, runs: int, max_seconds: 
     if not 1 <= runs <= MAX_RUNS or not 0 <= warmup <= MAX_RUNS or max_seconds < 0:
         raise DeviceError(f"runs must be 1..{MAX_RUNS}, warmup 0..{MAX_RUNS} and max-seconds >= 0")
     it = make_interpreter(model, threads)
-    for d, x in zip(it.get_input_details(), sample_inputs(it), strict=True):
+    for d, x in zip(it.get_input_details(), sample_inputs(it)):
         it.set_tensor(d["index"], x)
     return timed_invokes(it.invoke, warmup, runs, max_seconds)
 
@@ -142,16 +142,18 @@ def run_model(model: bytes, inputs: list, threads: int) -> list:
     if len(inputs) != len(details):
         raise DeviceError(f"the model takes {len(details)} input(s), {len(inputs)} given")
     n = None
-    for d, x in zip(details, inputs, strict=True):
+    for d, x in zip(details, inputs):
         if np.dtype(x.dtype) != np.dtype(d["dtype"]) or tuple(x.shape[1:]) != tuple(d["shape"][1:]):
             raise DeviceError(f"input {d['name']} must be {np.dtype(d['dtype'])} with samples of shape "
                               f"{tuple(d['shape'][1:])}, got {x.dtype} {tuple(x.shape)}")
         n = len(x) if n is None else n
         if len(x) != n:
             raise DeviceError("all inputs must hold the same number of samples")
-    outs: list[list] = [[] for _ in it.get_output_details()]
-    for i in range(n or 0):
-        for d, x in zip(details, inputs, strict=True):
+    if not n:
+        raise DeviceError("the inputs hold no samples")
+    outs = [[] for _ in it.get_output_details()]
+    for i in range(n):
+        for d, x in zip(details, inputs):
             it.set_tensor(d["index"], x[i : i + 1])
         it.invoke()
         for k, d in enumerate(it.get_output_details()):
@@ -164,8 +166,8 @@ def _load_inputs(path: str) -> list:
         with np.load(path, allow_pickle=False) as f:
             names = sorted(f.files, key=lambda s: int(s.rsplit("_", 1)[-1]) if s.rsplit("_", 1)[-1].isdigit() else 0)
             return [f[k] for k in names]
-    except (OSError, ValueError) as e:
-        raise DeviceError(f"inputs file {path} is not a readable .npz ({e})") from None
+    except Exception as e:  # noqa: BLE001 - numpy raises many types for a bad file
+        raise DeviceError(f"inputs file {path} is not a readable .npz ({type(e).__name__}: {e})") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -197,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
             result = {"outputs": len(outs), "samples": int(len(outs[0])) if outs else 0}
     except DeviceError as e:
         print(json.dumps({"error": str(e)}))
+        return 2
+    except Exception as e:  # noqa: BLE001 - report anything else as one line too
+        print(json.dumps({"error": f"{type(e).__name__}: {e}"}))
         return 2
     print(json.dumps(result))
     return 0

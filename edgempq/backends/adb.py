@@ -14,8 +14,9 @@ from ..schema import Timing
 from .base import BACKENDS
 from .remote import RemoteBackend, quoted
 
-_AVG = re.compile(r"Inference \(avg\):\s*([\d.e+]+)")
-_STD = re.compile(r"count=\d+.*?avg=([\d.e+]+)\s+std=([\d.e+]+)")
+_NUM = r"(\d+(?:\.\d*)?(?:[eE][+-]?\d+)?)"
+_AVG = re.compile(r"Inference \(avg\):\s*" + _NUM)
+_STD = re.compile(r"count=\d+.*?avg=" + _NUM + r"\s+std=" + _NUM)
 
 
 @BACKENDS.register("adb")

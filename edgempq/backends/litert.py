@@ -19,6 +19,8 @@ class LiteRTBackend(Backend):
             return getattr(mod, fn)(*args)
         except mod.DeviceError as e:
             raise DeviceError(f"target {self.target.name}: {e}") from None
+        except Exception as e:  # noqa: BLE001 - the runtime raises many types while invoking
+            raise DeviceError(f"target {self.target.name}: the runtime failed ({type(e).__name__}: {e})") from None
 
     def check(self) -> dict[str, Any]:
         return {**self._call("info", self.target.threads), "backend": "litert"}

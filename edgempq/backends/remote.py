@@ -32,7 +32,13 @@ class RemoteBackend(Backend):
         self.python = str(conn.get("python", "python3"))
         self.timeout = float(conn.get("timeout_s", 120))
         self._dir: str | None = None
-        self._local = tempfile.TemporaryDirectory(prefix="edgempq-remote-")
+        self._local_dir: tempfile.TemporaryDirectory | None = None
+
+    @property
+    def _local(self) -> tempfile.TemporaryDirectory:
+        if self._local_dir is None:
+            self._local_dir = tempfile.TemporaryDirectory(prefix="edgempq-remote-")
+        return self._local_dir
 
     @abstractmethod
     def _exec(self, args: list[str]) -> subprocess.CompletedProcess:
@@ -71,7 +77,7 @@ class RemoteBackend(Backend):
     def _device(self, mode: str, *args: str) -> dict[str, Any]:
         d = self._session()
         p = self._exec([self.python, f"{d}/edgempq_device.py", mode, *args, "--threads", str(self.target.threads)])
-        if p.returncode not in (0, 2):
+        if p.returncode not in (0, 2) or (p.returncode == 2 and not p.stdout.strip()):
             err = (p.stderr or p.stdout).strip().splitlines()
             raise DeviceError(f"target {self.target.name}: the device runner failed with status {p.returncode} "
                               f"({err[-1] if err else 'no message'}); check that `{self.python}` has numpy "
@@ -110,7 +116,9 @@ class RemoteBackend(Backend):
             with contextlib.suppress(DeviceError):  # a device that went away keeps its folder
                 self._exec(["rm", "-rf", "--", self._dir])
             self._dir = None
-        self._local.cleanup()
+        if self._local_dir is not None:
+            self._local_dir.cleanup()
+            self._local_dir = None
 
 
 def quoted(args: list[str]) -> str:

@@ -26,11 +26,11 @@ class SSHBackend(RemoteBackend):
     def _opts(self) -> list[str]:
         conn = self.target.connection
         o = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
-             "-o", f"ConnectTimeout={int(min(self.timeout, 30))}", "-o", "LogLevel=ERROR"]
+             "-o", f"ConnectTimeout={max(1, int(min(self.timeout, 30)))}", "-o", "LogLevel=ERROR"]
         if conn.get("key"):
             o += ["-i", os.path.expanduser(str(conn["key"])), "-o", "IdentitiesOnly=yes"]
         if conn.get("known_hosts"):
-            o += ["-o", f"UserKnownHostsFile={os.path.expanduser(str(conn['known_hosts']))}"]
+            o += ["-o", f'UserKnownHostsFile="{os.path.expanduser(str(conn["known_hosts"]))}"']
         return o
 
     def _checked(self, p: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -46,10 +46,11 @@ class SSHBackend(RemoteBackend):
         raise DeviceError(f"{where} is unreachable ({err.splitlines()[-1] if err else 'no answer'})")
 
     def _exec(self, args: list[str]) -> subprocess.CompletedProcess:
-        return self._checked(self._call(["ssh", *self._opts(), "-p", str(self.port), self.dest, "--", quoted(args)]))
+        # `dest` is validated as a host name (never an option); the command is one quoted string.
+        return self._checked(self._call(["ssh", *self._opts(), "-p", str(self.port), "--", self.dest, quoted(args)]))
 
     def _scp(self, src: str, dst: str) -> None:
-        p = self._checked(self._call(["scp", "-q", *self._opts(), "-P", str(self.port), src, dst]))
+        p = self._checked(self._call(["scp", "-q", *self._opts(), "-P", str(self.port), "--", src, dst]))
         if p.returncode != 0:
             raise DeviceError(f"target {self.target.name}: copying {src} to {dst} failed ({p.stderr.strip()})")
 

@@ -97,10 +97,17 @@ class TFLMBackend(Backend):
         details = self._inputs_details(it, model)
         if len(details) != len(inputs):
             raise DeviceError(f"the model takes {len(details)} input(s), {len(inputs)} given")
+        for d, x in zip(details, inputs, strict=True):
+            want = tuple(int(v) for v in d["shape"][1:])
+            if np.dtype(x.dtype) != np.dtype(d["dtype"]) or tuple(x.shape[1:]) != want:
+                raise DeviceError(f"an input must be {np.dtype(d['dtype'])} with samples of shape {want}, "
+                                  f"got {x.dtype} {tuple(x.shape)}")
+        if not inputs or len(inputs[0]) == 0:
+            raise DeviceError("the inputs hold no samples")
         outs: list[list[np.ndarray]] = [[] for _ in range(self._io_counts(model)[1])]
-        for i in range(len(inputs[0]) if inputs else 0):
+        for i in range(len(inputs[0])):
             for k, x in enumerate(inputs):
-                it.set_input(np.ascontiguousarray(x[i : i + 1], dtype=details[k]["dtype"]), k)
+                it.set_input(np.ascontiguousarray(x[i : i + 1]), k)
             it.invoke()
             for j, o in enumerate(outs):
                 o.append(np.array(it.get_output(j)))

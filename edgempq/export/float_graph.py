@@ -27,7 +27,8 @@ def export_onnx(module, input_shape: tuple[int, ...], path: Path) -> Path:
     """The model in eval mode as ONNX (BatchNorm folded by constant folding)."""
     import torch
 
-    module = module.eval()
+    was_training = module.training
+    module.eval()
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
@@ -35,6 +36,8 @@ def export_onnx(module, input_shape: tuple[int, ...], path: Path) -> Path:
                               input_names=["input"], output_names=["output"], do_constant_folding=True)
     except Exception as e:  # noqa: BLE001 - the exporter raises many types
         raise ConversionError(f"exporting the model to ONNX failed ({type(e).__name__}: {e})") from None
+    finally:
+        module.train(was_training)
     return path
 
 

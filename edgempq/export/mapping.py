@@ -79,8 +79,8 @@ def op_regex(op: OpInfo) -> str:
 
 
 def weights_agree(layer_weight: np.ndarray, op_weight: np.ndarray, kind: str) -> bool:
-    """Whether a PyTorch weight and a TFLite weight are the same up to layout and a positive
-    per-output-channel scale (BatchNorm folding)."""
+    """Whether a PyTorch weight and a TFLite weight are the same up to layout and a
+    per-output-channel scale (BatchNorm folding; negative when the BN weight is)."""
     w = layer_weight
     if kind == "conv":
         w = w.transpose(0, 2, 3, 1)
@@ -93,7 +93,7 @@ def weights_agree(layer_weight: np.ndarray, op_weight: np.ndarray, kind: str) ->
     b = np.moveaxis(op_weight, axis, 0).reshape(op_weight.shape[axis], -1)
     na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
     cos = (a * b).sum(1) / np.maximum(na * nb, 1e-12)
-    return bool(np.all(cos[(na > 0) & (nb > 0)] > 0.999))
+    return bool(np.all(np.abs(cos[(na > 0) & (nb > 0)]) > 0.999))  # a negative BN scale flips a channel
 
 
 def torch_weights(module, layers: list[Layer]) -> dict[str, np.ndarray]:

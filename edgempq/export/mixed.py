@@ -11,17 +11,21 @@ import numpy as np
 from ..errors import ConversionError
 from ..schema import Layer, Precision
 from .mapping import map_layers, op_regex
-from .recipe import OpRule, check_op, quantize, weight_ops
+from .recipe import OpInfo, OpRule, check_op, quantize, weight_ops
 
 
-def policy_rules(layers: list[Layer], model: bytes, precisions: dict[str, Precision],
-                 weights: dict[str, np.ndarray] | None = None) -> list[OpRule]:
+def default_act_bits(precisions: dict[str, Precision]) -> int | None:
+    """Bits of the ops between layers (pools, adds): the most common integer activation width
+    of the policy; None when every layer is float."""
+    bits = Counter(p.act_bits for p in precisions.values() if not p.is_float)
+    return bits.most_common(1)[0][0] if bits else None
+
+
+def policy_rules(mapping: dict[str, OpInfo], precisions: dict[str, Precision]) -> list[OpRule]:
     """The recipe: a default for every op, then one rule per mapped layer op."""
-    mapping = map_layers(layers, model, weights)
-    ints = Counter(p.act_bits for p in precisions.values() if not p.is_float)
+    a = default_act_bits(precisions)
     rules = []
-    if ints:
-        a = ints.most_common(1)[0][0]
+    if a is not None:
         rules.append(OpRule(".*", "*", Precision(8, a)))  # ops without weights run at these bits
     for name, op in mapping.items():
         rules.append(OpRule(op_regex(op), op.op, precisions[name], f"layer {name}"))
@@ -34,7 +38,7 @@ def quantize_policy(layers: list[Layer], float_model: bytes, precisions: dict[st
     """`float_model` with every searchable layer at its precision, verified in the flatbuffer
     (ops are found again by their output tensor's name, which quantization keeps)."""
     mapping = map_layers(layers, float_model, weights)
-    out = quantize(float_model, policy_rules(layers, float_model, precisions, weights), calibration)
+    out = quantize(float_model, policy_rules(mapping, precisions), calibration)
     by_name = {o.output_name: o for o in weight_ops(out)}
     for name, op in mapping.items():
         got = by_name.get(op.output_name)

@@ -3,7 +3,9 @@ profiling measures and the solver reads."""
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -20,6 +22,8 @@ CONNECTION_KEYS = {
     "ssh": {"host", "user", "port", "key", "known_hosts", "python", "timeout_s"},
     "adb": {"serial", "python", "remote_dir", "benchmark_model", "timeout_s"},
 }
+_HOST = re.compile(r"^[A-Za-z0-9_.:\[\]%-]+$")  # a name or address; never an option (leading '-')
+_SAFE_PATH = re.compile(r"^/[A-Za-z0-9_./+-]+$")
 _TOP_KEYS = {"name", "description", "backend", "threads", "warmup", "runs", "max_seconds", "flash_kb", "ram_kb",
              "template", "precisions", "connection"}
 
@@ -50,7 +54,8 @@ class Target(JsonDoc):
         for k in ("threads", "warmup", "runs"):
             v = getattr(self, k)
             if isinstance(v, bool) or not isinstance(v, int) or v < (0 if k == "warmup" else 1):
-                raise ConfigError(f"target {self.name}: {k} must be a positive integer, not {v!r}")
+                least = "0 or more" if k == "warmup" else "1 or more"
+                raise ConfigError(f"target {self.name}: {k} must be an integer, {least}, not {v!r}")
         for k in ("flash_kb", "ram_kb", "max_seconds"):
             v = getattr(self, k)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < math.inf):
@@ -73,6 +78,10 @@ class Target(JsonDoc):
             allowed = ", ".join(sorted(CONNECTION_KEYS[self.backend])) or "none"
             raise ConfigError(f"target {self.name}: [connection] has unknown key(s) {', '.join(sorted(extra))} "
                               f"for backend {self.backend}; allowed: {allowed}")
+        for k, v in self.connection.items():
+            problem = _connection_problem(k, v)
+            if problem:
+                raise ConfigError(f"target {self.name}: [connection] {k} {problem}, not {v!r}")
 
     def allowed(self, kind: str) -> tuple[Precision, ...]:
         """Precisions this target runs for a layer kind (fixed kinds run float32 only)."""
@@ -132,6 +141,25 @@ class Target(JsonDoc):
         return "\n".join(lines) + "\n"
 
 
+def _connection_problem(key: str, v: Any) -> str | None:
+    """Why a [connection] value is unusable, or None. Hosts and users are checked so that no
+    value can be read by ssh as an option; paths on the device must be plain absolute paths."""
+    if key == "port":
+        return None if isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 65535 else "must be 1..65535"
+    if key == "timeout_s":
+        ok = isinstance(v, int | float) and not isinstance(v, bool) and 1 <= v < math.inf
+        return None if ok else "must be a number of seconds, at least 1"
+    if not isinstance(v, str) or not v.strip():
+        return "must be a non-empty string"
+    if key in ("host", "user", "serial") and (not _HOST.match(v) or v.startswith("-")):
+        return "may hold only letters, digits and . _ - : [ ] % (and must not start with '-')"
+    if key == "remote_dir" and not _SAFE_PATH.match(v):
+        return "must be an absolute path of letters, digits and . _ / + -"
+    if "\n" in v or "\0" in v:
+        return "must be on one line"
+    return None
+
+
 def _toml_value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
@@ -139,8 +167,7 @@ def _toml_value(v: Any) -> str:
         return repr(v)
     if isinstance(v, list):
         return "[" + ", ".join(_toml_value(i) for i in v) + "]"
-    s = str(v).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{s}"'
+    return json.dumps(str(v))  # a TOML basic string: JSON's escapes are TOML's
 
 
 @dataclass(frozen=True)
@@ -162,11 +189,9 @@ class Timing:
 
 @dataclass(frozen=True)
 class CostRow:
-    """What one layer signature costs at one precision, measured on the device.
-
-    `latency_ms` (median, with p10 / p90) is the single-layer model end to end; `io_in_ms` and
-    `io_out_ms` are its float<->int conversions of the input and output, timed alone, which a
-    whole model pays only where neighbouring precisions differ."""
+    """What one layer signature costs at one precision, measured on the device: the
+    single-layer model end to end (median, p10, p90 over `runs`), its weight bytes as stored,
+    the model's size and, on TFLite Micro, the arena it needs."""
 
     signature: str
     precision: str
@@ -177,25 +202,23 @@ class CostRow:
     weight_bytes: int
     model_bytes: int
     ram_bytes: int | None = None
-    io_in_ms: float = 0.0
-    io_out_ms: float = 0.0
-
-    @property
-    def op_ms(self) -> float:
-        """The layer's own op(s), without the conversions at its edges."""
-        return max(0.0, self.latency_ms - self.io_in_ms - self.io_out_ms)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
     @classmethod
     def from_dict(cls, d: Any) -> CostRow:
-        optional = {"ram_bytes", "io_in_ms", "io_out_ms"}
-        _check_keys(d, "cost row", set(cls.__dataclass_fields__) - optional, optional)
-        for k in ("latency_ms", "p10_ms", "p90_ms", *(("io_in_ms", "io_out_ms") if "io_in_ms" in d else ())):
+        _check_keys(d, "cost row", set(cls.__dataclass_fields__) - {"ram_bytes"}, {"ram_bytes"})
+        for k in ("latency_ms", "p10_ms", "p90_ms"):
             v = d[k]
             if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < math.inf:
                 raise ConfigError(f"cost row {k} must be a non-negative number, not {v!r}")
+        for k in ("runs", "weight_bytes", "model_bytes", "ram_bytes"):
+            v = d.get(k)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+                raise ConfigError(f"cost row {k} must be a non-negative integer, not {v!r}")
+        if not isinstance(d["signature"], str) or not isinstance(d["precision"], str):
+            raise ConfigError("cost row signature and precision must be strings")
         Precision.parse(d["precision"])
         return cls(**d)
 
@@ -203,8 +226,9 @@ class CostRow:
 @dataclass(frozen=True)
 class CostTable(JsonDoc):
     """A model's per-layer costs on one device: the traced layers, one row per (signature,
-    precision), and per uniform precision the whole model measured end to end and the overhead
-    the rows do not cover (whole - sum of rows)."""
+    precision), and per uniform precision the whole model measured end to end and what the
+    rows do not account for (`overhead_ms` = whole - sum of the rows; negative when layers
+    alone cost more than inside the model)."""
 
     what: ClassVar[str] = "profile"
     target: Target
