@@ -13,7 +13,9 @@ import subprocess
 import sys
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -69,16 +71,22 @@ def onnx_to_tflite(onnx_path: Path, images: np.ndarray | None = None) -> bytes:
         return _saved_model_to_tflite(out)
 
 
-def _saved_model_to_tflite(folder: Path) -> bytes:
+def tflite_convert(make_converter: Callable[[Any], Any], what: str) -> bytes:
+    """Run the TFLite converter that `make_converter(tf)` builds, quietly; a failure is a
+    ConversionError saying `what` failed."""
     from ..quiet import import_tensorflow
 
     tf = import_tensorflow()
-
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            return bytes(tf.lite.TFLiteConverter.from_saved_model(str(folder)).convert())
+            return bytes(make_converter(tf).convert())
     except Exception as e:  # noqa: BLE001 - TensorFlow raises many types
-        raise ConversionError(f"converting onnx2tf's SavedModel to TFLite failed ({e})") from None
+        raise ConversionError(f"{what} failed ({e})") from None
+
+
+def _saved_model_to_tflite(folder: Path) -> bytes:
+    return tflite_convert(lambda tf: tf.lite.TFLiteConverter.from_saved_model(str(folder)),
+                          "converting onnx2tf's SavedModel to TFLite")
 
 
 def float_tflite(module, input_shape: tuple[int, ...], images: np.ndarray | None = None) -> bytes:

@@ -3,8 +3,6 @@ float with Keras, then quantized with the same recipe code deployment uses."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 
 from ..errors import ConversionError
@@ -57,15 +55,10 @@ def float_layer_model(layer: Layer) -> bytes:
     """A float32 .tflite (with a signature) holding just `layer`."""
     if not layer.searchable:
         raise ConversionError(f"layer {layer.name} is kept float ({layer.fixed_reason}); it is not profiled alone")
-    from ..quiet import import_tensorflow
+    from .float_graph import tflite_convert
 
-    tf = import_tensorflow()
-
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            return bytes(tf.lite.TFLiteConverter.from_keras_model(_keras_layer_model(layer)).convert())
-    except Exception as e:  # noqa: BLE001 - TensorFlow raises many types
-        raise ConversionError(f"layer {layer.name}: building its single-layer model failed ({e})") from None
+    return tflite_convert(lambda tf: tf.lite.TFLiteConverter.from_keras_model(_keras_layer_model(layer)),
+                          f"layer {layer.name}: building its single-layer model")
 
 
 def layer_model(layer: Layer, precision: Precision, float_model: bytes | None = None) -> bytes:
