@@ -262,36 +262,52 @@ def profile(layers: list[Layer], target: Target, model_hash: str, use_cache: boo
                      overheads(by_key, layers, target, whole_ms))
 
 
-def _uniform_key(table: CostTable, layer: Layer, precision: Precision) -> str | None:
-    """The uniform measurement in which `layer` ran at `precision` (its own precision's, or the
-    one whose fallback gave it that precision, e.g. an int8 depthwise conv in uniform w4a8)."""
-    if str(precision) in table.whole_ms:
-        return str(precision)
-    return next((p for p in table.whole_ms if uniform_choice(table.target, layer.kind, p) == precision), None)
+def scales(table: CostTable) -> dict[str, float]:
+    """Per precision: by how much its layers' rows over- or under-state their cost inside the
+    whole model. Precisions whose uniform model had fallback layers (int8 depthwise convs in
+    uniform w4a8) are solved after the fallbacks' own scales, so a uniform policy is predicted
+    exactly; precisions never measured whole keep 1."""
+    layers = [la for la in table.layers if la.searchable]
+    out: dict[str, float] = {}
+    pending = dict(table.whole_ms)
+    while pending:
+        progressed = False
+        for p, whole in list(pending.items()):
+            assign = uniform_assignment(layers, table.target, p) or {}
+            others = [la for la in layers if str(assign[la.name]) != p]
+            if any(str(assign[la.name]) not in out for la in others if str(assign[la.name]) in pending):
+                continue
+            rest = sum(_row_ms(table, la, assign[la.name]) * out.get(str(assign[la.name]), 1.0) for la in others)
+            own = sum(_row_ms(table, la, assign[la.name]) for la in layers if str(assign[la.name]) == p)
+            out[p] = (whole - rest) / own if own > 0 and whole > rest else 1.0
+            del pending[p]
+            progressed = True
+        if not progressed:  # fallbacks that depend on each other: plain whole / sum of rows
+            out |= {p: w / max(1e-12, w - table.overhead_ms.get(p, 0.0)) for p, w in pending.items()}
+            break
+    return out
 
 
-def scale(table: CostTable, key: str | None) -> float:
-    """Whole model / sum of its layers alone, for one uniform precision (1 when unmeasured)."""
-    if key is None or key not in table.whole_ms:
-        return 1.0
-    whole = table.whole_ms[key]
-    rows = whole - table.overhead_ms.get(key, 0.0)
-    return whole / rows if rows > 0 else 1.0
-
-
-def layer_cost_ms(table: CostTable, layer: Layer, precision: Precision) -> float:
-    """The layer's measured latency at `precision`, scaled by how the layers at that precision
-    added up against the whole model measured end to end. A layer timed alone pays its own
-    input/output conversions and runs outside the graph's scheduling; the whole-model timing
-    says by how much that over- or under-states it, per precision. A uniform policy is then
-    predicted exactly, and any policy stays a sum of per-layer terms (for the solver)."""
+def _row_ms(table: CostTable, layer: Layer, precision: Precision) -> float:
     row = table.row(layer.signature, precision)
     if row is None:
         raise ConfigError(f"the profile has no measurement of layer {layer.name} at {precision}; "
                           f"the target allows {', '.join(map(str, table.target.allowed(layer.kind)))}")
-    return row.latency_ms * scale(table, _uniform_key(table, layer, precision))
+    return row.latency_ms
+
+
+def layer_cost_ms(table: CostTable, layer: Layer, precision: Precision,
+                  factors: dict[str, float] | None = None) -> float:
+    """The layer's measured latency at `precision`, scaled by how the layers at that precision
+    added up against the whole model measured end to end (`scales`). A layer timed alone pays
+    its own input/output conversions and runs outside the graph's scheduling; the whole-model
+    timing says by how much that over- or under-states it, per precision. Any policy stays a
+    sum of per-layer terms (for the solver)."""
+    factors = scales(table) if factors is None else factors
+    return _row_ms(table, layer, precision) * factors.get(str(precision), 1.0)
 
 
 def predict_latency(table: CostTable, precisions: dict[str, Precision]) -> float:
     """Predicted end-to-end latency of a policy: the sum of its layers' scaled costs."""
-    return sum(layer_cost_ms(table, la, precisions[la.name]) for la in table.layers if la.searchable)
+    factors = scales(table)
+    return sum(layer_cost_ms(table, la, precisions[la.name], factors) for la in table.layers if la.searchable)

@@ -73,3 +73,18 @@ def test_whole_model_timings_give_overheads_that_close_the_sum(tmp_path, monkeyp
     assert set(table.whole_ms) == {"f32", "f16", "w8a8", "w4a8", "w8a16", "w4a16"}
     for p, ms in table.whole_ms.items():  # with its overhead, a uniform policy predicts its own measurement
         assert predict_latency(table, uniform_assignment(layers, target, p)) == pytest.approx(ms, rel=1e-9)
+
+
+@pytest.mark.slow
+def test_uniform_policies_with_depthwise_fallbacks_are_predicted_exactly(tmp_path, monkeypatch):
+    from edgempq.profile import WholeModel, predict_latency, profile, uniform_assignment
+
+    monkeypatch.setenv("EDGEMPQ_CACHE", str(tmp_path))
+    m = load_model("zoo:mnist_mobilenet")
+    layers = trace(m.module, m.input_shape)
+    target = load_target("host")
+    table = profile(layers, target, m.model_hash, whole=WholeModel(m.module, m.input_shape))
+    w4a8 = uniform_assignment(layers, target, "w4a8")
+    assert {str(p) for p in w4a8.values()} == {"w4a8", "w8a8"}  # depthwise convs fall back to int8
+    for p, ms in table.whole_ms.items():
+        assert predict_latency(table, uniform_assignment(layers, target, p)) == pytest.approx(ms, rel=1e-9)
