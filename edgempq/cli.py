@@ -51,15 +51,17 @@ def _console() -> Any:
 
 @contextmanager
 def _progress(label: str):
-    """A rich progress bar driven by (step, total, loss) callbacks."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    """A rich progress bar with ETA driven by (done, total, info) callbacks; a float info is a
+    training loss."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
-                  TimeElapsedColumn(), TimeRemainingColumn(), transient=True) as bar:
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=True) as bar:
         task = bar.add_task(label, total=None, info="")
 
-        def step(i: int, total: int, loss: float) -> None:
-            bar.update(task, completed=i, total=total, info=f"loss {loss:.3f}")
+        def step(i: int, total: int, info: float | str) -> None:
+            text = f"loss {info:.3f}" if isinstance(info, float) else info
+            bar.update(task, completed=i, total=total, info=text)
 
         yield step
 
@@ -233,7 +235,7 @@ def profile(device: str, model_spec: str, weights: str | None, input_shape: str 
     if m.input_shape is None:
         raise EdgeMPQError(f"model {model_spec} does not declare its input shape; give --input-shape CxHxW")
     layers = trace(m.module, m.input_shape)
-    with _progress_steps(f"profiling on {target.name}") as step:
+    with _progress(f"profiling on {target.name}") as step:
         whole = None if layers_only else WholeModel(m.module, m.input_shape)
         table = run_profile(layers, target, m.model_hash, use_cache=not no_cache, on_step=step, whole=whole)
     table.save(output)
@@ -258,21 +260,6 @@ def _print_profile(table: Any, title: str) -> None:
         rows_sum = ms - table.overhead_ms.get(p, 0.0)
         click.echo(f"uniform {p:>5}: whole model {ms:8.3f} ms measured; its layers alone sum to {rows_sum:8.3f} ms "
                    f"({(rows_sum - ms) / ms:+.1%}); the difference is kept as overhead")
-
-
-@contextmanager
-def _progress_steps(label: str):
-    """A progress bar with ETA driven by (done, total, what) callbacks."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=True) as bar:
-        task = bar.add_task(label, total=None, info="")
-
-        def step(i: int, total: int, what: str) -> None:
-            bar.update(task, completed=i, total=total, info=what)
-
-        yield step
 
 
 @main.command()

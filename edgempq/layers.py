@@ -8,7 +8,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .errors import ConfigError, ModelError
+from .errors import ModelError
 from .schema import Layer, Policy, Precision
 
 F32 = Precision(32, 32, True)
@@ -141,10 +141,3 @@ def policy_bops(layers: list[Layer], policy: Policy) -> int:
 def policy_weight_bytes(layers: list[Layer], policy: Policy) -> int:
     """Total weight bytes of the searched and fixed layers under `policy`."""
     return sum(weight_bytes(la, p) for la, p in _choices(layers, policy))
-
-
-def layer_by_name(layers: list[Layer], name: str) -> Layer:
-    for la in layers:
-        if la.name == name:
-            return la
-    raise ConfigError(f"no layer named {name!r}; the layers are {', '.join(la.name for la in layers)}")

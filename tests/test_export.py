@@ -61,30 +61,35 @@ def test_a_precision_the_quantizer_cannot_give_is_refused_not_silently_float():
         quantize_policy(layers, fl, pol, torch_weights(m.module, layers))
 
 
-@pytest.mark.slow
-def test_whole_model_timings_give_overheads_that_close_the_sum(tmp_path, monkeypatch):
-    from edgempq.profile import WholeModel, predict_latency, profile, uniform_assignment
+def _profiled(name: str, tmp_path, monkeypatch):
+    """A zoo model's layers and its profile on `host`, whole-model timings included."""
+    from edgempq.profile import WholeModel, profile
 
     monkeypatch.setenv("EDGEMPQ_CACHE", str(tmp_path))
-    m = load_model("zoo:mnist_resnet8")
+    m = load_model(name)
     layers = trace(m.module, m.input_shape)
-    target = load_target("host")
-    table = profile(layers, target, m.model_hash, whole=WholeModel(m.module, m.input_shape))
+    return layers, profile(layers, load_target("host"), m.model_hash, whole=WholeModel(m.module, m.input_shape))
+
+
+def _assert_uniform_policies_predict_their_measurement(layers, table) -> None:
+    from edgempq.profile import predict_latency, uniform_assignment
+
+    for p, ms in table.whole_ms.items():
+        assert predict_latency(table, uniform_assignment(layers, table.target, p)) == pytest.approx(ms, rel=1e-9)
+
+
+@pytest.mark.slow
+def test_whole_model_timings_give_overheads_that_close_the_sum(tmp_path, monkeypatch):
+    layers, table = _profiled("zoo:mnist_resnet8", tmp_path, monkeypatch)
     assert set(table.whole_ms) == {"f32", "f16", "w8a8", "w4a8", "w8a16", "w4a16"}
-    for p, ms in table.whole_ms.items():  # with its overhead, a uniform policy predicts its own measurement
-        assert predict_latency(table, uniform_assignment(layers, target, p)) == pytest.approx(ms, rel=1e-9)
+    _assert_uniform_policies_predict_their_measurement(layers, table)
 
 
 @pytest.mark.slow
 def test_uniform_policies_with_depthwise_fallbacks_are_predicted_exactly(tmp_path, monkeypatch):
-    from edgempq.profile import WholeModel, predict_latency, profile, uniform_assignment
+    from edgempq.profile import uniform_assignment
 
-    monkeypatch.setenv("EDGEMPQ_CACHE", str(tmp_path))
-    m = load_model("zoo:mnist_mobilenet")
-    layers = trace(m.module, m.input_shape)
-    target = load_target("host")
-    table = profile(layers, target, m.model_hash, whole=WholeModel(m.module, m.input_shape))
-    w4a8 = uniform_assignment(layers, target, "w4a8")
+    layers, table = _profiled("zoo:mnist_mobilenet", tmp_path, monkeypatch)
+    w4a8 = uniform_assignment(layers, table.target, "w4a8")
     assert {str(p) for p in w4a8.values()} == {"w4a8", "w8a8"}  # depthwise convs fall back to int8
-    for p, ms in table.whole_ms.items():
-        assert predict_latency(table, uniform_assignment(layers, target, p)) == pytest.approx(ms, rel=1e-9)
+    _assert_uniform_policies_predict_their_measurement(layers, table)
