@@ -11,6 +11,7 @@ from .core import (
     Precision,
 )
 from .device import CostRow, CostTable, Target, Timing
+from .sensitivity import Sensitivity
 
 __all__ = ["DEPLOYABLE", "SCHEMA_VERSION", "SEARCHABLE_KINDS", "Budget", "CostRow", "CostTable", "JsonDoc",
-           "Layer", "Policy", "Precision", "Target", "Timing"]
+           "Layer", "Policy", "Precision", "Sensitivity", "Target", "Timing"]

@@ -1,0 +1,5 @@
+"""Sensitivity methods, one module each, registered by name: `compute(name, ...)` runs one."""
+
+from .base import METHODS, Method, SensData, compute, get_method, method_names, parse_params
+
+__all__ = ["METHODS", "Method", "SensData", "compute", "get_method", "method_names", "parse_params"]

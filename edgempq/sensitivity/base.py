@@ -1,0 +1,165 @@
+"""The sensitivity-method protocol, its registry, and what the methods share: the data they
+see, their parameters from `key=value` text, the features of each layer, and the papers'
+"maximise Σ coefficient × bits" objective written as per-(layer, precision) penalties."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError, DataError
+from ..registry import Registry
+from ..schema import Layer, Precision, Sensitivity
+
+Progress = Callable[[int, int, str], None]
+REF_BITS = 16  # bits at which a layer counts as lossless in the bit objectives (f16 / f32 too)
+
+
+@dataclass(frozen=True)
+class SensData:
+    """The labelled samples a method may look at (the calibration split), and their id."""
+
+    inputs: np.ndarray
+    labels: np.ndarray
+    data_id: str
+
+    def __post_init__(self) -> None:
+        if len(self.inputs) == 0:
+            raise DataError("sensitivity got no samples; give data with a non-empty calibration split")
+        if len(self.inputs) != len(self.labels):
+            raise DataError(f"sensitivity got {len(self.inputs)} samples but {len(self.labels)} labels")
+
+    def batch(self, n: int, seed: int = 0) -> tuple[Tensor, Tensor]:
+        """`n` samples drawn at random (seeded) without replacement, as tensors; all of them
+        when there are fewer. (Splits are stored in index order, often sorted by class.)"""
+        idx = np.sort(np.random.default_rng(seed).permutation(len(self.inputs))[:n])
+        return (torch.from_numpy(np.ascontiguousarray(self.inputs[idx])),
+                torch.from_numpy(np.asarray(self.labels[idx])).long())
+
+
+class Method:
+    """A sensitivity method: `name`, a frozen `Params` with the paper's defaults, and
+    `compute`, which never changes the model, scores every (layer, precision) it is given with a
+    finite penalty (lower is better) and is deterministic for a seed. `monotone_exception` says
+    why, if at all, a higher precision can score worse than a lower one of the same kind."""
+
+    name: ClassVar[str]
+    Params: ClassVar[type]
+    monotone_exception: ClassVar[str | None] = None
+
+    def __init__(self, params: Any = None) -> None:
+        self.params = params if params is not None else self.Params()
+
+    def compute(self, model: nn.Module, layers: list[Layer], precisions: dict[str, list[Precision]],
+                data: SensData, on_step: Progress | None = None) -> Sensitivity:  # pragma: no cover
+        raise NotImplementedError
+
+
+METHODS: Registry[type[Method]] = Registry("sensitivity method")
+
+
+def _load_plugins() -> None:
+    from . import csmpq, hawq, measured, ompq  # noqa: F401 - registration on import
+
+
+def method_names() -> list[str]:
+    _load_plugins()
+    return METHODS.names()
+
+
+def get_method(name: str) -> type[Method]:
+    _load_plugins()
+    return METHODS.get(name)
+
+
+def parse_params(cls: type[Method], pairs: list[str] | dict[str, Any]) -> Any:
+    """The method's Params from `key=value` strings (or a dict); unknown keys and bad values
+    are errors that list the valid keys."""
+    fields = {f.name: f for f in dataclasses.fields(cls.Params)}
+    items = dict(p.split("=", 1) if "=" in p else (p, None) for p in pairs) if isinstance(pairs, list) else pairs
+    values: dict[str, Any] = {}
+    for k, v in items.items():
+        if k not in fields:
+            raise ConfigError(f"method {cls.name} has no parameter {k!r}; its parameters are: "
+                              f"{', '.join(f'{n}={getattr(cls.Params(), n)!r}' for n in fields)}")
+        if v is None:
+            raise ConfigError(f"parameter {k} of method {cls.name} needs a value: write {k}=VALUE")
+        values[k] = _convert(v, getattr(cls.Params(), k), f"parameter {k} of method {cls.name}")
+    try:
+        return cls.Params(**values)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"bad parameters for method {cls.name}: {e}") from None
+
+
+def _convert(v: Any, default: Any, what: str) -> Any:
+    if not isinstance(v, str):
+        return v
+    try:
+        if isinstance(default, bool):
+            if v.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(v)
+            return v.lower() in ("true", "1", "yes")
+        if isinstance(default, int):
+            return int(v)
+        if isinstance(default, float):
+            return float(v)
+    except ValueError:
+        kind = {bool: "true or false", int: "an integer", float: "a number"}.get(type(default), "text")
+        raise ConfigError(f"{what} must be {kind}, not {v!r}") from None
+    if default is None and v.lower() == "none":
+        return None
+    if default is None:
+        try:
+            return float(v)
+        except ValueError:
+            return v
+    return v
+
+
+def compute(name: str, model: nn.Module, layers: list[Layer], precisions: dict[str, list[Precision]],
+            data: SensData, params: list[str] | dict[str, Any] | None = None, model_hash: str | None = None,
+            on_step: Progress | None = None) -> Sensitivity:
+    """Run method `name` on an eval-mode copy of `model` (the caller's model is not touched)."""
+    cls = get_method(name)
+    unknown = [n for n in precisions if n not in {la.name for la in layers if la.searchable}]
+    if unknown:
+        raise ConfigError(f"precisions name layer(s) {', '.join(unknown)} that are not searchable layers")
+    method = cls(parse_params(cls, params or {}))
+    work = copy.deepcopy(model).eval()
+    torch.manual_seed(getattr(method.params, "seed", 0))
+    sens = method.compute(work, layers, precisions, data, on_step)
+    return dataclasses.replace(sens, model_hash=model_hash, data_id=data.data_id,
+                               params=dataclasses.asdict(method.params))
+
+
+def searchable(layers: list[Layer], precisions: dict[str, list[Precision]]) -> list[Layer]:
+    """The layers to score, in model order."""
+    return [la for la in layers if la.searchable and la.name in precisions]
+
+
+def effective_bits(p: Precision) -> tuple[int, int]:
+    """(weight, activation) bits in the bit objectives; float layers count as lossless."""
+    if p.is_float:
+        return REF_BITS, REF_BITS
+    return min(p.weight_bits, REF_BITS), min(p.act_bits, REF_BITS)
+
+
+def bit_penalties(precisions: dict[str, list[Precision]], coefficient: dict[str, float],
+                  act_share: float = 0.0) -> dict[tuple[str, str], float]:
+    """The papers' "maximise Σ c_l · bits_l" as penalties c_l · (REF − bits): minimising them
+    is the same problem. Weight bits count fully, activation bits with `act_share` (the papers
+    fix activation bits, so 0 by default). Coefficients are scaled so the largest is 1."""
+    top = max((abs(c) for c in coefficient.values()), default=0.0) or 1.0
+    out = {}
+    for name, ps in precisions.items():
+        for p in ps:
+            wb, ab = effective_bits(p)
+            out[(name, str(p))] = coefficient[name] / top * ((REF_BITS - wb) + act_share * (REF_BITS - ab))
+    return out

@@ -1,0 +1,109 @@
+"""HAWQ (Dong et al.; V2/V3 form), the classic baseline: a layer is as sensitive as the
+curvature of the loss along its weights times how far quantization moves them.
+
+The average Hessian trace per parameter of each layer, Tr(H_l) / P_l, is estimated with
+Hutchinson's method (E[vᵀHv] = Tr(H) for Rademacher v, Hv by double backpropagation), on the
+BatchNorm-folded model, because the folded weights are what deployment quantizes. The penalty of
+a precision is Tr(H_l)/P_l × ‖Q_b(W_l) − W_l‖², with Q_b the deployment's weight quantizer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from ..quant.fold import fold_batchnorm
+from ..quant.quantizers import WeightQuantizer
+from ..schema import Precision
+from .base import METHODS, Method, searchable
+
+
+def hutchinson_traces(loss_fn, params: list[Tensor], probes: int, tol: float,
+                      generator: torch.Generator, on_probe=None) -> list[float]:
+    """Tr of the Hessian block of each parameter tensor: the mean of vᵀHv over Rademacher
+    probes, stopping early once the total changes by less than `tol` (relative)."""
+    loss = loss_fn()
+    grads = torch.autograd.grad(loss, params, create_graph=True)
+    sums = [0.0] * len(params)
+    last = None
+    for k in range(probes):
+        vs = [torch.randint(0, 2, p.shape, generator=generator).to(p.dtype) * 2 - 1 for p in params]
+        hvs = torch.autograd.grad(grads, params, grad_outputs=vs, retain_graph=True)
+        for i, (v, hv) in enumerate(zip(vs, hvs, strict=True)):
+            sums[i] += float((v * hv).sum())
+        total = sum(sums) / (k + 1)
+        if on_probe:
+            on_probe(k)
+        if last is not None and k >= 2 and abs(total - last) <= tol * (abs(last) + 1e-12):
+            return [s / (k + 1) for s in sums]
+        last = total
+    return [s / probes for s in sums]
+
+
+def quant_error(weight: Tensor, p: Precision) -> float:
+    """‖Q(W) − W‖² for the deployment's weight quantizer at `p` (float: f16 rounding or 0)."""
+    with torch.no_grad():
+        if p.is_float:
+            return float(((weight.half().float() - weight) ** 2).sum()) if p.weight_bits == 16 else 0.0
+        q = WeightQuantizer(p.weight_bits)
+        q.calibrate(weight)
+        return float(((q(weight) - weight) ** 2).sum())
+
+
+@METHODS.register("hawq")
+class HAWQ(Method):
+    """HAWQ Hessian-trace sensitivity. Scores weight precision only (activation bits of the same
+    weight width score the same). A negative trace estimate (a non-convex point, or too few
+    probes) is taken as 0, and kept in `info`."""
+
+    name = "hawq"
+
+    @dataclass(frozen=True)
+    class Params:
+        probes: int = 20
+        tol: float = 1e-3  # HAWQ-V3's stopping tolerance
+        batches: int = 1
+        batch_size: int = 32
+        seed: int = 0
+
+        def __post_init__(self) -> None:
+            if self.probes < 1 or self.batches < 1 or self.batch_size < 1 or self.tol < 0:
+                raise ConfigError("hawq needs probes, batches, batch_size >= 1 and tol >= 0")
+
+    def compute(self, model, layers, precisions, data, on_step=None):
+        from ..schema import Sensitivity
+
+        p = self.params
+        todo = searchable(layers, precisions)
+        fold_batchnorm(model)  # `model` is the caller's copy
+        for q in model.parameters():
+            q.requires_grad_(False)
+        weights = [model.get_submodule(la.name).weight for la in todo]
+        for w in weights:
+            w.requires_grad_(True)
+        gen = torch.Generator().manual_seed(p.seed)
+        n = min(len(data.inputs), p.batches * p.batch_size)
+        x_all, y_all = data.batch(n, p.seed)
+        traces = [0.0] * len(todo)
+        steps = p.probes * ((n + p.batch_size - 1) // p.batch_size)
+        done = 0
+        for start in range(0, n, p.batch_size):
+            x, y = x_all[start:start + p.batch_size], y_all[start:start + p.batch_size]
+
+            def tick(_k, done_before=done):
+                if on_step:
+                    on_step(done_before + _k + 1, steps, "probes")
+
+            tr = hutchinson_traces(lambda x=x, y=y: nn.functional.cross_entropy(model(x), y), weights,
+                                   p.probes, p.tol, gen, tick)
+            traces = [a + b * len(x) / n for a, b in zip(traces, tr, strict=True)]
+            done += p.probes
+        avg = {la.name: t / la.weight_count for la, t in zip(todo, traces, strict=True)}
+        penalties = {}
+        for la, w in zip(todo, weights, strict=True):
+            for prec in precisions[la.name]:
+                penalties[(la.name, str(prec))] = max(avg[la.name], 0.0) * quant_error(w.detach(), prec)
+        trace = {la.name: t for la, t in zip(todo, traces, strict=True)}
+        return Sensitivity(self.name, penalties, info={"trace": trace, "avg_trace": avg})

@@ -1,0 +1,74 @@
+"""The baseline every peer toolkit has: quantize one layer at one precision, keep every other
+layer float, calibrate as PTQ does, and record how much the loss on the sensitivity samples
+rises. Direct and honest, and L × P calibrated forward passes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..quant import QuantConfig, apply, batches, calibrate
+from ..schema import Policy
+from .base import METHODS, Method, searchable
+
+
+@torch.no_grad()
+def mean_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, reference=None) -> float:
+    """Mean cross-entropy over (x, y); with `reference` logits, the mean KL to them instead."""
+    total = 0.0
+    for i in range(0, len(x), batch_size):
+        out = model(x[i:i + batch_size])
+        if reference is None:
+            total += float(nn.functional.cross_entropy(out, y[i:i + batch_size], reduction="sum"))
+        else:
+            ref = nn.functional.log_softmax(reference[i:i + batch_size], dim=1)
+            total += float(nn.functional.kl_div(nn.functional.log_softmax(out, dim=1), ref,
+                                                reduction="sum", log_target=True))
+    return total / len(x)
+
+
+@METHODS.register("measured")
+class Measured(Method):
+    """Single-layer quantization loss increase. The increase is measured, so for two close
+    precisions (w8a8 vs w8a16) calibration noise can put the higher one a hair above."""
+
+    name = "measured"
+    monotone_exception = "measured loss changes carry calibration noise between close precisions"
+
+    @dataclass(frozen=True)
+    class Params:
+        samples: int = 256
+        batch_size: int = 64
+        loss: str = "ce"  # or kl: divergence from the float model's outputs
+        seed: int = 0
+
+        def __post_init__(self) -> None:
+            if self.samples < 1 or self.batch_size < 1:
+                raise ConfigError("measured needs samples >= 1 and batch_size >= 1")
+            if self.loss not in ("ce", "kl"):
+                raise ConfigError(f"measured loss must be ce or kl, not {self.loss!r}")
+
+    def compute(self, model, layers, precisions, data, on_step=None):
+        from ..schema import Sensitivity
+
+        p = self.params
+        x, y = data.batch(p.samples, p.seed)
+        cfg = QuantConfig(seed=p.seed)
+        ref_model = apply(model, Policy({}), cfg)  # BatchNorm folded as in every quantized copy
+        reference = ref_model(x) if p.loss == "kl" else None
+        base = mean_loss(ref_model, x, y, p.batch_size, reference)
+        jobs = [(la, prec) for la in searchable(layers, precisions) for prec in precisions[la.name]]
+        penalties, raw = {}, {}
+        for i, (la, prec) in enumerate(jobs):
+            if on_step:
+                on_step(i, len(jobs), f"{la.name} {prec}")
+            q = calibrate(apply(model, Policy({la.name: prec}), cfg), batches(x.numpy(), p.batch_size))
+            loss = mean_loss(q, x, y, p.batch_size, reference)
+            penalties[(la.name, str(prec))] = loss - base
+            raw[f"{la.name} {prec}"] = loss
+        if on_step:
+            on_step(len(jobs), len(jobs), "done")
+        return Sensitivity(self.name, penalties, info={"float_loss": base, "loss": raw})

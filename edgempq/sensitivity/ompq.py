@@ -1,0 +1,100 @@
+"""OMPQ (Ma et al., AAAI 2023): layers whose features are orthogonal to the rest of the
+network matter more.
+
+On one unlabelled batch of the float model: the linear CKA between every two layers' features,
+γ_i = Σ_{j≠i} CKA(i, j), θ_i = exp(−β γ_i), and the coefficient of layer i = the mean of θ over
+layer i and every later layer (a layer's precision is taken to affect all that follows). The
+paper maximises Σ coefficient × weight bits; `bit_penalties` writes that as penalties the ILP
+minimises, so the solver solves the paper's objective exactly (not SLSQP + rounding)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import ConfigError
+from .base import METHODS, Method, bit_penalties, searchable
+from .features import features, units
+
+
+def centered_gram(x: Tensor) -> Tensor:
+    """H K H for K = X Xᵀ (X: n samples × features), H the centring matrix; float64."""
+    x = x.reshape(x.shape[0], -1).double()
+    k = x @ x.T
+    n = k.shape[0]
+    h = torch.eye(n, dtype=k.dtype) - 1.0 / n
+    return h @ k @ h
+
+
+def cka(gram_a: Tensor, gram_b: Tensor) -> float:
+    """Linear CKA of two centred Gram matrices, in [0, 1]; 0 when either feature is constant."""
+    na, nb = torch.linalg.norm(gram_a), torch.linalg.norm(gram_b)
+    if na == 0 or nb == 0:
+        return 0.0
+    return float((gram_a * gram_b).sum() / (na * nb))
+
+
+def cka_matrix(feats: list[Tensor]) -> np.ndarray:
+    grams = [centered_gram(f) for f in feats]
+    n = len(grams)
+    m = np.eye(n)
+    for i in range(n):
+        for j in range(i + 1, n):
+            m[i, j] = m[j, i] = cka(grams[i], grams[j])
+    return m
+
+
+def coefficients(orm: np.ndarray, beta: float) -> tuple[np.ndarray, np.ndarray]:
+    """(θ, suffix-averaged coefficients) from the CKA matrix, in layer order."""
+    gamma = orm.sum(axis=1) - np.diag(orm)
+    theta = np.exp(-beta * gamma)
+    suffix = np.cumsum(theta[::-1])[::-1] / np.arange(len(theta), 0, -1)
+    return theta, suffix
+
+
+@METHODS.register("ompq")
+class OMPQ(Method):
+    """OMPQ orthogonality. `grouping=residual` shares one decision between a block's last conv
+    and its downsample conv, as the paper's ResNet code does; `act_share` > 0 also rewards
+    activation bits (the paper fixes them)."""
+
+    name = "ompq"
+
+    @dataclass(frozen=True)
+    class Params:
+        beta: float = 10.0  # the README's ResNet-18 QAT value; the paper's runs use 1e-9 to 100
+        batch_size: int = 32  # one batch, as the paper
+        grouping: str = "none"
+        act_share: float = 0.0
+        seed: int = 0
+
+        def __post_init__(self) -> None:
+            if self.beta < 0 or self.batch_size < 2 or self.act_share < 0:
+                raise ConfigError("ompq needs beta >= 0, batch_size >= 2 and act_share >= 0")
+
+    def compute(self, model, layers, precisions, data, on_step=None):
+        from ..schema import Sensitivity
+
+        p = self.params
+        todo = searchable(layers, precisions)
+        gm, unit_list = units(model, todo, p.grouping)
+        x, _ = data.batch(p.batch_size, p.seed)
+        if on_step:
+            on_step(0, 2, "features")
+        feats = features(gm, unit_list, x)
+        if on_step:
+            on_step(1, 2, "CKA")
+        orm = cka_matrix(feats)
+        theta, coef = coefficients(orm, p.beta)
+        per_layer = {}
+        for u, c in zip(unit_list, coef, strict=True):
+            per_layer |= {name: float(c) / len(u.layers) for name in u.layers}  # a group's share sums to c
+        if on_step:
+            on_step(2, 2, "done")
+        info = {"units": [list(u.layers) for u in unit_list], "theta": theta.tolist(), "coefficient": coef.tolist(),
+                "gamma": (orm.sum(axis=1) - 1).tolist()}
+        return Sensitivity(self.name, bit_penalties(precisions, per_layer, p.act_share),
+                           groups=tuple(u.layers for u in unit_list if len(u.layers) > 1), info=info)
