@@ -38,7 +38,7 @@ def main() -> None:
     """edgempq: mixed-precision quantization chosen from what the device really does.
 
     Pipeline: profile -> sensitivity -> search -> deploy -> validate. Available now:
-    targets, profile, models, data, layers, train, evaluate, demo.
+    targets, profile, sensitivity, models, data, layers, train, evaluate, demo.
     """
 
 
@@ -260,6 +260,47 @@ def _print_profile(table: Any, title: str) -> None:
         rows_sum = ms - table.overhead_ms.get(p, 0.0)
         click.echo(f"uniform {p:>5}: whole model {ms:8.3f} ms measured; its layers alone sum to {rows_sum:8.3f} ms "
                    f"({(rows_sum - ms) / ms:+.1%}); the difference is kept as overhead")
+
+
+@main.command()
+@click.option("--method", required=True, help="the method: ompq, csmpq, hawq or measured")
+@click.option("--model", "model_spec", required=True, help=MODEL_HELP)
+@click.option("--weights", type=click.Path(), help="a state_dict saved with torch.save (the trained model)")
+@click.option("--data", "data_spec", help=DATA_HELP + " (default: the zoo model's); its calibration split is used")
+@click.option("--precisions", help="comma-separated precisions to score for every layer (default: all deployable)")
+@click.option("--device", help="score the precisions this target runs for each layer's kind")
+@click.option("--param", "params", multiple=True, help="a method parameter as key=value (repeatable)")
+@click.option("-o", "--output", default="sensitivity.json", show_default=True, type=click.Path())
+def sensitivity(method: str, model_spec: str, weights: str | None, data_spec: str | None, precisions: str | None,
+                device: str | None, params: tuple[str, ...], output: str) -> None:
+    """Score each layer's sensitivity to each precision (lower penalty = safer to quantize)."""
+    from . import pipeline
+    from .sensitivity import get_method, parse_params
+
+    parse_params(get_method(method), list(params))  # bad names and values fail before the model loads
+    model, ds = pipeline.load_model_and_data(model_spec, data_spec, weights)
+    layers = pipeline.trace(model.module, model.input_shape)
+    chosen = pipeline.layer_precisions(layers, tuple(p for p in (precisions or "").split(",") if p), device)
+    with _progress(f"{method} sensitivity") as step:
+        sens = pipeline.sensitivity(model, ds, method, chosen, list(params), step)
+    sens.save(output)
+    _print_sensitivity(sens, layers, f"{method} on {model_spec} ({ds.name}, calibration split)")
+    click.echo(f"scored {len(sens.penalties)} (layer, precision) pairs; wrote {output}")
+
+
+def _print_sensitivity(sens: Any, layers: list, title: str) -> None:
+    from rich.table import Table
+
+    names = sens.layers()
+    precs = list(dict.fromkeys(p for _, p in sens.penalties))
+    kinds = {la.name: la.kind for la in layers}
+    t = Table("layer", "kind", *precs, title=title + " — penalty, lower is better")
+    for n in names:
+        t.add_row(n, kinds.get(n, "?"), *(f"{sens.penalties[(n, p)]:.4g}" if (n, p) in sens.penalties else "-"
+                                           for p in precs))
+    _console().print(t)
+    for g in sens.groups:
+        click.echo(f"shares one decision: {', '.join(g)}")
 
 
 @main.command()

@@ -148,3 +148,30 @@ def demo(retrain: bool = False, on_step: Progress | None = None) -> tuple[dict, 
     """The built-in default: the cached MNIST ResNet-8, float vs uniform simulated precisions."""
     model, ds, meta = cached_model(DEMO_MODEL, DEMO_DATA, DEMO_TRAIN, retrain, on_step)
     return meta, uniform_table(model, ds, DEMO_PRECISIONS)
+
+
+def layer_precisions(layers: list, precisions: tuple[str, ...] = (), device: str | None = None) -> dict:
+    """Per searchable layer, the precisions to score: `precisions` for every layer, else those
+    the target `device` runs for the layer's kind, else every deployable precision."""
+    from .schema import DEPLOYABLE
+
+    if precisions and device:
+        raise ConfigError("give --precisions or --device, not both")
+    if device:
+        from .targets import load_target
+
+        target = load_target(device)
+        return {la.name: list(target.allowed(la.kind)) for la in layers if la.searchable}
+    chosen = [Precision.parse(p) for p in (precisions or DEPLOYABLE)]
+    return {la.name: chosen for la in layers if la.searchable}
+
+
+def sensitivity(model: LoadedModel, ds: Dataset, method: str, precisions: dict, params: list[str] | None = None,
+                on_step: Progress | None = None):
+    """Score every (layer, precision) with `method` on the calibration split."""
+    from .sensitivity import SensData, compute
+
+    layers = trace(model.module, model.input_shape)
+    x, y = ds.split("calibration")
+    return compute(method, model.module, layers, precisions, SensData(x, y, ds.data_id), params,
+                   model.model_hash, on_step)

@@ -36,6 +36,10 @@ def test_help_lists_the_verbs_without_importing_torch_or_tensorflow():
     (["data", "--data", "missing/dir.npz"], "does not exist"),
     (["evaluate", "--model", "zoo:mnist_resnet8", "--precision", "w9"], "unknown precision"),
     (["layers", "--model", "zoo:mnist_resnet8", "--input-shape", "1xfoo"], "CxHxW"),
+    (["sensitivity", "--method", "nope", "--model", "zoo:mnist_resnet8"], "unknown sensitivity method 'nope'"),
+    (["sensitivity", "--method", "hawq", "--model", "zoo:mnist_resnet8", "--param", "probes=x"], "must be an integer"),
+    (["sensitivity", "--method", "ompq", "--model", "zoo:mnist_resnet8", "--precisions", "w8a8",
+      "--device", "host"], "not both"),
 ])
 def test_user_errors_are_one_line_and_exit_1(args, needle):
     p = run(*args, check=False)
@@ -68,6 +72,24 @@ def test_train_then_evaluate_a_user_model_from_a_file(tmp_path):
             "--precision", "w8a8", "--precision", "w4a16", "--weight-range", "mse")
     assert "float" in p.stdout and "w8a8" in p.stdout and "w4a16" in p.stdout
     assert not list(tmp_path.glob(".w.pt*"))  # no temporary left behind
+
+
+def test_sensitivity_scores_a_user_model_and_writes_json(tmp_path):
+    (tmp_path / "net.py").write_text(textwrap.dedent("""
+        import torch.nn as nn
+
+        def small():
+            return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                 nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(128, 10))
+        small.input_shape = (1, 8, 8)
+    """))
+    out = tmp_path / "s.json"
+    p = run("sensitivity", "--method", "csmpq", "--model", f"{tmp_path / 'net.py'}:small", "--data", "digits",
+            "--device", "tflm-host", "--param", "documents=classes", "-o", str(out))
+    assert "penalty, lower is better" in p.stdout and "scored 7 (layer, precision) pairs" in p.stdout
+    doc = json.loads(out.read_text())
+    assert doc["method"] == "csmpq" and doc["params"]["documents"] == "classes" and doc["data_id"]
+    assert {r["precision"] for r in doc["rows"] if r["layer"] == "5"} == {"f32", "w8a8", "w8a16"}
 
 
 def test_data_describes_splits():
