@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from . import show
 from .errors import EdgeMPQError
 
 MODEL_HELP = ("zoo:NAME[?key=value&...], path/to/file.py:factory or package.module:factory "
@@ -38,15 +39,8 @@ def main() -> None:
     """edgempq: mixed-precision quantization chosen from what the device really does.
 
     Pipeline: profile -> sensitivity -> search -> deploy -> validate. Available now:
-    targets, profile, sensitivity, models, data, layers, train, evaluate, demo.
+    targets, profile, sensitivity, search, models, data, layers, train, evaluate, demo.
     """
-
-
-def _console() -> Any:
-    from rich.console import Console
-
-    # Piped output gets a wide table rather than truncated layer names.
-    return Console(width=None if sys.stdout.isatty() else 160)
 
 
 @contextmanager
@@ -77,7 +71,7 @@ def models() -> None:
     for e in ZOO.values():
         t.add_row(f"zoo:{e.name}", "x".join(map(str, e.input_shape)), str(e.num_classes),
                   e.dataset or "-", e.description)
-    _console().print(t)
+    show.console().print(t)
 
 
 @main.command()
@@ -116,7 +110,7 @@ def layers(model_spec: str, weights: str | None, input_shape: str | None, output
     for la in ls:
         t.add_row(la.name, la.kind, "x".join(map(str, la.in_shape)), "x".join(map(str, la.out_shape)),
                   f"{la.params:,}", f"{la.macs:,}", la.fixed_reason or "")
-    _console().print(t)
+    show.console().print(t)
     click.echo(f"{sum(la.searchable for la in ls)} searchable layers, {sum(la.macs for la in ls):,} MACs")
     if output:
         write_json(output, {"schema_version": 1, "model": model_spec, "model_hash": m.model_hash,
@@ -183,16 +177,8 @@ def evaluate(model_spec: str, weights: str | None, data_spec: str | None, policy
                 rows.append(replace(simulate(model, ds, pol, cfg, qat_epochs, step)[1], label=label))
         else:
             rows.append(replace(simulate(model, ds, pol, cfg)[1], label=label))
-    _print_rows(rows, f"{model_spec} on {ds.name} (test split, {len(ds.splits['test'])} samples)")
+    show.rows(rows, f"{model_spec} on {ds.name} (test split, {len(ds.splits['test'])} samples)")
 
-
-def _print_rows(rows: list, title: str) -> None:
-    from rich.table import Table
-
-    t = Table("precision", "top-1", "weights (KB)", "BOPs (G)", title=title)
-    for r in rows:
-        t.add_row(r.label, f"{r.top1:.2%}", f"{r.weight_bytes / 1024:.1f}", f"{r.bops / 1e9:.2f}")
-    _console().print(t)
 
 
 @main.command()
@@ -207,7 +193,7 @@ def targets() -> None:
         tg = load_target(name)
         t.add_row(name + (" (template)" if tg.template else ""), tg.backend, str(tg.threads),
                   *(" ".join(map(str, tg.allowed(k))) for k in ("conv", "dwconv", "linear")), tg.description)
-    _console().print(t)
+    show.console().print(t)
 
 
 @main.command()
@@ -239,27 +225,9 @@ def profile(device: str, model_spec: str, weights: str | None, input_shape: str 
         whole = None if layers_only else WholeModel(m.module, m.input_shape)
         table = run_profile(layers, target, m.model_hash, use_cache=not no_cache, on_step=step, whole=whole)
     table.save(output)
-    _print_profile(table, f"{model_spec} on {target.name}")
+    show.profile(table, f"{model_spec} on {target.name}")
     click.echo(f"{len(table.rows)} measurements for {sum(la.searchable for la in layers)} layers; wrote {output}")
 
-
-def _print_profile(table: Any, title: str) -> None:
-    from rich.table import Table
-
-    from .schema import DEPLOYABLE
-
-    order = ("f32", "f16", *DEPLOYABLE)
-    precs = sorted({r.precision for r in table.rows}, key=lambda p: order.index(p) if p in order else len(order))
-    t = Table("layer", "kind", "MACs", *[f"{p} ms" for p in precs], title=title)
-    for la in table.layers:
-        if la.searchable:
-            rows = [table.row(la.signature, p) for p in precs]
-            t.add_row(la.name, la.kind, f"{la.macs:,}", *(f"{r.latency_ms:.3f}" if r else "-" for r in rows))
-    _console().print(t)
-    for p, ms in table.whole_ms.items():
-        rows_sum = ms - table.overhead_ms.get(p, 0.0)
-        click.echo(f"uniform {p:>5}: whole model {ms:8.3f} ms measured; its layers alone sum to {rows_sum:8.3f} ms "
-                   f"({(rows_sum - ms) / ms:+.1%}); the difference is kept as overhead")
 
 
 @main.command()
@@ -284,23 +252,66 @@ def sensitivity(method: str, model_spec: str, weights: str | None, data_spec: st
     with _progress(f"{method} sensitivity") as step:
         sens = pipeline.sensitivity(model, ds, method, chosen, list(params), step)
     sens.save(output)
-    _print_sensitivity(sens, layers, f"{method} on {model_spec} ({ds.name}, calibration split)")
+    show.sensitivity(sens, layers, f"{method} on {model_spec} ({ds.name}, calibration split)")
     click.echo(f"scored {len(sens.penalties)} (layer, precision) pairs; wrote {output}")
 
 
-def _print_sensitivity(sens: Any, layers: list, title: str) -> None:
-    from rich.table import Table
 
-    names = sens.layers()
-    precs = list(dict.fromkeys(p for _, p in sens.penalties))
-    kinds = {la.name: la.kind for la in layers}
-    t = Table("layer", "kind", *precs, title=title + " — penalty, lower is better")
-    for n in names:
-        t.add_row(n, kinds.get(n, "?"), *(f"{sens.penalties[(n, p)]:.4g}" if (n, p) in sens.penalties else "-"
-                                           for p in precs))
-    _console().print(t)
-    for g in sens.groups:
-        click.echo(f"shares one decision: {', '.join(g)}")
+@main.command()
+@click.option("--profile", "profile_path", required=True, type=click.Path(), help="the profile.json of the model")
+@click.option("--sensitivity", "sens_path", required=True, type=click.Path(), help="a sensitivity.json")
+@click.option("--latency-ms", type=float, help="end-to-end latency budget on the profiled device")
+@click.option("--size-kb", type=float, help="weight storage budget (as the artifact stores it)")
+@click.option("--bops", type=float, help="bit-operations budget (MACs x weight bits x activation bits)")
+@click.option("--ram-kb", type=float, help="per-layer working-set budget (microcontrollers)")
+@click.option("--group", "groups", multiple=True, help="comma-separated layers that share one precision (repeatable)")
+@click.option("--sweep", "sweep_spec", help="solve N budgets: latency_ms=LO:HI:N (or size_kb, bops, ram_kb)")
+@click.option("--time-limit", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="seconds for the solver; past it the best policy found is kept with its gap")
+@click.option("-o", "--output", default="policy.json", show_default=True, type=click.Path(),
+              help="the policy (with --sweep: the front as JSON, and a PNG beside it)")
+def search(profile_path: str, sens_path: str, latency_ms: float | None, size_kb: float | None, bops: float | None,
+           ram_kb: float | None, groups: tuple[str, ...], sweep_spec: str | None, time_limit: float,
+           output: str) -> None:
+    """Pick one precision per layer: the least sensitivity penalty under the budgets."""
+    from .schema import Budget, CostTable, Sensitivity
+    from .solve import solve
+
+    table, sens = CostTable.load(profile_path), Sensitivity.load(sens_path)
+    budget = Budget(latency_ms=latency_ms, size_kb=size_kb, bops=bops, ram_kb=ram_kb)
+    group_list = tuple(tuple(n.strip() for n in g.split(",") if n.strip()) for g in groups)
+    layers = list(table.layers)
+    if sweep_spec:
+        _search_sweep(layers, sens, table, budget, group_list, sweep_spec, time_limit, output)
+        return
+    if not budget.items():
+        raise EdgeMPQError("give at least one budget: --latency-ms, --size-kb, --bops or --ram-kb (or --sweep)")
+    policy = solve(layers, sens, table, budget, table.target, group_list, time_limit)
+    policy.save(output)
+    show.policy(policy, layers, table)
+    click.echo(f"wrote {output}")
+
+
+def _search_sweep(layers, sens, table, budget, groups, spec, time_limit, output) -> None:
+    from pathlib import Path
+
+    from .files import write_json
+    from .plots import pareto_front
+    from .solve import parse_sweep, sweep
+
+    key = parse_sweep(spec)[0]
+    with _progress(f"sweeping {key}") as step:
+        step(0, 1, spec)
+        points = sweep(layers, sens, table, budget, table.target, spec, groups, time_limit)
+    write_json(Path(output), {"sweep": key, "method": sens.method, "target": table.target.name, "points": points})
+    png = pareto_front(points, key, f"{sens.method} on {table.target.name}", Path(output).with_suffix(".png"))
+    for p in points:
+        pred = p.get("predicted", {})
+        click.echo(f"{key}={p['budget'][key]:<12.6g} " + (
+            f"objective {p['objective']:<10.4g} latency {pred.get('latency_ms', float('nan')):.3f} ms, "
+            f"size {pred['size_bytes'] / 1024:.1f} KB" if p["feasible"] else "infeasible"))
+    click.echo(f"wrote {output} and {png}")
+
 
 
 @main.command()
@@ -312,5 +323,5 @@ def demo(retrain: bool) -> None:
     with _progress(f"training {pipeline.DEMO_MODEL} on {pipeline.DEMO_DATA}") as step:
         meta, rows = pipeline.demo(retrain, step)
     how = "cached weights" if meta["cached"] else f"trained in {meta['train_seconds']:.0f} s"
-    _print_rows(rows, f"{pipeline.DEMO_MODEL} on {pipeline.DEMO_DATA} ({how}; PTQ min-max, test split)")
+    show.rows(rows, f"{pipeline.DEMO_MODEL} on {pipeline.DEMO_DATA} ({how}; PTQ min-max, test split)")
     click.echo(f"weights: {meta['weights']}")

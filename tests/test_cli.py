@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 
@@ -27,7 +28,7 @@ def test_help_lists_the_verbs_without_importing_torch_or_tensorflow():
             "print([m for m in ('torch', 'tensorflow') if m in sys.modules])")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert p.stdout.strip().endswith("[]")
-    for verb in ("train", "demo", "layers", "evaluate", "models", "data"):
+    for verb in ("train", "demo", "layers", "evaluate", "models", "data", "profile", "sensitivity", "search"):
         assert verb in p.stdout
 
 
@@ -123,6 +124,23 @@ def test_profile_prints_layer_costs_and_whole_model_errors(tmp_path):
     assert "w8a8 ms" in p.stdout and "uniform  w8a8: whole model" in p.stdout
     doc = json.loads(out.read_text())
     assert doc["target"]["name"] == "tflm-host" and len(doc["rows"]) == 3 * 4 - 1
+    # then the rest of the search: a sensitivity on labelled data of the model's input, and the ILP
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.normal(size=(80, 3, 16, 16)).astype(np.float32), y=np.arange(80) % 4)
+    sens, pol = tmp_path / "s.json", tmp_path / "policy.json"
+    run("sensitivity", "--method", "ompq", "--model", f"{tmp_path / 'net.py'}:net", "--data", str(tmp_path / "d.npz"),
+        "--device", "tflm-host", "-o", str(sens))
+    whole = doc["whole_ms"]["w8a8"]
+    p = run("search", "--profile", str(out), "--sensitivity", str(sens), "--latency-ms", str(whole * 3),
+            "--ram-kb", "64", "-o", str(pol))
+    assert "predicted latency" in p.stdout and "(budget 64)" in p.stdout
+    assert {r["layer"] for r in json.loads(pol.read_text())["layers"]} == {"0", "2", "5"}
+    p = run("search", "--profile", str(out), "--sensitivity", str(sens), "--latency-ms", "0.000001", check=False)
+    assert p.returncode == 1 and "raise latency_ms to at least" in p.stderr and "Traceback" not in p.stderr
+    p = run("search", "--profile", str(out), "--sensitivity", str(sens), "--sweep", "size_kb=1:40:3",
+            "-o", str(tmp_path / "front.json"))
+    assert json.loads((tmp_path / "front.json").read_text())["sweep"] == "size_kb"
+    assert (tmp_path / "front.png").read_bytes()[:4] == b"\x89PNG"
     assert all(r["ram_bytes"] > 0 for r in doc["rows"]) and set(doc["whole_ms"]) == {"f32", "w8a8", "w4a8", "w8a16"}
 
 

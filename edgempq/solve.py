@@ -1,0 +1,283 @@
+"""The integer program: one precision per layer, the least total penalty under the budgets.
+
+One binary per (layer, precision the target runs for the layer's kind), exactly one per layer;
+the objective is the Sensitivity's penalties plus its pairwise terms, each product of two
+binaries linearised exactly (y ≤ xᵢ, y ≤ xⱼ, y ≥ xᵢ + xⱼ − 1). Budgets: latency (the profile's
+scaled per-layer costs), size (weight bytes as the artifact stores them), BOPs, and RAM (every
+layer's working set under the limit). The solver sees only numbers (`Choice`), so it is tested
+with hand-made tables; `solve` builds them from a model's layers, profile and sensitivity."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+from .errors import ConfigError, InfeasibleError
+from .layers import bops, weight_bytes
+from .schema import Budget, CostTable, Layer, Policy, Precision, Sensitivity, Target
+
+METRICS = {"latency_ms": ("latency_ms", 1.0, "ms"), "size_kb": ("size_bytes", 1024.0, "KB"),
+           "bops": ("bops", 1.0, "BOPs"), "ram_kb": ("ram_bytes", 1024.0, "KB")}
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One option of one layer, as numbers."""
+
+    layer: str
+    precision: str
+    penalty: float
+    latency_ms: float = 0.0
+    size_bytes: float = 0.0
+    bops: float = 0.0
+    ram_bytes: float = 0.0
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Options per layer (model order), pairwise penalties, groups that share a precision, and
+    what the fixed layers add to each total (e.g. their float32 weight bytes)."""
+
+    choices: dict[str, list[Choice]]
+    pairs: dict[tuple[tuple[str, str], tuple[str, str]], float] = field(default_factory=dict)
+    groups: tuple[tuple[str, ...], ...] = ()
+    constant: dict[str, float] = field(default_factory=dict)  # metric field -> value
+
+
+@dataclass(frozen=True)
+class Solution:
+    precisions: dict[str, str]
+    objective: float
+    totals: dict[str, float]  # latency_ms, size_bytes, bops, ram_bytes (the largest layer)
+    status: str  # optimal, or feasible when the time limit stopped the proof
+    gap: float
+    seconds: float
+
+
+def totals(problem: Problem, pick: dict[str, str]) -> dict[str, float]:
+    """What a pick costs: sums of latency, size and BOPs, and the largest layer's RAM."""
+    chosen = [next(c for c in problem.choices[la] if c.precision == p) for la, p in pick.items()]
+    out = {k: sum(getattr(c, k) for c in chosen) + problem.constant.get(k, 0.0)
+           for k in ("latency_ms", "size_bytes", "bops")}
+    out["ram_bytes"] = max((c.ram_bytes for c in chosen), default=0.0)
+    return out
+
+
+def objective(problem: Problem, pick: dict[str, str]) -> float:
+    """Σ penalties of the picked choices plus the pairwise terms both of whose choices are picked."""
+    own = sum(next(c.penalty for c in problem.choices[la] if c.precision == p) for la, p in pick.items())
+    return own + sum(v for (a, b), v in problem.pairs.items() if pick.get(a[0]) == a[1] and pick.get(b[0]) == b[1])
+
+
+def _group_options(problem: Problem) -> list[tuple[tuple[str, ...], list[str]]]:
+    """Decision units: each group (or lone layer) with the precisions all its members have."""
+    grouped = {la for g in problem.groups for la in g}
+    units = [(g, g) for g in problem.groups] + [((la,), (la,)) for la in problem.choices if la not in grouped]
+    out = []
+    for members, _ in units:
+        missing = [la for la in members if la not in problem.choices]
+        if missing:
+            raise ConfigError(f"group {', '.join(members)} names layer(s) {', '.join(missing)} that are not searched")
+        common = [c.precision for c in problem.choices[members[0]]
+                  if all(any(o.precision == c.precision for o in problem.choices[m]) for m in members[1:])]
+        if not common:
+            raise InfeasibleError(f"layers {', '.join(members)} must share a precision but have none in common; "
+                                  "drop the group or give them a common precision")
+        out.append((members, common))
+    return out
+
+
+def check_feasible(problem: Problem, budget: Budget) -> None:
+    """Raise InfeasibleError naming the first budget that even the cheapest choices break, and
+    the smallest value that is achievable."""
+    units = _group_options(problem)
+    for key, limit in budget.items():
+        attr, scale, unit = METRICS[key]
+        per_unit = [min(sum(_metric(problem, la, p, attr) for la in members) if attr != "ram_bytes"
+                        else max(_metric(problem, la, p, attr) for la in members) for p in options)
+                    for members, options in units]
+        need = (max(per_unit, default=0.0) if attr == "ram_bytes"
+                else sum(per_unit) + problem.constant.get(attr, 0.0)) / scale
+        if need > limit * (1 + 1e-9):
+            raise InfeasibleError(f"budget {key}={limit:g} cannot be met: the cheapest precision per layer needs "
+                                  f"{need:.6g} {unit}; raise {key} to at least {need:.6g}")
+
+
+def _metric(problem: Problem, layer: str, precision: str, attr: str) -> float:
+    return next(getattr(c, attr) for c in problem.choices[layer] if c.precision == precision)
+
+
+def solve_problem(problem: Problem, budget: Budget, time_limit_s: float = 30.0) -> Solution:
+    """The optimum (or the best found in the time limit, with its gap) of `problem`."""
+    import mip
+
+    check_feasible(problem, budget)
+    t0 = time.perf_counter()
+    ram_limit = budget.ram_kb * 1024 if budget.ram_kb is not None else math.inf
+    m = mip.Model(sense=mip.MINIMIZE, solver_name=mip.CBC)
+    m.verbose = 0
+    m.threads = 1
+    x: dict[tuple[str, str], mip.Var] = {}
+    for la, options in problem.choices.items():
+        for c in options:
+            # a choice whose working set alone is over the RAM budget is excluded outright
+            x[(la, c.precision)] = m.add_var(var_type=mip.BINARY, ub=0 if c.ram_bytes > ram_limit else 1)
+        m += mip.xsum(x[(la, c.precision)] for c in options) == 1
+    for members, common in _group_options(problem):
+        for la in members:
+            for c in problem.choices[la]:
+                if c.precision not in common:
+                    m += x[(la, c.precision)] == 0
+        for other in members[1:]:
+            for p in common:
+                m += x[(members[0], p)] == x[(other, p)]
+    terms = [c.penalty * x[(la, c.precision)] for la, options in problem.choices.items() for c in options]
+    for (a, b), v in problem.pairs.items():
+        if a in x and b in x and v != 0:
+            y = m.add_var(lb=0.0, ub=1.0)
+            m += y <= x[a]
+            m += y <= x[b]
+            m += y >= x[a] + x[b] - 1
+            terms.append(v * y)
+    scale = max((abs(float(t.expr[v])) for t in terms for v in t.expr), default=1.0) or 1.0
+    m.objective = mip.xsum(t * (1.0 / scale) for t in terms)  # well-scaled for CBC's tolerances
+    for key, limit in budget.items():
+        attr, unit_scale, _ = METRICS[key]
+        if attr != "ram_bytes":
+            m += mip.xsum(getattr(c, attr) / unit_scale * x[(la, c.precision)]
+                          for la, options in problem.choices.items() for c in options) \
+                <= limit - problem.constant.get(attr, 0.0) / unit_scale
+    m.max_mip_gap, m.max_mip_gap_abs = 1e-9, 1e-12
+    status = m.optimize(max_seconds=time_limit_s)
+    if status not in (mip.OptimizationStatus.OPTIMAL, mip.OptimizationStatus.FEASIBLE):
+        if status == mip.OptimizationStatus.INFEASIBLE:
+            raise InfeasibleError(f"the budgets {_fmt(budget)} cannot all be met together (each alone can); "
+                                  "loosen one of them")
+        raise InfeasibleError(f"the solver found no policy within {time_limit_s:g} s (status {status.name}); "
+                              "raise the time limit")
+    pick = _pick(problem, x)
+    gap = 0.0 if status == mip.OptimizationStatus.OPTIMAL else float(m.gap)
+    if status == mip.OptimizationStatus.OPTIMAL:
+        pick = _prefer_cheaper(m, problem, x, time_limit_s - (time.perf_counter() - t0)) or pick
+    return Solution(pick, objective(problem, pick), totals(problem, pick),
+                    "optimal" if status == mip.OptimizationStatus.OPTIMAL else "feasible", gap,
+                    time.perf_counter() - t0)
+
+
+def _prefer_cheaper(m, problem: Problem, x: dict, seconds_left: float) -> dict[str, str] | None:
+    """Among the policies with the optimal penalty, the fastest (or, without latencies, the
+    smallest): equal accuracy at a lower cost is what a user wants from a tie. None if the
+    second solve finds nothing in the time left."""
+    import mip
+
+    attr = "latency_ms" if any(c.latency_ms for cs in problem.choices.values() for c in cs) else "size_bytes"
+    top = max((getattr(c, attr) for cs in problem.choices.values() for c in cs), default=0.0)
+    if top <= 0 or seconds_left <= 0:
+        return None
+    best = m.objective_value
+    m += m.objective <= best + 1e-7 * max(1.0, abs(best))
+    m.objective = mip.xsum(getattr(c, attr) / top * x[(la, c.precision)]
+                           for la, cs in problem.choices.items() for c in cs)
+    if m.optimize(max_seconds=seconds_left) not in (mip.OptimizationStatus.OPTIMAL, mip.OptimizationStatus.FEASIBLE):
+        return None
+    return _pick(problem, x)
+
+
+def _pick(problem: Problem, x: dict) -> dict[str, str]:
+    return {la: next(c.precision for c in options if x[(la, c.precision)].x >= 0.5)
+            for la, options in problem.choices.items()}
+
+
+def _fmt(budget: Budget) -> str:
+    return ", ".join(f"{k}={v:g}" for k, v in budget.items())
+
+
+def working_set_bytes(layer: Layer, p: Precision) -> int:
+    """RAM a layer needs while it runs: its input and output activations at the layer's
+    activation width, plus the int8 buffer TFLite Micro unpacks int4 weights into."""
+    act = 4 if p.is_float else (1 if p.act_bits <= 8 else 2)
+    scratch = layer.weight_count if not p.is_float and p.weight_bits == 4 else 0
+    return (math.prod(layer.in_shape) + math.prod(layer.out_shape)) * act + scratch
+
+
+def build_problem(layers: list[Layer], sensitivity: Sensitivity, costs: CostTable | None, target: Target,
+                  groups: tuple[tuple[str, ...], ...] = ()) -> Problem:
+    """The numbers of a model: per searchable layer, the target's precisions for its kind with
+    the sensitivity's penalty, the profile's latency (and measured RAM when it has it), the
+    artifact's weight bytes and the BOPs."""
+    from .profile import layer_cost_ms, scales
+
+    factors = scales(costs) if costs is not None else None
+    choices: dict[str, list[Choice]] = {}
+    for la in layers:
+        if not la.searchable:
+            continue
+        opts = []
+        for p in target.allowed(la.kind):
+            row = costs.row(la.signature, p) if costs is not None else None
+            if costs is not None and row is None:
+                raise ConfigError(f"the profile has no measurement of layer {la.name} at {p}; "
+                                  f"profile the model again on {target.name}")
+            opts.append(Choice(la.name, str(p), sensitivity.penalty(la.name, p),
+                               layer_cost_ms(costs, la, p, factors) if costs is not None else 0.0,
+                               weight_bytes(la, p), bops(la, p),
+                               row.ram_bytes if row is not None and row.ram_bytes else working_set_bytes(la, p)))
+        choices[la.name] = opts
+    f32 = Precision(32, 32, True)
+    fixed = [la for la in layers if not la.searchable]
+    constant = {"size_bytes": sum(weight_bytes(la, f32) for la in fixed), "bops": sum(bops(la, f32) for la in fixed)}
+    known = {la.name for la in layers if la.searchable}
+    pairs = {(a, b): v for (a, b), v in sensitivity.pairs.items() if a[0] in known and b[0] in known}
+    all_groups = tuple(dict.fromkeys(tuple(g) for g in (*sensitivity.groups, *groups)))
+    return Problem(choices, pairs, all_groups, constant)
+
+
+def solve(layers: list[Layer], sensitivity: Sensitivity, costs: CostTable | None, budget: Budget, target: Target,
+          groups: tuple[tuple[str, ...], ...] = (), time_limit_s: float = 30.0) -> Policy:
+    """The policy of least penalty that meets `budget` on `target`; a latency budget needs
+    `costs` (the device profile)."""
+    if budget.latency_ms is not None and costs is None:
+        raise ConfigError("a latency budget needs the device profile; give --profile")
+    problem = build_problem(layers, sensitivity, costs, target, groups)
+    sol = solve_problem(problem, budget, time_limit_s)
+    predicted = {"objective": sol.objective, "size_bytes": sol.totals["size_bytes"], "bops": sol.totals["bops"],
+                 "ram_bytes": sol.totals["ram_bytes"], "solve_seconds": sol.seconds}
+    if costs is not None:
+        predicted["latency_ms"] = sol.totals["latency_ms"]
+    return Policy({la: Precision.parse(p) for la, p in sol.precisions.items()}, budget, sensitivity.method,
+                  target.name, sensitivity.model_hash, predicted, sol.status, sol.gap)
+
+
+def parse_sweep(text: str) -> tuple[str, float, float, int]:
+    """`latency_ms=LO:HI:N` -> (key, lo, hi, n)."""
+    try:
+        key, rng = text.split("=", 1)
+        lo, hi, n = rng.split(":")
+        out = key.strip(), float(lo), float(hi), int(n)
+    except ValueError:
+        raise ConfigError(f"sweep {text!r} must look like latency_ms=LO:HI:N (or size_kb, bops, ram_kb)") from None
+    if out[0] not in METRICS:
+        raise ConfigError(f"cannot sweep {out[0]!r}; choose one of {', '.join(METRICS)}")
+    if not (0 < out[1] <= out[2]) or out[3] < 1:
+        raise ConfigError(f"sweep {text!r} needs 0 < LO <= HI and N >= 1")
+    return out
+
+
+def sweep(layers: list[Layer], sensitivity: Sensitivity, costs: CostTable | None, budget: Budget, target: Target,
+          spec: str, groups: tuple[tuple[str, ...], ...] = (), time_limit_s: float = 30.0) -> list[dict]:
+    """Solve N budgets from LO to HI of one key (the other budgets held): the Pareto front, one
+    point per budget with its objective, predicted totals and policy (None when infeasible)."""
+    key, lo, hi, n = parse_sweep(spec)
+    points = []
+    for i in range(n):
+        value = lo if n == 1 else lo + (hi - lo) * i / (n - 1)
+        b = Budget(**(budget.to_dict() | {key: value}))
+        try:
+            pol = solve(layers, sensitivity, costs, b, target, groups, time_limit_s)
+        except InfeasibleError as e:
+            points.append({"budget": {key: value}, "feasible": False, "reason": str(e)})
+            continue
+        points.append({"budget": {key: value}, "feasible": True, "objective": pol.predicted["objective"],
+                       "predicted": dict(pol.predicted), "status": pol.solver_status, "policy": pol.to_dict()})
+    return points

@@ -1,0 +1,210 @@
+"""The integer program on hand-computed tables: the solver sees only numbers."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+
+from edgempq.errors import ConfigError, InfeasibleError
+from edgempq.schema import Budget, Sensitivity, Target
+from edgempq.solve import Choice, Problem, build_problem, objective, solve, solve_problem, sweep, totals
+
+
+def two_way(penalties: dict[str, float]) -> Problem:
+    """Each layer: `hi` (penalty 0, 3 ms, 8 bytes) or `lo` (its penalty, 1 ms, 4 bytes)."""
+    return Problem({la: [Choice(la, "w8a8", 0.0, 3.0, 8, 64), Choice(la, "w4a8", pen, 1.0, 4, 32)]
+                    for la, pen in penalties.items()})
+
+
+PEN = {"a": 5.0, "b": 1.0, "c": 3.0}
+
+
+@pytest.mark.parametrize("limit,lows,obj", [
+    (9.0, set(), 0.0), (8.99, {"b"}, 1.0),  # all at w8a8 is 9 ms: just below it, drop the cheapest
+    (7.0, {"b"}, 1.0), (6.99, {"b", "c"}, 4.0),
+    (5.0, {"b", "c"}, 4.0), (4.99, {"a", "b", "c"}, 9.0),
+    (3.0, {"a", "b", "c"}, 9.0),
+])
+def test_latency_optimum_on_both_sides_of_every_boundary(limit, lows, obj):
+    sol = solve_problem(two_way(PEN), Budget(latency_ms=limit))
+    assert {la for la, p in sol.precisions.items() if p == "w4a8"} == lows
+    assert sol.objective == pytest.approx(obj) and sol.status == "optimal" and sol.gap == 0.0
+    assert sol.totals["latency_ms"] <= limit
+
+
+def test_infeasible_budget_names_it_and_the_smallest_achievable_value():
+    with pytest.raises(InfeasibleError, match=r"budget latency_ms=2.99 cannot be met: .* needs 3 ms; raise latency_ms to at least 3"):
+        solve_problem(two_way(PEN), Budget(latency_ms=2.99))
+    # size in KB: 3 layers x 4 bytes + 1000 bytes of fixed layers = 1012 bytes
+    p = Problem(two_way(PEN).choices, constant={"size_bytes": 1000})
+    with pytest.raises(InfeasibleError, match=r"size_kb=0.5 .* needs 0.988281 KB"):
+        solve_problem(p, Budget(size_kb=0.5))
+
+
+def test_budgets_each_feasible_but_not_together_is_a_clear_error():
+    p = Problem({"a": [Choice("a", "f32", 0.0, 1.0, 10), Choice("a", "w8a8", 0.0, 10.0, 1)]})
+    with pytest.raises(InfeasibleError, match="cannot all be met together"):
+        solve_problem(p, Budget(latency_ms=5, size_kb=5 / 1024))
+
+
+def test_size_and_bops_budgets():
+    p = two_way(PEN)
+    # sizes 8 / 4 bytes: all w8a8 is 24 bytes; BOPs 64 / 32: all w8a8 is 192
+    assert solve_problem(p, Budget(size_kb=20 / 1024)).precisions == {"a": "w8a8", "b": "w4a8", "c": "w8a8"}
+    assert solve_problem(p, Budget(size_kb=19 / 1024)).precisions == {"a": "w8a8", "b": "w4a8", "c": "w4a8"}
+    assert solve_problem(p, Budget(bops=160)).objective == pytest.approx(1.0)
+    assert solve_problem(p, Budget(bops=159)).objective == pytest.approx(4.0)
+
+
+def test_a_looser_budget_never_gives_a_worse_objective():
+    rng = random.Random(3)
+    p = Problem({f"l{i}": [Choice(f"l{i}", f"w{b}a8", rng.random() * (8 - b), rng.random() * b, b * 10)
+                           for b in (2, 4, 8)] for i in range(6)})
+    lo = totals(p, {la: "w2a8" for la in p.choices})["latency_ms"]
+    objs = [solve_problem(p, Budget(latency_ms=lo + k * 0.3)).objective for k in range(1, 25)]
+    assert all(b <= a + 1e-9 for a, b in itertools.pairwise(objs))
+
+
+def brute_force(p: Problem, budget: Budget) -> float | None:
+    best = None
+    for combo in itertools.product(*[[c.precision for c in cs] for cs in p.choices.values()]):
+        pick = dict(zip(p.choices, combo, strict=True))
+        if any(len({pick[m] for m in g}) > 1 for g in p.groups):
+            continue
+        t = totals(p, pick)
+        if budget.latency_ms is not None and t["latency_ms"] > budget.latency_ms + 1e-9:
+            continue
+        if budget.ram_kb is not None and t["ram_bytes"] > budget.ram_kb * 1024:
+            continue
+        v = objective(p, pick)
+        best = v if best is None else min(best, v)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_pairwise_linearisation_equals_brute_force(seed):
+    rng = random.Random(seed)
+    names, precs = ["a", "b", "c", "d"], ["w4a8", "w8a8", "f32"]
+    p = Problem({la: [Choice(la, q, rng.uniform(0, 2), rng.uniform(0.5, 3), 0, 0, rng.uniform(100, 400))
+                      for q in precs] for la in names},
+                pairs={((a, pa), (b, pb)): rng.uniform(-1.5, 2.0)
+                       for a, b in itertools.combinations(names, 2) for pa in precs for pb in precs
+                       if rng.random() < 0.4},
+                groups=(("b", "c"),) if seed % 3 == 0 else ())
+    budget = Budget(latency_ms=rng.uniform(4, 9), ram_kb=0.35 if seed % 2 else None)
+    expect = brute_force(p, budget)
+    if expect is None:
+        with pytest.raises(InfeasibleError):
+            solve_problem(p, budget)
+        return
+    sol = solve_problem(p, budget)
+    assert sol.objective == pytest.approx(expect, abs=1e-6)
+
+
+def test_pairwise_terms_change_the_answer_where_they_should():
+    p = two_way({"a": 1.0, "b": 1.2})
+    assert solve_problem(p, Budget(latency_ms=5)).precisions == {"a": "w4a8", "b": "w8a8"}
+    # quantizing a and anything else together hurts more than the sum: now b is the one to drop
+    hurt = Problem(p.choices, pairs={(("a", "w4a8"), ("b", "w8a8")): 1.0})
+    assert solve_problem(hurt, Budget(latency_ms=5)).precisions == {"a": "w8a8", "b": "w4a8"}
+    # a negative pair term (the two errors cancel) makes quantizing both the optimum
+    cancel = Problem(p.choices, pairs={(("a", "w4a8"), ("b", "w4a8")): -2.5})
+    assert solve_problem(cancel, Budget(latency_ms=100)).precisions == {"a": "w4a8", "b": "w4a8"}
+
+
+def test_ram_budget_excludes_layers_working_sets_and_reports_the_minimum():
+    p = Problem({"a": [Choice("a", "f32", 0.0, ram_bytes=4096), Choice("a", "w8a8", 1.0, ram_bytes=1024)],
+                 "b": [Choice("b", "f32", 0.0, ram_bytes=2048), Choice("b", "w8a8", 1.0, ram_bytes=512)]})
+    sol = solve_problem(p, Budget(ram_kb=2))
+    assert sol.precisions == {"a": "w8a8", "b": "f32"} and sol.totals["ram_bytes"] <= 2048
+    with pytest.raises(InfeasibleError, match="ram_kb=0.5 .* at least 1"):
+        solve_problem(p, Budget(ram_kb=0.5))
+
+
+def test_groups_share_a_precision_and_an_impossible_group_is_an_error():
+    p = two_way({"a": 5.0, "b": 0.1, "c": 3.0})
+    alone = solve_problem(p, Budget(latency_ms=7))
+    assert alone.precisions["b"] == "w4a8" and alone.precisions["a"] == "w8a8"
+    grouped = solve_problem(Problem(p.choices, groups=(("a", "b"),)), Budget(latency_ms=7))
+    assert grouped.precisions["a"] == grouped.precisions["b"] == "w8a8" and grouped.precisions["c"] == "w4a8"
+    odd = Problem({"a": [Choice("a", "f32", 0)], "b": [Choice("b", "w8a8", 0)]}, groups=(("a", "b"),))
+    with pytest.raises(InfeasibleError, match="must share a precision but have none in common"):
+        solve_problem(odd, Budget(bops=1))
+    with pytest.raises(ConfigError, match="not searched"):
+        solve_problem(Problem(p.choices, groups=(("a", "zz"),)), Budget(bops=1e9))
+
+
+def relax_and_round(coef: list[float], params: list[int], lo: int, hi: int, budget_bits: float) -> list[int] | None:
+    """The papers' procedure: the LP over continuous bits (its exact optimum is the fractional
+    knapsack: raise layers by c/P until the budget is spent), then round to nearest; None when
+    rounding breaks the budget (as np.around can)."""
+    bits = [float(lo)] * len(coef)
+    left = budget_bits - lo * sum(params)
+    for i in sorted(range(len(coef)), key=lambda i: -coef[i] / params[i]):
+        step = min(hi - lo, max(0.0, left / params[i]))
+        bits[i] += step
+        left -= step * params[i]
+    rounded = [int(round(b)) for b in bits]
+    return rounded if sum(b * p for b, p in zip(rounded, params, strict=True)) <= budget_bits else None
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_exact_solution_beats_or_ties_the_papers_relax_and_round(seed):
+    rng = random.Random(seed)
+    n, widths = 8, range(2, 9)
+    coef = [rng.random() for _ in range(n)]
+    params = [rng.randint(100, 5000) for _ in range(n)]
+    budget_bits = rng.uniform(3, 7) * sum(params)
+    # as bit_penalties writes the papers' objective: penalty c × (16 − b); size in bytes = P b / 8
+    p = Problem({f"l{i}": [Choice(f"l{i}", f"w{b}a8", coef[i] * (16 - b), size_bytes=params[i] * b / 8)
+                           for b in widths] for i in range(n)})
+    sol = solve_problem(p, Budget(size_kb=budget_bits / 8 / 1024))
+    exact = sum(c * int(sol.precisions[f"l{i}"][1:].split("a")[0]) for i, c in enumerate(coef))
+    for rounded in (relax_and_round(coef, params, 2, 8, budget_bits),):
+        if rounded is not None:
+            assert exact >= sum(c * b for c, b in zip(coef, rounded, strict=True)) - 1e-9
+
+
+TARGET = Target.from_dict({"name": "t", "backend": "litert", "precisions": {"conv": ["w8a8", "w4a8", "f32"],
+                                                                         "dwconv": ["w8a8", "f32"],
+                                                                         "linear": ["w8a8", "f32"]}})
+
+
+def test_solve_builds_the_problem_from_layers_and_writes_a_policy(two_layer):
+    from edgempq.layers import trace
+
+    layers = trace(two_layer, (3, 10, 10))
+    sens = Sensitivity("toy", {("conv", "w8a8"): 1.0, ("conv", "w4a8"): 3.0, ("conv", "f32"): 0.0,
+                               ("fc", "w8a8"): 0.5, ("fc", "f32"): 0.0}, model_hash="h")
+    problem = build_problem(layers, sens, None, TARGET)
+    assert [c.precision for c in problem.choices["conv"]] == ["w8a8", "w4a8", "f32"]
+    assert problem.choices["fc"][0].size_bytes == 4000 + 5 * 4 + 5 * 12  # int8 weights, int32 bias, scales
+    pol = solve(layers, sens, None, Budget(size_kb=6), TARGET)
+    assert {k: str(v) for k, v in pol.precisions.items()} == {"conv": "f32", "fc": "w8a8"}
+    assert pol.predicted["size_bytes"] <= 6 * 1024 and pol.solver_status == "optimal" and pol.model_hash == "h"
+    pol.check_layers(layers)
+    with pytest.raises(ConfigError, match="latency budget needs the device profile"):
+        solve(layers, sens, None, Budget(latency_ms=1), TARGET)
+    with pytest.raises(ConfigError, match="no score for layer conv at w8a8"):
+        solve(layers, Sensitivity("toy", {("conv", "f32"): 0.0}), None, Budget(size_kb=6), TARGET)
+
+
+def test_sweep_gives_a_front_with_infeasible_points_marked(two_layer):
+    from edgempq.layers import trace
+
+    layers = trace(two_layer, (3, 10, 10))
+    sens = Sensitivity("toy", {("conv", p): v for p, v in (("w8a8", 1.0), ("w4a8", 3.0), ("f32", 0.0))}
+                       | {("fc", "w8a8"): 0.5, ("fc", "f32"): 0.0})
+    pts = sweep(layers, sens, None, Budget(), TARGET, "size_kb=1:20:5")
+    assert [p["feasible"] for p in pts] == [False, True, True, True, True]
+    objs = [p["objective"] for p in pts if p["feasible"]]
+    assert objs == sorted(objs, reverse=True)
+    with pytest.raises(ConfigError, match="must look like"):
+        sweep(layers, sens, None, Budget(), TARGET, "size_kb=1-2")
+
+
+def test_ties_in_penalty_go_to_the_faster_choice():
+    sol = solve_problem(two_way({"a": 0.0, "b": 0.0, "c": 2.0}), Budget(latency_ms=100))
+    assert sol.precisions == {"a": "w4a8", "b": "w4a8", "c": "w8a8"} and sol.objective == 0.0
