@@ -42,6 +42,14 @@ def hutchinson_traces(loss_fn, params: list[Tensor], probes: int, tol: float,
     return [s / probes for s in sums]
 
 
+def auto_probes(macs: int) -> int:
+    """Probes for `probes=0`: 100 (HAWQ-V3's cap), or as many as take about 3 minutes on a
+    2-core CPU (one probe ≈ 12 s per 60 GMACs of the batch, measured), never under 12; fixed by
+    the model and batch, so the result stays deterministic."""
+    per_probe_s = 12.0 * macs / 60e9
+    return int(min(100, max(12, 150 / per_probe_s if per_probe_s > 0 else 100)))
+
+
 def quant_error(weight: Tensor, p: Precision) -> float:
     """‖Q(W) − W‖² for the deployment's weight quantizer at `p` (float: f16 rounding or 0)."""
     with torch.no_grad():
@@ -62,15 +70,15 @@ class HAWQ(Method):
 
     @dataclass(frozen=True)
     class Params:
-        probes: int = 20
+        probes: int = 0  # 0 = auto: HAWQ-V3's 100, fewer (at least 12) when a batch is heavy
         tol: float = 1e-3  # HAWQ-V3's stopping tolerance
         batches: int = 1
         batch_size: int = 32
         seed: int = 0
 
         def __post_init__(self) -> None:
-            if self.probes < 1 or self.batches < 1 or self.batch_size < 1 or self.tol < 0:
-                raise ConfigError("hawq needs probes, batches, batch_size >= 1 and tol >= 0")
+            if self.probes < 0 or self.batches < 1 or self.batch_size < 1 or self.tol < 0:
+                raise ConfigError("hawq needs probes >= 0 (0 = auto), batches and batch_size >= 1, tol >= 0")
 
     def compute(self, model, layers, precisions, data, on_step=None):
         from ..schema import Sensitivity
@@ -85,9 +93,10 @@ class HAWQ(Method):
             w.requires_grad_(True)
         gen = torch.Generator().manual_seed(p.seed)
         n = min(len(data.inputs), p.batches * p.batch_size)
+        probes = p.probes or auto_probes(sum(la.macs for la in todo) * n)
         x_all, y_all = data.batch(n, p.seed)
         traces = [0.0] * len(todo)
-        steps = p.probes * ((n + p.batch_size - 1) // p.batch_size)
+        steps = probes * ((n + p.batch_size - 1) // p.batch_size)
         done = 0
         for start in range(0, n, p.batch_size):
             x, y = x_all[start:start + p.batch_size], y_all[start:start + p.batch_size]
@@ -97,13 +106,13 @@ class HAWQ(Method):
                     on_step(done_before + _k + 1, steps, "probes")
 
             tr = hutchinson_traces(lambda x=x, y=y: nn.functional.cross_entropy(model(x), y), weights,
-                                   p.probes, p.tol, gen, tick)
+                                   probes, p.tol, gen, tick)
             traces = [a + b * len(x) / n for a, b in zip(traces, tr, strict=True)]
-            done += p.probes
+            done += probes
         avg = {la.name: t / la.weight_count for la, t in zip(todo, traces, strict=True)}
         penalties = {}
         for la, w in zip(todo, weights, strict=True):
             for prec in precisions[la.name]:
                 penalties[(la.name, str(prec))] = max(avg[la.name], 0.0) * quant_error(w.detach(), prec)
         trace = {la.name: t for la, t in zip(todo, traces, strict=True)}
-        return Sensitivity(self.name, penalties, info={"trace": trace, "avg_trace": avg})
+        return Sensitivity(self.name, penalties, info={"trace": trace, "avg_trace": avg, "probes": probes})
