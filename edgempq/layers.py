@@ -141,3 +141,44 @@ def policy_bops(layers: list[Layer], policy: Policy) -> int:
 def policy_weight_bytes(layers: list[Layer], policy: Policy) -> int:
     """Total weight bytes of the searched and fixed layers under `policy`."""
     return sum(weight_bytes(la, p) for la, p in _choices(layers, policy))
+
+
+def layer_edges(model: nn.Module, layers: list[Layer]) -> list[tuple[str, str, int]]:
+    """(producer, consumer, elements) for every searchable layer whose input comes from another
+    searchable layer's output, through ops that are not searched (BatchNorm, activations, pools,
+    reshapes, and back to the nearest residual sum only); elements = the consumer's input size.
+    Where the two layers run in different domains (float, 8-bit, 16-bit activations), the device
+    converts that tensor.
+    Found on the torch.fx graph; a model fx cannot trace gets its layers chained in order."""
+    import torch.fx
+
+    names = [la.name for la in layers if la.searchable]
+    size = {la.name: math.prod(la.in_shape) for la in layers}
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception:  # noqa: BLE001 - any tracing failure: fall back to execution order
+        return [(a, b, size[b]) for a, b in zip(names, names[1:], strict=False)]
+    wanted = set(names)
+    out = []
+    for node in graph.nodes:
+        if node.op != "call_module" or node.target not in wanted:
+            continue
+        producers, stack, seen = [], [(n, False) for n in node.all_input_nodes], set()
+        while stack:
+            n, past_add = stack.pop()
+            if n in seen:
+                continue
+            seen.add(n)
+            if n.op == "call_module" and n.target in wanted:
+                producers.append(n.target)
+            elif not (past_add and _is_add(n)):  # an earlier residual sum was converted for its own readers
+                stack.extend((m, past_add or _is_add(n)) for m in n.all_input_nodes)
+        out += [(p, node.target, size[node.target]) for p in sorted(set(producers), key=names.index)]
+    return out
+
+
+def _is_add(node) -> bool:
+    import operator
+
+    return (node.op == "call_function" and node.target in (operator.add, operator.iadd, torch.add)) or \
+        (node.op == "call_method" and node.target in ("add", "add_"))

@@ -8,7 +8,9 @@ device's fingerprint, so a second profile is near-free and an interrupted one re
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,7 @@ from .backends import Backend, backend_for
 from .cache import cache_dir
 from .errors import ConfigError
 from .files import write_json
+from .layers import layer_edges
 from .schema import CostRow, CostTable, Layer, Precision, Target
 
 Progress = Callable[[int, int, str], None]
@@ -38,6 +41,7 @@ def _digest(text: str) -> str:
 
 
 PROFILE_FORMAT = 3  # bump when the single-layer models or what a row means change
+WHOLE_ROUNDS = 3  # whole-model timings: interleaved rounds, median
 
 
 def _toolchain() -> dict[str, str]:
@@ -148,6 +152,32 @@ def uniform_assignment(layers: list[Layer], target: Target, precision: str) -> d
     return out
 
 
+def alternating_assignment(layers: list[Layer], target: Target, a: str, b: str) -> dict[str, Precision] | None:
+    """Searchable layers alternate `a`, `b`, `a`, ... in model order (each as the target runs
+    it, see `uniform_choice`), so that most tensors cross between the two domains; None if the
+    target cannot run one of them for some layer."""
+    out = {}
+    for i, la in enumerate(la for la in layers if la.searchable):
+        q = uniform_choice(target, la.kind, a if i % 2 == 0 else b)
+        if q is None:
+            return None
+        out[la.name] = q
+    return out
+
+
+def _mixed_policies(layers: list[Layer], target: Target) -> dict[str, dict[str, Precision]]:
+    """The alternating policies of every two domains the target runs, keyed like `mixed_ms`."""
+    from .latency import DOMAIN_PRECISION, domain, pair_key
+
+    ran = {domain(p) for la in layers if la.searchable for p in target.allowed(la.kind)}
+    out = {}
+    for a, b in itertools.combinations(sorted(ran), 2):
+        assign = alternating_assignment(layers, target, DOMAIN_PRECISION[a], DOMAIN_PRECISION[b])
+        if assign is not None and len({domain(p) for p in assign.values()}) == 2:
+            out[pair_key(a, b)] = assign
+    return out
+
+
 @dataclass(frozen=True)
 class WholeModel:
     """The model itself, for end-to-end timings at each uniform precision."""
@@ -192,32 +222,51 @@ class WholeModel:
 
 
 def measure_whole(backend: Backend, whole: WholeModel, layers: list[Layer], target: Target, cache: RowCache,
-                  on_step: Progress | None = None) -> dict[str, float]:
+                  on_step: Progress | None = None) -> tuple[dict[str, float], dict[str, float]]:
     """End-to-end median latency of the whole model at every uniform precision of the target,
-    exported through the same per-layer recipe (and checks) as any policy."""
+    and of the policies alternating two domains (for the conversion costs), exported through the
+    same per-layer recipe (and checks) as any policy."""
     from .export.float_graph import float_tflite
     from .export.mapping import torch_weights
     from .export.mixed import quantize_policy
 
     precisions = sorted({str(p) for la in layers if la.searchable for p in target.allowed(la.kind)})
-    key = whole.key(layers)
-    out, base, module = {}, None, None
-    for i, p in enumerate(precisions):
-        if on_step:
-            on_step(i, len(precisions), f"whole model {p}")
+    todo: list[tuple[str, str, dict[str, Precision]]] = []
+    for p in precisions:
         assign = uniform_assignment(layers, target, p)
-        if assign is None or p not in {str(q) for q in assign.values()}:
-            continue
-        variant = _digest(json.dumps(sorted((la.kind, str(assign[la.name])) for la in layers if la.searchable)))[:8]
+        if assign is not None and p in {str(q) for q in assign.values()}:
+            todo.append(("uniform", p, assign))
+    todo += [("mixed", k, a) for k, a in _mixed_policies(layers, target).items()]
+    key = whole.key(layers)
+    out: dict[str, dict[str, float]] = {"uniform": {}, "mixed": {}}
+    pending: list[tuple[str, str, str, bytes]] = []
+    base, module = None, None
+    for i, (what, p, assign) in enumerate(todo):
+        if on_step:
+            on_step(i, len(todo) * 2, f"building whole model {p}")
+        variant = _digest(json.dumps(sorted((la.name, str(assign[la.name])) for la in layers if la.searchable)))[:8]
         ms = cache.get_whole(f"{key}-{variant}", p)
-        if ms is None:
-            if base is None:
-                module = whole.timing_copy()
-                base = float_tflite(module, whole.input_shape)
-            ms = backend.time(quantize_policy(layers, base, assign, torch_weights(module, layers))).median_ms
-            cache.put_whole(f"{key}-{variant}", p, ms)
-        out[p] = ms
-    return out
+        if ms is not None:
+            out[what][p] = ms
+            continue
+        if base is None:
+            module = whole.timing_copy()
+            base = float_tflite(module, whole.input_shape)
+        model = quantize_policy(layers, base, assign, torch_weights(module, layers))
+        pending.append((what, p, f"{key}-{variant}", model))
+    # Round-robin rounds, median of the rounds: a slow or fast moment of the device then falls
+    # on every policy alike instead of on whichever one was being timed.
+    times: dict[str, list[float]] = {}
+    for r in range(WHOLE_ROUNDS):
+        for j, (_, p, ck, model) in enumerate(pending):
+            if on_step:
+                on_step(len(todo) + (r * len(pending) + j) * len(todo) // max(1, WHOLE_ROUNDS * len(pending)),
+                        len(todo) * 2, f"timing whole model {p} (round {r + 1}/{WHOLE_ROUNDS})")
+            times.setdefault(ck, []).append(backend.time(model).median_ms)
+    for what, p, ck, _ in pending:
+        out[what][p] = statistics.median(times[ck])
+        cache.put_whole(ck, p, out[what][p])
+    return out["uniform"], out["mixed"]
 
 
 def overheads(table_rows: dict[tuple[str, str], CostRow], layers: list[Layer], target: Target,
@@ -253,61 +302,12 @@ def profile(layers: list[Layer], target: Target, model_hash: str, use_cache: boo
                 cache.put(job, row)
             rows.append(row)
         whole_ms: dict[str, float] = {}
+        mixed_ms: dict[str, float] = {}
         if whole is not None:
-            whole_ms = measure_whole(backend, whole, layers, target, cache, on_step)
+            whole_ms, mixed_ms = measure_whole(backend, whole, layers, target, cache, on_step)
         if on_step:
             on_step(len(jobs), len(jobs), "done")
     by_key = {(r.signature, r.precision): r for r in rows}
+    edges = tuple(layer_edges(whole.module, layers)) if whole is not None else ()
     return CostTable(target, fingerprint, model_hash, tuple(layers), tuple(rows), whole_ms,
-                     overheads(by_key, layers, target, whole_ms))
-
-
-def scales(table: CostTable) -> dict[str, float]:
-    """Per precision: by how much its layers' rows over- or under-state their cost inside the
-    whole model. Precisions whose uniform model had fallback layers (int8 depthwise convs in
-    uniform w4a8) are solved after the fallbacks' own scales, so a uniform policy is predicted
-    exactly; precisions never measured whole keep 1."""
-    layers = [la for la in table.layers if la.searchable]
-    out: dict[str, float] = {}
-    pending = dict(table.whole_ms)
-    while pending:
-        progressed = False
-        for p, whole in list(pending.items()):
-            assign = uniform_assignment(layers, table.target, p) or {}
-            others = [la for la in layers if str(assign[la.name]) != p]
-            if any(str(assign[la.name]) not in out for la in others if str(assign[la.name]) in pending):
-                continue
-            rest = sum(_row_ms(table, la, assign[la.name]) * out.get(str(assign[la.name]), 1.0) for la in others)
-            own = sum(_row_ms(table, la, assign[la.name]) for la in layers if str(assign[la.name]) == p)
-            out[p] = (whole - rest) / own if own > 0 and whole > rest else 1.0
-            del pending[p]
-            progressed = True
-        if not progressed:  # fallbacks that depend on each other: plain whole / sum of rows
-            out |= {p: w / max(1e-12, w - table.overhead_ms.get(p, 0.0)) for p, w in pending.items()}
-            break
-    return out
-
-
-def _row_ms(table: CostTable, layer: Layer, precision: Precision) -> float:
-    row = table.row(layer.signature, precision)
-    if row is None:
-        raise ConfigError(f"the profile has no measurement of layer {layer.name} at {precision}; "
-                          f"the target allows {', '.join(map(str, table.target.allowed(layer.kind)))}")
-    return row.latency_ms
-
-
-def layer_cost_ms(table: CostTable, layer: Layer, precision: Precision,
-                  factors: dict[str, float] | None = None) -> float:
-    """The layer's measured latency at `precision`, scaled by how the layers at that precision
-    added up against the whole model measured end to end (`scales`). A layer timed alone pays
-    its own input/output conversions and runs outside the graph's scheduling; the whole-model
-    timing says by how much that over- or under-states it, per precision. Any policy stays a
-    sum of per-layer terms (for the solver)."""
-    factors = scales(table) if factors is None else factors
-    return _row_ms(table, layer, precision) * factors.get(str(precision), 1.0)
-
-
-def predict_latency(table: CostTable, precisions: dict[str, Precision]) -> float:
-    """Predicted end-to-end latency of a policy: the sum of its layers' scaled costs."""
-    factors = scales(table)
-    return sum(layer_cost_ms(table, la, precisions[la.name], factors) for la in table.layers if la.searchable)
+                     overheads(by_key, layers, target, whole_ms), edges, mixed_ms)

@@ -9,6 +9,7 @@ with hand-made tables; `solve` builds them from a model's layers, profile and se
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import dataclass, field
@@ -43,6 +44,8 @@ class Problem:
     pairs: dict[tuple[tuple[str, str], tuple[str, str]], float] = field(default_factory=dict)
     groups: tuple[tuple[str, ...], ...] = ()
     constant: dict[str, float] = field(default_factory=dict)  # metric field -> value
+    # ms the device spends between two layers for their pair of choices (tensor conversions)
+    latency_pairs: dict[tuple[tuple[str, str], tuple[str, str]], float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -56,18 +59,24 @@ class Solution:
 
 
 def totals(problem: Problem, pick: dict[str, str]) -> dict[str, float]:
-    """What a pick costs: sums of latency, size and BOPs, and the largest layer's RAM."""
+    """What a pick costs: sums of latency (with the conversions between its layers), size and
+    BOPs, and the largest layer's RAM."""
     chosen = [next(c for c in problem.choices[la] if c.precision == p) for la, p in pick.items()]
     out = {k: sum(getattr(c, k) for c in chosen) + problem.constant.get(k, 0.0)
            for k in ("latency_ms", "size_bytes", "bops")}
+    out["latency_ms"] += _picked_pairs(problem.latency_pairs, pick)
     out["ram_bytes"] = max((c.ram_bytes for c in chosen), default=0.0)
     return out
+
+
+def _picked_pairs(pairs: dict, pick: dict[str, str]) -> float:
+    return sum(v for (a, b), v in pairs.items() if pick.get(a[0]) == a[1] and pick.get(b[0]) == b[1])
 
 
 def objective(problem: Problem, pick: dict[str, str]) -> float:
     """Σ penalties of the picked choices plus the pairwise terms both of whose choices are picked."""
     own = sum(next(c.penalty for c in problem.choices[la] if c.precision == p) for la, p in pick.items())
-    return own + sum(v for (a, b), v in problem.pairs.items() if pick.get(a[0]) == a[1] and pick.get(b[0]) == b[1])
+    return own + _picked_pairs(problem.pairs, pick)
 
 
 def _group_options(problem: Problem) -> list[tuple[tuple[str, ...], list[str]]]:
@@ -99,6 +108,8 @@ def check_feasible(problem: Problem, budget: Budget) -> None:
                     for members, options in units]
         need = (max(per_unit, default=0.0) if attr == "ram_bytes"
                 else sum(per_unit) + problem.constant.get(attr, 0.0)) / scale
+        if attr == "latency_ms" and problem.latency_pairs and need <= limit * (1 + 1e-9):
+            need = _min_latency(problem, budget)  # conversions between layers count too
         if need > limit * (1 + 1e-9):
             raise InfeasibleError(f"budget {key}={limit:g} cannot be met: the cheapest precision per layer needs "
                                   f"{need:.6g} {unit}; raise {key} to at least {need:.6g}")
@@ -114,31 +125,16 @@ def solve_problem(problem: Problem, budget: Budget, time_limit_s: float = 30.0) 
 
     check_feasible(problem, budget)
     t0 = time.perf_counter()
-    ram_limit = budget.ram_kb * 1024 if budget.ram_kb is not None else math.inf
-    m = mip.Model(sense=mip.MINIMIZE, solver_name=mip.CBC)
-    m.verbose = 0
-    m.threads = 1
-    x: dict[tuple[str, str], mip.Var] = {}
-    for la, options in problem.choices.items():
-        for c in options:
-            # a choice whose working set alone is over the RAM budget is excluded outright
-            x[(la, c.precision)] = m.add_var(var_type=mip.BINARY, ub=0 if c.ram_bytes > ram_limit else 1)
-        m += mip.xsum(x[(la, c.precision)] for c in options) == 1
-    for members, common in _group_options(problem):
-        for la in members:
-            for c in problem.choices[la]:
-                if c.precision not in common:
-                    m += x[(la, c.precision)] == 0
-        for other in members[1:]:
-            for p in common:
-                m += x[(members[0], p)] == x[(other, p)]
+    m, x, y = _base_model(problem, budget)
     terms = [c.penalty * x[(la, c.precision)] for la, options in problem.choices.items() for c in options]
-    terms += _pair_terms(m, problem, x)
+    terms += _pair_sum(problem.pairs, y)
     scale = max((abs(float(t.expr[v])) for t in terms for v in t.expr), default=1.0) or 1.0
     m.objective = mip.xsum(t * (1.0 / scale) for t in terms)  # well-scaled for CBC's tolerances
     for key, limit in budget.items():
         attr, unit_scale, _ = METRICS[key]
-        if attr != "ram_bytes":
+        if attr == "latency_ms":
+            m += _latency_expr(problem, x, y) <= limit - problem.constant.get(attr, 0.0)
+        elif attr != "ram_bytes":
             m += mip.xsum(getattr(c, attr) / unit_scale * x[(la, c.precision)]
                           for la, options in problem.choices.items() for c in options) \
                 <= limit - problem.constant.get(attr, 0.0) / unit_scale
@@ -159,32 +155,80 @@ def solve_problem(problem: Problem, budget: Budget, time_limit_s: float = 30.0) 
                     time.perf_counter() - t0)
 
 
-def _pair_terms(m, problem: Problem, x: dict) -> list:
-    """The pairwise penalties, linearised exactly: for every two layers that share a term, one
-    y ≥ 0 per combination of their choices, with Σ_pb y(pa, pb) = x(a, pa) and
-    Σ_pa y(pa, pb) = x(b, pb). With one choice per layer these rows give y = xᵢ·xⱼ and imply the
-    textbook y ≤ xᵢ, y ≤ xⱼ, y ≥ xᵢ + xⱼ − 1 even in the LP relaxation, which they make far
-    tighter, so CBC proves dense pairwise optima quickly."""
+def _base_model(problem: Problem, budget: Budget):
+    """The CBC model with its binaries x (one choice per layer, groups tied, choices over the
+    RAM budget excluded) and the pair variables y; no objective yet."""
     import mip
 
-    by_layers: dict[tuple[str, str], dict[tuple[str, str], float]] = {}
-    for (a, b), v in problem.pairs.items():
-        if a in x and b in x and v != 0 and a[0] != b[0]:
-            (a, b) = (a, b) if a[0] < b[0] else (b, a)
-            key = (a[0], b[0])
-            by_layers.setdefault(key, {})
-            by_layers[key][(a[1], b[1])] = by_layers[key].get((a[1], b[1]), 0.0) + v
-    terms = []
-    for (la, lb), values in by_layers.items():
+    ram_limit = budget.ram_kb * 1024 if budget.ram_kb is not None else math.inf
+    m = mip.Model(sense=mip.MINIMIZE, solver_name=mip.CBC)
+    m.verbose = 0
+    m.threads = 1
+    x: dict[tuple[str, str], mip.Var] = {}
+    for la, options in problem.choices.items():
+        for c in options:
+            # a choice whose working set alone is over the RAM budget is excluded outright
+            x[(la, c.precision)] = m.add_var(var_type=mip.BINARY, ub=0 if c.ram_bytes > ram_limit else 1)
+        m += mip.xsum(x[(la, c.precision)] for c in options) == 1
+    for members, common in _group_options(problem):
+        for la in members:
+            for c in problem.choices[la]:
+                if c.precision not in common:
+                    m += x[(la, c.precision)] == 0
+        for other in members[1:]:
+            for p in common:
+                m += x[(members[0], p)] == x[(other, p)]
+    return m, x, _pair_vars(m, problem, x)
+
+
+def _pair_vars(m, problem: Problem, x: dict) -> dict:
+    """Products of two layers' choices, linearised exactly: for every two layers that share a
+    pairwise penalty or a conversion cost, one y ≥ 0 per combination of their choices, with
+    Σ_pb y(pa, pb) = x(a, pa) and Σ_pa y(pa, pb) = x(b, pb). With one choice per layer these
+    rows give y = xᵢ·xⱼ and imply the textbook y ≤ xᵢ, y ≤ xⱼ, y ≥ xᵢ + xⱼ − 1 even in the LP
+    relaxation, which they make far tighter, so CBC proves dense pairwise optima quickly."""
+    import mip
+
+    layer_pairs = {tuple(sorted((a[0], b[0]))) for (a, b), v in (*problem.pairs.items(), *problem.latency_pairs.items())
+                   if a in x and b in x and v != 0 and a[0] != b[0]}
+    y = {}
+    for la, lb in sorted(layer_pairs):
         pas = [c.precision for c in problem.choices[la]]
         pbs = [c.precision for c in problem.choices[lb]]
-        y = {(pa, pb): m.add_var(lb=0.0, ub=1.0) for pa in pas for pb in pbs}
+        ys = {(pa, pb): m.add_var(lb=0.0, ub=1.0) for pa in pas for pb in pbs}
         for pa in pas:
-            m += mip.xsum(y[(pa, pb)] for pb in pbs) == x[(la, pa)]
+            m += mip.xsum(ys[(pa, pb)] for pb in pbs) == x[(la, pa)]
         for pb in pbs:
-            m += mip.xsum(y[(pa, pb)] for pa in pas) == x[(lb, pb)]
-        terms += [v * y[k] for k, v in values.items()]
-    return terms
+            m += mip.xsum(ys[(pa, pb)] for pa in pas) == x[(lb, pb)]
+        y |= {((la, pa), (lb, pb)): v for (pa, pb), v in ys.items()}
+    return y
+
+
+def _pair_sum(pairs: dict, y: dict) -> list:
+    out = []
+    for (a, b), v in pairs.items():
+        key = (a, b) if (a, b) in y else (b, a)
+        if v != 0 and key in y:
+            out.append(v * y[key])
+    return out
+
+
+def _latency_expr(problem: Problem, x: dict, y: dict):
+    import mip
+
+    return mip.xsum([c.latency_ms * x[(la, c.precision)] for la, cs in problem.choices.items() for c in cs]
+                    + _pair_sum(problem.latency_pairs, y))
+
+
+def _min_latency(problem: Problem, budget: Budget) -> float:
+    """The least latency any policy reaches (conversions included), in ms."""
+    import mip
+
+    m, x, y = _base_model(problem, Budget(ram_kb=budget.ram_kb))
+    m.objective = _latency_expr(problem, x, y)
+    if m.optimize(max_seconds=30) != mip.OptimizationStatus.OPTIMAL:
+        return 0.0  # RAM or groups already rule everything out: the solve itself says so
+    return float(m.objective_value) + problem.constant.get("latency_ms", 0.0)
 
 
 def _prefer_cheaper(m, problem: Problem, x: dict, seconds_left: float) -> dict[str, str] | None:
@@ -200,7 +244,7 @@ def _prefer_cheaper(m, problem: Problem, x: dict, seconds_left: float) -> dict[s
     best = m.objective_value
     m += m.objective <= best + 1e-7 * max(1.0, abs(best))
     m.objective = mip.xsum(getattr(c, attr) / top * x[(la, c.precision)]
-                           for la, cs in problem.choices.items() for c in cs)
+                           for la, cs in problem.choices.items() for c in cs)  # conversions: second order
     if m.optimize(max_seconds=seconds_left) not in (mip.OptimizationStatus.OPTIMAL, mip.OptimizationStatus.FEASIBLE):
         return None
     return _pick(problem, x)
@@ -228,7 +272,7 @@ def build_problem(layers: list[Layer], sensitivity: Sensitivity, costs: CostTabl
     """The numbers of a model: per searchable layer, the target's precisions for its kind with
     the sensitivity's penalty, the profile's latency (and measured RAM when it has it), the
     artifact's weight bytes and the BOPs."""
-    from .profile import layer_cost_ms, scales
+    from .latency import conversion_ms_per_element, edge_ms, layer_cost_ms, scales
 
     factors = scales(costs) if costs is not None else None
     choices: dict[str, list[Choice]] = {}
@@ -252,7 +296,16 @@ def build_problem(layers: list[Layer], sensitivity: Sensitivity, costs: CostTabl
     known = {la.name for la in layers if la.searchable}
     pairs = {(a, b): v for (a, b), v in sensitivity.pairs.items() if a[0] in known and b[0] in known}
     all_groups = tuple(dict.fromkeys(tuple(g) for g in (*sensitivity.groups, *groups)))
-    return Problem(choices, pairs, all_groups, constant)
+    latency_pairs = {}
+    if costs is not None:
+        per_element = conversion_ms_per_element(costs, factors)
+        for a, b, n in costs.edges:
+            if a in choices and b in choices:
+                for ca, cb in itertools.product(choices[a], choices[b]):
+                    ms = edge_ms(per_element, n, Precision.parse(ca.precision), Precision.parse(cb.precision))
+                    if ms > 0:
+                        latency_pairs[((a, ca.precision), (b, cb.precision))] = ms
+    return Problem(choices, pairs, all_groups, constant, latency_pairs)
 
 
 def solve(layers: list[Layer], sensitivity: Sensitivity, costs: CostTable | None, budget: Budget, target: Target,

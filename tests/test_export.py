@@ -72,7 +72,8 @@ def _profiled(name: str, tmp_path, monkeypatch):
 
 
 def _assert_uniform_policies_predict_their_measurement(layers, table) -> None:
-    from edgempq.profile import predict_latency, uniform_assignment
+    from edgempq.latency import predict_latency
+    from edgempq.profile import uniform_assignment
 
     for p, ms in table.whole_ms.items():
         assert predict_latency(table, uniform_assignment(layers, table.target, p)) == pytest.approx(ms, rel=1e-9)

@@ -92,7 +92,9 @@ def test_pairwise_linearisation_equals_brute_force(seed):
                 pairs={((a, pa), (b, pb)): rng.uniform(-1.5, 2.0)
                        for a, b in itertools.combinations(names, 2) for pa in precs for pb in precs
                        if rng.random() < 0.4},
-                groups=(("b", "c"),) if seed % 3 == 0 else ())
+                groups=(("b", "c"),) if seed % 3 == 0 else (),
+                latency_pairs={((a, pa), (b, pb)): rng.uniform(0, 1.5) for a, b in itertools.pairwise(names)
+                               for pa in precs for pb in precs if pa != pb})  # conversions between neighbours
     budget = Budget(latency_ms=rng.uniform(4, 9), ram_kb=0.35 if seed % 2 else None)
     expect = brute_force(p, budget)
     if expect is None:
@@ -112,6 +114,25 @@ def test_pairwise_terms_change_the_answer_where_they_should():
     # a negative pair term (the two errors cancel) makes quantizing both the optimum
     cancel = Problem(p.choices, pairs={(("a", "w4a8"), ("b", "w4a8")): -2.5})
     assert solve_problem(cancel, Budget(latency_ms=100)).precisions == {"a": "w4a8", "b": "w4a8"}
+
+
+def test_conversions_between_layers_count_against_the_latency_budget():
+    p = two_way({"a": 1.0, "b": 1.0, "c": 1.0})
+    assert solve_problem(p, Budget(latency_ms=7)).objective == pytest.approx(1.0)  # one layer at w4a8
+    convert = {((x, "w8a8"), (y, "w4a8")): 1.5 for x, y in (("a", "b"), ("b", "c"))}
+    convert |= {((x, "w4a8"), (y, "w8a8")): 1.5 for x, y in (("a", "b"), ("b", "c"))}
+    q = Problem(p.choices, latency_pairs=convert)
+    # a single w4a8 layer now also pays a conversion with a neighbour: 7 + 1.5 > 7; two at the
+    # end of the chain pay one (6.5 ms); under 6.5 ms only all three (3 ms, no conversion) fit
+    sol = solve_problem(q, Budget(latency_ms=7))
+    assert sol.objective == pytest.approx(2.0) and sol.totals["latency_ms"] == pytest.approx(6.5)
+    assert sol.precisions["b"] == "w4a8"
+    sol = solve_problem(q, Budget(latency_ms=6.4))
+    assert sol.precisions == {"a": "w4a8", "b": "w4a8", "c": "w4a8"} and sol.totals["latency_ms"] == 3.0
+    with pytest.raises(InfeasibleError, match="needs 3 ms"):
+        solve_problem(q, Budget(latency_ms=2.5))
+    # a with c at w4a8 and b at w8a8 pays two conversions: 3+1+1+3 = 8 -> not under 8
+    assert totals(q, {"a": "w4a8", "b": "w8a8", "c": "w4a8"})["latency_ms"] == pytest.approx(8.0)
 
 
 def test_ram_budget_excludes_layers_working_sets_and_reports_the_minimum():

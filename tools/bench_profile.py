@@ -20,15 +20,18 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+ROUNDS = 5
+
 
 def bench_model(name: str, device: str, n_policies: int, seed: int) -> dict:
     from edgempq.backends import backend_for
     from edgempq.export.float_graph import float_tflite
     from edgempq.export.mapping import torch_weights
     from edgempq.export.mixed import quantize_policy
+    from edgempq.latency import predict_latency
     from edgempq.layers import trace
     from edgempq.models import load_model
-    from edgempq.profile import WholeModel, predict_latency, profile, uniform_assignment
+    from edgempq.profile import WholeModel, profile, uniform_assignment
     from edgempq.targets import load_target
 
     target = load_target(device)
@@ -46,6 +49,10 @@ def bench_model(name: str, device: str, n_policies: int, seed: int) -> dict:
     result: dict = {"model": name, "device": device, "layers": sum(la.searchable for la in layers),
                     "rows": len(table.rows), "cold_s": cold, "warm_s_median": statistics.median(warm_runs),
                     "uniform": {}, "mixed": []}
+    from edgempq.latency import conversion_ms_per_element
+
+    result["conversion_ms_per_million_elements"] = {k: v * 1e6 for k, v in conversion_ms_per_element(table).items()}
+    result["alternating_ms"] = dict(table.mixed_ms)
     for p, ms in table.whole_ms.items():
         rows_sum = ms - table.overhead_ms[p]
         result["uniform"][p] = {"measured_ms": ms, "layer_sum_ms": rows_sum, "layer_sum_error": (rows_sum - ms) / ms}
@@ -54,22 +61,25 @@ def bench_model(name: str, device: str, n_policies: int, seed: int) -> dict:
     weights = torch_weights(timing_module, layers)
     rng = random.Random(seed)
 
-    def measure(model: bytes) -> float:  # a longer look than profiling's, to average out this host's noise
-        return statistics.median(backend.time(model, runs=30, warmup=3).median_ms for _ in range(3))
-
+    policies = [("mixed", i, {la.name: rng.choice(target.allowed(la.kind)) for la in layers if la.searchable})
+                for i in range(n_policies)]
+    policies += [("uniform", p, uniform_assignment(layers, target, p)) for p in table.whole_ms]
+    models = [quantize_policy(layers, base, pol, weights) for _, _, pol in policies]
+    times: list[list[float]] = [[] for _ in policies]
+    # a longer look than profiling's, round-robin so that this host's slow and fast moments fall
+    # on every policy alike; the median of the rounds
     with backend_for(replace(target, max_seconds=10.0)) as backend:
-        for i in range(n_policies):
-            pol = {la.name: rng.choice(target.allowed(la.kind)) for la in layers if la.searchable}
-            measured = measure(quantize_policy(layers, base, pol, weights))
-            predicted = predict_latency(table, pol)
-            result["mixed"].append({"policy": i, "predicted_ms": predicted, "measured_ms": measured,
-                                    "error": (predicted - measured) / measured})
-        for p in table.whole_ms:  # uniform policies through the same mixed path, with overhead
-            pol = uniform_assignment(layers, target, p)
-            measured = measure(quantize_policy(layers, base, pol, weights))
-            result["uniform"][p] |= {"via_policy_measured_ms": measured,
-                                     "predicted_ms": predict_latency(table, pol),
-                                     "error": (predict_latency(table, pol) - measured) / measured}
+        for _ in range(ROUNDS):
+            for k, model in enumerate(models):
+                times[k].append(backend.time(model, runs=15, warmup=2).median_ms)
+    for (what, label, pol), ts in zip(policies, times, strict=True):
+        measured, predicted = statistics.median(ts), predict_latency(table, pol)
+        row = {"predicted_ms": predicted, "measured_ms": measured, "error": (predicted - measured) / measured,
+               "rounds_ms": ts}
+        if what == "mixed":
+            result["mixed"].append({"policy": label, **row})
+        else:  # uniform policies through the same mixed path
+            result["uniform"][label] |= {"via_policy_" + k: v for k, v in row.items()}
     return result
 
 

@@ -238,6 +238,10 @@ class CostTable(JsonDoc):
     rows: tuple[CostRow, ...]
     whole_ms: dict[str, float] = field(default_factory=dict)
     overhead_ms: dict[str, float] = field(default_factory=dict)
+    # (producer, consumer, elements): where a tensor passes from one searched layer to another
+    edges: tuple[tuple[str, str, int], ...] = ()
+    # whole-model latency of policies that alternate two domains layer by layer ("f32~w8a8": ms)
+    mixed_ms: dict[str, float] = field(default_factory=dict)
 
     def row(self, signature: str, precision: Precision | str) -> CostRow | None:
         p = str(precision)
@@ -247,20 +251,27 @@ class CostTable(JsonDoc):
         return {"schema_version": SCHEMA_VERSION, "target": self.target.to_dict(), "fingerprint": self.fingerprint,
                 "model_hash": self.model_hash, "layers": [la.to_dict() for la in self.layers],
                 "rows": [r.to_dict() for r in self.rows], "whole_ms": dict(self.whole_ms),
-                "overhead_ms": dict(self.overhead_ms)}
+                "overhead_ms": dict(self.overhead_ms), "edges": [list(e) for e in self.edges],
+                "mixed_ms": dict(self.mixed_ms)}
 
     @classmethod
     def from_dict(cls, d: Any) -> CostTable:
         _check_keys(d, "profile", {"schema_version", "target", "fingerprint", "model_hash", "layers", "rows"},
-                    {"whole_ms", "overhead_ms"})
+                    {"whole_ms", "overhead_ms", "edges", "mixed_ms"})
         _check_version(d, "profile")
         if not all(isinstance(d[k], list) for k in ("layers", "rows")) or not isinstance(d["fingerprint"], dict):
             raise ConfigError("profile layers and rows must be lists and fingerprint an object")
-        for k in ("whole_ms", "overhead_ms"):
+        edges = d.get("edges", [])
+        if not isinstance(edges, list) or not all(
+                isinstance(e, list) and len(e) == 3 and isinstance(e[0], str) and isinstance(e[1], str)
+                and isinstance(e[2], int) and not isinstance(e[2], bool) and e[2] >= 0 for e in edges):
+            raise ConfigError("profile edges must be a list of [producer, consumer, elements]")
+        for k in ("whole_ms", "overhead_ms", "mixed_ms"):
             v = d.get(k, {})
             if not isinstance(v, dict) or not all(isinstance(x, int | float) for x in v.values()):
                 raise ConfigError(f"profile {k} must map precisions to numbers")
         return cls(Target.from_dict(d["target"]), d["fingerprint"], str(d["model_hash"]),
                    tuple(Layer.from_dict(la) for la in d["layers"]), tuple(CostRow.from_dict(r) for r in d["rows"]),
                    {k: float(v) for k, v in d.get("whole_ms", {}).items()},
-                   {k: float(v) for k, v in d.get("overhead_ms", {}).items()})
+                   {k: float(v) for k, v in d.get("overhead_ms", {}).items()},
+                   tuple((a, b, n) for a, b, n in edges), {k: float(v) for k, v in d.get("mixed_ms", {}).items()})

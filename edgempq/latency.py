@@ -1,0 +1,108 @@
+"""A policy's latency predicted from a profile: the layers' measured rows, scaled per
+precision against the whole model measured end to end, plus what it costs the device to convert
+a tensor where two layers run in different domains (float, 8-bit, 16-bit activations).
+
+Both parts are measured: the scales by the uniform policies, the conversions by policies that
+alternate two domains layer by layer. Any policy stays a sum of per-layer and per-edge terms,
+so the solver can use it exactly."""
+
+from __future__ import annotations
+
+from .errors import ConfigError
+from .schema import CostTable, Layer, Precision
+
+# The precision that stands for each domain in the alternating policies.
+DOMAIN_PRECISION = {"f": "f32", "a8": "w8a8", "a16": "w8a16"}
+
+
+def domain(p: Precision) -> str:
+    """Where a layer's activations live: f (float), a8 or a16."""
+    return "f" if p.is_float else ("a8" if p.act_bits <= 8 else "a16")
+
+
+def pair_key(a: str, b: str) -> str:
+    """The alternating policy of two domains, as `mixed_ms` keys it: "f32~w8a8"."""
+    return "~".join(sorted((DOMAIN_PRECISION[a], DOMAIN_PRECISION[b])))
+
+
+def scales(table: CostTable) -> dict[str, float]:
+    """Per precision: by how much its layers' rows over- or under-state their cost inside the
+    whole model. Precisions whose uniform model had fallback layers (int8 depthwise convs in
+    uniform w4a8) are solved after the fallbacks' own scales, so a uniform policy is predicted
+    exactly; precisions never measured whole keep 1."""
+    from .profile import uniform_assignment
+
+    layers = [la for la in table.layers if la.searchable]
+    out: dict[str, float] = {}
+    pending = dict(table.whole_ms)
+    while pending:
+        progressed = False
+        for p, whole in list(pending.items()):
+            assign = uniform_assignment(layers, table.target, p) or {}
+            others = [la for la in layers if str(assign[la.name]) != p]
+            if any(str(assign[la.name]) not in out for la in others if str(assign[la.name]) in pending):
+                continue
+            rest = sum(_row_ms(table, la, assign[la.name]) * out.get(str(assign[la.name]), 1.0) for la in others)
+            own = sum(_row_ms(table, la, assign[la.name]) for la in layers if str(assign[la.name]) == p)
+            out[p] = (whole - rest) / own if own > 0 and whole > rest else 1.0
+            del pending[p]
+            progressed = True
+        if not progressed:  # fallbacks that depend on each other: plain whole / sum of rows
+            out |= {p: w / max(1e-12, w - table.overhead_ms.get(p, 0.0)) for p, w in pending.items()}
+            break
+    return out
+
+
+def _row_ms(table: CostTable, layer: Layer, precision: Precision) -> float:
+    row = table.row(layer.signature, precision)
+    if row is None:
+        raise ConfigError(f"the profile has no measurement of layer {layer.name} at {precision}; "
+                          f"the target allows {', '.join(map(str, table.target.allowed(layer.kind)))}")
+    return row.latency_ms
+
+
+def layer_cost_ms(table: CostTable, layer: Layer, precision: Precision,
+                  factors: dict[str, float] | None = None) -> float:
+    """The layer's measured latency at `precision`, scaled by how the layers at that precision
+    added up against the whole model measured end to end (`scales`). A layer timed alone pays
+    its own input/output conversions and runs outside the graph's scheduling; the whole-model
+    timing says by how much that over- or under-states it, per precision. Any policy stays a
+    sum of per-layer terms (for the solver)."""
+    factors = scales(table) if factors is None else factors
+    return _row_ms(table, layer, precision) * factors.get(str(precision), 1.0)
+
+
+def conversion_ms_per_element(table: CostTable, factors: dict[str, float] | None = None) -> dict[str, float]:
+    """Per pair of domains: what one element crossing between them costs, from the alternating
+    policy's measured whole model minus its layers' scaled costs, over the elements of its
+    crossing edges (never below 0: a noisy window is not a free conversion)."""
+    from .profile import alternating_assignment
+
+    factors = scales(table) if factors is None else factors
+    out = {}
+    for key, whole in table.mixed_ms.items():
+        a, b = key.split("~")
+        da, db = domain(Precision.parse(a)), domain(Precision.parse(b))
+        assign = alternating_assignment(list(table.layers), table.target, a, b)
+        if assign is None:
+            continue
+        rows = sum(layer_cost_ms(table, la, assign[la.name], factors) for la in table.layers if la.searchable)
+        crossing = sum(n for p, c, n in table.edges if domain(assign[p]) != domain(assign[c]))
+        if crossing:
+            out["~".join(sorted((da, db)))] = max(0.0, (whole - rows) / crossing)
+    return out
+
+
+def edge_ms(per_element: dict[str, float], elements: int, pa: Precision, pb: Precision) -> float:
+    """The conversion cost of one edge whose producer runs `pa` and consumer `pb`."""
+    da, db = domain(pa), domain(pb)
+    return 0.0 if da == db else per_element.get("~".join(sorted((da, db))), 0.0) * elements
+
+
+def predict_latency(table: CostTable, precisions: dict[str, Precision]) -> float:
+    """Predicted end-to-end latency of a policy: its layers' scaled costs plus the conversions
+    on the edges between layers of different domains."""
+    factors = scales(table)
+    per_element = conversion_ms_per_element(table, factors)
+    layers = sum(layer_cost_ms(table, la, precisions[la.name], factors) for la in table.layers if la.searchable)
+    return layers + sum(edge_ms(per_element, n, precisions[p], precisions[c]) for p, c, n in table.edges)
