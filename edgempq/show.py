@@ -41,6 +41,16 @@ def profile(table: Any, title: str) -> None:
         rows_sum = ms - table.overhead_ms.get(p, 0.0)
         click.echo(f"uniform {p:>5}: whole model {ms:8.3f} ms measured; its layers alone sum to {rows_sum:8.3f} ms "
                    f"({(rows_sum - ms) / ms:+.1%}); the difference is kept as overhead")
+    from .latency import conversion_ms_per_element, domain
+    from .schema import Precision
+
+    per_element = conversion_ms_per_element(table)
+    for key, ms in table.mixed_ms.items():
+        pair = "~".join(sorted(domain(Precision.parse(p)) for p in key.split("~")))
+        cost = per_element.get(pair)
+        click.echo(f"alternating {key}: whole model {ms:8.3f} ms measured; a tensor converted between "
+                   + (f"{pair.replace('~', ' and ')} costs {cost * 1e6:.3f} ms per million elements" if cost is not None
+                      else f"{pair.replace('~', ' and ')}: no crossing edge to fit"))
 
 
 def sensitivity(sens: Any, layers: list, title: str) -> None:
