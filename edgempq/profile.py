@@ -165,7 +165,7 @@ def alternating_assignment(layers: list[Layer], target: Target, a: str, b: str) 
     return out
 
 
-def _mixed_policies(layers: list[Layer], target: Target) -> dict[str, dict[str, Precision]]:
+def alternating_policies(layers: list[Layer], target: Target) -> dict[str, dict[str, Precision]]:
     """The alternating policies of every two domains the target runs, keyed like `mixed_ms`."""
     from .latency import DOMAIN_PRECISION, domain, pair_key
 
@@ -236,7 +236,7 @@ def measure_whole(backend: Backend, whole: WholeModel, layers: list[Layer], targ
         assign = uniform_assignment(layers, target, p)
         if assign is not None and p in {str(q) for q in assign.values()}:
             todo.append(("uniform", p, assign))
-    todo += [("mixed", k, a) for k, a in _mixed_policies(layers, target).items()]
+    todo += [("mixed", k, a) for k, a in alternating_policies(layers, target).items()]
     key = whole.key(layers)
     out: dict[str, dict[str, float]] = {"uniform": {}, "mixed": {}}
     pending: list[tuple[str, str, str, bytes]] = []

@@ -23,7 +23,7 @@ from pathlib import Path
 ROUNDS = 5
 
 
-def bench_model(name: str, device: str, n_policies: int, seed: int) -> dict:
+def bench_model(name: str, device: str, n_policies: int, seed: int, out_dir: str) -> dict:
     from edgempq.backends import backend_for
     from edgempq.export.float_graph import float_tflite
     from edgempq.export.mapping import torch_weights
@@ -31,7 +31,7 @@ def bench_model(name: str, device: str, n_policies: int, seed: int) -> dict:
     from edgempq.latency import predict_latency
     from edgempq.layers import trace
     from edgempq.models import load_model
-    from edgempq.profile import WholeModel, profile, uniform_assignment
+    from edgempq.profile import WholeModel, alternating_policies, profile, uniform_assignment
     from edgempq.targets import load_target
 
     target = load_target(device)
@@ -64,6 +64,7 @@ def bench_model(name: str, device: str, n_policies: int, seed: int) -> dict:
     policies = [("mixed", i, {la.name: rng.choice(target.allowed(la.kind)) for la in layers if la.searchable})
                 for i in range(n_policies)]
     policies += [("uniform", p, uniform_assignment(layers, target, p)) for p in table.whole_ms]
+    policies += [("alternating", k, a) for k, a in alternating_policies(layers, target).items()]
     models = [quantize_policy(layers, base, pol, weights) for _, _, pol in policies]
     times: list[list[float]] = [[] for _ in policies]
     # a longer look than profiling's, round-robin so that this host's slow and fast moments fall
@@ -71,15 +72,26 @@ def bench_model(name: str, device: str, n_policies: int, seed: int) -> dict:
     with backend_for(replace(target, max_seconds=10.0)) as backend:
         for _ in range(ROUNDS):
             for k, model in enumerate(models):
-                times[k].append(backend.time(model, runs=15, warmup=2).median_ms)
-    for (what, label, pol), ts in zip(policies, times, strict=True):
-        measured, predicted = statistics.median(ts), predict_latency(table, pol)
+                times[k].append(backend.time(model, runs=10, warmup=2).median_ms)
+    medians = [statistics.median(ts) for ts in times]
+    # the same predictor, calibrated on uniform and alternating timings of these same rounds: its
+    # error is the model's own, without the drift of this host between profiling and now
+    by_kind: dict[str, dict] = {"uniform": {}, "alternating": {}, "mixed": {}}
+    for (w, lab, _), ms in zip(policies, medians, strict=True):
+        by_kind[w][lab] = ms
+    same = replace(table, whole_ms=by_kind["uniform"], mixed_ms=by_kind["alternating"])
+    for (what, label, pol), ts, measured in zip(policies, times, medians, strict=True):
+        predicted, same_session = predict_latency(table, pol), predict_latency(same, pol)
         row = {"predicted_ms": predicted, "measured_ms": measured, "error": (predicted - measured) / measured,
+               "same_session_predicted_ms": same_session, "same_session_error": (same_session - measured) / measured,
                "rounds_ms": ts}
         if what == "mixed":
-            result["mixed"].append({"policy": label, **row})
-        else:  # uniform policies through the same mixed path
+            result["mixed"].append({"policy": label, **row, "precisions": {k: str(v) for k, v in pol.items()}})
+        elif what == "uniform":  # uniform policies through the same mixed path
             result["uniform"][label] |= {"via_policy_" + k: v for k, v in row.items()}
+        else:
+            result["alternating_remeasured_ms"] = result.get("alternating_remeasured_ms", {}) | {label: measured}
+    table.save(Path(out_dir) / f"profile_{name.split(':')[-1]}.json")
     return result
 
 
@@ -97,7 +109,7 @@ def main() -> None:
     os.environ["EDGEMPQ_CACHE"] = tempfile.mkdtemp(prefix="edgempq-bench-cache-")  # cold = empty cache
     results = []
     for name in models.split(","):
-        r = bench_model(name, args.device, n, args.seed)
+        r = bench_model(name, args.device, n, args.seed, str(Path(args.out).parent))
         results.append(r)
         print(json.dumps(r, indent=2), flush=True)
     from edgempq.files import write_json
