@@ -265,14 +265,15 @@ def sensitivity(method: str, model_spec: str, weights: str | None, data_spec: st
 @click.option("--bops", type=float, help="bit-operations budget (MACs x weight bits x activation bits)")
 @click.option("--ram-kb", type=float, help="per-layer working-set budget (microcontrollers)")
 @click.option("--group", "groups", multiple=True, help="comma-separated layers that share one precision (repeatable)")
+@click.option("--group-shared-inputs", is_flag=True, help="layers that read the same activation share one precision")
 @click.option("--sweep", "sweep_spec", help="solve N budgets: latency_ms=LO:HI:N (or size_kb, bops, ram_kb)")
 @click.option("--time-limit", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="seconds for the solver; past it the best policy found is kept with its gap")
 @click.option("-o", "--output", default="policy.json", show_default=True, type=click.Path(),
               help="the policy (with --sweep: the front as JSON, and a PNG beside it)")
 def search(profile_path: str, sens_path: str, latency_ms: float | None, size_kb: float | None, bops: float | None,
-           ram_kb: float | None, groups: tuple[str, ...], sweep_spec: str | None, time_limit: float,
-           output: str) -> None:
+           ram_kb: float | None, groups: tuple[str, ...], group_shared_inputs: bool, sweep_spec: str | None,
+           time_limit: float, output: str) -> None:
     """Pick one precision per layer: the least sensitivity penalty under the budgets."""
     from .schema import Budget, CostTable, Sensitivity
     from .solve import solve
@@ -280,6 +281,10 @@ def search(profile_path: str, sens_path: str, latency_ms: float | None, size_kb:
     table, sens = CostTable.load(profile_path), Sensitivity.load(sens_path)
     budget = Budget(latency_ms=latency_ms, size_kb=size_kb, bops=bops, ram_kb=ram_kb)
     group_list = tuple(tuple(n.strip() for n in g.split(",") if n.strip()) for g in groups)
+    if group_shared_inputs:
+        from .solve import shared_input_groups
+
+        group_list += shared_input_groups(table)
     layers = list(table.layers)
     if sweep_spec:
         _search_sweep(layers, sens, table, budget, group_list, sweep_spec, time_limit, output)

@@ -79,12 +79,23 @@ def objective(problem: Problem, pick: dict[str, str]) -> float:
     return own + _picked_pairs(problem.pairs, pick)
 
 
+def merge_groups(groups: tuple[tuple[str, ...], ...]) -> list[tuple[str, ...]]:
+    """Groups that share a layer become one group (sharing a precision is transitive)."""
+    merged: list[list[str]] = []
+    for g in groups:
+        hit = [m for m in merged if set(m) & set(g)]
+        new = list(dict.fromkeys([la for m in hit for la in m] + list(g)))
+        merged = [m for m in merged if m not in hit] + [new]
+    return [tuple(m) for m in merged]
+
+
 def _group_options(problem: Problem) -> list[tuple[tuple[str, ...], list[str]]]:
     """Decision units: each group (or lone layer) with the precisions all its members have."""
-    grouped = {la for g in problem.groups for la in g}
-    units = [(g, g) for g in problem.groups] + [((la,), (la,)) for la in problem.choices if la not in grouped]
+    groups = merge_groups(problem.groups)
+    grouped = {la for g in groups for la in g}
+    units = list(groups) + [(la,) for la in problem.choices if la not in grouped]
     out = []
-    for members, _ in units:
+    for members in units:
         missing = [la for la in members if la not in problem.choices]
         if missing:
             raise ConfigError(f"group {', '.join(members)} names layer(s) {', '.join(missing)} that are not searched")
@@ -322,6 +333,17 @@ def solve(layers: list[Layer], sensitivity: Sensitivity, costs: CostTable | None
         predicted["latency_ms"] = sol.totals["latency_ms"]
     return Policy({la: Precision.parse(p) for la, p in sol.precisions.items()}, budget, sensitivity.method,
                   target.name, sensitivity.model_hash, predicted, sol.status, sol.gap)
+
+
+def shared_input_groups(costs: CostTable) -> tuple[tuple[str, ...], ...]:
+    """Layers that read the same activation (the same producers in the profile's graph), e.g. a
+    block's first conv and its downsample: one group each, so that they take one precision and
+    the tensor they read is converted at most once."""
+    readers: dict[tuple[str, ...], list[str]] = {}
+    for consumer in dict.fromkeys(c for _, c, _ in costs.edges):
+        key = tuple(sorted(p for p, c, _ in costs.edges if c == consumer))
+        readers.setdefault(key, []).append(consumer)
+    return tuple(tuple(g) for g in readers.values() if len(g) > 1)
 
 
 def parse_sweep(text: str) -> tuple[str, float, float, int]:

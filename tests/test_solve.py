@@ -9,7 +9,18 @@ import pytest
 
 from edgempq.errors import ConfigError, InfeasibleError
 from edgempq.schema import Budget, Sensitivity, Target
-from edgempq.solve import Choice, Problem, build_problem, objective, solve, solve_problem, sweep, totals
+from edgempq.solve import (
+    Choice,
+    Problem,
+    build_problem,
+    merge_groups,
+    objective,
+    shared_input_groups,
+    solve,
+    solve_problem,
+    sweep,
+    totals,
+)
 
 
 def two_way(penalties: dict[str, float]) -> Problem:
@@ -153,6 +164,9 @@ def test_groups_share_a_precision_and_an_impossible_group_is_an_error():
     odd = Problem({"a": [Choice("a", "f32", 0)], "b": [Choice("b", "w8a8", 0)]}, groups=(("a", "b"),))
     with pytest.raises(InfeasibleError, match="must share a precision but have none in common"):
         solve_problem(odd, Budget(bops=1))
+    chained = solve_problem(Problem(p.choices, groups=(("a", "b"), ("b", "c"))), Budget(latency_ms=9))
+    assert len(set(chained.precisions.values())) == 1  # overlapping groups merge
+    assert merge_groups((("a", "b"), ("c", "d"), ("b", "c"), ("e", "f"))) == [("a", "b", "c", "d"), ("e", "f")]
     with pytest.raises(ConfigError, match="not searched"):
         solve_problem(Problem(p.choices, groups=(("a", "zz"),)), Budget(bops=1e9))
 
@@ -229,3 +243,11 @@ def test_sweep_gives_a_front_with_infeasible_points_marked(two_layer):
 def test_ties_in_penalty_go_to_the_faster_choice():
     sol = solve_problem(two_way({"a": 0.0, "b": 0.0, "c": 2.0}), Budget(latency_ms=100))
     assert sol.precisions == {"a": "w4a8", "b": "w4a8", "c": "w8a8"} and sol.objective == 0.0
+
+
+def test_layers_reading_the_same_activation_form_a_group():
+    from edgempq.schema import CostTable
+
+    edges = (("stem", "b1", 10), ("stem", "down", 10), ("b1", "b2", 5), ("b2", "c", 5), ("down", "c", 5))
+    table = CostTable(TARGET, {}, "h", (), (), edges=edges)
+    assert shared_input_groups(table) == (("b1", "down"),)
