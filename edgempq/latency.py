@@ -21,8 +21,9 @@ def domain(p: Precision) -> str:
 
 
 def pair_key(a: str, b: str) -> str:
-    """The alternating policy of two domains, as `mixed_ms` keys it: "f32~w8a8"."""
-    return "~".join(sorted((DOMAIN_PRECISION[a], DOMAIN_PRECISION[b])))
+    """The policy alternating domains `a` (on the first searchable layer, the third, ...) and
+    `b`, as `mixed_ms` keys it: "w8a8~f32" alternates w8a8, f32, w8a8, ..."""
+    return f"{DOMAIN_PRECISION[a]}~{DOMAIN_PRECISION[b]}"
 
 
 def scales(table: CostTable) -> dict[str, float]:
@@ -81,9 +82,9 @@ def conversion_ms_per_element(table: CostTable, factors: dict[str, float] | None
     factors = scales(table) if factors is None else factors
     out = {}
     for key, whole in table.mixed_ms.items():
-        a, b = key.split("~")
+        a, b = key.split("~")  # checked when the table was read
         da, db = domain(Precision.parse(a)), domain(Precision.parse(b))
-        assign = alternating_assignment(list(table.layers), table.target, a, b)
+        assign = alternating_assignment(list(table.layers), table.target, a, b)  # a on the first layer
         if assign is None:
             continue
         rows = sum(layer_cost_ms(table, la, assign[la.name], factors) for la in table.layers if la.searchable)

@@ -159,6 +159,7 @@ def layer_edges(model: nn.Module, layers: list[Layer]) -> list[tuple[str, str, i
     except Exception:  # noqa: BLE001 - any tracing failure: fall back to execution order
         return [(a, b, size[b]) for a, b in zip(names, names[1:], strict=False)]
     wanted = set(names)
+    fixed = {la.name for la in layers if not la.searchable}
     out = []
     for node in graph.nodes:
         if node.op != "call_module" or node.target not in wanted:
@@ -171,6 +172,8 @@ def layer_edges(model: nn.Module, layers: list[Layer]) -> list[tuple[str, str, i
             seen.add(n)
             if n.op == "call_module" and n.target in wanted:
                 producers.append(n.target)
+            elif n.op == "call_module" and n.target in fixed:
+                continue  # a float layer in between: its own conversions are in the uniform scales
             elif not (past_add and _is_add(n)):  # an earlier residual sum was converted for its own readers
                 stack.extend((m, past_add or _is_add(n)) for m in n.all_input_nodes)
         out += [(p, node.target, size[node.target]) for p in sorted(set(producers), key=names.index)]

@@ -18,7 +18,7 @@ def _save(fig, path: str | Path) -> Path:
 
 
 def pareto_front(points: list[dict], key: str, title: str, path: str | Path) -> Path:
-    """Objective (and predicted latency when known) against the swept budget."""
+    """The objective against the swept budget, infeasible budgets marked."""
     import matplotlib
 
     matplotlib.use("Agg")

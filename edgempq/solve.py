@@ -65,7 +65,7 @@ def totals(problem: Problem, pick: dict[str, str]) -> dict[str, float]:
     out = {k: sum(getattr(c, k) for c in chosen) + problem.constant.get(k, 0.0)
            for k in ("latency_ms", "size_bytes", "bops")}
     out["latency_ms"] += _picked_pairs(problem.latency_pairs, pick)
-    out["ram_bytes"] = max((c.ram_bytes for c in chosen), default=0.0)
+    out["ram_bytes"] = max([c.ram_bytes for c in chosen] + [problem.constant.get("ram_bytes", 0.0)])
     return out
 
 
@@ -83,6 +83,8 @@ def merge_groups(groups: tuple[tuple[str, ...], ...]) -> list[tuple[str, ...]]:
     """Groups that share a layer become one group (sharing a precision is transitive)."""
     merged: list[list[str]] = []
     for g in groups:
+        if not g:
+            raise ConfigError("a group of layers is empty; list two or more layers, comma-separated")
         hit = [m for m in merged if set(m) & set(g)]
         new = list(dict.fromkeys([la for m in hit for la in m] + list(g)))
         merged = [m for m in merged if m not in hit] + [new]
@@ -117,10 +119,12 @@ def check_feasible(problem: Problem, budget: Budget) -> None:
         per_unit = [min(sum(_metric(problem, la, p, attr) for la in members) if attr != "ram_bytes"
                         else max(_metric(problem, la, p, attr) for la in members) for p in options)
                     for members, options in units]
-        need = (max(per_unit, default=0.0) if attr == "ram_bytes"
+        need = (max([*per_unit, problem.constant.get("ram_bytes", 0.0)]) if attr == "ram_bytes"
                 else sum(per_unit) + problem.constant.get(attr, 0.0)) / scale
-        if attr == "latency_ms" and problem.latency_pairs and need <= limit * (1 + 1e-9):
+        if attr == "latency_ms" and problem.latency_pairs:
             need = _min_latency(problem, budget)  # conversions between layers count too
+            if need is None:
+                continue  # RAM or groups rule everything out, or no proof in time: the solve says which
         if need > limit * (1 + 1e-9):
             raise InfeasibleError(f"budget {key}={limit:g} cannot be met: the cheapest precision per layer needs "
                                   f"{need:.6g} {unit}; raise {key} to at least {need:.6g}")
@@ -159,8 +163,9 @@ def solve_problem(problem: Problem, budget: Budget, time_limit_s: float = 30.0) 
                               "raise the time limit")
     pick = _pick(problem, x)
     gap = 0.0 if status == mip.OptimizationStatus.OPTIMAL else float(m.gap)
+    gap = gap if math.isfinite(gap) else None  # python-mip reports inf when the objective is near 0
     if status == mip.OptimizationStatus.OPTIMAL:
-        pick = _prefer_cheaper(m, problem, x, time_limit_s - (time.perf_counter() - t0)) or pick
+        pick = _prefer_cheaper(m, problem, x, y, scale, time_limit_s - (time.perf_counter() - t0)) or pick
     return Solution(pick, objective(problem, pick), totals(problem, pick),
                     "optimal" if status == mip.OptimizationStatus.OPTIMAL else "feasible", gap,
                     time.perf_counter() - t0)
@@ -231,31 +236,36 @@ def _latency_expr(problem: Problem, x: dict, y: dict):
                     + _pair_sum(problem.latency_pairs, y))
 
 
-def _min_latency(problem: Problem, budget: Budget) -> float:
-    """The least latency any policy reaches (conversions included), in ms."""
+def _min_latency(problem: Problem, budget: Budget) -> float | None:
+    """The least latency any policy reaches (conversions included), in ms; None if unknown."""
     import mip
 
     m, x, y = _base_model(problem, Budget(ram_kb=budget.ram_kb))
     m.objective = _latency_expr(problem, x, y)
     if m.optimize(max_seconds=30) != mip.OptimizationStatus.OPTIMAL:
-        return 0.0  # RAM or groups already rule everything out: the solve itself says so
+        return None
     return float(m.objective_value) + problem.constant.get("latency_ms", 0.0)
 
 
-def _prefer_cheaper(m, problem: Problem, x: dict, seconds_left: float) -> dict[str, str] | None:
-    """Among the policies with the optimal penalty, the fastest (or, without latencies, the
-    smallest): equal accuracy at a lower cost is what a user wants from a tie. None if the
-    second solve finds nothing in the time left."""
+def _prefer_cheaper(m, problem: Problem, x: dict, y: dict, scale: float, seconds_left: float) -> dict[str, str] | None:
+    """Among the policies with the optimal penalty, the fastest, conversions included (or,
+    without latencies, the smallest): equal accuracy at a lower cost is what a user wants from a
+    tie. Penalties closer than a tenth of the smallest gap between two of a layer's choices (and
+    than 1e-7 of the objective) count as equal. None if the second solve finds nothing in time."""
     import mip
 
     attr = "latency_ms" if any(c.latency_ms for cs in problem.choices.values() for c in cs) else "size_bytes"
     top = max((getattr(c, attr) for cs in problem.choices.values() for c in cs), default=0.0)
     if top <= 0 or seconds_left <= 0:
         return None
+    gaps = [abs(a.penalty - b.penalty) / scale for cs in problem.choices.values()
+            for a, b in itertools.combinations(cs, 2) if a.penalty != b.penalty]
     best = m.objective_value
-    m += m.objective <= best + 1e-7 * max(1.0, abs(best))
-    m.objective = mip.xsum(getattr(c, attr) / top * x[(la, c.precision)]
-                           for la, cs in problem.choices.items() for c in cs)  # conversions: second order
+    m += m.objective <= best + max(1e-12, min([1e-7 * max(1.0, abs(best)), *(0.1 * g for g in gaps)]))
+    terms = [getattr(c, attr) / top * x[(la, c.precision)] for la, cs in problem.choices.items() for c in cs]
+    if attr == "latency_ms":
+        terms += [t * (1.0 / top) for t in _pair_sum(problem.latency_pairs, y)]
+    m.objective = mip.xsum(terms)
     if m.optimize(max_seconds=seconds_left) not in (mip.OptimizationStatus.OPTIMAL, mip.OptimizationStatus.FEASIBLE):
         return None
     return _pick(problem, x)
@@ -278,6 +288,18 @@ def working_set_bytes(layer: Layer, p: Precision) -> int:
     return (math.prod(layer.in_shape) + math.prod(layer.out_shape)) * act + scratch
 
 
+def _check_same_layers(layers: list[Layer], sensitivity: Sensitivity) -> None:
+    names = [la.name for la in layers if la.searchable]
+    scored = set(sensitivity.layers())
+    foreign = [n for n in sensitivity.layers() if n not in set(names)]
+    unscored = [n for n in names if n not in scored]
+    if foreign or unscored:
+        what = (f"scores layer(s) {', '.join(foreign[:5])} that the profiled model does not have" if foreign
+                else f"does not score layer(s) {', '.join(unscored[:5])} of the profiled model")
+        raise ConfigError(f"the {sensitivity.method} sensitivity {what}; compute the sensitivity and the profile "
+                          "for the same model")
+
+
 def build_problem(layers: list[Layer], sensitivity: Sensitivity, costs: CostTable | None, target: Target,
                   groups: tuple[tuple[str, ...], ...] = ()) -> Problem:
     """The numbers of a model: per searchable layer, the target's precisions for its kind with
@@ -285,6 +307,7 @@ def build_problem(layers: list[Layer], sensitivity: Sensitivity, costs: CostTabl
     artifact's weight bytes and the BOPs."""
     from .latency import conversion_ms_per_element, edge_ms, layer_cost_ms, scales
 
+    _check_same_layers(layers, sensitivity)
     factors = scales(costs) if costs is not None else None
     choices: dict[str, list[Choice]] = {}
     for la in layers:
@@ -303,7 +326,8 @@ def build_problem(layers: list[Layer], sensitivity: Sensitivity, costs: CostTabl
         choices[la.name] = opts
     f32 = Precision(32, 32, True)
     fixed = [la for la in layers if not la.searchable]
-    constant = {"size_bytes": sum(weight_bytes(la, f32) for la in fixed), "bops": sum(bops(la, f32) for la in fixed)}
+    constant = {"size_bytes": sum(weight_bytes(la, f32) for la in fixed), "bops": sum(bops(la, f32) for la in fixed),
+                "ram_bytes": max((working_set_bytes(la, f32) for la in fixed), default=0)}  # the largest, not a sum
     known = {la.name for la in layers if la.searchable}
     pairs = {(a, b): v for (a, b), v in sensitivity.pairs.items() if a[0] in known and b[0] in known}
     all_groups = tuple(dict.fromkeys(tuple(g) for g in (*sensitivity.groups, *groups)))
@@ -338,7 +362,7 @@ def solve(layers: list[Layer], sensitivity: Sensitivity, costs: CostTable | None
 def shared_input_groups(costs: CostTable) -> tuple[tuple[str, ...], ...]:
     """Layers that read the same activation (the same producers in the profile's graph), e.g. a
     block's first conv and its downsample: one group each, so that they take one precision and
-    the tensor they read is converted at most once."""
+    the tensor they read is converted for one domain only."""
     readers: dict[tuple[str, ...], list[str]] = {}
     for consumer in dict.fromkeys(c for _, c, _ in costs.edges):
         key = tuple(sorted(p for p, c, _ in costs.edges if c == consumer))

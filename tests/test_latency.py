@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from edgempq.errors import ConfigError
 from edgempq.latency import conversion_ms_per_element, predict_latency, scales
 from edgempq.layers import layer_edges, trace
 from edgempq.schema import CostRow, CostTable, Precision, Target
@@ -30,10 +31,10 @@ def table():
                  for la in layers for i, p in enumerate((F32, W8)))
     edges = tuple(layer_edges(model, layers))
     # uniform f32 measures twice its rows (scale 2), w8a8 exactly its rows (scale 1); the policy
-    # alternating f32, w8a8, f32 measures its scaled rows (2 + 1 + 6) plus 0.01 ms per element crossing
+    # alternating w8a8, f32, w8a8 measures its scaled rows (0.5 + 4 + 1.5) plus 0.01 ms per element crossing
     crossing = sum(n for _, _, n in edges)
     return CostTable(TARGET, {}, "h", tuple(layers), rows, {"f32": 12.0, "w8a8": 3.0}, {}, edges,
-                     {"f32~w8a8": 9.0 + 0.01 * crossing})
+                     {"w8a8~f32": 6.0 + 0.01 * crossing})
 
 
 def test_edges_follow_the_graph_with_the_consumers_input_size(table):
@@ -88,3 +89,15 @@ def test_a_profile_without_edges_or_mixed_timings_still_predicts_by_rows(table):
     assert conversion_ms_per_element(bare) == {}
     assert predict_latency(bare, {"0": W8, "2": F32, "4": F32}) == pytest.approx(10.5)
     assert CostTable.from_json(table.to_json()) == table
+    with pytest.raises(ConfigError, match="must name two precisions"):
+        CostTable.from_dict(table.to_dict() | {"mixed_ms": {"w8a8": 1.0}})
+
+
+def test_the_fit_rebuilds_exactly_the_alternating_policy_that_was_timed(table):
+    from edgempq.profile import alternating_assignment, alternating_policies
+
+    timed = alternating_policies(list(table.layers), TARGET)
+    assert list(timed) == ["w8a8~f32"]
+    for key, assign in timed.items():
+        assert alternating_assignment(list(table.layers), TARGET, *key.split("~")) == assign
+        assert str(assign["0"]) == key.split("~")[0]

@@ -223,7 +223,7 @@ def test_solve_builds_the_problem_from_layers_and_writes_a_policy(two_layer):
     with pytest.raises(ConfigError, match="latency budget needs the device profile"):
         solve(layers, sens, None, Budget(latency_ms=1), TARGET)
     with pytest.raises(ConfigError, match="no score for layer conv at w8a8"):
-        solve(layers, Sensitivity("toy", {("conv", "f32"): 0.0}), None, Budget(size_kb=6), TARGET)
+        solve(layers, Sensitivity("toy", {("conv", "f32"): 0.0, ("fc", "f32"): 0.0}), None, Budget(size_kb=6), TARGET)
 
 
 def test_sweep_gives_a_front_with_infeasible_points_marked(two_layer):
@@ -251,3 +251,23 @@ def test_layers_reading_the_same_activation_form_a_group():
     edges = (("stem", "b1", 10), ("stem", "down", 10), ("b1", "b2", 5), ("b2", "c", 5), ("down", "c", 5))
     table = CostTable(TARGET, {}, "h", (), (), edges=edges)
     assert shared_input_groups(table) == (("b1", "down"),)
+
+
+def test_a_sensitivity_of_another_model_or_an_empty_group_is_a_clear_error(two_layer):
+    from edgempq.layers import trace
+
+    layers = trace(two_layer, (3, 10, 10))
+    other = Sensitivity("toy", {("conv", "f32"): 0.0, ("head", "f32"): 0.0})
+    with pytest.raises(ConfigError, match="scores layer.* head that the profiled model does not have"):
+        solve(layers, other, None, Budget(size_kb=6), TARGET)
+    with pytest.raises(ConfigError, match="does not score layer.* fc"):
+        solve(layers, Sensitivity("toy", {("conv", "f32"): 0.0}), None, Budget(size_kb=6), TARGET)
+    with pytest.raises(ConfigError, match="group of layers is empty"):
+        merge_groups(((),))
+
+
+def test_the_largest_fixed_layer_counts_against_the_ram_budget():
+    p = Problem({"a": [Choice("a", "w8a8", 0.0, ram_bytes=512)]}, constant={"ram_bytes": 4096})
+    with pytest.raises(InfeasibleError, match="ram_kb=2 .* at least 4"):
+        solve_problem(p, Budget(ram_kb=2))
+    assert solve_problem(p, Budget(ram_kb=4)).totals["ram_bytes"] == 4096

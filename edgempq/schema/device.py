@@ -266,6 +266,12 @@ class CostTable(JsonDoc):
                 isinstance(e, list) and len(e) == 3 and isinstance(e[0], str) and isinstance(e[1], str)
                 and isinstance(e[2], int) and not isinstance(e[2], bool) and e[2] >= 0 for e in edges):
             raise ConfigError("profile edges must be a list of [producer, consumer, elements]")
+        for key in d.get("mixed_ms", {}) if isinstance(d.get("mixed_ms"), dict) else ():
+            parts = str(key).split("~")
+            if len(parts) != 2:
+                raise ConfigError(f"profile mixed_ms key {key!r} must name two precisions as A~B")
+            for part in parts:
+                Precision.parse(part)
         for k in ("whole_ms", "overhead_ms", "mixed_ms"):
             v = d.get(k, {})
             if not isinstance(v, dict) or not all(isinstance(x, int | float) for x in v.values()):

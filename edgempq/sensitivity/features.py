@@ -3,7 +3,8 @@
 A layer's feature is its output after the BatchNorm and activation that follow it (the papers
 take `conv(+bn+relu)`), found on the torch.fx graph. With `residual` grouping, the convs whose
 outputs meet in one residual add (a block's last conv and its downsample) share one decision,
-and their feature is the add's output (the papers' "block output")."""
+and the feature of every conv that feeds a residual add is the add's output (the papers'
+"block output", also for blocks without a downsample)."""
 
 from __future__ import annotations
 
@@ -88,7 +89,7 @@ def units(model: nn.Module, layers: list[Layer], grouping: str = "none") -> tupl
         for n in gm.graph.nodes:
             if _is_add(n):
                 srcs = [s for a in n.args if hasattr(a, "op") and (s := _source_layer(a, modules, names))]
-                if len(srcs) >= 2:
+                if srcs:  # a block's last conv (and its downsample): their feature is the block output
                     u = Unit(tuple(la.name for la in layers if la.name in srcs), _chain_end(n, modules).name)
                     grouped |= {s: u for s in srcs}
     out: list[Unit] = []

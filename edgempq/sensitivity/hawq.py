@@ -8,6 +8,7 @@ a precision is Tr(H_l)/P_l × ‖Q_b(W_l) − W_l‖², with Q_b the deployment'
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -43,7 +44,7 @@ def hutchinson_traces(loss_fn, params: list[Tensor], probes: int, tol: float,
 
 
 def auto_probes(macs: int) -> int:
-    """Probes for `probes=0`: 100 (HAWQ-V3's cap), or as many as take about 3 minutes on a
+    """Probes for `probes=0`: 100 (HAWQ-V3's cap), or as many as take about 150 s on a
     2-core CPU (one probe ≈ 12 s per 60 GMACs of the batch, measured), never under 12; fixed by
     the model and batch, so the result stays deterministic."""
     per_probe_s = 12.0 * macs / 60e9
@@ -85,7 +86,8 @@ class HAWQ(Method):
 
         p = self.params
         todo = searchable(layers, precisions)
-        fold_batchnorm(model)  # `model` is the caller's copy
+        model = copy.deepcopy(model).eval()  # folded and given gradients here, never the caller's
+        fold_batchnorm(model)
         for q in model.parameters():
             q.requires_grad_(False)
         weights = [model.get_submodule(la.name).weight for la in todo]

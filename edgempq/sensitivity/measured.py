@@ -58,7 +58,10 @@ class Measured(Method):
         x, y = data.batch(p.samples, p.seed)
         cfg = QuantConfig(seed=p.seed)
         ref_model = apply(model, Policy({}), cfg)  # BatchNorm folded as in every quantized copy
-        reference = ref_model(x) if p.loss == "kl" else None
+        reference = None
+        if p.loss == "kl":
+            with torch.no_grad():
+                reference = torch.cat([ref_model(x[i:i + p.batch_size]) for i in range(0, len(x), p.batch_size)])
         base = mean_loss(ref_model, x, y, p.batch_size, reference)
         jobs = [(la, prec) for la in searchable(layers, precisions) for prec in precisions[la.name]]
         penalties, raw = {}, {}

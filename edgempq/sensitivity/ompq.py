@@ -50,7 +50,9 @@ def cka_matrix(feats: list[Tensor]) -> np.ndarray:
 def coefficients(orm: np.ndarray, beta: float) -> tuple[np.ndarray, np.ndarray]:
     """(θ, suffix-averaged coefficients) from the CKA matrix, in layer order."""
     gamma = orm.sum(axis=1) - np.diag(orm)
-    theta = np.exp(-beta * gamma)
+    # exp(-β(γ - min γ)): θ up to one common factor (the penalties are normalised anyway), which
+    # keeps the largest θ at 1 instead of underflowing to 0 for β = 100 and γ ≈ 10
+    theta = np.exp(-beta * (gamma - gamma.min()))
     suffix = np.cumsum(theta[::-1])[::-1] / np.arange(len(theta), 0, -1)
     return theta, suffix
 
