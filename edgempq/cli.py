@@ -39,7 +39,7 @@ def main() -> None:
     """edgempq: mixed-precision quantization chosen from what the device really does.
 
     Pipeline: profile -> sensitivity -> search -> deploy -> validate. Available now:
-    targets, profile, sensitivity, search, models, data, layers, train, evaluate, demo.
+    targets, profile, sensitivity, search, deploy, models, data, layers, train, evaluate, demo.
     """
 
 
@@ -317,6 +317,30 @@ def _search_sweep(layers, sens, table, budget, groups, spec, time_limit, output)
             f"size {pred['size_bytes'] / 1024:.1f} KB" if p["feasible"] else "infeasible"))
     click.echo(f"wrote {output} and {png}")
 
+
+
+@main.command()
+@click.option("--model", "model_spec", required=True, help=MODEL_HELP)
+@click.option("--weights", type=click.Path(), help="a state_dict saved with torch.save (the trained model)")
+@click.option("--policy", "policy_path", required=True, type=click.Path(), help="a policy.json (search's, or by hand)")
+@click.option("--data", "data_spec", help=DATA_HELP + " (default: the zoo model's); calibrates the quantization")
+@click.option("--device", required=True, help="the target: a built-in name or a target .toml file")
+@click.option("--qat-epochs", default=0, show_default=True, type=click.IntRange(0))
+@click.option("-o", "--output", default="build", show_default=True, type=click.Path(file_okay=False))
+def deploy(model_spec: str, weights: str | None, policy_path: str, data_spec: str | None, device: str,
+           qat_epochs: int, output: str) -> None:
+    """Build the mixed-precision .tflite (and C array for TFLite Micro) the policy describes."""
+    from . import pipeline
+    from .schema import Policy
+    from .targets import load_target
+
+    policy = Policy.load(policy_path)
+    load_target(device)  # a bad target fails before the model loads
+    model, ds = pipeline.load_model_and_data(model_spec, data_spec, weights)
+    with _progress("quantizing and converting") as step:
+        step(0, 1, "")
+        report = pipeline.deploy(model, ds, policy, device, output, qat_epochs, on_step=step)
+    show.deployed(report, output)
 
 
 @main.command()

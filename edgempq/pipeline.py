@@ -17,7 +17,7 @@ from .cache import cache_dir
 from .data import Dataset, load_data
 from .errors import ConfigError, DataError, ModelError
 from .files import atomic_write_bytes, write_json
-from .layers import policy_bops, policy_weight_bytes, trace
+from .layers import F32, policy_bops, policy_weight_bytes, trace, weight_bytes
 from .metrics import accuracy
 from .models import LoadedModel, load_model
 from .quant import QuantConfig, apply, batches, calibrate, finetune
@@ -175,3 +175,34 @@ def sensitivity(model: LoadedModel, ds: Dataset, method: str, precisions: dict, 
     x, y = ds.split("calibration")
     return compute(method, model.module, layers, precisions, SensData(x, y, ds.data_id), params,
                    model.model_hash, on_step)
+
+
+def deploy(model: LoadedModel, ds: Dataset, policy: Policy, target_spec: str, out_dir: str | Path,
+           qat_epochs: int = 0, cfg: QuantConfig | None = None, on_step: Progress | None = None) -> dict:
+    """Quantize `model` with `policy` (PTQ on the calibration split, optional QAT), convert it
+    to a mixed-precision .tflite verified op by op (and a C array for TFLite Micro targets),
+    and write it with its recipe, the policy and deploy.json into `out_dir`."""
+    from .export.deploy import build, c_array, check_target, io_details, microcontroller_checks, write
+    from .targets import load_target
+
+    target = load_target(target_spec)
+    layers = trace(model.module, model.input_shape)
+    policy.check_layers(layers)
+    check_target(layers, policy, target)
+    qmodel, sim = simulate(model, ds, policy, cfg, qat_epochs, on_step)
+    art = build(layers, qmodel, model.input_shape, policy, ds.split("calibration")[0])
+    if target.backend == "tflm":
+        art.files = dict(zip(("model_data.h", "model_data.cc"), c_array(art.tflite), strict=True))
+        microcontroller_checks(art, target)
+    fixed = sum(weight_bytes(la, F32) for la in layers if not la.searchable)
+    report = {
+        "model": model.spec, "model_hash": model.model_hash, "data_id": ds.data_id, "target": target.name,
+        "qat_epochs": qat_epochs, "simulated_top1": sim.top1,
+        "tflite_bytes": len(art.tflite), "arena_bytes": art.arena_bytes, **io_details(art.tflite),
+        "weight_bytes": {"predicted": policy_weight_bytes(layers, policy),
+                         "artifact": sum(f["weight_bytes"] for f in art.found.values()) + fixed},
+        "layers": [{"layer": n, "precision": str(policy.precisions[n]), "op_index": art.mapping[n].index,
+                    "op_output": art.mapping[n].output_name, **art.found[n]} for n in policy.precisions],
+    }
+    write(art, Path(out_dir), report, policy)
+    return report

@@ -85,3 +85,17 @@ def policy(policy: Any, layers: list, table: Any) -> None:
             cap = f" (budget {limit:g})" if limit is not None else ""
             click.echo(f"predicted {label}: {v / scale:.6g} {unit}{cap}")
     click.echo(f"objective {pred['objective']:.6g}" + (f", gap {policy.gap:.2%}" if policy.gap else ""))
+
+
+def deployed(report: dict, folder: str) -> None:
+    from rich.table import Table
+
+    t = Table("layer", "asked", "op", "weights", "activations", title=f"{report['model']} on {report['target']}")
+    for r in report["layers"]:
+        t.add_row(r["layer"], r["precision"], r["op"], r["weight_type"], r["activation_type"])
+    console().print(t)
+    wb = report["weight_bytes"]
+    click.echo(f"simulated top-1 {report['simulated_top1']:.2%}; model.tflite {report['tflite_bytes'] / 1024:.1f} KB, "
+               f"weights {wb['artifact'] / 1024:.1f} KB (predicted {wb['predicted'] / 1024:.1f} KB)"
+               + (f", TFLite Micro arena {report['arena_bytes'] / 1024:.1f} KB" if report.get("arena_bytes") else ""))
+    click.echo(f"wrote {folder}/")
