@@ -113,14 +113,18 @@ def trace(model: nn.Module, example: Tensor | tuple[int, ...]) -> list[Layer]:
 
 
 def weight_bytes(layer: Layer, p: Precision) -> int:
-    """Bytes the artifact stores for the layer's weights and bias at precision `p`: packed
-    integer weights (int4 = half a byte each), an int32 bias (int64 with 16-bit activations, as
-    TFLite's 16x8 kernels use) and one float32 scale + int64 zero point per output channel."""
-    w, b = layer.weight_count, layer.out_channels if layer.bias else 0
+    """Bytes the artifact stores for the layer's weights and bias at precision `p`, as measured
+    in the flatbuffers edgempq builds: packed integer weights (int4 = half a byte each), an int32
+    bias (int64 with 16-bit activations, as TFLite's 16x8 kernels use), and per output channel a
+    float32 scale and an int64 zero point for the weights and again for the bias. A conv always
+    has a bias in the artifact (BatchNorm folds into one); float layers keep a float32 bias
+    (f16 casts the weights only)."""
+    w = layer.weight_count
+    b = layer.out_channels if (layer.bias or layer.kind in ("conv", "dwconv")) else 0
     if p.is_float:
-        return (w + b) * p.weight_bits // 8
+        return w * p.weight_bits // 8 + b * 4
     bias_bytes = 8 if p.act_bits > 8 else 4
-    return math.ceil(w * p.weight_bits / 8) + b * bias_bytes + layer.out_channels * 12
+    return math.ceil(w * p.weight_bits / 8) + b * bias_bytes + layer.out_channels * 12 + b * 12
 
 
 def bops(layer: Layer, p: Precision) -> int:

@@ -117,7 +117,9 @@ def test_deploy_gives_every_layer_its_precision_and_agrees_with_the_simulation(u
         sim = q(torch.from_numpy(x)).argmax(1).numpy()
     art = run_artifact(out / "model.tflite", x, report).argmax(1)
     assert (sim == art).mean() >= 0.9, f"top-1 agreement {(sim == art).mean():.2f}"
-    assert report["weight_bytes"]["artifact"] > 0 and report["tflite_bytes"] == (out / "model.tflite").stat().st_size
+    assert report["tflite_bytes"] == (out / "model.tflite").stat().st_size
+    wb = report["weight_bytes"]  # what the solver predicts for size_kb vs what the flatbuffer stores
+    assert abs(wb["artifact"] - wb["predicted"]) <= 0.02 * wb["predicted"], wb
     if target == "tflm-host":
         cc = (out / "model_data.cc").read_text()
         assert "alignas(16) const unsigned char g_model[]" in cc and f"g_model_len = {report['tflite_bytes']};" in cc

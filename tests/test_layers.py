@@ -82,15 +82,16 @@ def test_bops_and_weight_bytes_by_hand(two_layer):
     conv, fc = trace(two_layer, (3, 10, 10))
     w4a8, w8a16 = Precision.parse("w4a8"), Precision.parse("w8a16")
     assert bops(conv, w4a8) == 21_600 * 4 * 8
-    # 216 int4 weights = 108 bytes, 8 int32 biases, 8 x (float32 scale + int64 zero point)
-    assert weight_bytes(conv, w4a8) == 108 + 32 + 96
-    assert weight_bytes(conv, w8a16) == 216 + 64 + 96  # int64 bias with 16-bit activations
+    # 216 int4 weights = 108 bytes, 8 int32 biases, 8 x (float32 scale + int64 zero point) for the
+    # weights and again for the bias
+    assert weight_bytes(conv, w4a8) == 108 + 32 + 96 + 96
+    assert weight_bytes(conv, w8a16) == 216 + 64 + 192  # int64 bias with 16-bit activations
     assert weight_bytes(conv, Precision.parse("f32")) == 224 * 4
-    assert weight_bytes(conv, Precision.parse("f16")) == 224 * 2
-    assert weight_bytes(conv, Precision.parse("w3a8")) == 81 + 32 + 96  # 648 bits packed
+    assert weight_bytes(conv, Precision.parse("f16")) == 216 * 2 + 8 * 4  # the bias stays float32
+    assert weight_bytes(conv, Precision.parse("w3a8")) == 81 + 32 + 192  # 648 bits packed
     p = Policy({"conv": w4a8, "fc": w8a16})
     assert policy_bops(trace(two_layer, (3, 10, 10)), p) == 21_600 * 32 + 4000 * 128
-    assert policy_weight_bytes([conv, fc], p) == 236 + (4000 + 5 * 8 + 5 * 12)
+    assert policy_weight_bytes([conv, fc], p) == 332 + (4000 + 5 * 8 + 5 * 24)
 
 
 def test_policy_must_cover_every_searchable_layer(two_layer):

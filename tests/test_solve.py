@@ -215,7 +215,7 @@ def test_solve_builds_the_problem_from_layers_and_writes_a_policy(two_layer):
                                ("fc", "w8a8"): 0.5, ("fc", "f32"): 0.0}, model_hash="h")
     problem = build_problem(layers, sens, None, TARGET)
     assert [c.precision for c in problem.choices["conv"]] == ["w8a8", "w4a8", "f32"]
-    assert problem.choices["fc"][0].size_bytes == 4000 + 5 * 4 + 5 * 12  # int8 weights, int32 bias, scales
+    assert problem.choices["fc"][0].size_bytes == 4000 + 5 * 4 + 5 * 24  # int8 weights, int32 bias, scales
     pol = solve(layers, sens, None, Budget(size_kb=6), TARGET)
     assert {k: str(v) for k, v in pol.precisions.items()} == {"conv": "f32", "fc": "w8a8"}
     assert pol.predicted["size_bytes"] <= 6 * 1024 and pol.solver_status == "optimal" and pol.model_hash == "h"

@@ -96,7 +96,7 @@ class OpInfo:
     output_name: str
     weight_type: str
     act_type: str
-    weight_bytes: int  # weight + bias buffers
+    weight_bytes: int  # weight + bias buffers and their quantization parameters
     weight_shape: tuple[int, ...] = ()
 
 
@@ -116,12 +116,23 @@ def weight_ops(model: bytes) -> list[OpInfo]:
         if name is None:
             continue
         ins = [sg.tensors[dequantized.get(t, t) if k else t] for k, t in enumerate(op.inputs) if t >= 0]
-        sizes = [len(m.buffers[t.buffer].data) if m.buffers[t.buffer].data is not None else 0 for t in ins[1:]]
+        sizes = [_stored_bytes(m, t) for t in ins[1:]]
         outname = sg.tensors[op.outputs[0]].name
         out.append(OpInfo(i, name, outname.decode() if isinstance(outname, bytes) else str(outname),
                           TYPE_NAMES.get(ins[1].type, str(ins[1].type)), TYPE_NAMES.get(ins[0].type, str(ins[0].type)),
                           sum(sizes), tuple(int(d) for d in ins[1].shape)))
     return out
+
+
+def _stored_bytes(m, t) -> int:
+    """A constant tensor's buffer plus its quantization parameters (float32 scales, int64 zero
+    points), which the flatbuffer stores alongside."""
+    data = m.buffers[t.buffer].data
+    q = t.quantization
+    params = 0
+    if q is not None and q.scale is not None:
+        params = len(q.scale) * 4 + (len(q.zeroPoint) * 8 if q.zeroPoint is not None else 0)
+    return (len(data) if data is not None else 0) + params
 
 
 def expected_types(p: Precision) -> tuple[str, str]:
