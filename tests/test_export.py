@@ -94,3 +94,35 @@ def test_uniform_policies_with_depthwise_fallbacks_are_predicted_exactly(tmp_pat
     w4a8 = uniform_assignment(layers, table.target, "w4a8")
     assert {str(p) for p in w4a8.values()} == {"w4a8", "w8a8"}  # depthwise convs fall back to int8
     _assert_uniform_policies_predict_their_measurement(layers, table)
+
+
+@pytest.mark.slow
+def test_every_linear_precision_of_each_target_lands_in_the_flatbuffer_and_mismatches_are_named():
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    widths = [12, 11, 10, 9, 8, 7, 6]
+    mlp = nn.Sequential(*[nn.Sequential(nn.Linear(a, b), nn.ReLU()) for a, b in zip(widths, widths[1:], strict=False)])
+    layers = trace(mlp, (12,))
+    fl = float_tflite(mlp, (12,))
+    weights = torch_weights(mlp, layers)
+    mapping = map_layers(layers, fl, weights)
+    for target in ("host", "tflm-host"):
+        allowed = [str(p) for p in load_target(target).allowed("linear")]
+        pol = {la.name: Precision.parse(allowed[i % len(allowed)]) for i, la in enumerate(layers)}
+        found = {o.output_name: o for o in weight_ops(quantize_policy(layers, fl, pol, weights))}
+        for la in layers:
+            got = found[mapping[la.name].output_name]
+            assert (got.weight_type, got.act_type) == {
+                "f32": ("float32", "float32"), "f16": ("float16", "float32"), "w8a8": ("int8", "int8"),
+                "w4a8": ("int4", "int8"), "w8a16": ("int8", "int16"), "w4a16": ("int4", "int16")}[str(pol[la.name])]
+    # a layer of another model has no op here; two layers with the same weights cannot be told apart
+    stranger = trace(nn.Sequential(nn.Linear(12, 5)), (12,))
+    with pytest.raises(ConversionError, match=r"layer 0 \(linear, weight .*\) has no matching"):
+        map_layers(stranger, fl)
+    twins = nn.Sequential(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 6))
+    twins[2].load_state_dict(twins[0].state_dict())
+    tl = trace(twins, (6,))
+    with pytest.raises(ConversionError, match="2 ops of the converted model carry its weights"):
+        map_layers(tl, float_tflite(twins, (6,)), torch_weights(twins, tl))
