@@ -163,3 +163,19 @@ def test_a_model_over_the_microcontrollers_ram_is_refused_and_nothing_is_written
     with pytest.raises(DeviceError, match=r"KB of TFLite Micro arena but target tiny-mcu has ram_kb = 1"):
         deploy(model, ds, policy, str(toml), tmp_path / "b")
     assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.slow
+def test_deploy_after_qat_exports_the_finetuned_weights(user_model, tmp_path):
+    from edgempq.pipeline import deploy
+
+    model, ds = user_model
+    policy = Policy({k: Precision.parse("w4a8" if k not in ("a.0", "b.0", "c.0", "d.0") else "w8a8")
+                     for k in POLICIES["host"]})
+    before = {k: v.clone() for k, v in model.module.state_dict().items()}
+    report = deploy(model, ds, policy, "host", tmp_path / "qat", qat_epochs=1)
+    assert report["qat_epochs"] == 1 and all(r["weight_type"] in ("int4", "int8") for r in report["layers"])
+    assert all(torch.equal(before[k], v) for k, v in model.module.state_dict().items())  # the user's model untouched
+    x, y = ds.split("test")
+    art = run_artifact(tmp_path / "qat" / "model.tflite", x, report).argmax(1)
+    assert (art == y).mean() >= report["simulated_top1"] - 0.1
