@@ -22,6 +22,18 @@ def run(*args, cwd=None, check=True):
     return p
 
 
+def write_small_net(folder):
+    """A user model in a file, `net.py:small`: conv-bn-relu, pooled, linear head on 1x8x8."""
+    (folder / "net.py").write_text(textwrap.dedent("""
+        import torch.nn as nn
+
+        def small():
+            return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                 nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(128, 10))
+        small.input_shape = (1, 8, 8)
+    """))
+
+
 def test_help_lists_the_verbs_without_importing_torch_or_tensorflow():
     code = ("import sys\nfrom edgempq.cli import main\n"
             "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
@@ -58,14 +70,7 @@ def test_layers_prints_and_writes_json(tmp_path):
 
 
 def test_train_then_evaluate_a_user_model_from_a_file(tmp_path):
-    (tmp_path / "net.py").write_text(textwrap.dedent("""
-        import torch.nn as nn
-
-        def small():
-            return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                                 nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(128, 10))
-        small.input_shape = (1, 8, 8)
-    """))
+    write_small_net(tmp_path)
     spec, w = f"{tmp_path / 'net.py'}:small", tmp_path / "w.pt"
     p = run("train", "--model", spec, "--data", "digits", "--epochs", "2", "-o", str(w))
     assert "test top-1" in p.stdout and set(torch.load(w, weights_only=True)) >= {"0.weight", "5.bias"}
@@ -76,14 +81,7 @@ def test_train_then_evaluate_a_user_model_from_a_file(tmp_path):
 
 
 def test_sensitivity_scores_a_user_model_and_writes_json(tmp_path):
-    (tmp_path / "net.py").write_text(textwrap.dedent("""
-        import torch.nn as nn
-
-        def small():
-            return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                                 nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(128, 10))
-        small.input_shape = (1, 8, 8)
-    """))
+    write_small_net(tmp_path)
     out = tmp_path / "s.json"
     p = run("sensitivity", "--method", "csmpq", "--model", f"{tmp_path / 'net.py'}:small", "--data", "digits",
             "--device", "tflm-host", "--param", "documents=classes", "-o", str(out))

@@ -144,6 +144,17 @@ def searchable(layers: list[Layer], precisions: dict[str, list[Precision]]) -> l
     return [la for la in layers if la.searchable and la.name in precisions]
 
 
+def unit_sensitivity(name: str, unit_list: list, coefficient, precisions: dict[str, list[Precision]],
+                     act_share: float, info: dict) -> Sensitivity:
+    """The bit-objective Sensitivity of per-unit coefficients: a group's coefficient is split
+    over its layers, so a shared decision counts it once; groups go to the solver."""
+    per_layer = {}
+    for u, c in zip(unit_list, coefficient, strict=True):
+        per_layer |= {layer: float(c) / len(u.layers) for layer in u.layers}
+    return Sensitivity(name, bit_penalties(precisions, per_layer, act_share),
+                       groups=tuple(u.layers for u in unit_list if len(u.layers) > 1), info=info)
+
+
 def effective_bits(p: Precision) -> tuple[int, int]:
     """(weight, activation) bits in the bit objectives; float layers count as lossless."""
     if p.is_float:

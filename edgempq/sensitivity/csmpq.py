@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
-from .base import METHODS, Method, bit_penalties, searchable
+from .base import METHODS, Method, searchable, unit_sensitivity
 from .features import features, units
 
 
@@ -84,7 +84,6 @@ class CSMPQ(Method):
                 raise ConfigError("csmpq needs batch_size >= 2, beta >= 0, act_share >= 0 and coe > 0")
 
     def compute(self, model, layers, precisions, data, on_step=None):
-        from ..schema import Sensitivity
 
         p = self.params
         gm, unit_list = units(model, searchable(layers, precisions), p.grouping)
@@ -101,9 +100,5 @@ class CSMPQ(Method):
             scores.append(tfidf(a, p.coe)[0])
         s = np.array(scores)
         theta = np.maximum(s, 0.0) if p.mode == "qat" else np.exp(-p.beta * s)
-        per_layer = {}
-        for u, t in zip(unit_list, theta, strict=True):
-            per_layer |= {name: float(t) / len(u.layers) for name in u.layers}
         info = {"units": [list(u.layers) for u in unit_list], "tfidf": s.tolist(), "theta": theta.tolist()}
-        return Sensitivity(self.name, bit_penalties(precisions, per_layer, p.act_share),
-                           groups=tuple(u.layers for u in unit_list if len(u.layers) > 1), info=info)
+        return unit_sensitivity(self.name, unit_list, theta, precisions, p.act_share, info)

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
-from .base import METHODS, Method, bit_penalties, searchable
+from .base import METHODS, Method, searchable, unit_sensitivity
 from .features import features, units
 
 
@@ -78,7 +78,6 @@ class OMPQ(Method):
                 raise ConfigError("ompq needs beta >= 0, batch_size >= 2 and act_share >= 0")
 
     def compute(self, model, layers, precisions, data, on_step=None):
-        from ..schema import Sensitivity
 
         p = self.params
         todo = searchable(layers, precisions)
@@ -91,12 +90,8 @@ class OMPQ(Method):
             on_step(1, 2, "CKA")
         orm = cka_matrix(feats)
         theta, coef = coefficients(orm, p.beta)
-        per_layer = {}
-        for u, c in zip(unit_list, coef, strict=True):
-            per_layer |= {name: float(c) / len(u.layers) for name in u.layers}  # a group's share sums to c
         if on_step:
             on_step(2, 2, "done")
         info = {"units": [list(u.layers) for u in unit_list], "theta": theta.tolist(), "coefficient": coef.tolist(),
                 "gamma": (orm.sum(axis=1) - 1).tolist()}
-        return Sensitivity(self.name, bit_penalties(precisions, per_layer, p.act_share),
-                           groups=tuple(u.layers for u in unit_list if len(u.layers) > 1), info=info)
+        return unit_sensitivity(self.name, unit_list, coef, precisions, p.act_share, info)
