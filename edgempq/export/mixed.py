@@ -22,13 +22,20 @@ def default_act_bits(precisions: dict[str, Precision]) -> int | None:
 
 
 def policy_rules(mapping: dict[str, OpInfo], precisions: dict[str, Precision]) -> list[OpRule]:
-    """The recipe: a default for every op, then one rule per mapped layer op."""
+    """The recipe: a default for every op, then one rule per mapped layer op. The model's input
+    (output) stays float when the layer nearest it, in op order, is float: the simulation feeds
+    a float first layer the float sample and reads a float last layer's logits as they are."""
     a = default_act_bits(precisions)
     rules = []
     if a is not None:
         rules.append(OpRule(".*", "*", Precision(8, a)))  # ops without weights run at these bits
     for name, op in mapping.items():
         rules.append(OpRule(op_regex(op), op.op, precisions[name], f"layer {name}"))
+    if a is not None and mapping:
+        order = sorted(mapping, key=lambda n: mapping[n].index)
+        for end, name in (("INPUT", order[0]), ("OUTPUT", order[-1])):
+            if precisions[name].is_float:
+                rules.append(OpRule(".*", end, Precision.parse("f32"), f"the model {end.lower()}"))
     return rules
 
 

@@ -80,11 +80,24 @@ def quantize(model: bytes, rules: Iterable[OpRule], calibration: list[dict[str, 
                     rng = np.random.default_rng(0)
                     calibration = [{d["name"]: rng.standard_normal(d["shape"]).astype(np.float32) for d in inputs}
                                    for _ in range(8)]
-                result = q.calibrate({key: calibration})
+                result = calibrate_min_max(q, model, key, calibration)
             out = q.quantize(result).quantized_model
     except Exception as e:  # noqa: BLE001 - the quantizer raises many types
         raise ConversionError(f"ai-edge-quantizer failed ({type(e).__name__}: {e})") from None
     return bytes(out)
+
+
+def calibrate_min_max(q, model: bytes, key: str, calibration: list[dict[str, np.ndarray]]) -> dict:
+    """Activation ranges as the simulation sets them: the global min and max over every
+    calibration sample. (`Quantizer.calibrate` keeps a moving average of per-sample extremes,
+    which narrows every range, clips the logits and parts the artifact from the simulation.)
+    Uses the quantizer's recipe manager, which its public calibrate uses too."""
+    from ai_edge_quantizer import calibrator
+    from ai_edge_quantizer.utils import qsv_utils
+
+    calib = calibrator.Calibrator(bytearray(model), num_threads=1, qsv_update_func=qsv_utils.min_max_update)
+    calib.calibrate({key: calibration}, q._recipe_manager)
+    return calib.get_model_qsvs()
 
 
 @dataclass(frozen=True)
