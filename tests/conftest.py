@@ -8,6 +8,26 @@ import torch
 from torch import nn
 
 
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory):
+    """A real sshd on 127.0.0.1 serving this user with a fresh key."""
+    from .devices import SSHServer, need
+
+    need("sshd")
+    server = SSHServer(tmp_path_factory.mktemp("sshd"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def device_python() -> str:
+    """The device side's Python: a venv with numpy and ai-edge-litert, no torch."""
+    from .devices import device_venv, need
+
+    need("ssh")
+    return str(device_venv() / "bin" / "python")
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     mp = pytest.MonkeyPatch()

@@ -93,6 +93,16 @@ class SSHServer:
             self.proc.wait(timeout=10)
 
 
+def ssh_target(server: SSHServer, python: str, **extra: object):
+    """The linux-ssh template pointed at the loopback sshd, with few timed runs."""
+    from dataclasses import replace
+
+    from edgempq.targets import load_target
+
+    return replace(load_target("linux-ssh"), name="loopback", template=False, runs=5, warmup=1,
+                   connection=server.connection(python, **extra))
+
+
 FAKE_ADB = r'''#!/usr/bin/env python3
 """A stand-in for the adb client (no phone here): serial FAKE-1 is "connected" and its shell is
 this machine's /bin/sh, so push / pull / shell go through the backend's real code and quoting."""

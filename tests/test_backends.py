@@ -18,7 +18,7 @@ from edgempq.errors import DeviceError
 from edgempq.schema import Layer, Precision, Target
 from edgempq.targets import load_target
 
-from .devices import FAKE_ADB, SSHServer, device_venv, need
+from .devices import FAKE_ADB, SSHServer, device_venv, need, ssh_target
 
 
 @pytest.fixture(scope="module")
@@ -31,23 +31,8 @@ def tiny_models() -> dict[str, bytes]:
     return {"f32": f, "w8a8": layer_model(la, Precision.parse("w8a8"), f)}
 
 
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    need("sshd")
-    server = SSHServer(tmp_path_factory.mktemp("sshd"))
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def device_python() -> str:
-    need("ssh")
-    return str(device_venv() / "bin" / "python")
-
-
 def _ssh_target(sshd: SSHServer, python: str, **extra) -> Target:
-    return replace(load_target("linux-ssh"), name="loopback", template=False, runs=5, warmup=1,
-                   connection=sshd.connection(python, **extra))
+    return ssh_target(sshd, python, **extra)
 
 
 @pytest.fixture
@@ -105,6 +90,15 @@ def test_backend_contract(any_target, tiny_models):
             ref = _reference(model, x)
             tol = 1e-4 if precision == "f32" else 0.02 * float(np.abs(ref).max())  # one int8 step
             assert y.shape == ref.shape and np.allclose(y, ref, atol=tol), precision
+            # eval: the output read as 256 class scores, labels chosen so top-1 is 2/3
+            flat = ref.reshape(len(x), -1)
+            labels = flat.argmax(1)
+            labels[0] = flat[0].argmin()
+            ev = b.evaluate(model, x, labels)
+            assert ev.logits.shape == flat.shape and np.allclose(ev.logits, flat, atol=tol) and ev.seconds > 0
+            assert np.all(flat[np.arange(len(x)), ev.predictions] >= flat.max(1) - tol)  # a top class (ties)
+            if precision == "f32":
+                assert np.array_equal(ev.predictions[1:], labels[1:]) and ev.top1 == pytest.approx(2 / 3)
     if any_target.backend == "tflm":
         assert backend_for(any_target).ram_bytes(tiny_models["w8a8"]) > 8 * 8 * 4
 

@@ -8,6 +8,12 @@ torch, no edgempq. Every mode prints one JSON object on stdout; failures print
     python3 edgempq_device.py info [--threads N]
     python3 edgempq_device.py time MODEL.tflite [--threads N] [--warmup W] [--runs R] [--max-seconds S]
     python3 edgempq_device.py run MODEL.tflite INPUTS.npz OUTPUTS.npz [--threads N]
+    python3 edgempq_device.py eval MODEL.tflite DATA.npz [--logits LOGITS.npz] [--threads N]
+
+`eval` reads float samples `x` (in the model's layout, e.g. NHWC) and integer labels `y` from
+DATA.npz, quantizes the samples when the model takes integers (with the input's own scale and
+zero point), runs one invoke per sample, dequantizes the outputs and prints top-1, top-5 and the
+predicted class of every sample; with --logits it also saves the dequantized outputs.
 """
 
 from __future__ import annotations  # runs on Python 3.7+: no newer syntax at run time
@@ -161,6 +167,99 @@ def run_model(model: bytes, inputs: list, threads: int) -> list:
     return [np.concatenate(o) for o in outs]
 
 
+def quantize(x, dtype, scale: float, zero_point: int):
+    """Float samples as an integer input takes them: round(x / scale) + zero point, saturated."""
+    dt = np.dtype(dtype)
+    if not np.issubdtype(dt, np.integer):
+        return np.asarray(x, dtype=dt)
+    if not scale > 0:
+        raise DeviceError(f"the model takes {dt.name} inputs without a quantization scale")
+    lim = np.iinfo(dt)
+    return np.clip(np.round(np.asarray(x, np.float64) / scale) + zero_point, lim.min, lim.max).astype(dt)
+
+
+def dequantize(q, scale: float, zero_point: int):
+    """Integer outputs as real numbers: scale * (q - zero point); float outputs as float32."""
+    q = np.asarray(q)
+    if np.issubdtype(q.dtype, np.integer) and scale > 0:
+        return ((q.astype(np.float32) - zero_point) * scale).astype(np.float32)
+    return q.astype(np.float32)
+
+
+def top_k(logits, labels, k: int) -> float:
+    """Fraction of samples whose label is among the k highest outputs."""
+    k = min(k, logits.shape[1])
+    best = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+    return float(np.mean(np.any(best == labels[:, None], axis=1)))
+
+
+def check_eval_data(x, y, n_outputs: int, sample_shape) -> None:
+    """Samples and labels fit the model: float samples of its shape, one integer label each."""
+    if not np.issubdtype(x.dtype, np.floating):
+        raise DeviceError(f"samples x must be floating point (the runner quantizes them), got {x.dtype}")
+    if x.ndim < 1 or tuple(x.shape[1:]) != tuple(sample_shape):
+        raise DeviceError(f"samples x must have shape (N, {', '.join(map(str, sample_shape))}), got {tuple(x.shape)}")
+    if not np.all(np.isfinite(x)):
+        raise DeviceError("samples x hold NaN or infinite values")
+    if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1 or len(y) != len(x):
+        raise DeviceError(f"labels y must be {len(x)} integers in a 1-D array, got {y.dtype} {tuple(y.shape)}")
+    if len(y) == 0:
+        raise DeviceError("the data holds no samples")
+    if y.min() < 0 or y.max() >= n_outputs:
+        raise DeviceError(f"labels must be in 0..{n_outputs - 1} (the model has {n_outputs} outputs), "
+                          f"got {int(y.min())}..{int(y.max())}")
+
+
+def evaluate(model: bytes, x, y, threads: int) -> tuple:
+    """(result, logits): top-1 / top-5 of a single-input classifier on (x, y), one invoke per
+    sample, and its dequantized outputs."""
+    it = make_interpreter(model, threads)
+    ins, outs = it.get_input_details(), it.get_output_details()
+    if len(ins) != 1 or len(outs) != 1:
+        raise DeviceError(f"eval takes a model with one input and one output, this one has {len(ins)} and {len(outs)}")
+    d, o = ins[0], outs[0]
+    n_out = int(np.prod(o["shape"][1:]))
+    check_eval_data(x, y, n_out, [int(v) for v in d["shape"][1:]])
+    scale, zero = d["quantization"]
+    oscale, ozero = o["quantization"]
+    q = quantize(x, d["dtype"], scale, zero)
+    logits = np.empty((len(x), n_out), np.float32)
+    start = time.perf_counter()
+    for i in range(len(x)):
+        it.set_tensor(d["index"], q[i : i + 1])
+        it.invoke()
+        logits[i] = dequantize(it.get_tensor(o["index"]), oscale, ozero).reshape(-1)
+    seconds = time.perf_counter() - start
+    pred = np.argmax(logits, axis=1)
+    return ({"samples": int(len(x)), "top1": top_k(logits, y, 1), "top5": top_k(logits, y, 5),
+             "predictions": [int(v) for v in pred], "seconds": seconds}, logits)
+
+
+def load_eval_data(path: str) -> tuple:
+    """(x, y) from an .npz holding arrays x and y (no pickles)."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if "x" not in f.files or "y" not in f.files:
+                raise DeviceError(f"data file {path} must hold arrays x and y, it has {', '.join(f.files) or 'none'}")
+            return f["x"], f["y"]
+    except DeviceError:
+        raise
+    except Exception as e:  # noqa: BLE001 - numpy raises many types for a bad file
+        raise DeviceError(f"data file {path} is not a readable .npz ({type(e).__name__}: {e})") from None
+
+
+def save_npz(path: str, **arrays) -> None:
+    """Write arrays to `path` whole or not at all (temporary file, then rename)."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def _load_inputs(path: str) -> list:
     try:
         with np.load(path, allow_pickle=False) as f:
@@ -183,7 +282,11 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("model")
     p_run.add_argument("inputs")
     p_run.add_argument("outputs")
-    for p in (p_info, p_time, p_run):
+    p_eval = sub.add_parser("eval")
+    p_eval.add_argument("model")
+    p_eval.add_argument("data")
+    p_eval.add_argument("--logits")
+    for p in (p_info, p_time, p_run, p_eval):
         p.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     try:
@@ -193,9 +296,14 @@ def main(argv: list[str] | None = None) -> int:
             result = info(args.threads)
         elif args.mode == "time":
             result = time_model(read_model(args.model), args.threads, args.warmup, args.runs, args.max_seconds)
+        elif args.mode == "eval":
+            x, y = load_eval_data(args.data)
+            result, logits = evaluate(read_model(args.model), x, y, args.threads)
+            if args.logits:
+                save_npz(args.logits, logits=logits)
         else:
             outs = run_model(read_model(args.model), _load_inputs(args.inputs), args.threads)
-            np.savez(args.outputs, **{f"output_{i}": o for i, o in enumerate(outs)})
+            save_npz(args.outputs, **{f"output_{i}": o for i, o in enumerate(outs)})
             result = {"outputs": len(outs), "samples": int(len(outs[0])) if outs else 0}
     except DeviceError as e:
         print(json.dumps({"error": str(e)}))

@@ -5,7 +5,9 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import time as _time
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from functools import cache
 from types import ModuleType
 from typing import Any
@@ -18,6 +20,23 @@ from ..resources import data_dir
 from ..schema import Target, Timing
 
 BACKENDS: Registry[type[Backend]] = Registry("backend")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A classifier artifact run over labelled samples on a device."""
+
+    top1: float
+    top5: float
+    predictions: np.ndarray  # predicted class per sample
+    logits: np.ndarray  # dequantized outputs, samples x classes
+    seconds: float  # wall time of the invokes on the device
+
+    @classmethod
+    def of(cls, logits: np.ndarray, labels: np.ndarray, seconds: float) -> Evaluation:
+        script = device_script()
+        return cls(script.top_k(logits, labels, 1), script.top_k(logits, labels, 5),
+                   np.argmax(logits, axis=1), logits, seconds)
 
 
 class Backend(ABC):
@@ -39,6 +58,23 @@ class Backend(ABC):
     @abstractmethod
     def run(self, model: bytes, inputs: list[np.ndarray]) -> list[np.ndarray]:
         """Outputs of `model` for a batch of inputs (one array per model input), one invoke per sample."""
+
+    def evaluate(self, model: bytes, x: np.ndarray, y: np.ndarray) -> Evaluation:
+        """Top-1 / top-5 of a single-input classifier on float samples `x` (in the model's
+        layout) with labels `y`; integer inputs are quantized and outputs dequantized with the
+        model's own parameters. This default goes through `run`."""
+        script = device_script()
+        d, o = io_quantization(model)
+        try:
+            script.check_eval_data(x, y, o["classes"], d["shape"][1:])
+            q = script.quantize(x, d["dtype"], d["scale"], d["zero_point"])
+        except script.DeviceError as e:
+            raise DeviceError(f"target {self.target.name}: {e}") from None
+        start = _time.perf_counter()
+        (out,) = self.run(model, [q])
+        seconds = _time.perf_counter() - start
+        logits = script.dequantize(out, o["scale"], o["zero_point"]).reshape(len(x), -1)
+        return Evaluation.of(logits, y, seconds)
 
     def ram_bytes(self, model: bytes) -> int | None:
         """Working memory the runtime needs for `model`, where the backend can measure it."""
@@ -78,6 +114,27 @@ def device_script() -> ModuleType:
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def io_quantization(model: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(input, output) of a one-input, one-output model: dtype, shape, scale, zero point (and
+    the output's class count), read with the LiteRT interpreter on this machine."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    try:
+        it = Interpreter(model_content=model)
+    except Exception as e:  # noqa: BLE001 - the runtime raises many types
+        raise DeviceError(f"the artifact is not a loadable .tflite ({type(e).__name__}: {e})") from None
+    ins, outs = it.get_input_details(), it.get_output_details()
+    if len(ins) != 1 or len(outs) != 1:
+        raise DeviceError(f"evaluation takes a model with one input and one output, this one has "
+                          f"{len(ins)} and {len(outs)}")
+    res = []
+    for d in (ins[0], outs[0]):
+        scale, zero = d["quantization"]
+        res.append({"dtype": np.dtype(d["dtype"]), "shape": [int(v) for v in d["shape"]],
+                    "scale": float(scale), "zero_point": int(zero), "classes": int(np.prod(d["shape"][1:]))})
+    return res[0], res[1]
 
 
 def parse_result(text: str, where: str) -> dict[str, Any]:

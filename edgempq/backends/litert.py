@@ -8,7 +8,7 @@ import numpy as np
 
 from ..errors import DeviceError
 from ..schema import Timing
-from .base import BACKENDS, Backend, device_script, timing_of
+from .base import BACKENDS, Backend, Evaluation, device_script, timing_of
 
 
 @BACKENDS.register("litert")
@@ -31,3 +31,7 @@ class LiteRTBackend(Backend):
 
     def run(self, model: bytes, inputs: list[np.ndarray]) -> list[np.ndarray]:
         return self._call("run_model", model, inputs, self.target.threads)
+
+    def evaluate(self, model: bytes, x: np.ndarray, y: np.ndarray) -> Evaluation:
+        result, logits = self._call("evaluate", model, x, y, self.target.threads)
+        return Evaluation.of(logits, y, float(result["seconds"]))

@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import DeviceError
 from ..resources import data_dir
 from ..schema import Timing
-from .base import Backend, parse_result, timing_of
+from .base import Backend, Evaluation, parse_result, timing_of
 
 _SAFE_DIR = re.compile(r"^/[A-Za-z0-9_./-]+$")
 
@@ -110,6 +110,22 @@ class RemoteBackend(Backend):
         self._get(f"{d}/outputs.npz", local_out)
         with np.load(local_out, allow_pickle=False) as f:
             return [f[f"output_{i}"] for i in range(len(f.files))]
+
+    def evaluate(self, model: bytes, x: np.ndarray, y: np.ndarray) -> Evaluation:
+        """The device runner's eval mode: samples and labels go over, logits come back."""
+        remote = self._upload_model(model)
+        local_in, local_out = Path(self._local.name) / "data.npz", Path(self._local.name) / "logits.npz"
+        np.savez(local_in, x=x, y=y)
+        d = self._session()
+        self._put(local_in, f"{d}/data.npz")
+        result = self._device("eval", remote, f"{d}/data.npz", "--logits", f"{d}/logits.npz")
+        self._get(f"{d}/logits.npz", local_out)
+        with np.load(local_out, allow_pickle=False) as f:
+            logits = f["logits"]
+        if logits.shape[0] != len(y):
+            raise DeviceError(f"target {self.target.name}: the device returned {logits.shape[0]} outputs for "
+                              f"{len(y)} samples")
+        return Evaluation.of(logits, y, float(result["seconds"]))
 
     def close(self) -> None:
         if self._dir is not None:
