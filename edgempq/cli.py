@@ -16,6 +16,7 @@ from .errors import EdgeMPQError
 
 MODEL_HELP = ("zoo:NAME[?key=value&...], path/to/file.py:factory or package.module:factory "
               "(a file or module is executed to build the model)")
+MIN_AGREEMENT_DEFAULT = 0.99  # edgempq.validate.MIN_AGREEMENT, without importing numpy for --help
 DATA_HELP = "a built-in set (mnist, digits), an image folder, a .npz with x and y, or a .toml manifest"
 
 
@@ -38,8 +39,8 @@ class _Group(click.Group):
 def main() -> None:
     """edgempq: mixed-precision quantization chosen from what the device really does.
 
-    Pipeline: profile -> sensitivity -> search -> deploy -> validate. Available now:
-    targets, profile, sensitivity, search, deploy, models, data, layers, train, evaluate, demo.
+    Pipeline: profile -> sensitivity -> search -> deploy -> validate; `demo` runs all of it on
+    the built-in default. Helpers: targets, models, data, layers, train, evaluate.
     """
 
 
@@ -308,7 +309,8 @@ def _search_sweep(layers, sens, table, budget, groups, spec, time_limit, output)
     with _progress(f"sweeping {key}") as step:
         step(0, 1, spec)
         points = sweep(layers, sens, table, budget, table.target, spec, groups, time_limit)
-    write_json(Path(output), {"sweep": key, "method": sens.method, "target": table.target.name, "points": points})
+    write_json(Path(output), {"sweep": key, "method": sens.method, "target": table.target.name,
+                              "held": budget.to_dict(), "points": points})
     png = pareto_front(points, key, f"{sens.method} on {table.target.name}", Path(output).with_suffix(".png"))
     for p in points:
         pred = p.get("predicted", {})
@@ -326,31 +328,71 @@ def _search_sweep(layers, sens, table, budget, groups, spec, time_limit, output)
 @click.option("--data", "data_spec", help=DATA_HELP + " (default: the zoo model's); calibrates the quantization")
 @click.option("--device", required=True, help="the target: a built-in name or a target .toml file")
 @click.option("--qat-epochs", default=0, show_default=True, type=click.IntRange(0))
+@click.option("--profile", "profile_path", type=click.Path(), help="the model's profile.json on this target: "
+              "records the predicted latency per layer for validate and the report")
+@click.option("--sweep", "sweep_path", type=click.Path(), help="search --sweep's JSON: the report shows the front")
 @click.option("-o", "--output", default="build", show_default=True, type=click.Path(file_okay=False))
 def deploy(model_spec: str, weights: str | None, policy_path: str, data_spec: str | None, device: str,
-           qat_epochs: int, output: str) -> None:
-    """Build the mixed-precision .tflite (and C array for TFLite Micro) the policy describes."""
+           qat_epochs: int, profile_path: str | None, sweep_path: str | None, output: str) -> None:
+    """Build the mixed-precision .tflite (and C array for TFLite Micro) the policy describes,
+    with deploy.json and a report (report.md, report.html) beside it."""
     from . import pipeline
-    from .schema import Policy
+    from .files import read_json
+    from .schema import CostTable, Policy
     from .targets import load_target
 
     policy = Policy.load(policy_path)
     load_target(device)  # a bad target fails before the model loads
+    table = CostTable.load(profile_path) if profile_path else None
+    sweep = read_json(sweep_path, "sweep") if sweep_path else None
     model, ds = pipeline.load_model_and_data(model_spec, data_spec, weights)
     with _progress("quantizing and converting") as step:
         step(0, 1, "")
-        report = pipeline.deploy(model, ds, policy, device, output, qat_epochs, on_step=step)
+        report = pipeline.deploy(model, ds, policy, device, output, qat_epochs, on_step=step, profile=table,
+                                 sweep=sweep, weights=weights, data_spec=data_spec)
     show.deployed(report, output)
 
 
 @main.command()
+@click.argument("artifact", type=click.Path())
+@click.option("--device", required=True, help="the target to run it on: a built-in name or a target .toml file")
+@click.option("--data", "data_spec", help=DATA_HELP + " (default: the deployed one); its test split is used")
+@click.option("--model", "model_spec", help="the float model (default: the one it was deployed from)")
+@click.option("--weights", type=click.Path(), help="the float model's weights (default: those it was deployed with)")
+@click.option("--policy", "policy_path", type=click.Path(), help="the policy to simulate (default: the deployed one)")
+@click.option("--profile", "profile_path", type=click.Path(), help="the profile.json that predicts its latency")
+@click.option("--samples", type=click.IntRange(1), help="only the first N test samples")
+@click.option("--runs", type=click.IntRange(1), help="timed runs (default: the target's)")
+@click.option("--min-agreement", default=MIN_AGREEMENT_DEFAULT, show_default=True, type=click.FloatRange(0, 1),
+              help="below this top-1 agreement with the simulation, find the layer where they part")
+@click.option("--layers/--no-layers", "find_divergence", default=None,
+              help="always (or never) compare the layers' outputs with the simulation")
+def validate(artifact: str, device: str, data_spec: str | None, model_spec: str | None, weights: str | None,
+             policy_path: str | None, profile_path: str | None, samples: int | None, runs: int | None,
+             min_agreement: float, find_divergence: bool | None) -> None:
+    """Run a deployed artifact (a deploy folder or a .tflite) on the device over the test split:
+    accuracy against the float model and the simulation, latency against the prediction, size;
+    writes validation.json and the report beside it."""
+    from .targets import load_target
+    from .validate import validate as run_validate
+
+    load_target(device)  # a bad target fails before anything loads
+    with _progress(f"validating on {device}") as step:
+        result = run_validate(artifact, device, data_spec, model_spec, weights, policy_path, profile_path, samples,
+                              runs, min_agreement, find_divergence, step)
+    show.validation(result)
+
+
+@main.command()
 @click.option("--retrain", is_flag=True, help="train again even if cached weights exist")
-def demo(retrain: bool) -> None:
-    """The built-in default, offline: MNIST ResNet-8, float vs simulated uniform precisions."""
+@click.option("-o", "--output", default="edgempq-demo", show_default=True, type=click.Path(file_okay=False),
+              help="where the profile, sensitivity, policy, artifact and report go")
+def demo(retrain: bool, output: str) -> None:
+    """The whole pipeline offline on the built-in default: MNIST ResNet-8 trained (or cached),
+    profiled on this machine, CSMPQ sensitivity, searched under a budget derived from the
+    profile, deployed, validated, reported."""
     from . import pipeline
 
-    with _progress(f"training {pipeline.DEMO_MODEL} on {pipeline.DEMO_DATA}") as step:
-        meta, rows = pipeline.demo(retrain, step)
-    how = "cached weights" if meta["cached"] else f"trained in {meta['train_seconds']:.0f} s"
-    show.rows(rows, f"{pipeline.DEMO_MODEL} on {pipeline.DEMO_DATA} ({how}; PTQ min-max, test split)")
-    click.echo(f"weights: {meta['weights']}")
+    with _progress("demo") as step:
+        summary = pipeline.demo(output, retrain, step)
+    show.demo(summary)

@@ -107,3 +107,32 @@ def predict_latency(table: CostTable, precisions: dict[str, Precision]) -> float
     per_element = conversion_ms_per_element(table, factors)
     layers = sum(layer_cost_ms(table, la, precisions[la.name], factors) for la in table.layers if la.searchable)
     return layers + sum(edge_ms(per_element, n, precisions[p], precisions[c]) for p, c, n in table.edges)
+
+
+def policy_latency(table: CostTable, precisions: dict[str, Precision]) -> dict:
+    """What a report shows of a policy's predicted latency: the total, each layer's scaled
+    cost, and the conversions between layers of different domains."""
+    factors = scales(table)
+    per_element = conversion_ms_per_element(table, factors)
+    layers = {la.name: layer_cost_ms(table, la, precisions[la.name], factors) for la in table.layers if la.searchable}
+    conv = sum(edge_ms(per_element, n, precisions[p], precisions[c]) for p, c, n in table.edges)
+    return {"predicted_ms": sum(layers.values()) + conv, "layers_ms": layers, "conversions_ms": conv,
+            "target": table.target.name, "model_hash": table.model_hash}
+
+
+def profile_points(table: CostTable) -> list[dict]:
+    """The profile's own whole-model timings (uniform and alternating policies) with what the
+    predictor says of them: how well the latency model fits the device it was measured on."""
+    from .profile import alternating_assignment, uniform_assignment
+
+    layers = list(table.layers)
+    pts = []
+    for p, ms in table.whole_ms.items():
+        assign = uniform_assignment(layers, table.target, p)
+        if assign:
+            pts.append({"label": p, "predicted_ms": predict_latency(table, assign), "measured_ms": ms})
+    for key, ms in table.mixed_ms.items():
+        assign = alternating_assignment(layers, table.target, *key.split("~"))
+        if assign:
+            pts.append({"label": key, "predicted_ms": predict_latency(table, assign), "measured_ms": ms})
+    return pts

@@ -15,20 +15,19 @@ import torch
 
 from .cache import cache_dir
 from .data import Dataset, load_data
-from .errors import ConfigError, DataError, ModelError
+from .errors import ConfigError, DataError, InfeasibleError, ModelError
 from .files import atomic_write_bytes, write_json
 from .layers import F32, policy_bops, policy_weight_bytes, trace, weight_bytes
 from .metrics import accuracy
 from .models import LoadedModel, load_model
 from .quant import QuantConfig, apply, batches, calibrate, finetune
-from .schema import Policy, Precision
+from .schema import CostTable, Policy, Precision
 from .train import TrainConfig, TrainResult, fit
 
 Progress = Callable[[int, int, float], None]
 DEMO_MODEL = "zoo:mnist_resnet8"
 DEMO_DATA = "mnist"
 DEMO_TRAIN = TrainConfig(epochs=12, batch_size=64, lr=0.1)
-DEMO_PRECISIONS = ("w8a8", "w4a8", "w2a8")
 
 
 def load_model_and_data(model_spec: str, data_spec: str | None, weights: str | Path | None = None,
@@ -144,10 +143,95 @@ def uniform_table(model: LoadedModel, ds: Dataset, precisions: tuple[str, ...],
     return rows
 
 
-def demo(retrain: bool = False, on_step: Progress | None = None) -> tuple[dict, list[SimResult]]:
-    """The built-in default: the cached MNIST ResNet-8, float vs uniform simulated precisions."""
-    model, ds, meta = cached_model(DEMO_MODEL, DEMO_DATA, DEMO_TRAIN, retrain, on_step)
-    return meta, uniform_table(model, ds, DEMO_PRECISIONS)
+DEMO_TARGET = "host"
+DEMO_METHOD = "csmpq"
+DEMO_SIZE_SHARE = 0.65  # of the all-int8 model's weight bytes
+# of the all-int8 model's measured latency: the tightest that can be met with the size budget
+# (on a CPU where int4 kernels are slower than int8, a smaller model costs time)
+DEMO_LATENCY_SHARES = (1.1, 1.25, 1.5, 2.0, 3.0)
+
+
+def demo(out_dir: str | Path = "edgempq-demo", retrain: bool = False, on_step: Progress | None = None) -> dict:
+    """The built-in default end to end: the cached (or freshly trained) MNIST ResNet-8,
+    profiled on this machine, CSMPQ sensitivity, an exact search under 65 % of the int8 size and
+    the tightest of 110 %, 125 %, ... of the int8 latency that the size budget leaves feasible
+    (and a size sweep for the front), deploy, validate on the device, report. Every stage's
+    file goes into `out_dir`; returns the summary."""
+    import time
+
+    from .files import write_json
+    from .profile import WholeModel, profile
+    from .schema import Budget
+    from .solve import solve, sweep
+    from .targets import load_target
+    from .validate import validate
+
+    step = on_step or (lambda *a: None)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    seconds: dict[str, float] = {}
+
+    def stage(name: str) -> Progress:
+        return lambda i, n, info: step(i, n, f"{name}: {info}" if isinstance(info, str) else info)
+
+    t = time.perf_counter()
+    model, ds, meta = cached_model(DEMO_MODEL, DEMO_DATA, DEMO_TRAIN, retrain, stage("training"))
+    seconds["train"] = time.perf_counter() - t
+    layers = trace(model.module, model.input_shape)
+    target = load_target(DEMO_TARGET)
+
+    t = time.perf_counter()
+    table = profile(layers, target, model.model_hash, on_step=stage("profiling"),
+                    whole=WholeModel(model.module, model.input_shape))
+    table.save(out / "profile.json")
+    seconds["profile"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    sens = sensitivity(model, ds, DEMO_METHOD, layer_precisions(layers, device=DEMO_TARGET), None,
+                       stage("sensitivity"))
+    sens.save(out / "sensitivity.json")
+    seconds["sensitivity"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    int8 = Policy.uniform(layers, "w8a8")
+    int8_bytes, int8_ms = policy_weight_bytes(layers, int8), table.whole_ms["w8a8"]
+    step(0, 1, "search")
+    for share in DEMO_LATENCY_SHARES:
+        budget = Budget(latency_ms=share * int8_ms, size_kb=DEMO_SIZE_SHARE * int8_bytes / 1024)
+        try:
+            policy = solve(layers, sens, table, budget, target)
+            break
+        except InfeasibleError:
+            if share == DEMO_LATENCY_SHARES[-1]:
+                raise
+    policy.save(out / "policy.json")
+    lo = 0.45 * int8_bytes / 1024
+    front = {"sweep": "size_kb", "method": sens.method, "target": target.name,
+             "held": {"latency_ms": budget.latency_ms},
+             "points": sweep(layers, sens, table, Budget(latency_ms=budget.latency_ms), target,
+                             f"size_kb={lo:.3f}:{int8_bytes / 1024:.3f}:12")}
+    write_json(out / "sweep.json", front)
+    seconds["search"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    rows = {"float": float_result(model, ds), "w8a8": simulate(model, ds, int8)[1]}
+    seconds["baselines"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    art_dir = out / "artifact"
+    dep = deploy(model, ds, policy, DEMO_TARGET, art_dir, on_step=stage("deploy"), profile=table, sweep=front,
+                 weights=meta["weights"], data_spec=DEMO_DATA)
+    seconds["deploy"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    val = validate(art_dir, DEMO_TARGET, on_step=stage("validate"))
+    seconds["validate"] = time.perf_counter() - t
+    return {"model": DEMO_MODEL, "data": DEMO_DATA, "target": target.name, "method": sens.method,
+            "train": meta, "budget": budget.to_dict(), "policy": {k: str(v) for k, v in policy.precisions.items()},
+            "predicted": dict(policy.predicted), "float": rows["float"], "int8": rows["w8a8"],
+            "int8_latency_ms": int8_ms, "f32_latency_ms": table.whole_ms.get("f32"),
+            "deploy": dep, "validation": val, "seconds": seconds, "folder": str(out),
+            "report": val["report"]["report.html"]}
 
 
 def layer_precisions(layers: list, precisions: tuple[str, ...] = (), device: str | None = None) -> dict:
@@ -178,17 +262,26 @@ def sensitivity(model: LoadedModel, ds: Dataset, method: str, precisions: dict, 
 
 
 def deploy(model: LoadedModel, ds: Dataset, policy: Policy, target_spec: str, out_dir: str | Path,
-           qat_epochs: int = 0, cfg: QuantConfig | None = None, on_step: Progress | None = None) -> dict:
+           qat_epochs: int = 0, cfg: QuantConfig | None = None, on_step: Progress | None = None,
+           profile: CostTable | None = None, sweep: dict | None = None, weights: str | Path | None = None,
+           data_spec: str | None = None) -> dict:
     """Quantize `model` with `policy` (PTQ on the calibration split, optional QAT), convert it
     to a mixed-precision .tflite verified op by op (and a C array for TFLite Micro targets),
-    and write it with its recipe, the policy and deploy.json into `out_dir`."""
+    and write it into `out_dir` with its recipe, the policy, the simulated model
+    (simulation.pt, which validate compares against), deploy.json and the report. With
+    `profile`, the policy's predicted latency per layer is recorded; `sweep` (search --sweep's
+    JSON) adds the Pareto front to the report; `weights` and `data_spec` are recorded so that
+    validate can rebuild the model and its data."""
     from .export.deploy import build, c_array, check_target, io_details, microcontroller_checks, write
+    from .report import write_report
     from .targets import load_target
 
+    cfg = cfg or QuantConfig()
     target = load_target(target_spec)
     layers = trace(model.module, model.input_shape)
     policy.check_layers(layers)
     check_target(layers, policy, target)
+    latency = predicted_latency(policy, profile, target.name, model.model_hash)
     qmodel, sim = simulate(model, ds, policy, cfg, qat_epochs, on_step)
     art = build(layers, qmodel, model.input_shape, policy, ds.split("calibration")[0])
     if target.backend == "tflm":
@@ -196,13 +289,54 @@ def deploy(model: LoadedModel, ds: Dataset, policy: Policy, target_spec: str, ou
         microcontroller_checks(art, target)
     fixed = sum(weight_bytes(la, F32) for la in layers if not la.searchable)
     report = {
-        "model": model.spec, "model_hash": model.model_hash, "data_id": ds.data_id, "target": target.name,
-        "qat_epochs": qat_epochs, "simulated_top1": sim.top1,
+        "model": model.spec, "weights": str(Path(weights).resolve()) if weights else None,
+        "model_hash": model.model_hash, "data": data_spec or ds.name, "data_id": ds.data_id,
+        "target": target.name, "qat_epochs": qat_epochs, "quant_config": asdict(cfg), "simulated_top1": sim.top1,
         "tflite_bytes": len(art.tflite), "arena_bytes": art.arena_bytes, **io_details(art.tflite),
         "weight_bytes": {"predicted": policy_weight_bytes(layers, policy),
                          "artifact": sum(f["weight_bytes"] for f in art.found.values()) + fixed},
+        "latency": latency, "sweep": sweep,
+        "policy": {"method": policy.method, "budget": policy.budget.to_dict(), "predicted": dict(policy.predicted)},
         "layers": [{"layer": n, "precision": str(policy.precisions[n]), "op_index": art.mapping[n].index,
                     "op_output": art.mapping[n].output_name, **art.found[n]} for n in policy.precisions],
     }
-    write(art, Path(out_dir), report, policy)
+    folder = Path(out_dir)
+    write(art, folder, report, policy, state_bytes(qmodel))
+    write_report(folder, report)
     return report
+
+
+def predicted_latency(policy: Policy, table: CostTable | None, target: str, model_hash: str) -> dict | None:
+    """The policy's latency on `target` as the profile predicts it (per layer), else as the
+    search recorded it in the policy; None when neither is about this target."""
+    from .latency import policy_latency, profile_points
+
+    if table is not None:
+        if table.target.name != target:
+            raise ConfigError(f"the profile was measured on {table.target.name}, not on {target}; "
+                              f"give the profile of {target}")
+        if table.model_hash != model_hash:
+            raise ConfigError(f"the profile is of model {table.model_hash}, not {model_hash}; "
+                              "profile this model")
+        return {**policy_latency(table, policy.precisions), "points": profile_points(table)}
+    if policy.target == target and "latency_ms" in policy.predicted:
+        return {"predicted_ms": policy.predicted["latency_ms"], "target": target}
+    return None
+
+
+def simulated_model(model: LoadedModel, policy: Policy, state: dict, cfg: QuantConfig | None = None) -> torch.nn.Module:
+    """The simulated model deploy saved (simulation.pt), rebuilt on `model`'s architecture."""
+    q = apply(model.module, policy, cfg)
+    try:
+        q.load_state_dict(state)
+    except RuntimeError as e:
+        raise ModelError(f"the saved simulation does not fit model {model.spec} "
+                         f"({str(e).splitlines()[0]}); deploy again") from None
+    from .quant.quantizers import ActQuantizer, WeightQuantizer
+
+    for m in q.modules():
+        if isinstance(m, ActQuantizer | WeightQuantizer):  # a QAT step was used as |step|
+            m.scale.data = m.scale.data.abs().clamp_min(1e-9)
+        if isinstance(m, ActQuantizer):
+            m.calibrated = True
+    return q.eval()

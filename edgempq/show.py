@@ -98,4 +98,75 @@ def deployed(report: dict, folder: str) -> None:
     click.echo(f"simulated top-1 {report['simulated_top1']:.2%}; model.tflite {report['tflite_bytes'] / 1024:.1f} KB, "
                f"weights {wb['artifact'] / 1024:.1f} KB (predicted {wb['predicted'] / 1024:.1f} KB)"
                + (f", TFLite Micro arena {report['arena_bytes'] / 1024:.1f} KB" if report.get("arena_bytes") else ""))
-    click.echo(f"wrote {folder}/")
+    lat = report.get("latency") or {}
+    if lat.get("predicted_ms") is not None:
+        click.echo(f"predicted latency on {report['target']}: {lat['predicted_ms']:.3f} ms")
+    click.echo(f"wrote {folder}/ (report: {folder}/report.html); check it on the device with "
+               f"`edgempq validate {folder} --device {report['target']}`")
+
+
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{v:.2%}"
+
+
+def validation(v: dict) -> None:
+    from rich.table import Table
+
+    t = Table("", "top-1", title=f"{v['artifact']} on {v['target']} ({v['samples']} test samples)")
+    t.add_row("float model", _pct(v.get("float_top1")))
+    t.add_row("simulation", _pct(v.get("simulated_top1")))
+    t.add_row("artifact on the device", _pct(v["artifact_top1"]))
+    console().print(t)
+    ag = v.get("agreement")
+    if ag:
+        click.echo(f"agreement with the simulation {ag['top1']:.2%} ({ag['disagreeing']} differ), "
+                   f"max logit error {ag['max_logit_error']:.3g} (logits span {ag['logit_range']:.3g})")
+    lat = v["latency"]
+    pred = (f", predicted {lat['predicted_ms']:.3f} ms ({lat['error']:+.1%})" if lat.get("predicted_ms") is not None
+            else " (no prediction: give --profile)")
+    click.echo(f"latency median {lat['median_ms']:.3f} ms (p10 {lat['p10_ms']:.3f}, p90 {lat['p90_ms']:.3f}){pred}")
+    size = v["size"]
+    line = f"model.tflite {size['tflite_bytes'] / 1024:.1f} KB"
+    if "weight_bytes_artifact" in size:
+        line += (f", weights {size['weight_bytes_artifact'] / 1024:.1f} KB "
+                 f"(predicted {size['weight_bytes_predicted'] / 1024:.1f} KB)")
+    if "arena_bytes" in size:
+        line += f", arena {size['arena_bytes'] / 1024:.1f} KB"
+    click.echo(line)
+    div = v.get("divergence")
+    if div:
+        click.echo(f"artifact and simulation part at layer {div['layer']}" if div.get("layer")
+                   else f"no single layer where they part{': ' + div['note'] if div.get('note') else ''}")
+    click.echo(f"report: {v['report']['report.html']}")
+
+
+def demo(s: dict) -> None:
+    from rich.table import Table
+
+    val, dep, pred = s["validation"], s["deploy"], s["predicted"]
+    lat = val["latency"]
+    b = s["budget"]
+    how = "cached weights" if s["train"]["cached"] else f"trained in {s['train']['train_seconds']:.0f} s"
+    t = Table("", "top-1", "weights (KB)", "latency predicted (ms)", "latency measured (ms)",
+              title=f"{s['model']} on {s['data']} ({how}), target {s['target']}, {s['method']} sensitivity")
+    t.add_row("float32", _pct(s["float"].top1), f"{s['float'].weight_bytes / 1024:.1f}", "",
+              f"{s['f32_latency_ms']:.3f}" if s.get("f32_latency_ms") else "–")
+    t.add_row("int8, simulated", _pct(s["int8"].top1), f"{s['int8'].weight_bytes / 1024:.1f}", "",
+              f"{s['int8_latency_ms']:.3f}")
+    t.add_row("budget", "", f"≤ {b['size_kb']:.1f}", f"≤ {b['latency_ms']:.3f}", "")
+    t.add_row("mixed, simulated", _pct(val.get("simulated_top1")), f"{pred['size_bytes'] / 1024:.1f}",
+              f"{pred['latency_ms']:.3f}", "")
+    t.add_row(f"mixed artifact on {s['target']}", _pct(val["artifact_top1"]),
+              f"{dep['weight_bytes']['artifact'] / 1024:.1f}", f"{lat.get('predicted_ms', float('nan')):.3f}",
+              f"{lat['median_ms']:.3f}")
+    console().print(t)
+    counts: dict[str, int] = {}
+    for p in s["policy"].values():
+        counts[p] = counts.get(p, 0) + 1
+    click.echo("policy: " + ", ".join(f"{n} x {p}" for p, n in sorted(counts.items())))
+    ag = val.get("agreement") or {}
+    if ag:
+        click.echo(f"artifact vs simulation: top-1 agreement {ag['top1']:.2%}, "
+                   f"max logit error {ag['max_logit_error']:.3g}")
+    click.echo("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in s["seconds"].items()))
+    click.echo(f"wrote {s['folder']}/; report: {s['report']}")

@@ -18,7 +18,7 @@ from ..errors import ConfigError, DeviceError
 from ..schema import Layer, Policy, Target
 from .recipe import OpRule, signature_inputs
 
-CALIBRATION_SAMPLES = 128  # what ai-edge-quantizer sees; more costs time, not accuracy
+CALIBRATION_SAMPLES = 1024  # at most this many, spread over the split, calibrate the artifact
 
 
 @dataclass
@@ -68,7 +68,10 @@ def calibration_feed(float_model: bytes, x: np.ndarray) -> list[dict[str, np.nda
         raise ConfigError(f"the converted model has {len(inputs)} inputs; deploy handles single-input models")
     d = inputs[0]
     shape = tuple(int(v) for v in d["shape"])
-    xs = x[:CALIBRATION_SAMPLES].astype(np.float32)
+    # Every sample the simulation calibrated on (splits may be sorted by class: a prefix would
+    # see a few classes only); a larger split is thinned evenly.
+    pick = np.linspace(0, len(x) - 1, min(len(x), CALIBRATION_SAMPLES)).round().astype(int)
+    xs = x[np.unique(pick)].astype(np.float32)
     if xs.ndim == 4 and shape[1:] != xs.shape[1:] and shape[1:] == (xs.shape[2], xs.shape[3], xs.shape[1]):
         xs = xs.transpose(0, 2, 3, 1)
     if shape[1:] != xs.shape[1:]:
@@ -142,15 +145,17 @@ def microcontroller_checks(art: Artifact, target: Target) -> None:
                           f"flash_kb = {target.flash_kb:g}; search again with a smaller --size-kb")
 
 
-def write(art: Artifact, folder: Path, report: dict, policy: Policy) -> dict[str, Path]:
+def write(art: Artifact, folder: Path, report: dict, policy: Policy, simulation: bytes) -> dict[str, Path]:
     """Write the artifact's files (each atomically) and return their paths."""
     from ..files import atomic_write_bytes, atomic_write_text, write_json
 
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / "validation.json").unlink(missing_ok=True)  # it validated the previous build
     paths = {"model.tflite": atomic_write_bytes(folder / "model.tflite", art.tflite)}
     recipe = [{"regex": r.regex, "op": r.op, "precision": str(r.precision), "layer": r.label} for r in art.rules]
     paths["recipe.json"] = write_json(folder / "recipe.json", {"rules": recipe})
     paths["policy.json"] = policy.save(folder / "policy.json")
+    paths["simulation.pt"] = atomic_write_bytes(folder / "simulation.pt", simulation)
     for name, text in art.files.items():
         paths[name] = atomic_write_text(folder / name, text)
     paths["deploy.json"] = write_json(folder / "deploy.json", json.loads(json.dumps(report)))

@@ -1,0 +1,101 @@
+"""Where an artifact first parts from its simulation: every searched layer's output read from
+the artifact (LiteRT on this machine, all tensors kept) and from the simulated PyTorch model on
+the same samples, compared in execution order.
+
+A layer's TFLite op may carry a fused activation (ReLU, ReLU6) that PyTorch runs as a separate
+module; it is applied to the simulated output before comparing. The first layer whose relative
+error passes `tol` and at least doubles the largest error of every layer that ran before it is
+where the two part: its inputs still agreed, its output does not."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+
+TOL = 0.05
+JUMP = 2.0
+SAMPLES = 64
+_FUSED = {1: ("relu", 0.0, np.inf), 2: ("relu_n1_to_1", -1.0, 1.0), 3: ("relu6", 0.0, 6.0)}
+
+
+def _ops_by_output(model: bytes) -> dict[str, tuple[int, int]]:
+    """Output tensor name -> (op index, fused activation code) of every op."""
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
+
+    sg = fu.read_model(bytearray(model)).subgraphs[0]
+    out = {}
+    for i, op in enumerate(sg.operators):
+        act = int(getattr(op.builtinOptions, "fusedActivationFunction", 0) or 0)
+        for t in op.outputs:
+            name = sg.tensors[t].name
+            out[name.decode() if isinstance(name, bytes) else name] = (i, act)
+    return out
+
+
+def artifact_outputs(model: bytes, x_model_layout: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+    """The dequantized values of tensors `names` for each sample, read from LiteRT."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from .backends.base import device_script
+
+    script = device_script()
+    with warnings.catch_warnings():  # "preserve all tensors is for debugging": it is
+        warnings.simplefilter("ignore")
+        it = Interpreter(model_content=model, experimental_preserve_all_tensors=True)
+    it.allocate_tensors()
+    d = it.get_input_details()[0]
+    q = script.quantize(x_model_layout, d["dtype"], *d["quantization"])
+    details = {t["name"]: t for t in it.get_tensor_details()}
+    got: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for i in range(len(q)):
+        it.set_tensor(d["index"], q[i : i + 1])
+        it.invoke()
+        for n in names:
+            t = details[n]
+            got[n].append(script.dequantize(it.get_tensor(t["index"]), *t["quantization"])[0])
+    return {n: np.stack(v) for n, v in got.items()}
+
+
+def simulated_outputs(qmodel: Any, x: np.ndarray, layers: list[str]) -> dict[str, np.ndarray]:
+    """Each layer's output in the simulated model (channels last, as TFLite holds them)."""
+    import torch
+
+    acts: dict[str, np.ndarray] = {}
+    hooks = [qmodel.get_submodule(n).register_forward_hook(
+        lambda _m, _i, o, n=n: acts.__setitem__(n, o.detach().float().numpy())) for n in layers]
+    try:
+        with torch.no_grad():
+            qmodel(torch.from_numpy(np.ascontiguousarray(x)))
+    finally:
+        for h in hooks:
+            h.remove()
+    return {n: (a.transpose(0, 2, 3, 1) if a.ndim == 4 else a) for n, a in acts.items()}
+
+
+def find(model: bytes, qmodel: Any, rows: list[dict], x: np.ndarray, to_model_layout,
+         tol: float = TOL, jump: float = JUMP) -> dict:
+    """Per searched layer (deploy.json's rows: layer, precision, op_output), the relative L2
+    error between artifact and simulation in execution order, and the first layer where they
+    part (None when none does)."""
+    ops = _ops_by_output(model)
+    rows = [r for r in rows if r["op_output"] in ops]
+    rows.sort(key=lambda r: ops[r["op_output"]][0])
+    art = artifact_outputs(model, to_model_layout(x), [r["op_output"] for r in rows])
+    sim = simulated_outputs(qmodel, x, [r["layer"] for r in rows])
+    table, first, worst = [], None, 0.0
+    for r in rows:
+        index, act = ops[r["op_output"]]
+        s = sim[r["layer"]]
+        if act in _FUSED:
+            s = np.clip(s, _FUSED[act][1], _FUSED[act][2])
+        a = art[r["op_output"]].reshape(s.shape)
+        err = float(np.linalg.norm(a - s) / max(np.linalg.norm(s), 1e-12))
+        parts = err > tol and err > jump * worst
+        if parts and first is None:
+            first = r["layer"]
+        table.append({"layer": r["layer"], "precision": r["precision"], "op_index": index,
+                      "relative_error": err, "parts": parts and first == r["layer"]})
+        worst = max(worst, err)
+    return {"layer": first, "tol": tol, "jump": jump, "samples": int(len(x)), "layers": table}

@@ -1,0 +1,193 @@
+"""report.md and a self-contained report.html (plots embedded, also written as PNGs) for a
+deployed artifact: the precision chosen per layer with its latency, predicted against measured
+latency, the Pareto front of a sweep, accuracy, size, and where the artifact parts from the
+simulation. Both files are built from one list of blocks, so they always say the same."""
+
+from __future__ import annotations
+
+import base64
+import html
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+Block = tuple  # ("h1"|"h2"|"p", text) | ("table", header, rows) | ("img", caption, file name)
+
+
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:.2f} %"
+
+
+def _kb(v: float | None) -> str:
+    return "–" if v is None else f"{v / 1024:.1f} KB"
+
+
+def _ms(v: float | None) -> str:
+    return "–" if v is None else f"{v:.3f} ms"
+
+
+def blocks(folder: Path, deploy: dict | None, val: dict | None) -> list[Block]:
+    """The report's content; plots are written into `folder` as they are made."""
+    from . import plots
+
+    d, v = deploy or {}, val or {}
+    model, target = d.get("model") or v.get("model") or "artifact", v.get("target") or d.get("target", "?")
+    out: list[Block] = [("h1", f"edgempq report: {model} on {target}")]
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    out.append(("p", f"Generated {when} from {folder}. "
+                + ("Validated on the device." if val else "Not validated yet: run `edgempq validate` on this folder "
+                   "for the artifact's accuracy and latency on the device.")))
+
+    out.append(("h2", "Accuracy (test split)"))
+    n = f" ({v['samples']} samples)" if v.get("samples") else ""
+    rows = [["float model", _pct(v.get("float_top1"))],
+            ["simulation (fake-quantized PyTorch)", _pct(v.get("simulated_top1", d.get("simulated_top1")))],
+            [f"artifact on {target}{n}", _pct(v.get("artifact_top1"))]]
+    out.append(("table", ["", "top-1"], rows))
+    ag = v.get("agreement")
+    if ag:
+        out.append(("p", f"Simulation and artifact agree on the top-1 class of {_pct(ag['top1'])} of the samples "
+                         f"({ag['disagreeing']} differ); largest logit difference {ag['max_logit_error']:.3g} "
+                         f"(mean {ag['mean_logit_error']:.3g}, simulated logits span {ag['logit_range']:.3g})."))
+
+    lat = v.get("latency") or {}
+    pred_ms = lat.get("predicted_ms", (d.get("latency") or {}).get("predicted_ms"))
+    out.append(("h2", "Latency"))
+    if lat:
+        err = f" ({100 * lat['error']:+.1f} % against the prediction)" if lat.get("error") is not None else ""
+        out.append(("p", f"Measured on {target}: median {_ms(lat['median_ms'])} over {lat['runs']} runs "
+                         f"(p10 {_ms(lat['p10_ms'])}, p90 {_ms(lat['p90_ms'])}); predicted {_ms(pred_ms)}{err}."))
+    else:
+        out.append(("p", f"Predicted {_ms(pred_ms)}; not measured yet."))
+
+    size = v.get("size") or {}
+    wb = d.get("weight_bytes") or {}
+    out.append(("h2", "Size"))
+    srows = [["model.tflite", _kb(size.get("tflite_bytes", d.get("tflite_bytes")))],
+             ["weights, predicted by the solver's size model", _kb(wb.get("predicted"))],
+             ["weights, stored in the artifact", _kb(wb.get("artifact"))]]
+    arena = size.get("arena_bytes", d.get("arena_bytes"))
+    if arena:
+        srows.append(["TFLite Micro arena", _kb(arena)])
+    out.append(("table", ["", "bytes"], srows))
+
+    layer_ms = lat.get("layers_ms") or (d.get("latency") or {}).get("layers_ms") or {}
+    if d.get("layers"):
+        out.append(("h2", "Layers"))
+        lrows = [[r["layer"], r["precision"], r["op"], r["weight_type"], r["activation_type"],
+                  f"{r['weight_bytes'] / 1024:.2f}", f"{layer_ms[r['layer']]:.4f}" if r["layer"] in layer_ms else "–"]
+                 for r in d["layers"]]
+        out.append(("table", ["layer", "precision", "op", "weights", "activations", "weight KB", "predicted ms"],
+                    lrows))
+        prow = [{"layer": r["layer"], "precision": r["precision"], "weight_bytes": r["weight_bytes"],
+                 "ms": layer_ms.get(r["layer"])} for r in d["layers"]]
+        plots.layer_precisions(prow, folder / "report_layers.png", f"precision per layer on {target}")
+        out.append(("img", "Precision chosen per layer and the layer's predicted latency on the device "
+                           "(the profile's measurement, scaled to the whole model).", "report_layers.png"))
+
+    points = [dict(p) for p in (lat.get("points") or (d.get("latency") or {}).get("points") or [])]
+    if lat.get("predicted_ms") is not None:
+        points.append({"label": "this artifact", "predicted_ms": lat["predicted_ms"], "measured_ms": lat["median_ms"],
+                       "artifact": True})
+    if points:
+        plots.latency_check(points, folder / "report_latency.png", f"latency on {target}")
+        out.append(("img", "Measured against predicted whole-model latency: the profile's own timings (dots) and "
+                           "this artifact measured by validate (star).", "report_latency.png"))
+
+    sweep = d.get("sweep")
+    if sweep and sweep.get("points"):
+        key = sweep["sweep"]
+        pol = d.get("policy") or {}
+        chosen = ((pol["budget"][key], pol["predicted"]["objective"])
+                  if key in pol.get("budget", {}) and "objective" in pol.get("predicted", {}) else None)
+        held = ", ".join(f"{k} {v:.4g}" for k, v in (sweep.get("held") or {}).items())
+        plots.pareto_front(sweep["points"], key, f"{sweep.get('method', '')} on {sweep.get('target', target)}"
+                           + (f" ({held})" if held else ""), folder / "report_pareto.png", chosen)
+        out.append(("h2", "Pareto front"))
+        out.append(("img", f"The solver's objective (total sensitivity penalty) against the {key} budget.",
+                    "report_pareto.png"))
+        frows = [[f"{p['budget'][key]:.4g}", "yes" if p["feasible"] else "no",
+                  f"{p['objective']:.4g}" if p["feasible"] else "–",
+                  _ms(p.get("predicted", {}).get("latency_ms")), _kb(p.get("predicted", {}).get("size_bytes"))]
+                 for p in sweep["points"]]
+        out.append(("table", [key, "feasible", "objective", "predicted latency", "predicted size"], frows))
+
+    div = v.get("divergence")
+    if div:
+        out.append(("h2", "Where the artifact parts from the simulation"))
+        if div.get("layer"):
+            out.append(("p", f"First diverging layer: {div['layer']} (relative error above {div['tol']:g} and over "
+                             f"{div['jump']:g} x every earlier layer's, on {div['samples']} samples)."))
+        else:
+            out.append(("p", div.get("note") or "No layer parts from the simulation: the difference builds up "
+                                                 "gradually."))
+        if div.get("layers"):
+            out.append(("table", ["layer", "precision", "op", "relative error", ""],
+                        [[r["layer"], r["precision"], str(r["op_index"]), f"{r['relative_error']:.4f}",
+                          "parts here" if r["parts"] else ""] for r in div["layers"]]))
+    return out
+
+
+def _cell_md(text: Any) -> str:
+    return str(text).replace("|", "\\|")
+
+
+def to_markdown(bl: list[Block]) -> str:
+    lines: list[str] = []
+    for b in bl:
+        if b[0] == "h1":
+            lines += [f"# {b[1]}", ""]
+        elif b[0] == "h2":
+            lines += [f"## {b[1]}", ""]
+        elif b[0] == "p":
+            lines += [b[1], ""]
+        elif b[0] == "table":
+            lines.append("| " + " | ".join(_cell_md(h) for h in b[1]) + " |")
+            lines.append("|" + "---|" * len(b[1]))
+            lines += ["| " + " | ".join(_cell_md(c) for c in row) + " |" for row in b[2]]
+            lines.append("")
+        elif b[0] == "img":
+            lines += [f"![{b[1]}]({b[2]})", "", f"*{b[1]}*", ""]
+    return "\n".join(lines)
+
+
+_CSS = ("body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}"
+        "th{background:#f3f3f3}img{max-width:100%}figcaption{font-size:.9em;color:#555}")
+
+
+def to_html(bl: list[Block], folder: Path) -> str:
+    """One file: the plots are embedded as data URIs."""
+    e = html.escape
+    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'>",
+             f"<title>{e(next((b[1] for b in bl if b[0] == 'h1'), 'edgempq report'))}</title>",
+             f"<style>{_CSS}</style></head><body>"]
+    for b in bl:
+        if b[0] in ("h1", "h2", "p"):
+            parts.append(f"<{b[0]}>{e(b[1])}</{b[0]}>")
+        elif b[0] == "table":
+            head = "".join(f"<th>{e(str(h))}</th>" for h in b[1])
+            body = "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>" for row in b[2])
+            parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        elif b[0] == "img":
+            data = base64.b64encode((folder / b[2]).read_bytes()).decode()
+            parts.append(f"<figure><img alt='{e(b[1])}' src='data:image/png;base64,{data}'>"
+                         f"<figcaption>{e(b[1])}</figcaption></figure>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(folder: str | Path, deploy: dict | None, validation: dict | None = None) -> dict[str, Path]:
+    """Write report.md, report.html and their PNGs into `folder` (each atomically); returns
+    their paths."""
+    from .files import atomic_write_text
+
+    folder = Path(folder)
+    bl = blocks(folder, deploy, validation)
+    paths = {b[2]: folder / b[2] for b in bl if b[0] == "img"}
+    for old in folder.glob("report_*.png"):  # plots of an earlier report this one no longer has
+        if old.name not in paths:
+            old.unlink()
+    paths["report.md"] = atomic_write_text(folder / "report.md", to_markdown(bl))
+    paths["report.html"] = atomic_write_text(folder / "report.html", to_html(bl, folder))
+    return paths

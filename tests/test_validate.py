@@ -1,0 +1,177 @@
+"""Validate: one artifact run on local LiteRT, TFLite Micro and a real sshd on loopback (device
+side: a venv without torch) gives the same answers; the divergence finder names the layer that
+was deployed at a worse precision than the simulation used; the report and its plots exist."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgempq.errors import ConfigError
+from edgempq.schema import Policy
+
+from .devices import ssh_target
+from .test_cli import run
+from .usernet import trained_user_model
+
+WORSE = "c.3"  # the layer deployed at w4a8 while the simulation keeps it at w8a8
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """The user model deployed twice for host: all w8a8, and all w8a8 but one layer at w4a8."""
+    from edgempq.layers import trace
+    from edgempq.pipeline import deploy
+
+    folder = tmp_path_factory.mktemp("validate")
+    model, ds, paths = trained_user_model(folder)
+    all8 = Policy.uniform(trace(model.module, model.input_shape), "w8a8")
+    all8.save(folder / "all8.json")
+    worse = Policy({**all8.precisions, WORSE: all8.precisions[WORSE].__class__.parse("w4a8")})
+    out = {}
+    for name, policy in (("good", all8), ("worse", worse)):
+        out[name] = folder / name
+        deploy(model, ds, policy, "host", out[name], weights=paths["weights"], data_spec=paths["data"])
+    deployed_report = (out["worse"] / "report.md").read_text()  # before any validation
+    return {**out, **paths, "all8": folder / "all8.json", "folder": folder, "deployed_report": deployed_report}
+
+
+def _ssh_toml(sshd, python: str, folder: Path) -> str:
+    path = folder / "loopback board.toml"  # a space in the path, as users' paths have
+    path.write_text(ssh_target(sshd, python).to_toml())
+    return str(path)
+
+
+@pytest.mark.slow
+def test_local_tflm_and_ssh_give_the_same_accuracy_for_one_artifact(built, sshd, device_python, tmp_path):
+    from edgempq.validate import validate
+
+    results = {}
+    for device in ("host", "tflm-host", _ssh_toml(sshd, device_python, tmp_path)):
+        results[device] = validate(built["good"], device)
+    first = next(iter(results.values()))
+    for device, r in results.items():
+        assert r["samples"] == first["samples"] > 0
+        assert r["artifact_top1"] == first["artifact_top1"], device
+        assert r["predictions"] == first["predictions"], device
+        assert r["float_top1"] == first["float_top1"] and r["simulated_top1"] == first["simulated_top1"]
+        assert r["agreement"]["top1"] >= 0.97, (device, r["agreement"])
+        assert 0 < r["latency"]["p10_ms"] <= r["latency"]["median_ms"] <= r["latency"]["p90_ms"]
+        assert r["size"]["tflite_bytes"] == (built["good"] / "model.tflite").stat().st_size
+    assert results["tflm-host"]["size"]["arena_bytes"] > 0
+    assert results["tflm-host"]["device"]["runtime"] == "tflite_micro"
+    ssh_result = [r for d, r in results.items() if d.endswith(".toml")][0]
+    assert ssh_result["device"]["backend"] == "ssh"
+    # the simulated top-1 matches the one deploy recorded: the saved simulation was reused
+    deployed = json.loads((built["good"] / "deploy.json").read_text())
+    assert first["simulated_top1"] == pytest.approx(deployed["simulated_top1"])
+
+
+@pytest.mark.slow
+def test_the_divergence_finder_names_the_layer_deployed_worse_than_simulated(built):
+    from edgempq.validate import validate
+
+    r = validate(built["worse"], "host", policy_path=built["all8"], find_divergence=True)
+    div = r["divergence"]
+    assert div["layer"] == WORSE, json.dumps(div, indent=1)
+    errors = {row["layer"]: row["relative_error"] for row in div["layers"]}
+    assert errors[WORSE] > div["tol"]
+    # the artifact that matches its simulation parts nowhere
+    same = validate(built["good"], "host", find_divergence=True)["divergence"]
+    assert same["layer"] is None, json.dumps(same, indent=1)
+    assert all(row["relative_error"] < same["tol"] for row in same["layers"])
+
+
+@pytest.mark.slow
+def test_validate_writes_the_report_with_its_plots(built):
+    from edgempq.validate import VALIDATION_FILE
+
+    folder = built["good"]
+    p = run("validate", str(folder), "--device", "host", "--runs", "5")
+    assert "agreement with the simulation" in p.stdout and f"report: {folder / 'report.html'}" in p.stdout
+    r = json.loads((folder / VALIDATION_FILE).read_text())
+    html = (folder / "report.html").read_text()
+    md = (folder / "report.md").read_text()
+    pngs = sorted(p.name for p in folder.glob("report_*.png"))
+    assert "report_layers.png" in pngs
+    for name in pngs:
+        data = (folder / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+        assert f"({name})" in md
+    assert html.count("data:image/png;base64,") == len(pngs) and "<img" in html
+    assert "artifact on host" in md and f"{100 * r['artifact_top1']:.2f} %" in md
+    assert r["latency"]["runs"] == 5
+
+
+def test_the_device_runner_evaluates_in_a_venv_without_torch(built, device_python, tmp_path):
+    from edgempq.backends.base import device_script
+    from edgempq.pipeline import load_model_and_data
+    from edgempq.validate import to_model_layout
+
+    p = subprocess.run([device_python, "-c", "import torch"], capture_output=True)
+    assert p.returncode != 0
+    model = (built["good"] / "model.tflite").read_bytes()
+    deployed = json.loads((built["good"] / "deploy.json").read_text())
+    _, ds = load_model_and_data(built["model"], built["data"], built["weights"])
+    x, y = ds.split("test")
+    x = to_model_layout(deployed["input"]["shape"])(x)
+    np.savez(tmp_path / "data.npz", x=x, y=y)
+    runner = Path(__file__).parents[1] / "tools" / "edgempq_device.py"
+    p = subprocess.run([device_python, str(runner), "eval", str(built["good"] / "model.tflite"),
+                        str(tmp_path / "data.npz"), "--logits", str(tmp_path / "logits.npz")],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout + p.stderr
+    got = json.loads(p.stdout.strip().splitlines()[-1])
+    want, logits = device_script().evaluate(model, x, y, 1)
+    assert got["predictions"] == want["predictions"] and got["top1"] == want["top1"]
+    assert 0 <= got["top1"] <= got["top5"] <= 1 and got["samples"] == len(y)
+    with np.load(tmp_path / "logits.npz") as f:
+        assert np.allclose(f["logits"], logits)
+    # bad inputs are refused with one JSON error line and status 2
+    np.savez(tmp_path / "bad.npz", x=x[:, :2], y=y)
+    p = subprocess.run([device_python, str(runner), "eval", str(built["good"] / "model.tflite"),
+                        str(tmp_path / "bad.npz")], capture_output=True, text=True)
+    assert p.returncode == 2 and "samples x must have shape" in json.loads(p.stdout)["error"]
+    np.savez(tmp_path / "labels.npz", x=x, y=y + 7)
+    p = subprocess.run([device_python, str(runner), "eval", str(built["good"] / "model.tflite"),
+                        str(tmp_path / "labels.npz")], capture_output=True, text=True)
+    assert p.returncode == 2 and "labels must be in 0..2" in json.loads(p.stdout)["error"]
+
+
+def test_deploy_writes_a_report_that_says_it_is_not_validated_yet(built):
+    md = built["deployed_report"]
+    assert "Not validated yet" in md and "| c.3 | w4a8 |" in md
+
+
+def test_validate_refuses_what_is_not_an_artifact(built, tmp_path):
+    from edgempq.validate import validate
+
+    with pytest.raises(ConfigError, match="does not exist"):
+        validate(tmp_path / "nope.tflite", "host")
+    (tmp_path / "x.tflite").write_bytes(b"not a flatbuffer at all")
+    with pytest.raises(ConfigError, match="is not a TFLite flatbuffer"):
+        validate(tmp_path / "x.tflite", "host")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="has no model.tflite"):
+        validate(tmp_path / "empty", "host")
+    bare = tmp_path / "bare.tflite"
+    bare.write_bytes((built["good"] / "model.tflite").read_bytes())
+    with pytest.raises(ConfigError, match="give --data"):
+        validate(bare, "host")
+    r = run("validate", str(tmp_path / "nope"), "--device", "host", check=False)
+    assert r.returncode == 1 and r.stderr.strip().startswith("error: artifact") and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_a_bare_tflite_validates_with_data_alone(built, tmp_path):
+    from edgempq.validate import validate
+
+    bare = tmp_path / "bare.tflite"
+    bare.write_bytes((built["good"] / "model.tflite").read_bytes())
+    r = validate(bare, "host", data_spec=built["data"])
+    assert 0 < r["artifact_top1"] <= 1 and "float_top1" not in r and "agreement" not in r
+    assert (tmp_path / "report.html").exists()
