@@ -1,6 +1,6 @@
 """End to end: the demo trains the real MNIST ResNet-8 once, caches it, and reports accuracy."""
 
-import re
+import json
 import subprocess
 import sys
 
@@ -9,24 +9,39 @@ import pytest
 from .test_cli import run
 
 
-def _top1(stdout: str, label: str) -> float:
-    m = re.search(rf"{label}\s*│\s*([\d.]+)%", stdout)
-    assert m, stdout
-    return float(m.group(1))
+def _row(stdout: str, label: str) -> list[str]:
+    line = next((ln for ln in stdout.splitlines() if ln.startswith(f"│ {label} ")), None)
+    assert line, stdout
+    return [c.strip() for c in line.strip("│ ").split("│")]
+
+
+def _pct(cell: str) -> float:
+    return float(cell.rstrip("%"))
 
 
 @pytest.mark.slow
-def test_demo_trains_once_then_reuses_the_cache(tmp_path, monkeypatch):
+def test_demo_runs_the_whole_pipeline_then_reuses_its_caches(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEMPQ_CACHE", str(tmp_path / "cache"))
-    first = run("demo")
+    out = tmp_path / "out"
+    first = run("demo", "-o", str(out))
     assert "trained in" in first.stdout
-    assert _top1(first.stdout, "float") >= 97.0  # the issue's bar for mnist_resnet8
-    assert _top1(first.stdout, "w8a8") >= 96.5
-    assert _top1(first.stdout, "w2a8") < _top1(first.stdout, "w8a8")
-    second = run("demo")
+    assert _pct(_row(first.stdout, "float32")[1]) >= 97.0  # the bar for mnist_resnet8
+    assert _pct(_row(first.stdout, "int8, simulated")[1]) >= 96.5
+    for name in ("profile.json", "sensitivity.json", "policy.json", "sweep.json", "artifact/model.tflite",
+                 "artifact/deploy.json", "artifact/validation.json", "artifact/report.md", "artifact/report.html",
+                 "artifact/report_layers.png", "artifact/report_latency.png", "artifact/report_pareto.png"):
+        assert (out / name).is_file(), name
+    val = json.loads((out / "artifact" / "validation.json").read_text())
+    policy = json.loads((out / "policy.json").read_text())
+    assert val["agreement"]["top1"] >= 0.99 and val["artifact_top1"] >= 0.95
+    assert policy["predicted"]["size_bytes"] <= policy["budget"]["size_kb"] * 1024
+    assert policy["predicted"]["latency_ms"] <= policy["budget"]["latency_ms"]
+    assert val["latency"]["predicted_ms"] == pytest.approx(policy["predicted"]["latency_ms"], rel=1e-6)
+    assert f"report: {out / 'artifact' / 'report.html'}" in first.stdout
+    second = run("demo", "-o", str(out))
     assert "cached weights" in second.stdout
-    assert _top1(second.stdout, "float") == _top1(first.stdout, "float")
-    assert _top1(second.stdout, "w4a8") == _top1(first.stdout, "w4a8")
+    assert _row(second.stdout, "float32")[1] == _row(first.stdout, "float32")[1]
+    assert json.loads((out / "policy.json").read_text())["layers"] == policy["layers"]  # same profile, same policy
 
 
 @pytest.mark.slow
