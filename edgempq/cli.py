@@ -345,6 +345,10 @@ def deploy(model_spec: str, weights: str | None, policy_path: str, data_spec: st
     load_target(device)  # a bad target fails before the model loads
     table = CostTable.load(profile_path) if profile_path else None
     sweep = read_json(sweep_path, "sweep") if sweep_path else None
+    if sweep is not None:
+        from .report import check_sweep
+
+        check_sweep(sweep, sweep_path)
     model, ds = pipeline.load_model_and_data(model_spec, data_spec, weights)
     with _progress("quantizing and converting") as step:
         step(0, 1, "")
@@ -367,9 +371,11 @@ def deploy(model_spec: str, weights: str | None, policy_path: str, data_spec: st
               help="below this top-1 agreement with the simulation, find the layer where they part")
 @click.option("--layers/--no-layers", "find_divergence", default=None,
               help="always (or never) compare the layers' outputs with the simulation")
+@click.option("-o", "--output", type=click.Path(file_okay=False),
+              help="where validation.json and the report go (default: beside the artifact)")
 def validate(artifact: str, device: str, data_spec: str | None, model_spec: str | None, weights: str | None,
              policy_path: str | None, profile_path: str | None, samples: int | None, runs: int | None,
-             min_agreement: float, find_divergence: bool | None) -> None:
+             min_agreement: float, find_divergence: bool | None, output: str | None) -> None:
     """Run a deployed artifact (a deploy folder or a .tflite) on the device over the test split:
     accuracy against the float model and the simulation, latency against the prediction, size;
     writes validation.json and the report beside it."""
@@ -379,7 +385,7 @@ def validate(artifact: str, device: str, data_spec: str | None, model_spec: str 
     load_target(device)  # a bad target fails before anything loads
     with _progress(f"validating on {device}") as step:
         result = run_validate(artifact, device, data_spec, model_spec, weights, policy_path, profile_path, samples,
-                              runs, min_agreement, find_divergence, step)
+                              runs, min_agreement, find_divergence, step, output)
     show.validation(result)
 
 

@@ -17,7 +17,8 @@ import numpy as np
 TOL = 0.05
 JUMP = 2.0
 SAMPLES = 64
-_FUSED = {1: ("relu", 0.0, np.inf), 2: ("relu_n1_to_1", -1.0, 1.0), 3: ("relu6", 0.0, 6.0)}
+_CLIP = {1: (0.0, np.inf), 2: (-1.0, 1.0), 3: (0.0, 6.0)}  # RELU, RELU_N1_TO_1, RELU6
+_TANH = 4
 
 
 def _ops_by_output(model: bytes) -> dict[str, tuple[int, int]]:
@@ -39,6 +40,7 @@ def artifact_outputs(model: bytes, x_model_layout: np.ndarray, names: list[str])
     from ai_edge_litert.interpreter import Interpreter
 
     from .backends.base import device_script
+    from .errors import DeviceError
 
     script = device_script()
     with warnings.catch_warnings():  # "preserve all tensors is for debugging": it is
@@ -46,7 +48,10 @@ def artifact_outputs(model: bytes, x_model_layout: np.ndarray, names: list[str])
         it = Interpreter(model_content=model, experimental_preserve_all_tensors=True)
     it.allocate_tensors()
     d = it.get_input_details()[0]
-    q = script.quantize(x_model_layout, d["dtype"], *d["quantization"])
+    try:
+        q = script.quantize(x_model_layout, d["dtype"], *d["quantization"])
+    except script.DeviceError as e:
+        raise DeviceError(f"reading the artifact's layers: {e}") from None
     details = {t["name"]: t for t in it.get_tensor_details()}
     got: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for i in range(len(q)):
@@ -87,10 +92,19 @@ def find(model: bytes, qmodel: Any, rows: list[dict], x: np.ndarray, to_model_la
     table, first, worst = [], None, 0.0
     for r in rows:
         index, act = ops[r["op_output"]]
+        if r["layer"] not in sim:
+            continue  # the module never ran on these samples
         s = sim[r["layer"]]
-        if act in _FUSED:
-            s = np.clip(s, _FUSED[act][1], _FUSED[act][2])
-        a = art[r["op_output"]].reshape(s.shape)
+        if act in _CLIP:
+            s = np.clip(s, *_CLIP[act])
+        elif act == _TANH:
+            s = np.tanh(s)
+        a = art[r["op_output"]]
+        if a.shape != s.shape:  # never reshape: that would hide a layout mismatch
+            table.append({"layer": r["layer"], "precision": r["precision"], "op_index": index,
+                          "relative_error": None, "parts": False,
+                          "note": f"artifact {a.shape} vs simulation {s.shape}: not comparable"})
+            continue
         err = float(np.linalg.norm(a - s) / max(np.linalg.norm(s), 1e-12))
         parts = err > tol and err > jump * worst
         if parts and first is None:

@@ -228,7 +228,7 @@ def demo(out_dir: str | Path = "edgempq-demo", retrain: bool = False, on_step: P
     seconds["validate"] = time.perf_counter() - t
     return {"model": DEMO_MODEL, "data": DEMO_DATA, "target": target.name, "method": sens.method,
             "train": meta, "budget": budget.to_dict(), "policy": {k: str(v) for k, v in policy.precisions.items()},
-            "predicted": dict(policy.predicted), "float": rows["float"], "int8": rows["w8a8"],
+            "predicted": dict(policy.predicted), "float": asdict(rows["float"]), "int8": asdict(rows["w8a8"]),
             "int8_latency_ms": int8_ms, "f32_latency_ms": table.whole_ms.get("f32"),
             "deploy": dep, "validation": val, "seconds": seconds, "folder": str(out),
             "report": val["report"]["report.html"]}
@@ -273,7 +273,7 @@ def deploy(model: LoadedModel, ds: Dataset, policy: Policy, target_spec: str, ou
     JSON) adds the Pareto front to the report; `weights` and `data_spec` are recorded so that
     validate can rebuild the model and its data."""
     from .export.deploy import build, c_array, check_target, io_details, microcontroller_checks, write
-    from .report import write_report
+    from .report import check_sweep, write_report
     from .targets import load_target
 
     cfg = cfg or QuantConfig()
@@ -281,6 +281,8 @@ def deploy(model: LoadedModel, ds: Dataset, policy: Policy, target_spec: str, ou
     layers = trace(model.module, model.input_shape)
     policy.check_layers(layers)
     check_target(layers, policy, target)
+    if sweep is not None:
+        check_sweep(sweep, "the sweep")
     latency = predicted_latency(policy, profile, target.name, model.model_hash)
     qmodel, sim = simulate(model, ds, policy, cfg, qat_epochs, on_step)
     art = build(layers, qmodel, model.input_shape, policy, ds.split("calibration")[0])
@@ -289,8 +291,8 @@ def deploy(model: LoadedModel, ds: Dataset, policy: Policy, target_spec: str, ou
         microcontroller_checks(art, target)
     fixed = sum(weight_bytes(la, F32) for la in layers if not la.searchable)
     report = {
-        "model": model.spec, "weights": str(Path(weights).resolve()) if weights else None,
-        "model_hash": model.model_hash, "data": data_spec or ds.name, "data_id": ds.data_id,
+        "model": absolute_spec(model.spec), "weights": str(Path(weights).resolve()) if weights else None,
+        "model_hash": model.model_hash, "data": absolute_spec(data_spec or ds.name), "data_id": ds.data_id,
         "target": target.name, "qat_epochs": qat_epochs, "quant_config": asdict(cfg), "simulated_top1": sim.top1,
         "tflite_bytes": len(art.tflite), "arena_bytes": art.arena_bytes, **io_details(art.tflite),
         "weight_bytes": {"predicted": policy_weight_bytes(layers, policy),
@@ -304,6 +306,21 @@ def deploy(model: LoadedModel, ds: Dataset, policy: Policy, target_spec: str, ou
     write(art, folder, report, policy, state_bytes(qmodel))
     write_report(folder, report)
     return report
+
+
+def absolute_spec(spec: str) -> str:
+    """A model or data spec with its file path made absolute (`net.py:factory`, `d.npz`), so
+    that validate finds it from any folder; names (zoo:..., mnist, package.module:f) unchanged."""
+    from .data import builtin_names
+
+    if spec.startswith("zoo:") or spec in builtin_names():
+        return spec
+    head, colon, factory = spec.rpartition(":")
+    if colon and head and Path(head).is_file():
+        return f"{Path(head).resolve()}:{factory}"
+    if Path(spec).exists():
+        return str(Path(spec).resolve())
+    return spec
 
 
 def predicted_latency(policy: Policy, table: CostTable | None, target: str, model_hash: str) -> dict | None:

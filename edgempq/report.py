@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 Block = tuple  # ("h1"|"h2"|"p", text) | ("table", header, rows) | ("img", caption, file name)
+PLOTS = ("report_layers.png", "report_latency.png", "report_pareto.png")
 
 
 def _pct(v: float | None) -> str:
@@ -24,6 +25,19 @@ def _kb(v: float | None) -> str:
 
 def _ms(v: float | None) -> str:
     return "–" if v is None else f"{v:.3f} ms"
+
+
+def check_sweep(sweep: object, where: str) -> None:
+    """Refuse, before anything is built, a sweep that is not search --sweep's JSON."""
+    from .errors import ConfigError
+
+    ok = isinstance(sweep, dict) and isinstance(sweep.get("sweep"), str) and isinstance(sweep.get("points"), list)
+    for p in sweep.get("points", []) if ok else []:
+        ok = ok and isinstance(p, dict) and isinstance(p.get("feasible"), bool) \
+            and isinstance(p.get("budget"), dict) and isinstance(p["budget"].get(sweep["sweep"]), int | float) \
+            and (not p["feasible"] or isinstance(p.get("objective"), int | float))
+    if not ok:
+        raise ConfigError(f"{where} is not a sweep written by `edgempq search --sweep`; give that file")
 
 
 def blocks(folder: Path, deploy: dict | None, val: dict | None) -> list[Block]:
@@ -44,6 +58,10 @@ def blocks(folder: Path, deploy: dict | None, val: dict | None) -> list[Block]:
             ["simulation (fake-quantized PyTorch)", _pct(v.get("simulated_top1", d.get("simulated_top1")))],
             [f"artifact on {target}{n}", _pct(v.get("artifact_top1"))]]
     out.append(("table", ["", "top-1"], rows))
+    if v.get("simulation"):
+        out.append(("p", f"Simulation: {v['simulated_policy']}, {v['simulation']}."))
+    if v.get("data_note"):
+        out.append(("p", f"Note: {v['data_note']}."))
     ag = v.get("agreement")
     if ag:
         out.append(("p", f"Simulation and artifact agree on the top-1 class of {_pct(ag['top1'])} of the samples "
@@ -51,7 +69,10 @@ def blocks(folder: Path, deploy: dict | None, val: dict | None) -> list[Block]:
                          f"(mean {ag['mean_logit_error']:.3g}, simulated logits span {ag['logit_range']:.3g})."))
 
     lat = v.get("latency") or {}
-    pred_ms = lat.get("predicted_ms", (d.get("latency") or {}).get("predicted_ms"))
+    dlat = d.get("latency") or {}
+    if dlat.get("target") != target:
+        dlat = {}  # a prediction for another device
+    pred_ms = lat.get("predicted_ms", dlat.get("predicted_ms"))
     out.append(("h2", "Latency"))
     if lat:
         err = f" ({100 * lat['error']:+.1f} % against the prediction)" if lat.get("error") is not None else ""
@@ -71,7 +92,7 @@ def blocks(folder: Path, deploy: dict | None, val: dict | None) -> list[Block]:
         srows.append(["TFLite Micro arena", _kb(arena)])
     out.append(("table", ["", "bytes"], srows))
 
-    layer_ms = lat.get("layers_ms") or (d.get("latency") or {}).get("layers_ms") or {}
+    layer_ms = lat.get("layers_ms") or dlat.get("layers_ms") or {}
     if d.get("layers"):
         out.append(("h2", "Layers"))
         lrows = [[r["layer"], r["precision"], r["op"], r["weight_type"], r["activation_type"],
@@ -85,7 +106,7 @@ def blocks(folder: Path, deploy: dict | None, val: dict | None) -> list[Block]:
         out.append(("img", "Precision chosen per layer and the layer's predicted latency on the device "
                            "(the profile's measurement, scaled to the whole model).", "report_layers.png"))
 
-    points = [dict(p) for p in (lat.get("points") or (d.get("latency") or {}).get("points") or [])]
+    points = [dict(p) for p in (lat.get("points") or dlat.get("points") or [])]
     if lat.get("predicted_ms") is not None:
         points.append({"label": "this artifact", "predicted_ms": lat["predicted_ms"], "measured_ms": lat["median_ms"],
                        "artifact": True})
@@ -123,8 +144,9 @@ def blocks(folder: Path, deploy: dict | None, val: dict | None) -> list[Block]:
                                                  "gradually."))
         if div.get("layers"):
             out.append(("table", ["layer", "precision", "op", "relative error", ""],
-                        [[r["layer"], r["precision"], str(r["op_index"]), f"{r['relative_error']:.4f}",
-                          "parts here" if r["parts"] else ""] for r in div["layers"]]))
+                        [[r["layer"], r["precision"], str(r["op_index"]),
+                          "–" if r["relative_error"] is None else f"{r['relative_error']:.4f}",
+                          "parts here" if r["parts"] else r.get("note", "")] for r in div["layers"]]))
     return out
 
 
@@ -185,9 +207,9 @@ def write_report(folder: str | Path, deploy: dict | None, validation: dict | Non
     folder = Path(folder)
     bl = blocks(folder, deploy, validation)
     paths = {b[2]: folder / b[2] for b in bl if b[0] == "img"}
-    for old in folder.glob("report_*.png"):  # plots of an earlier report this one no longer has
-        if old.name not in paths:
-            old.unlink()
+    for name in PLOTS:  # plots of an earlier report this one no longer has
+        if name not in paths:
+            (folder / name).unlink(missing_ok=True)
     paths["report.md"] = atomic_write_text(folder / "report.md", to_markdown(bl))
     paths["report.html"] = atomic_write_text(folder / "report.html", to_html(bl, folder))
     return paths

@@ -133,6 +133,8 @@ def validation(v: dict) -> None:
     if "arena_bytes" in size:
         line += f", arena {size['arena_bytes'] / 1024:.1f} KB"
     click.echo(line)
+    if v.get("data_note"):
+        click.echo(f"note: {v['data_note']}")
     div = v.get("divergence")
     if div:
         click.echo(f"artifact and simulation part at layer {div['layer']}" if div.get("layer")
@@ -149,9 +151,9 @@ def demo(s: dict) -> None:
     how = "cached weights" if s["train"]["cached"] else f"trained in {s['train']['train_seconds']:.0f} s"
     t = Table("", "top-1", "weights (KB)", "latency predicted (ms)", "latency measured (ms)",
               title=f"{s['model']} on {s['data']} ({how}), target {s['target']}, {s['method']} sensitivity")
-    t.add_row("float32", _pct(s["float"].top1), f"{s['float'].weight_bytes / 1024:.1f}", "",
+    t.add_row("float32", _pct(s["float"]["top1"]), f"{s['float']['weight_bytes'] / 1024:.1f}", "",
               f"{s['f32_latency_ms']:.3f}" if s.get("f32_latency_ms") else "–")
-    t.add_row("int8, simulated", _pct(s["int8"].top1), f"{s['int8'].weight_bytes / 1024:.1f}", "",
+    t.add_row("int8, simulated", _pct(s["int8"]["top1"]), f"{s['int8']['weight_bytes'] / 1024:.1f}", "",
               f"{s['int8_latency_ms']:.3f}")
     t.add_row("budget", "", f"≤ {b['size_kb']:.1f}", f"≤ {b['latency_ms']:.3f}", "")
     t.add_row("mixed, simulated", _pct(val.get("simulated_top1")), f"{pred['size_bytes'] / 1024:.1f}",

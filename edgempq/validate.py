@@ -4,6 +4,7 @@ artifact and the simulation disagree, the layer where they part. Returns values;
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -32,9 +33,13 @@ def open_artifact(path: str | Path) -> tuple[Path, bytes, dict | None]:
     if data[4:8] != b"TFL3":
         raise ConfigError(f"artifact {tfl} is not a TFLite flatbuffer; give the model.tflite deploy wrote")
     info = tfl.parent / "deploy.json"
-    deploy = read_json(info, "deploy report") if info.is_file() else None
-    if deploy is not None and deploy.get("tflite_bytes") not in (None, len(data)):
-        deploy = None  # the folder's report describes another build of the file: not used
+    if tfl.name != "model.tflite" or not info.is_file():
+        return tfl, data, None
+    deploy = read_json(info, "deploy report")
+    if not isinstance(deploy, dict):
+        raise ConfigError(f"{info} is not a deploy report (not a JSON object); deploy again")
+    if (deploy.get("sha256") or {}).get("model.tflite") != hashlib.sha256(data).hexdigest():
+        return tfl, data, None  # it describes another build (or an interrupted deploy): not used
     return tfl, data, deploy
 
 
@@ -64,6 +69,13 @@ def _logits(module: Any, x: np.ndarray, batch: int = 256) -> np.ndarray:
     return np.concatenate(out)
 
 
+def spread(n: int, count: int | None) -> np.ndarray:
+    """`count` sample indices spread evenly over `n` (splits may be sorted by class)."""
+    if count is None or count >= n:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, count).round().astype(int))
+
+
 def _top1(logits: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(np.argmax(logits, axis=1) == y))
 
@@ -72,11 +84,11 @@ def validate(artifact: str | Path, target_spec: str, data_spec: str | None = Non
              weights: str | Path | None = None, policy_path: str | Path | None = None,
              profile_path: str | Path | None = None, samples: int | None = None, runs: int | None = None,
              min_agreement: float = MIN_AGREEMENT, find_divergence: bool | None = None,
-             on_step: Progress | None = None) -> dict:
+             on_step: Progress | None = None, out_dir: str | Path | None = None) -> dict:
     """Run `artifact` over the test split on `target_spec` and compare it with the float
     model, the simulation and the profile. The model, weights, data and policy default to those
-    deploy recorded beside the artifact. Writes validation.json and the report beside the
-    artifact and returns the validation."""
+    deploy recorded beside the artifact. Writes validation.json and the report into `out_dir`
+    (default: beside the artifact) and returns the validation."""
     from .backends import backend_for
     from .files import write_json
     from .report import write_report
@@ -86,6 +98,11 @@ def validate(artifact: str | Path, target_spec: str, data_spec: str | None = Non
     tfl, data, deploy = open_artifact(artifact)
     target = load_target(target_spec)
     deploy = deploy or {}
+    if not model_spec and not deploy and (policy_path or find_divergence):
+        raise ConfigError(f"{tfl} has no deploy report beside it, so comparing with a simulation needs the "
+                          "model: give --model (and --weights)")
+    if weights and not Path(weights).is_file():
+        raise ConfigError(f"weights file {weights} does not exist; give the state_dict the model was trained to")
     model_spec = model_spec or deploy.get("model")
     weights = weights or deploy.get("weights")
     data_spec = data_spec or deploy.get("data")
@@ -102,13 +119,17 @@ def validate(artifact: str | Path, target_spec: str, data_spec: str | None = Non
         raise ConfigError(f"the artifact was deployed from model {deploy['model_hash']}, but {model_spec} "
                           f"with these weights is {model.model_hash}; give the weights it was deployed with")
     x, y = ds.split("test")
-    if samples:
-        x, y = x[:samples], y[:samples]
+    pick = spread(len(x), samples)
+    x, y = x[pick], y[pick]
     if len(x) == 0:
         raise DataError(f"data {ds.name} has an empty test split; give data with test samples")
 
     result: dict[str, Any] = {"artifact": str(tfl), "target": target.name, "model": model_spec,
-                              "data": data_spec or ds.name, "data_id": ds.data_id, "samples": int(len(x))}
+                              "weights": str(weights) if weights else None, "data": data_spec or ds.name,
+                              "data_id": ds.data_id, "samples": int(len(x)),
+                              "deploy_report": bool(deploy), "deployed_target": deploy.get("target")}
+    if deploy.get("data_id") and deploy["data_id"] != ds.data_id:
+        result["data_note"] = f"deployed with data {deploy['data_id']}, validated on {ds.data_id}"
     with backend_for(target) as backend:
         step(0, 4, "device check")
         result["device"] = backend.check()
@@ -128,6 +149,8 @@ def validate(artifact: str | Path, target_spec: str, data_spec: str | None = Non
         result["float_top1"] = _top1(_logits(model.module, x), y)
     if model is not None and policy is not None:
         qmodel = _simulation(model, ds, policy, sim_state, deploy)
+        result["simulated_policy"] = str(policy_path) if policy_path else "the deployed policy"
+        result["simulation"] = "saved by deploy" if sim_state is not None else "calibrated again (PTQ)"
         sim = _logits(qmodel, x)
         result["simulated_top1"] = _top1(sim, y)
         agree = np.argmax(sim, axis=1) == ev.predictions
@@ -143,9 +166,10 @@ def validate(artifact: str | Path, target_spec: str, data_spec: str | None = Non
                 from .divergence import SAMPLES, find
 
                 step(3, 4, "looking for the diverging layer")
-                result["divergence"] = find(data, qmodel, deploy["layers"], x[:SAMPLES], layout)
+                result["divergence"] = find(data, qmodel, deploy["layers"], x[spread(len(x), SAMPLES)], layout)
     step(4, 4, "done")
-    folder = tfl.parent
+    folder = Path(out_dir) if out_dir else tfl.parent
+    folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / VALIDATION_FILE, json.loads(json.dumps(result)))
     result["report"] = {k: str(v) for k, v in write_report(folder, deploy or None, result).items()}
     return result
@@ -210,6 +234,7 @@ def _latency(timing: Any, deploy: dict, policy: Any, profile_path: Any, target: 
         if policy is None:
             raise ConfigError("a latency prediction from --profile needs the artifact's policy; give --policy")
         table = CostTable.load(profile_path)
+        policy.check_layers(list(table.layers))
         pred = predicted_latency(policy, table, target, deploy.get("model_hash") or table.model_hash)
     elif deploy.get("latency") and deploy["latency"].get("target") == target:
         pred = deploy["latency"]

@@ -20,12 +20,20 @@ def sshd(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def device_python() -> str:
-    """The device side's Python: a venv with numpy and ai-edge-litert, no torch."""
-    from .devices import device_venv, need
+def device_venv_python() -> str:
+    """A Python with numpy and ai-edge-litert, no torch: what a device has."""
+    from .devices import device_venv
+
+    return str(device_venv() / "bin" / "python")
+
+
+@pytest.fixture(scope="session")
+def device_python(device_venv_python) -> str:
+    """The device side's Python, reached over ssh (the ssh client must exist)."""
+    from .devices import need
 
     need("ssh")
-    return str(device_venv() / "bin" / "python")
+    return device_venv_python
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -126,3 +126,22 @@ def test_every_linear_precision_of_each_target_lands_in_the_flatbuffer_and_misma
     tl = trace(twins, (6,))
     with pytest.raises(ConversionError, match="2 ops of the converted model carry its weights"):
         map_layers(tl, float_tflite(twins, (6,)), torch_weights(twins, tl))
+
+
+def test_the_model_input_and_output_stay_float_beside_float_boundary_layers():
+    from edgempq.export.mixed import policy_rules
+    from edgempq.export.recipe import OpInfo
+
+    ops = {name: OpInfo(i, "CONV_2D", f"t{i}", "float32", "float32", 0) for i, name in enumerate(("a", "b", "c"))}
+
+    def ends(**precisions):
+        rules = policy_rules(ops, {k: Precision.parse(v) for k, v in precisions.items()})
+        return {r.op: str(r.precision) for r in rules if r.op in ("INPUT", "OUTPUT")}
+
+    assert ends(a="f16", b="w8a8", c="f32") == {"INPUT": "f32", "OUTPUT": "f32"}
+    assert ends(a="w8a8", b="f32", c="w4a8") == {}  # integer I/O: the layers quantize anyway
+    assert ends(a="w8a16", b="w8a8", c="f16") == {"OUTPUT": "f32"}
+    assert ends(a="f32", b="f32", c="f32") == {}  # nothing is quantized at all
+    # op order, not policy order, says which layer is nearest the input
+    ops["a"], ops["c"] = ops["c"], ops["a"]
+    assert ends(a="w8a8", b="w8a8", c="f16") == {"INPUT": "f32"}

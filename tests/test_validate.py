@@ -107,11 +107,12 @@ def test_validate_writes_the_report_with_its_plots(built):
     assert r["latency"]["runs"] == 5
 
 
-def test_the_device_runner_evaluates_in_a_venv_without_torch(built, device_python, tmp_path):
+def test_the_device_runner_evaluates_in_a_venv_without_torch(built, device_venv_python, tmp_path):
     from edgempq.backends.base import device_script
     from edgempq.pipeline import load_model_and_data
     from edgempq.validate import to_model_layout
 
+    device_python = device_venv_python
     p = subprocess.run([device_python, "-c", "import torch"], capture_output=True)
     assert p.returncode != 0
     model = (built["good"] / "model.tflite").read_bytes()
@@ -175,3 +176,43 @@ def test_a_bare_tflite_validates_with_data_alone(built, tmp_path):
     r = validate(bare, "host", data_spec=built["data"])
     assert 0 < r["artifact_top1"] <= 1 and "float_top1" not in r and "agreement" not in r
     assert (tmp_path / "report.html").exists()
+
+
+def test_a_deploy_report_of_another_build_is_not_used(built, tmp_path):
+    import shutil
+
+    from edgempq.validate import open_artifact
+
+    copy = tmp_path / "copy"
+    shutil.copytree(built["good"], copy)
+    assert open_artifact(copy)[2] is not None
+    data = bytearray((copy / "model.tflite").read_bytes())
+    data[-1] ^= 1  # same length, another build
+    (copy / "model.tflite").write_bytes(bytes(data))
+    assert open_artifact(copy)[2] is None
+    (copy / "deploy.json").write_text("[1, 2]")
+    (copy / "model.tflite").write_bytes((built["good"] / "model.tflite").read_bytes())
+    with pytest.raises(ConfigError, match="not a deploy report"):
+        open_artifact(copy)
+
+
+def test_validate_refuses_mismatched_models_and_missing_inputs(built, tmp_path):
+    from edgempq.validate import validate
+
+    with pytest.raises(ConfigError, match="weights file .* does not exist"):
+        validate(built["good"], "host", weights=tmp_path / "nope.pt")
+    other = tmp_path / "other.pt"
+    import torch
+
+    state = torch.load(built["weights"], weights_only=True)
+    torch.save({k: v + 1 if v.is_floating_point() else v for k, v in state.items()}, other)
+    with pytest.raises(ConfigError, match="deployed from model .* give the weights it was deployed with"):
+        validate(built["good"], "host", weights=other)
+    bare = tmp_path / "bare.tflite"
+    bare.write_bytes((built["good"] / "model.tflite").read_bytes())
+    with pytest.raises(ConfigError, match="needs the model: give --model"):
+        validate(bare, "host", data_spec=built["data"], policy_path=built["all8"])
+    r = run("deploy", "--model", built["model"], "--weights", built["weights"], "--policy", str(built["all8"]),
+            "--data", built["data"], "--device", "host", "--sweep", str(built["all8"]), "-o", str(tmp_path / "x"),
+            check=False)
+    assert r.returncode == 1 and "is not a sweep written by" in r.stderr and not (tmp_path / "x").exists()

@@ -146,11 +146,18 @@ def microcontroller_checks(art: Artifact, target: Target) -> None:
 
 
 def write(art: Artifact, folder: Path, report: dict, policy: Policy, simulation: bytes) -> dict[str, Path]:
-    """Write the artifact's files (each atomically) and return their paths."""
+    """Write the artifact's files (each atomically) and return their paths. deploy.json goes
+    last and records the sha256 of model.tflite and simulation.pt: a folder whose writing was
+    interrupted has no deploy.json, or one whose hashes do not match, and validate ignores it."""
+    import hashlib
+
     from ..files import atomic_write_bytes, atomic_write_text, write_json
 
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "validation.json").unlink(missing_ok=True)  # it validated the previous build
+    for stale in ("deploy.json", "validation.json"):  # they describe the previous build
+        (folder / stale).unlink(missing_ok=True)
+    report = {**report, "sha256": {"model.tflite": hashlib.sha256(art.tflite).hexdigest(),
+                                   "simulation.pt": hashlib.sha256(simulation).hexdigest()}}
     paths = {"model.tflite": atomic_write_bytes(folder / "model.tflite", art.tflite)}
     recipe = [{"regex": r.regex, "op": r.op, "precision": str(r.precision), "layer": r.label} for r in art.rules]
     paths["recipe.json"] = write_json(folder / "recipe.json", {"rules": recipe})
