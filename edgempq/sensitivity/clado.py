@@ -1,0 +1,221 @@
+"""CLADO (Deng et al., arXiv 2307.05657): cross-layer dependencies from measured loss changes.
+
+For every (layer, precision) item i the loss change Λ(i) with only that layer quantized, and for
+every two items of different layers the change Λ(i, j) with both quantized. Their matrix
+G_ii = 2Λ(i), G_ij = Λ(i, j) − Λ(i) − Λ(j) (0 within a layer) makes ½ xᵀGx, for a one-hot
+assignment x, the loss change a second-order model predicts; it is exact when the loss is
+quadratic in the perturbations. As a Sensitivity: penalty Λ(i) = G_ii / 2 and pair term G_ij,
+which the solver linearises exactly (no PSD fix is needed; `psd=true` projects G onto the PSD
+cone first, as the paper does for its quadratic solver).
+
+Quantized layers come from one PTQ-calibrated fake-quant copy per precision (the paper's
+recipe), swapped into the float model one or two at a time. Cost: an N-item model needs N
+singles and Σ pairs forward passes; each one reuses the float model's activations up to the
+first quantized layer (torch.fx), so a pair costs only the part of the network after it."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..quant import QuantConfig, apply, batches, calibrate
+from ..schema import Policy
+from .base import METHODS, Method, searchable
+
+
+def clado_matrix(items: list[tuple[Hashable, Hashable]], loss_change: Callable[[tuple], float],
+                 on_pair: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """G over `items` = (layer, choice): `loss_change(items)` is ΔL with exactly those items
+    applied (one, or two of different layers)."""
+    n = len(items)
+    single = np.array([loss_change((it,)) for it in items], dtype=np.float64)
+    g = np.diag(2.0 * single)
+    pairs = [(i, j) for i, j in itertools.combinations(range(n), 2) if items[i][0] != items[j][0]]
+    for k, (i, j) in enumerate(pairs):
+        if on_pair:
+            on_pair(k, len(pairs))
+        g[i, j] = g[j, i] = loss_change((items[i], items[j])) - single[i] - single[j]
+    return g
+
+
+def psd_projection(g: np.ndarray) -> np.ndarray:
+    """The nearest PSD matrix (Frobenius): negative eigenvalues set to 0, with `eigh` (G is
+    symmetric; `eig` can return complex, non-orthogonal vectors)."""
+    sym = (g + g.T) / 2.0
+    vals, vecs = np.linalg.eigh(sym)
+    out = (vecs * np.clip(vals, 0.0, None)) @ vecs.T
+    return (out + out.T) / 2.0
+
+
+class ReuseRunner:
+    """Runs a model with some leaf modules swapped, reusing the float run's values of every
+    graph node that no swapped module feeds. Falls back to whole forwards when torch.fx cannot
+    trace the model."""
+
+    def __init__(self, model: nn.Module, names: Iterable[str]) -> None:
+        self.model = model
+        self.names = list(names)
+        try:
+            self.gm = torch.fx.symbolic_trace(model)
+        except Exception:  # noqa: BLE001 - user models that fx cannot trace
+            self.gm = None
+            return
+        self.nodes = list(self.gm.graph.nodes)
+        users: dict[torch.fx.Node, list[torch.fx.Node]] = {n: list(n.users) for n in self.nodes}
+        self.after: dict[str, set] = {}
+        for name in self.names:
+            start = [n for n in self.nodes if n.op == "call_module" and n.target == name]
+            seen: set = set()
+            stack = list(start)
+            while stack:
+                n = stack.pop()
+                if n not in seen:
+                    seen.add(n)
+                    stack.extend(users[n])
+            self.after[name] = seen
+        self.modules = dict(self.gm.named_modules())
+
+    @torch.no_grad()
+    def float_values(self, x: torch.Tensor) -> dict | None:
+        """Every node's value in the float model for batch `x` (None without fx)."""
+        if self.gm is None:
+            return None
+        env: dict = {}
+        for node in self.nodes:
+            env[node] = self._exec(node, env, {}, x)
+        return env
+
+    @torch.no_grad()
+    def run(self, x: torch.Tensor, cache: dict | None, swaps: dict[str, nn.Module]) -> torch.Tensor:
+        if self.gm is None or cache is None:
+            saved = {n: self.model.get_submodule(n) for n in swaps}
+            try:
+                for n, m in swaps.items():
+                    _set_module(self.model, n, m)
+                return self.model(x)
+            finally:
+                for n, m in saved.items():
+                    _set_module(self.model, n, m)
+        tainted = set().union(*(self.after[n] for n in swaps))
+        env: dict = {}
+        for node in self.nodes:
+            env[node] = self._exec(node, env, swaps, x) if node in tainted else cache[node]
+            if node.op == "output":
+                return env[node]
+        raise RuntimeError("the traced graph has no output")  # pragma: no cover
+
+    def _exec(self, node, env: dict, swaps: dict[str, nn.Module], x: torch.Tensor):
+        from torch.fx.node import map_arg
+
+        if node.op == "placeholder":
+            return x
+        args = map_arg(node.args, lambda n: env[n])
+        kwargs = map_arg(node.kwargs, lambda n: env[n])
+        if node.op == "call_module":
+            return (swaps.get(node.target) or self.modules[node.target])(*args, **kwargs)
+        if node.op == "call_function":
+            return node.target(*args, **kwargs)
+        if node.op == "call_method":
+            return getattr(args[0], node.target)(*args[1:], **kwargs)
+        if node.op == "get_attr":
+            obj = self.gm
+            for part in node.target.split("."):
+                obj = getattr(obj, part)
+            return obj
+        return args[0]  # output
+
+
+def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, new)
+
+
+def _loss(out: torch.Tensor, y: torch.Tensor, reference: torch.Tensor | None) -> float:
+    if reference is None:
+        return float(nn.functional.cross_entropy(out, y, reduction="sum"))
+    return float(nn.functional.kl_div(nn.functional.log_softmax(out, dim=1),
+                                      nn.functional.log_softmax(reference, dim=1), reduction="sum",
+                                      log_target=True))
+
+
+@METHODS.register("clado")
+class Clado(Method):
+    """Single-layer and pairwise loss changes, measured, as penalties and pair terms."""
+
+    name = "clado"
+    monotone_exception = "measured loss changes carry calibration noise between close precisions"
+
+    @dataclass(frozen=True)
+    class Params:
+        samples: int = 256
+        batch_size: int = 64
+        loss: str = "ce"  # or kl: divergence from the float model's outputs
+        psd: bool = False  # project G onto the PSD cone (the paper's fix for its quadratic solver)
+        seed: int = 0
+
+        def __post_init__(self) -> None:
+            if self.samples < 1 or self.batch_size < 1:
+                raise ConfigError("clado needs samples >= 1 and batch_size >= 1")
+            if self.loss not in ("ce", "kl"):
+                raise ConfigError(f"clado loss must be ce or kl, not {self.loss!r}")
+
+    def compute(self, model, layers, precisions, data, on_step=None):
+        from ..schema import Sensitivity
+
+        p = self.params
+        x, y = data.batch(p.samples, p.seed)
+        cfg = QuantConfig(seed=p.seed)
+        scored = searchable(layers, precisions)
+        fmodel = apply(model, Policy({}), cfg)  # float, BatchNorm folded as in every quantized copy
+        # one calibrated copy per precision, over the layers that may take it; f32 is no change
+        choices = sorted({str(q) for la in scored for q in precisions[la.name] if str(q) != "f32"})
+        copies = {}
+        for k, prec in enumerate(choices):
+            if on_step:
+                on_step(k, len(choices), f"calibrating {prec}")
+            pol = Policy({la.name: q for la in scored for q in precisions[la.name] if str(q) == prec})
+            copies[prec] = calibrate(apply(model, pol, cfg), batches(x.numpy(), p.batch_size))
+        items = [(la.name, str(q)) for la in scored for q in precisions[la.name] if str(q) != "f32"]
+        runner = ReuseRunner(fmodel, [la.name for la in scored])
+        chunks = [(x[i:i + p.batch_size], y[i:i + p.batch_size]) for i in range(0, len(x), p.batch_size)]
+        caches = [runner.float_values(xb) for xb, _ in chunks]
+        with torch.no_grad():
+            refs = [fmodel(xb) for xb, _ in chunks] if p.loss == "kl" else [None] * len(chunks)
+            base = sum(_loss(fmodel(xb), yb, r) for (xb, yb), r in zip(chunks, refs, strict=True)) / len(x)
+
+        def loss_change(picked: tuple) -> float:
+            swaps = {layer: copies[prec].get_submodule(layer) for layer, prec in picked}
+            total = 0.0
+            for (xb, yb), cache, ref in zip(chunks, caches, refs, strict=True):
+                total += _loss(runner.run(xb, cache, swaps), yb, ref)
+            return total / len(x) - base
+
+        def on_pair(k: int, n: int) -> None:
+            if on_step:
+                on_step(k, n, "pairs")
+
+        g = clado_matrix(items, loss_change, on_pair)
+        if on_step:
+            on_step(1, 1, "done")
+        c = psd_projection(g) if p.psd else g
+        index = {it: i for i, it in enumerate(items)}
+        penalties = {}
+        for la in scored:
+            for q in precisions[la.name]:
+                key = (la.name, str(q))
+                penalties[key] = float(c[index[key], index[key]] / 2.0) if key in index else 0.0
+        pairs = {(a, b): float(c[index[a], index[b]]) for a, b in itertools.combinations(items, 2)
+                 if a[0] != b[0] and c[index[a], index[b]] != 0.0}
+        negative = [f"{a} {b}" for (a, b) in items if g[index[(a, b)], index[(a, b)]] < 0]
+        info = {"float_loss": base, "negative_singles": negative, "pairs_measured": int(
+            sum(1 for a, b in itertools.combinations(items, 2) if a[0] != b[0])),
+            "fx_reuse": runner.gm is not None}
+        if p.psd:
+            info["psd_min_eigenvalue_before"] = float(np.linalg.eigvalsh((g + g.T) / 2).min())
+        return Sensitivity(self.name, penalties, pairs=pairs, info=info)

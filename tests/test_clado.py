@@ -1,0 +1,101 @@
+"""CLADO: the matrix G on a loss that is exactly quadratic, the PSD projection, the reuse of
+float activations, and the method on a tiny trained network solved by the solver."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from edgempq.schema import Budget, Precision
+from edgempq.sensitivity import compute
+from edgempq.sensitivity.clado import ReuseRunner, clado_matrix, psd_projection
+from edgempq.solve import Choice, Problem, solve_problem
+
+from .test_sensitivity import TinyRes, tiny  # noqa: F401 - the fixture
+
+
+def test_x_g_x_is_twice_the_loss_change_of_an_exactly_quadratic_loss():
+    # ΔL(S) = ½ (Σ_{i∈S} δ_i)ᵀ H (Σ δ_i) + gᵀ0: no first-order term, as CLADO's Taylor model assumes
+    rng = np.random.default_rng(0)
+    dim, layers, schemes = 6, 3, ("a", "b", "c")
+    a = rng.normal(size=(dim, dim))
+    h = a @ a.T
+    delta = {(f"l{i}", s): rng.normal(size=dim) for i in range(layers) for s in schemes}
+    items = list(delta)
+
+    def loss_change(picked):
+        v = sum(delta[it] for it in picked)
+        return 0.5 * float(v @ h @ v)
+
+    g = clado_matrix(items, loss_change)
+    assert np.allclose(g, g.T)
+    for pick in itertools.product(schemes, repeat=layers):  # every one-hot assignment
+        x = np.array([1.0 if it[1] == pick[int(it[0][1:])] else 0.0 for it in items])
+        chosen = tuple(it for it, v in zip(items, x, strict=True) if v)
+        assert x @ g @ x == pytest.approx(2 * loss_change(chosen), rel=1e-9)
+    # within a layer the matrix is diagonal: two schemes of one layer never co-occur
+    assert g[items.index(("l0", "a")), items.index(("l0", "b"))] == 0.0
+
+
+def test_psd_projection_keeps_a_psd_matrix_and_clips_negative_eigenvalues():
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(5, 3))
+    psd = a @ a.T  # rank 3, PSD
+    assert np.allclose(psd_projection(psd), psd, atol=1e-12)
+    indefinite = psd - 2.0 * np.eye(5)
+    c = psd_projection(indefinite)
+    assert np.linalg.eigvalsh(c).min() >= -1e-10 and np.allclose(c, c.T)
+    vals, vecs = np.linalg.eigh(indefinite)
+    assert np.allclose(c, (vecs * np.clip(vals, 0, None)) @ vecs.T)
+
+
+def test_reuse_runner_equals_a_whole_forward_with_the_modules_swapped():
+    from edgempq.quant import QuantConfig, apply, batches, calibrate
+    from edgempq.schema import Policy
+
+    torch.manual_seed(0)
+    m = TinyRes().eval()
+    x = torch.randn(16, 1, 8, 8)
+    fm = apply(m, Policy({}), QuantConfig())
+    q = calibrate(apply(m, Policy({n: Precision.parse("w4a8") for n in ("conv2", "down.0", "fc")})),
+                  batches(x.numpy(), 16))
+    runner = ReuseRunner(fm, ["stem.0", "conv1", "conv2", "down.0", "dw", "fc"])
+    assert runner.gm is not None
+    cache = runner.float_values(x)
+    for swap in (["conv2"], ["down.0"], ["conv2", "fc"], ["down.0", "conv2"]):
+        swaps = {n: q.get_submodule(n) for n in swap}
+        got = runner.run(x, cache, swaps)
+        whole = ReuseRunner.__new__(ReuseRunner)
+        whole.model, whole.gm = fm, None
+        want = whole.run(x, None, swaps)  # plain forward with the modules set in place
+        assert torch.allclose(got, want, atol=1e-6), swap
+    assert torch.equal(runner.run(x, cache, {}), fm(x))
+
+
+def test_clado_scores_singles_and_pairs_and_the_unconstrained_solve_keeps_8_bits(tiny):  # noqa: F811
+    m, layers, _, data = tiny
+    choices = [Precision.parse(p) for p in ("w8a8", "w4a8", "w2a8")]
+    precisions = {la.name: choices for la in layers if la.searchable}
+    # KL to the float outputs: ΔL >= 0 for every single, ≈ 0 at 8 bits (with CE on this barely
+    # trained net, a 4-bit fc lowers the loss: the paper's "sanity check problem", flagged)
+    ce = compute("clado", m, layers, precisions, data, {"samples": 64})
+    assert "fc w4a8" in ce.info["negative_singles"] and ce.penalty("fc", "w4a8") < 0
+    s = compute("clado", m, layers, precisions, data, {"samples": 64, "psd": True, "loss": "kl"})
+    names = list(precisions)
+    assert not [k for k in s.info["negative_singles"] if "w8a8" not in k]
+    assert len(s.pairs) <= len(list(itertools.combinations(names, 2))) * 9
+    assert all(a[0] != b[0] for a, b in s.pairs)  # never within a layer
+    assert s.info["fx_reuse"] and s.info["pairs_measured"] == len(list(itertools.combinations(names, 2))) * 9
+    assert all(abs(s.penalty(n, "w8a8")) < 0.05 for n in names)  # 8 bits barely change the loss
+    assert sum(s.penalty(n, "w2a8") for n in names) > 10 * sum(abs(s.penalty(n, "w8a8")) for n in names)
+    problem = Problem({n: [Choice(n, str(p), s.penalty(n, str(p)), size_bytes=p.weight_bits) for p in choices]
+                       for n in names}, dict(s.pairs))
+    sol = solve_problem(problem, Budget(size_kb=1e6))  # no budget that binds
+    assert set(sol.precisions.values()) == {"w8a8"}, sol.precisions
+    # the solver's objective is the predicted loss change, ½ xᵀCx
+    assert sol.objective == pytest.approx(sum(s.penalty(n, "w8a8") for n in names)
+                                          + sum(v for (a, b), v in s.pairs.items() if a[1] == b[1] == "w8a8"),
+                                          abs=1e-9)
