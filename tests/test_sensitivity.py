@@ -200,7 +200,8 @@ def test_measured_penalty_is_the_loss_increase_of_quantizing_one_layer(tiny):
 
 # -- the contract, over every registered method -----------------------------------------------------
 
-CHEAP = {"hawq": {"probes": 8}, "measured": {"samples": 48}}
+CHEAP = {"hawq": {"probes": 8}, "measured": {"samples": 48}, "clado": {"samples": 48}, "gmpq": {"epochs": 2},
+         "limpq": {"epochs": 1}}
 
 
 @pytest.mark.parametrize("name", method_names())
@@ -221,7 +222,7 @@ def test_method_contract(name, tiny):
 
 
 def test_unknown_method_and_parameters_are_clear_errors():
-    with pytest.raises(ConfigError, match="choose one of: csmpq, hawq, measured, ompq"):
+    with pytest.raises(ConfigError, match="choose one of: clado, csmpq, gmpq, hawq, limpq, measured, ompq"):
         get_method("nope")
     with pytest.raises(ConfigError, match="has no parameter 'betta'; its parameters are: beta="):
         parse_params(get_method("ompq"), ["betta=1"])

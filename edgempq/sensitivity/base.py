@@ -66,7 +66,7 @@ METHODS: Registry[type[Method]] = Registry("sensitivity method")
 
 
 def _load_plugins() -> None:
-    from . import clado, csmpq, hawq, measured, ompq  # noqa: F401 - registration on import
+    from . import clado, csmpq, gmpq, hawq, limpq, measured, ompq  # noqa: F401 - registration on import
 
 
 def method_names() -> list[str]:
