@@ -232,7 +232,7 @@ def profile(device: str, model_spec: str, weights: str | None, input_shape: str 
 
 
 @main.command()
-@click.option("--method", required=True, help="the method: ompq, csmpq, hawq or measured")
+@click.option("--method", required=True, help="the method: ompq, csmpq, hawq, measured, clado, gmpq or limpq")
 @click.option("--model", "model_spec", required=True, help=MODEL_HELP)
 @click.option("--weights", type=click.Path(), help="a state_dict saved with torch.save (the trained model)")
 @click.option("--data", "data_spec", help=DATA_HELP + " (default: the zoo model's); its calibration split is used")

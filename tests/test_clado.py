@@ -73,6 +73,16 @@ def test_reuse_runner_equals_a_whole_forward_with_the_modules_swapped():
         want = whole.run(x, None, swaps)  # plain forward with the modules set in place
         assert torch.allclose(got, want, atol=1e-6), swap
     assert torch.equal(runner.run(x, cache, {}), fm(x))
+    # a pair from its first item's run, recomputing only what the second layer feeds, in any order
+    for a, b in (("conv2", "fc"), ("down.0", "conv2"), ("fc", "stem.0"), ("dw", "conv1")):
+        env = runner.run(x, cache, {a: q.get_submodule(a) if a in ("conv2", "down.0", "fc") else fm.get_submodule(a)},
+                         keep=True)
+        swaps = {n: q.get_submodule(n) for n in (a, b) if n in ("conv2", "down.0", "fc")}
+        swaps |= {n: fm.get_submodule(n) for n in (a, b) if n not in swaps}
+        got = runner.run(x, env, swaps, recompute=[b])
+        whole = ReuseRunner.__new__(ReuseRunner)
+        whole.model, whole.gm = fm, None
+        assert torch.allclose(got, whole.run(x, None, swaps), atol=1e-6), (a, b)
 
 
 def test_clado_scores_singles_and_pairs_and_the_unconstrained_solve_keeps_8_bits(tiny):  # noqa: F811

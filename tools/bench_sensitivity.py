@@ -1,13 +1,15 @@
 """Benchmark of the sensitivity methods: CPU time per method, and how each ranks the layers
-next to the measured baseline (Spearman ρ).
+next to the measured baseline and to OMPQ / CSMPQ (Spearman ρ).
 
     .venv/bin/python tools/bench_sensitivity.py [--repeats 3] [--out bench_results/sensitivity.json] [--quick]
 
 Timing: resnet18 at 224x224 with random weights on 32 random images (each method's batch is 32;
 `measured` is left out there: 21 layers x 6 precisions of full calibrations is the cost the other
-methods avoid), and the trained mnist_resnet8 (cached by `make demo`, trained if missing) on its
-MNIST calibration split. Ranking: each method's layer order by the penalty of w2a8 relative to
-f32 (the widest gap, so the measured baseline is well above its noise), against `measured`.
+methods avoid), and the trained mnist_resnet8 and mnist_mobilenet (cached, trained if missing) on
+their MNIST calibration split. The methods that train or run many forward passes (clado, gmpq,
+limpq) run once with their defaults. Ranking: each method's layer order by the penalty of w2a8
+relative to f32 (the widest gap, so the measured baseline is well above its noise), against
+`measured`, `ompq` and `csmpq`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import statistics
 import time
 from pathlib import Path
 
-METHODS = ("ompq", "csmpq", "hawq", "measured")
+METHODS = ("ompq", "csmpq", "hawq", "measured", "clado", "gmpq", "limpq")
+ONCE = {"clado", "gmpq", "limpq"}  # minutes each: one run
 PRECISIONS = ("w2a8", "w4a8", "w8a8", "w8a16", "f16", "f32")
 
 
@@ -57,22 +60,24 @@ def bench_resnet18(repeats: int) -> dict:
     return out
 
 
-def bench_mnist(repeats: int) -> dict:
+def bench_mnist(model_name: str, repeats: int, methods: tuple[str, ...] = METHODS) -> dict:
     from scipy.stats import spearmanr
 
     from edgempq.pipeline import DEMO_TRAIN, cached_model, layer_precisions, sensitivity, trace
 
-    model, ds, _ = cached_model("zoo:mnist_resnet8", "mnist", DEMO_TRAIN)
+    model, ds, _ = cached_model(f"zoo:{model_name}", "mnist", DEMO_TRAIN)
     layers = trace(model.module, model.input_shape)
     precisions = layer_precisions(layers, PRECISIONS)
     out, gaps = {}, {}
-    for name in METHODS:
-        sens, t = timed(lambda name=name: sensitivity(model, ds, name, precisions), repeats)
+    for name in methods:
+        sens, t = timed(lambda name=name: sensitivity(model, ds, name, precisions), 1 if name in ONCE else repeats)
         gaps[name] = [sens.penalty(n, "w2a8") - sens.penalty(n, "f32") for n in precisions]
         out[name] = t | {"w2a8_gap": dict(zip(precisions, gaps[name], strict=True))}
-        print(f"mnist_resnet8 {name}: {t}", flush=True)
-    for name in METHODS:
-        out[name]["spearman_vs_measured"] = float(spearmanr(gaps[name], gaps["measured"]).statistic)
+        print(f"{model_name} {name}: {t}", flush=True)
+    for name in methods:
+        for ref in ("measured", "ompq", "csmpq"):
+            if ref in gaps and ref != name:
+                out[name][f"spearman_vs_{ref}"] = float(spearmanr(gaps[name], gaps[ref]).statistic)
     return out
 
 
@@ -83,7 +88,9 @@ def main() -> None:
     ap.add_argument("--out", default="bench_results/sensitivity.json")
     args = ap.parse_args()
     repeats = 1 if args.quick else args.repeats
-    result = {"mnist_resnet8": bench_mnist(repeats)}
+    result = {"mnist_resnet8": bench_mnist("mnist_resnet8", repeats)}
+    if not args.quick:
+        result["mnist_mobilenet"] = bench_mnist("mnist_mobilenet", repeats)
     if not args.quick:
         result["resnet18_224"] = bench_resnet18(repeats)
     from edgempq.files import write_json

@@ -10,8 +10,9 @@ cone first, as the paper does for its quadratic solver).
 
 Quantized layers come from one PTQ-calibrated fake-quant copy per precision (the paper's
 recipe), swapped into the float model one or two at a time. Cost: an N-item model needs N
-singles and Σ pairs forward passes; each one reuses the float model's activations up to the
-first quantized layer (torch.fx), so a pair costs only the part of the network after it."""
+singles and Σ pairs forward passes; on the torch.fx graph a single reuses the float model's
+values up to its layer, and a pair reuses its first item's run up to its second layer, so a
+pair costs only the part of the network fed by its later layer."""
 
 from __future__ import annotations
 
@@ -92,7 +93,12 @@ class ReuseRunner:
         return env
 
     @torch.no_grad()
-    def run(self, x: torch.Tensor, cache: dict | None, swaps: dict[str, nn.Module]) -> torch.Tensor:
+    def run(self, x: torch.Tensor, cache: dict | None, swaps: dict[str, nn.Module],
+            recompute: list[str] | None = None, keep: bool = False):
+        """The output with `swaps` in place. Only the nodes fed by the layers in `recompute`
+        (default: every swapped layer) run; the others come from `cache`, which must already
+        hold the other swaps' effect (a float run, or the run of a single swap). With `keep`,
+        every node's value is returned instead, to serve as the cache of later runs."""
         if self.gm is None or cache is None:
             saved = {n: self.model.get_submodule(n) for n in swaps}
             try:
@@ -102,12 +108,12 @@ class ReuseRunner:
             finally:
                 for n, m in saved.items():
                     _set_module(self.model, n, m)
-        tainted = set().union(*(self.after[n] for n in swaps))
+        tainted = set().union(*(self.after[n] for n in (swaps if recompute is None else recompute)))
         env: dict = {}
         for node in self.nodes:
             env[node] = self._exec(node, env, swaps, x) if node in tainted else cache[node]
             if node.op == "output":
-                return env[node]
+                return env if keep else env[node]
         raise RuntimeError("the traced graph has no output")  # pragma: no cover
 
     def _exec(self, node, env: dict, swaps: dict[str, nn.Module], x: torch.Tensor):
@@ -189,11 +195,20 @@ class Clado(Method):
             refs = [fmodel(xb) for xb, _ in chunks] if p.loss == "kl" else [None] * len(chunks)
             base = sum(_loss(fmodel(xb), yb, r) for (xb, yb), r in zip(chunks, refs, strict=True)) / len(x)
 
+        first: dict = {}  # the run of a pair's first item, whose values its pairs reuse
+
         def loss_change(picked: tuple) -> float:
             swaps = {layer: copies[prec].get_submodule(layer) for layer, prec in picked}
-            total = 0.0
-            for (xb, yb), cache, ref in zip(chunks, caches, refs, strict=True):
-                total += _loss(runner.run(xb, cache, swaps), yb, ref)
+            if len(picked) == 2 and runner.gm is not None:
+                if first.get("item") != picked[0]:  # pairs come grouped by their first item
+                    one = {picked[0][0]: swaps[picked[0][0]]}
+                    first.update(item=picked[0], envs=[runner.run(xb, c, one, keep=True)
+                                                       for (xb, _), c in zip(chunks, caches, strict=True)])
+                outs = [runner.run(xb, env, swaps, recompute=[picked[1][0]])
+                        for (xb, _), env in zip(chunks, first["envs"], strict=True)]
+            else:
+                outs = [runner.run(xb, c, swaps) for (xb, _), c in zip(chunks, caches, strict=True)]
+            total = sum(_loss(o, yb, ref) for o, (_, yb), ref in zip(outs, chunks, refs, strict=True))
             return total / len(x) - base
 
         def on_pair(k: int, n: int) -> None:
