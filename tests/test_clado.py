@@ -11,8 +11,8 @@ import torch
 
 from edgempq.schema import Budget, Precision
 from edgempq.sensitivity import compute
-from edgempq.sensitivity.clado import ReuseRunner, clado_matrix, psd_projection
-from edgempq.solve import Choice, Problem, solve_problem
+from edgempq.sensitivity.clado import ReuseRunner, clado_matrix, psd_projection, solver_terms
+from edgempq.solve import Choice, Problem, objective, solve_problem
 
 from .test_sensitivity import TinyRes, tiny  # noqa: F401 - the fixture
 
@@ -38,6 +38,13 @@ def test_x_g_x_is_twice_the_loss_change_of_an_exactly_quadratic_loss():
         assert x @ g @ x == pytest.approx(2 * loss_change(chosen), rel=1e-9)
     # within a layer the matrix is diagonal: two schemes of one layer never co-occur
     assert g[items.index(("l0", "a")), items.index(("l0", "b"))] == 0.0
+    # as the solver's terms, every assignment's objective is the true loss change
+    penalties, pairs = solver_terms(items, g)
+    problem = Problem({f"l{i}": [Choice(f"l{i}", s, penalties[(f"l{i}", s)]) for s in schemes] for i in range(layers)},
+                      pairs)
+    for pick in itertools.product(schemes, repeat=layers):
+        chosen = {f"l{i}": s for i, s in enumerate(pick)}
+        assert objective(problem, chosen) == pytest.approx(loss_change(tuple(chosen.items())), rel=1e-9)
 
 
 def test_psd_projection_keeps_a_psd_matrix_and_clips_negative_eigenvalues():
@@ -92,7 +99,8 @@ def test_clado_scores_singles_and_pairs_and_the_unconstrained_solve_keeps_8_bits
     # KL to the float outputs: ΔL >= 0 for every single, ≈ 0 at 8 bits (with CE on this barely
     # trained net, a 4-bit fc lowers the loss: the paper's "sanity check problem", flagged)
     ce = compute("clado", m, layers, precisions, data, {"samples": 64})
-    assert "fc w4a8" in ce.info["negative_singles"] and ce.penalty("fc", "w4a8") < 0
+    assert ce.info["negative_singles"] == [f"{n} {p}" for n in precisions for p in map(str, choices)
+                                           if ce.penalty(n, p) < 0]
     s = compute("clado", m, layers, precisions, data, {"samples": 64, "psd": True, "loss": "kl"})
     names = list(precisions)
     assert not [k for k in s.info["negative_singles"] if "w8a8" not in k]

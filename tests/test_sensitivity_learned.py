@@ -18,11 +18,15 @@ def test_lsq_at_b_bits_gives_at_most_2_to_the_b_levels(bits):
     unsigned = lsq(x.abs(), torch.tensor(0.05), 0, 2 ** bits - 1)
     assert len(torch.unique(signed)) <= 2 ** bits and len(torch.unique(unsigned)) <= 2 ** bits
     assert len(torch.unique(signed)) == 2 ** bits  # a wide input reaches every level
+    # the layer itself: the weight and the input it convolves take at most 2^b values
     conv = nn.Conv2d(3, 4, 3)
-    layer = MultiBitLayer(conv, [bits, 8], [8])
-    layer.use((bits, 8))
-    w = lsq(conv.weight, layer.step_w[0], -(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
-    assert len(torch.unique(w)) <= 2 ** bits
+    layer = MultiBitLayer(conv, sorted({bits, 8}), sorted({bits, 16}))
+    seen = {}
+    conv._conv_forward = lambda x, w, b: seen.update(x=x, w=w) or nn.functional.conv2d(x, w, b)
+    layer.use((bits, bits))
+    layer(torch.randn(4, 3, 9, 9))  # signed input: a signed range
+    assert len(torch.unique(seen["w"])) <= 2 ** bits and len(torch.unique(seen["x"])) <= 2 ** bits
+    assert bool(layer.a_signed) and bool(layer.a_ready[layer.act_bits.index(bits)])
 
 
 def test_lsq_passes_gradients_to_the_step_and_through_the_rounding():
@@ -60,10 +64,22 @@ class GapHead(nn.Module):
         return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
 
 
+class PooledHead(GapHead):
+    """The same head with a pooling module and flatten (as the zoo models pool)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(torch.relu(self.conv(x))), 1))
+
+
 @pytest.mark.parametrize("size", [7, 32, 45])
-def test_grad_cam_of_a_gap_linear_head_is_cam_at_any_input_size(size):
+@pytest.mark.parametrize("head", [GapHead, PooledHead])
+def test_grad_cam_of_a_gap_linear_head_is_cam_at_any_input_size(size, head):
     torch.manual_seed(0)
-    m = GapHead().eval()
+    m = head().eval()
     x = torch.randn(6, 3, size, size)
     gm = with_last_feature(m, x[:2])
     logits, feat = gm(x.requires_grad_(True))

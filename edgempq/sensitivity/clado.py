@@ -45,6 +45,15 @@ def clado_matrix(items: list[tuple[Hashable, Hashable]], loss_change: Callable[[
     return g
 
 
+def solver_terms(items: list[tuple], g: np.ndarray) -> tuple[dict, dict]:
+    """G as the solver's terms: penalty G_ii / 2 per item and G_ij per pair of items of
+    different layers, so that a one-hot assignment costs exactly ½ xᵀGx."""
+    penalties = {it: float(g[i, i] / 2.0) for i, it in enumerate(items)}
+    pairs = {(items[i], items[j]): float(g[i, j]) for i, j in itertools.combinations(range(len(items)), 2)
+             if items[i][0] != items[j][0] and g[i, j] != 0.0}
+    return penalties, pairs
+
+
 def psd_projection(g: np.ndarray) -> np.ndarray:
     """The nearest PSD matrix (Frobenius): negative eigenvalues set to 0, with `eigh` (G is
     symmetric; `eig` can return complex, non-orthogonal vectors)."""
@@ -72,6 +81,9 @@ class ReuseRunner:
         self.after: dict[str, set] = {}
         for name in self.names:
             start = [n for n in self.nodes if n.op == "call_module" and n.target == name]
+            if not start:  # a swap that no node calls would silently change nothing
+                raise ConfigError(f"layer {name} is not called as a module in the traced graph; clado cannot "
+                                  "quantize it alone")
             seen: set = set()
             stack = list(start)
             while stack:
@@ -124,7 +136,8 @@ class ReuseRunner:
         args = map_arg(node.args, lambda n: env[n])
         kwargs = map_arg(node.kwargs, lambda n: env[n])
         if node.op == "call_module":
-            return (swaps.get(node.target) or self.modules[node.target])(*args, **kwargs)
+            mod = swaps.get(node.target)
+            return (mod if mod is not None else self.modules[node.target])(*args, **kwargs)
         if node.op == "call_function":
             return node.target(*args, **kwargs)
         if node.op == "call_method":
@@ -218,15 +231,9 @@ class Clado(Method):
         g = clado_matrix(items, loss_change, on_pair)
         if on_step:
             on_step(1, 1, "done")
-        c = psd_projection(g) if p.psd else g
+        own, pairs = solver_terms(items, psd_projection(g) if p.psd else g)
+        penalties = {(la.name, str(q)): own.get((la.name, str(q)), 0.0) for la in scored for q in precisions[la.name]}
         index = {it: i for i, it in enumerate(items)}
-        penalties = {}
-        for la in scored:
-            for q in precisions[la.name]:
-                key = (la.name, str(q))
-                penalties[key] = float(c[index[key], index[key]] / 2.0) if key in index else 0.0
-        pairs = {(a, b): float(c[index[a], index[b]]) for a, b in itertools.combinations(items, 2)
-                 if a[0] != b[0] and c[index[a], index[b]] != 0.0}
         negative = [f"{a} {b}" for (a, b) in items if g[index[(a, b)], index[(a, b)]] < 0]
         info = {"float_loss": base, "negative_singles": negative, "pairs_measured": int(
             sum(1 for a, b in itertools.combinations(items, 2) if a[0] != b[0])),

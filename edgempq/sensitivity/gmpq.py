@@ -80,10 +80,15 @@ def with_last_feature(model: nn.Module, example: Tensor) -> torch.fx.GraphModule
                           f"trace it ({type(e).__name__}: {e})") from None
     with torch.no_grad():
         ShapeProp(gm).propagate(example)
-    maps = [n for n in gm.graph.nodes if n.op not in ("output", "placeholder")
-            and getattr(n.meta.get("tensor_meta"), "shape", None) is not None and len(n.meta["tensor_meta"].shape) == 4]
+    # the last map with more than one position: global pooling's N x C x 1 x 1 output is not one
+    def spatial(n) -> bool:
+        shape = getattr(n.meta.get("tensor_meta"), "shape", None)
+        return shape is not None and len(shape) == 4 and shape[2] * shape[3] > 1
+
+    maps = [n for n in gm.graph.nodes if n.op not in ("output", "placeholder") and spatial(n)]
     if not maps:
-        raise ConfigError("gmpq needs a model with a 4-D (N x C x H x W) feature map for its attribution")
+        raise ConfigError("gmpq needs a model with a spatial feature map (N x C x H x W, H x W > 1) "
+                          "for its attribution")
     out = next(n for n in gm.graph.nodes if n.op == "output")
     result = out.args[0]
     gm.graph.erase_node(out)
@@ -158,6 +163,9 @@ class GMPQ(Method):
                 if hasattr(m, "reset_parameters") and m is not student:
                     m.reset_parameters()
         scored = [la for la in searchable(layers, precisions) if any(not q.is_float for q in precisions[la.name])]
+        if not scored:  # only float choices: nothing to search
+            return Sensitivity(self.name, {(la.name, str(q)): 0.0 for la in searchable(layers, precisions)
+                                           for q in precisions[la.name]}, info={"read_out": {}, "steps": 0})
         mixed: dict[str, MixedLayer] = {}
         for la in scored:
             ints = [q for q in precisions[la.name] if not q.is_float]
@@ -176,8 +184,10 @@ class GMPQ(Method):
         rest = [q for q in student.parameters() if id(q) not in alpha_ids]
         opt_w = torch.optim.SGD(rest, lr=p.lr, momentum=0.9, weight_decay=p.weight_decay)
         opt_a = torch.optim.SGD(alphas, lr=p.lr_alpha, momentum=0.9, weight_decay=p.weight_decay)
+        per_epoch = math.ceil(len(x_all) / p.batch_size)
+        decay = [torch.optim.lr_scheduler.StepLR(o, step_size=10 * per_epoch, gamma=0.1) for o in (opt_w, opt_a)]
         gen = torch.Generator().manual_seed(p.seed)
-        steps = p.epochs * math.ceil(len(x_all) / p.batch_size)
+        steps = p.epochs * per_epoch
         history, k = [], 0
         student.eval()  # BatchNorm is folded; eval keeps dropout off and runs deterministic
         for _ in range(p.epochs):
@@ -200,6 +210,8 @@ class GMPQ(Method):
                 loss.backward()
                 opt_w.step()
                 opt_a.step()
+                for d in decay:  # x0.1 every 10 epochs, as the paper
+                    d.step()
                 history.append([ce.item(), l_attr.item(), float(torch.as_tensor(l_c).detach())])
                 if on_step:
                     on_step(k, steps, f"loss {loss.item():.3f}")

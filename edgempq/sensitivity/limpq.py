@@ -142,7 +142,9 @@ class LIMPQ(Method):
         p = self.params
         torch.manual_seed(p.seed)
         rng = np.random.default_rng(p.seed)
-        net = model  # compute() already works on a copy
+        import copy
+
+        net = copy.deepcopy(model)  # the caller's model is never changed
         scored = [la for la in searchable(layers, precisions) if any(not q.is_float for q in precisions[la.name])]
         ints = {la.name: [q for q in precisions[la.name] if not q.is_float] for la in scored}
         multi: dict[str, MultiBitLayer] = {}
@@ -190,8 +192,9 @@ class LIMPQ(Method):
                 k += 1
         for m in multi.values():
             m.use(None)
-        raw = {n: ({b: float(v) for b, v in zip(m.weight_bits, m.step_w.detach().abs(), strict=True)},
-                   {b: float(v) for b, v in zip(m.act_bits, m.step_a.detach().abs(), strict=True)})
+        # the steps as the forward pass uses them (clamped at 1e-5)
+        raw = {n: ({b: float(v) for b, v in zip(m.weight_bits, m.step_w.detach().clamp_min(1e-5), strict=True)},
+                   {b: float(v) for b, v in zip(m.act_bits, m.step_a.detach().clamp_min(1e-5), strict=True)})
                for n, m in multi.items()}
         top = max((v for w, a in raw.values() for v in (*w.values(), *a.values())), default=1.0)
         big = p.erased * top
