@@ -10,7 +10,8 @@ teacher's map raised to a power p (fixed, or larger when the expected bits are f
 capacity-aware imitation), and L_c = Σ MACs_l · E[b^w_l] · E[b^a_l] / MACs_first.
 
 Departures, for a user's trained model on a CPU: the search network is the user's own network
-(BatchNorm folded, weights initialised from it, `init=scratch` re-initialises them as the
+(its BatchNorm kept and trained in train mode, weights initialised from it, the weights'
+gradient norm clipped at `clip`, `init=scratch` re-initialises them as the
 paper does), not a CIFAR hypernet, so it works at any input size; weight steps are per output
 channel, set from the weights once and then frozen (the paper: one max|W| range, frozen at the
 first forward); activation steps are calibrated by min-max, then learned (LSQ; the paper: a
@@ -138,6 +139,7 @@ class GMPQ(Method):
         pnorm: float = 3.0  # power of the teacher's map; <= 0: capacity-dependent
         product: float = 24.0  # capacity-dependent p = product · mean 1/(E[b^w]·E[b^a])
         init: str = "pretrained"  # or scratch: re-initialise the search network, as the paper
+        clip: float = 5.0  # gradient-norm clip of the network's weights (not in the paper)
         seed: int = 0
 
         def __post_init__(self) -> None:
@@ -157,7 +159,9 @@ class GMPQ(Method):
         teacher = apply(model, Policy({}), cfg).eval()
         for t in teacher.parameters():
             t.requires_grad_(False)
-        student = apply(model, Policy({}), cfg)
+        # the student keeps its BatchNorm and trains in train mode (the paper's search network has
+        # BatchNorm too): without it, SGD on the folded network diverges within a few steps
+        student = apply(model, Policy({}), QuantConfig(seed=p.seed, fold_bn=False))
         if p.init == "scratch":
             for m in student.modules():
                 if hasattr(m, "reset_parameters") and m is not student:
@@ -189,7 +193,7 @@ class GMPQ(Method):
         gen = torch.Generator().manual_seed(p.seed)
         steps = p.epochs * per_epoch
         history, k = [], 0
-        student.eval()  # BatchNorm is folded; eval keeps dropout off and runs deterministic
+        student.train()
         for _ in range(p.epochs):
             order = torch.randperm(len(x_all), generator=gen)
             for i in range(0, len(x_all), p.batch_size):
@@ -208,6 +212,7 @@ class GMPQ(Method):
                 opt_w.zero_grad()
                 opt_a.zero_grad()
                 loss.backward()
+                nn.utils.clip_grad_norm_(rest, p.clip)  # the second-order attribution gradient spikes
                 opt_w.step()
                 opt_a.step()
                 for d in decay:  # x0.1 every 10 epochs, as the paper
