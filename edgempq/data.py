@@ -325,3 +325,11 @@ def with_splits(ds: Dataset, **counts: float) -> Dataset:
     """The same samples split with other sizes (counts or fractions)."""
     m = replace(ds.manifest, splits={**ds.manifest.splits, **counts})
     return replace(ds, manifest=m, splits=stratified_splits(ds.y, _split_counts(m, len(ds.y)), m.seed))
+
+
+def spread(n: int, count: int | None) -> np.ndarray:
+    """`count` sample indices spread evenly over `n` (all of them when `count` is None or
+    larger): splits may be sorted by class, so a prefix would see a few classes only."""
+    if count is None or count >= n:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, count).round().astype(int))

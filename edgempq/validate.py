@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from .data import spread
 from .errors import ConfigError, DataError
 
 Progress = Callable[[int, int, float | str], None]
@@ -67,13 +68,6 @@ def _logits(module: Any, x: np.ndarray, batch: int = 256) -> np.ndarray:
         for i in range(0, len(x), batch):
             out.append(module(torch.from_numpy(np.ascontiguousarray(x[i : i + batch]))).float().numpy())
     return np.concatenate(out)
-
-
-def spread(n: int, count: int | None) -> np.ndarray:
-    """`count` sample indices spread evenly over `n` (splits may be sorted by class)."""
-    if count is None or count >= n:
-        return np.arange(n)
-    return np.unique(np.linspace(0, n - 1, count).round().astype(int))
 
 
 def _top1(logits: np.ndarray, y: np.ndarray) -> float:

@@ -70,8 +70,9 @@ def calibration_feed(float_model: bytes, x: np.ndarray) -> list[dict[str, np.nda
     shape = tuple(int(v) for v in d["shape"])
     # Every sample the simulation calibrated on (splits may be sorted by class: a prefix would
     # see a few classes only); a larger split is thinned evenly.
-    pick = np.linspace(0, len(x) - 1, min(len(x), CALIBRATION_SAMPLES)).round().astype(int)
-    xs = x[np.unique(pick)].astype(np.float32)
+    from ..data import spread
+
+    xs = x[spread(len(x), CALIBRATION_SAMPLES)].astype(np.float32)
     if xs.ndim == 4 and shape[1:] != xs.shape[1:] and shape[1:] == (xs.shape[2], xs.shape[3], xs.shape[1]):
         xs = xs.transpose(0, 2, 3, 1)
     if shape[1:] != xs.shape[1:]:

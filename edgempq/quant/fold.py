@@ -54,11 +54,12 @@ def fold_batchnorm(model: nn.Module) -> list[tuple[str, str]]:
                                     bn.eps, bn.weight, bn.bias)
         conv.weight = nn.Parameter(w.detach().clone())
         conv.bias = nn.Parameter(b.detach().clone())
-        _set_module(model, bn_name, nn.Identity())
+        set_module(model, bn_name, nn.Identity())
     return pairs
 
 
-def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put `new` in place of the submodule called `name`."""
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)

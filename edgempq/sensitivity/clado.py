@@ -26,8 +26,10 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..quant import QuantConfig, apply, batches, calibrate
+from ..quant.fold import set_module
 from ..schema import Policy
 from .base import METHODS, Method, searchable
+from .measured import check_loss_params, summed_loss
 
 
 def clado_matrix(items: list[tuple[Hashable, Hashable]], loss_change: Callable[[tuple], float],
@@ -115,11 +117,11 @@ class ReuseRunner:
             saved = {n: self.model.get_submodule(n) for n in swaps}
             try:
                 for n, m in swaps.items():
-                    _set_module(self.model, n, m)
+                    set_module(self.model, n, m)
                 return self.model(x)
             finally:
                 for n, m in saved.items():
-                    _set_module(self.model, n, m)
+                    set_module(self.model, n, m)
         tainted = set().union(*(self.after[n] for n in (swaps if recompute is None else recompute)))
         env: dict = {}
         for node in self.nodes:
@@ -150,17 +152,6 @@ class ReuseRunner:
         return args[0]  # output
 
 
-def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new)
-
-
-def _loss(out: torch.Tensor, y: torch.Tensor, reference: torch.Tensor | None) -> float:
-    if reference is None:
-        return float(nn.functional.cross_entropy(out, y, reduction="sum"))
-    return float(nn.functional.kl_div(nn.functional.log_softmax(out, dim=1),
-                                      nn.functional.log_softmax(reference, dim=1), reduction="sum",
-                                      log_target=True))
 
 
 @METHODS.register("clado")
@@ -179,10 +170,7 @@ class Clado(Method):
         seed: int = 0
 
         def __post_init__(self) -> None:
-            if self.samples < 1 or self.batch_size < 1:
-                raise ConfigError("clado needs samples >= 1 and batch_size >= 1")
-            if self.loss not in ("ce", "kl"):
-                raise ConfigError(f"clado loss must be ce or kl, not {self.loss!r}")
+            check_loss_params("clado", self.samples, self.batch_size, self.loss)
 
     def compute(self, model, layers, precisions, data, on_step=None):
         from ..schema import Sensitivity
@@ -206,7 +194,7 @@ class Clado(Method):
         caches = [runner.float_values(xb) for xb, _ in chunks]
         with torch.no_grad():
             refs = [fmodel(xb) for xb, _ in chunks] if p.loss == "kl" else [None] * len(chunks)
-            base = sum(_loss(fmodel(xb), yb, r) for (xb, yb), r in zip(chunks, refs, strict=True)) / len(x)
+            base = sum(summed_loss(fmodel(xb), yb, r) for (xb, yb), r in zip(chunks, refs, strict=True)) / len(x)
 
         first: dict = {}  # the run of a pair's first item, whose values its pairs reuse
 
@@ -221,7 +209,7 @@ class Clado(Method):
                         for (xb, _), env in zip(chunks, first["envs"], strict=True)]
             else:
                 outs = [runner.run(xb, c, swaps) for (xb, _), c in zip(chunks, caches, strict=True)]
-            total = sum(_loss(o, yb, ref) for o, (_, yb), ref in zip(outs, chunks, refs, strict=True))
+            total = sum(summed_loss(o, yb, ref) for o, (_, yb), ref in zip(outs, chunks, refs, strict=True))
             return total / len(x) - base
 
         def on_pair(k: int, n: int) -> None:

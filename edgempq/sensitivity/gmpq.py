@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..quant import QuantConfig, apply
+from ..quant.fold import set_module
 from ..quant.quantizers import ActQuantizer, WeightQuantizer
 from ..schema import Policy
 from .base import METHODS, Method, searchable
@@ -175,7 +176,7 @@ class GMPQ(Method):
             ints = [q for q in precisions[la.name] if not q.is_float]
             mixed[la.name] = MixedLayer(student.get_submodule(la.name), sorted({q.weight_bits for q in ints}),
                                         sorted({q.act_bits for q in ints}), p.seed)
-            _set_module(student, la.name, mixed[la.name])
+            set_module(student, la.name, mixed[la.name])
         x_all = torch.from_numpy(np.ascontiguousarray(data.inputs)).float()
         y_all = torch.from_numpy(np.asarray(data.labels)).long()
         _calibrate_acts(student, x_all[: 4 * p.batch_size], p.batch_size)
@@ -258,8 +259,3 @@ def _calibrate_acts(model: nn.Module, x: Tensor, batch_size: int) -> None:
         if not a.calibrated:  # never reached: a unit step
             a.calibrated = True
         a.make_learnable()
-
-
-def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new)

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..quant.fold import set_module
 from ..quant.quantizers import grad_scale, round_ste
 from .base import METHODS, Method, searchable
 
@@ -151,10 +152,10 @@ class LIMPQ(Method):
         for la in scored:
             multi[la.name] = MultiBitLayer(net.get_submodule(la.name), sorted({q.weight_bits for q in ints[la.name]}),
                                            sorted({q.act_bits for q in ints[la.name]}))
-            _set_module(net, la.name, multi[la.name])
+            set_module(net, la.name, multi[la.name])
         for bn_name, layer in _bn_after(net, multi):
             keys = [f"w{q.weight_bits}a{q.act_bits}" for q in ints[layer]]
-            _set_module(net, bn_name, SwitchableBN(net.get_submodule(bn_name), keys, multi[layer]))
+            set_module(net, bn_name, SwitchableBN(net.get_submodule(bn_name), keys, multi[layer]))
         uniform = sorted({str(q) for qs in ints.values() for q in qs})
         x_all = torch.from_numpy(np.ascontiguousarray(data.inputs)).float()
         y_all = torch.from_numpy(np.asarray(data.labels)).long()
@@ -235,8 +236,3 @@ def _bn_after(model: nn.Module, multi: dict[str, MultiBitLayer]) -> list[tuple[s
             if getattr(src, "op", None) == "call_module" and src.target in multi:
                 out.append((n.target, src.target))
     return out
-
-
-def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new)

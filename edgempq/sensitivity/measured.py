@@ -15,19 +15,30 @@ from ..schema import Policy
 from .base import METHODS, Method, searchable
 
 
+def summed_loss(out: torch.Tensor, y: torch.Tensor, reference: torch.Tensor | None = None) -> float:
+    """Summed cross-entropy of a batch; with `reference` logits, the summed KL to them."""
+    if reference is None:
+        return float(nn.functional.cross_entropy(out, y, reduction="sum"))
+    return float(nn.functional.kl_div(nn.functional.log_softmax(out, dim=1),
+                                      nn.functional.log_softmax(reference, dim=1), reduction="sum", log_target=True))
+
+
 @torch.no_grad()
 def mean_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, reference=None) -> float:
     """Mean cross-entropy over (x, y); with `reference` logits, the mean KL to them instead."""
     total = 0.0
     for i in range(0, len(x), batch_size):
-        out = model(x[i:i + batch_size])
-        if reference is None:
-            total += float(nn.functional.cross_entropy(out, y[i:i + batch_size], reduction="sum"))
-        else:
-            ref = nn.functional.log_softmax(reference[i:i + batch_size], dim=1)
-            total += float(nn.functional.kl_div(nn.functional.log_softmax(out, dim=1), ref,
-                                                reduction="sum", log_target=True))
+        ref = None if reference is None else reference[i:i + batch_size]
+        total += summed_loss(model(x[i:i + batch_size]), y[i:i + batch_size], ref)
     return total / len(x)
+
+
+def check_loss_params(method: str, samples: int, batch_size: int, loss: str) -> None:
+    """The parameters the loss-measuring methods share."""
+    if samples < 1 or batch_size < 1:
+        raise ConfigError(f"{method} needs samples >= 1 and batch_size >= 1")
+    if loss not in ("ce", "kl"):
+        raise ConfigError(f"{method} loss must be ce or kl, not {loss!r}")
 
 
 @METHODS.register("measured")
@@ -46,10 +57,7 @@ class Measured(Method):
         seed: int = 0
 
         def __post_init__(self) -> None:
-            if self.samples < 1 or self.batch_size < 1:
-                raise ConfigError("measured needs samples >= 1 and batch_size >= 1")
-            if self.loss not in ("ce", "kl"):
-                raise ConfigError(f"measured loss must be ce or kl, not {self.loss!r}")
+            check_loss_params("measured", self.samples, self.batch_size, self.loss)
 
     def compute(self, model, layers, precisions, data, on_step=None):
         from ..schema import Sensitivity
