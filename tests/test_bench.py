@@ -1,0 +1,157 @@
+"""The benchmark suite's own logic (tools/bench_*.py): how budgets of equal tightness are set,
+how policies are compared at equal measured latency, the random baseline, and that
+BENCHMARKS.md renders every part. The benchmarks themselves are reports, not tests."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+TOOLS = Path(__file__).resolve().parent.parent / "tools"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    sys.path.insert(0, str(TOOLS))
+    import bench_all
+    import bench_device
+    import bench_fidelity
+    import bench_methods
+
+    yield {"all": bench_all, "device": bench_device, "methods": bench_methods, "fidelity": bench_fidelity}
+    sys.path.remove(str(TOOLS))
+
+
+def test_budgets_between_the_uniform_latencies_either_way_round(bench):
+    d = bench["device"]
+    # int8 slower than float (small models on this CPU): budgets still go from the faster up
+    assert d.latency_budgets(0.30, 0.26, (0.25, 0.5)) == pytest.approx([0.27, 0.28])
+    assert d.latency_budgets(50.0, 90.0, (0.5,)) == pytest.approx([70.0])
+    b = d.proxy_budgets(0.27, {"latency_ms": 0.30, "bops": 1000.0, "size_bytes": 2048})
+    assert b["share_of_int8"] == pytest.approx(0.9)
+    assert b["bops"] == {"bops": pytest.approx(900.0)}
+    assert b["size"] == {"size_kb": pytest.approx(1.8)}
+    assert b["latency"] == {"latency_ms": 0.27}
+
+
+def _row(kind, idx, budget, measured, top1=None, key=None, match=None):
+    return {"kind": kind, "budget_index": idx, "latency_budget_ms": budget, "feasible": True,
+            "measured_ms": measured, "top1": top1, "key": key or f"{kind}{idx}", "match": match}
+
+
+def test_summary_counts_breaks_and_checks_the_profile_error(bench):
+    d = bench["device"]
+    rows = [_row("latency", 0, 1.0, 1.04), _row("latency", 1, 2.0, 1.9),
+            _row("bops", 0, 1.0, 1.5), _row("bops", 1, 2.0, 1.8),
+            _row("size", 0, 1.0, 1.2), {"kind": "size", "budget_index": 1, "feasible": False},
+            _row("match", None, 1.5, 1.6)]  # matched policies are not one of the budgets
+    s = d.summary(rows, prof_err=0.05)
+    assert s["latency"]["policies"] == 2 and s["latency"]["over_budget"] == 1
+    assert s["latency"]["max_over"] == pytest.approx(0.04) and s["latency"]["within_profile_error"]
+    assert s["bops"]["over_budget"] == 1 and s["bops"]["max_over"] == pytest.approx(0.5)
+    assert s["size"]["policies"] == 1
+    assert not d.summary(rows, prof_err=0.01)["latency"]["within_profile_error"]
+
+
+def test_equal_latency_pairs_each_proxy_with_its_match(bench):
+    d = bench["device"]
+    rows = [_row("bops", 0, 1.0, 1.5, top1=0.90, match="m1"), _row("size", 0, 1.0, 1.2, top1=0.95, match="m2"),
+            _row("match", None, 1.5, 1.45, top1=0.97, key="m1"), _row("match", None, 1.2, 1.22, top1=0.94, key="m2"),
+            _row("latency", 0, 1.0, 1.0, top1=0.99)]
+    eq = d.equal_latency(rows)
+    assert [(e["proxy"], round(e["top1_gain"], 6)) for e in eq] == [("bops", 0.07), ("size", -0.01)]
+    assert eq[0]["latency_ms"] == 1.45 and eq[0]["proxy_ms"] == 1.5
+
+
+def test_random_baseline_and_research_widths_solve_within_budget(bench, two_layer):
+    from edgempq.layers import policy_weight_bytes, trace
+    from edgempq.schema import Budget, Policy
+    from edgempq.solve import solve
+
+    m = bench["methods"]
+    layers = trace(two_layer, two_layer.input_shape)
+    target = m.ResearchWidths(m.WIDTHS)
+    int8 = {"size_bytes": policy_weight_bytes(layers, Policy.uniform(layers, "w8a8")), "bops": 1}
+    budget = m.budget_for("size", 0.5, int8)
+    picks = set()
+    for seed in range(4):
+        sens = m.random_sensitivity(layers, m.WIDTHS, seed)
+        pol = solve(layers, sens, None, Budget(**budget), target)
+        assert policy_weight_bytes(layers, pol) <= budget["size_kb"] * 1024
+        assert {str(p) for p in pol.precisions.values()} <= set(m.WIDTHS)
+        picks.add(tuple(str(p) for p in pol.precisions.values()))
+    assert len(picks) > 1  # different seeds, different policies
+
+
+def _device_result():
+    rows = [{**_row(k, i, b, b * f, top1=t), "predicted_ms": b * 0.98, "size_bytes": 3000, "bops": 5e5,
+             "precisions": {"a": "f16", "b": "w4a8", "c": "f16"}}
+            for i, b in enumerate((0.3, 0.4)) for k, f, t in (("latency", 0.97, 0.98), ("bops", 1.3, 0.95),
+                                                            ("size", 1.6, 0.96))]
+    rows += [{**_row("uniform w8a8", None, None, 0.3, top1=0.97), "predicted_ms": 0.3}]
+    return {"part": "device", "quick": True, "target": "host", "machine": _machine(), "models": [{
+        "model": "mnist_resnet8", "trained": True, "method": "measured", "input_shape": [1, 1, 28, 28],
+        "int8": {"latency_ms": 0.3, "f32_ms": 0.5, "bops": 1e6, "size_bytes": 4096}, "latency_budgets_ms": [0.3, 0.4],
+        "profile_error": {"max_abs": 0.05, "policies": 2, "errors": [-0.05, 0.02]}, "rows": rows, "rounds": 2,
+        "summary": {k: {"policies": 2, "over_budget": 0 if k == "latency" else 2, "max_over": 0.3,
+                        "median_over": 0.3, "within_profile_error": True} for k in ("latency", "bops", "size")},
+        "equal_latency": [{"budget": 0, "proxy": "bops", "proxy_ms": 0.39, "proxy_top1": 0.95, "latency_ms": 0.38,
+                           "latency_top1": 0.98, "top1_gain": 0.03}]}]}
+
+
+def _machine():
+    return {"cpu": "test CPU", "cores": 2, "memory_gb": 24, "os": "Linux", "python": "3.11", "packages": {},
+            "date": "2026-11-26"}
+
+
+def _methods_result():
+    rows = [{"method": meth, "metric": metric, "share": s, "feasible": True, "ptq_top1": 0.9, "qat_top1": 0.95,
+             "size_bytes": 1000, "bops": 10}
+            for meth in ("ompq", "csmpq", "random0") for metric in ("size", "bops") for s in (0.5, 0.75)]
+    rows += [{"method": "uniform w4a8", "metric": None, "share": None, "feasible": True, "ptq_top1": 0.9,
+              "qat_top1": 0.96, "size_bytes": 2048, "bops": 50}]
+    return {"part": "methods", "quick": True, "widths": ["w2a8", "w3a8", "w4a8", "w8a8"],
+            "qat": {"samples": 1000, "epochs": 1}, "machine": _machine(), "models": [{
+                "model": "mnist_resnet8", "int8": {"size_bytes": 4096, "bops": 100}, "float_top1": 0.977,
+                "shares": [0.5, 0.75], "methods": ["ompq", "csmpq"], "rows": rows,
+                "search": {m: {"sensitivity_s": 0.1, "solve_s": 0.05, "search_s": 0.15} for m in ("ompq", "csmpq")}}]}
+
+
+def test_benchmarks_md_renders_every_part(bench, tmp_path):
+    from edgempq.files import write_json
+
+    write_json(tmp_path / "device.json", _device_result())
+    write_json(tmp_path / "methods.json", _methods_result())
+    write_json(tmp_path / "costs.json", {"part": "costs", "quick": True, "machine": _machine(), "models": [{
+        "model": "mnist_resnet8", "layers": 10, "profile_cold_s": 25.0, "profile_warm_s": 0.5,
+        "sensitivity": {"ompq": {"seconds": 0.1, "from": "here"}}, "solve_s": 0.04, "deploy_s": 13.0,
+        "validate_s": 6.0, "validate_samples": 1000}]})
+    write_json(tmp_path / "fidelity.json", {"part": "fidelity", "quick": True, "machine": _machine(), "models": [{
+        "model": "mnist_resnet8", "trained": True, "artifacts": [{
+            "key": "k", "label": "latency #1", "validate_s": 6.0, "samples": 1000, "float_top1": 0.977,
+            "simulated_top1": 0.97, "artifact_top1": 0.971, "agreement": 0.998, "max_logit_error": 0.3,
+            "mean_logit_error": 0.01, "interleaved_ms": 0.30, "interleaved_error": 0.0,
+            "logit_range": 30.0, "predicted_ms": 0.3, "measured_ms": 0.31, "latency_error": 0.033,
+            "tflite_bytes": 90000, "predicted_weight_bytes": 5000, "stored_weight_bytes": 5000}]}]})
+    a = bench["all"]
+    md = a.render(tmp_path, tmp_path / "BENCHMARKS.md", tmp_path / "plots")
+    text = md.read_text()
+    for heading in ("## Targets", "## 1. Device-aware", "## 2. Sensitivity methods", "## 3. Costs",
+                    "## 4. Fidelity", "--quick"):
+        assert heading in text
+    assert "| search (ompq sensitivity + solve) under 30 s (mnist_resnet8) | 0.15 s | met |" in text
+    assert "1/1 comparisons" in text
+    assert (tmp_path / "plots" / "device_mnist_resnet8.png").stat().st_size > 1000
+    assert (tmp_path / "plots" / "methods_mnist_resnet8.png").stat().st_size > 1000
+    assert "Weight bytes: 1/1 exact" in text
+    assert "| #1 | 1.00 | bops | 0.300 | 0.294 | 0.390 | +30.0 % | 2.9 | 0 | 95.0 % | 2×f16, 1×w4a8 |" in text
+
+
+def test_fidelity_labels_name_every_kind_that_chose_an_artifact(bench):
+    rows = [_row("latency", 0, 1.0, 1.0, key="a"), _row("bops", 0, 1.0, 1.0, key="a"),
+            _row("uniform f32", None, None, 1.0, key="b"),
+            {**_row("match", None, 1.0, 1.0, key="c"), "for_kind": "size-a8", "for_budget": 2}]
+    assert bench["fidelity"].kinds_by_key({"rows": rows}) == {"a": "latency #1, bops #1", "b": "uniform f32",
+                                                              "c": "match of size-a8 #3"}

@@ -1,0 +1,256 @@
+"""Part 1 of the benchmarks: device-aware vs proxy-aware policies.
+
+    .venv/bin/python tools/bench_device.py [--quick]     (or tools/bench_all.py --part device)
+
+Per model, on `host`: a fresh profile (not the cache: prediction and measurement then come
+from one session of the device), one sensitivity (`measured` with KL to the float logits on the
+trained MNIST models, `csmpq` on the 224x224 models with random weights), and 5 latency budgets
+evenly between the all-int8 and the all-float whole-model latency the profile measured. At each
+budget the solver picks, with the same penalties:
+
+- `latency`: under the profile's latency budget, from every precision the target runs (edgempq);
+- `bops` and `size`: under a BOPs or weight-size budget of the same relative tightness (the
+  papers' way: the latency budget's share of the all-int8 latency, applied to the all-int8
+  model's BOPs or size), from the same precisions;
+- `bops-a8` and `size-a8`: the same budgets in the papers' search space, integer weights with
+  8-bit activations only.
+
+Every distinct policy is deployed (the real export: ONNX, onnx2tf, the per-layer quantizer)
+and the artifacts of one model are timed side by side in interleaved rounds. On the trained
+models each artifact's top-1 is measured on the test split, and for every proxy policy a
+latency-aware policy is solved under the proxy's measured latency (`match`), deployed and
+timed in the same rounds: the accuracy at equal measured latency. Results:
+bench_results/all/device.json; the artifacts stay in bench_results/all/artifacts/ for part 4.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import benchkit  # noqa: E402
+from benchkit import RESULTS, TARGET, log  # noqa: E402
+
+POSITIONS = (1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6)  # of the way from the faster to the slower uniform model
+QUICK_POSITIONS = (2 / 6, 4 / 6)
+ROUNDS, QUICK_ROUNDS = 5, 2
+KINDS = ("latency", "bops", "size", "bops-a8", "size-a8")
+PROXIES = KINDS[1:]
+
+
+def proxy_budgets(latency_ms: float, int8: dict) -> dict:
+    """The budgets of one relative tightness: `latency_ms`, and the same share of the
+    all-int8 model's BOPs and weight size (for the proxies in either search space)."""
+    share = latency_ms / int8["latency_ms"]
+    bops, size = {"bops": share * int8["bops"]}, {"size_kb": share * int8["size_bytes"] / 1024}
+    return {"share_of_int8": share, "latency": {"latency_ms": latency_ms},
+            "bops": bops, "size": size, "bops-a8": bops, "size-a8": size}
+
+
+def papers_space(target):
+    """The target restricted to the papers' search space: integer weights with 8-bit
+    activations (no float layers, no 16-bit activations)."""
+    from dataclasses import replace
+
+    return replace(target, precisions={k: tuple(p for p in ps if not p.is_float and p.act_bits == 8)
+                                       for k, ps in target.precisions.items()})
+
+
+def latency_budgets(int8_ms: float, f32_ms: float, positions: tuple[float, ...]) -> list[float]:
+    """Budgets evenly between the all-int8 and the all-float latency (whichever is faster first)."""
+    lo, hi = sorted((int8_ms, f32_ms))
+    return [lo + (hi - lo) * p for p in positions]
+
+
+def policy_key(precisions: dict) -> str:
+    return hashlib.sha256(json.dumps(sorted((k, str(v)) for k, v in precisions.items())).encode()).hexdigest()[:10]
+
+
+def profile_error(rows: list[dict]) -> dict:
+    """The profile's prediction error, measured on the policies it did not choose (uniform and
+    proxy policies), timed in the same rounds as the latency-aware ones: (measured -
+    predicted) / predicted, as a budget's overshoot is (measured - budget) / budget."""
+    held_out = {r["key"]: r for r in rows if r.get("feasible") and r["kind"] not in ("latency", "match")}
+    errs = {k: benchkit.rel(r["measured_ms"], r["predicted_ms"]) for k, r in held_out.items()}
+    return {"max_abs": max((abs(e) for e in errs.values()), default=0.0), "policies": len(errs),
+            "errors": sorted(errs.values())}
+
+
+def equal_latency(rows: list[dict]) -> list[dict]:
+    """Per proxy policy, the latency-aware policy solved under its measured latency: both
+    measured latencies and accuracies, and the accuracy difference (latency-aware minus proxy)."""
+    by_key = {r["key"]: r for r in rows}
+    out = []
+    for r in rows:
+        if r["kind"] not in PROXIES or not r.get("feasible") or r.get("match") is None:
+            continue
+        m = by_key.get(r["match"])
+        if m is None or m.get("top1") is None or r.get("top1") is None:
+            continue
+        out.append({"budget": r["budget_index"], "proxy": r["kind"], "proxy_ms": r["measured_ms"],
+                    "proxy_top1": r["top1"], "latency_ms": m["measured_ms"], "latency_top1": m["top1"],
+                    "top1_gain": m["top1"] - r["top1"]})
+    return out
+
+
+def summary(rows: list[dict], prof_err: float) -> dict:
+    """How often each kind of policy breaks its latency budget, and by how much."""
+    out = {}
+    for kind in KINDS:
+        rs = [r for r in rows if r["kind"] == kind and r.get("feasible") and r.get("budget_index") is not None]
+        over = [benchkit.rel(r["measured_ms"], r["latency_budget_ms"]) for r in rs]
+        broken = [o for o in over if o > 0]
+        out[kind] = {"policies": len(rs), "over_budget": len(broken), "max_over": max(over, default=None),
+                     "median_over": sorted(over)[len(over) // 2] if over else None}
+    lat = out["latency"]
+    lat["within_profile_error"] = lat["max_over"] is None or lat["max_over"] <= prof_err
+    return out
+
+
+def _solve(layers, sens, table, target, budget: dict):
+    from edgempq.errors import InfeasibleError
+    from edgempq.schema import Budget
+    from edgempq.solve import solve
+
+    try:
+        t = time.perf_counter()
+        pol = solve(layers, sens, table, Budget(**budget), target)
+        return pol, time.perf_counter() - t, None
+    except InfeasibleError as e:
+        return None, None, str(e)
+
+
+def run_model(name: str, trained: bool, quick: bool, folder: Path) -> dict:
+    from edgempq.backends import backend_for
+    from edgempq.latency import predict_latency
+    from edgempq.layers import policy_bops, policy_weight_bytes, trace
+    from edgempq.pipeline import deploy, layer_precisions, sensitivity
+    from edgempq.profile import WholeModel, profile
+    from edgempq.schema import Policy
+    from edgempq.targets import load_target
+
+    art_root = folder / "artifacts" / name
+    if art_root.exists():
+        shutil.rmtree(art_root)
+    art_root.mkdir(parents=True)
+    model, ds, meta = benchkit.trained_model(name) if trained else benchkit.random_model(name, art_root)
+    layers = trace(model.module, model.input_shape)
+    target = load_target(TARGET)
+    log(f"{name}: profile on {TARGET}")
+    # measured now, not from the cache: the prediction and the artifacts' timings then come
+    # from the same session of the device (this host drifts by up to ~15 % between windows)
+    table, profile_s = benchkit.timed(lambda: profile(layers, target, model.model_hash, use_cache=False,
+                                                      whole=WholeModel(model.module, model.input_shape)))
+    table.save(art_root / "profile.json")
+    method, params = ("measured", ["loss=kl"]) if trained else ("csmpq", None)
+    log(f"{name}: {method} sensitivity")
+    sens, sens_s = benchkit.timed(lambda: sensitivity(model, ds, method, layer_precisions(layers, device=TARGET),
+                                                      params))
+    targets = {k: papers_space(target) if k.endswith("-a8") else target for k in KINDS}
+    int8_pol = Policy.uniform(layers, "w8a8")
+    int8 = {"latency_ms": table.whole_ms["w8a8"], "f32_ms": table.whole_ms["f32"],
+            "bops": policy_bops(layers, int8_pol), "size_bytes": policy_weight_bytes(layers, int8_pol)}
+    budgets = latency_budgets(int8["latency_ms"], int8["f32_ms"], QUICK_POSITIONS if quick else POSITIONS)
+
+    rows: list[dict] = []
+    policies: dict[str, Policy] = {}
+
+    def add(kind: str, index: int | None, latency_budget: float | None, budget: dict, pol, secs, reason) -> dict:
+        row = {"kind": kind, "budget_index": index, "latency_budget_ms": latency_budget, "budget": budget,
+               "feasible": pol is not None, "solve_s": secs, "reason": reason}
+        if pol is not None:
+            key = policy_key(pol.precisions)
+            policies.setdefault(key, pol)
+            row.update(key=key, predicted_ms=pol.predicted["latency_ms"], size_bytes=pol.predicted["size_bytes"],
+                       bops=pol.predicted["bops"], objective=pol.predicted.get("objective"),
+                       precisions={k: str(v) for k, v in pol.precisions.items()})
+        rows.append(row)
+        return row
+
+    for i, lat in enumerate(budgets):
+        b = proxy_budgets(lat, int8)
+        for kind in KINDS:
+            pol, secs, reason = _solve(layers, sens, table, targets[kind], b[kind])
+            add(kind, i, lat, b[kind], pol, secs, reason)
+    for p in ("w8a8", "f32"):
+        pol = Policy.uniform(layers, p)
+        pol = Policy(pol.precisions, method=f"uniform {p}", target=TARGET, model_hash=model.model_hash,
+                     predicted={"latency_ms": predict_latency(table, pol.precisions),
+                                "size_bytes": policy_weight_bytes(layers, pol), "bops": policy_bops(layers, pol)})
+        add(f"uniform {p}", None, None, {}, pol, 0.0, None)
+
+    backend = backend_for(target)
+    built: dict[str, dict] = {}
+
+    def build_all() -> None:
+        for key, pol in policies.items():
+            if key in built:
+                continue
+            log(f"{name}: deploy {key} ({len(built) + 1}/{len(policies)})")
+            d = art_root / key
+            t = time.perf_counter()
+            deploy(model, ds, pol, TARGET, d, profile=table, weights=meta["weights"],
+                   data_spec="mnist" if trained else "digits")
+            secs = time.perf_counter() - t
+            data = (d / "model.tflite").read_bytes()
+            entry = {"deploy_s": secs, "tflite_bytes": len(data), "folder": str(d)}
+            if trained:
+                x, y = ds.split("test")
+                from edgempq.validate import to_model_layout
+
+                shape = json.loads((d / "deploy.json").read_text())["input"]["shape"]
+                ev = backend.evaluate(data, to_model_layout(shape)(x), y)
+                entry["top1"] = ev.top1
+            built[key] = entry
+
+    build_all()
+    rounds = QUICK_ROUNDS if quick else ROUNDS
+    models = {k: (art_root / k / "model.tflite").read_bytes() for k in built}
+    if trained:  # the latency-aware policy at each proxy policy's measured latency
+        first = benchkit.interleaved_ms(backend, models, max(2, rounds // 2), log=log)
+        for r in [r for r in rows if r["kind"] in PROXIES and r["feasible"]]:
+            budget = {"latency_ms": first[r["key"]]["median_ms"]}
+            pol, secs, reason = _solve(layers, sens, table, target, budget)
+            m = add("match", None, budget["latency_ms"], budget, pol, secs, reason)  # counted apart
+            m.update({"for": r["key"], "for_kind": r["kind"], "for_budget": r["budget_index"]})
+            r["match"] = m.get("key")
+        build_all()
+        models = {k: (art_root / k / "model.tflite").read_bytes() for k in built}
+    log(f"{name}: {len(models)} artifacts, {rounds} interleaved rounds")
+    timing = benchkit.interleaved_ms(backend, models, rounds, log=log)
+    backend.close()
+    for r in rows:
+        if r["feasible"]:
+            r["measured_ms"] = timing[r["key"]]["median_ms"]
+            r["rounds_ms"] = timing[r["key"]]["rounds_ms"]
+            b = built[r["key"]]
+            r.update({k: b[k] for k in ("top1", "deploy_s", "tflite_bytes", "folder") if k in b})
+    perr = profile_error(rows)
+    return {"model": name, "trained": trained, "method": method, "params": params,
+            "input_shape": list(model.input_shape), "int8": int8, "latency_budgets_ms": budgets,
+            "profile_s": profile_s, "sensitivity_s": sens_s, "profile_error": perr, "rows": rows,
+            "summary": summary(rows, perr["max_abs"]), "equal_latency": equal_latency(rows), "rounds": rounds}
+
+
+def run(quick: bool = False, folder: Path = RESULTS) -> dict:
+    ms = benchkit.models(quick)
+    out = {"part": "device", "quick": quick, "target": TARGET, "machine": benchkit.machine(), "models": []}
+    for name in ms.trained:
+        out["models"].append(run_model(name, True, quick, folder))
+    for name in ms.latency_only:
+        out["models"].append(run_model(name, False, quick, folder))
+    benchkit.save("device", out, folder)
+    return out
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="one model, two budgets, two rounds")
+    run(ap.parse_args().quick)
