@@ -59,7 +59,8 @@ def test_equal_latency_pairs_each_proxy_with_its_match(bench):
     d = bench["device"]
     rows = [_row("bops", 0, 1.0, 1.5, top1=0.90, match="m1"), _row("size", 0, 1.0, 1.2, top1=0.95, match="m2"),
             _row("match", None, 1.5, 1.45, top1=0.97, key="m1"), _row("match", None, 1.2, 1.22, top1=0.94, key="m2"),
-            _row("latency", 0, 1.0, 1.0, top1=0.99)]
+            _row("latency", 0, 1.0, 1.0, top1=0.99),
+            {"kind": "size-a8", "budget_index": 1, "feasible": False, "reason": "cannot be met"}]
     eq = d.equal_latency(rows)
     assert [(e["proxy"], round(e["top1_gain"], 6)) for e in eq] == [("bops", 0.07), ("size", -0.01)]
     assert eq[0]["latency_ms"] == 1.45 and eq[0]["proxy_ms"] == 1.5

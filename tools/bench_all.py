@@ -413,13 +413,21 @@ def main() -> None:
     ap.add_argument("--results", type=Path, default=RESULTS, help="the results folder (default %(default)s)")
     ap.add_argument("--md", type=Path, default=MD, help="the Markdown file to write (default BENCHMARKS.md)")
     args = ap.parse_args()
-    wall = {}
+    wall, failed = {}, []
     if not args.render:
         for part in [p for p in RUN_ORDER if p in (args.part or PARTS)]:
             log(f"part {part}")
-            wall[part] = run_part(part, args.quick, args.results)
+            try:
+                wall[part] = run_part(part, args.quick, args.results)
+            except Exception:  # noqa: BLE001 - the other parts still run; this one is reported
+                import traceback
+
+                traceback.print_exc()
+                failed.append(part)
     path = render(args.results, args.md, wall=wall or None)
     log(f"wrote {path}")
+    if failed:
+        sys.exit(f"part(s) {', '.join(failed)} failed; see the traceback above")
 
 
 if __name__ == "__main__":

@@ -86,7 +86,7 @@ def profile_error(rows: list[dict]) -> dict:
 def equal_latency(rows: list[dict]) -> list[dict]:
     """Per proxy policy, the latency-aware policy solved under its measured latency: both
     measured latencies and accuracies, and the accuracy difference (latency-aware minus proxy)."""
-    by_key = {r["key"]: r for r in rows}
+    by_key = {r["key"]: r for r in rows if r.get("feasible")}
     out = []
     for r in rows:
         if r["kind"] not in PROXIES or not r.get("feasible") or r.get("match") is None:
@@ -242,11 +242,9 @@ def run_model(name: str, trained: bool, quick: bool, folder: Path) -> dict:
 def run(quick: bool = False, folder: Path = RESULTS) -> dict:
     ms = benchkit.models(quick)
     out = {"part": "device", "quick": quick, "target": TARGET, "machine": benchkit.machine(), "models": []}
-    for name in ms.trained:
-        out["models"].append(run_model(name, True, quick, folder))
-    for name in ms.latency_only:
-        out["models"].append(run_model(name, False, quick, folder))
-    benchkit.save("device", out, folder)
+    for name, trained in [(n, True) for n in ms.trained] + [(n, False) for n in ms.latency_only]:
+        out["models"].append(run_model(name, trained, quick, folder))
+        benchkit.save("device", out, folder)  # each model as it finishes: a later failure keeps it
     return out
 
 
