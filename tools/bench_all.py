@@ -319,22 +319,31 @@ def methods_section(meth: dict, plots: Path, base: Path) -> str:
     return "\n".join(out)
 
 
-def costs_section(costs: dict) -> str:
+def costs_section(costs: dict, dev: dict | None = None, fid: dict | None = None) -> str:
     methods = list(dict.fromkeys(k for m in costs["models"] for k in m["sensitivity"]))
     head = ["model", "layers", "profile cold", "profile warm"] + [f"sens. {k}" for k in methods] + \
         ["solve", "deploy", "validate"]
+    deploys = {m["model"]: list({r["key"]: r["deploy_s"] for r in m["rows"] if r.get("deploy_s")}.values())
+               for m in (dev or {}).get("models", [])}
+    validates = {m["model"]: [a["validate_s"] for a in m["artifacts"]] for m in (fid or {}).get("models", [])}
+
+    def median_of(values: list[float], one: float) -> str:
+        return f"{secs(statistics.median(values))} (median of {len(values)})" if values else secs(one)
+
     rows = []
     for m in costs["models"]:
         rows.append([m["model"], m["layers"], secs(m["profile_cold_s"]), secs(m["profile_warm_s"])]
                     + [secs(m["sensitivity"][k]["seconds"]) if k in m["sensitivity"] else "–" for k in methods]
-                    + [f"{m['solve_s'] * 1000:.0f} ms", secs(m["deploy_s"]),
-                       f"{secs(m['validate_s'])} ({m['validate_samples']} samples)"])
+                    + [f"{m['solve_s'] * 1000:.0f} ms", median_of(deploys.get(m["model"], []), m["deploy_s"]),
+                       f"{median_of(validates.get(m['model'], []), m['validate_s'])}, "
+                       f"{m['validate_samples']} samples"])
     sources = sorted({v["from"] for m in costs["models"] for v in m["sensitivity"].values()})
     return "\n".join(["## 3. Costs (wall time on this machine)", "",
                       "Profile cold: an empty cache (every layer at every precision of `host`, plus the whole "
                       "model at each uniform and alternating policy); warm: the same cache again. Solve: a "
-                      "latency budget halfway between all-int8 and all-f32, median of 5. Deploy: the all-int8 "
-                      "policy. Validate: that artifact on `host`, no divergence search. Sensitivity measured "
+                      "latency budget halfway between all-int8 and all-f32, median of 5. Deploy and validate: "
+                      "the median over every artifact of parts 1 and 4 (validate on `host`, no divergence "
+                      "search; else one all-int8 artifact). Sensitivity measured "
                       f"{'; '.join(sources)}.", "", table(head, rows)])
 
 
@@ -399,7 +408,7 @@ def render(folder: Path = RESULTS, md: Path = MD, plots: Path | None = None, wal
     if parts["methods"]:
         lines += [methods_section(parts["methods"], plots, md.parent), ""]
     if parts["costs"]:
-        lines += [costs_section(parts["costs"]), ""]
+        lines += [costs_section(parts["costs"], parts["device"], parts["fidelity"]), ""]
     if parts["fidelity"]:
         lines += [fidelity_section(parts["fidelity"]), ""]
     return atomic_write_text(md, "\n".join(lines).rstrip() + "\n")

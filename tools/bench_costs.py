@@ -2,11 +2,11 @@
 
     .venv/bin/python tools/bench_costs.py [--quick]     (or tools/bench_all.py --part costs)
 
-Profile cold (an empty cache) and warm (the same cache again, median of 3), sensitivity per
+Profile cold (an empty cache) and warm (the same cache again, median of 2), sensitivity per
 method (taken from part 2's results when they are there, else measured here for the methods
-that take seconds), solve under a latency budget (median of 5), deploy of the all-int8
-policy, validate of that artifact on `host` (median of 3 each for the MNIST models, 1 for the
-224x224 ones). Results: bench_results/all/costs.json.
+that take seconds), solve under a latency budget (median of 5), one deploy of the all-int8
+policy and one validate of that artifact on `host` (part 1 and part 4 time every other
+deploy and validate). Results: bench_results/all/costs.json.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def run_model(name: str, trained: bool, quick: bool, folder: Path, methods_resul
 
             table, out["profile_cold_s"] = benchkit.timed(run_profile)
             log(f"{name}: profile, warm cache")
-            _, out["profile_warm_s"] = benchkit.timed(run_profile, 1 if quick else 3)
+            _, out["profile_warm_s"] = benchkit.timed(run_profile, 1 if quick else 2)
         finally:
             if old is None:
                 os.environ.pop("EDGEMPQ_CACHE", None)
@@ -76,7 +76,7 @@ def run_model(name: str, trained: bool, quick: bool, folder: Path, methods_resul
     budget = Budget(latency_ms=0.5 * (table.whole_ms["w8a8"] + table.whole_ms["f32"]))
     _, out["solve_s"] = benchkit.timed(lambda: solve(layers, sens, table, budget, target), 5)
     int8 = Policy.uniform(layers, "w8a8")
-    n = 1 if quick or not trained else 3
+    n = 1
     log(f"{name}: deploy x{n}")
     art = work / "int8"
     _, out["deploy_s"] = benchkit.timed(lambda: deploy(model, ds, int8, TARGET, art, profile=table,
