@@ -243,3 +243,32 @@ def test_the_help_says_a_model_file_is_executed():
         assert "is executed" in " ".join(out.split())
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     assert "executes that Python code" in readme
+
+
+def test_a_cached_row_filed_under_another_precision_is_measured_again(tmp_path, monkeypatch, counted):
+    spec, cache = _net(tmp_path, factory="tiny"), tmp_path / "cache"
+    first = _resume(spec, load_target("host"), cache, monkeypatch)
+    files = {f.stem.rsplit("-", 1)[1]: f for f in cache.rglob("*.json")}
+    files["w8a8"].write_text(files["f32"].read_text())  # a valid, checksummed row, of f32
+    counted.clear()
+    again = _resume(spec, load_target("host"), cache, monkeypatch)
+    assert [k.rsplit("-", 1)[1] for k in counted] == ["w8a8"]  # only the misfiled row was measured again
+    assert sorted(r.precision for r in again.rows) == sorted(r.precision for r in first.rows)
+
+
+def test_the_device_runner_refuses_endless_runs_and_deadlines(tmp_path):
+    from edgempq.backends.base import device_script
+    from edgempq.export.layer_model import float_layer_model
+    from edgempq.schema import Layer
+
+    model = tmp_path / "m.tflite"
+    model.write_bytes(float_layer_model(Layer("fc", "linear", (8,), (4,), 8, 4, (), (), (), (), 1, True, 36, 32,
+                                              "linear in8 out4 b1")))
+    runner = device_script().__file__
+    for bad, needle in ((["--max-seconds", "nan"], "max-seconds"), (["--max-seconds", "inf"], "max-seconds"),
+                        (["--deadline", "-1"], "deadline"), (["--deadline", "inf"], "deadline")):
+        p = subprocess.run([sys.executable, runner, "time", str(model), *bad], capture_output=True, text=True)
+        assert p.returncode == 2 and needle in json.loads(p.stdout)["error"], (bad, p.stdout, p.stderr)
+    ok = subprocess.run([sys.executable, runner, "time", str(model), "--runs", "3", "--deadline", "60"],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0 and json.loads(ok.stdout)["runs"] == 3, ok.stdout
