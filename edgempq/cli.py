@@ -36,14 +36,19 @@ class _Group(click.Group):
         except KeyboardInterrupt as e:
             # every output is written atomically, so an interrupted command leaves none behind;
             # a profile keeps the measurements it finished in the cache and resumes from them
-            click.echo("interrupted; no output file was written (a profile keeps its finished measurements "
-                       "in the cache and resumes from them)", err=True)
+            click.echo("interrupted; no file was left half-written (a profile keeps its finished "
+                       "measurements in the cache and resumes from them)", err=True)
             sys.exit(143 if isinstance(e, Terminated) else 130)
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return super().main(*args, **kwargs)
 
         def terminate(signum: int, frame: Any) -> None:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the cleanup short
             raise Terminated
 
         # SIGTERM unwinds like Ctrl-C, so temporary folders on the device and here are removed
@@ -342,8 +347,8 @@ def _search_sweep(layers, sens, table, budget, groups, spec, time_limit, output)
     if not any(p["feasible"] for p in points):
         from .errors import InfeasibleError
 
-        raise InfeasibleError(f"no budget of the sweep {spec} can be met ({points[-1]['reason']}); "
-                              "sweep a looser range")
+        raise InfeasibleError(f"none of the budgets of the sweep {spec} can be met; at the loosest, "
+                              f"{points[-1]['reason']}")
     write_json(Path(output), {"sweep": key, "method": sens.method, "target": table.target.name,
                               "held": budget.to_dict(), "points": points})
     png = pareto_front(points, key, f"{sens.method} on {table.target.name}", Path(output).with_suffix(".png"))

@@ -126,20 +126,28 @@ def device_lock(folder: Path, target_name: str, on_step: Progress | None = None)
     it): a second profile of the same device waits, then finds the first one's measurements in
     the cache, instead of measuring everything again while the device is busy with the first
     (which would also skew both timings)."""
-    import fcntl
+    import fcntl  # POSIX: edgempq runs on Linux and macOS hosts
 
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "a+") as f:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        f = open(folder / ".lock", "a+")  # noqa: SIM115 - held across the yield below
+    except OSError as e:
+        raise ConfigError(f"cannot use the profile cache {folder} ({e.strerror}); make it writable, set "
+                          "EDGEMPQ_CACHE to another folder") from None
+    with f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             if on_step:
                 on_step(0, 0, f"waiting for another profile of {target_name} to finish")
             fcntl.flock(f, fcntl.LOCK_EX)
+        except OSError:
+            pass  # a file system without locks: profiles of one device are not kept apart
         try:
             yield
         finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            with contextlib.suppress(OSError):
+                fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def measure(backend: Backend, job: Job, float_model: bytes) -> CostRow:
@@ -282,13 +290,18 @@ def measure_whole(backend: Backend, whole: WholeModel, layers: list[Layer], targ
         pending.append((what, p, f"{key}-{variant}", model))
     # Round-robin rounds, median of the rounds: a slow or fast moment of the device then falls
     # on every policy alike instead of on whichever one was being timed.
+    # Each round's timing is cached as it finishes, so an interrupted profile keeps them too.
     times: dict[str, list[float]] = {}
     for r in range(WHOLE_ROUNDS):
         for j, (_, p, ck, model) in enumerate(pending):
             if on_step:
                 on_step(len(todo) + (r * len(pending) + j) * len(todo) // max(1, WHOLE_ROUNDS * len(pending)),
                         len(todo) * 2, f"timing whole model {p} (round {r + 1}/{WHOLE_ROUNDS})")
-            times.setdefault(ck, []).append(backend.time(model).median_ms)
+            ms = cache.get_whole(f"{ck}-round{r}", p)
+            if ms is None:
+                ms = backend.time(model).median_ms
+                cache.put_whole(f"{ck}-round{r}", p, ms)
+            times.setdefault(ck, []).append(ms)
     for what, p, ck, _ in pending:
         out[what][p] = statistics.median(times[ck])
         cache.put_whole(ck, p, out[what][p])
@@ -311,10 +324,9 @@ def profile(layers: list[Layer], target: Target, model_hash: str, use_cache: boo
     `whole`, also the whole model end to end at each uniform precision and the overheads."""
     with backend_for(target) as backend, contextlib.ExitStack() as held:
         fingerprint = backend.check()
-        folder = cache_dir("profiles", device_key(target, fingerprint)) if use_cache else None
-        if folder is not None:
-            held.enter_context(device_lock(folder, target.name, on_step))
-        cache = RowCache(folder)
+        folder = cache_dir("profiles", device_key(target, fingerprint))
+        held.enter_context(device_lock(folder, target.name, on_step))  # with --no-cache too: one at a time
+        cache = RowCache(folder if use_cache else None)
         jobs = jobs_for(layers, target)
         rows, floats = [], {}
         for i, job in enumerate(jobs):

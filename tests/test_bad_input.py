@@ -146,7 +146,7 @@ CASES = [  # (id, command with {d} for the folder, what the message says, the ou
     ("zero budget", "search --profile {d}/profile.json --sensitivity {d}/sens.json --size-kb 0 -o {d}/p.json",
      "must be a positive number", "p.json"),
     ("sweep with no feasible point", "search --profile {d}/profile.json --sensitivity {d}/sens.json "
-     "--sweep size_kb=0.001:0.002:2 -o {d}/sw.json", "no budget of the sweep", "sw.json"),
+     "--sweep size_kb=0.001:0.002:2 -o {d}/sw.json", "none of the budgets of the sweep", "sw.json"),
     ("hand-edited profile", "search --profile {d}/edited.json --sensitivity {d}/sens.json --size-kb 100 "
      "-o {d}/p.json", "does not match its checksum", "p.json"),
     ("truncated profile", "search --profile {d}/truncated.json --sensitivity {d}/sens.json --size-kb 100 "
@@ -187,3 +187,20 @@ def test_layer_kinds_the_deployment_cannot_quantize_are_kept_float_and_said_so(f
     r = CliRunner().invoke(main, ["layers", "--model", f"{files / 'nets.py'}:transposed"])
     assert r.exit_code == 0, r.output
     assert "transposed convolution is not quantized by the deployment path; kept float" in r.stdout
+
+
+def test_files_that_cannot_be_read_are_named_with_the_reason(files, monkeypatch):
+    # chmod 000 does not stop root (CI runs as root), so the read itself is made to fail
+    import edgempq.data as data_mod
+    import edgempq.models as models_mod
+    from edgempq.errors import DataError, ModelError
+
+    def denied(*a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(models_mod.torch, "load", denied)
+    with pytest.raises(ModelError, match="cannot be read \\(Permission denied\\); check its permissions"):
+        models_mod.load_model(f"{files / 'nets.py'}:good", files / "good.pt")
+    monkeypatch.setattr(data_mod.np, "load", denied)
+    with pytest.raises(DataError, match="cannot be read \\(Permission denied\\); check its permissions"):
+        data_mod.load_data(str(files / "good.npz"))

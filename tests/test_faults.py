@@ -46,8 +46,8 @@ def _net(folder: Path, name: str = "net.py", factory: str = "net") -> str:
     return f"{folder / name}:{factory}"
 
 
-def _cli(*args: str, cache: Path, **kw) -> subprocess.Popen:
-    env = {**os.environ, "EDGEMPQ_CACHE": str(cache)}
+def _cli(*args: str, cache: Path, env_extra: dict | None = None, **kw) -> subprocess.Popen:
+    env = {**os.environ, "EDGEMPQ_CACHE": str(cache), **(env_extra or {})}
     return subprocess.Popen([sys.executable, "-m", "edgempq", *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kw)
 
@@ -90,7 +90,7 @@ def test_an_interrupted_profile_keeps_what_it_finished_and_resumes(tmp_path, mon
     p.send_signal(signal.SIGINT)  # Ctrl-C (SIGTERM: test_sigterm_removes_the_remote_folder; SIGKILL: test_profile)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 130 and "Traceback" not in err
-    assert "interrupted; no output file was written" in err and "keeps its finished measurements" in err
+    assert "interrupted; no file was left half-written" in err and "keeps its finished measurements" in err
     assert not out.exists() and not list(tmp_path.glob(".p.json*"))
     done = _rows(cache)
     assert 5 <= len(done) < JOBS
@@ -101,21 +101,26 @@ def test_an_interrupted_profile_keeps_what_it_finished_and_resumes(tmp_path, mon
     assert len({(r.signature, r.precision) for r in table.rows}) == JOBS
 
 
-def test_two_profiles_of_one_device_at_once_share_the_cache(tmp_path):
+def test_a_second_profile_of_a_busy_device_waits_then_reuses_the_first(tmp_path):
+    import fcntl
+
     spec, cache = _net(tmp_path), tmp_path / "cache"
     a = _cli("profile", "--device", "host", "--model", spec, "--layers-only", "-o", str(tmp_path / "a.json"),
              cache=cache)
-    _wait_for_rows(a, cache, 1)  # the first holds the device's lock
-    b = _cli("profile", "--device", "host", "--model", spec, "--layers-only", "-o", str(tmp_path / "b.json"),
-             cache=cache)
-    for p in (a, b):
-        _, err = p.communicate(timeout=300)
-        assert p.returncode == 0, err
-    rows = [json.loads((tmp_path / f"{n}.json").read_text())["rows"] for n in "ab"]
-    # the second waited, then read every measurement the first made: same numbers, no second
-    # measurement of anything (two measurements of one layer never give equal timings)
-    assert rows[0] == rows[1] and len(rows[0]) == JOBS
-    assert len([f for f in cache.rglob("*.json")]) == JOBS
+    assert a.wait(timeout=300) == 0, a.communicate()
+    folder = next(cache.rglob("*.json")).parent  # the device's cache folder
+    rows = _rows(cache)
+    with open(folder / ".lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another profile of this device is running
+        b = _cli("profile", "--device", "host", "--model", spec, "--layers-only", "-o",
+                 str(tmp_path / "b.json"), cache=cache)
+        time.sleep(12)  # time enough to start, check the device and read the whole cache
+        assert b.poll() is None and not (tmp_path / "b.json").exists()  # it waits for the device
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    _, err = b.communicate(timeout=300)
+    assert b.returncode == 0, err
+    doc = [json.loads((tmp_path / f"{n}.json").read_text())["rows"] for n in "ab"]
+    assert doc[0] == doc[1] and len(doc[0]) == JOBS and _rows(cache) == rows  # read, not measured again
 
 
 @pytest.fixture
@@ -140,6 +145,7 @@ def test_a_profile_whose_device_disappears_resumes_when_it_is_back(tmp_path, own
                                                                    counted):
     spec, cache, out = _net(tmp_path), tmp_path / "cache", tmp_path / "p.json"
     board = _target_file(tmp_path / "t", own_sshd, device_python)
+    before = set(Path("/tmp").glob("edgempq.*"))
     p = _cli("profile", "--device", str(board), "--model", spec, "--layers-only", "-o", str(out), cache=cache)
     _wait_for_rows(p, cache, 3)
     own_sshd.proc.kill()  # the board drops off the network
@@ -159,11 +165,16 @@ def test_a_profile_whose_device_disappears_resumes_when_it_is_back(tmp_path, own
         back.stop()
     assert len(counted) + len(done) == len(table.rows) == JOBS
     assert all(_rows(cache)[k] == v for k, v in done.items())
+    import shutil
+
+    for gone in set(Path("/tmp").glob("edgempq.*")) - before:  # the vanished board's folder stays on it
+        shutil.rmtree(gone, ignore_errors=True)
 
 
-def _runners() -> list[str]:
+def _runners(folder: str) -> list[str]:
+    """The device runners started from `folder` that are still running."""
     p = subprocess.run(["pgrep", "-af", "edgempq_device.py"], capture_output=True, text=True)
-    return [line for line in p.stdout.splitlines() if "pgrep" not in line]
+    return [line for line in p.stdout.splitlines() if f"{folder}/edgempq_device.py" in line and "pgrep" not in line]
 
 
 def test_a_hung_device_times_out_clearly_and_the_runner_ends_itself(sshd, device_python, tmp_path):
@@ -177,29 +188,38 @@ def test_a_hung_device_times_out_clearly_and_the_runner_ends_itself(sshd, device
                115605504, "conv in64x56x56 out64x56x56 k3x3 s1x1 p1x1 d1x1 g1 b0")
     model = float_layer_model(la)
     t = replace(ssh_target(sshd, device_python, timeout_s=4), runs=100000, warmup=0, max_seconds=10000.0)
-    before = _runners()
     t0 = time.time()
     with pytest.raises(DeviceError, match="did not answer within 4 s; check the device or raise timeout_s"), \
             backend_for(t) as b:
+        folder = b._session()  # this run's own folder on the device: its runner's command line names it
         b.time(model)
     assert time.time() - t0 < 60
     deadline = time.time() + 20
-    while time.time() < deadline and len(_runners()) > len(before):
+    while time.time() < deadline and _runners(folder):
         time.sleep(0.2)
-    assert len(_runners()) <= len(before), _runners()  # nothing left running on the device
+    assert not _runners(folder)  # the runner ended itself: nothing left busy on the device
 
 
 def test_odd_paths_and_names_reach_the_device_intact(sshd, device_python, tmp_path):
-    odd = tmp_path / "it's a \"dir\"; with spaces & $(id)"
+    # shell syntax everywhere a user names something: the model file, the target file and name,
+    # the output, and the device's Python (the one that goes into the remote command line)
+    odd = tmp_path / "it's a \"dir\"; touch PWNED; $(touch PWNED2) `touch PWNED3`"
     spec = _net(odd, "my net; 'quoted'.py", "tiny")
-    board = _target_file(odd / "t; x", sshd, device_python, name="board-1")
+    wrapper = odd / "py thon; touch PWNED4"
+    wrapper.write_text(f'#!/bin/sh\nexec "{device_python}" "$@"\n')
+    wrapper.chmod(0o755)
+    board = _target_file(odd / "t; x", sshd, str(wrapper), name="my board; 'x' \"y\"")
     out = odd / "out; 'p'.json"
     p = _cli("profile", "--device", str(board), "--model", spec, "--layers-only", "-o", str(out),
              cache=tmp_path / "cache", cwd=tmp_path)
     _, err = p.communicate(timeout=600)
     assert p.returncode == 0, err
     assert len(json.loads(out.read_text())["rows"]) == 6  # the linear layer at host's 6 precisions
-    assert not list(tmp_path.rglob("*PWNED*"))
+    import pwd
+
+    home = Path(pwd.getpwuid(os.getuid()).pw_dir)  # where the remote shell starts
+    for where in (tmp_path, home, Path.cwd()):
+        assert not list(where.glob("PWNED*"))
 
 
 def test_a_refused_key_is_reported_without_the_key(sshd, device_python, tmp_path):
@@ -219,18 +239,21 @@ def test_a_refused_key_is_reported_without_the_key(sshd, device_python, tmp_path
         backend_for(missing)
 
 
-def test_sigterm_removes_the_remote_folder(tmp_path, sshd, device_python):
+def test_sigterm_removes_the_folders_here_and_on_the_device(tmp_path, sshd, device_python, monkeypatch):
     spec, cache = _net(tmp_path), tmp_path / "cache"
     board = _target_file(tmp_path / "t", sshd, device_python)
+    scratch = tmp_path / "tmp"  # this process's temporary folders, apart from everyone else's
+    scratch.mkdir()
     before = set(Path("/tmp").glob("edgempq.*"))
     p = _cli("profile", "--device", str(board), "--model", spec, "--layers-only", "-o", str(tmp_path / "p.json"),
-             cache=cache)
+             cache=cache, env_extra={"TMPDIR": str(scratch)})
     _wait_for_rows(p, cache, 2)
-    assert set(Path("/tmp").glob("edgempq.*")) - before  # its folder on the "device"
+    remote = set(Path("/tmp").glob("edgempq.*")) - before  # its folder on the "device" (mktemp in /tmp)
+    assert len(remote) == 1 and list(scratch.iterdir())
     p.send_signal(signal.SIGTERM)
-    p.communicate(timeout=120)
-    assert p.returncode == 143
-    assert set(Path("/tmp").glob("edgempq.*")) <= before
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 143 and "Traceback" not in err and "interrupted" in err
+    assert not any(r.exists() for r in remote) and not list(scratch.iterdir())
 
 
 def test_the_help_says_a_model_file_is_executed():
@@ -272,3 +295,7 @@ def test_the_device_runner_refuses_endless_runs_and_deadlines(tmp_path):
     ok = subprocess.run([sys.executable, runner, "time", str(model), "--runs", "3", "--deadline", "60"],
                         capture_output=True, text=True)
     assert ok.returncode == 0 and json.loads(ok.stdout)["runs"] == 3, ok.stdout
+    t0 = time.time()  # endless work, a 0.3 s deadline: the kernel ends it
+    late = subprocess.run([sys.executable, runner, "time", str(model), "--runs", "100000", "--warmup", "100000",
+                           "--max-seconds", "1000", "--deadline", "0.3"], capture_output=True, text=True, timeout=60)
+    assert late.returncode == -signal.SIGALRM and time.time() - t0 < 30

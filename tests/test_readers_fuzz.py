@@ -30,10 +30,18 @@ def _real_profile() -> dict:
 
 
 def _mutate(doc: dict, data) -> dict:
-    """The real document with one key removed, retyped or added: the hand edits users make."""
+    """The real document with one key removed, retyped or added, or one number deep inside it
+    changed (a latency, a size): the hand edits users make."""
     doc = json.loads(json.dumps(doc))
     keys = sorted(doc)
-    what = data.draw(st.sampled_from(["drop", "retype", "add"]))
+    what = data.draw(st.sampled_from(["drop", "retype", "add", "number", "number"]))
+    if what == "number":  # a value inside a row or a layer, of the same type, so only the checksum can tell
+        row = doc[data.draw(st.sampled_from(["rows", "layers"]))][0]
+        key = data.draw(st.sampled_from(sorted(k for k, v in row.items() if isinstance(v, int | float)
+                                               and not isinstance(v, bool))))
+        row[key] = data.draw(st.integers(0, 10**6)) if isinstance(row[key], int) else data.draw(
+            st.floats(0, 1e6, allow_nan=False))
+        return doc
     key = data.draw(st.sampled_from(keys))
     if what == "drop":
         doc.pop(key)

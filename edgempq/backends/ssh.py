@@ -36,7 +36,8 @@ class SSHBackend(RemoteBackend):
         if conn.get("key"):
             o += ["-i", os.path.expanduser(str(conn["key"])), "-o", "IdentitiesOnly=yes"]
         if conn.get("known_hosts"):
-            o += ["-o", f'UserKnownHostsFile="{os.path.expanduser(str(conn["known_hosts"]))}"']
+            path = os.path.expanduser(str(conn["known_hosts"])).replace("%", "%%")  # ssh expands %-tokens
+            o += ["-o", f'UserKnownHostsFile="{path}"']
         return o
 
     def _checked(self, p: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
