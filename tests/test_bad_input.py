@@ -48,8 +48,11 @@ NETS = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
+    return make_files(tmp_path_factory.mktemp("bad input"))  # a space in the path, as users have
+
+
+def make_files(d: Path) -> Path:
     """Every bad file of the table, beside good ones, in one folder."""
-    d = tmp_path_factory.mktemp("bad input")  # a space in the path, as users have
     (d / "nets.py").write_text(NETS)
     (d / "syntax.py").write_text("def make(:\n")
     (d / "folder.py").mkdir()
