@@ -13,10 +13,14 @@ import click
 
 from . import show
 from .errors import EdgeMPQError
+from .files import check_output
 
 MODEL_HELP = ("zoo:NAME[?key=value&...], path/to/file.py:factory or package.module:factory "
               "(a file or module is executed to build the model)")
 MIN_AGREEMENT_DEFAULT = 0.99  # edgempq.validate.MIN_AGREEMENT, without importing numpy for --help
+# Paths are checked by the code that opens them, which says what is wrong in one sentence (click's
+# own check would be a usage error with status 2).
+PATH = click.Path(readable=False)
 DATA_HELP = "a built-in set (mnist, digits), an image folder, a .npz with x and y, or a .toml manifest"
 
 
@@ -29,9 +33,34 @@ class _Group(click.Group):
         except EdgeMPQError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(1)
-        except KeyboardInterrupt:
-            click.echo("interrupted; nothing was written", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as e:
+            # every output is written atomically, so an interrupted command leaves none behind;
+            # a profile keeps the measurements it finished in the cache and resumes from them
+            click.echo("interrupted; no file was left half-written (a profile keeps its finished "
+                       "measurements in the cache and resumes from them)", err=True)
+            sys.exit(143 if isinstance(e, Terminated) else 130)
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return super().main(*args, **kwargs)
+
+        def terminate(signum: int, frame: Any) -> None:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the cleanup short
+            raise Terminated
+
+        # SIGTERM unwinds like Ctrl-C, so temporary folders on the device and here are removed
+        previous = signal.signal(signal.SIGTERM, terminate)
+        try:
+            return super().main(*args, **kwargs)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process was so that cleanup runs."""
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -92,11 +121,13 @@ def data(data_spec: str, input_shape: str | None) -> None:
 
 @main.command()
 @click.option("--model", "model_spec", required=True, help=MODEL_HELP)
-@click.option("--weights", type=click.Path(), help="a state_dict saved with torch.save")
+@click.option("--weights", type=PATH, help="a state_dict saved with torch.save")
 @click.option("--input-shape", help="CxHxW of one sample when the model does not declare it")
-@click.option("-o", "--output", type=click.Path(), help="write the layers as JSON")
+@click.option("-o", "--output", type=PATH, help="write the layers as JSON")
 def layers(model_spec: str, weights: str | None, input_shape: str | None, output: str | None) -> None:
     """Trace the model and list its layers (names, shapes, MACs, kind)."""
+    if output:
+        check_output(output)
     from rich.table import Table
 
     from .files import write_json
@@ -126,10 +157,11 @@ def layers(model_spec: str, weights: str | None, input_shape: str | None, output
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
 @click.option("--lr", default=0.1, show_default=True, type=click.FloatRange(min=0, min_open=True))
 @click.option("--seed", default=0, show_default=True)
-@click.option("-o", "--output", required=True, type=click.Path(), help="where to save the weights (.pt)")
+@click.option("-o", "--output", required=True, type=PATH, help="where to save the weights (.pt)")
 def train(model_spec: str, data_spec: str | None, epochs: int, batch_size: int, lr: float,
           seed: int, output: str) -> None:
     """Train a model on the CPU and save its state_dict."""
+    check_output(output)
     import torch
 
     from .files import atomic_write_bytes
@@ -148,9 +180,9 @@ def train(model_spec: str, data_spec: str | None, epochs: int, batch_size: int, 
 
 @main.command()
 @click.option("--model", "model_spec", required=True, help=MODEL_HELP)
-@click.option("--weights", type=click.Path(), help="a state_dict saved with torch.save")
+@click.option("--weights", type=PATH, help="a state_dict saved with torch.save")
 @click.option("--data", "data_spec", help=DATA_HELP + " (default: the zoo model's)")
-@click.option("--policy", "policy_path", type=click.Path(), help="a policy.json to simulate")
+@click.option("--policy", "policy_path", type=PATH, help="a policy.json to simulate")
 @click.option("--precision", "precisions", multiple=True, help="a uniform precision to simulate (repeatable)")
 @click.option("--weight-range", default="minmax", show_default=True, type=click.Choice(["minmax", "percentile", "mse"]))
 @click.option("--act-range", default="minmax", show_default=True, type=click.Choice(["minmax", "percentile", "mse"]))
@@ -200,14 +232,15 @@ def targets() -> None:
 @main.command()
 @click.option("--device", "device", required=True, help="a built-in target name or a target .toml file")
 @click.option("--model", "model_spec", required=True, help=MODEL_HELP)
-@click.option("--weights", type=click.Path(), help="a state_dict (weights do not change latency)")
+@click.option("--weights", type=PATH, help="a state_dict (weights do not change latency)")
 @click.option("--input-shape", help="CxHxW (or 1,C,H,W) when the model does not declare it")
 @click.option("--no-cache", is_flag=True, help="measure everything again, and do not store it")
 @click.option("--layers-only", is_flag=True, help="skip the end-to-end timings of the whole model")
-@click.option("-o", "--output", default="profile.json", show_default=True, type=click.Path())
+@click.option("-o", "--output", default="profile.json", show_default=True, type=PATH)
 def profile(device: str, model_spec: str, weights: str | None, input_shape: str | None, no_cache: bool,
             layers_only: bool, output: str) -> None:
     """Measure what each layer costs on the device at each precision it can run."""
+    check_output(output)
     from .layers import trace
     from .models import load_model, parse_shape
     from .profile import WholeModel
@@ -234,15 +267,16 @@ def profile(device: str, model_spec: str, weights: str | None, input_shape: str 
 @main.command()
 @click.option("--method", required=True, help="the method: ompq, csmpq, hawq, measured, clado, gmpq or limpq")
 @click.option("--model", "model_spec", required=True, help=MODEL_HELP)
-@click.option("--weights", type=click.Path(), help="a state_dict saved with torch.save (the trained model)")
+@click.option("--weights", type=PATH, help="a state_dict saved with torch.save (the trained model)")
 @click.option("--data", "data_spec", help=DATA_HELP + " (default: the zoo model's); its calibration split is used")
 @click.option("--precisions", help="comma-separated precisions to score for every layer (default: all deployable)")
 @click.option("--device", help="score the precisions this target runs for each layer's kind")
 @click.option("--param", "params", multiple=True, help="a method parameter as key=value (repeatable)")
-@click.option("-o", "--output", default="sensitivity.json", show_default=True, type=click.Path())
+@click.option("-o", "--output", default="sensitivity.json", show_default=True, type=PATH)
 def sensitivity(method: str, model_spec: str, weights: str | None, data_spec: str | None, precisions: str | None,
                 device: str | None, params: tuple[str, ...], output: str) -> None:
     """Score each layer's sensitivity to each precision (lower penalty = safer to quantize)."""
+    check_output(output)
     from . import pipeline
     from .sensitivity import get_method, parse_params
 
@@ -259,8 +293,8 @@ def sensitivity(method: str, model_spec: str, weights: str | None, data_spec: st
 
 
 @main.command()
-@click.option("--profile", "profile_path", required=True, type=click.Path(), help="the profile.json of the model")
-@click.option("--sensitivity", "sens_path", required=True, type=click.Path(), help="a sensitivity.json")
+@click.option("--profile", "profile_path", required=True, type=PATH, help="the profile.json of the model")
+@click.option("--sensitivity", "sens_path", required=True, type=PATH, help="a sensitivity.json")
 @click.option("--latency-ms", type=float, help="end-to-end latency budget on the profiled device")
 @click.option("--size-kb", type=float, help="weight storage budget (as the artifact stores it)")
 @click.option("--bops", type=float, help="bit-operations budget (MACs x weight bits x activation bits)")
@@ -270,12 +304,13 @@ def sensitivity(method: str, model_spec: str, weights: str | None, data_spec: st
 @click.option("--sweep", "sweep_spec", help="solve N budgets: latency_ms=LO:HI:N (or size_kb, bops, ram_kb)")
 @click.option("--time-limit", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="seconds for the solver; past it the best policy found is kept with its gap")
-@click.option("-o", "--output", default="policy.json", show_default=True, type=click.Path(),
+@click.option("-o", "--output", default="policy.json", show_default=True, type=PATH,
               help="the policy (with --sweep: the front as JSON, and a PNG beside it)")
 def search(profile_path: str, sens_path: str, latency_ms: float | None, size_kb: float | None, bops: float | None,
            ram_kb: float | None, groups: tuple[str, ...], group_shared_inputs: bool, sweep_spec: str | None,
            time_limit: float, output: str) -> None:
     """Pick one precision per layer: the least sensitivity penalty under the budgets."""
+    check_output(output)
     from .schema import Budget, CostTable, Sensitivity
     from .solve import solve
 
@@ -309,6 +344,11 @@ def _search_sweep(layers, sens, table, budget, groups, spec, time_limit, output)
     with _progress(f"sweeping {key}") as step:
         step(0, 1, spec)
         points = sweep(layers, sens, table, budget, table.target, spec, groups, time_limit)
+    if not any(p["feasible"] for p in points):
+        from .errors import InfeasibleError
+
+        raise InfeasibleError(f"none of the budgets of the sweep {spec} can be met; at the loosest, "
+                              f"{points[-1]['reason']}")
     write_json(Path(output), {"sweep": key, "method": sens.method, "target": table.target.name,
                               "held": budget.to_dict(), "points": points})
     png = pareto_front(points, key, f"{sens.method} on {table.target.name}", Path(output).with_suffix(".png"))
@@ -323,19 +363,20 @@ def _search_sweep(layers, sens, table, budget, groups, spec, time_limit, output)
 
 @main.command()
 @click.option("--model", "model_spec", required=True, help=MODEL_HELP)
-@click.option("--weights", type=click.Path(), help="a state_dict saved with torch.save (the trained model)")
-@click.option("--policy", "policy_path", required=True, type=click.Path(), help="a policy.json (search's, or by hand)")
+@click.option("--weights", type=PATH, help="a state_dict saved with torch.save (the trained model)")
+@click.option("--policy", "policy_path", required=True, type=PATH, help="a policy.json (search's, or by hand)")
 @click.option("--data", "data_spec", help=DATA_HELP + " (default: the zoo model's); calibrates the quantization")
 @click.option("--device", required=True, help="the target: a built-in name or a target .toml file")
 @click.option("--qat-epochs", default=0, show_default=True, type=click.IntRange(0))
-@click.option("--profile", "profile_path", type=click.Path(), help="the model's profile.json on this target: "
+@click.option("--profile", "profile_path", type=PATH, help="the model's profile.json on this target: "
               "records the predicted latency per layer for validate and the report")
-@click.option("--sweep", "sweep_path", type=click.Path(), help="search --sweep's JSON: the report shows the front")
-@click.option("-o", "--output", default="build", show_default=True, type=click.Path(file_okay=False))
+@click.option("--sweep", "sweep_path", type=PATH, help="search --sweep's JSON: the report shows the front")
+@click.option("-o", "--output", default="build", show_default=True, type=PATH)
 def deploy(model_spec: str, weights: str | None, policy_path: str, data_spec: str | None, device: str,
            qat_epochs: int, profile_path: str | None, sweep_path: str | None, output: str) -> None:
     """Build the mixed-precision .tflite (and C array for TFLite Micro) the policy describes,
     with deploy.json and a report (report.md, report.html) beside it."""
+    check_output(output, folder=True)
     from . import pipeline
     from .files import read_json
     from .schema import CostTable, Policy
@@ -358,20 +399,20 @@ def deploy(model_spec: str, weights: str | None, policy_path: str, data_spec: st
 
 
 @main.command()
-@click.argument("artifact", type=click.Path())
+@click.argument("artifact", type=PATH)
 @click.option("--device", required=True, help="the target to run it on: a built-in name or a target .toml file")
 @click.option("--data", "data_spec", help=DATA_HELP + " (default: the deployed one); its test split is used")
 @click.option("--model", "model_spec", help="the float model (default: the one it was deployed from)")
-@click.option("--weights", type=click.Path(), help="the float model's weights (default: those it was deployed with)")
-@click.option("--policy", "policy_path", type=click.Path(), help="the policy to simulate (default: the deployed one)")
-@click.option("--profile", "profile_path", type=click.Path(), help="the profile.json that predicts its latency")
+@click.option("--weights", type=PATH, help="the float model's weights (default: those it was deployed with)")
+@click.option("--policy", "policy_path", type=PATH, help="the policy to simulate (default: the deployed one)")
+@click.option("--profile", "profile_path", type=PATH, help="the profile.json that predicts its latency")
 @click.option("--samples", type=click.IntRange(1), help="only the first N test samples")
 @click.option("--runs", type=click.IntRange(1), help="timed runs (default: the target's)")
 @click.option("--min-agreement", default=MIN_AGREEMENT_DEFAULT, show_default=True, type=click.FloatRange(0, 1),
               help="below this top-1 agreement with the simulation, find the layer where they part")
 @click.option("--layers/--no-layers", "find_divergence", default=None,
               help="always (or never) compare the layers' outputs with the simulation")
-@click.option("-o", "--output", type=click.Path(file_okay=False),
+@click.option("-o", "--output", type=PATH,
               help="where validation.json and the report go (default: beside the artifact)")
 def validate(artifact: str, device: str, data_spec: str | None, model_spec: str | None, weights: str | None,
              policy_path: str | None, profile_path: str | None, samples: int | None, runs: int | None,
@@ -379,6 +420,8 @@ def validate(artifact: str, device: str, data_spec: str | None, model_spec: str 
     """Run a deployed artifact (a deploy folder or a .tflite) on the device over the test split:
     accuracy against the float model and the simulation, latency against the prediction, size;
     writes validation.json and the report beside it."""
+    if output:
+        check_output(output, folder=True)
     from .targets import load_target
     from .validate import validate as run_validate
 
@@ -391,12 +434,13 @@ def validate(artifact: str, device: str, data_spec: str | None, model_spec: str 
 
 @main.command()
 @click.option("--retrain", is_flag=True, help="train again even if cached weights exist")
-@click.option("-o", "--output", default="edgempq-demo", show_default=True, type=click.Path(file_okay=False),
+@click.option("-o", "--output", default="edgempq-demo", show_default=True, type=PATH,
               help="where the profile, sensitivity, policy, artifact and report go")
 def demo(retrain: bool, output: str) -> None:
     """The whole pipeline offline on the built-in default: MNIST ResNet-8 trained (or cached),
     profiled on this machine, CSMPQ sensitivity, searched under a budget derived from the
     profile, deployed, validated, reported."""
+    check_output(output, folder=True)
     from . import pipeline
 
     with _progress("demo") as step:

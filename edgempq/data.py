@@ -178,13 +178,18 @@ def _load_npz(path: Path) -> _Raw:
         raise DataError(f"data file {path} does not exist; check the path")
     try:
         f = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise DataError(f"data file {path} is not a readable .npz ({e})") from None
+    except PermissionError as e:
+        raise DataError(f"data file {path} cannot be read ({e.strerror}); check its permissions") from None
+    except (OSError, ValueError, zipfile.BadZipFile):
+        # numpy's own message suggests unpickling, which a data file never needs
+        raise DataError(f"data file {path} is not a .npz archive (write it with numpy.savez(path, x=..., y=...))") \
+            from None
     if not isinstance(f, np.lib.npyio.NpzFile):
         raise DataError(f"data file {path} is a single array; save x and y together with numpy.savez")
     with f:
         if "x" not in f or "y" not in f:
-            raise DataError(f"data file {path} must hold arrays 'x' and 'y'; it has {', '.join(f.files)}")
+            has = ", ".join(f.files) or "no arrays"
+            raise DataError(f"data file {path} must hold arrays 'x' and 'y'; it has {has}")
         try:
             x, y = f["x"], f["y"]
         except (OSError, ValueError, zipfile.BadZipFile) as e:

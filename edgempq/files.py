@@ -37,6 +37,26 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return path
 
 
+def check_output(path: str | Path, folder: bool = False) -> Path:
+    """Refuse, before any work, an output (a file, or a `folder` of files) that could not be
+    written afterwards, so a bad -o fails at once in one sentence rather than after minutes of
+    measuring or converting. Nothing is created here."""
+    path = Path(path)
+    try:
+        if folder and path.exists() and not path.is_dir():
+            raise ConfigError(f"output folder {path} is a file; choose a folder")
+        if not folder and path.is_dir():
+            raise ConfigError(f"cannot write {path} (it is a folder); choose a file name")
+        probe = path if folder and path.is_dir() else path.parent
+        probe = next((p for p in (probe, *probe.parents) if p.exists()), Path("."))
+        writable = probe.is_dir() and os.access(probe, os.W_OK | os.X_OK)
+    except OSError as e:  # e.g. a folder on the way that may not be read, or a name too long
+        raise ConfigError(f"cannot write {path} ({e.strerror}); choose a writable location") from None
+    if not writable:
+        raise ConfigError(f"cannot write {path} ({probe} is not a writable folder); choose a writable location")
+    return path
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -114,15 +114,15 @@ def _from_factory(spec: str) -> nn.Module:
             mod = importlib.import_module(target)
         except ImportError as e:
             raise ModelError(f"cannot import module {target!r} ({e}); check the spec and PYTHONPATH") from None
-        except Exception as e:  # noqa: BLE001 - user code may raise anything on import
-            raise ModelError(f"module {target!r} failed to import ({type(e).__name__}: {e})") from None
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - user code may raise anything on import
+            raise ModelError(f"module {target!r} failed to import ({_what(e)})") from None
     factory = getattr(mod, attr, None)
     if not callable(factory):
         raise ModelError(f"{target} has no callable {attr!r}; name the function that builds the model")
     try:
         model = factory()
-    except Exception as e:  # noqa: BLE001 - user code may raise anything
-        raise ModelError(f"the factory {spec} raised {type(e).__name__}: {e}") from None
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - user code may raise anything, or exit
+        raise ModelError(f"the factory {spec} raised {_what(e)}") from None
     if not isinstance(model, nn.Module):
         raise ModelError(f"the factory {spec} returned a {type(model).__name__}, not a torch.nn.Module")
     if getattr(factory, "input_shape", None) is not None and not hasattr(model, "input_shape"):
@@ -130,7 +130,16 @@ def _from_factory(spec: str) -> nn.Module:
     return model
 
 
+def _what(e: BaseException) -> str:
+    """What user code raised, in a few words; `sys.exit()` in a model file is named as such."""
+    if isinstance(e, SystemExit):
+        return f"SystemExit: it called sys.exit({e.code!r})"
+    return f"{type(e).__name__}: {e}"
+
+
 def _import_file(path: Path) -> Any:
+    if path.exists() and not path.is_file():
+        raise ModelError(f"model file {path} is not a file (a folder?); name the Python file that builds the model")
     if not path.is_file():
         raise ModelError(f"model file {path} does not exist; check the path")
     name = "edgempq_user_" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
@@ -143,19 +152,23 @@ def _import_file(path: Path) -> Any:
     sys.path.insert(0, folder)  # the file may import its siblings
     try:
         spec.loader.exec_module(mod)
-    except Exception as e:  # noqa: BLE001 - user code may raise anything
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - user code may raise anything, or exit
         sys.modules.pop(name, None)
-        raise ModelError(f"model file {path} failed to import ({type(e).__name__}: {e})") from None
+        raise ModelError(f"model file {path} failed to import ({_what(e)})") from None
     finally:
         sys.path.remove(folder)
     return mod
 
 
 def _load_weights(module: nn.Module, path: Path) -> None:
+    if path.exists() and not path.is_file():
+        raise ModelError(f"weights file {path} is not a file (a folder?); give the state_dict file")
     if not path.is_file():
         raise ModelError(f"weights file {path} does not exist; check the path")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as e:
+        raise ModelError(f"weights file {path} cannot be read ({e.strerror or e}); check its permissions") from None
     except pickle.UnpicklingError as e:
         if "Unsupported global" not in str(e):
             raise ModelError(f"weights file {path} is not a PyTorch weights file (it cannot be unpickled)") from None
@@ -163,14 +176,17 @@ def _load_weights(module: nn.Module, path: Path) -> None:
             f"weights file {path} holds pickled objects that cannot be loaded safely (a whole saved "
             "module?); save model.state_dict() with torch.save and pass that file"
         ) from None
-    except Exception as e:  # noqa: BLE001 - corrupt or foreign files raise many types
-        raise ModelError(f"weights file {path} is not a PyTorch weights file ({type(e).__name__})") from None
+    except Exception:  # noqa: BLE001 - corrupt or foreign files raise many types
+        raise ModelError(f"weights file {path} is not a PyTorch weights file (it is damaged or in another format); "
+                         "save model.state_dict() with torch.save and pass that file") from None
     state = _state_dict_of(obj, path)
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as e:
         first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
-        raise ModelError(f"weights file {path} does not fit the model ({first})") from None
+        first = first if len(first) <= 200 else first[:200] + " ..."  # a foreign model lists every key
+        raise ModelError(f"weights file {path} does not fit the model ({first}); give the weights of this "
+                         "model") from None
 
 
 def _state_dict_of(obj: Any, path: Path) -> dict[str, torch.Tensor]:

@@ -86,13 +86,18 @@ def cached_model(model_spec: str, data_spec: str, cfg: TrainConfig, retrain: boo
     wpath, mpath = cache_dir("weights", stem + ".pt"), cache_dir("weights", stem + ".json")
     if wpath.is_file() and mpath.is_file() and not retrain:
         try:
+            meta = json.loads(mpath.read_text())
+            if not isinstance(meta, dict) or meta.get("sha256") != hashlib.sha256(wpath.read_bytes()).hexdigest():
+                raise ValueError("the weights do not match their checksum")
             model = load_model(model_spec, wpath, model.input_shape)
-            return model, ds, {**json.loads(mpath.read_text()), "cached": True, "weights": str(wpath)}
-        except (ModelError, ValueError):
-            pass  # a damaged cache entry is retrained below
+            return model, ds, {**meta, "cached": True, "weights": str(wpath)}
+        except (ModelError, ValueError, OSError):
+            pass  # a damaged or edited cache entry is trained again below
     res, test_top1 = train_model(model, ds, cfg, on_step)
-    atomic_write_bytes(wpath, state_bytes(model.module))
-    meta = {"train_seconds": res.seconds, "val_top1": res.val_top1, "test_top1": test_top1}
+    weights = state_bytes(model.module)
+    atomic_write_bytes(wpath, weights)
+    meta = {"train_seconds": res.seconds, "val_top1": res.val_top1, "test_top1": test_top1,
+            "sha256": hashlib.sha256(weights).hexdigest()}
     write_json(mpath, meta)
     model = load_model(model_spec, wpath, model.input_shape)
     return model, ds, {**meta, "cached": False, "weights": str(wpath)}

@@ -7,6 +7,7 @@ device's fingerprint, so a second profile is near-free and an interrupted one re
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -102,7 +103,10 @@ class RowCache:
             row = CostRow.from_dict(d) if d is not None else None
         except (ConfigError, TypeError):
             return None
-        return row if row is not None and row.signature == job.layer.signature else None
+        # the file name says which measurement it holds; a row of another layer or precision
+        # (a copied or renamed file) is measured again, never used in its place
+        ok = row is not None and row.signature == job.layer.signature and str(row.precision) == str(job.precision)
+        return row if ok else None
 
     def put(self, job: Job, row: CostRow) -> None:
         self._put(job.key, row.to_dict())
@@ -114,6 +118,36 @@ class RowCache:
 
     def put_whole(self, arch_key: str, precision: str, ms: float) -> None:
         self._put(f"whole-{arch_key}-{precision}", {"median_ms": ms})
+
+
+@contextlib.contextmanager
+def device_lock(folder: Path, target_name: str, on_step: Progress | None = None):
+    """Hold the device's cache folder for one profile at a time (an advisory lock on a file in
+    it): a second profile of the same device waits, then finds the first one's measurements in
+    the cache, instead of measuring everything again while the device is busy with the first
+    (which would also skew both timings)."""
+    import fcntl  # POSIX: edgempq runs on Linux and macOS hosts
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        f = open(folder / ".lock", "a+")  # noqa: SIM115 - held across the yield below
+    except OSError as e:
+        raise ConfigError(f"cannot use the profile cache {folder} ({e.strerror}); make it writable, set "
+                          "EDGEMPQ_CACHE to another folder") from None
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_step:
+                on_step(0, 0, f"waiting for another profile of {target_name} to finish")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        except OSError:
+            pass  # a file system without locks: profiles of one device are not kept apart
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def measure(backend: Backend, job: Job, float_model: bytes) -> CostRow:
@@ -256,13 +290,18 @@ def measure_whole(backend: Backend, whole: WholeModel, layers: list[Layer], targ
         pending.append((what, p, f"{key}-{variant}", model))
     # Round-robin rounds, median of the rounds: a slow or fast moment of the device then falls
     # on every policy alike instead of on whichever one was being timed.
+    # Each round's timing is cached as it finishes, so an interrupted profile keeps them too.
     times: dict[str, list[float]] = {}
     for r in range(WHOLE_ROUNDS):
         for j, (_, p, ck, model) in enumerate(pending):
             if on_step:
                 on_step(len(todo) + (r * len(pending) + j) * len(todo) // max(1, WHOLE_ROUNDS * len(pending)),
                         len(todo) * 2, f"timing whole model {p} (round {r + 1}/{WHOLE_ROUNDS})")
-            times.setdefault(ck, []).append(backend.time(model).median_ms)
+            ms = cache.get_whole(f"{ck}-round{r}", p)
+            if ms is None:
+                ms = backend.time(model).median_ms
+                cache.put_whole(f"{ck}-round{r}", p, ms)
+            times.setdefault(ck, []).append(ms)
     for what, p, ck, _ in pending:
         out[what][p] = statistics.median(times[ck])
         cache.put_whole(ck, p, out[what][p])
@@ -283,9 +322,11 @@ def profile(layers: list[Layer], target: Target, model_hash: str, use_cache: boo
             on_step: Progress | None = None, whole: WholeModel | None = None) -> CostTable:
     """The cost table of `layers` on `target`, measuring only what the cache lacks; with
     `whole`, also the whole model end to end at each uniform precision and the overheads."""
-    with backend_for(target) as backend:
+    with backend_for(target) as backend, contextlib.ExitStack() as held:
         fingerprint = backend.check()
-        cache = RowCache(cache_dir("profiles", device_key(target, fingerprint)) if use_cache else None)
+        folder = cache_dir("profiles", device_key(target, fingerprint))
+        held.enter_context(device_lock(folder, target.name, on_step))  # with --no-cache too: one at a time
+        cache = RowCache(folder if use_cache else None)
         jobs = jobs_for(layers, target)
         rows, floats = [], {}
         for i, job in enumerate(jobs):

@@ -39,7 +39,8 @@ def open_artifact(path: str | Path) -> tuple[Path, bytes, dict | None]:
     deploy = read_json(info, "deploy report")
     if not isinstance(deploy, dict):
         raise ConfigError(f"{info} is not a deploy report (not a JSON object); deploy again")
-    if (deploy.get("sha256") or {}).get("model.tflite") != hashlib.sha256(data).hexdigest():
+    sums = deploy.get("sha256")
+    if not isinstance(sums, dict) or sums.get("model.tflite") != hashlib.sha256(data).hexdigest():
         return tfl, data, None  # it describes another build (or an interrupted deploy): not used
     return tfl, data, deploy
 

@@ -145,7 +145,7 @@ def test_npy_and_corrupt_npz_are_clear_errors(tmp_path):
     with pytest.raises(DataError, match="single array"):
         load_data(str(tmp_path / "single.npz"))
     (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04garbage")
-    with pytest.raises(DataError, match="not a readable .npz"):
+    with pytest.raises(DataError, match="is not a .npz archive"):
         load_data(str(tmp_path / "bad.npz"))
 
 

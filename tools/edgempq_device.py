@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import sys
 import time
 
@@ -113,8 +114,8 @@ def sample_inputs(it, seed: int = 0) -> list:
 def time_model(model: bytes, threads: int, warmup: int, runs: int, max_seconds: float = 0.0) -> dict:
     """Warm-up, then `runs` timed invokes; per-run milliseconds and their median / p10 / p90.
     With `max_seconds`, a slow model stops early, after at least 5 timed runs."""
-    if not 1 <= runs <= MAX_RUNS or not 0 <= warmup <= MAX_RUNS or max_seconds < 0:
-        raise DeviceError(f"runs must be 1..{MAX_RUNS}, warmup 0..{MAX_RUNS} and max-seconds >= 0")
+    if not 1 <= runs <= MAX_RUNS or not 0 <= warmup <= MAX_RUNS or not 0 <= max_seconds < float("inf"):
+        raise DeviceError(f"runs must be 1..{MAX_RUNS}, warmup 0..{MAX_RUNS} and max-seconds a finite number >= 0")
     it = make_interpreter(model, threads)
     for d, x in zip(it.get_input_details(), sample_inputs(it)):
         it.set_tensor(d["index"], x)
@@ -269,6 +270,18 @@ def _load_inputs(path: str) -> list:
         raise DeviceError(f"inputs file {path} is not a readable .npz ({type(e).__name__}: {e})") from None
 
 
+def set_deadline(seconds: float) -> None:
+    """End this process after `seconds` (SIGALRM, exit status 142 through a shell): the host
+    gives up on a device that does not answer in time, and the runner must not keep the device
+    busy after that."""
+    if not 0 <= seconds < float("inf"):
+        raise DeviceError("deadline must be a finite number of seconds >= 0")
+    if seconds > 0 and hasattr(signal, "SIGALRM"):
+        # the default action: the kernel ends the process, even inside a hung native invoke
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="edgempq device runner")
     sub = ap.add_subparsers(dest="mode", required=True)
@@ -288,10 +301,13 @@ def main(argv: list[str] | None = None) -> int:
     p_eval.add_argument("--logits")
     for p in (p_info, p_time, p_run, p_eval):
         p.add_argument("--threads", type=int, default=1)
+        p.add_argument("--deadline", type=float, default=0.0,
+                       help="stop with an error after this many seconds (0: never)")
     args = ap.parse_args(argv)
     try:
         if not 1 <= args.threads <= 256:
             raise DeviceError("threads must be 1..256")
+        set_deadline(args.deadline)
         if args.mode == "info":
             result = info(args.threads)
         elif args.mode == "time":

@@ -62,7 +62,9 @@ class ADBBackend(RemoteBackend):
             return super().time(model, runs, warmup)
         runs, warmup = self._runs(runs, warmup)
         remote = self._upload_model(model)
-        p = self._exec([str(self.benchmark_model), f"--graph={remote}", f"--num_threads={self.target.threads}",
+        # `timeout` (toybox, on every Android since 6) ends it on the phone if adb gives up first
+        p = self._exec(["timeout", str(max(1, int(self.timeout))), str(self.benchmark_model),
+                        f"--graph={remote}", f"--num_threads={self.target.threads}",
                         f"--num_runs={runs}", f"--warmup_runs={warmup}", "--min_secs=0"])
         return parse_benchmark_model(p.stdout + p.stderr, runs, self.target.name)
 

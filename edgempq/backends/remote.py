@@ -76,7 +76,13 @@ class RemoteBackend(Backend):
 
     def _device(self, mode: str, *args: str) -> dict[str, Any]:
         d = self._session()
-        p = self._exec([self.python, f"{d}/edgempq_device.py", mode, *args, "--threads", str(self.target.threads)])
+        # the runner ends itself at the deadline: when this side gives up on a hung device and kills
+        # its ssh/adb client, nothing is left running (and busy) on the device
+        p = self._exec([self.python, f"{d}/edgempq_device.py", mode, *args, "--threads", str(self.target.threads),
+                        "--deadline", f"{self.timeout:g}"])
+        if p.returncode in (142, -14):  # SIGALRM: the runner's own deadline
+            raise DeviceError(f"target {self.target.name}: the device runner ran past its deadline of "
+                              f"{self.timeout:g} s and stopped; raise timeout_s in its [connection]")
         if p.returncode not in (0, 2) or (p.returncode == 2 and not p.stdout.strip()):
             err = (p.stderr or p.stdout).strip().splitlines()
             raise DeviceError(f"target {self.target.name}: the device runner failed with status {p.returncode} "

@@ -21,6 +21,12 @@ class SSHBackend(RemoteBackend):
         if not conn.get("host"):
             raise DeviceError(f"target {target.name} has no host in [connection]; set the device's address")
         self.host, self.port = str(conn["host"]), int(conn.get("port", 22))
+        if conn.get("key") and not os.path.isfile(os.path.expanduser(str(conn["key"]))):
+            raise DeviceError(f"target {target.name}: the key file named in [connection] does not exist; "
+                              "check key (the path of the private key)")
+        if '"' in str(conn.get("known_hosts", "")):
+            raise DeviceError(f"target {target.name}: the known_hosts path in [connection] contains a double quote, "
+                              "which ssh cannot take; move the file")
         self.dest = f"{conn['user']}@{self.host}" if conn.get("user") else self.host
 
     def _opts(self) -> list[str]:
@@ -30,7 +36,8 @@ class SSHBackend(RemoteBackend):
         if conn.get("key"):
             o += ["-i", os.path.expanduser(str(conn["key"])), "-o", "IdentitiesOnly=yes"]
         if conn.get("known_hosts"):
-            o += ["-o", f'UserKnownHostsFile="{os.path.expanduser(str(conn["known_hosts"]))}"']
+            path = os.path.expanduser(str(conn["known_hosts"])).replace("%", "%%")  # ssh expands %-tokens
+            o += ["-o", f'UserKnownHostsFile="{path}"']
         return o
 
     def _checked(self, p: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -41,6 +48,8 @@ class SSHBackend(RemoteBackend):
         if "Host key verification failed" in err or "host key" in err.lower():
             raise DeviceError(f"{where}: its host key is not known (or changed); connect once with "
                               f"`ssh -p {self.port} {self.dest}` and accept the key, or set known_hosts")
+        if "Load key" in err:
+            raise DeviceError(f"{where}: the key file is not a private key ssh can read; check key in [connection]")
         if "Permission denied" in err:
             raise DeviceError(f"{where}: the key was refused; check user and key in [connection]")
         raise DeviceError(f"{where} is unreachable ({err.splitlines()[-1] if err else 'no answer'})")

@@ -248,16 +248,19 @@ class CostTable(JsonDoc):
         return next((r for r in self.rows if r.signature == signature and r.precision == p), None)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"schema_version": SCHEMA_VERSION, "target": self.target.to_dict(), "fingerprint": self.fingerprint,
-                "model_hash": self.model_hash, "layers": [la.to_dict() for la in self.layers],
-                "rows": [r.to_dict() for r in self.rows], "whole_ms": dict(self.whole_ms),
-                "overhead_ms": dict(self.overhead_ms), "edges": [list(e) for e in self.edges],
-                "mixed_ms": dict(self.mixed_ms)}
+        d = {"schema_version": SCHEMA_VERSION, "target": self.target.to_dict(), "fingerprint": self.fingerprint,
+             "model_hash": self.model_hash, "layers": [la.to_dict() for la in self.layers],
+             "rows": [r.to_dict() for r in self.rows], "whole_ms": dict(self.whole_ms),
+             "overhead_ms": dict(self.overhead_ms), "edges": [list(e) for e in self.edges],
+             "mixed_ms": dict(self.mixed_ms)}
+        return d | {"sha256": _checksum(d)}
 
     @classmethod
     def from_dict(cls, d: Any) -> CostTable:
+        """A profile as `edgempq profile` wrote it: its checksum must match, so a truncated or
+        hand-edited profile (one changed latency would steer the search) is refused, not used."""
         _check_keys(d, "profile", {"schema_version", "target", "fingerprint", "model_hash", "layers", "rows"},
-                    {"whole_ms", "overhead_ms", "edges", "mixed_ms"})
+                    {"whole_ms", "overhead_ms", "edges", "mixed_ms", "sha256"})
         _check_version(d, "profile")
         if not all(isinstance(d[k], list) for k in ("layers", "rows")) or not isinstance(d["fingerprint"], dict):
             raise ConfigError("profile layers and rows must be lists and fingerprint an object")
@@ -276,8 +279,23 @@ class CostTable(JsonDoc):
             v = d.get(k, {})
             if not isinstance(v, dict) or not all(isinstance(x, int | float) for x in v.values()):
                 raise ConfigError(f"profile {k} must map precisions to numbers")
+        body = {k: v for k, v in d.items() if k != "sha256"}
+        if "sha256" not in d:
+            raise ConfigError("profile has no checksum (it was not written by edgempq profile, or by an older "
+                              "version); profile the model again")
+        if d["sha256"] != _checksum(body):
+            raise ConfigError("profile does not match its checksum: it was edited or damaged after it was "
+                              "measured, and a changed number would steer the search; profile the model again")
         return cls(Target.from_dict(d["target"]), d["fingerprint"], str(d["model_hash"]),
                    tuple(Layer.from_dict(la) for la in d["layers"]), tuple(CostRow.from_dict(r) for r in d["rows"]),
                    {k: float(v) for k, v in d.get("whole_ms", {}).items()},
                    {k: float(v) for k, v in d.get("overhead_ms", {}).items()},
                    tuple((a, b, n) for a, b, n in edges), {k: float(v) for k, v in d.get("mixed_ms", {}).items()})
+
+
+def _checksum(d: dict[str, Any]) -> str:
+    """sha256 of a document's canonical JSON (keys sorted): what `save` wrote, reproducibly."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
