@@ -133,3 +133,11 @@ def test_deploy_after_qat_exports_the_finetuned_weights(user_model, tmp_path):
     x, y = ds.split("test")
     art = run_artifact(tmp_path / "qat" / "model.tflite", x, report).argmax(1)
     assert (art == y).mean() >= report["simulated_top1"] - 0.1
+
+
+def test_an_artifact_litert_cannot_load_is_refused_not_written():
+    from edgempq.errors import ConversionError
+    from edgempq.export.deploy import check_loads
+
+    with pytest.raises(ConversionError, match="does not load in LiteRT"):
+        check_loads(b"\0\0\0\0TFL3" + bytes(64))

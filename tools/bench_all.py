@@ -37,11 +37,15 @@ MD = ROOT / "BENCHMARKS.md"
 SEARCH_TARGET_S = 30.0
 
 
-def run_part(part: str, quick: bool, folder: Path) -> float:
+def run_part(part: str, quick: bool, folder: Path, only: list[str] | None = None) -> float:
     import importlib
 
     t = time.perf_counter()
-    importlib.import_module(f"bench_{part}").run(quick, folder)
+    mod = importlib.import_module(f"bench_{part}")
+    if only:
+        mod.run(quick, folder, only)
+    else:
+        mod.run(quick, folder)
     return time.perf_counter() - t
 
 
@@ -429,13 +433,16 @@ def main() -> None:
     ap.add_argument("--results", type=Path, default=RESULTS, help="the results folder (default %(default)s)")
     ap.add_argument("--md", type=Path, default=MD, help="the Markdown file to write (default BENCHMARKS.md)")
     ap.add_argument("--note", help="a sentence about this run for the reader (e.g. what else ran)")
+    ap.add_argument("--model", action="append", dest="only",
+                    help="parts device and fidelity: run only this model again, keeping the others' results")
     args = ap.parse_args()
     wall, failed = {}, []
     if not args.render:
         for part in [p for p in RUN_ORDER if p in (args.part or PARTS)]:
             log(f"part {part}")
             try:
-                wall[part] = run_part(part, args.quick, args.results)
+                wall[part] = run_part(part, args.quick, args.results,
+                                      args.only if part in ("device", "fidelity") else None)
             except Exception:  # noqa: BLE001 - the other parts still run; this one is reported
                 import traceback
 

@@ -239,12 +239,21 @@ def run_model(name: str, trained: bool, quick: bool, folder: Path) -> dict:
             "summary": summary(rows, perr["max_abs"]), "equal_latency": equal_latency(rows), "rounds": rounds}
 
 
-def run(quick: bool = False, folder: Path = RESULTS) -> dict:
+def run(quick: bool = False, folder: Path = RESULTS, only: list[str] | None = None) -> dict:
+    """Every model, or with `only` those models again, replacing their results in the file."""
     ms = benchkit.models(quick)
     out = {"part": "device", "quick": quick, "target": TARGET, "machine": benchkit.machine(), "models": []}
-    for name, trained in [(n, True) for n in ms.trained] + [(n, False) for n in ms.latency_only]:
+    old = benchkit.load("device", folder) if only else None
+    order = [(n, True) for n in ms.trained] + [(n, False) for n in ms.latency_only]
+    for name, trained in order:
+        if only and name not in only:
+            kept = next((m for m in (old or {}).get("models", []) if m["model"] == name), None)
+            if kept:
+                out["models"].append(kept)
+            continue
         out["models"].append(run_model(name, trained, quick, folder))
         benchkit.save("device", out, folder)  # each model as it finishes: a later failure keeps it
+    benchkit.save("device", out, folder)
     return out
 
 

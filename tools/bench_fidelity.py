@@ -36,7 +36,8 @@ def kinds_by_key(model_result: dict) -> dict[str, str]:
     return {k: ", ".join(v) for k, v in out.items()}
 
 
-def run(quick: bool = False, folder: Path = RESULTS) -> dict:
+def run(quick: bool = False, folder: Path = RESULTS, only: list[str] | None = None) -> dict:
+    """Every artifact of part 1, or with `only` those models' again, replacing their results."""
     from edgempq.validate import validate
 
     part1 = benchkit.load("device", folder)
@@ -48,7 +49,12 @@ def run(quick: bool = False, folder: Path = RESULTS) -> dict:
 
         part1 = bench_device.run(quick, folder)
     out = {"part": "fidelity", "quick": quick, "target": TARGET, "machine": benchkit.machine(), "models": []}
+    old = {m["model"]: m for m in (benchkit.load("fidelity", folder) or {}).get("models", [])} if only else {}
     for m in part1["models"]:
+        if only and m["model"] not in only:
+            if m["model"] in old:
+                out["models"].append(old[m["model"]])
+            continue
         labels = kinds_by_key(m)
         arts = []
         for key, label in labels.items():

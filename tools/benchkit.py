@@ -90,13 +90,20 @@ def random_model(name: str, folder: Path):
 
     from edgempq.data import with_splits
     from edgempq.files import atomic_write_bytes
+    from edgempq.models import load_model
     from edgempq.pipeline import load_model_and_data, state_bytes
+    from edgempq.profile import WholeModel
 
     torch.manual_seed(0)
     model, ds = load_model_and_data(f"zoo:{name}", "digits")
     ds = with_splits(ds, calibration=64, validation=16, test=64)
+    # BatchNorm statistics re-estimated on unit-scale inputs (as the profile's timing copy does):
+    # with the default statistics an untrained MobileNetV2's activations vanish, its int16 scales
+    # underflow and LiteRT refuses the conv (int32 overflow in the requantization)
+    module = WholeModel(model.module, model.input_shape).timing_copy()
     weights = folder / f"{name}-random.pt"
-    atomic_write_bytes(weights, state_bytes(model.module))
+    atomic_write_bytes(weights, state_bytes(module))
+    model = load_model(f"zoo:{name}", weights, model.input_shape)
     return model, ds, {"weights": str(weights)}
 
 

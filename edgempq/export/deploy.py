@@ -103,7 +103,24 @@ def build(layers: list[Layer], qmodel, input_shape: tuple[int, ...], policy: Pol
         check_op(got, policy.precisions[name], f"layer {name}")
         found[name] = {"op": got.op, "weight_type": got.weight_type, "activation_type": got.act_type,
                        "weight_bytes": got.weight_bytes}
+    check_loads(out)
     return Artifact(out, rules, mapping, found)
+
+
+def check_loads(model: bytes) -> None:
+    """Refuse an artifact that LiteRT's own kernels refuse to prepare, e.g. a conv whose 16-bit
+    activation scales are so small that its requantization overflows int32 (an untrained model,
+    or calibration data unlike its inputs, gives such vanishing activations)."""
+    from ..backends.base import device_script
+    from ..errors import ConversionError
+
+    try:
+        device_script().make_interpreter(model, 1)
+    except Exception as e:  # noqa: BLE001 - the runtime raises RuntimeError/ValueError with its own text
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConversionError(f"the quantized model does not load in LiteRT ({detail}); the calibration data "
+                              "may not match the model's inputs (or the model is untrained), or a layer needs "
+                              "a wider precision") from None
 
 
 def io_details(model: bytes) -> dict[str, dict]:
