@@ -327,6 +327,29 @@ def methods_section(meth: dict, plots: Path, base: Path) -> str:
     return "\n".join(out)
 
 
+def costs_from_other_parts(dev: dict | None, meth: dict | None) -> dict | None:
+    """Part 3's table from what parts 1 and 2 timed, when part 3 did not run: part 1's fresh
+    profile is a cold one; no warm profile was timed."""
+    if not dev:
+        return None
+    part2 = {m["model"]: m for m in (meth or {}).get("models", [])}
+    models = []
+    for m in dev["models"]:
+        sens = {m["method"]: {"seconds": m["sensitivity_s"], "from": f"in part 1 ({TARGET_NAME}'s precisions)"}}
+        for name, v in part2.get(m["model"], {}).get("search", {}).items():
+            sens.setdefault(name, {"seconds": v["sensitivity_s"], "from": "in part 2 (widths 2/3/4/8)"})
+        solves = [r["solve_s"] for r in m["rows"] if r.get("solve_s")]
+        searched = next(r for r in m["rows"] if r.get("precisions"))["precisions"]
+        models.append({"model": m["model"], "layers": len(searched),
+                       "profile_cold_s": m["profile_s"], "profile_warm_s": None, "sensitivity": sens,
+                       "solve_s": statistics.median(solves) if solves else 0.0, "deploy_s": None, "validate_s": None,
+                       "validate_samples": 1000 if m["trained"] else 64})
+    return {"part": "costs", "derived": True, "models": models}
+
+
+TARGET_NAME = "host"
+
+
 def costs_section(costs: dict, dev: dict | None = None, fid: dict | None = None) -> str:
     methods = list(dict.fromkeys(k for m in costs["models"] for k in m["sensitivity"]))
     head = ["model", "layers", "profile cold", "profile warm"] + [f"sens. {k}" for k in methods] + \
@@ -346,7 +369,10 @@ def costs_section(costs: dict, dev: dict | None = None, fid: dict | None = None)
                        f"{median_of(validates.get(m['model'], []), m['validate_s'])}, "
                        f"{m['validate_samples']} samples"])
     sources = sorted({v["from"] for m in costs["models"] for v in m["sensitivity"].values()})
-    return "\n".join(["## 3. Costs (wall time on this machine)", "",
+    derived = ("Part 3 did not finish in this run; this table is made from what parts 1, 2 and 4 timed: "
+               "the cold profile is part 1's fresh profile, the solve the median over part 1's solves, and "
+               "no warm profile was timed. ") if costs.get("derived") else ""
+    return "\n".join(["## 3. Costs (wall time on this machine)", "", derived +
                       "Profile cold: an empty cache (every layer at every precision of `host`, plus the whole "
                       "model at each uniform and alternating policy); warm: the same cache again. Solve: a "
                       "latency budget halfway between all-int8 and all-f32, median of 5. Deploy and validate: "
@@ -418,8 +444,9 @@ def render(folder: Path = RESULTS, md: Path = MD, plots: Path | None = None, wal
         lines += [device_section(parts["device"], plots, md.parent), ""]
     if parts["methods"]:
         lines += [methods_section(parts["methods"], plots, md.parent), ""]
-    if parts["costs"]:
-        lines += [costs_section(parts["costs"], parts["device"], parts["fidelity"]), ""]
+    costs = parts["costs"] or costs_from_other_parts(parts["device"], parts["methods"])
+    if costs:
+        lines += [costs_section(costs, parts["device"], parts["fidelity"]), ""]
     if parts["fidelity"]:
         lines += [fidelity_section(parts["fidelity"]), ""]
     return atomic_write_text(md, "\n".join(lines).rstrip() + "\n")
