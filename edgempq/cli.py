@@ -47,16 +47,24 @@ class _Group(click.Group):
         if threading.current_thread() is not threading.main_thread():
             return super().main(*args, **kwargs)
 
+        from . import stop
+
         def terminate(signum: int, frame: Any) -> None:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the cleanup short
+            stop.request(signum)
             raise Terminated
 
+        def interrupt(signum: int, frame: Any) -> None:
+            stop.request(signum)  # remembered: a library may swallow the KeyboardInterrupt below
+            raise KeyboardInterrupt
+
         # SIGTERM unwinds like Ctrl-C, so temporary folders on the device and here are removed
-        previous = signal.signal(signal.SIGTERM, terminate)
+        previous = signal.signal(signal.SIGTERM, terminate), signal.signal(signal.SIGINT, interrupt)
         try:
             return super().main(*args, **kwargs)
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGTERM, previous[0])
+            signal.signal(signal.SIGINT, previous[1])
 
 
 class Terminated(KeyboardInterrupt):

@@ -260,6 +260,7 @@ def measure_whole(backend: Backend, whole: WholeModel, layers: list[Layer], targ
     """End-to-end median latency of the whole model at every uniform precision of the target,
     and of the policies alternating two domains (for the conversion costs), exported through the
     same per-layer recipe (and checks) as any policy."""
+    from . import stop
     from .export.float_graph import float_tflite
     from .export.mapping import torch_weights
     from .export.mixed import quantize_policy
@@ -297,6 +298,7 @@ def measure_whole(backend: Backend, whole: WholeModel, layers: list[Layer], targ
             if on_step:
                 on_step(len(todo) + (r * len(pending) + j) * len(todo) // max(1, WHOLE_ROUNDS * len(pending)),
                         len(todo) * 2, f"timing whole model {p} (round {r + 1}/{WHOLE_ROUNDS})")
+            stop.check()
             ms = cache.get_whole(f"{ck}-round{r}", p)
             if ms is None:
                 ms = backend.time(model).median_ms
@@ -329,7 +331,10 @@ def profile(layers: list[Layer], target: Target, model_hash: str, use_cache: boo
         cache = RowCache(folder if use_cache else None)
         jobs = jobs_for(layers, target)
         rows, floats = [], {}
+        from . import stop
+
         for i, job in enumerate(jobs):
+            stop.check()  # a Ctrl-C that a converter swallowed still stops here, between measurements
             if on_step:
                 on_step(i, len(jobs), f"{job.layer.kind} {job.precision}")
             row = cache.get(job)

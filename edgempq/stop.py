@@ -1,0 +1,21 @@
+"""A stop requested by Ctrl-C or SIGTERM, kept until it is acted on. Some libraries catch the
+KeyboardInterrupt a signal raises inside them (and carry on); long loops call `check()` between
+steps so that such a request still ends the command at the next step."""
+
+from __future__ import annotations
+
+import signal
+
+_requested: list[int] = []
+
+
+def request(signum: int) -> None:
+    _requested.append(signum)
+
+
+def check() -> None:
+    """Raise the interrupt again if a stop was requested and swallowed on the way."""
+    if _requested:
+        from .cli import Terminated
+
+        raise Terminated if _requested[-1] == signal.SIGTERM else KeyboardInterrupt
