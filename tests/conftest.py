@@ -105,3 +105,19 @@ def npz_data(tmp_path):
     path = tmp_path / "toy.npz"
     np.savez(path, x=x, y=y)
     return path
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """The keys of the profile jobs measured (not read from the cache) while the test runs."""
+    import edgempq.profile as prof
+
+    calls = []
+    real = prof.measure
+
+    def counting(backend, job, float_model):
+        calls.append(job.key)
+        return real(backend, job, float_model)
+
+    monkeypatch.setattr(prof, "measure", counting)
+    return calls

@@ -64,19 +64,6 @@ def _wait_for_rows(p: subprocess.Popen, cache: Path, n: int, timeout: float = 18
     assert p.poll() is None, f"the profile ended before it could be interrupted: {p.communicate()}"
 
 
-@pytest.fixture
-def counted(monkeypatch):
-    calls = []
-    real = prof.measure
-
-    def counting(backend, job, float_model):
-        calls.append(job.key)
-        return real(backend, job, float_model)
-
-    monkeypatch.setattr(prof, "measure", counting)
-    return calls
-
-
 def _resume(spec: str, target, cache: Path, monkeypatch) -> object:
     monkeypatch.setenv("EDGEMPQ_CACHE", str(cache))
     m = load_model(spec)

@@ -39,19 +39,6 @@ def net_spec(tmp_path):
     return f"{tmp_path / 'net.py'}:net"
 
 
-@pytest.fixture
-def counted(monkeypatch):
-    calls = []
-    real = prof.measure
-
-    def counting(backend, job, float_model):
-        calls.append(job.key)
-        return real(backend, job, float_model)
-
-    monkeypatch.setattr(prof, "measure", counting)
-    return calls
-
-
 def test_identical_layers_are_measured_once_and_the_cache_is_reused(net_spec, tmp_path, monkeypatch, counted):
     monkeypatch.setenv("EDGEMPQ_CACHE", str(tmp_path / "cache"))
     m = load_model(net_spec)
