@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError, DataError
+from ..params import parse_params
 from ..registry import Registry
 from ..schema import Layer, Precision, Sensitivity
 
@@ -77,50 +78,6 @@ def method_names() -> list[str]:
 def get_method(name: str) -> type[Method]:
     _load_plugins()
     return METHODS.get(name)
-
-
-def parse_params(cls: type[Method], pairs: list[str] | dict[str, Any]) -> Any:
-    """The method's Params from `key=value` strings (or a dict); unknown keys and bad values
-    are errors that list the valid keys."""
-    fields = {f.name: f for f in dataclasses.fields(cls.Params)}
-    items = dict(p.split("=", 1) if "=" in p else (p, None) for p in pairs) if isinstance(pairs, list) else pairs
-    values: dict[str, Any] = {}
-    for k, v in items.items():
-        if k not in fields:
-            raise ConfigError(f"method {cls.name} has no parameter {k!r}; its parameters are: "
-                              f"{', '.join(f'{n}={getattr(cls.Params(), n)!r}' for n in fields)}")
-        if v is None:
-            raise ConfigError(f"parameter {k} of method {cls.name} needs a value: write {k}=VALUE")
-        values[k] = _convert(v, getattr(cls.Params(), k), f"parameter {k} of method {cls.name}")
-    try:
-        return cls.Params(**values)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"bad parameters for method {cls.name}: {e}") from None
-
-
-def _convert(v: Any, default: Any, what: str) -> Any:
-    if not isinstance(v, str):
-        return v
-    try:
-        if isinstance(default, bool):
-            if v.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(v)
-            return v.lower() in ("true", "1", "yes")
-        if isinstance(default, int):
-            return int(v)
-        if isinstance(default, float):
-            return float(v)
-    except ValueError:
-        kind = {bool: "true or false", int: "an integer", float: "a number"}.get(type(default), "text")
-        raise ConfigError(f"{what} must be {kind}, not {v!r}") from None
-    if default is None and v.lower() == "none":
-        return None
-    if default is None:
-        try:
-            return float(v)
-        except ValueError:
-            return v
-    return v
 
 
 def compute(name: str, model: nn.Module, layers: list[Layer], precisions: dict[str, list[Precision]],
