@@ -148,6 +148,24 @@ class MobileNetV2(nn.Module):
         return self.classifier(x.flatten(1))
 
 
+class PlainCNN(nn.Module):
+    """Conv-BN-ReLU blocks (3x3; `strides` per block), global average pooling, a linear head:
+    the small network a user trains in minutes."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, widths: tuple[int, ...] = (16, 32, 32, 64, 64),
+                 strides: tuple[int, ...] = (1, 2, 1, 2, 1)) -> None:
+        super().__init__()
+        blocks, cin = [], in_channels
+        for w, s in zip(widths, strides, strict=True):
+            blocks.append(nn.Sequential(nn.Conv2d(cin, w, 3, s, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU()))
+            cin = w
+        self.features = nn.Sequential(*blocks)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.features(x).mean((2, 3)))
+
+
 def _init_weights(model: nn.Module) -> None:
     """torchvision's initialisation: Kaiming (fan-out) convs, unit BN, small linear weights."""
     for m in model.modules():
@@ -196,6 +214,10 @@ def _mnist_mobilenet(num_classes: int, in_channels: int) -> nn.Module:
                        stem_channels=16, stem_stride=1, last_channel=128, dropout=0.1)
 
 
+def _mnist_cnn(num_classes: int, in_channels: int) -> nn.Module:
+    return PlainCNN(num_classes, in_channels)
+
+
 ZOO: dict[str, ZooEntry] = {
     e.name: e
     for e in (
@@ -208,5 +230,7 @@ ZOO: dict[str, ZooEntry] = {
                  "ResNet-8 for 28x28 digits: 3x3 stem, three residual stages 16/32/64"),
         ZooEntry("mnist_mobilenet", _mnist_mobilenet, (1, 28, 28), 10, "mnist",
                  "MobileNetV2-style net for 28x28 digits, inverted residuals with depthwise convs"),
+        ZooEntry("mnist_cnn", _mnist_cnn, (1, 28, 28), 10, "mnist",
+                 "plain CNN for 28x28 digits: five 3x3 conv-BN-ReLU blocks (16-32-32-64-64), pool, linear"),
     )
 }
