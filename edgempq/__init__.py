@@ -14,7 +14,8 @@ _API = {
     "Precision": "schema", "Layer": "schema", "Policy": "schema", "Budget": "schema",
     "load_model": "models", "load_data": "data", "trace": "layers",
     "policy_bops": "layers", "policy_weight_bytes": "layers",
-    "apply": "quant", "calibrate": "quant", "finetune": "quant", "QuantConfig": "quant",
+    "apply": "quant", "calibrate": "quant", "quantize": "quant", "finetune": "quant", "QuantConfig": "quant",
+    "PTQReport": "quant",
     "TrainConfig": "train", "fit": "train", "accuracy": "metrics",
 }
 __all__ = sorted(_API)

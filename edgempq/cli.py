@@ -24,6 +24,37 @@ PATH = click.Path(readable=False)
 DATA_HELP = "a built-in set (mnist, digits), an image folder, a .npz with x and y, or a .toml manifest"
 
 
+PTQ_DEFAULT = "gptq"  # edgempq.quant.DEFAULT_WEIGHTS, without importing torch for --help
+
+
+def _ptq_options(f):
+    """--ptq, --ptq-param, --bias-correction and --act-range: how a policy is quantized."""
+    for opt in reversed([
+        click.option("--ptq", "ptq", default=PTQ_DEFAULT, show_default=True,
+                     help="the weight algorithm: minmax, mse, gptq or adaround"),
+        click.option("--ptq-param", "ptq_params", multiple=True, help="a parameter of the algorithm as key=value "
+                     "(repeatable), e.g. iters=500 or granularity=block for adaround"),
+        click.option("--bias-correction/--no-bias-correction", default=True, show_default=True,
+                     help="correct each layer's bias for the mean shift quantization causes (empirical, per "
+                     "output channel)"),
+        click.option("--act-range", default="minmax", show_default=True,
+                     type=click.Choice(["minmax", "percentile", "mse"]), help="how activation ranges are calibrated"),
+    ]):
+        f = opt(f)
+    return f
+
+
+def _quant_config(ptq: str, ptq_params: tuple[str, ...], bias_correction: bool, act_range: str):
+    """The QuantConfig of the options; a bad algorithm name or parameter is an error listing the valid ones."""
+    from dataclasses import asdict
+
+    from .quant import QuantConfig
+    from .quant.weights import algorithm
+
+    params = asdict(algorithm(ptq, list(ptq_params)).params)
+    return QuantConfig(weights=ptq, weight_params=params, bias_correction=bias_correction, act_method=act_range)
+
+
 class _Group(click.Group):
     """Turns our errors into one line on stderr and exit status 1, never a traceback."""
 
@@ -192,20 +223,19 @@ def train(model_spec: str, data_spec: str | None, epochs: int, batch_size: int, 
 @click.option("--data", "data_spec", help=DATA_HELP + " (default: the zoo model's)")
 @click.option("--policy", "policy_path", type=PATH, help="a policy.json to simulate")
 @click.option("--precision", "precisions", multiple=True, help="a uniform precision to simulate (repeatable)")
-@click.option("--weight-range", default="minmax", show_default=True, type=click.Choice(["minmax", "percentile", "mse"]))
-@click.option("--act-range", default="minmax", show_default=True, type=click.Choice(["minmax", "percentile", "mse"]))
+@_ptq_options
 @click.option("--qat-epochs", default=0, show_default=True, type=click.IntRange(0))
 def evaluate(model_spec: str, weights: str | None, data_spec: str | None, policy_path: str | None,
-             precisions: tuple[str, ...], weight_range: str, act_range: str, qat_epochs: int) -> None:
+             precisions: tuple[str, ...], ptq: str, ptq_params: tuple[str, ...], bias_correction: bool,
+             act_range: str, qat_epochs: int) -> None:
     """Test top-1 of the float model and of simulated (fake-quantized) policies."""
     from dataclasses import replace
 
     from .layers import trace
     from .pipeline import float_result, load_model_and_data, simulate
-    from .quant import QuantConfig
     from .schema import Policy, Precision
 
-    cfg = QuantConfig(weight_method=weight_range, act_method=act_range)
+    cfg = _quant_config(ptq, ptq_params, bias_correction, act_range)
     model, ds = load_model_and_data(model_spec, data_spec, weights)
     ls = trace(model.module, model.input_shape)
     policies = [(p, Policy.uniform(ls, Precision.parse(p))) for p in precisions]
@@ -217,8 +247,11 @@ def evaluate(model_spec: str, weights: str | None, data_spec: str | None, policy
             with _progress(f"QAT {label}") as step:
                 rows.append(replace(simulate(model, ds, pol, cfg, qat_epochs, step)[1], label=label))
         else:
-            rows.append(replace(simulate(model, ds, pol, cfg)[1], label=label))
+            with _progress(f"PTQ {label} ({ptq})") as step:
+                rows.append(replace(simulate(model, ds, pol, cfg, on_step=step)[1], label=label))
     show.rows(rows, f"{model_spec} on {ds.name} (test split, {len(ds.splits['test'])} samples)")
+    click.echo(f"PTQ {ptq}{' + bias correction' if bias_correction else ''}, activation ranges {act_range}, "
+               f"on the calibration split ({len(ds.splits['calibration'])} samples)")
 
 
 
@@ -375,15 +408,18 @@ def _search_sweep(layers, sens, table, budget, groups, spec, time_limit, output)
 @click.option("--policy", "policy_path", required=True, type=PATH, help="a policy.json (search's, or by hand)")
 @click.option("--data", "data_spec", help=DATA_HELP + " (default: the zoo model's); calibrates the quantization")
 @click.option("--device", required=True, help="the target: a built-in name or a target .toml file")
+@_ptq_options
 @click.option("--qat-epochs", default=0, show_default=True, type=click.IntRange(0))
 @click.option("--profile", "profile_path", type=PATH, help="the model's profile.json on this target: "
               "records the predicted latency per layer for validate and the report")
 @click.option("--sweep", "sweep_path", type=PATH, help="search --sweep's JSON: the report shows the front")
 @click.option("-o", "--output", default="build", show_default=True, type=PATH)
 def deploy(model_spec: str, weights: str | None, policy_path: str, data_spec: str | None, device: str,
+           ptq: str, ptq_params: tuple[str, ...], bias_correction: bool, act_range: str,
            qat_epochs: int, profile_path: str | None, sweep_path: str | None, output: str) -> None:
     """Build the mixed-precision .tflite (and C array for TFLite Micro) the policy describes,
-    with deploy.json and a report (report.md, report.html) beside it."""
+    with deploy.json and a report (report.md, report.html) beside it. The artifact's integer
+    weights, scales and biases are the simulation's, checked bit for bit."""
     check_output(output, folder=True)
     from . import pipeline
     from .files import read_json
@@ -391,6 +427,7 @@ def deploy(model_spec: str, weights: str | None, policy_path: str, data_spec: st
     from .targets import load_target
 
     policy = Policy.load(policy_path)
+    cfg = _quant_config(ptq, ptq_params, bias_correction, act_range)  # a bad name or key fails first
     load_target(device)  # a bad target fails before the model loads
     table = CostTable.load(profile_path) if profile_path else None
     sweep = read_json(sweep_path, "sweep") if sweep_path else None
@@ -401,7 +438,7 @@ def deploy(model_spec: str, weights: str | None, policy_path: str, data_spec: st
     model, ds = pipeline.load_model_and_data(model_spec, data_spec, weights)
     with _progress("quantizing and converting") as step:
         step(0, 1, "")
-        report = pipeline.deploy(model, ds, policy, device, output, qat_epochs, on_step=step, profile=table,
+        report = pipeline.deploy(model, ds, policy, device, output, qat_epochs, cfg, on_step=step, profile=table,
                                  sweep=sweep, weights=weights, data_spec=data_spec)
     show.deployed(report, output)
 

@@ -20,7 +20,7 @@ from .files import atomic_write_bytes, write_json
 from .layers import F32, policy_bops, policy_weight_bytes, trace, weight_bytes
 from .metrics import accuracy
 from .models import LoadedModel, load_model
-from .quant import QuantConfig, apply, batches, calibrate, finetune
+from .quant import PTQReport, QuantConfig, apply, finetune, quantize
 from .schema import CostTable, Policy, Precision
 from .train import TrainConfig, TrainResult, fit
 
@@ -109,24 +109,31 @@ class SimResult:
     top1: float
     weight_bytes: int
     bops: int
+    ptq: PTQReport | None = None
+
+
+def quantized(model: LoadedModel, ds: Dataset, policy: Policy, cfg: QuantConfig | None = None,
+              qat_epochs: int = 0, on_step: Progress | None = None) -> tuple[torch.nn.Module, PTQReport]:
+    """The policy's fake-quantized model: PTQ on the calibration split with `cfg` (its weight
+    algorithm, bias correction, activation ranges), then optionally QAT on the training split."""
+    if policy.model_hash and policy.model_hash != model.model_hash:
+        raise ConfigError(f"the policy was made for model {policy.model_hash}, not {model.spec} "
+                          f"({model.model_hash}); make a policy for this model")
+    policy.check_layers(trace(model.module, model.input_shape))
+    q, report = quantize(model.module, policy, ds.split("calibration")[0], cfg, on_step=on_step)
+    if qat_epochs > 0:
+        finetune(q, *ds.split("train"), qat_epochs, on_step=on_step)
+    return q, report
 
 
 def simulate(model: LoadedModel, ds: Dataset, policy: Policy, cfg: QuantConfig | None = None,
              qat_epochs: int = 0, on_step: Progress | None = None) -> tuple[torch.nn.Module, SimResult]:
-    """Fake-quantize with `policy`, calibrate on the calibration split, optionally QAT on the
-    training split; returns the simulated model and its test top-1, weight bytes and BOPs."""
-    if policy.model_hash and policy.model_hash != model.model_hash:
-        raise ConfigError(f"the policy was made for model {policy.model_hash}, not {model.spec} "
-                          f"({model.model_hash}); make a policy for this model")
+    """`quantized`, and the simulated model's test top-1, weight bytes and BOPs."""
+    q, report = quantized(model, ds, policy, cfg, qat_epochs, on_step)
     layers = trace(model.module, model.input_shape)
-    policy.check_layers(layers)
-    q = apply(model.module, policy, cfg)
-    calibrate(q, batches(ds.split("calibration")[0], 64))
-    if qat_epochs > 0:
-        finetune(q, *ds.split("train"), qat_epochs, on_step=on_step)
     label = policy.method or "policy"
     return q, SimResult(label, accuracy(q, *ds.split("test")), policy_weight_bytes(layers, policy),
-                        policy_bops(layers, policy))
+                        policy_bops(layers, policy), report)
 
 
 def float_result(model: LoadedModel, ds: Dataset) -> SimResult:
@@ -289,8 +296,10 @@ def deploy(model: LoadedModel, ds: Dataset, policy: Policy, target_spec: str, ou
     if sweep is not None:
         check_sweep(sweep, "the sweep")
     latency = predicted_latency(policy, profile, target.name, model.model_hash)
-    qmodel, sim = simulate(model, ds, policy, cfg, qat_epochs, on_step)
+    qmodel, ptq = quantized(model, ds, policy, cfg, qat_epochs, on_step)
     art = build(layers, qmodel, model.input_shape, policy, ds.split("calibration")[0])
+    # the simulation now holds the artifact's input ranges (see export.exact): measured after
+    sim_top1 = accuracy(qmodel, *ds.split("test"))
     if target.backend == "tflm":
         art.files = dict(zip(("model_data.h", "model_data.cc"), c_array(art.tflite), strict=True))
         microcontroller_checks(art, target)
@@ -298,7 +307,9 @@ def deploy(model: LoadedModel, ds: Dataset, policy: Policy, target_spec: str, ou
     report = {
         "model": absolute_spec(model.spec), "weights": str(Path(weights).resolve()) if weights else None,
         "model_hash": model.model_hash, "data": absolute_spec(data_spec or ds.name), "data_id": ds.data_id,
-        "target": target.name, "qat_epochs": qat_epochs, "quant_config": asdict(cfg), "simulated_top1": sim.top1,
+        "target": target.name, "qat_epochs": qat_epochs, "quant_config": cfg.to_dict(), "simulated_top1": sim_top1,
+        "ptq": ptq.to_dict(), "exact": {"layers": len(art.exact), "checked": art.exact},
+        "input_ranges": art.input_ranges,
         "tflite_bytes": len(art.tflite), "arena_bytes": art.arena_bytes, **io_details(art.tflite),
         "weight_bytes": {"predicted": policy_weight_bytes(layers, policy),
                          "artifact": sum(f["weight_bytes"] for f in art.found.values()) + fixed},

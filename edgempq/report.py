@@ -68,6 +68,7 @@ def blocks(folder: Path, deploy: dict | None, val: dict | None) -> list[Block]:
                          f"({ag['disagreeing']} differ); largest logit difference {ag['max_logit_error']:.3g} "
                          f"(mean {ag['mean_logit_error']:.3g}, simulated logits span {ag['logit_range']:.3g})."))
 
+    out += ptq_blocks(d)
     lat = v.get("latency") or {}
     dlat = d.get("latency") or {}
     if dlat.get("target") != target:
@@ -148,6 +149,45 @@ def blocks(folder: Path, deploy: dict | None, val: dict | None) -> list[Block]:
                           "–" if r["relative_error"] is None else f"{r['relative_error']:.4f}",
                           "parts here" if r["parts"] else r.get("note", "")] for r in div["layers"]]))
     return out
+
+
+def ptq_summary(d: dict) -> str | None:
+    """One sentence on how deploy quantized the policy and what it checked bit for bit."""
+    ptq, cfg = d.get("ptq"), d.get("quant_config") or {}
+    if not ptq:
+        return None
+    params = ", ".join(f"{k}={v}" for k, v in (ptq.get("params") or {}).items())
+    exact = (d.get("exact") or {}).get("layers")
+    text = (f"Weights by `{ptq['weights']}`" + (f" ({params})" if params else "")
+            + (" with bias correction" if ptq.get("bias_correction") else "")
+            + f", activation ranges by {cfg.get('act_method', 'minmax')}, on the calibration split "
+            f"({ptq['seconds']:.1f} s).")
+    if exact is not None:
+        text += (f" The artifact stores the simulation's integer weights, scales and biases in all {exact} integer "
+                 "layers, checked bit for bit.")
+    return text + "".join(f" Note: {n}." for n in ptq.get("notes") or [])
+
+
+def ptq_blocks(d: dict) -> list[Block]:
+    """The report's quantization section: the PTQ used and each layer's output error."""
+    text = ptq_summary(d)
+    if text is None:
+        return []
+    out: list[Block] = [("h2", "Quantization"), ("p", text)]
+    rows = [[name, _sci(info.get("rtn_error")), _sci(info.get("error")),
+             _sci(info.get("bias_shift", info.get("bias_correction"))),
+             info.get("block", "")]
+            for name, info in (d["ptq"].get("layers") or {}).items() if info]
+    if rows:
+        out.append(("p", "Output error of each layer on the calibration data, E‖ŵx̂ − wx‖² / E‖wx‖², with "
+                         "min-max rounding and with this PTQ; bias shift: the largest correction, in units of the "
+                         "layer's output spread; block: the layers reconstructed together."))
+        out.append(("table", ["layer", "error, min-max rounding", "error, this PTQ", "bias shift", "block"], rows))
+    return out
+
+
+def _sci(v: Any) -> str:
+    return v if isinstance(v, str) else ("–" if v is None else f"{v:.3g}")
 
 
 def _cell_md(text: Any) -> str:

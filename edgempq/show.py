@@ -98,6 +98,11 @@ def deployed(report: dict, folder: str) -> None:
     click.echo(f"simulated top-1 {report['simulated_top1']:.2%}; model.tflite {report['tflite_bytes'] / 1024:.1f} KB, "
                f"weights {wb['artifact'] / 1024:.1f} KB (predicted {wb['predicted'] / 1024:.1f} KB)"
                + (f", TFLite Micro arena {report['arena_bytes'] / 1024:.1f} KB" if report.get("arena_bytes") else ""))
+    from .report import ptq_summary
+
+    text = ptq_summary(report)
+    if text:
+        click.echo(text.replace("`", ""))
     lat = report.get("latency") or {}
     if lat.get("predicted_ms") is not None:
         click.echo(f"predicted latency on {report['target']}: {lat['predicted_ms']:.3f} ms")

@@ -206,7 +206,8 @@ def _simulation(model: Any, ds: Any, policy: Any, state_path: Path | None, deplo
     from .pipeline import simulate, simulated_model
     from .quant import QuantConfig
 
-    cfg = QuantConfig(**deploy["quant_config"]) if deploy.get("quant_config") else None
+    cfg = QuantConfig.from_dict(deploy["quant_config"], "deploy.json's quant_config") if deploy.get("quant_config") \
+        else None
     if state_path is not None:
         try:
             state = torch.load(state_path, map_location="cpu", weights_only=True)

@@ -75,9 +75,16 @@ def test_train_then_evaluate_a_user_model_from_a_file(tmp_path):
     p = run("train", "--model", spec, "--data", "digits", "--epochs", "2", "-o", str(w))
     assert "test top-1" in p.stdout and set(torch.load(w, weights_only=True)) >= {"0.weight", "5.bias"}
     p = run("evaluate", "--model", spec, "--weights", str(w), "--data", "digits",
-            "--precision", "w8a8", "--precision", "w4a16", "--weight-range", "mse")
-    assert "float" in p.stdout and "w8a8" in p.stdout and "w4a16" in p.stdout
+            "--precision", "w8a8", "--precision", "w4a16", "--act-range", "mse")
+    assert "float" in p.stdout and "w8a8" in p.stdout and "w4a16" in p.stdout and "PTQ gptq" in p.stdout
     assert not list(tmp_path.glob(".w.pt*"))  # no temporary left behind
+    p = run("evaluate", "--model", spec, "--weights", str(w), "--data", "digits", "--precision", "w3a8",
+            "--ptq", "adaround", "--ptq-param", "iters=50", "--bias-correction")
+    assert "w3a8" in p.stdout and "PTQ adaround + bias correction" in p.stdout
+    p = run("evaluate", "--model", spec, "--weights", str(w), "--data", "digits", "--precision", "w4a8",
+            "--ptq", "adaround", "--ptq-param", "iter=50", check=False)
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert "PTQ algorithm adaround has no parameter 'iter'; its parameters are: granularity='layer'" in p.stderr
 
 
 def test_sensitivity_scores_a_user_model_and_writes_json(tmp_path):

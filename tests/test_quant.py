@@ -92,17 +92,41 @@ def test_activations_round_exactly_as_ai_edge_quantizer_does(bits):
     assert np.allclose(q(x).numpy(), ref, atol=1e-6)
 
 
-def test_percentile_and_mse_clip_no_wider_than_minmax_and_mse_errs_least():
-    w = torch.randn(4, 512)
-    w[:, 0] = 12.0  # one outlier per channel
-    errs, scales = {}, {}
-    for method in ("minmax", "percentile", "mse"):
-        q = WeightQuantizer(3, method, percentile=99.0)
-        q.calibrate(w)
-        scales[method] = q.scale.flatten()
-        errs[method] = (q(w) - w).pow(2).sum().item()
-    assert torch.all(scales["percentile"] <= scales["minmax"]) and torch.all(scales["mse"] <= scales["minmax"])
-    assert errs["mse"] <= errs["minmax"]
+@pytest.mark.parametrize(("method", "bits"), [("percentile", 8), ("mse", 4)])
+def test_percentile_and_mse_activation_ranges_clip_an_outlier_that_minmax_keeps(method, bits):
+    x = torch.randn(20000)
+    x[0] = 40.0  # one outlier: at 4 bits its clipping error is far below the others' rounding error
+    ranges = {}
+    for m in ("minmax", method):
+        q = ActQuantizer(bits, m, percentile=99.9)
+        q.start_observing()
+        q(x)
+        q.finish_observing()
+        ranges[m] = q.representable()[1]
+    assert ranges[method] < 0.5 * ranges["minmax"]
+
+
+def test_a_fixed_weight_grid_survives_calibration_and_codes_reproduce_the_forward_pass(conv_bn_net):
+    ls = trace(conv_bn_net, (1, 6, 6))
+    q = apply(conv_bn_net, Policy.uniform(ls, "w4a8"))
+    wq = q.conv.weight_quant
+    half = wq.scale.flatten() * 0.5
+    wq.set_grid(half)
+    calibrate(q, [torch.randn(4, 1, 6, 6)])  # recomputes min-max grids, not a fixed one
+    assert wq.fixed and torch.equal(wq.scale.flatten(), half)
+    codes = wq.codes(q.conv.weight)
+    assert codes.dtype == torch.int64 and int(codes.min()) >= -8 and int(codes.max()) <= 7
+    assert torch.equal(codes.float() * wq.step_value(), wq(q.conv.weight))
+
+
+def test_the_simulated_bias_is_an_integer_on_input_scale_times_weight_scale(conv_bn_net):
+    ls = trace(conv_bn_net, (1, 6, 6))
+    q = calibrate(apply(conv_bn_net, Policy.uniform(ls, "w8a8")), [torch.randn(16, 1, 6, 6)])
+    scale = q.conv.act_quant.step_value() * q.conv.weight_quant.step_value().reshape(-1)
+    assert torch.allclose(q.conv.bias_scale(), scale)
+    k = q.conv._qbias() / scale
+    assert torch.allclose(k, k.round(), atol=1e-3) and torch.equal(q.conv.bias_codes(), k.round().long())
+    assert not torch.equal(q.conv._qbias(), q.conv.bias)  # rounded, as the kernel adds it
 
 
 def test_lsq_step_learns_from_gradients():
@@ -158,8 +182,10 @@ def test_apply_rejects_policies_for_missing_or_non_weight_layers(conv_bn_net):
         apply(conv_bn_net, Policy({"head": Precision.parse("w8a8")}))
     with pytest.raises(ConfigError, match="BatchNorm2d"):
         apply(conv_bn_net, Policy({"bn": Precision.parse("w8a8")}))
-    with pytest.raises(ConfigError, match="range method|must be one of"):
-        QuantConfig(weight_method="kl")
+    with pytest.raises(ConfigError, match="must be one of"):
+        QuantConfig(act_method="kl")
+    with pytest.raises(ConfigError, match="unknown PTQ algorithm 'obq'; choose one of: adaround, gptq, minmax, mse"):
+        QuantConfig(weights="obq")
 
 
 def test_qat_finetune_trains_steps_and_weights(conv_bn_net):

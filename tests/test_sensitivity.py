@@ -185,17 +185,26 @@ def test_hawq_penalty_is_trace_per_parameter_times_quantization_error(tiny):
 # -- measured -------------------------------------------------------------------------------------
 
 
-def test_measured_penalty_is_the_loss_increase_of_quantizing_one_layer(tiny):
-    from edgempq.quant import apply, batches, calibrate
+@pytest.mark.parametrize("ptq", ["minmax", "gptq", "adaround"])
+def test_measured_penalty_is_the_loss_increase_of_quantizing_one_layer_with_the_deployed_ptq(tiny, ptq):
+    from edgempq.quant import QuantConfig, apply, quantize
     from edgempq.schema import Policy
     from edgempq.sensitivity.measured import mean_loss
 
     m, layers, precisions, data = tiny
-    s = compute("measured", m, layers, {"conv2": [Precision.parse("w2a8")]}, data, {"samples": 64})
+    s = compute("measured", m, layers, {"conv2": [Precision.parse("w2a8")]}, data, {"samples": 64, "ptq": ptq})
     x, y = data.batch(64, 0)
     base = mean_loss(apply(m, Policy({})), x, y, 64)
-    q = calibrate(apply(m, Policy({"conv2": Precision.parse("w2a8")})), batches(x.numpy(), 64))
+    q, _ = quantize(m, Policy({"conv2": Precision.parse("w2a8")}), x.numpy(), QuantConfig(weights=ptq))
     assert s.penalty("conv2", "w2a8") == pytest.approx(mean_loss(q, x, y, 64) - base, rel=1e-5)
+    assert s.params["ptq"] == ptq
+
+
+def test_a_loss_measuring_method_refuses_an_unknown_ptq_algorithm(tiny):
+    m, layers, precisions, data = tiny
+    for method in ("measured", "clado"):
+        with pytest.raises(ConfigError, match="unknown PTQ algorithm 'rtn'"):
+            compute(method, m, layers, precisions, data, {"ptq": "rtn"})
 
 
 # -- the contract, over every registered method -----------------------------------------------------

@@ -31,6 +31,8 @@ class Artifact:
     found: dict[str, dict[str, str]]  # layer -> weight / activation type in the artifact
     files: dict[str, str] = field(default_factory=dict)  # extra text files (the C array)
     arena_bytes: int | None = None
+    exact: dict[str, dict] = field(default_factory=dict)  # integer layer -> what was compared, bit for bit
+    input_ranges: dict[str, dict] = field(default_factory=dict)  # integer layer -> simulation vs artifact
 
 
 def check_target(layers: list[Layer], policy: Policy, target: Target) -> None:
@@ -44,8 +46,11 @@ def check_target(layers: list[Layer], policy: Policy, target: Target) -> None:
 
 
 def export_module(qmodel):
-    """The float module to convert: the fake-quantized copy with its quantizers removed (its
-    weights are the folded, possibly QAT-trained ones; the recipe quantizes them again)."""
+    """The float module to convert: the fake-quantized copy with its quantizers removed and the
+    integer layers' weights and biases as the simulation uses them (dequantized), so that the
+    artifact's calibration sees the simulated network; the quantizer's own rounding is then
+    replaced by the simulation's integers (`exact.carry`)."""
+    import torch
     from torch import nn
 
     from ..quant.modules import QUANT_TYPES
@@ -53,6 +58,11 @@ def export_module(qmodel):
     m = copy.deepcopy(qmodel).eval()
     for mod in m.modules():
         if isinstance(mod, QUANT_TYPES):
+            with torch.no_grad():
+                if mod.weight_quant is not None:
+                    mod.weight = nn.Parameter(mod._qweight().detach().clone())
+                if mod.bias is not None:
+                    mod.bias = nn.Parameter(mod._qbias().detach().clone())
             for attr in ("weight_quant", "act_quant"):
                 if attr in mod._modules:
                     del mod._modules[attr]
@@ -82,29 +92,86 @@ def calibration_feed(float_model: bytes, x: np.ndarray) -> list[dict[str, np.nda
 
 def build(layers: list[Layer], qmodel, input_shape: tuple[int, ...], policy: Policy,
           calibration: np.ndarray) -> Artifact:
-    """The mixed-precision .tflite of a calibrated fake-quantized model, verified op by op."""
-    from ..errors import ConversionError
+    """The mixed-precision .tflite of a calibrated fake-quantized model, verified op by op:
+    every layer's types, and every integer layer's weights, scales and bias bit for bit against
+    the simulation (whose input ranges become the artifact's, reported in `input_ranges`)."""
+    from .exact import carry, check, check_float_weights
     from .float_graph import float_tflite
     from .mapping import map_layers, torch_weights
     from .mixed import policy_rules
-    from .recipe import check_op, quantize, weight_ops
+    from .recipe import quantize
 
     module = export_module(qmodel)
     base = float_tflite(module, input_shape, calibration)
     mapping = map_layers(layers, base, torch_weights(module, layers))
     rules = policy_rules(mapping, policy.precisions)
-    out = quantize(base, rules, calibration_feed(base, calibration))
-    by_name = {o.output_name: o for o in weight_ops(out)}
-    found = {}
+    ints = [n for n in mapping if not policy.precisions[n].is_float]
+    kinds = {la.name: la.kind for la in layers}
+    check_float_weights(base, {n: mapping[n].index for n in ints}, module, kinds)
+    out = quantize(base, rules, calibration_feed(base, calibration), simulation_ranges(base, mapping, qmodel, ints))
+    ops = _checked_ops(out, mapping, policy)
+    ranges = adopt_input_ranges(qmodel, out, {n: ops[n].index for n in ints})
+    values = {n: _values(qmodel, n, kinds[n]) for n in ints}
+    out = carry(out, {n: ops[n].index for n in ints}, values)
+    exact = check(out, {n: ops[n].index for n in ints}, values)
+    ops = _checked_ops(out, mapping, policy)
+    found = {name: {"op": got.op, "weight_type": got.weight_type, "activation_type": got.act_type,
+                    "weight_bytes": got.weight_bytes} for name, got in ops.items()}
+    check_loads(out)
+    return Artifact(out, rules, mapping, found, exact=exact, input_ranges=ranges)
+
+
+def _values(qmodel, name: str, kind: str):
+    from .exact import simulation_values
+
+    return simulation_values(qmodel.get_submodule(name), kind)
+
+
+def _checked_ops(model: bytes, mapping: dict, policy: Policy) -> dict:
+    """Layer -> its op in the quantized `model` (found by output name), types checked."""
+    from ..errors import ConversionError
+    from .recipe import check_op, weight_ops
+
+    by_name = {o.output_name: o for o in weight_ops(model)}
+    out = {}
     for name, op in mapping.items():
         got = by_name.get(op.output_name)
         if got is None:
             raise ConversionError(f"layer {name}: its op is missing from the quantized model")
         check_op(got, policy.precisions[name], f"layer {name}")
-        found[name] = {"op": got.op, "weight_type": got.weight_type, "activation_type": got.act_type,
-                       "weight_bytes": got.weight_bytes}
-    check_loads(out)
-    return Artifact(out, rules, mapping, found)
+        out[name] = got
+    return out
+
+
+def simulation_ranges(base: bytes, mapping: dict, qmodel, ints: list[str]) -> dict[str, tuple[float, float]]:
+    """Float tensor name -> the range the simulation quantizes it with, for every integer
+    layer's input (and the tensors whose range the quantizer uses for it); a tensor two layers
+    read gets the union of their ranges."""
+    from .recipe import range_tensors
+
+    out: dict[str, tuple[float, float]] = {}
+    for name in ints:
+        lo, hi = qmodel.get_submodule(name).act_quant.representable()
+        for t in range_tensors(base, mapping[name].index):
+            a, b = out.get(t, (lo, hi))
+            out[t] = (min(a, lo), max(b, hi))
+    return out
+
+
+def adopt_input_ranges(qmodel, model: bytes, ops: dict[str, int]) -> dict[str, dict]:
+    """Give each integer layer's input quantizer the artifact's exact scale and zero point (the
+    quantizer derived them from the simulation's ranges: they differ by float rounding, or where
+    the graph forces one scale on several tensors); returns the differences, per layer."""
+    from .exact import input_ranges
+
+    out = {}
+    for name, (scale, zp) in input_ranges(model, ops).items():
+        aq = qmodel.get_submodule(name).act_quant
+        own, own_zp = float(aq.step_value()), int(aq.zero_point)
+        out[name] = {"scale": scale, "zero_point": zp, "scale_change": abs(scale - own) / max(own, 1e-30),
+                     "zero_point_change": zp - own_zp}
+        aq.set_range(scale, zp)
+    return out
 
 
 def check_loads(model: bytes) -> None:

@@ -47,9 +47,12 @@ def signature_inputs(model: bytes) -> tuple[str, list[dict]]:
     return key, [dict(d, name=n) for n, d in runner.get_input_details().items()]
 
 
-def quantize(model: bytes, rules: Iterable[OpRule], calibration: list[dict[str, np.ndarray]] | None = None) -> bytes:
+def quantize(model: bytes, rules: Iterable[OpRule], calibration: list[dict[str, np.ndarray]] | None = None,
+             ranges: dict[str, tuple[float, float]] | None = None) -> bytes:
     """The model with each rule applied (float32 rules leave ops float). `calibration` is a list
-    of {input name: array}; random normal samples are used when it is None (cost profiling)."""
+    of {input name: array}; random normal samples are used when it is None (cost profiling).
+    `ranges` (tensor name -> (min, max)) replace the calibrated ranges of those tensors: the
+    simulation's own, so that the quantizer derives the simulation's scales and zero points."""
     from ai_edge_quantizer import algorithm_manager, quantizer
 
     rules = list(rules)
@@ -81,6 +84,11 @@ def quantize(model: bytes, rules: Iterable[OpRule], calibration: list[dict[str, 
                     calibration = [{d["name"]: rng.standard_normal(d["shape"]).astype(np.float32) for d in inputs}
                                    for _ in range(8)]
                 result = calibrate_min_max(q, model, key, calibration)
+                for name, (lo, hi) in (ranges or {}).items():
+                    if name in result:
+                        shape = np.shape(result[name]["min"])
+                        result[name] = {**result[name], "min": np.full(shape, lo, np.float32),
+                                        "max": np.full(shape, hi, np.float32)}
             out = q.quantize(result).quantized_model
     except Exception as e:  # noqa: BLE001 - the quantizer raises many types
         raise ConversionError(f"ai-edge-quantizer failed ({type(e).__name__}: {e})") from None
@@ -98,6 +106,37 @@ def calibrate_min_max(q, model: bytes, key: str, calibration: list[dict[str, np.
     calib = calibrator.Calibrator(bytearray(model), num_threads=1, qsv_update_func=qsv_utils.min_max_update)
     calib.calibrate({key: calibration}, q._recipe_manager)
     return calib.get_model_qsvs()
+
+
+def _same_scale_ops() -> set[int]:
+    """Builtin codes of the ops whose output takes their input's scale in the quantizer
+    (reshape, pooling, pad, transpose, slices): a range set on their output is not theirs."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_quantizer.algorithms.utils import common_utils
+    from ai_edge_quantizer.utils import constrained_ops_utils
+
+    names = constrained_ops_utils.get_constrained_op_list(common_utils.OpQuantConstraint.SAME_AS_INPUT_SCALE)
+    return {getattr(schema.BuiltinOperator, n.value) for n in names if hasattr(schema.BuiltinOperator, n.value)}
+
+
+def range_tensors(model: bytes, op_index: int) -> list[str]:
+    """The tensors whose calibrated range sets the quantization of op `op_index`'s input: the
+    input itself and, up through ops that keep their input's scale, their inputs."""
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
+
+    m = fu.read_model(bytearray(model))
+    sg = m.subgraphs[0]
+    codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in m.operatorCodes]
+    producer = {o: op for op in sg.operators for o in op.outputs}
+    keep_scale = _same_scale_ops()
+    out, t = [], sg.operators[op_index].inputs[0]
+    while True:
+        name = sg.tensors[t].name
+        out.append(name.decode() if isinstance(name, bytes) else str(name))
+        op = producer.get(t)
+        if op is None or codes[op.opcodeIndex] not in keep_scale:
+            return out
+        t = op.inputs[0]
 
 
 @dataclass(frozen=True)

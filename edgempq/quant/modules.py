@@ -1,40 +1,68 @@
-"""Conv2d / Linear that fake-quantize their weights and input activation at one Precision.
+"""Conv2d / Linear that fake-quantize their weights, bias and input activation at one Precision,
+and the QuantConfig that says how a policy is quantized after training.
 
 They subclass the float modules and keep their names, so a quantized copy has the same module
 paths (and weight keys) as the float model."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..schema import Precision
-from .quantizers import RANGE_METHODS, ActQuantizer, WeightQuantizer
+from .quantizers import RANGE_METHODS, ActQuantizer, WeightQuantizer, bias_qrange, fake_quantize_bias
+
+DEFAULT_WEIGHTS = "gptq"  # chosen from tools/bench_ptq.py: see BENCHMARKS.md, "Low-bit PTQ"
 
 
 @dataclass(frozen=True)
 class QuantConfig:
-    """How ranges are calibrated; `fold_bn` folds BatchNorm first, as deployment does."""
+    """How a policy is quantized after training: the weight algorithm (a `quant.weights` plugin,
+    by name, with its parameters as key -> value), empirical bias correction after it, how
+    activation ranges are calibrated, and BatchNorm folding (as deployment does)."""
 
-    weight_method: str = "minmax"
+    weights: str = DEFAULT_WEIGHTS
+    weight_params: dict[str, Any] = field(default_factory=dict)
+    bias_correction: bool = True
     act_method: str = "minmax"
     percentile: float = 99.99
     fold_bn: bool = True
+    batch_size: int = 64
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for k in ("weight_method", "act_method"):
-            if getattr(self, k) not in RANGE_METHODS:
-                raise ConfigError(f"{k} must be one of {', '.join(RANGE_METHODS)}, not {getattr(self, k)!r}")
+        if self.act_method not in RANGE_METHODS:
+            raise ConfigError(f"act_method must be one of {', '.join(RANGE_METHODS)}, not {self.act_method!r}")
         if not 50.0 < self.percentile <= 100.0:
             raise ConfigError(f"percentile must be in (50, 100], not {self.percentile}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, not {self.batch_size}")
+        from .weights import algorithm  # fails early, listing the valid names and keys
+
+        algorithm(self.weights, self.weight_params)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Any, what: str = "the quantization settings") -> QuantConfig:
+        """Read back `to_dict`; unknown keys (an older edgempq's file) are an error naming them."""
+        known = {f.name for f in fields(cls)}
+        if not isinstance(d, dict) or set(d) - known:
+            extra = sorted(set(d) - known) if isinstance(d, dict) else []
+            raise ConfigError(f"{what} has unknown key(s) {', '.join(extra) or '(not an object)'}; they were "
+                              "written by another edgempq version: deploy again")
+        return cls(**d)
 
 
 class _QuantMixin:
     precision: Precision
     weight: nn.Parameter
+    bias: nn.Parameter | None
     keeps_layer_function = True  # tracing treats it as the Conv2d / Linear it replaced
 
     def _setup(self, precision: Precision, cfg: QuantConfig) -> None:
@@ -42,7 +70,7 @@ class _QuantMixin:
         self.weight_quant: nn.Module | None = None
         self.act_quant: nn.Module | None = None
         if not precision.is_float:
-            self.weight_quant = WeightQuantizer(precision.weight_bits, cfg.weight_method, cfg.percentile)
+            self.weight_quant = WeightQuantizer(precision.weight_bits)
             self.weight_quant.calibrate(self.weight)
             self.act_quant = ActQuantizer(precision.act_bits, cfg.act_method, cfg.percentile, cfg.seed)
 
@@ -56,15 +84,38 @@ class _QuantMixin:
     def _qinput(self, x: Tensor) -> Tensor:
         return x if self.act_quant is None else self.act_quant(x)
 
+    def bias_scale(self) -> Tensor | None:
+        """Per output channel, input scale x weight scale: the bias's scale in the integer
+        kernel (None while the layer is float or its input range is not yet calibrated)."""
+        aq, wq = self.act_quant, self.weight_quant
+        if aq is None or wq is None or aq.observing or not aq.calibrated:
+            return None
+        return aq.step_value() * wq.step_value().reshape(-1)
+
+    @torch.no_grad()
+    def bias_codes(self) -> Tensor | None:
+        """The integer bias the artifact stores (int64), None without a bias or a scale."""
+        scale = self.bias_scale()
+        if scale is None or self.bias is None:
+            return None
+        lo, hi = bias_qrange(self.precision.act_bits)
+        return torch.clamp(torch.round(self.bias.detach() / scale), lo, hi).to(torch.int64)
+
+    def _qbias(self) -> Tensor | None:
+        scale = self.bias_scale()
+        if scale is None or self.bias is None:
+            return self.bias
+        return fake_quantize_bias(self.bias, scale, self.precision.act_bits)
+
 
 class QConv2d(_QuantMixin, nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(self._qinput(x), self._qweight(), self.bias)
+        return self._conv_forward(self._qinput(x), self._qweight(), self._qbias())
 
 
 class QLinear(_QuantMixin, nn.Linear):
     def forward(self, x: Tensor) -> Tensor:
-        return nn.functional.linear(self._qinput(x), self._qweight(), self.bias)
+        return nn.functional.linear(self._qinput(x), self._qweight(), self._qbias())
 
 
 QUANT_TYPES = (QConv2d, QLinear)

@@ -1,12 +1,15 @@
 """Fake quantizers that round the way the TFLite artifact will (ai-edge-quantizer's rules):
 
 * weights: symmetric, per output channel, zero point 0, scale = bound / (2^(b-1) - 1); narrow
-  range [-(2^(b-1)-1), 2^(b-1)-1] from 8 bits up, full signed range below;
+  range [-(2^(b-1)-1), 2^(b-1)-1] from 8 bits up, full signed range below. The grid starts as
+  min-max; a PTQ algorithm (`quant.weights`) may set it and the integer codes itself, and then
+  calibration leaves it alone (`fixed`);
 * activations: per tensor; asymmetric int (zero point, the range always holds 0) except 16-bit,
-  which TFLite's 16x8 kernels require to be symmetric (narrow range, zero point 0).
+  which TFLite's 16x8 kernels require to be symmetric (narrow range, zero point 0);
+* biases: integers on the scale input scale x weight scale, as the TFLite kernels add them.
 
-Ranges come from min-max, percentile or MSE calibration; `learnable=True` turns the step into
-an LSQ parameter (Esser et al. 2020) for QAT.
+Activation ranges come from min-max, percentile or MSE calibration; `learnable=True` turns a
+step into an LSQ parameter (Esser et al. 2020) for QAT.
 """
 
 from __future__ import annotations
@@ -123,10 +126,9 @@ class _StepQuantizer(nn.Module):
 
     qmax: int
 
-    def __init__(self, bits: int, method: str, percentile: float, scale: Tensor) -> None:
+    def __init__(self, bits: int, scale: Tensor) -> None:
         super().__init__()
-        _check_method(method)
-        self.bits, self.method, self.percentile = bits, method, percentile
+        self.bits = bits
         self.learnable = False
         self.register_buffer("scale", scale)
 
@@ -144,25 +146,43 @@ class _StepQuantizer(nn.Module):
             return self.scale
         return grad_scale(self.scale.abs().clamp_min(1e-9), 1.0 / math.sqrt(x[0].numel() * self.qmax))
 
+    def step_value(self) -> Tensor:
+        """The step the forward pass uses, detached: what the artifact must store."""
+        s = self.scale.detach()
+        return s.abs().clamp_min(1e-9) if self.learnable else s
+
 
 class WeightQuantizer(_StepQuantizer):
-    """Symmetric per-output-channel fake quantizer of a weight tensor."""
+    """Symmetric per-output-channel fake quantizer of a weight tensor. Its grid is min-max until
+    a PTQ algorithm fixes it (`set_grid`); `codes` are the integers the artifact stores."""
 
-    def __init__(self, bits: int, method: str = "minmax", percentile: float = 99.99) -> None:
-        super().__init__(bits, method, percentile, torch.ones(1))
+    def __init__(self, bits: int) -> None:
+        super().__init__(bits, torch.ones(1))
         self.qmin, self.qmax = weight_qrange(bits)
+        self.fixed = False
 
     @torch.no_grad()
     def calibrate(self, weight: Tensor) -> None:
-        flat = weight.detach().reshape(weight.shape[0], -1)
-        bound = symmetric_bound(flat, self.bits, self.method, self.percentile).clamp_min(1e-9)
+        """The min-max grid: each channel's bound is its largest magnitude."""
+        bound = weight.detach().reshape(weight.shape[0], -1).abs().amax(dim=1).clamp_min(1e-9)
         self.scale.data = (bound / self.qmax).reshape(-1, *([1] * (weight.dim() - 1)))
+
+    @torch.no_grad()
+    def set_grid(self, scale: Tensor) -> None:
+        """Fix the per-channel step (shape: one per output channel); calibration keeps it."""
+        self.scale.data = scale.detach().reshape(self.scale.shape).to(self.scale.dtype).clone()
+        self.fixed = True
+
+    @torch.no_grad()
+    def codes(self, w: Tensor) -> Tensor:
+        """The integer weights (int64), exactly those the forward pass multiplies by the step."""
+        return torch.clamp(torch.round(w.detach() / self.step_value()), self.qmin, self.qmax).to(torch.int64)
 
     def forward(self, w: Tensor) -> Tensor:
         return fake_quantize(w, self.step(w), torch.zeros((), dtype=w.dtype), self.qmin, self.qmax)
 
     def extra_repr(self) -> str:
-        return f"bits={self.bits}, method={self.method}, learnable={self.learnable}"
+        return f"bits={self.bits}, fixed={self.fixed}, learnable={self.learnable}"
 
 
 class ActQuantizer(_StepQuantizer):
@@ -170,7 +190,9 @@ class ActQuantizer(_StepQuantizer):
     Percentile and MSE look at a uniform random sample of every value observed."""
 
     def __init__(self, bits: int, method: str = "minmax", percentile: float = 99.99, seed: int = 0) -> None:
-        super().__init__(bits, method, percentile, torch.ones(()))
+        super().__init__(bits, torch.ones(()))
+        _check_method(method)
+        self.method, self.percentile = method, percentile
         self.qmin, self.qmax = act_qrange(bits)
         self.symmetric = act_symmetric(bits)
         self.observing = False
@@ -219,6 +241,18 @@ class ActQuantizer(_StepQuantizer):
         self.calibrated, self._gen = True, None
         self._sample, self._keys = torch.zeros(0), torch.zeros(0)
 
+    def representable(self) -> tuple[float, float]:
+        """(lowest, highest) real value the calibrated grid holds."""
+        s, z = float(self.step_value()), float(self.zero_point)
+        return (self.qmin - z) * s, (self.qmax - z) * s
+
+    @torch.no_grad()
+    def set_range(self, scale: float, zero_point: int) -> None:
+        """Take a scale and zero point given from outside (the artifact's, so that the two agree)."""
+        self.scale.data = torch.tensor(float(scale), dtype=self.scale.dtype)
+        self.zero_point.data = torch.tensor(float(zero_point), dtype=self.zero_point.dtype)
+        self.calibrated = True
+
     def forward(self, x: Tensor) -> Tensor:
         if self.observing:
             self._observe(x)
@@ -230,3 +264,17 @@ class ActQuantizer(_StepQuantizer):
     def extra_repr(self) -> str:
         kind = "symmetric" if self.symmetric else "asymmetric"
         return f"bits={self.bits}, {kind}, method={self.method}, learnable={self.learnable}"
+
+
+def bias_qrange(act_bits: int) -> tuple[int, int]:
+    """A bias is int32 beside 8-bit activations and int64 beside 16-bit ones (TFLite's 16x8
+    kernels); the range of int32 (the int64 range is beyond float32's integers)."""
+    lim = 2**31 - 1
+    return (-lim, lim) if act_bits <= 8 else (-(2**53), 2**53)
+
+
+def fake_quantize_bias(bias: Tensor, scale: Tensor, act_bits: int) -> Tensor:
+    """The bias as the integer kernel adds it: round(b / scale) on `scale` = input scale x
+    weight scale (per output channel), with the straight-through gradient."""
+    lo, hi = bias_qrange(act_bits)
+    return torch.clamp(round_ste(bias / scale), lo, hi) * scale

@@ -8,8 +8,9 @@ quadratic in the perturbations. As a Sensitivity: penalty Λ(i) = G_ii / 2 and p
 which the solver linearises exactly (no PSD fix is needed; `psd=true` projects G onto the PSD
 cone first, as the paper does for its quadratic solver).
 
-Quantized layers come from one PTQ-calibrated fake-quant copy per precision (the paper's
-recipe), swapped into the float model one or two at a time. Cost: an N-item model needs N
+Quantized layers come from one PTQ copy per precision (the paper's recipe), quantized by the
+weight algorithm deploy will use (`ptq`), each layer from the float model's inputs since it is
+swapped into the float model one or two at a time. Cost: an N-item model needs N
 singles and Σ pairs forward passes; on the torch.fx graph a single reuses the float model's
 values up to its layer, and a pair reuses its first item's run up to its second layer, so a
 pair costs only the part of the network fed by its later layer."""
@@ -25,11 +26,11 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..quant import QuantConfig, apply, batches, calibrate
+from ..quant import DEFAULT_WEIGHTS, apply, quantize
 from ..quant.fold import set_module
 from ..schema import Policy
 from .base import METHODS, Method, searchable
-from .measured import check_loss_params, summed_loss
+from .measured import check_loss_params, ptq_config, summed_loss
 
 
 def clado_matrix(items: list[tuple[Hashable, Hashable]], loss_change: Callable[[tuple], float],
@@ -167,17 +168,19 @@ class Clado(Method):
         batch_size: int = 64
         loss: str = "ce"  # or kl: divergence from the float model's outputs
         psd: bool = False  # project G onto the PSD cone (the paper's fix for its quadratic solver)
+        ptq: str = DEFAULT_WEIGHTS  # the weight algorithm (edgempq deploy --ptq)
+        bias_correction: bool = True  # as deploy does by default
         seed: int = 0
 
         def __post_init__(self) -> None:
-            check_loss_params("clado", self.samples, self.batch_size, self.loss)
+            check_loss_params("clado", self.samples, self.batch_size, self.loss, self.ptq)
 
     def compute(self, model, layers, precisions, data, on_step=None):
         from ..schema import Sensitivity
 
         p = self.params
         x, y = data.batch(p.samples, p.seed)
-        cfg = QuantConfig(seed=p.seed)
+        cfg = ptq_config(p)
         scored = searchable(layers, precisions)
         fmodel = apply(model, Policy({}), cfg)  # float, BatchNorm folded as in every quantized copy
         # one calibrated copy per precision, over the layers that may take it; f32 is no change
@@ -187,7 +190,8 @@ class Clado(Method):
             if on_step:
                 on_step(k, len(choices), f"calibrating {prec}")
             pol = Policy({la.name: q for la in scored for q in precisions[la.name] if str(q) == prec})
-            copies[prec] = calibrate(apply(model, pol, cfg), batches(x.numpy(), p.batch_size))
+            # each layer quantized from the float model's inputs: it is swapped into the float model alone
+            copies[prec] = quantize(model, pol, x.numpy(), cfg, sequential=False)[0]
         items = [(la.name, str(q)) for la in scored for q in precisions[la.name] if str(q) != "f32"]
         runner = ReuseRunner(fmodel, [la.name for la in scored])
         chunks = [(x[i:i + p.batch_size], y[i:i + p.batch_size]) for i in range(0, len(x), p.batch_size)]

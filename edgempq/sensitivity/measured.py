@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..quant import QuantConfig, apply, batches, calibrate
+from ..quant import DEFAULT_WEIGHTS, QuantConfig, apply, quantize
 from ..schema import Policy
 from .base import METHODS, Method, searchable
 
@@ -33,18 +33,28 @@ def mean_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: in
     return total / len(x)
 
 
-def check_loss_params(method: str, samples: int, batch_size: int, loss: str) -> None:
-    """The parameters the loss-measuring methods share."""
+def check_loss_params(method: str, samples: int, batch_size: int, loss: str, ptq: str = DEFAULT_WEIGHTS) -> None:
+    """The parameters the loss-measuring methods share; `ptq` must name a PTQ algorithm."""
+    from ..quant.weights import algorithm
+
     if samples < 1 or batch_size < 1:
         raise ConfigError(f"{method} needs samples >= 1 and batch_size >= 1")
     if loss not in ("ce", "kl"):
         raise ConfigError(f"{method} loss must be ce or kl, not {loss!r}")
+    algorithm(ptq)
+
+
+def ptq_config(params) -> QuantConfig:
+    """The PTQ a loss-measuring method quantizes its layers with: the deployed one's algorithm."""
+    return QuantConfig(weights=params.ptq, bias_correction=params.bias_correction, batch_size=params.batch_size,
+                       seed=params.seed)
 
 
 @METHODS.register("measured")
 class Measured(Method):
-    """Single-layer quantization loss increase. The increase is measured, so for two close
-    precisions (w8a8 vs w8a16) calibration noise can put the higher one a hair above."""
+    """Single-layer quantization loss increase, the layer quantized by the PTQ that deploy will
+    use (`ptq`, `bias_correction`). The increase is measured, so for two close precisions
+    (w8a8 vs w8a16) calibration noise can put the higher one a hair above."""
 
     name = "measured"
     monotone_exception = "measured loss changes carry calibration noise between close precisions"
@@ -54,17 +64,19 @@ class Measured(Method):
         samples: int = 256
         batch_size: int = 64
         loss: str = "ce"  # or kl: divergence from the float model's outputs
+        ptq: str = DEFAULT_WEIGHTS  # the weight algorithm (edgempq deploy --ptq)
+        bias_correction: bool = True  # as deploy does by default
         seed: int = 0
 
         def __post_init__(self) -> None:
-            check_loss_params("measured", self.samples, self.batch_size, self.loss)
+            check_loss_params("measured", self.samples, self.batch_size, self.loss, self.ptq)
 
     def compute(self, model, layers, precisions, data, on_step=None):
         from ..schema import Sensitivity
 
         p = self.params
         x, y = data.batch(p.samples, p.seed)
-        cfg = QuantConfig(seed=p.seed)
+        cfg = ptq_config(p)
         ref_model = apply(model, Policy({}), cfg)  # BatchNorm folded as in every quantized copy
         reference = None
         if p.loss == "kl":
@@ -76,7 +88,7 @@ class Measured(Method):
         for i, (la, prec) in enumerate(jobs):
             if on_step:
                 on_step(i, len(jobs), f"{la.name} {prec}")
-            q = calibrate(apply(model, Policy({la.name: prec}), cfg), batches(x.numpy(), p.batch_size))
+            q, _ = quantize(model, Policy({la.name: prec}), x.numpy(), cfg)
             loss = mean_loss(q, x, y, p.batch_size, reference)
             penalties[(la.name, str(prec))] = loss - base
             raw[f"{la.name} {prec}"] = loss

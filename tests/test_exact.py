@@ -1,0 +1,153 @@
+"""The artifact carries the simulation's integers bit for bit: weights, per-channel scales and
+zero points, bias; deploy refuses an artifact that does not, naming the layer."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from edgempq.errors import ConversionError
+from edgempq.schema import Policy, Precision
+
+from .usernet import trained_user_model
+
+# w4 and w8 weights, 8- and 16-bit activations, float layers between them
+MIXED = {"stem.0": "w8a8", "a.0": "w8a8", "a.3": "w4a8", "b.0": "w8a16", "b.3": "w4a16", "down": "w4a8",
+         "c.0": "f32", "c.3": "w8a8", "d.0": "w8a8", "d.3": "f16", "fc": "w4a8"}
+KINDS = {"a.0": "dwconv", "b.0": "dwconv", "c.0": "dwconv", "d.0": "dwconv", "fc": "linear"}
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory):
+    from edgempq.pipeline import deploy
+    from edgempq.quant import QuantConfig
+
+    folder = tmp_path_factory.mktemp("exact")
+    model, ds, _ = trained_user_model(folder)
+    policy = Policy({k: Precision.parse(v) for k, v in MIXED.items()})
+    report = deploy(model, ds, policy, "host", folder / "build", cfg=QuantConfig(weights="gptq", bias_correction=True))
+    return model, ds, policy, folder / "build", report
+
+
+def _flatbuffer(path):
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
+
+    m = fu.read_model(bytearray(path.read_bytes()))
+    return m, m.subgraphs[0]
+
+
+def _ints(m, t) -> np.ndarray:
+    raw = np.frombuffer(bytes(np.asarray(m.buffers[t.buffer].data, np.uint8)), np.uint8)
+    if t.type == 17:  # int4, two a byte, low nibble first
+        v = np.stack([raw & 15, raw >> 4], 1).reshape(-1)[: int(np.prod(t.shape))].astype(np.int64)
+        return np.where(v > 7, v - 16, v).reshape(tuple(t.shape))
+    dtype = {9: np.int8, 2: np.int32, 4: np.int64}[t.type]
+    return np.frombuffer(raw.tobytes(), dtype).astype(np.int64).reshape(tuple(t.shape))
+
+
+def _simulation(model, policy, folder):
+    from edgempq.pipeline import simulated_model
+    from edgempq.quant import QuantConfig
+
+    deploy = json.loads((folder / "deploy.json").read_text())
+    state = torch.load(folder / "simulation.pt", weights_only=True)
+    return simulated_model(model, policy, state, QuantConfig.from_dict(deploy["quant_config"]))
+
+
+@pytest.mark.slow
+def test_every_integer_layer_of_a_mixed_policy_stores_the_simulations_integers(deployed):
+    model, _, policy, folder, report = deployed
+    q = _simulation(model, policy, folder)
+    m, sg = _flatbuffer(folder / "model.tflite")
+    ops = {r["layer"]: r for r in report["layers"]}
+    ints = [n for n, p in policy.precisions.items() if not p.is_float]
+    assert report["exact"]["layers"] == len(ints) == 9
+    by_output = {sg.tensors[op.outputs[0]].name.decode(): op for op in sg.operators}
+    for name in ints:
+        mod = q.get_submodule(name)
+        op = by_output[ops[name]["op_output"]]
+        x, w, b = (sg.tensors[i] for i in op.inputs[:3])
+        codes = mod.weight_quant.codes(mod.weight).numpy()
+        kind = KINDS.get(name, "conv")
+        want = codes if kind == "linear" else codes.transpose((0, 2, 3, 1) if kind == "conv" else (1, 2, 3, 0))
+        assert np.array_equal(_ints(m, w), want), name
+        assert np.array_equal(np.asarray(w.quantization.scale, np.float32),
+                              mod.weight_quant.step_value().reshape(-1).numpy()), name
+        assert not np.any(np.asarray(w.quantization.zeroPoint)), name
+        assert np.array_equal(_ints(m, b), mod.bias_codes().numpy()), name
+        assert {9: 8, 17: 4}[w.type] == policy.precisions[name].weight_bits
+        assert {2: 8, 4: 16}[b.type] == policy.precisions[name].act_bits  # int64 bias beside 16-bit inputs
+        s_in, z_in = float(np.float32(x.quantization.scale[0])), int(x.quantization.zeroPoint[0])
+        assert s_in == float(mod.act_quant.step_value()) and z_in == int(mod.act_quant.zero_point), name
+
+
+@pytest.mark.slow
+def test_the_artifact_computes_what_was_simulated(deployed):
+    from ai_edge_litert.interpreter import Interpreter
+
+    model, ds, policy, folder, report = deployed
+    q = _simulation(model, policy, folder)
+    x, _ = ds.split("test")
+    with torch.no_grad():
+        sim = q(torch.from_numpy(x)).numpy()
+    runner = Interpreter(model_path=str(folder / "model.tflite")).get_signature_runner()
+    inp, out = report["input"], report["output"]
+    art = []
+    for s in x:
+        v = s.transpose(1, 2, 0)[None].astype(np.float32)
+        if inp["dtype"] != "float32":
+            v = np.clip(np.round(v / inp["scale"] + inp["zero_point"]), -128, 127).astype(np.int8)
+        o = runner(**{inp["name"]: v})[out["name"]][0].astype(np.float32)
+        art.append(o if out["dtype"] == "float32" else (o - out["zero_point"]) * out["scale"])
+    art = np.array(art)
+    assert (art.argmax(1) == sim.argmax(1)).mean() >= 0.99
+    # the layers' integers agree exactly; what is left is the activations between them (pools, adds)
+    assert np.abs(art - sim).max() <= 0.05 * (np.abs(sim).max())
+    assert report["simulated_top1"] == pytest.approx(float((sim.argmax(1) == ds.split("test")[1]).mean()))
+
+
+@pytest.mark.slow
+def test_a_weight_that_differs_from_the_simulation_is_refused_naming_the_layer(deployed):
+    from edgempq.export.exact import LayerValues, check
+
+    _, _, _, folder, report = deployed
+    data = (folder / "model.tflite").read_bytes()
+    m, sg = _flatbuffer(folder / "model.tflite")
+    by_output = {sg.tensors[op.outputs[0]].name.decode(): i for i, op in enumerate(sg.operators)}
+    row = next(r for r in report["layers"] if r["layer"] == "down")
+    index = by_output[row["op_output"]]
+    w = sg.tensors[sg.operators[index].inputs[1]]
+    codes = _ints(m, w)
+    b = sg.tensors[sg.operators[index].inputs[2]]
+    values = LayerValues(codes, np.asarray(w.quantization.scale, np.float32), 0, _ints(m, b),
+                         np.asarray(b.quantization.scale, np.float32))
+    assert check(data, {"down": index}, {"down": values})["down"]["exact"]
+    tampered = values.codes.copy()
+    tampered.reshape(-1)[5] = -tampered.reshape(-1)[5] - 1
+    with pytest.raises(ConversionError, match=r"layer down: 1 of \d+ integer weights differ from the simulation's"):
+        check(data, {"down": index}, {"down": LayerValues(tampered, values.scale, 0, values.bias, values.bias_scale)})
+    with pytest.raises(ConversionError, match="layer down: .* bias integers differ"):
+        check(data, {"down": index}, {"down": LayerValues(codes, values.scale, 0, values.bias + 1, values.bias_scale)})
+
+
+@pytest.mark.slow
+def test_the_artifact_takes_the_simulations_activation_ranges_whatever_their_calibration(tmp_path):
+    from edgempq.pipeline import deploy, quantized
+    from edgempq.quant import QuantConfig
+
+    model, ds, _ = trained_user_model(tmp_path)
+    policy = Policy({k: Precision.parse(v) for k, v in MIXED.items()})
+    cfg = QuantConfig(act_method="percentile", percentile=99.0)
+    own, _ = quantized(model, ds, policy, cfg)  # the simulation's own ranges, before deploy
+    report = deploy(model, ds, policy, "host", tmp_path / "build", cfg=cfg)
+    ranges = report["input_ranges"]
+    assert set(ranges) == {n for n, p in policy.precisions.items() if not p.is_float}
+    for name, r in ranges.items():
+        aq = own.get_submodule(name).act_quant
+        # the quantizer derived them from the simulation's clipped ranges (not its own min-max)
+        assert r["scale"] == pytest.approx(float(aq.step_value()), rel=1e-5), name
+        assert abs(r["zero_point_change"]) <= 1 and r["scale_change"] < 1e-5, name
+    assert report["quant_config"]["act_method"] == "percentile"
