@@ -156,3 +156,40 @@ def test_fidelity_labels_name_every_kind_that_chose_an_artifact(bench):
             {**_row("match", None, 1.0, 1.0, key="c"), "for_kind": "size-a8", "for_budget": 2}]
     assert bench["fidelity"].kinds_by_key({"rows": rows}) == {"a": "latency #1, bops #1", "b": "uniform f32",
                                                               "c": "match of size-a8 #3"}
+
+
+def _ptq_result():
+    def row(prec, ptq, sim, art=None):
+        r = {"precision": prec, "ptq": ptq, "sim_top1": sim, "ptq_s": 2.0}
+        if art is not None:
+            r.update(artifact_top1=art, agreement=0.997, exact_layers=6, max_logit_error=0.02, deploy_s=12.0)
+        return r
+
+    return {"part": "ptq", "quick": True, "default": "gptq+bc", "machine": _machine(),
+            "train": {"epochs": 4, "lr": 2e-3, "batch_size": 64},
+            "configs": {"minmax": {}, "gptq+bc": {}},
+            "models": [{"model": "mnist_cnn", "seed": s, "float_top1": 0.95,
+                        "rows": [row("w4a8", "minmax", 0.90, 0.895), row("w4a8", "gptq+bc", 0.948, 0.946 - 0.02 * s),
+                                 row("w2a8", "minmax", 0.30), row("w2a8", "gptq+bc", 0.80)]} for s in (0, 1)],
+            "resnet18": {"calibration": 256, "precision": "w4a8", "seconds": {"minmax": 12.0, "gptq+bc": 170.0}},
+            "mixed": {"policies": 2, "rows": [
+                {"model": "mnist_resnet8", "precisions": {"a": "w4a8", "b": "w8a8"}, "minmax_top1": 0.95,
+                 "default_top1": 0.96},
+                {"model": "mnist_resnet8", "precisions": {"a": "w8a8", "b": "w4a8"}, "minmax_top1": 0.97,
+                 "default_top1": 0.969}]}}
+
+
+def test_the_ptq_part_renders_its_tables_and_judges_its_targets(bench, tmp_path):
+    from edgempq.files import write_json
+
+    write_json(tmp_path / "ptq.json", _ptq_result())
+    text = bench["all"].render(tmp_path, tmp_path / "BENCHMARKS.md", tmp_path / "plots").read_text()
+    assert "## 5. Low-bit PTQ" in text and "### w4a8" in text and "### w2a8" in text
+    assert "| mnist_cnn #0 | 95.0 % | -5.0 [-5.5] | -0.2 [-0.4] |" in text
+    assert ("| default PTQ (gptq+bc): uniform w4a8 deployed within 1.0 point of float (mnist_cnn, Adam-trained) "
+            "| seed 0: -0.4, seed 1: -2.4 | **not met** |") in text
+    assert "| PTQ of ResNet-18 at 224 (256 calibration images) with the default under 5 min | 170 s | met |" in text
+    assert "| no mixed policy of parts 1 and 2 loses accuracy against the first round's min-max PTQ | 1/2 policies" \
+           " as good or better | **not met** |" in text
+    assert "mnist_resnet8 -0.1 (0.970 → 0.969)" in text
+    assert "| gptq+bc | 2 | 99.7 % | 99.7 % | 12 | 0.02 |" in text

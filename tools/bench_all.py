@@ -10,6 +10,8 @@ Parts (each also runnable alone as tools/bench_<part>.py):
   methods   the sensitivity methods in simulation: PTQ / short-QAT top-1 vs budget, search cost
   costs     profile cold/warm, sensitivity, solve, deploy, validate time per model
   fidelity  simulation vs artifact and predicted vs measured latency and size, per artifact
+  ptq       the PTQ weight algorithms on Adam-trained models, simulated and deployed; ResNet-18 PTQ time;
+            parts 1 and 2's mixed policies with the first round's PTQ and the default
 
 Each part writes bench_results/all/<part>.json; BENCHMARKS.md and its plots (benchmarks/*.png)
 are written from whichever parts have results.
@@ -30,8 +32,9 @@ import benchkit  # noqa: E402
 from bench_device import KINDS  # noqa: E402
 from benchkit import RESULTS, log  # noqa: E402
 
-PARTS = ("device", "methods", "costs", "fidelity")
-RUN_ORDER = ("device", "fidelity", "methods", "costs")  # fidelity right after the artifacts; costs reads methods
+PARTS = ("device", "methods", "costs", "fidelity", "ptq")
+# fidelity right after the artifacts; ptq reads the policies of device and methods; costs reads methods
+RUN_ORDER = ("device", "fidelity", "methods", "ptq", "costs")
 ROOT = Path(__file__).resolve().parent.parent
 MD = ROOT / "BENCHMARKS.md"
 SEARCH_TARGET_S = 30.0
@@ -180,7 +183,7 @@ def plot_methods(m: dict, path: Path) -> Path:
 
 # ---------------------------------------------------------------- sections
 
-def targets_section(dev: dict | None, meth: dict | None) -> str:
+def targets_section(dev: dict | None, meth: dict | None, ptq: dict | None = None) -> str:
     out = ["## Targets", ""]
     rows = []
     if dev:
@@ -212,6 +215,10 @@ def targets_section(dev: dict | None, meth: dict | None) -> str:
                     t = m["search"][name]["search_s"]
                     rows.append([f"search ({name} sensitivity + solve) under {SEARCH_TARGET_S:.0f} s ({m['model']})",
                                  secs(t), "met" if t < SEARCH_TARGET_S else "**not met**"])
+    if ptq:
+        import bench_ptq
+
+        rows += bench_ptq.targets(ptq)
     out.append(table(["target", "measured", ""], rows) if rows else "No results yet.")
     return "\n".join(out)
 
@@ -439,7 +446,7 @@ def render(folder: Path = RESULTS, md: Path = MD, plots: Path | None = None, wal
         lines += [note, ""]
     if wall:
         lines += ["Wall time of this run: " + ", ".join(f"{k} {secs(v)}" for k, v in wall.items()) + ".", ""]
-    lines += [targets_section(parts["device"], parts["methods"]), ""]
+    lines += [targets_section(parts["device"], parts["methods"], parts["ptq"]), ""]
     if parts["device"]:
         lines += [device_section(parts["device"], plots, md.parent), ""]
     if parts["methods"]:
@@ -449,6 +456,10 @@ def render(folder: Path = RESULTS, md: Path = MD, plots: Path | None = None, wal
         lines += [costs_section(costs, parts["device"], parts["fidelity"]), ""]
     if parts["fidelity"]:
         lines += [fidelity_section(parts["fidelity"]), ""]
+    if parts["ptq"]:
+        import bench_ptq
+
+        lines += [bench_ptq.section(parts["ptq"], table), ""]
     return atomic_write_text(md, "\n".join(lines).rstrip() + "\n")
 
 
