@@ -17,8 +17,9 @@ def parse_params(cls: type, pairs: list[str] | dict[str, Any], kind: str = "meth
     values: dict[str, Any] = {}
     for k, v in items.items():
         if k not in fields:
-            raise ConfigError(f"{kind} {cls.name} has no parameter {k!r}; its parameters are: "
-                              f"{', '.join(f'{n}={getattr(cls.Params(), n)!r}' for n in fields)}")
+            listed = ", ".join(f"{n}={getattr(cls.Params(), n)!r}" for n in fields)
+            raise ConfigError(f"{kind} {cls.name} has no parameter {k!r}; "
+                              + (f"its parameters are: {listed}" if listed else "it takes no parameters"))
         if v is None:
             raise ConfigError(f"parameter {k} of {kind} {cls.name} needs a value: write {k}=VALUE")
         values[k] = _convert(v, getattr(cls.Params(), k), f"parameter {k} of {kind} {cls.name}")

@@ -372,4 +372,6 @@ def simulated_model(model: LoadedModel, policy: Policy, state: dict, cfg: QuantC
             m.scale.data = m.scale.data.abs().clamp_min(1e-9)
         if isinstance(m, ActQuantizer):
             m.calibrated = True
+        if isinstance(m, WeightQuantizer):
+            m.fixed = True  # the saved grid is the deployed one: a later calibration must keep it
     return q.eval()

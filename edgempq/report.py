@@ -165,6 +165,10 @@ def ptq_summary(d: dict) -> str | None:
     if exact is not None:
         text += (f" The artifact stores the simulation's integer weights, scales and biases in all {exact} integer "
                  "layers, checked bit for bit.")
+    tied = [n for n, r in (d.get("input_ranges") or {}).items() if r.get("from") == "artifact"]
+    if tied:
+        text += (f" The input ranges of {', '.join(tied)} are the artifact's, not the simulation's calibration (the "
+                 "graph ties them to another tensor's, e.g. through an average pool); the simulation uses them too.")
     return text + "".join(f" Note: {n}." for n in ptq.get("notes") or [])
 
 

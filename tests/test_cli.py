@@ -152,3 +152,10 @@ def test_profile_prints_layer_costs_and_whole_model_errors(tmp_path):
 def test_profile_of_a_template_target_is_a_clear_error():
     p = run("profile", "--device", "linux-ssh", "--model", "zoo:mnist_resnet8", check=False)
     assert p.returncode == 1 and "is a template" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_the_clis_ptq_default_is_the_librarys():
+    from edgempq.cli import PTQ_DEFAULT
+    from edgempq.quant import DEFAULT_WEIGHTS, QuantConfig
+
+    assert PTQ_DEFAULT == DEFAULT_WEIGHTS == QuantConfig().weights

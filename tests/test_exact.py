@@ -4,6 +4,7 @@ zero points, bias; deploy refuses an artifact that does not, naming the layer.""
 from __future__ import annotations
 
 import json
+import textwrap
 
 import numpy as np
 import pytest
@@ -110,27 +111,84 @@ def test_the_artifact_computes_what_was_simulated(deployed):
 
 
 @pytest.mark.slow
-def test_a_weight_that_differs_from_the_simulation_is_refused_naming_the_layer(deployed):
-    from edgempq.export.exact import LayerValues, check
+def test_values_carried_into_the_artifact_read_back_and_a_differing_one_is_refused_naming_the_layer(deployed):
+    from edgempq.export.exact import LayerValues, carry, check, simulation_values
 
-    _, _, _, folder, report = deployed
+    model, _, policy, folder, report = deployed
+    q = _simulation(model, policy, folder)
     data = (folder / "model.tflite").read_bytes()
     m, sg = _flatbuffer(folder / "model.tflite")
     by_output = {sg.tensors[op.outputs[0]].name.decode(): i for i, op in enumerate(sg.operators)}
-    row = next(r for r in report["layers"] if r["layer"] == "down")
-    index = by_output[row["op_output"]]
-    w = sg.tensors[sg.operators[index].inputs[1]]
-    codes = _ints(m, w)
-    b = sg.tensors[sg.operators[index].inputs[2]]
-    values = LayerValues(codes, np.asarray(w.quantization.scale, np.float32), 0, _ints(m, b),
-                         np.asarray(b.quantization.scale, np.float32))
-    assert check(data, {"down": index}, {"down": values})["down"]["exact"]
-    tampered = values.codes.copy()
-    tampered.reshape(-1)[5] = -tampered.reshape(-1)[5] - 1
-    with pytest.raises(ConversionError, match=r"layer down: 1 of \d+ integer weights differ from the simulation's"):
-        check(data, {"down": index}, {"down": LayerValues(tampered, values.scale, 0, values.bias, values.bias_scale)})
+    ops = {r["layer"]: by_output[r["op_output"]] for r in report["layers"] if r["layer"] in ("down", "a.0")}
+    values = {n: simulation_values(q.get_submodule(n), KINDS.get(n, "conv")) for n in ops}
+    assert all(v["exact"] for v in check(data, ops, values).values())
+    # another set of integers written by carry is read back as written (int4 conv, int8 depthwise) ...
+    other = {n: LayerValues(np.clip(-v.codes, -8 if n == "down" else -127, 7 if n == "down" else 127), v.scale * 2,
+                            v.axis, v.bias + 3, v.bias_scale) for n, v in values.items()}
+    rewritten = carry(data, ops, other)
+    assert all(v["exact"] for v in check(rewritten, ops, other).values())
+    m2 = _flatbuffer_bytes(rewritten)
+    w = m2.subgraphs[0].tensors[m2.subgraphs[0].operators[ops["down"]].inputs[1]]
+    assert w.type == 17 and np.array_equal(_ints(m2, w), other["down"].codes)
+    # ... and against the simulation it is refused, naming the layer
+    with pytest.raises(ConversionError, match=r"layer (down|a\.0): \d+ of \d+ integer weights differ from the "
+                                              "simulation's"):
+        check(rewritten, ops, values)
+    one = {"down": LayerValues(values["down"].codes, values["down"].scale, 0, values["down"].bias + 1,
+                               values["down"].bias_scale)}
     with pytest.raises(ConversionError, match="layer down: .* bias integers differ"):
-        check(data, {"down": index}, {"down": LayerValues(codes, values.scale, 0, values.bias + 1, values.bias_scale)})
+        check(data, {"down": ops["down"]}, one)
+
+
+def _flatbuffer_bytes(data: bytes):
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
+
+    return fu.read_model(bytearray(data))
+
+
+POOLED = textwrap.dedent("""
+    import torch.nn as nn
+
+    def net():
+        m = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(),
+                          nn.Linear(16 * 2 * 2, 3))
+        return m
+    net.input_shape = (1, 8, 8)
+""")
+
+
+@pytest.mark.slow
+def test_pooling_between_layers_keeps_artifact_and_simulation_together(tmp_path):
+    """Max pooling passes values on, so the next layer's range is set through it; average pooling
+    takes its input's scale in the quantizer, so there the simulation takes the artifact's."""
+    from edgempq.pipeline import deploy, load_model_and_data
+    from edgempq.validate import validate
+
+    (tmp_path / "pooled.py").write_text(POOLED)
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 60)
+    x = (rng.normal(size=(180, 1, 8, 8)) * 0.5 + y[:, None, None, None] * np.linspace(-1, 1, 8)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    torch.manual_seed(0)
+    spec, data = f"{tmp_path / 'pooled.py'}:net", str(tmp_path / "d.npz")
+    model, ds = load_model_and_data(spec, data)
+    opt = torch.optim.Adam(model.module.parameters(), 1e-2)
+    xt, yt = (torch.from_numpy(a) for a in ds.split("train"))
+    for _ in range(60):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model.module.train()(xt), yt.long()).backward()
+        opt.step()
+    torch.save(model.module.eval().state_dict(), tmp_path / "w.pt")
+    model, ds = load_model_and_data(spec, data, tmp_path / "w.pt")
+    policy = Policy({"0": Precision.parse("w8a8"), "4": Precision.parse("w4a8"), "8": Precision.parse("w8a8")})
+    report = deploy(model, ds, policy, "host", tmp_path / "build", weights=tmp_path / "w.pt", data_spec=data)
+    ranges = report["input_ranges"]
+    assert ranges["0"]["from"] == "simulation" and ranges["4"]["from"] == "simulation"  # through MAX_POOL_2D
+    assert ranges["8"]["from"] == "artifact" and ranges["8"]["scale_change"] > 0.01  # after AVERAGE_POOL_2D
+    assert report["exact"]["layers"] == 3
+    val = validate(tmp_path / "build", "host", runs=1)
+    assert val["agreement"]["top1"] >= 0.99, val["agreement"]
 
 
 @pytest.mark.slow

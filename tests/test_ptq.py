@@ -83,13 +83,19 @@ def test_every_algorithm_puts_integer_layers_on_their_grid_and_leaves_float_laye
     q, report = quantize(stack, policy, x, _cfg(name))
     q2, _ = quantize(stack, policy, x, _cfg(name))
     assert all(torch.equal(before[k], v) for k, v in stack.state_dict().items())  # the input model is untouched
-    for layer, bits in (("c1", 4), ("c2", 3)):
-        mod = q.get_submodule(layer)
-        k = mod.weight_quant(mod.weight) / mod.weight_quant.step_value()
-        assert torch.allclose(k, k.round(), atol=1e-4)
-        assert int(k.round().min()) >= -(2 ** (bits - 1)) and int(k.round().max()) <= 2 ** (bits - 1) - 1
-        assert torch.equal(mod.weight, q2.get_submodule(layer).weight)  # deterministic
     folded = apply(stack, Policy({}))
+    for layer, bits in (("c1", 4), ("c2", 3)):
+        mod, wq = q.get_submodule(layer), q.get_submodule(layer).weight_quant
+        assert torch.equal(mod.weight, q2.get_submodule(layer).weight)  # deterministic
+        if name == "minmax":  # round to nearest on the min-max grid of the folded weights
+            w = folded.get_submodule(layer).weight
+            step = w.abs().amax((1, 2, 3), keepdim=True) / (2 ** (bits - 1) - 1)
+            assert torch.allclose(wq.step_value(), step)
+            assert torch.equal(wq.codes(mod.weight), (w / step).round().long())
+            continue
+        k = mod.weight / wq.step_value()  # the algorithm fixed its grid and the integers themselves
+        assert wq.fixed and torch.allclose(k, k.round(), atol=1e-4)
+        assert int(k.round().min()) >= -(2 ** (bits - 1)) and int(k.round().max()) <= 2 ** (bits - 1) - 1
     assert torch.equal(q.fc.weight, folded.fc.weight) and q.fc.weight_quant is None
     assert report.weights == name and set(report.layers) == {"c1", "c2"}
     with torch.no_grad():
@@ -287,3 +293,53 @@ def test_sampled_columns_are_the_unfolded_ones():
         assert every.shape[1] == column_count(conv, x)
         pick = torch.randperm(every.shape[1])[:7]
         assert torch.equal(columns(conv, x, pick), every[:, pick]), conv
+
+
+def test_quantize_takes_float64_samples_and_keeps_a_near_zero_channels_bias(stack):
+    with torch.no_grad():
+        stack.b1.weight[3] = 1e-12  # after folding, channel 3's weights are ~0 and its bias is the BN offset
+        stack.b1.bias[3] = 0.7
+    x = _data().astype(np.float64)
+    q, report = quantize(stack, Policy({"c1": Precision.parse("w4a8")}), x, _cfg("gptq"))
+    with torch.no_grad():
+        out = q.c1(torch.from_numpy(x).float())
+        ref = apply(stack, Policy({})).c1(torch.from_numpy(x).float())
+    assert torch.allclose(out[:, 3], ref[:, 3], atol=0.02)  # clamping the bias to int32 would give ~0
+    assert any("layer c1: the weight step of 1 channel(s) was widened" in n for n in report.notes)
+    assert int(q.c1.bias_codes().abs().max()) < 2**31 - 1
+
+
+class Sometimes(Plain):
+    """Skips c2 for batches of fewer than 64 samples: a layer not every calibration batch reaches."""
+
+    def forward(self, x):
+        x = torch.relu(self.c1(x))
+        x = torch.relu(self.c2(x)) if x.shape[0] >= 64 else x.repeat(1, 2, 1, 1)
+        return self.fc(x.flatten(1))
+
+
+def test_the_hook_walk_refuses_a_layer_some_batches_skip():
+    torch.manual_seed(0)
+    m = Sometimes().eval()
+    x = _data(100)  # batches of 64 and 36: c2 is skipped in the second
+    with pytest.raises(ConfigError, match=r"layer c2 ran on 1 of the 2 calibration batches .* use --ptq minmax"):
+        quantize(m, Policy({"c2": Precision.parse("w4a8")}), x, _cfg("gptq"))
+
+
+def test_batchnorm_of_a_model_torch_fx_cannot_trace_is_folded_from_a_forward_pass(stack):
+    from edgempq.quant.fold import fold_batchnorm
+
+    class BranchyBN(Stack):
+        def forward(self, x):
+            if float(x.mean()) > 100:
+                x = x * 0
+            return super().forward(x)
+
+    m = BranchyBN().eval()
+    m.load_state_dict(stack.state_dict())
+    x = torch.from_numpy(_data(8))
+    assert fold_batchnorm(apply(m, Policy({}), QuantConfig(fold_bn=False)), x) == [("c1", "b1"), ("c2", "b2")]
+    a = apply(stack, Policy({}))
+    b = apply(m, Policy({}), example=x)
+    assert isinstance(b.b1, nn.Identity) and torch.allclose(a.c1.weight, b.c1.weight)
+    assert torch.allclose(a(x), b(x), atol=1e-5)

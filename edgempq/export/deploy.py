@@ -19,6 +19,8 @@ from ..schema import Layer, Policy, Target
 from .recipe import OpRule, signature_inputs
 
 CALIBRATION_SAMPLES = 1024  # at most this many, spread over the split, calibrate the artifact
+# relative scale change below which an input range counts as the simulation's own (float rounding)
+RANGE_TOLERANCE = 1e-4
 
 
 @dataclass
@@ -150,9 +152,10 @@ def simulation_ranges(base: bytes, mapping: dict, qmodel, ints: list[str]) -> di
     from .recipe import range_tensors
 
     out: dict[str, tuple[float, float]] = {}
+    tensors = range_tensors(base, [mapping[n].index for n in ints])
     for name in ints:
         lo, hi = qmodel.get_submodule(name).act_quant.representable()
-        for t in range_tensors(base, mapping[name].index):
+        for t in tensors[mapping[name].index]:
             a, b = out.get(t, (lo, hi))
             out[t] = (min(a, lo), max(b, hi))
     return out
@@ -168,8 +171,9 @@ def adopt_input_ranges(qmodel, model: bytes, ops: dict[str, int]) -> dict[str, d
     for name, (scale, zp) in input_ranges(model, ops).items():
         aq = qmodel.get_submodule(name).act_quant
         own, own_zp = float(aq.step_value()), int(aq.zero_point)
-        out[name] = {"scale": scale, "zero_point": zp, "scale_change": abs(scale - own) / max(own, 1e-30),
-                     "zero_point_change": zp - own_zp}
+        change = abs(scale - own) / max(own, 1e-30)
+        out[name] = {"scale": scale, "zero_point": zp, "scale_change": change, "zero_point_change": zp - own_zp,
+                     "from": "simulation" if change < RANGE_TOLERANCE and abs(zp - own_zp) <= 1 else "artifact"}
         aq.set_range(scale, zp)
     return out
 

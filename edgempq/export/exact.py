@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ConversionError
+from .mapping import tflite_layout
 
 _INT_TYPES = {9: np.int8, 17: np.int8, 7: np.int16, 2: np.int32, 4: np.int64}  # int4 is unpacked to int8
 
@@ -30,15 +31,6 @@ class LayerValues:
     axis: int  # the output-channel dimension of `codes`
     bias: np.ndarray | None  # integer bias (int64 values), None without one
     bias_scale: np.ndarray | None  # float32 per output channel
-
-
-def tflite_layout(codes: np.ndarray, kind: str) -> tuple[np.ndarray, int]:
-    """PyTorch's weight layout to TFLite's, and TFLite's output-channel axis."""
-    if kind == "conv":
-        return codes.transpose(0, 2, 3, 1), 0
-    if kind == "dwconv":
-        return codes.transpose(1, 2, 3, 0), 3
-    return codes, 0
 
 
 def simulation_values(module, kind: str) -> LayerValues:

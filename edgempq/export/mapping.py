@@ -78,17 +78,22 @@ def op_regex(op: OpInfo) -> str:
     return "^" + re.escape(op.output_name) + ";$"
 
 
+def tflite_layout(w: np.ndarray, kind: str) -> tuple[np.ndarray, int]:
+    """A PyTorch weight in TFLite's layout (conv OIHW -> OHWI, depthwise (C, 1, kh, kw) ->
+    (1, kh, kw, C), linear as is), and TFLite's output-channel axis."""
+    if kind == "conv":
+        return w.transpose(0, 2, 3, 1), 0
+    if kind == "dwconv":
+        return w.transpose(1, 2, 3, 0), 3
+    return w, 0
+
+
 def weights_agree(layer_weight: np.ndarray, op_weight: np.ndarray, kind: str) -> bool:
     """Whether a PyTorch weight and a TFLite weight are the same up to layout and a
     per-output-channel scale (BatchNorm folding; negative when the BN weight is)."""
-    w = layer_weight
-    if kind == "conv":
-        w = w.transpose(0, 2, 3, 1)
-    elif kind == "dwconv":
-        w = w.transpose(1, 2, 3, 0)  # (C, 1, kh, kw) -> (1, kh, kw, C)
+    w, axis = tflite_layout(layer_weight, kind)
     if w.shape != op_weight.shape:
         return False
-    axis = -1 if kind == "dwconv" else 0
     a = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)
     b = np.moveaxis(op_weight, axis, 0).reshape(op_weight.shape[axis], -1)
     na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)

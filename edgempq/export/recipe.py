@@ -108,35 +108,52 @@ def calibrate_min_max(q, model: bytes, key: str, calibration: list[dict[str, np.
     return calib.get_model_qsvs()
 
 
+# Ops whose output holds exactly their input's values (or a subset that keeps the extremes a
+# later range needs): a range set on their output can be set on their input instead.
+_VALUE_KEEPING = ("RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS", "PAD", "MIRROR_PAD", "MAX_POOL_2D",
+                  "SPACE_TO_DEPTH", "DEPTH_TO_SPACE")
+
+
 def _same_scale_ops() -> set[int]:
-    """Builtin codes of the ops whose output takes their input's scale in the quantizer
-    (reshape, pooling, pad, transpose, slices): a range set on their output is not theirs."""
+    """Builtin codes of the ops whose output the quantizer gives their input's scale (so a range
+    set on the output is not used) and that keep their input's values."""
     from ai_edge_litert import schema_py_generated as schema
     from ai_edge_quantizer.algorithms.utils import common_utils
     from ai_edge_quantizer.utils import constrained_ops_utils
 
-    names = constrained_ops_utils.get_constrained_op_list(common_utils.OpQuantConstraint.SAME_AS_INPUT_SCALE)
-    return {getattr(schema.BuiltinOperator, n.value) for n in names if hasattr(schema.BuiltinOperator, n.value)}
+    tied = constrained_ops_utils.get_constrained_op_list(common_utils.OpQuantConstraint.SAME_AS_INPUT_SCALE)
+    return {getattr(schema.BuiltinOperator, n.value) for n in tied
+            if n.value in _VALUE_KEEPING and hasattr(schema.BuiltinOperator, n.value)}
 
 
-def range_tensors(model: bytes, op_index: int) -> list[str]:
-    """The tensors whose calibrated range sets the quantization of op `op_index`'s input: the
-    input itself and, up through ops that keep their input's scale, their inputs."""
+def range_tensors(model: bytes, op_indices: list[int]) -> dict[int, list[str]]:
+    """Per op, the tensors whose calibrated range sets the quantization of its input: the input
+    itself and, up through value-keeping ops whose output has no other reader, their inputs.
+    (Other tied ops, such as average pooling, take the range the quantizer measured on their
+    input; the simulation then takes the artifact's, and deploy reports the difference.)"""
     from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
 
     m = fu.read_model(bytearray(model))
     sg = m.subgraphs[0]
     codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in m.operatorCodes]
     producer = {o: op for op in sg.operators for o in op.outputs}
-    keep_scale = _same_scale_ops()
-    out, t = [], sg.operators[op_index].inputs[0]
-    while True:
-        name = sg.tensors[t].name
-        out.append(name.decode() if isinstance(name, bytes) else str(name))
-        op = producer.get(t)
-        if op is None or codes[op.opcodeIndex] not in keep_scale:
-            return out
-        t = op.inputs[0]
+    readers: dict[int, int] = {}
+    for op in sg.operators:
+        for t in op.inputs:
+            readers[t] = readers.get(t, 0) + 1
+    keep = _same_scale_ops()
+    out = {}
+    for index in op_indices:
+        names, t = [], sg.operators[index].inputs[0]
+        while True:
+            name = sg.tensors[t].name
+            names.append(name.decode() if isinstance(name, bytes) else str(name))
+            op = producer.get(t)
+            if op is None or codes[op.opcodeIndex] not in keep or readers.get(t, 0) != 1:
+                break
+            t = op.inputs[0]
+        out[index] = names
+    return out
 
 
 @dataclass(frozen=True)

@@ -12,15 +12,18 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights
 log = logging.getLogger(__name__)
 
 
-def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
+def conv_bn_pairs(model: nn.Module, example: torch.Tensor | None = None) -> list[tuple[str, str]]:
     """(conv name, bn name) for every BatchNorm whose only input is a conv used only by it.
 
-    Found on the torch.fx graph; a model fx cannot trace gets no folding (logged)."""
+    Found on the torch.fx graph; for a model fx cannot trace, from one forward pass on
+    `example` (see `_pairs_by_hooks`); without an example such a model gets no folding (logged)."""
     import torch.fx
 
     try:
         graph = torch.fx.symbolic_trace(model).graph
-    except Exception as e:  # noqa: BLE001 - any tracing failure means "cannot fold"
+    except Exception as e:  # noqa: BLE001 - any tracing failure: fall back to a forward pass
+        if example is not None:
+            return _pairs_by_hooks(model, example)
         log.warning("BatchNorm not folded: torch.fx cannot trace the model (%s)", e)
         return []
     modules = dict(model.named_modules())
@@ -43,10 +46,55 @@ def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
 
 
 @torch.no_grad()
-def fold_batchnorm(model: nn.Module) -> list[tuple[str, str]]:
+def _pairs_by_hooks(model: nn.Module, example: torch.Tensor) -> list[tuple[str, str]]:
+    """Conv -> BatchNorm pairs seen in one forward pass (the BatchNorm's input is the conv's
+    output tensor itself, each called once), kept only if folding them all leaves the model's
+    output unchanged: a conv output that is also read elsewhere would not."""
+    import copy
+
+    names = {m: n for n, m in model.named_modules()}
+    outs: dict[int, tuple[str, torch.Tensor]] = {}
+    calls: dict[str, int] = {}
+    found: list[tuple[str, str]] = []
+
+    def conv_hook(m, _args, out) -> None:
+        calls[names[m]] = calls.get(names[m], 0) + 1
+        outs[id(out)] = (names[m], out)
+
+    def bn_hook(m, args) -> None:
+        calls[names[m]] = calls.get(names[m], 0) + 1
+        src = outs.get(id(args[0]))
+        if src is not None and src[1] is args[0]:
+            found.append((src[0], names[m]))
+
+    hooks = [m.register_forward_hook(conv_hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    hooks += [m.register_forward_pre_hook(bn_hook) for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    try:
+        ref = model(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    pairs = [(c, b) for c, b in found if calls[c] == 1 and calls[b] == 1]
+    trial = copy.deepcopy(model)
+    _fold(trial, pairs)
+    out = trial(example)
+    if isinstance(ref, torch.Tensor) and torch.allclose(out, ref, rtol=1e-4, atol=1e-5 * float(ref.abs().max())):
+        return pairs
+    log.warning("BatchNorm not folded: torch.fx cannot trace the model and folding changed its output")
+    return []
+
+
+@torch.no_grad()
+def fold_batchnorm(model: nn.Module, example: torch.Tensor | None = None) -> list[tuple[str, str]]:
     """Fold in place (call on a copy, in eval mode): conv gets the folded weight and a bias,
-    the BatchNorm becomes nn.Identity under its own name. Returns the folded pairs."""
-    pairs = conv_bn_pairs(model)
+    the BatchNorm becomes nn.Identity under its own name. Returns the folded pairs. `example`
+    (a batch the model takes) lets a model torch.fx cannot trace be folded too."""
+    pairs = conv_bn_pairs(model, example)
+    _fold(model, pairs)
+    return pairs
+
+
+def _fold(model: nn.Module, pairs: list[tuple[str, str]]) -> None:
     modules = dict(model.named_modules())
     for conv_name, bn_name in pairs:
         conv, bn = modules[conv_name], modules[bn_name]
@@ -55,7 +103,6 @@ def fold_batchnorm(model: nn.Module) -> list[tuple[str, str]]:
         conv.weight = nn.Parameter(w.detach().clone())
         conv.bias = nn.Parameter(b.detach().clone())
         set_module(model, bn_name, nn.Identity())
-    return pairs
 
 
 def set_module(model: nn.Module, name: str, new: nn.Module) -> None:

@@ -48,6 +48,11 @@ class QuantConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def __hash__(self) -> int:  # weight_params is a dict
+        import json
+
+        return hash(json.dumps(self.to_dict(), sort_keys=True, default=str))
+
     @classmethod
     def from_dict(cls, d: Any, what: str = "the quantization settings") -> QuantConfig:
         """Read back `to_dict`; unknown keys (an older edgempq's file) are an error naming them."""

@@ -17,6 +17,12 @@ from torch import Tensor, nn
 MAX_COLUMNS = 65536  # columns (positions x samples) kept per layer; more are sampled at random
 
 
+def statistics_bytes(module: nn.Module, matrices: int) -> int:
+    """Memory `matrices` (groups, d, d) float64 moments of the layer take."""
+    d = module.weight[0].numel()  # inputs per output (a conv's weight[0] is one group's)
+    return matrices * groups(module) * d * d * 8
+
+
 def groups(module: nn.Module) -> int:
     return module.groups if isinstance(module, nn.Conv2d) else 1
 

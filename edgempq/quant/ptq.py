@@ -23,9 +23,11 @@ from .modules import QUANT_TYPES, QuantConfig, quantize_module
 from .quantizers import ActQuantizer, WeightQuantizer
 
 
-def apply(model: nn.Module, policy: Policy, cfg: QuantConfig | None = None) -> nn.Module:
-    """A fake-quantized copy of `model` in eval mode with BatchNorm folded; the input model is
-    never changed. Activation ranges still need `calibrate`."""
+def apply(model: nn.Module, policy: Policy, cfg: QuantConfig | None = None,
+          example: Tensor | None = None) -> nn.Module:
+    """A fake-quantized copy of `model` in eval mode with BatchNorm folded (`example`, a batch
+    the model takes, lets a model torch.fx cannot trace be folded too); the input model is never
+    changed. Activation ranges still need `calibrate`."""
     cfg = cfg or QuantConfig()
     modules = dict(model.named_modules())
     for name in policy.precisions:
@@ -41,7 +43,7 @@ def apply(model: nn.Module, policy: Policy, cfg: QuantConfig | None = None) -> n
             raise ConfigError(f"policy sets a precision for layer {name!r}, which stays float: {reason}")
     q = copy.deepcopy(model).eval()
     if cfg.fold_bn:
-        fold_batchnorm(q)
+        fold_batchnorm(q, example)
     for name, precision in policy.precisions.items():
         quantize_module(q.get_submodule(name), precision, cfg)
     return q
@@ -56,7 +58,22 @@ def calibrate(qmodel: nn.Module, batches: Iterable[Tensor | np.ndarray]) -> nn.M
     """PTQ: observe activation ranges over the calibration batches, then fix scale and zero
     point; min-max weight grids are recomputed from the current weights (grids a PTQ algorithm
     fixed, and LSQ steps, are kept). Returns `qmodel`."""
-    acts = [m for m in qmodel.modules() if isinstance(m, ActQuantizer)]
+    return _observed(qmodel, qmodel, batches)
+
+
+@torch.no_grad()
+def calibrate_alone(qmodel: nn.Module, fmodel: nn.Module, batches: Iterable[Tensor | np.ndarray]) -> nn.Module:
+    """`calibrate`, but each layer's input range observed in the float model `fmodel` (same
+    module paths): the inputs the layer sees when it is the only one quantized."""
+    return _observed(qmodel, fmodel, batches)
+
+
+def _observed(qmodel: nn.Module, runner: nn.Module, batches) -> nn.Module:
+    layers = {n: m for n, m in qmodel.named_modules() if isinstance(m, QUANT_TYPES) and m.act_quant is not None}
+    acts = [m.act_quant for m in layers.values()]
+    hooks = [] if runner is qmodel else [
+        runner.get_submodule(n).register_forward_pre_hook(lambda _m, a, aq=m.act_quant: aq(a[0]))
+        for n, m in layers.items()]
     was_training = qmodel.training
     qmodel.eval()
     for m in acts:
@@ -64,18 +81,20 @@ def calibrate(qmodel: nn.Module, batches: Iterable[Tensor | np.ndarray]) -> nn.M
     seen = 0
     try:
         for xb in batches:
-            qmodel(torch.as_tensor(xb, dtype=torch.float32))
+            runner(torch.as_tensor(xb, dtype=torch.float32))
             seen += 1
     finally:
         for m in acts:
             m.finish_observing()
+        for h in hooks:
+            h.remove()
         qmodel.train(was_training)
     if seen == 0:
         raise ConfigError("calibration got no data; give a non-empty calibration split")
     for m in qmodel.modules():
         wq = getattr(m, "weight_quant", None) if isinstance(m, QUANT_TYPES) else None
         if wq is not None and not wq.learnable and not wq.fixed:
-            m.weight_quant.calibrate(m.weight)
+            wq.calibrate(m.weight)
     return qmodel
 
 
@@ -114,18 +133,22 @@ def quantize(model: nn.Module, policy: Policy, x: np.ndarray, cfg: QuantConfig |
     cfg = cfg or QuantConfig()
     t0 = time.perf_counter()
     algo = algorithm(cfg.weights, cfg.weight_params)
-    q = apply(model, policy, cfg)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if len(x) == 0:
+        raise ConfigError("calibration got no data; give a non-empty calibration split")
+    example = torch.from_numpy(x[:2])
+    q, fmodel = apply(model, policy, cfg, example), apply(model, Policy({}), cfg, example)
     xs = list(batches(x, cfg.batch_size))
-    calibrate(q, xs)
+    recalibrate = (lambda: calibrate(q, xs)) if sequential else (lambda: calibrate_alone(q, fmodel, xs))
+    recalibrate()
     ints = tuple(n for n, p in policy.precisions.items() if not p.is_float)
     layers: dict[str, dict[str, Any]] = {n: {} for n in ints}
     notes: list[str] = []
     if ints and (algo.needs_walk or cfg.bias_correction):
         from .bias import float_statistics
 
-        fmodel = apply(model, Policy({}), cfg)
         spec = Walk(ints, algo.granularity, algo.need_float, sequential)
-        wx = [torch.from_numpy(np.ascontiguousarray(b)) for b in walk_samples(fmodel, x, spec, cfg, notes)]
+        wx = [torch.from_numpy(b) for b in walk_samples(fmodel, x, spec, cfg, notes)]
         run = _WalkRun(fmodel, q, wx, notes, layers, on_step, cfg.seed)
         stats = float_statistics(fmodel, wx, ints) if cfg.bias_correction else None
         joint = cfg.bias_correction and algo.needs_walk and algo.granularity == "layer"
@@ -133,9 +156,35 @@ def quantize(model: nn.Module, policy: Policy, x: np.ndarray, cfg: QuantConfig |
             run.walk(spec, algo, stats if joint else None)
         if cfg.bias_correction and not joint:
             run.walk(Walk(ints, "layer", False, sequential), None, stats)
-        calibrate(q, xs)  # the ranges the final weights produce
+        recalibrate()  # the ranges the final weights produce
+    notes += fit_biases(q, ints)
     return q, PTQReport(algo.name, asdict(algo.params), cfg.bias_correction, sequential,
                         time.perf_counter() - t0, layers, tuple(notes))
+
+
+@torch.no_grad()
+def fit_biases(q: nn.Module, names: tuple[str, ...]) -> list[str]:
+    """Widen the weight step of every output channel whose bias would not fit its integer
+    type (int32 beside 8-bit inputs) on input scale x weight step, as TFLite's converter does:
+    a channel of near-zero weights after BatchNorm folding must keep its bias, not clamp it.
+    Returns a note per layer changed."""
+    from .quantizers import bias_qrange
+
+    notes = []
+    for name in names:
+        m = q.get_submodule(name)
+        scale = m.bias_scale()
+        if scale is None or m.bias is None:
+            continue
+        need = m.bias.detach().abs() / (m.act_quant.step_value() * bias_qrange(m.precision.act_bits)[1]) * 1.001
+        step = m.weight_quant.step_value().reshape(-1)
+        wide = step < need
+        if bool(wide.any()):
+            m.weight_quant.set_grid(torch.where(wide, need, step))
+            m.weight.data = m.weight_quant(m.weight).detach().clone()
+            notes.append(f"layer {name}: the weight step of {int(wide.sum())} channel(s) was widened so that their "
+                         "bias fits the integer kernel (near-zero weights)")
+    return notes
 
 
 MEMORY_SHARE = 0.4  # of the memory available when the walk starts, for the activations it keeps
@@ -181,6 +230,8 @@ class _WalkRun:
                 self.on_step(done, len(spec.layers), f"{what}: {', '.join(unit.layers)}")
             if algo is not None:
                 for name, info in algo.quantize(unit, self.qmodel, self.seed).items():
+                    if "note" in info:
+                        self.notes.append(info.pop("note"))
                     self.layers[name].update(info)
             if stats is not None:
                 for name, info in correct_bias(unit, self.qmodel, stats).items():

@@ -61,13 +61,13 @@ def walk(fmodel: nn.Module, qmodel: nn.Module, xs: list[Tensor], spec: Walk,
     except Exception as e:  # noqa: BLE001 - any tracing failure: fall back to hooks
         (notes if notes is not None else []).append(
             f"torch.fx cannot trace the model ({type(e).__name__}); walked layer by layer with hooks")
-        yield from _walk_hooks(fmodel, qmodel, xs, spec)
+        yield from _walk_hooks(fmodel, qmodel, xs, spec, notes)
         return
     try:
         plans = _plans(gm, fmodel, spec, notes)
     except _NotInGraph as e:
         (notes if notes is not None else []).append(f"{e}; walked layer by layer with hooks")
-        yield from _walk_hooks(fmodel, qmodel, xs, spec)
+        yield from _walk_hooks(fmodel, qmodel, xs, spec, notes)
         return
     yield from _walk_graph(gm, fmodel, qmodel, xs, plans, spec)
 
@@ -142,22 +142,29 @@ def _attr(model: nn.Module, target: str):
     return obj
 
 
-def _exec(node, env: dict, model: nn.Module, x: Tensor | None):
+def exec_node(node, env: dict, module: Callable[[str], nn.Module], root: nn.Module, x: Tensor | None):
+    """One torch.fx node's value: its inputs from `env`, modules from `module(target)`,
+    attributes from `root`, the (single) placeholder from `x`; the output node's is the
+    model's output."""
     from torch.fx.node import map_arg
 
     if node.op == "placeholder":
         return x
     if node.op == "get_attr":
-        return _attr(model, node.target)
+        return _attr(root, node.target)
     args = map_arg(node.args, lambda n: env[n])
     kwargs = map_arg(node.kwargs, lambda n: env[n])
     if node.op == "call_module":
-        return model.get_submodule(node.target)(*args, **kwargs)
+        return module(node.target)(*args, **kwargs)
     if node.op == "call_function":
         return node.target(*args, **kwargs)
     if node.op == "call_method":
         return getattr(args[0], node.target)(*args[1:], **kwargs)
-    return None  # output: not needed
+    return args[0]  # output
+
+
+def _exec(node, env: dict, model: nn.Module, x: Tensor | None):
+    return exec_node(node, env, model.get_submodule, model, x)
 
 
 def _run_plan(plan: _Plan, model: nn.Module, inputs: tuple) -> tuple:
@@ -235,12 +242,22 @@ def _unit(plan: _Plan, envs: dict, qmodel: nn.Module) -> Unit:
     return Unit(list(plan.layers), q_in, f_in, f_out, run)
 
 
-def _bytes(v) -> int:
+def _storages(v, out: dict[int, int]) -> dict[int, int]:
+    """Storage address -> bytes of every tensor in `v` (an alias, a view, counts once)."""
     if isinstance(v, Tensor):
-        return v.numel() * v.element_size()
-    if isinstance(v, tuple | list):
-        return sum(_bytes(a) for a in v)
-    return 0
+        st = v.untyped_storage()
+        out[st.data_ptr()] = st.nbytes()
+    elif isinstance(v, tuple | list):
+        for a in v:
+            _storages(a, out)
+    return out
+
+
+def _bytes(*values) -> int:
+    out: dict[int, int] = {}
+    for v in values:
+        _storages(v, out)
+    return sum(out.values())
 
 
 @torch.no_grad()
@@ -266,7 +283,7 @@ def sample_bytes(fmodel: nn.Module, x1: Tensor, spec: Walk) -> int:
     env, peak = {}, 0
     for i, node in enumerate(nodes):
         env[node] = _exec(node, env, fmodel, x1)
-        peak = max(peak, sum(_bytes(v) for v in env.values()))
+        peak = max(peak, _bytes(*env.values()))
         for n in [n for n in env if last[n] <= i]:
             del env[n]
     return envs * peak
@@ -296,6 +313,8 @@ def execution_order(model: nn.Module, x: Tensor, names: set[str]) -> list[str]:
 @torch.no_grad()
 def _capture(model: nn.Module, name: str, xs: list[Tensor], output: bool) -> tuple[list, list]:
     """The layer's input (and output) for every batch, stopping each pass at the layer."""
+    from ..errors import ConfigError
+
     ins, outs = [], []
 
     def hook(m, args, out=None):
@@ -312,11 +331,19 @@ def _capture(model: nn.Module, name: str, xs: list[Tensor], output: bool) -> tup
                 model(x)
     finally:
         h.remove()
+    if len(ins) != len(xs):
+        raise ConfigError(f"layer {name} ran on {len(ins)} of the {len(xs)} calibration batches (the model skips it "
+                          "for some inputs), so it cannot be quantized from its inputs; use --ptq minmax")
     return ins, outs
 
 
-def _walk_hooks(fmodel, qmodel, xs, spec: Walk) -> Iterator[Unit]:
-    for name in execution_order(fmodel, xs[0][:1], set(spec.layers)):
+def _walk_hooks(fmodel, qmodel, xs, spec: Walk, notes: list[str] | None) -> Iterator[Unit]:
+    order = execution_order(fmodel, xs[0], set(spec.layers))
+    missing = [n for n in spec.layers if n not in order]
+    if missing and notes is not None:
+        notes.append(f"layers {', '.join(missing)} did not run on the first calibration batch: they keep "
+                     "round-to-nearest weights")
+    for name in order:
         f_in, f_out = _capture(fmodel, name, xs, output=True) if spec.need_float or not spec.sequential \
             else (None, None)
         q_in = _capture(qmodel, name, xs, output=False)[0] if spec.sequential else f_in

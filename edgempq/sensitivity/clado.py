@@ -132,27 +132,9 @@ class ReuseRunner:
         raise RuntimeError("the traced graph has no output")  # pragma: no cover
 
     def _exec(self, node, env: dict, swaps: dict[str, nn.Module], x: torch.Tensor):
-        from torch.fx.node import map_arg
+        from ..quant.stream import exec_node
 
-        if node.op == "placeholder":
-            return x
-        args = map_arg(node.args, lambda n: env[n])
-        kwargs = map_arg(node.kwargs, lambda n: env[n])
-        if node.op == "call_module":
-            mod = swaps.get(node.target)
-            return (mod if mod is not None else self.modules[node.target])(*args, **kwargs)
-        if node.op == "call_function":
-            return node.target(*args, **kwargs)
-        if node.op == "call_method":
-            return getattr(args[0], node.target)(*args[1:], **kwargs)
-        if node.op == "get_attr":
-            obj = self.gm
-            for part in node.target.split("."):
-                obj = getattr(obj, part)
-            return obj
-        return args[0]  # output
-
-
+        return exec_node(node, env, lambda t: swaps[t] if t in swaps else self.modules[t], self.gm, x)
 
 
 @METHODS.register("clado")
@@ -170,6 +152,7 @@ class Clado(Method):
         psd: bool = False  # project G onto the PSD cone (the paper's fix for its quadratic solver)
         ptq: str = DEFAULT_WEIGHTS  # the weight algorithm (edgempq deploy --ptq)
         bias_correction: bool = True  # as deploy does by default
+        act_range: str = "minmax"  # or percentile, mse (edgempq deploy --act-range)
         seed: int = 0
 
         def __post_init__(self) -> None:

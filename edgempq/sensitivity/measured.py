@@ -45,9 +45,10 @@ def check_loss_params(method: str, samples: int, batch_size: int, loss: str, ptq
 
 
 def ptq_config(params) -> QuantConfig:
-    """The PTQ a loss-measuring method quantizes its layers with: the deployed one's algorithm."""
-    return QuantConfig(weights=params.ptq, bias_correction=params.bias_correction, batch_size=params.batch_size,
-                       seed=params.seed)
+    """The PTQ a loss-measuring method quantizes its layers with: deploy's algorithm (with its
+    default parameters), bias correction and activation ranges."""
+    return QuantConfig(weights=params.ptq, bias_correction=params.bias_correction, act_method=params.act_range,
+                       batch_size=params.batch_size, seed=params.seed)
 
 
 @METHODS.register("measured")
@@ -66,6 +67,7 @@ class Measured(Method):
         loss: str = "ce"  # or kl: divergence from the float model's outputs
         ptq: str = DEFAULT_WEIGHTS  # the weight algorithm (edgempq deploy --ptq)
         bias_correction: bool = True  # as deploy does by default
+        act_range: str = "minmax"  # or percentile, mse (edgempq deploy --act-range)
         seed: int = 0
 
         def __post_init__(self) -> None:

@@ -17,6 +17,7 @@ without the regulariser (the papers' defaults). At the end each weight rounds up
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -24,7 +25,7 @@ from torch import Tensor, nn
 
 from ...errors import ConfigError
 from ..moments import Moments, channel_scale, collect, weight_matrix
-from .base import ALGORITHMS, WeightAlgorithm, rtn_codes, set_codes
+from .base import ALGORITHMS, WeightAlgorithm, rtn_codes, set_codes, unaffordable
 from .mse import clip_search
 
 ZETA, GAMMA = 1.1, -0.1
@@ -185,6 +186,9 @@ class AdaRound(WeightAlgorithm):
     def _quantize_layer(self, unit, qmodel, seed):
         (name,) = unit.layers
         module = qmodel.get_submodule(name)
+        why = unaffordable(name, module, 6)  # three moments, their float32 copies
+        if why:
+            return {name: {"note": why}}
         m = collect(module, unit.inputs, unit.float_inputs if self.params.asym else None, seed)
         w = weight_matrix(module)
         scale = self._grid(module, w, m)
@@ -201,26 +205,40 @@ class AdaRound(WeightAlgorithm):
         modules = [qmodel.get_submodule(n) for n in unit.layers]
         before = block_error(unit)
         inputs = layer_inputs(unit, modules) if self.params.grid == "mse" else [None] * len(modules)
-        quantizers, roundings = [], []
+        roundings = []
         for mod, ins in zip(modules, inputs, strict=True):
             w = weight_matrix(mod)
             scale = self._grid(mod, w, None if ins is None else collect(mod, ins, None, seed))
             roundings.append(Rounding(w.float(), scale.float(), mod.weight_quant.qmin, mod.weight_quant.qmax,
                                       mod.weight.shape))
-            quantizers.append(mod.weight_quant)
-            mod.weight_quant = roundings[-1]
-        try:
-            with torch.enable_grad():
-                _block_round(unit, roundings, self._schedule(), self.params, seed)
-        finally:
-            for mod, wq in zip(modules, quantizers, strict=True):
-                mod.weight_quant = wq
+        with _learning(qmodel, modules, roundings):
+            _block_round(unit, roundings, self._schedule(), self.params, seed)
         for mod, r in zip(modules, roundings, strict=True):
             set_codes(mod, r.codes().double(), r.scale.double())
         info = {"rtn_error": before, "error": block_error(unit)}
         if len(unit.layers) > 1:
             info["block"] = ",".join(unit.layers)
         return {n: dict(info) for n in unit.layers}
+
+
+@contextlib.contextmanager
+def _learning(qmodel: nn.Module, modules: list[nn.Module], roundings: list[Rounding]):
+    """While a block's roundings are learned: each layer's weight quantizer replaced by its
+    Rounding, and the model's own parameters frozen (only V learns); all restored after."""
+    frozen = [(p, p.requires_grad) for p in qmodel.parameters()]
+    quantizers = [m.weight_quant for m in modules]
+    try:
+        for p, _ in frozen:
+            p.requires_grad_(False)
+        for mod, r in zip(modules, roundings, strict=True):
+            mod.weight_quant = r
+        with torch.enable_grad():
+            yield
+    finally:
+        for mod, wq in zip(modules, quantizers, strict=True):
+            mod.weight_quant = wq
+        for p, flag in frozen:
+            p.requires_grad_(flag)
 
 
 @torch.no_grad()

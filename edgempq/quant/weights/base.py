@@ -75,6 +75,24 @@ def set_codes(module: nn.Module, codes: Tensor, scale: Tensor) -> None:
     module.weight_quant.set_grid(scale.float().reshape(-1))
 
 
+MEMORY_SHARE = 0.5  # of the available memory a layer's statistics may take
+
+
+def unaffordable(name: str, module: nn.Module, matrices: int) -> str | None:
+    """Why the layer's d x d statistics (and their working copies) cannot be held in memory, or None."""
+    import psutil
+
+    from ..moments import statistics_bytes
+
+    need = statistics_bytes(module, matrices)
+    free = psutil.virtual_memory().available
+    if need <= MEMORY_SHARE * free:
+        return None
+    return (f"layer {name}: its {module.weight[0].numel():,} inputs per output need {need / 2**30:.1f} GB of "
+            f"statistics, more than half the {free / 2**30:.1f} GB free; rounded to nearest on its min-max grid "
+            "instead")
+
+
 def rtn_codes(w: Tensor, scale: Tensor, qmin: int, qmax: int) -> Tensor:
     """Round to nearest on the grid `scale`, clamped to the integer range."""
     return torch.clamp(torch.round(w / scale), qmin, qmax)
@@ -92,6 +110,9 @@ class LayerAlgorithm(WeightAlgorithm):
     def quantize(self, unit: Unit, qmodel: nn.Module, seed: int = 0) -> dict[str, dict[str, float]]:
         (name,) = unit.layers
         module = qmodel.get_submodule(name)
+        why = unaffordable(name, module, 5 + (2 if self.need_float else 0))  # moments, factor, working copies
+        if why:
+            return {name: {"note": why}}
         kw = {} if self.max_columns is None else {"max_columns": self.max_columns}
         m = collect(module, unit.inputs, unit.float_inputs if self.need_float else None, seed, **kw)
         wq = module.weight_quant
