@@ -193,3 +193,28 @@ def test_the_ptq_part_renders_its_tables_and_judges_its_targets(bench, tmp_path)
            " as good or better | **not met** |" in text
     assert "mnist_resnet8 -0.1 (0.970 → 0.969)" in text
     assert "| gptq+bc | 2 | 99.7 % | 99.7 % | 12 | 0.02 |" in text
+
+
+def test_splice_rewrites_one_part_and_keeps_the_others_as_measured(bench, tmp_path):
+    from edgempq.files import write_json
+
+    a = bench["all"]
+    old = tmp_path / "old"
+    old.mkdir()
+    write_json(old / "methods.json", _methods_result())
+    md = a.render(old, tmp_path / "BENCHMARKS.md", tmp_path / "plots")
+    before = md.read_text()
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    write_json(fresh / "ptq.json", _ptq_result())
+    text = a.splice(["ptq"], fresh, md, note="Part 5 measured again.").read_text()
+    methods = before[before.index("## 2."):].rstrip("\n") + "\n"
+    assert methods in text  # part 2 kept word for word
+    assert text.index("## Targets") < text.index("## 2.") < text.index("## 5. Low-bit PTQ")
+    assert "| search (ompq sensitivity + solve) under 30 s (mnist_resnet8) | 0.15 s | met |" in text
+    assert "| PTQ of ResNet-18 at 224 (256 calibration images) with the default under 5 min | 170 s | met |" in text
+    assert text.count("| target |") == 1 and "Part 5 measured again." in text
+    again = a.splice(["ptq"], fresh, md).read_text()
+    assert again.count("## 5. Low-bit PTQ") == 1 and again.count("with the default under 5 min") == 1
+    with pytest.raises(SystemExit, match="no results for part"):
+        a.splice(["device"], fresh, md)

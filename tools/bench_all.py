@@ -4,6 +4,7 @@
     .venv/bin/python tools/bench_all.py --quick               # a smoke run: one model, few budgets
     .venv/bin/python tools/bench_all.py --part device --part fidelity
     .venv/bin/python tools/bench_all.py --render              # BENCHMARKS.md from the results there
+    .venv/bin/python tools/bench_all.py --part ptq --splice   # rerun one part, keep the others' sections
 
 Parts (each also runnable alone as tools/bench_<part>.py):
   device    device-aware vs proxy-aware (BOPs, size) policies, deployed and timed on `host`
@@ -420,6 +421,79 @@ def fidelity_section(fid: dict) -> str:
     return "\n".join(out)
 
 
+def part_sections(parts: dict, plots: Path, base: Path) -> dict[str, str]:
+    """Each part's section of BENCHMARKS.md (with its blank line), in reading order, for the parts
+    with results (costs also from parts 1 and 2's timings)."""
+    out = {}
+    if parts["device"]:
+        out["device"] = device_section(parts["device"], plots, base) + "\n"
+    if parts["methods"]:
+        out["methods"] = methods_section(parts["methods"], plots, base) + "\n"
+    costs = parts["costs"] or costs_from_other_parts(parts["device"], parts["methods"])
+    if costs:
+        out["costs"] = costs_section(costs, parts["device"], parts["fidelity"]) + "\n"
+    if parts["fidelity"]:
+        out["fidelity"] = fidelity_section(parts["fidelity"]) + "\n"
+    if parts["ptq"]:
+        import bench_ptq
+
+        out["ptq"] = bench_ptq.section(parts["ptq"], table) + "\n"
+    return out
+
+
+def _sections(text: str) -> list[str]:
+    """`text` cut before each `## ` heading: the preamble, then one piece a section."""
+    import re
+
+    return re.split(r"(?m)^(?=## )", text)
+
+
+def splice(only: list[str], folder: Path = RESULTS, md: Path = MD, note: str | None = None) -> Path:
+    """Re-render in an existing BENCHMARKS.md only the sections of the parts in `only`, from the
+    results in `folder`, keeping every other section as it was measured before; their target rows
+    replace the rows of the same target and the others are appended. For a part run again alone,
+    when the other parts' results are not on this machine. `note` says so at the top."""
+    from edgempq.files import atomic_write_text
+
+    if not md.is_file():
+        raise SystemExit(f"{md} does not exist; run without --splice to write it from every part")
+    parts = {p: benchkit.load(p, folder) if p in only else None for p in PARTS}
+    missing = [p for p in only if parts[p] is None]
+    if missing:
+        raise SystemExit(f"no results for part(s) {', '.join(missing)} in {folder}; run them first")
+    fresh = part_sections(parts, md.parent / "benchmarks", md.parent)
+    pieces = _sections(md.read_text())
+    head, body = pieces[0], pieces[1:]
+    titles = {p: t.split("\n", 1)[0] for p, t in fresh.items()}
+    out = [piece for piece in body if piece.split("\n", 1)[0] not in titles.values()]
+    out = [_merge_targets(piece, targets_section(parts["device"], parts["methods"], parts["ptq"]))
+           if piece.startswith("## Targets") else piece for piece in out]
+    out += [fresh[p] for p in PARTS if p in fresh]
+    out.sort(key=_section_order)
+    if note:
+        head = head.rstrip("\n") + "\n\n" + note + "\n\n"
+    return atomic_write_text(md, (head + "".join(p if p.endswith("\n\n") else p.rstrip("\n") + "\n\n"
+                                                 for p in out)).rstrip() + "\n")
+
+
+def _section_order(piece: str) -> tuple[int, str]:
+    """Targets first, then the numbered parts in their order."""
+    title = piece.split("\n", 1)[0]
+    number = title[3:].split(".", 1)[0]
+    return (0, "") if title.startswith("## Targets") else (1, number.zfill(3) if number.isdigit() else title)
+
+
+def _merge_targets(old: str, new: str) -> str:
+    """The old Targets table with the new table's rows: same target replaced, others appended."""
+    rows = [line for line in new.splitlines() if line.startswith("| ") and not line.startswith("| target |")]
+    if not rows:
+        return old
+    key = {r.split(" | ", 1)[0]: r for r in rows}
+    lines = old.rstrip("\n").splitlines()
+    kept = [line for line in lines if line.split(" | ", 1)[0] not in key]
+    return "\n".join(kept + rows) + "\n\n"
+
+
 def render(folder: Path = RESULTS, md: Path = MD, plots: Path | None = None, wall: dict | None = None,
            note: str | None = None) -> Path:
     """BENCHMARKS.md from the parts' results in `folder`; the plots go into `plots` (default:
@@ -447,19 +521,7 @@ def render(folder: Path = RESULTS, md: Path = MD, plots: Path | None = None, wal
     if wall:
         lines += ["Wall time of this run: " + ", ".join(f"{k} {secs(v)}" for k, v in wall.items()) + ".", ""]
     lines += [targets_section(parts["device"], parts["methods"], parts["ptq"]), ""]
-    if parts["device"]:
-        lines += [device_section(parts["device"], plots, md.parent), ""]
-    if parts["methods"]:
-        lines += [methods_section(parts["methods"], plots, md.parent), ""]
-    costs = parts["costs"] or costs_from_other_parts(parts["device"], parts["methods"])
-    if costs:
-        lines += [costs_section(costs, parts["device"], parts["fidelity"]), ""]
-    if parts["fidelity"]:
-        lines += [fidelity_section(parts["fidelity"]), ""]
-    if parts["ptq"]:
-        import bench_ptq
-
-        lines += [bench_ptq.section(parts["ptq"], table), ""]
+    lines += [text for text in part_sections(parts, plots, md.parent).values()]
     return atomic_write_text(md, "\n".join(lines).rstrip() + "\n")
 
 
@@ -471,6 +533,8 @@ def main() -> None:
     ap.add_argument("--results", type=Path, default=RESULTS, help="the results folder (default %(default)s)")
     ap.add_argument("--md", type=Path, default=MD, help="the Markdown file to write (default BENCHMARKS.md)")
     ap.add_argument("--note", help="a sentence about this run for the reader (e.g. what else ran)")
+    ap.add_argument("--splice", action="store_true",
+                    help="rewrite only the --part sections in the existing BENCHMARKS.md, keep the others")
     ap.add_argument("--model", action="append", dest="only",
                     help="parts device and fidelity: run only this model again, keeping the others' results")
     args = ap.parse_args()
@@ -486,7 +550,12 @@ def main() -> None:
 
                 traceback.print_exc()
                 failed.append(part)
-    path = render(args.results, args.md, wall=wall or None, note=args.note)
+    if args.splice and not args.part:
+        sys.exit("--splice needs the --part(s) to rewrite")
+    if args.splice:
+        path = splice(args.part, args.results, args.md, args.note)
+    else:
+        path = render(args.results, args.md, wall=wall or None, note=args.note)
     log(f"wrote {path}")
     if failed:
         sys.exit(f"part(s) {', '.join(failed)} failed; see the traceback above")

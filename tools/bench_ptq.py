@@ -48,7 +48,7 @@ CONFIGS = {
 DEFAULT = "gptq+bc"
 QUICK_CONFIGS = ("minmax", "gptq+bc")
 FLOAT_GAP, AGREEMENT, R18_SECONDS = 0.01, 0.995, 300.0
-ESTIMATE_ITERS = (10, 30)  # block reconstruction on ResNet-18: timed at these, extrapolated
+ESTIMATE_ITERS = (10, 30)  # learned rounding on ResNet-18: timed at these, extrapolated
 
 
 def quant_config(label: str):
@@ -162,11 +162,12 @@ def resnet18_times(labels: tuple[str, ...], folder: Path) -> dict:
     for label in labels:
         log(f"resnet18: {label}")
         cfg = quant_config(label)
-        if cfg.weight_params.get("granularity") != "block":
+        if cfg.weights != "adaround":
             out["seconds"][label] = timed(cfg)
             continue
-        # block reconstruction of a 224x224 ResNet runs for hours on this CPU: two short runs
-        # give the time per iteration, extrapolated to the default iterations (labelled so)
+        # learned rounding of a 224x224 ResNet runs for 20 minutes (layer) to hours (block) on this
+        # CPU: two short runs give the time per iteration, extrapolated to the default iterations
+        # (labelled so)
         from dataclasses import replace
 
         from edgempq.quant.weights import algorithm
