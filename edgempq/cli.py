@@ -64,6 +64,10 @@ class _Group(click.Group):
         except EdgeMPQError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(1)
+        except click.UsageError as e:  # a bad option or value: one sentence too, not click's usage block
+            where, msg = e.ctx.command_path if e.ctx else "edgempq", e.format_message().rstrip(".")
+            click.echo(f"error: {msg}{' ' if msg.endswith('?') else '; '}see `{where} --help`", err=True)
+            sys.exit(1)
         except KeyboardInterrupt as e:
             # every output is written atomically, so an interrupted command leaves none behind;
             # a profile keeps the measurements it finished in the cache and resumes from them
@@ -250,8 +254,9 @@ def evaluate(model_spec: str, weights: str | None, data_spec: str | None, policy
             with _progress(f"PTQ {label} ({ptq})") as step:
                 rows.append(replace(simulate(model, ds, pol, cfg, on_step=step)[1], label=label))
     show.rows(rows, f"{model_spec} on {ds.name} (test split, {len(ds.splits['test'])} samples)")
-    click.echo(f"PTQ {ptq}{' + bias correction' if bias_correction else ''}, activation ranges {act_range}, "
-               f"on the calibration split ({len(ds.splits['calibration'])} samples)")
+    given = ", ".join(ptq_params) or "default parameters"
+    click.echo(f"PTQ {ptq} ({given}), {'with' if bias_correction else 'without'} bias correction, activation "
+               f"ranges {act_range}, on the calibration split ({len(ds.splits['calibration'])} samples)")
 
 
 
@@ -273,7 +278,8 @@ def targets() -> None:
 @main.command()
 @click.option("--device", "device", required=True, help="a built-in target name or a target .toml file")
 @click.option("--model", "model_spec", required=True, help=MODEL_HELP)
-@click.option("--weights", type=PATH, help="a state_dict (weights do not change latency)")
+@click.option("--weights", type=PATH, help="a state_dict: weights do not change latency, but the profile is "
+              "checked against the model deploy and validate load, so give the weights you will deploy")
 @click.option("--input-shape", help="CxHxW (or 1,C,H,W) when the model does not declare it")
 @click.option("--no-cache", is_flag=True, help="measure everything again, and do not store it")
 @click.option("--layers-only", is_flag=True, help="skip the end-to-end timings of the whole model")
@@ -329,7 +335,13 @@ def sensitivity(method: str, model_spec: str, weights: str | None, data_spec: st
         sens = pipeline.sensitivity(model, ds, method, chosen, list(params), step)
     sens.save(output)
     show.sensitivity(sens, layers, f"{method} on {model_spec} ({ds.name}, calibration split)")
-    click.echo(f"scored {len(sens.penalties)} (layer, precision) pairs; wrote {output}")
+    quant = ""
+    if "ptq" in sens.params:
+        p = sens.params
+        quant = (f", each layer quantized by PTQ {p['ptq']} ({p.get('ptq_params') or 'default parameters'}, "
+                 f"{'with' if p.get('bias_correction') else 'without'} bias correction, activation ranges "
+                 f"{p.get('act_range')})")
+    click.echo(f"scored {len(sens.penalties)} (layer, precision) pairs{quant}; wrote {output}")
 
 
 

@@ -4,6 +4,7 @@ a frozen `Params` dataclass whose defaults give each value its type."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 from .errors import ConfigError
@@ -13,7 +14,7 @@ def parse_params(cls: type, pairs: list[str] | dict[str, Any], kind: str = "meth
     """`cls.Params` from `key=value` strings (or a dict); unknown keys and bad values are errors
     that name the plugin (`kind` `cls.name`) and list the valid keys."""
     fields = {f.name: f for f in dataclasses.fields(cls.Params)}
-    items = dict(p.split("=", 1) if "=" in p else (p, None) for p in pairs) if isinstance(pairs, list) else pairs
+    items = _pairs(pairs, f"{kind} {cls.name}") if isinstance(pairs, list) else pairs
     values: dict[str, Any] = {}
     for k, v in items.items():
         if k not in fields:
@@ -29,6 +30,23 @@ def parse_params(cls: type, pairs: list[str] | dict[str, Any], kind: str = "meth
         raise ConfigError(f"bad parameters for {kind} {cls.name}: {e}") from None
 
 
+def _pairs(pairs: list[str], who: str) -> dict[str, str | None]:
+    """`key=value` strings as a dict; a key given twice is an error, not the last one silently."""
+    out: dict[str, str | None] = {}
+    for p in pairs:
+        k, v = p.split("=", 1) if "=" in p else (p, None)
+        if k in out:
+            raise ConfigError(f"parameter {k} of {who} is given twice ({k}={out[k]}, {k}={v}); give it once")
+        out[k] = v
+    return out
+
+
+def need(ok: bool, who: str, key: str, value: Any, rule: str) -> None:
+    """A parameter's range check: `who`'s `key=value` must be `rule`, said with the value given."""
+    if not ok:
+        raise ConfigError(f"parameter {key}={value!r} of {who} is out of range: it must be {rule}")
+
+
 def _convert(v: Any, default: Any, what: str) -> Any:
     if not isinstance(v, str):
         return v
@@ -40,9 +58,12 @@ def _convert(v: Any, default: Any, what: str) -> Any:
         if isinstance(default, int):
             return int(v)
         if isinstance(default, float):
-            return float(v)
+            f = float(v)
+            if not math.isfinite(f):
+                raise ValueError(v)
+            return f
     except ValueError:
-        kind = {bool: "true or false", int: "an integer", float: "a number"}.get(type(default), "text")
+        kind = {bool: "true or false", int: "an integer", float: "a finite number"}.get(type(default), "text")
         raise ConfigError(f"{what} must be {kind}, not {v!r}") from None
     if default is None and v.lower() == "none":
         return None

@@ -309,6 +309,7 @@ def deploy(model: LoadedModel, ds: Dataset, policy: Policy, target_spec: str, ou
         "model_hash": model.model_hash, "data": absolute_spec(data_spec or ds.name), "data_id": ds.data_id,
         "target": target.name, "qat_epochs": qat_epochs, "quant_config": cfg.to_dict(), "simulated_top1": sim_top1,
         "ptq": ptq.to_dict(), "exact": {"layers": len(art.exact), "checked": art.exact},
+        "quantizer_note": quantizer_mismatch(policy, cfg),
         "input_ranges": art.input_ranges,
         "tflite_bytes": len(art.tflite), "arena_bytes": art.arena_bytes, **io_details(art.tflite),
         "weight_bytes": {"predicted": policy_weight_bytes(layers, policy),
@@ -322,6 +323,39 @@ def deploy(model: LoadedModel, ds: Dataset, policy: Policy, target_spec: str, ou
     write(art, folder, report, policy, state_bytes(qmodel))
     write_report(folder, report)
     return report
+
+
+def quantizer_mismatch(policy: Policy, cfg: QuantConfig) -> str | None:
+    """A sentence when the policy's penalties were measured with another PTQ than `cfg` (its
+    algorithm, parameters, bias correction or activation ranges), else None."""
+    from .quant.weights import algorithm
+
+    q = policy.quantizer
+    if not q:
+        return None
+    ptq_params = [p.strip() for p in q.get("ptq_params", "").split(",") if p.strip()]
+    try:
+        theirs_params = asdict(algorithm(q["ptq"], ptq_params).params)
+    except ConfigError:
+        return (f"the policy's penalties were measured with PTQ {q['ptq']!r} ({', '.join(ptq_params)}), which "
+                "this version cannot build; its trade-offs may not hold for this deploy's quantizer")
+    ours_params = asdict(algorithm(cfg.weights, dict(cfg.weight_params)).params)
+    theirs = {"ptq": q["ptq"], **theirs_params, "bias_correction": q.get("bias_correction", True),
+              "act_range": q.get("act_range", "minmax")}
+    ours = {"ptq": cfg.weights, **ours_params, "bias_correction": cfg.bias_correction, "act_range": cfg.act_method}
+    if theirs == ours:
+        return None
+    if q["ptq"] == cfg.weights:
+        keys = [k for k in theirs if theirs[k] != ours.get(k)]
+    else:
+        keys = ["ptq"] + [k for k in ("bias_correction", "act_range") if theirs[k] != ours[k]]
+
+    def said(d: dict) -> str:
+        return ", ".join(f"{k}={d[k]}" for k in keys)
+
+    return (f"the policy's penalties were measured by {policy.method} with {said(theirs)}, but this deploy "
+            f"quantizes with {said(ours)}; the search's trade-offs may not hold for this quantizer (deploy with "
+            "the sensitivity's --ptq, --ptq-param, --bias-correction and --act-range, or score it with these)")
 
 
 def absolute_spec(spec: str) -> str:
@@ -349,8 +383,9 @@ def predicted_latency(policy: Policy, table: CostTable | None, target: str, mode
             raise ConfigError(f"the profile was measured on {table.target.name}, not on {target}; "
                               f"give the profile of {target}")
         if table.model_hash != model_hash:
-            raise ConfigError(f"the profile is of model {table.model_hash}, not {model_hash}; "
-                              "profile this model")
+            raise ConfigError(f"the profile was made for another model or other weights (fingerprint "
+                              f"{table.model_hash}, this model's {model_hash}); profile it with the same --model "
+                              "and --weights (the cached measurements make that quick)")
         return {**policy_latency(table, policy.precisions), "points": profile_points(table)}
     if policy.target == target and "latency_ms" in policy.predicted:
         return {"predicted_ms": policy.predicted["latency_ms"], "target": target}

@@ -165,11 +165,18 @@ def ptq_summary(d: dict) -> str | None:
     if exact is not None:
         text += (f" The artifact stores the simulation's integer weights, scales and biases in all {exact} integer "
                  "layers, checked bit for bit.")
-    tied = [n for n, r in (d.get("input_ranges") or {}).items() if r.get("from") == "artifact"]
+    ranges = d.get("input_ranges") or {}
+    kept = [r.get("scale_change") or 0.0 for r in ranges.values() if r.get("from") == "simulation"]
+    if kept:
+        text += (f" The artifact quantizes the inputs of {len(kept)} integer layer(s) with the simulation's "
+                 f"calibrated scale and zero point (largest relative scale difference {max(kept):.1e}, float "
+                 "rounding; the simulation then takes the artifact's exact values).")
+    tied = [n for n, r in ranges.items() if r.get("from") == "artifact"]
     if tied:
         text += (f" The input ranges of {', '.join(tied)} are the artifact's, not the simulation's calibration (the "
                  "graph ties them to another tensor's, e.g. through an average pool); the simulation uses them too.")
-    return text + "".join(f" Note: {n}." for n in ptq.get("notes") or [])
+    notes = [*(ptq.get("notes") or []), *([d["quantizer_note"]] if d.get("quantizer_note") else [])]
+    return text + "".join(f" Note: {n}." for n in notes)
 
 
 def ptq_blocks(d: dict) -> list[Block]:
@@ -178,14 +185,21 @@ def ptq_blocks(d: dict) -> list[Block]:
     if text is None:
         return []
     out: list[Block] = [("h2", "Quantization"), ("p", text)]
-    rows = [[name, _sci(info.get("rtn_error")), _sci(info.get("error")),
-             _sci(info.get("bias_shift", info.get("bias_correction"))),
-             info.get("block", "")]
-            for name, info in (d["ptq"].get("layers") or {}).items() if info]
+    rows, seen = [], set()
+    for name, info in (d["ptq"].get("layers") or {}).items():
+        if not info:
+            continue
+        block = info.get("block", "")
+        errors = [_sci(info.get("rtn_error")), _sci(info.get("error"))]
+        if block and block in seen:
+            errors = ["(the block's, above)"] * 2
+        seen.add(block)
+        rows.append([name, *errors, _sci(info.get("bias_shift", info.get("bias_correction"))), block])
     if rows:
         out.append(("p", "Output error of each layer on the calibration data, E‖ŵx̂ − wx‖² / E‖wx‖², with "
-                         "min-max rounding and with this PTQ; bias shift: the largest correction, in units of the "
-                         "layer's output spread; block: the layers reconstructed together."))
+                         "min-max rounding and with this PTQ (for layers reconstructed together, the block's "
+                         "output error, on its first layer's row); bias shift: the largest correction, in units "
+                         "of the layer's output spread; block: the layers reconstructed together."))
         out.append(("table", ["layer", "error, min-max rounding", "error, this PTQ", "bias shift", "block"], rows))
     return out
 

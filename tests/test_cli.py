@@ -53,6 +53,12 @@ def test_help_lists_the_verbs_without_importing_torch_or_tensorflow():
     (["sensitivity", "--method", "hawq", "--model", "zoo:mnist_resnet8", "--param", "probes=x"], "must be an integer"),
     (["sensitivity", "--method", "ompq", "--model", "zoo:mnist_resnet8", "--precisions", "w8a8",
       "--device", "host"], "not both"),
+    (["evaluate", "--model", "zoo:mnist_resnet8", "--act-range", "wide"],
+     "Invalid value for '--act-range': 'wide' is not one of 'minmax', 'percentile', 'mse'; see `"),
+    (["evaluate", "--model", "zoo:mnist_resnet8", "--ptq-param", "iters=5", "--ptq", "adaround", "--ptq-param",
+      "iters=6"], "parameter iters of PTQ algorithm adaround is given twice"),
+    (["deploy", "--nonsense"], "No such option '--nonsense'"),
+    (["nonsense"], "No such command 'nonsense'"),
 ])
 def test_user_errors_are_one_line_and_exit_1(args, needle):
     p = run(*args, check=False)

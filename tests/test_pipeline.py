@@ -28,3 +28,44 @@ def test_labels_beyond_the_model_outputs_are_refused(tmp_path):
     np.savez(tmp_path / "many.npz", x=x, y=np.arange(30) % 15)
     with pytest.raises(DataError, match="label 14 but model zoo:mnist_resnet8 has only 10 outputs"):
         load_model_and_data("zoo:mnist_resnet8", str(tmp_path / "many.npz"))
+
+
+def test_deploy_says_when_the_policy_was_scored_with_another_quantizer():
+    from edgempq.pipeline import quantizer_mismatch
+    from edgempq.quant import QuantConfig
+    from edgempq.schema import Precision
+
+    def policy(**q):
+        return Policy({"conv": Precision.parse("w4a8")}, method="measured",
+                      quantizer={"ptq": "gptq", "ptq_params": "", "bias_correction": True, "act_range": "minmax", **q})
+
+    assert quantizer_mismatch(Policy({"conv": Precision.parse("w4a8")}), QuantConfig()) is None
+    assert quantizer_mismatch(policy(), QuantConfig(weights="gptq", weight_params={"damp": 0.01})) is None
+    note = quantizer_mismatch(policy(), QuantConfig(weights="adaround", bias_correction=False))
+    assert note.startswith("the policy's penalties were measured by measured with ptq=gptq, bias_correction=True, "
+                           "but this deploy quantizes with ptq=adaround, bias_correction=False;")
+    note = quantizer_mismatch(policy(ptq_params="damp=0.1"), QuantConfig(weights="gptq"))
+    assert "with damp=0.1, but this deploy quantizes with damp=0.01" in note
+
+
+def test_the_reports_quantization_section_says_what_was_checked_and_labels_block_errors():
+    from edgempq.report import ptq_blocks, ptq_summary
+
+    d = {"quant_config": {"act_method": "minmax"}, "exact": {"layers": 3},
+         "ptq": {"weights": "adaround", "params": {"granularity": "block"}, "bias_correction": True, "seconds": 2.0,
+                 "notes": ["granularity=block found no block"],
+                 "layers": {"a": {"rtn_error": 0.5, "error": 0.1, "block": "a,b"},
+                            "b": {"rtn_error": 0.5, "error": 0.1, "block": "a,b"}, "c": {"rtn_error": 0.2}}},
+         "input_ranges": {"a": {"from": "simulation", "scale_change": 2e-7},
+                          "c": {"from": "artifact", "scale_change": 0.3}},
+         "quantizer_note": "the policy's penalties were measured by measured with ptq=gptq"}
+    text = ptq_summary(d)
+    assert "all 3 integer layers, checked bit for bit" in text
+    assert "inputs of 1 integer layer(s) with the simulation's calibrated scale and zero point (largest relative " \
+           "scale difference 2.0e-07" in text
+    assert "The input ranges of c are the artifact's" in text
+    assert text.endswith("Note: granularity=block found no block. Note: the policy's penalties were measured by "
+                         "measured with ptq=gptq.")
+    table = next(b for b in ptq_blocks(d) if b[0] == "table")
+    assert table[2][0][:3] == ["a", "0.5", "0.1"] and table[2][1][:3] == ["b", "(the block's, above)",
+                                                                          "(the block's, above)"]

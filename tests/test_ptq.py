@@ -70,6 +70,18 @@ def test_the_registry_names_every_algorithm_and_lists_them_for_a_wrong_name_or_k
         algorithm("gptq", ["blocks=64"])
     with pytest.raises(ConfigError, match="parameter iters of PTQ algorithm adaround must be an integer"):
         algorithm("adaround", ["iters=many"])
+    with pytest.raises(ConfigError, match=r"parameter b_start=1.0 of PTQ algorithm adaround is out of range: it "
+                                          r"must be >= b_end=5.0"):
+        algorithm("adaround", ["b_start=1", "b_end=5"])
+    with pytest.raises(ConfigError, match=r"parameter warmup=1.0 of PTQ algorithm adaround is out of range"):
+        algorithm("adaround", ["warmup=1"])
+    with pytest.raises(ConfigError, match="parameter damp of PTQ algorithm gptq must be a finite number, not 'inf'"):
+        algorithm("gptq", ["damp=inf"])
+    with pytest.raises(ConfigError, match=r"parameter iters of PTQ algorithm adaround is given twice \(iters=50, "
+                                          r"iters=60\); give it once"):
+        algorithm("adaround", ["iters=50", "iters=60"])
+    with pytest.raises(ConfigError, match="asym=False of PTQ algorithm adaround applies to granularity=layer only"):
+        algorithm("adaround", ["granularity=block", "asym=false"])
     for name in ALGORITHMS:  # frozen Params with defaults, as the sensitivity methods have
         params = algorithm(name).params
         assert dataclasses.is_dataclass(params) and type(params).__dataclass_params__.frozen
@@ -246,6 +258,14 @@ def test_block_reconstruction_learns_a_whole_residual_block():
     assert info["block"] == "layer2.0.downsample.0,layer2.0.conv1,layer2.0.conv2"
     assert info["error"] < info["rtn_error"]
     assert "block" not in report.layers["conv1"]  # the stem is a layer of its own
+    assert not any("found no block" in n for n in report.notes)
+
+
+def test_block_reconstruction_says_so_when_the_model_has_no_blocks(stack):
+    policy = Policy.uniform(trace(stack, Stack.input_shape), "w4a8")
+    cfg = QuantConfig(weights="adaround", weight_params={"granularity": "block", "iters": 20, "batch_size": 16})
+    _, report = quantize(stack, policy, _data(), cfg)
+    assert any("found no block of two or more integer layers" in n for n in report.notes)
 
 
 def test_a_conv_input_as_columns_reproduces_the_conv():

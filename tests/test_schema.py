@@ -35,7 +35,9 @@ def test_only_tflite_precisions_are_deployable():
 def _policy() -> Policy:
     return Policy({"conv1": Precision.parse("w4a8"), "fc": Precision.parse("f16")},
                   Budget(latency_ms=2.5, size_kb=40), method="csmpq", target="host", model_hash="abc",
-                  predicted={"latency_ms": 2.1, "size_bytes": 30000.0}, solver_status="OPTIMAL", gap=0.0)
+                  predicted={"latency_ms": 2.1, "size_bytes": 30000.0}, solver_status="OPTIMAL", gap=0.0,
+                  quantizer={"ptq": "adaround", "ptq_params": "iters=200", "bias_correction": True,
+                             "act_range": "minmax"})
 
 
 def test_policy_json_round_trip(tmp_path):
@@ -52,6 +54,8 @@ def test_policy_json_round_trip(tmp_path):
     (lambda d: d["layers"].append(dict(d["layers"][0])), "twice"),
     (lambda d: d["layers"][0].update(precision="int4"), "unknown precision"),
     (lambda d: d["budget"].update(latency_ms=-1), "positive"),
+    (lambda d: d["quantizer"].update(grid="mse"), "unknown key"),
+    (lambda d: d["quantizer"].update(bias_correction="yes"), "wrong type"),
 ])
 def test_policy_from_json_rejects_bad_documents(edit, needle):
     d = _policy().to_dict()

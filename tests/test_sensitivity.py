@@ -200,11 +200,28 @@ def test_measured_penalty_is_the_loss_increase_of_quantizing_one_layer_with_the_
     assert s.params["ptq"] == ptq
 
 
-def test_a_loss_measuring_method_refuses_an_unknown_ptq_algorithm(tiny):
+def test_a_loss_measuring_method_refuses_an_unknown_ptq_algorithm_parameter_or_range(tiny):
     m, layers, precisions, data = tiny
     for method in ("measured", "clado"):
         with pytest.raises(ConfigError, match="unknown PTQ algorithm 'rtn'"):
             compute(method, m, layers, precisions, data, {"ptq": "rtn"})
+        with pytest.raises(ConfigError, match="PTQ algorithm gptq has no parameter 'iters'"):
+            compute(method, m, layers, precisions, data, {"ptq": "gptq", "ptq_params": "iters=5"})
+        with pytest.raises(ConfigError, match=f"parameter act_range of method {method} must be one of minmax, "
+                                              "percentile, mse, not 'wide'"):
+            compute(method, m, layers, precisions, data, {"act_range": "wide"})
+
+
+def test_a_loss_measuring_method_quantizes_with_the_algorithms_parameters_it_is_given():
+    from edgempq.sensitivity import get_method, parse_params
+    from edgempq.sensitivity.measured import ptq_config
+
+    for method in ("measured", "clado"):
+        p = parse_params(get_method(method), ["ptq=adaround", "ptq_params=iters=7, granularity=block",
+                                              "bias_correction=false", "act_range=mse"])
+        cfg = ptq_config(p)
+        assert (cfg.weights, cfg.weight_params["iters"], cfg.weight_params["granularity"]) == ("adaround", 7, "block")
+        assert (cfg.bias_correction, cfg.act_method) == (False, "mse")
 
 
 # -- the contract, over every registered method -----------------------------------------------------
@@ -235,7 +252,7 @@ def test_unknown_method_and_parameters_are_clear_errors():
         get_method("nope")
     with pytest.raises(ConfigError, match="has no parameter 'betta'; its parameters are: beta="):
         parse_params(get_method("ompq"), ["betta=1"])
-    with pytest.raises(ConfigError, match="must be a number"):
+    with pytest.raises(ConfigError, match="must be a finite number"):
         parse_params(get_method("ompq"), ["beta=high"])
     with pytest.raises(ConfigError, match="csmpq mode must be qat or ptq"):
         parse_params(get_method("csmpq"), ["mode=both"])

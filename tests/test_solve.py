@@ -220,6 +220,11 @@ def test_solve_builds_the_problem_from_layers_and_writes_a_policy(two_layer):
     assert {k: str(v) for k, v in pol.precisions.items()} == {"conv": "f32", "fc": "w8a8"}
     assert pol.predicted["size_bytes"] <= 6 * 1024 and pol.solver_status == "optimal" and pol.model_hash == "h"
     pol.check_layers(layers)
+    assert pol.quantizer is None  # a proxy method quantized nothing
+    measured = Sensitivity("measured", sens.penalties, params={"samples": 8, "ptq": "gptq", "ptq_params": "",
+                                                               "bias_correction": True, "act_range": "mse"})
+    assert solve(layers, measured, None, Budget(size_kb=6), TARGET).quantizer == {
+        "ptq": "gptq", "ptq_params": "", "bias_correction": True, "act_range": "mse"}
     with pytest.raises(ConfigError, match="latency budget needs the device profile"):
         solve(layers, sens, None, Budget(latency_ms=1), TARGET)
     with pytest.raises(ConfigError, match="no score for layer conv at w8a8"):

@@ -224,8 +224,9 @@ class _WalkRun:
         from .bias import correct_bias
         from .stream import walk
 
-        done, what = 0, algo.name if algo else "bias correction"
+        done, what, widest = 0, algo.name if algo else "bias correction", 0
         for unit in walk(self.fmodel, self.qmodel, self.xs, spec, self.notes):
+            widest = max(widest, len(unit.layers))
             if self.on_step:
                 self.on_step(done, len(spec.layers), f"{what}: {', '.join(unit.layers)}")
             if algo is not None:
@@ -237,5 +238,8 @@ class _WalkRun:
                 for name, info in correct_bias(unit, self.qmodel, stats).items():
                     self.layers[name].update(info)
             done += len(unit.layers)
+        if spec.granularity == "block" and widest == 1:
+            self.notes.append("granularity=block found no block of two or more integer layers in this model (no "
+                              "residual blocks), so each layer was reconstructed on its own, by mini-batches")
         if self.on_step:
             self.on_step(done, len(spec.layers), "done")

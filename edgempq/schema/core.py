@@ -235,6 +235,17 @@ class Budget(JsonDoc):
 _BUDGET_KEYS = ("latency_ms", "size_kb", "bops", "ram_kb")
 
 
+QUANTIZER_KEYS = {"ptq": str, "ptq_params": str, "bias_correction": bool, "act_range": str}
+
+
+def _quantizer(d: Any) -> dict[str, Any] | None:
+    """A policy's `quantizer`: the loss-measuring sensitivity's PTQ settings, typed."""
+    if d is None:
+        return None
+    _check_keys(d, "policy quantizer", set(), set(QUANTIZER_KEYS))
+    return {k: _typed(v, QUANTIZER_KEYS[k], f"policy quantizer {k}") for k, v in d.items()}
+
+
 @dataclass(frozen=True)
 class Policy(JsonDoc):
     """One precision per searchable layer, with where it came from and what it is predicted to
@@ -249,6 +260,8 @@ class Policy(JsonDoc):
     predicted: dict[str, float] = field(default_factory=dict)  # latency_ms, size_bytes, bops, objective
     solver_status: str | None = None
     gap: float | None = None
+    # the PTQ the penalties were measured with (measured, clado): ptq, ptq_params, bias_correction, act_range
+    quantizer: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         for name, p in self.precisions.items():
@@ -290,11 +303,12 @@ class Policy(JsonDoc):
             "predicted": dict(self.predicted),
             "solver_status": self.solver_status,
             "gap": self.gap,
+            **({"quantizer": dict(self.quantizer)} if self.quantizer else {}),
         }
 
     @classmethod
     def from_dict(cls, d: Any) -> Policy:
-        opt = {"budget", "method", "target", "model_hash", "predicted", "solver_status", "gap"}
+        opt = {"budget", "method", "target", "model_hash", "predicted", "solver_status", "gap", "quantizer"}
         _check_keys(d, "policy", {"schema_version", "layers"}, opt)
         _check_version(d, "policy")
         rows = d["layers"]
@@ -322,4 +336,5 @@ class Policy(JsonDoc):
             {k: float(v) for k, v in predicted.items()},
             d.get("solver_status"),
             None if gap is None else float(_typed(gap, int | float, "policy gap")),
+            _quantizer(d.get("quantizer")),
         )

@@ -151,12 +151,14 @@ class Clado(Method):
         loss: str = "ce"  # or kl: divergence from the float model's outputs
         psd: bool = False  # project G onto the PSD cone (the paper's fix for its quadratic solver)
         ptq: str = DEFAULT_WEIGHTS  # the weight algorithm (edgempq deploy --ptq)
+        ptq_params: str = ""  # its parameters, e.g. iters=200,granularity=block (deploy --ptq-param)
         bias_correction: bool = True  # as deploy does by default
         act_range: str = "minmax"  # or percentile, mse (edgempq deploy --act-range)
         seed: int = 0
 
         def __post_init__(self) -> None:
-            check_loss_params("clado", self.samples, self.batch_size, self.loss, self.ptq)
+            check_loss_params("clado", self.samples, self.batch_size, self.loss, self.ptq, self.ptq_params,
+                              self.act_range)
 
     def compute(self, model, layers, precisions, data, on_step=None):
         from ..schema import Sensitivity

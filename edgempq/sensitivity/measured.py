@@ -33,22 +33,37 @@ def mean_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: in
     return total / len(x)
 
 
-def check_loss_params(method: str, samples: int, batch_size: int, loss: str, ptq: str = DEFAULT_WEIGHTS) -> None:
-    """The parameters the loss-measuring methods share; `ptq` must name a PTQ algorithm."""
-    from ..quant.weights import algorithm
+def check_loss_params(method: str, samples: int, batch_size: int, loss: str, ptq: str = DEFAULT_WEIGHTS,
+                      ptq_params: str = "", act_range: str = "minmax") -> None:
+    """The parameters the loss-measuring methods share; `ptq` must name a PTQ algorithm that
+    takes `ptq_params`, and `act_range` a range method."""
+    from ..quant.quantizers import RANGE_METHODS
 
     if samples < 1 or batch_size < 1:
         raise ConfigError(f"{method} needs samples >= 1 and batch_size >= 1")
     if loss not in ("ce", "kl"):
         raise ConfigError(f"{method} loss must be ce or kl, not {loss!r}")
-    algorithm(ptq)
+    if act_range not in RANGE_METHODS:
+        raise ConfigError(f"parameter act_range of method {method} must be one of {', '.join(RANGE_METHODS)}, "
+                          f"not {act_range!r}")
+    weight_algorithm(ptq, ptq_params)
+
+
+def weight_algorithm(ptq: str, ptq_params: str):
+    """The algorithm `ptq` with `ptq_params` (comma-separated key=value, as deploy's --ptq-param)."""
+    from ..quant.weights import algorithm
+
+    return algorithm(ptq, [p.strip() for p in ptq_params.split(",") if p.strip()])
 
 
 def ptq_config(params) -> QuantConfig:
-    """The PTQ a loss-measuring method quantizes its layers with: deploy's algorithm (with its
-    default parameters), bias correction and activation ranges."""
-    return QuantConfig(weights=params.ptq, bias_correction=params.bias_correction, act_method=params.act_range,
-                       batch_size=params.batch_size, seed=params.seed)
+    """The PTQ a loss-measuring method quantizes its layers with: deploy's algorithm with its
+    parameters, bias correction and activation ranges."""
+    from dataclasses import asdict
+
+    weights = asdict(weight_algorithm(params.ptq, params.ptq_params).params)
+    return QuantConfig(weights=params.ptq, weight_params=weights, bias_correction=params.bias_correction,
+                       act_method=params.act_range, batch_size=params.batch_size, seed=params.seed)
 
 
 @METHODS.register("measured")
@@ -66,12 +81,14 @@ class Measured(Method):
         batch_size: int = 64
         loss: str = "ce"  # or kl: divergence from the float model's outputs
         ptq: str = DEFAULT_WEIGHTS  # the weight algorithm (edgempq deploy --ptq)
+        ptq_params: str = ""  # its parameters, e.g. iters=200,granularity=block (deploy --ptq-param)
         bias_correction: bool = True  # as deploy does by default
         act_range: str = "minmax"  # or percentile, mse (edgempq deploy --act-range)
         seed: int = 0
 
         def __post_init__(self) -> None:
-            check_loss_params("measured", self.samples, self.batch_size, self.loss, self.ptq)
+            check_loss_params("measured", self.samples, self.batch_size, self.loss, self.ptq, self.ptq_params,
+                              self.act_range)
 
     def compute(self, model, layers, precisions, data, on_step=None):
         from ..schema import Sensitivity

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import ConfigError
+from ...params import need
 from ..moments import Moments, channel_scale, collect, weight_matrix
 from .base import ALGORITHMS, WeightAlgorithm, rtn_codes, set_codes, unaffordable
 from .mse import clip_search
@@ -158,8 +159,20 @@ class AdaRound(WeightAlgorithm):
                 raise ConfigError(f"adaround granularity must be layer or block, not {self.granularity!r}")
             if self.grid not in ("minmax", "mse"):
                 raise ConfigError(f"adaround grid must be minmax or mse, not {self.grid!r}")
-            if self.iters < 1 or self.batch_size < 1 or not self.lr > 0 or not 0 <= self.warmup < 1:
-                raise ConfigError("adaround needs iters >= 1, batch_size >= 1, lr > 0 and 0 <= warmup < 1")
+            who = "PTQ algorithm adaround"
+            need(self.iters >= 1, who, "iters", self.iters, ">= 1")
+            need(self.batch_size >= 1, who, "batch_size", self.batch_size, ">= 1")
+            need(self.lr > 0, who, "lr", self.lr, "> 0")
+            need(self.weight >= 0, who, "weight", self.weight, ">= 0")
+            need(0 <= self.warmup < 1, who, "warmup", self.warmup, "in [0, 1): the share of iterations before "
+                 "the rounding term starts")
+            need(self.b_end > 0, who, "b_end", self.b_end, "> 0")
+            need(self.b_start >= self.b_end, who, "b_start", self.b_start,
+                 f">= b_end={self.b_end}: the temperature anneals from b_start down to b_end")
+            if self.granularity == "block" and not self.asym:
+                raise ConfigError("parameter asym=False of PTQ algorithm adaround applies to granularity=layer "
+                                  "only: block reconstruction (BRECQ) always reconstructs the float model's block "
+                                  "outputs from the quantized inputs; drop asym=false")
 
     @property
     def granularity(self) -> str:

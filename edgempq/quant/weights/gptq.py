@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from ...errors import ConfigError
+from ...params import need
 from ..moments import channel_scale
 from .base import ALGORITHMS, LayerAlgorithm
 from .mse import clip_search
@@ -91,8 +92,9 @@ class Gptq(LayerAlgorithm):
         grid: str = "minmax"  # or mse: the per-channel step the rounding works on
 
         def __post_init__(self) -> None:
-            if self.block_size < 1 or not self.damp > 0:
-                raise ConfigError("gptq needs block_size >= 1 and damp > 0")
+            need(self.block_size >= 1, "PTQ algorithm gptq", "block_size", self.block_size, ">= 1")
+            need(self.damp > 0, "PTQ algorithm gptq", "damp", self.damp,
+                 "> 0 (a share of the Hessian's mean diagonal, 0.01 in the paper)")
             if self.grid not in ("minmax", "mse"):
                 raise ConfigError(f"gptq grid must be minmax or mse, not {self.grid!r}")
 

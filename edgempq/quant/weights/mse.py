@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ...errors import ConfigError
+from ...params import need
 from ..moments import Moments
 from .base import ALGORITHMS, LayerAlgorithm, rtn_codes
 
@@ -48,8 +48,8 @@ class Mse(LayerAlgorithm):
         asym: bool = False  # target the float model's output (its inputs unquantized) instead of w x̂
 
         def __post_init__(self) -> None:
-            if self.coarse < 1 or self.fine < 0:
-                raise ConfigError("mse needs coarse >= 1 and fine >= 0")
+            need(self.coarse >= 1, "PTQ algorithm mse", "coarse", self.coarse, ">= 1")
+            need(self.fine >= 0, "PTQ algorithm mse", "fine", self.fine, ">= 0")
 
     @property
     def need_float(self) -> bool:
