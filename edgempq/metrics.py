@@ -25,7 +25,7 @@ def topk(logits: np.ndarray, y: np.ndarray, k: int = 1) -> float:
     if len(y) == 0:
         return float("nan")
     k = min(k, logits.shape[1])
-    top = np.argsort(-logits, axis=1)[:, :k]
+    top = np.argsort(-logits, axis=1, kind="stable")[:, :k]  # ties to the lower class, as argmax
     return float(np.mean(np.any(top == y[:, None], axis=1)))
 
 

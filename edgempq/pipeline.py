@@ -18,7 +18,7 @@ from .data import Dataset, load_data
 from .errors import ConfigError, DataError, InfeasibleError, ModelError
 from .files import atomic_write_bytes, write_json
 from .layers import F32, policy_bops, policy_weight_bytes, trace, weight_bytes
-from .metrics import accuracy
+from .metrics import accuracy, predict, topk
 from .models import LoadedModel, load_model
 from .quant import PTQReport, QuantConfig, apply, finetune, quantize
 from .schema import CostTable, Policy, Precision
@@ -284,7 +284,7 @@ def deploy(model: LoadedModel, ds: Dataset, policy: Policy, target_spec: str, ou
     `profile`, the policy's predicted latency per layer is recorded; `sweep` (search --sweep's
     JSON) adds the Pareto front to the report; `weights` and `data_spec` are recorded so that
     validate can rebuild the model and its data."""
-    from .export.deploy import build, c_array, check_target, io_details, microcontroller_checks, write
+    from .export.deploy import build, c_array, check_target, io_details, microcontroller_checks, output_levels, write
     from .report import check_sweep, write_report
     from .targets import load_target
 
@@ -299,7 +299,9 @@ def deploy(model: LoadedModel, ds: Dataset, policy: Policy, target_spec: str, ou
     qmodel, ptq = quantized(model, ds, policy, cfg, qat_epochs, on_step)
     art = build(layers, qmodel, model.input_shape, policy, ds.split("calibration")[0])
     # the simulation now holds the artifact's input ranges (see export.exact): measured after
-    sim_top1 = accuracy(qmodel, *ds.split("test"))
+    io = io_details(art.tflite)
+    x_test, y_test = ds.split("test")  # the simulation's logits, read as the artifact's integer output
+    sim_top1 = topk(output_levels(predict(qmodel, x_test), io["output"]), y_test, 1)
     if target.backend == "tflm":
         art.files = dict(zip(("model_data.h", "model_data.cc"), c_array(art.tflite), strict=True))
         microcontroller_checks(art, target)
@@ -311,7 +313,7 @@ def deploy(model: LoadedModel, ds: Dataset, policy: Policy, target_spec: str, ou
         "ptq": ptq.to_dict(), "exact": {"layers": len(art.exact), "checked": art.exact},
         "quantizer_note": quantizer_mismatch(policy, cfg),
         "input_ranges": art.input_ranges,
-        "tflite_bytes": len(art.tflite), "arena_bytes": art.arena_bytes, **io_details(art.tflite),
+        "tflite_bytes": len(art.tflite), "arena_bytes": art.arena_bytes, **io,
         "weight_bytes": {"predicted": policy_weight_bytes(layers, policy),
                          "artifact": sum(f["weight_bytes"] for f in art.found.values()) + fixed},
         "latency": latency, "sweep": sweep,

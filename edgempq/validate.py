@@ -107,7 +107,7 @@ def validate(artifact: str | Path, target_spec: str, data_spec: str | None = Non
 
     from .backends.base import io_quantization
 
-    inp, _ = io_quantization(data)
+    inp, out_io = io_quantization(data)
     layout = to_model_layout(inp["shape"])
     model, ds = _model_and_data(model_spec, data_spec, weights, inp["shape"])
     if model is not None and deploy.get("model_hash") and model.model_hash != deploy["model_hash"]:
@@ -146,7 +146,9 @@ def validate(artifact: str | Path, target_spec: str, data_spec: str | None = Non
         qmodel = _simulation(model, ds, policy, sim_state, deploy)
         result["simulated_policy"] = str(policy_path) if policy_path else "the deployed policy"
         result["simulation"] = "saved by deploy" if sim_state is not None else "calibrated again (PTQ)"
-        sim = _logits(qmodel, x)
+        from .export.deploy import output_levels
+
+        sim = output_levels(_logits(qmodel, x), out_io)  # read as the artifact's integer output
         result["simulated_top1"] = _top1(sim, y)
         agree = np.argmax(sim, axis=1) == ev.predictions
         err = np.abs(sim - ev.logits)

@@ -104,6 +104,12 @@ def test_the_artifact_computes_what_was_simulated(deployed):
         o = runner(**{inp["name"]: v})[out["name"]][0].astype(np.float32)
         art.append(o if out["dtype"] == "float32" else (o - out["zero_point"]) * out["scale"])
     art = np.array(art)
+    from edgempq.export.deploy import output_levels
+
+    sim = output_levels(sim, out)  # the simulation read as the artifact's output type
+    if out["dtype"] != "float32":  # then every simulated logit lies on the artifact's output grid
+        steps = sim / out["scale"] + out["zero_point"]
+        assert np.abs(steps - np.round(steps)).max() < 1e-3
     assert (art.argmax(1) == sim.argmax(1)).mean() >= 0.99
     # the layers' integers agree exactly; what is left is the activations between them (pools, adds)
     assert np.abs(art - sim).max() <= 0.05 * (np.abs(sim).max())
@@ -209,3 +215,13 @@ def test_the_artifact_takes_the_simulations_activation_ranges_whatever_their_cal
         assert r["scale"] == pytest.approx(float(aq.step_value()), rel=1e-5), name
         assert abs(r["zero_point_change"]) <= 1 and r["scale_change"] < 1e-5, name
     assert report["quant_config"]["act_method"] == "percentile"
+
+
+def test_output_levels_round_to_the_artifacts_integer_output_and_leave_a_float_one():
+    from edgempq.export.deploy import output_levels
+
+    v = np.array([[-20.0, -0.25, 0.25, 0.74, 0.76, 80.0]], np.float32)
+    q = output_levels(v, {"dtype": "int8", "scale": 0.5, "zero_point": -10})
+    # ±0.5 steps round away from zero, as the kernels do; 80 is q=150, clamped to 127: (127 + 10) x 0.5
+    assert q.tolist() == [[-20.0, -0.5, 0.5, 0.5, 1.0, 68.5]]
+    assert output_levels(v, {"dtype": "float32", "scale": 0.0, "zero_point": 0}) is v
