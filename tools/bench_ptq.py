@@ -358,7 +358,7 @@ def _fidelity(res: dict, table) -> str:
 def _mixed(mix: dict) -> str:
     rows = mix["rows"]
     diffs = [r["default_top1"] - r["minmax_top1"] for r in rows]
-    worse = sorted((d, r) for d, r in zip(diffs, rows, strict=True) if d < 0)
+    worse = sorted(((d, r) for d, r in zip(diffs, rows, strict=True) if d < 0), key=lambda t: t[0])
     per = {}
     for r, d in zip(rows, diffs, strict=True):
         per.setdefault(r["model"], []).append(d)
