@@ -86,7 +86,7 @@ def test_train_then_evaluate_a_user_model_from_a_file(tmp_path):
     assert not list(tmp_path.glob(".w.pt*"))  # no temporary left behind
     p = run("evaluate", "--model", spec, "--weights", str(w), "--data", "digits", "--precision", "w3a8",
             "--ptq", "adaround", "--ptq-param", "iters=50", "--bias-correction")
-    assert "w3a8" in p.stdout and "PTQ adaround + bias correction" in p.stdout
+    assert "w3a8" in p.stdout and "PTQ adaround (iters=50), with bias correction" in p.stdout
     p = run("evaluate", "--model", spec, "--weights", str(w), "--data", "digits", "--precision", "w4a8",
             "--ptq", "adaround", "--ptq-param", "iter=50", check=False)
     assert p.returncode == 1 and "Traceback" not in p.stderr
