@@ -55,8 +55,21 @@ def _quant_config(ptq: str, ptq_params: tuple[str, ...], bias_correction: bool, 
     return QuantConfig(weights=ptq, weight_params=params, bias_correction=bias_correction, act_method=act_range)
 
 
+def _usage_error(e: click.UsageError) -> None:
+    where, msg = e.ctx.command_path if e.ctx else "edgempq", e.format_message().rstrip(".")
+    click.echo(f"error: {msg}{' ' if msg.endswith('?') else '; '}see `{where} --help`", err=True)
+    sys.exit(1)
+
+
 class _Group(click.Group):
     """Turns our errors into one line on stderr and exit status 1, never a traceback."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:  # the group's own options (`edgempq --bogus`)
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as e:
+            _usage_error(e)
+            raise  # pragma: no cover - _usage_error exits
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -65,9 +78,7 @@ class _Group(click.Group):
             click.echo(f"error: {e}", err=True)
             sys.exit(1)
         except click.UsageError as e:  # a bad option or value: one sentence too, not click's usage block
-            where, msg = e.ctx.command_path if e.ctx else "edgempq", e.format_message().rstrip(".")
-            click.echo(f"error: {msg}{' ' if msg.endswith('?') else '; '}see `{where} --help`", err=True)
-            sys.exit(1)
+            _usage_error(e)
         except KeyboardInterrupt as e:
             # every output is written atomically, so an interrupted command leaves none behind;
             # a profile keeps the measurements it finished in the cache and resumes from them

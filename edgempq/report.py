@@ -169,8 +169,8 @@ def ptq_summary(d: dict) -> str | None:
     kept = [r.get("scale_change") or 0.0 for r in ranges.values() if r.get("from") == "simulation"]
     if kept:
         text += (f" The artifact quantizes the inputs of {len(kept)} integer layer(s) with the simulation's "
-                 f"calibrated scale and zero point (largest relative scale difference {max(kept):.1e}, float "
-                 "rounding; the simulation then takes the artifact's exact values).")
+                 f"calibrated scale and zero point (up to float rounding: largest relative scale difference "
+                 f"{max(kept):.1e}, zero points within 1; the simulation then takes the artifact's exact values).")
     tied = [n for n, r in ranges.items() if r.get("from") == "artifact"]
     if tied:
         text += (f" The input ranges of {', '.join(tied)} are the artifact's, not the simulation's calibration (the "

@@ -355,12 +355,12 @@ def solve(layers: list[Layer], sensitivity: Sensitivity, costs: CostTable | None
                  "ram_bytes": sol.totals["ram_bytes"], "solve_seconds": sol.seconds}
     if costs is not None:
         predicted["latency_ms"] = sol.totals["latency_ms"]
-    from .schema.core import QUANTIZER_KEYS
+    from .schema.core import QUANTIZER_KEYS, _quantizer
 
     quantizer = {k: sensitivity.params[k] for k in QUANTIZER_KEYS if k in sensitivity.params}
     return Policy({la: Precision.parse(p) for la, p in sol.precisions.items()}, budget, sensitivity.method,
                   target.name, sensitivity.model_hash, predicted, sol.status, sol.gap,
-                  quantizer if "ptq" in quantizer else None)
+                  _quantizer(quantizer) if "ptq" in quantizer else None)
 
 
 def shared_input_groups(costs: CostTable) -> tuple[tuple[str, ...], ...]:

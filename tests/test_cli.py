@@ -59,6 +59,7 @@ def test_help_lists_the_verbs_without_importing_torch_or_tensorflow():
       "iters=6"], "parameter iters of PTQ algorithm adaround is given twice"),
     (["deploy", "--nonsense"], "No such option '--nonsense'"),
     (["nonsense"], "No such command 'nonsense'"),
+    (["--nonsense"], "No such option '--nonsense'"),
 ])
 def test_user_errors_are_one_line_and_exit_1(args, needle):
     p = run(*args, check=False)

@@ -461,7 +461,10 @@ def splice(only: list[str], folder: Path = RESULTS, md: Path = MD, note: str | N
     missing = [p for p in only if parts[p] is None]
     if missing:
         raise SystemExit(f"no results for part(s) {', '.join(missing)} in {folder}; run them first")
-    fresh = part_sections(parts, md.parent / "benchmarks", md.parent)
+    plots = md.parent / "benchmarks"
+    plots.mkdir(parents=True, exist_ok=True)
+    # only the parts asked for: costs would otherwise be rebuilt from a rerun part 1 alone
+    fresh = {p: text for p, text in part_sections(parts, plots, md.parent).items() if p in only}
     pieces = _sections(md.read_text())
     head, body = pieces[0], pieces[1:]
     titles = {p: t.split("\n", 1)[0] for p, t in fresh.items()}
@@ -538,6 +541,10 @@ def main() -> None:
     ap.add_argument("--model", action="append", dest="only",
                     help="parts device and fidelity: run only this model again, keeping the others' results")
     args = ap.parse_args()
+    if args.splice and not args.part:
+        sys.exit("--splice needs the --part(s) to rewrite")
+    if args.splice and not args.md.is_file():
+        sys.exit(f"{args.md} does not exist; run without --splice to write it from every part")
     wall, failed = {}, []
     if not args.render:
         for part in [p for p in RUN_ORDER if p in (args.part or PARTS)]:
@@ -550,8 +557,6 @@ def main() -> None:
 
                 traceback.print_exc()
                 failed.append(part)
-    if args.splice and not args.part:
-        sys.exit("--splice needs the --part(s) to rewrite")
     if args.splice:
         path = splice(args.part, args.results, args.md, args.note)
     else:

@@ -239,7 +239,7 @@ class _WalkRun:
                     self.layers[name].update(info)
             done += len(unit.layers)
         if spec.granularity == "block" and widest == 1:
-            self.notes.append("granularity=block found no block of two or more integer layers in this model (no "
-                              "residual blocks), so each layer was reconstructed on its own, by mini-batches")
+            self.notes.append("granularity=block found no block of two or more integer layers in this policy, "
+                              "so each layer was reconstructed on its own, by mini-batches")
         if self.on_step:
             self.on_step(done, len(spec.layers), "done")

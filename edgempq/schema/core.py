@@ -242,7 +242,7 @@ def _quantizer(d: Any) -> dict[str, Any] | None:
     """A policy's `quantizer`: the loss-measuring sensitivity's PTQ settings, typed."""
     if d is None:
         return None
-    _check_keys(d, "policy quantizer", set(), set(QUANTIZER_KEYS))
+    _check_keys(d, "policy quantizer", {"ptq"}, set(QUANTIZER_KEYS) - {"ptq"})
     return {k: _typed(v, QUANTIZER_KEYS[k], f"policy quantizer {k}") for k, v in d.items()}
 
 

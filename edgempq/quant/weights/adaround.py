@@ -172,7 +172,7 @@ class AdaRound(WeightAlgorithm):
             if self.granularity == "block" and not self.asym:
                 raise ConfigError("parameter asym=False of PTQ algorithm adaround applies to granularity=layer "
                                   "only: block reconstruction (BRECQ) always reconstructs the float model's block "
-                                  "outputs from the quantized inputs; drop asym=false")
+                                  "outputs from the quantized inputs; drop asym=False")
 
     @property
     def granularity(self) -> str:
