@@ -14,8 +14,8 @@ import math
 import time
 from dataclasses import dataclass, field
 
+from .costs import bops, weight_bytes
 from .errors import ConfigError, InfeasibleError
-from .layers import bops, weight_bytes
 from .schema import Budget, CostTable, Layer, Policy, Precision, Sensitivity, Target
 
 METRICS = {"latency_ms": ("latency_ms", 1.0, "ms"), "size_kb": ("size_bytes", 1024.0, "KB"),

@@ -276,3 +276,12 @@ def test_the_largest_fixed_layer_counts_against_the_ram_budget():
     with pytest.raises(InfeasibleError, match="ram_kb=2 .* at least 4"):
         solve_problem(p, Budget(ram_kb=2))
     assert solve_problem(p, Budget(ram_kb=4)).totals["ram_bytes"] == 4096
+
+
+def test_the_solver_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, edgempq.solve; print('torch' in sys.modules)"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert p.stdout.strip() == "False"
