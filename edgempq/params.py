@@ -30,6 +30,11 @@ def parse_params(cls: type, pairs: list[str] | dict[str, Any], kind: str = "meth
         raise ConfigError(f"bad parameters for {kind} {cls.name}: {e}") from None
 
 
+def split_pairs(text: str) -> list[str]:
+    """`key=value` strings from comma-separated text (a sensitivity's `ptq_params`)."""
+    return [p.strip() for p in text.split(",") if p.strip()]
+
+
 def _pairs(pairs: list[str], who: str) -> dict[str, str | None]:
     """`key=value` strings as a dict; a key given twice is an error, not the last one silently."""
     out: dict[str, str | None] = {}

@@ -330,12 +330,13 @@ def deploy(model: LoadedModel, ds: Dataset, policy: Policy, target_spec: str, ou
 def quantizer_mismatch(policy: Policy, cfg: QuantConfig) -> str | None:
     """A sentence when the policy's penalties were measured with another PTQ than `cfg` (its
     algorithm, parameters, bias correction or activation ranges), else None."""
+    from .params import split_pairs
     from .quant.weights import algorithm
 
     q = policy.quantizer
     if not q:
         return None
-    ptq_params = [p.strip() for p in q.get("ptq_params", "").split(",") if p.strip()]
+    ptq_params = split_pairs(q.get("ptq_params", ""))
     try:
         theirs_params = asdict(algorithm(q["ptq"], ptq_params).params)
     except ConfigError:

@@ -51,11 +51,12 @@ def check_loss_params(method: str, samples: int, batch_size: int, loss: str, ptq
 
 def weight_algorithm(ptq: str, ptq_params: str):
     """The algorithm `ptq` with `ptq_params` (comma-separated key=value, as deploy's --ptq-param)."""
+    from ..params import split_pairs
     from ..quant.weights import algorithm
 
     if not isinstance(ptq_params, str):
         raise ConfigError(f"ptq_params must be text such as 'iters=200,granularity=block', not {ptq_params!r}")
-    return algorithm(ptq, [p.strip() for p in ptq_params.split(",") if p.strip()])
+    return algorithm(ptq, split_pairs(ptq_params))
 
 
 def ptq_config(params) -> QuantConfig:
