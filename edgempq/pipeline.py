@@ -312,7 +312,7 @@ def deploy(model: LoadedModel, ds: Dataset, policy: Policy, target_spec: str, ou
         "target": target.name, "qat_epochs": qat_epochs, "quant_config": cfg.to_dict(), "simulated_top1": sim_top1,
         "ptq": ptq.to_dict(), "exact": {"layers": len(art.exact), "checked": art.exact},
         "quantizer_note": quantizer_mismatch(policy, cfg),
-        "input_ranges": art.input_ranges,
+        "input_ranges": art.input_ranges, "output_rounding": art.rounding,
         "tflite_bytes": len(art.tflite), "arena_bytes": art.arena_bytes, **io,
         "weight_bytes": {"predicted": policy_weight_bytes(layers, policy),
                          "artifact": sum(f["weight_bytes"] for f in art.found.values()) + fixed},
@@ -397,7 +397,10 @@ def predicted_latency(policy: Policy, table: CostTable | None, target: str, mode
 
 def simulated_model(model: LoadedModel, policy: Policy, state: dict, cfg: QuantConfig | None = None) -> torch.nn.Module:
     """The simulated model deploy saved (simulation.pt), rebuilt on `model`'s architecture."""
+    from .export.rounding import saved_quantizers
+
     q = apply(model.module, policy, cfg)
+    saved_quantizers(q, state)
     try:
         q.load_state_dict(state)
     except RuntimeError as e:

@@ -146,6 +146,8 @@ def validate(artifact: str | Path, target_spec: str, data_spec: str | None = Non
         qmodel = _simulation(model, ds, policy, sim_state, deploy)
         result["simulated_policy"] = str(policy_path) if policy_path else "the deployed policy"
         result["simulation"] = "saved by deploy" if sim_state is not None else "calibrated again (PTQ)"
+        if _adopt_rounding(qmodel, data, deploy, policy, layout(x[:8])):
+            result["simulation"] += "; output rounding measured on the artifact"
         from .export.deploy import output_levels
 
         sim = output_levels(_logits(qmodel, x), out_io)  # read as the artifact's integer output
@@ -219,6 +221,26 @@ def _simulation(model: Any, ds: Any, policy: Any, state_path: Path | None, deplo
         return simulated_model(model, policy, state, cfg)
     q, _ = simulate(model, ds, policy, cfg)
     return q
+
+
+def _adopt_rounding(qmodel: Any, data: bytes, deploy: dict, policy: Any, x: np.ndarray) -> bool:
+    """A simulation without its artifact's output rounding (saved by an older deploy, or
+    calibrated again) takes it from the artifact, measured on `x`; whether it did."""
+    from .quant.modules import QUANT_TYPES
+
+    if any(getattr(m, "out_quant", None) is not None for m in qmodel.modules() if isinstance(m, QUANT_TYPES)):
+        return False
+    from .divergence import _ops_by_output
+
+    ops = _ops_by_output(data)
+    rows = [r for r in deploy.get("layers") or [] if isinstance(r, dict) and r.get("op_output") in ops
+            and r.get("layer") in policy.precisions and not policy.precisions[r["layer"]].is_float]
+    if not rows:
+        return False
+    from .export.rounding import adopt, measure
+
+    adopt(qmodel, measure(data, {r["layer"]: ops[r["op_output"]][0] for r in rows}, x))
+    return True
 
 
 def _latency(timing: Any, deploy: dict, policy: Any, profile_path: Any, target: str) -> dict:

@@ -35,6 +35,7 @@ class Artifact:
     arena_bytes: int | None = None
     exact: dict[str, dict] = field(default_factory=dict)  # integer layer -> what was compared, bit for bit
     input_ranges: dict[str, dict] = field(default_factory=dict)  # integer layer -> simulation vs artifact
+    rounding: dict[str, dict] = field(default_factory=dict)  # integer layer -> its op's output rounding
 
 
 def check_target(layers: list[Layer], policy: Policy, target: Target) -> None:
@@ -65,7 +66,7 @@ def export_module(qmodel):
                     mod.weight = nn.Parameter(mod._qweight().detach().clone())
                 if mod.bias is not None:
                     mod.bias = nn.Parameter(mod._qbias().detach().clone())
-            for attr in ("weight_quant", "act_quant"):
+            for attr in ("weight_quant", "act_quant", "out_quant"):
                 if attr in mod._modules:
                     del mod._modules[attr]
                 mod.__dict__.pop(attr, None)
@@ -117,10 +118,23 @@ def build(layers: list[Layer], qmodel, input_shape: tuple[int, ...], policy: Pol
     out = carry(out, {n: ops[n].index for n in ints}, values)
     exact = check(out, {n: ops[n].index for n in ints}, values)
     ops = _checked_ops(out, mapping, policy)
+    rounding = output_rounding(qmodel, out, {n: ops[n].index for n in ints}, base, calibration)
     found = {name: {"op": got.op, "weight_type": got.weight_type, "activation_type": got.act_type,
                     "weight_bytes": got.weight_bytes} for name, got in ops.items()}
     check_loads(out)
-    return Artifact(out, rules, mapping, found, exact=exact, input_ranges=ranges)
+    return Artifact(out, rules, mapping, found, exact=exact, input_ranges=ranges, rounding=rounding)
+
+
+def output_rounding(qmodel, model: bytes, ops: dict[str, int], base: bytes, calibration: np.ndarray) -> dict:
+    """Measure how each integer op rounds its output (on a few calibration samples) and make
+    the simulation round the same way; returns what deploy.json records."""
+    from .rounding import SAMPLES, adopt, measure, summary
+
+    feed = calibration_feed(base, calibration[:SAMPLES])
+    name = next(iter(feed[0]))
+    found = measure(model, ops, np.concatenate([f[name] for f in feed]))
+    adopt(qmodel, found)
+    return summary(found)
 
 
 def _values(qmodel, name: str, kind: str):

@@ -74,6 +74,7 @@ class _QuantMixin:
         self.precision = precision
         self.weight_quant: nn.Module | None = None
         self.act_quant: nn.Module | None = None
+        self.out_quant: nn.Module | None = None  # the artifact's output rounding, once deployed
         if not precision.is_float:
             self.weight_quant = WeightQuantizer(precision.weight_bits)
             self.weight_quant.calibrate(self.weight)
@@ -88,6 +89,17 @@ class _QuantMixin:
 
     def _qinput(self, x: Tensor) -> Tensor:
         return x if self.act_quant is None else self.act_quant(x)
+
+    def _qoutput(self, y: Tensor) -> Tensor:
+        return y if self.out_quant is None else self.out_quant(y)
+
+    def set_output_rounding(self, quantizer: nn.Module | None) -> None:
+        """Round this layer's output as its artifact op does (`quant.requant.OutputQuantizer`);
+        None simulates a float output, as before deployment."""
+        if "out_quant" in self._modules:
+            del self._modules["out_quant"]
+        self.__dict__.pop("out_quant", None)
+        self.out_quant = quantizer
 
     def bias_scale(self) -> Tensor | None:
         """Per output channel, input scale x weight scale: the bias's scale in the integer
@@ -115,12 +127,12 @@ class _QuantMixin:
 
 class QConv2d(_QuantMixin, nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(self._qinput(x), self._qweight(), self._qbias())
+        return self._qoutput(self._conv_forward(self._qinput(x), self._qweight(), self._qbias()))
 
 
 class QLinear(_QuantMixin, nn.Linear):
     def forward(self, x: Tensor) -> Tensor:
-        return nn.functional.linear(self._qinput(x), self._qweight(), self._qbias())
+        return self._qoutput(nn.functional.linear(self._qinput(x), self._qweight(), self._qbias()))
 
 
 QUANT_TYPES = (QConv2d, QLinear)

@@ -253,12 +253,26 @@ class ActQuantizer(_StepQuantizer):
         self.zero_point.data = torch.tensor(float(zero_point), dtype=self.zero_point.dtype)
         self.calibrated = True
 
+    @torch.no_grad()
+    def set_input_grid(self, grid: tuple[float, int, int, int] | None) -> None:
+        """Round inputs to another integer grid first, (scale, zero point, qmin, qmax): where the
+        artifact converts another width's integers into this layer's input (a QUANTIZE op)."""
+        if grid is None:
+            self.__dict__.pop("input_grid", None)
+            self._buffers.pop("input_grid", None)
+            return
+        self.register_buffer("input_grid", torch.tensor([float(v) for v in grid], dtype=torch.float64))
+
     def forward(self, x: Tensor) -> Tensor:
         if self.observing:
             self._observe(x)
             return x
         if not self.calibrated:
             raise ConfigError("an activation quantizer was used before calibration; run PTQ calibration first")
+        grid = self._buffers.get("input_grid")
+        if grid is not None:
+            s, z, lo, hi = (float(v) for v in grid)
+            x = x + (((torch.clamp(torch.round(x.double() / s) + z, lo, hi) - z) * s).to(x.dtype) - x).detach()
         return fake_quantize(x, self.step(x), self.zero_point, self.qmin, self.qmax)
 
     def extra_repr(self) -> str:

@@ -1,0 +1,129 @@
+"""How an integer op rounds its accumulator to its output: the rules LiteRT's kernels use, exactly
+in integers and emulated on the simulation's float outputs.
+
+An integer conv or fully connected op computes acc = sum((x - x_zp) * w) + bias in int32/int64
+and writes clamp(requantize(acc, M[c]) + out_zp) with M[c] = input scale x weight scale[c] /
+output scale. Kernels differ in `requantize`, and the difference is systematic, not noise:
+
+* ``nearest``: acc x M rounded to nearest (XNNPACK's fp32 requantization: int8 weights beside
+  8-bit activations, and fully connected ops, on this machine's LiteRT);
+* ``double``: M as a Q31 fixed-point multiplier and a right shift, rounded twice: the doubling
+  high multiply rounds half away from zero at 2^-shift, the shift then rounds half up (ruy's
+  requantization, which LiteRT's built-in conv kernels use, e.g. for int4 weights). Values just
+  below a half step round up: up to 2^-(shift+1) of a step, on every value of the layer;
+* ``reduced``: the Q31 multiplier cut to 16 bits and one shift rounding half up (the 16x8
+  kernels, 16-bit activations).
+
+The rule an artifact's op follows is measured, not assumed (`export.rounding`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+RULES = ("nearest", "double", "reduced")
+
+
+def quantize_multiplier(mult: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per channel (q, e) with mult = q x 2^(e - 31), q a Q31 integer in [2^30, 2^31)."""
+    mant, e = np.frexp(np.asarray(mult, np.float64))
+    q = np.round(mant * 2.0**31).astype(np.int64)
+    carry = q == 2**31
+    return np.where(carry, 2**30, q), np.where(carry, e + 1, e).astype(np.int64)
+
+
+def _reduced(q: np.ndarray) -> np.ndarray:
+    return np.where(q < 0x7FFF0000, (q + (1 << 15)) >> 16, 0x7FFF)
+
+
+def requantize(acc: np.ndarray, mult: np.ndarray, rule: str) -> np.ndarray:
+    """The integer an op with `rule` writes for accumulators `acc` (int64, channels last) before
+    its zero point and clamp; `mult` per channel (the last axis)."""
+    acc = np.asarray(acc, np.int64)
+    if rule == "nearest":
+        return np.round(acc * np.asarray(mult, np.float64)).astype(np.int64)
+    q, e = quantize_multiplier(mult)
+    if rule == "double":
+        left, right = np.maximum(e, 0), np.maximum(-e, 0)
+        prod = (acc << left) * q
+        high = np.where(prod >= 0, (prod + (1 << 30)) >> 31, -((-prod + (1 << 30)) >> 31))  # half away from 0
+        half = np.where(right > 0, np.int64(1) << np.maximum(right - 1, 0), 0)
+        return (high + half) >> right
+    if rule == "reduced":
+        shift = 15 - e
+        return (acc * _reduced(q) + (np.int64(1) << (shift - 1))) >> shift
+    raise ValueError(f"unknown rounding rule {rule!r}; choose one of {', '.join(RULES)}")
+
+
+class OutputQuantizer(nn.Module):
+    """An integer layer's output as its artifact op writes it: the op's output scale and zero
+    point, the clamp of its fused activation, and its kernel's rounding rule, emulated on the
+    float output (value / scale is acc x M up to float rounding)."""
+
+    def __init__(self, channels: int, channel_dim: int) -> None:
+        super().__init__()
+        self.channel_dim = channel_dim
+        self.register_buffer("scale", torch.ones((), dtype=torch.float64))
+        self.register_buffer("zero_point", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("bounds", torch.tensor([-128.0, 127.0], dtype=torch.float64))
+        self.register_buffer("rule", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("steps", torch.ones(channels, dtype=torch.float64))  # 2^shift of `double`
+        self.register_buffer("factor", torch.ones(channels, dtype=torch.float64))  # kernel's M / exact M
+        # a QUANTIZE op's grid the output is converted to next (scale, zero point, qmin, qmax), or
+        # all zero: none
+        self.register_buffer("then", torch.zeros(4, dtype=torch.float64))
+
+    @classmethod
+    def build(cls, rule: str, scale: float, zero_point: int, qmin: int, qmax: int, mult: np.ndarray,
+              channel_dim: int, then: tuple[float, int, int, int] | None = None) -> OutputQuantizer:
+        mult = np.asarray(mult, np.float64)
+        q, e = quantize_multiplier(mult)
+        steps, factor = np.ones_like(mult), np.ones_like(mult)
+        if rule == "double":
+            steps, factor = 2.0 ** np.maximum(-e, 0), q * 2.0 ** (e - 31) / mult
+        elif rule == "reduced":
+            factor = _reduced(q) * 2.0 ** (e - 15) / mult
+        elif rule != "nearest":
+            raise ValueError(f"unknown rounding rule {rule!r}; choose one of {', '.join(RULES)}")
+        out = cls(len(mult), channel_dim)
+        out.scale.fill_(float(scale))
+        out.zero_point.fill_(float(zero_point))
+        out.bounds.copy_(torch.tensor([float(qmin), float(qmax)], dtype=torch.float64))
+        out.rule.fill_(RULES.index(rule))
+        out.steps.copy_(torch.from_numpy(steps))
+        out.factor.copy_(torch.from_numpy(factor))
+        if then is not None:
+            out.then.copy_(torch.tensor([float(v) for v in then], dtype=torch.float64))
+        return out
+
+    @property
+    def rule_name(self) -> str:
+        return RULES[int(self.rule)]
+
+    def _per_channel(self, t: Tensor, ndim: int) -> Tensor:
+        shape = [1] * ndim
+        shape[self.channel_dim] = -1
+        return t.reshape(shape)
+
+    def forward(self, y: Tensor) -> Tensor:
+        v = y.detach().double() / self.scale * self._per_channel(self.factor, y.dim())
+        rule = int(self.rule)
+        if rule == 0:
+            q = torch.round(v)
+        elif rule == 1:
+            p = self._per_channel(self.steps, y.dim())
+            high = torch.sign(v) * torch.floor(torch.abs(v) * p + 0.5)
+            q = torch.floor(high / p + 0.5)
+        else:
+            q = torch.floor(v + 0.5)
+        q = torch.clamp(q + self.zero_point, self.bounds[0], self.bounds[1])
+        real = (q - self.zero_point) * self.scale
+        if float(self.then[0]) > 0:
+            s, z, lo, hi = self.then
+            real = (torch.clamp(torch.round(real / s) + z, lo, hi) - z) * s
+        out = real.to(y.dtype)
+        return y + (out - y).detach()  # gradients pass straight through
+
+    def extra_repr(self) -> str:
+        return f"rule={self.rule_name}, channels={len(self.steps)}"
