@@ -2,6 +2,7 @@
 
     .venv/bin/python tools/bench_ptq.py [--quick]     (or tools/bench_all.py --part ptq)
     .venv/bin/python tools/bench_ptq.py --revalidate  # validate the saved artifacts again
+    .venv/bin/python tools/bench_ptq.py --mixed       # simulate the mixed policies again (paired test)
 
 The models are trained here the way a user quickly trains one (Adam, lr 2e-3, batch 64, four
 epochs over the 3,700-digit MNIST training split, constant learning rate, no augmentation),
@@ -50,6 +51,7 @@ CONFIGS = {
 DEFAULT = "gptq+bc"
 QUICK_CONFIGS = ("minmax", "gptq+bc")
 FLOAT_GAP, AGREEMENT, R18_SECONDS = 0.01, 0.995, 300.0
+SIGNIFICANT = 0.05  # a mixed policy is worse than min-max only if a paired exact test says so at this level
 ESTIMATE_ITERS = (10, 30)  # learned rounding on ResNet-18: timed at these, extrapolated
 
 
@@ -216,9 +218,45 @@ def mixed(folder: Path, quick: bool) -> dict:
         model, ds = models[name]
         pol = Policy({k: Precision.parse(v) for k, v in bits.items()})
         log(f"mixed policy {i + 1}/{len(policies)} ({name})")
-        old, new = (simulated_row(model, ds, pol, label)["sim_top1"] for label in ("minmax", DEFAULT))
-        rows.append({"model": name, "precisions": bits, "minmax_top1": old, "default_top1": new})
+        old, new = (correct_on_test(model, ds, pol, label) for label in ("minmax", DEFAULT))
+        rows.append({"model": name, "precisions": bits, "minmax_top1": float(old.mean()),
+                     "default_top1": float(new.mean()), **paired(old, new)})
     return {"policies": len(rows), "rows": rows}
+
+
+def correct_on_test(model, ds, policy, label: str):
+    """Per test sample, whether `label`'s simulation of `policy` classifies it right."""
+    import numpy as np
+
+    from edgempq.metrics import predict
+    from edgempq.pipeline import simulate
+
+    q, _ = simulate(model, ds, policy, quant_config(label))
+    x, y = ds.split("test")
+    return np.argmax(predict(q, x), axis=1) == y
+
+
+def paired(old, new) -> dict:
+    """The samples only min-max gets right and only the default gets right, and the one-sided
+    exact (McNemar / sign) test's p-value that the default is the worse: P(X >= only_minmax)
+    for X ~ Binomial(discordant, 1/2)."""
+    from math import comb
+
+    b, c = int((old & ~new).sum()), int((new & ~old).sum())
+    n = b + c
+    p = sum(comb(n, k) for k in range(b, n + 1)) / 2**n if n else 1.0
+    return {"only_minmax": b, "only_default": c, "p_worse": p}
+
+
+def rerun_mixed(folder: Path = RESULTS) -> dict:
+    """Simulate the mixed policies again (with per-sample outcomes), keeping the rest of part 5."""
+    res = benchkit.load("ptq", folder)
+    if res is None:
+        raise SystemExit(f"no part 5 results in {folder}; run tools/bench_ptq.py first")
+    res["mixed"] = mixed(folder, bool(res.get("quick")))
+    res["mixed"]["date"] = benchkit.machine()["date"]
+    benchkit.save("ptq", res, folder)
+    return res
 
 
 def run(quick: bool = False, folder: Path = RESULTS) -> dict:
@@ -277,6 +315,13 @@ def targets(res: dict) -> list[list[str]]:
         out.append(["no mixed policy of parts 1 and 2 loses accuracy against the first round's min-max PTQ",
                     f"{len(mix) - len(worse)}/{len(mix)} policies as good or better",
                     "met" if not worse else "**not met**"])
+        if all("p_worse" in r for r in mix):
+            sig = [r for r in mix if r["p_worse"] < SIGNIFICANT]
+            low = min(r["p_worse"] for r in worse) if worse else None
+            out.append([f"… none significantly worse (paired exact test on the test samples, p < {SIGNIFICANT})",
+                        f"{len(sig)} significantly worse" + (f"; lowest p among those below: {low:.2f}" if worse
+                                                              else ""),
+                        "met" if not sig else "**not met**"])
     return out
 
 
@@ -295,9 +340,10 @@ def section(res: dict, table) -> str:
            "(seed 0, w4a8 and w2a8); `+bc` adds empirical bias correction. "
            f"The default is `{res['default']}`. Cells: top-1 change against float in points, simulated; deployed "
            "(artifact on `host`) in brackets. w3a8 and w2a8 are simulation only."
-           + (f" The artifacts were validated again on {res['revalidated']} with the version that reads the "
-              "simulation's logits as the artifact's integer output (`tools/bench_ptq.py --revalidate`); "
-              "their simulated top-1 is that simulation's." if res.get("revalidated") else ""), ""]
+           + (f" The artifacts were validated again on {res['revalidated']} (`tools/bench_ptq.py --revalidate`) "
+              "with the version that reads the simulation's logits as the artifact's integer output and rounds "
+              "each integer layer's output as its op does (the rule measured on the artifact); their simulated "
+              "top-1 is that simulation's." if res.get("revalidated") else ""), ""]
     for prec in DEPLOYABLE + SIMULATED:
         rows = []
         for m in res["models"]:
@@ -370,7 +416,13 @@ def _mixed(mix: dict) -> str:
            f"in points: {text}."]
     if worse:
         out.append("Policies where the default is below min-max: " + "; ".join(
-            f"{r['model']} {_pts(d)} ({r['minmax_top1']:.3f} → {r['default_top1']:.3f})" for d, r in worse) + ".")
+            f"{r['model']} {_pts(d)} ({r['minmax_top1']:.3f} → {r['default_top1']:.3f}"
+            + (f"; test samples only min-max gets right {r['only_minmax']}, only the default {r['only_default']}, "
+               f"p = {r['p_worse']:.2f}" if "p_worse" in r else "") + ")" for d, r in worse) + ".")
+    if all("p_worse" in r for r in rows):
+        out.append(f"p is the one-sided exact sign (McNemar) test on the samples where the two disagree, that the "
+                   f"default is the worse; below {SIGNIFICANT} would be a real loss"
+                   + (f" (simulated again on {mix['date']})" if mix.get("date") else "") + ".")
     return "\n".join(out)
 
 
@@ -402,5 +454,12 @@ if __name__ == "__main__":
     ap.add_argument("--quick", action="store_true", help="one model, one seed, min-max and the default")
     ap.add_argument("--revalidate", action="store_true",
                     help="validate the saved artifacts again with this version, without quantizing again")
+    ap.add_argument("--mixed", action="store_true",
+                    help="simulate only the mixed policies of parts 1 and 2 again, keeping the rest")
     args = ap.parse_args()
-    revalidate() if args.revalidate else run(args.quick)
+    if args.revalidate:
+        revalidate()
+    if args.mixed:
+        rerun_mixed()
+    if not (args.revalidate or args.mixed):
+        run(args.quick)
