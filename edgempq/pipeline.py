@@ -301,7 +301,9 @@ def deploy(model: LoadedModel, ds: Dataset, policy: Policy, target_spec: str, ou
     # the simulation now holds the artifact's input ranges (see export.exact): measured after
     io = io_details(art.tflite)
     x_test, y_test = ds.split("test")  # the simulation's logits, read as the artifact's integer output
-    sim_top1 = topk(output_levels(predict(qmodel, x_test), io["output"]), y_test, 1)
+    from .export.skips import wrap
+
+    sim_top1 = topk(output_levels(predict(wrap(qmodel, art.skips), x_test), io["output"]), y_test, 1)
     if target.backend == "tflm":
         art.files = dict(zip(("model_data.h", "model_data.cc"), c_array(art.tflite), strict=True))
         microcontroller_checks(art, target)
@@ -312,7 +314,8 @@ def deploy(model: LoadedModel, ds: Dataset, policy: Policy, target_spec: str, ou
         "target": target.name, "qat_epochs": qat_epochs, "quant_config": cfg.to_dict(), "simulated_top1": sim_top1,
         "ptq": ptq.to_dict(), "exact": {"layers": len(art.exact), "checked": art.exact},
         "quantizer_note": quantizer_mismatch(policy, cfg),
-        "input_ranges": art.input_ranges, "output_rounding": art.rounding,
+        "input_ranges": art.input_ranges, "output_rounding": art.rounding, "skip_rounding": art.skips,
+        "skip_notes": art.skip_notes,
         "tflite_bytes": len(art.tflite), "arena_bytes": art.arena_bytes, **io,
         "weight_bytes": {"predicted": policy_weight_bytes(layers, policy),
                          "artifact": sum(f["weight_bytes"] for f in art.found.values()) + fixed},

@@ -175,25 +175,31 @@ def ptq_summary(d: dict) -> str | None:
     if tied:
         text += (f" The input ranges of {', '.join(tied)} are the artifact's, not the simulation's calibration (the "
                  "graph ties them to another tensor's, e.g. through an average pool); the simulation uses them too.")
-    text += rounding_summary(d.get("output_rounding") or {})
+    text += rounding_summary(d.get("output_rounding") or {}, d.get("skip_rounding") or {}, d.get("skip_notes") or [])
     notes = [*(ptq.get("notes") or []), *([d["quantizer_note"]] if d.get("quantizer_note") else [])]
     return text + "".join(f" Note: {n}." for n in notes)
 
 
-def rounding_summary(rounding: dict) -> str:
-    """One sentence on how the simulation rounds the integer layers' outputs: each op's rule, as
-    measured on this machine's LiteRT, and any op no rule reproduced."""
+def rounding_summary(rounding: dict, between: dict | None = None, notes: list | None = None) -> str:
+    """How the simulation rounds the integer layers' outputs (each op's rule, as measured on this
+    machine's LiteRT, and any op no rule reproduced) and the tensors between layers."""
+    from .export.skips import describe
+
+    text = ""
+    if between:
+        text = f" Between the layers, {describe(between)} are rounded to the artifact's grids."
+    text += "".join(f" Note: {n}." for n in notes or [] if isinstance(n, str))
     if not rounding:
-        return ""
+        return text
     rows = [r for r in rounding.values() if isinstance(r, dict)]
     rules = sorted({str(r.get("rule")) for r in rows})
     counts = ", ".join(f"{sum(r.get('rule') == k for r in rows)} {k}" for k in rules)
     text = (f" The simulation rounds each integer layer's output to the artifact op's grid with the rule LiteRT's "
-            f"kernel was measured to use on this machine ({counts}).")
-    off = [f"{n} ({100 * r.get('matched', 0):.2f} %)" for n, r in rounding.items()
+            f"kernel was measured to use on this machine ({counts})." + text)
+    off = [f"{n} ({100 * r.get('matched', 0):.4f} %)" for n, r in rounding.items()
            if isinstance(r, dict) and (r.get("matched") or 0) < 1.0]
     if off:
-        text += f" No rule reproduced every output value of {', '.join(off)}."
+        text += f" The rule reproduced all but a few output values of {', '.join(off)}."
     skipped = [f"{n}: {r['note']}" for n, r in rounding.items() if isinstance(r, dict) and r.get("note")]
     if skipped:
         text += f" Kept float outputs: {'; '.join(skipped)}."

@@ -148,6 +148,9 @@ def validate(artifact: str | Path, target_spec: str, data_spec: str | None = Non
         result["simulation"] = "saved by deploy" if sim_state is not None else "calibrated again (PTQ)"
         if _adopt_rounding(qmodel, data, deploy, policy, layout(x[:8])):
             result["simulation"] += "; output rounding measured on the artifact"
+        qmodel, between = _with_skips(qmodel, data, deploy, policy)
+        if between:
+            result["simulation"] += f"; {between} rounded as in the artifact"
         from .export.deploy import output_levels
 
         sim = output_levels(_logits(qmodel, x), out_io)  # read as the artifact's integer output
@@ -241,6 +244,21 @@ def _adopt_rounding(qmodel: Any, data: bytes, deploy: dict, policy: Any, x: np.n
 
     adopt(qmodel, measure(data, {r["layer"]: ops[r["op_output"]][0] for r in rows}, x))
     return True
+
+
+def _with_skips(qmodel: Any, data: bytes, deploy: dict, policy: Any) -> tuple[Any, str]:
+    """The simulation with the tensors between its layers rounded to the artifact's grids (read
+    from the artifact's graph, see export.skips), and what those are ("" for none)."""
+    from .divergence import _ops_by_output
+    from .export.skips import describe, measure, wrap
+
+    ops = _ops_by_output(data)
+    layer_ops = {r["layer"]: ops[r["op_output"]][0] for r in deploy.get("layers") or []
+                 if isinstance(r, dict) and r.get("op_output") in ops and r.get("layer") in policy.precisions}
+    if not layer_ops:
+        return qmodel, ""
+    grids, _ = measure(qmodel, data, layer_ops)
+    return wrap(qmodel, grids), describe(grids)
 
 
 def _latency(timing: Any, deploy: dict, policy: Any, profile_path: Any, target: str) -> dict:

@@ -26,6 +26,18 @@ def test_rules_part_exactly_where_they_should():
     assert requantize(acc, mult, "nearest").ravel().tolist() == [0, 0, 0, -1, 1, -2, -2, 0]  # ties to even
     assert requantize(acc, mult, "double").ravel().tolist() == [1, 1, 0, -1, 2, -1, -2, 0]  # ties up, twice
     assert requantize(acc, mult, "reduced").ravel().tolist() == [0, 1, 0, -1, 1, -1, -2, 0]  # once, ties up
+    assert requantize(acc, mult, "gemmlowp").ravel().tolist() == [1, 1, -1, -1, 2, -2, -2, 0]  # twice, away
+
+
+def test_a_following_quantize_op_rounds_the_output_again_as_tflite_does():
+    # an int16 output (scale 1e-4) that a QUANTIZE op turns into int8 (scale 0.02, zero point 3)
+    quant = OutputQuantizer.build("reduced", 1e-4, 0, -32767, 32767, np.array([0.01]), channel_dim=-1,
+                                  then=(0.02, 3, -128, 127))
+    codes = np.arange(-30000, 30000, 37)
+    y = torch.from_numpy((codes * 1e-4).astype(np.float32)).reshape(-1, 1)
+    got = np.round(quant(y).double().numpy().ravel() / 0.02) + 3
+    want = np.clip(requantize(codes.reshape(-1, 1), np.array([1e-4 / 0.02]), "gemmlowp").ravel() + 3, -128, 127)
+    assert np.mean(got == want) >= 0.999
 
 
 @pytest.mark.parametrize("rule", RULES)

@@ -36,6 +36,8 @@ class Artifact:
     exact: dict[str, dict] = field(default_factory=dict)  # integer layer -> what was compared, bit for bit
     input_ranges: dict[str, dict] = field(default_factory=dict)  # integer layer -> simulation vs artifact
     rounding: dict[str, dict] = field(default_factory=dict)  # integer layer -> its op's output rounding
+    skips: dict[str, dict] = field(default_factory=dict)  # fx add node -> the artifact's grid for its output
+    skip_notes: list[str] = field(default_factory=list)
 
 
 def check_target(layers: list[Layer], policy: Policy, target: Target) -> None:
@@ -119,10 +121,18 @@ def build(layers: list[Layer], qmodel, input_shape: tuple[int, ...], policy: Pol
     exact = check(out, {n: ops[n].index for n in ints}, values)
     ops = _checked_ops(out, mapping, policy)
     rounding = output_rounding(qmodel, out, {n: ops[n].index for n in ints}, base, calibration)
+    skips, notes = measure_skips(qmodel, out, {n: ops[n].index for n in mapping})
     found = {name: {"op": got.op, "weight_type": got.weight_type, "activation_type": got.act_type,
                     "weight_bytes": got.weight_bytes} for name, got in ops.items()}
     check_loads(out)
-    return Artifact(out, rules, mapping, found, exact=exact, input_ranges=ranges, rounding=rounding)
+    return Artifact(out, rules, mapping, found, exact=exact, input_ranges=ranges, rounding=rounding, skips=skips,
+                    skip_notes=notes)
+
+
+def measure_skips(qmodel, model: bytes, ops: dict[str, int]) -> tuple[dict, list[str]]:
+    from .skips import measure
+
+    return measure(qmodel, model, ops)
 
 
 def output_rounding(qmodel, model: bytes, ops: dict[str, int], base: bytes, calibration: np.ndarray) -> dict:

@@ -12,7 +12,9 @@ output scale. Kernels differ in `requantize`, and the difference is systematic, 
   requantization, which LiteRT's built-in conv kernels use, e.g. for int4 weights). Values just
   below a half step round up: up to 2^-(shift+1) of a step, on every value of the layer;
 * ``reduced``: the Q31 multiplier cut to 16 bits and one shift rounding half up (the 16x8
-  kernels, 16-bit activations).
+  kernels, 16-bit activations);
+* ``gemmlowp``: as ``double``, but the shift also rounds half away from zero (TFLite's reference
+  requantization, e.g. a QUANTIZE op from int16 to int8).
 
 The rule an artifact's op follows is measured, not assumed (`export.rounding`)."""
 
@@ -22,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-RULES = ("nearest", "double", "reduced")
+RULES = ("nearest", "double", "reduced", "gemmlowp")
 
 
 def quantize_multiplier(mult: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -44,16 +46,35 @@ def requantize(acc: np.ndarray, mult: np.ndarray, rule: str) -> np.ndarray:
     if rule == "nearest":
         return np.round(acc * np.asarray(mult, np.float64)).astype(np.int64)
     q, e = quantize_multiplier(mult)
-    if rule == "double":
+    if rule in ("double", "gemmlowp"):
         left, right = np.maximum(e, 0), np.maximum(-e, 0)
         prod = (acc << left) * q
         high = np.where(prod >= 0, (prod + (1 << 30)) >> 31, -((-prod + (1 << 30)) >> 31))  # half away from 0
+        if rule == "gemmlowp":  # RoundingDivideByPOT: half away from zero
+            mask = (np.int64(1) << right) - 1
+            return (high >> right) + ((high & mask) > (mask >> 1) + (high < 0))
         half = np.where(right > 0, np.int64(1) << np.maximum(right - 1, 0), 0)
         return (high + half) >> right
     if rule == "reduced":
         shift = 15 - e
         return (acc * _reduced(q) + (np.int64(1) << (shift - 1))) >> shift
     raise ValueError(f"unknown rounding rule {rule!r}; choose one of {', '.join(RULES)}")
+
+
+def _fixed_point(mult: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(2^shift, Q31 multiplier / real one) per channel: the first rounding's resolution, and
+    the kernel's multiplier relative to the exact one."""
+    q, e = quantize_multiplier(mult)
+    return 2.0 ** np.maximum(-e, 0), q * 2.0 ** (e - 31) / mult
+
+
+def _two_roundings(v: Tensor, p: Tensor, rule: str) -> Tensor:
+    """`double` / `gemmlowp` on real values v (acc x M): half away from zero at 1/p, then to an
+    integer half up (`double`) or half away from zero (`gemmlowp`)."""
+    high = torch.sign(v) * torch.floor(torch.abs(v) * p + 0.5)
+    if rule == "double":
+        return torch.floor(high / p + 0.5)
+    return torch.sign(high) * torch.floor(torch.abs(high) / p + 0.5)
 
 
 class OutputQuantizer(nn.Module):
@@ -70,9 +91,9 @@ class OutputQuantizer(nn.Module):
         self.register_buffer("rule", torch.zeros((), dtype=torch.int64))
         self.register_buffer("steps", torch.ones(channels, dtype=torch.float64))  # 2^shift of `double`
         self.register_buffer("factor", torch.ones(channels, dtype=torch.float64))  # kernel's M / exact M
-        # a QUANTIZE op's grid the output is converted to next (scale, zero point, qmin, qmax), or
-        # all zero: none
-        self.register_buffer("then", torch.zeros(4, dtype=torch.float64))
+        # a QUANTIZE op's grid the output is converted to next, rounded as `gemmlowp`: scale, zero
+        # point, qmin, qmax, 2^shift and Q31 factor of its multiplier; all zero: none
+        self.register_buffer("then", torch.zeros(6, dtype=torch.float64))
 
     @classmethod
     def build(cls, rule: str, scale: float, zero_point: int, qmin: int, qmax: int, mult: np.ndarray,
@@ -80,8 +101,8 @@ class OutputQuantizer(nn.Module):
         mult = np.asarray(mult, np.float64)
         q, e = quantize_multiplier(mult)
         steps, factor = np.ones_like(mult), np.ones_like(mult)
-        if rule == "double":
-            steps, factor = 2.0 ** np.maximum(-e, 0), q * 2.0 ** (e - 31) / mult
+        if rule in ("double", "gemmlowp"):
+            steps, factor = _fixed_point(mult)
         elif rule == "reduced":
             factor = _reduced(q) * 2.0 ** (e - 15) / mult
         elif rule != "nearest":
@@ -94,7 +115,8 @@ class OutputQuantizer(nn.Module):
         out.steps.copy_(torch.from_numpy(steps))
         out.factor.copy_(torch.from_numpy(factor))
         if then is not None:
-            out.then.copy_(torch.tensor([float(v) for v in then], dtype=torch.float64))
+            step, fac = _fixed_point(np.array([scale / then[0]]))
+            out.then.copy_(torch.tensor([*(float(v) for v in then), step[0], fac[0]], dtype=torch.float64))
         return out
 
     @property
@@ -108,22 +130,39 @@ class OutputQuantizer(nn.Module):
 
     def forward(self, y: Tensor) -> Tensor:
         v = y.detach().double() / self.scale * self._per_channel(self.factor, y.dim())
-        rule = int(self.rule)
-        if rule == 0:
+        rule = RULES[int(self.rule)]
+        if rule == "nearest":
             q = torch.round(v)
-        elif rule == 1:
-            p = self._per_channel(self.steps, y.dim())
-            high = torch.sign(v) * torch.floor(torch.abs(v) * p + 0.5)
-            q = torch.floor(high / p + 0.5)
-        else:
+        elif rule == "reduced":
             q = torch.floor(v + 0.5)
-        q = torch.clamp(q + self.zero_point, self.bounds[0], self.bounds[1])
-        real = (q - self.zero_point) * self.scale
-        if float(self.then[0]) > 0:
-            s, z, lo, hi = self.then
-            real = (torch.clamp(torch.round(real / s) + z, lo, hi) - z) * s
+        else:
+            q = _two_roundings(v, self._per_channel(self.steps, y.dim()), rule)
+        q = torch.clamp(q + self.zero_point, self.bounds[0], self.bounds[1]) - self.zero_point
+        if float(self.then[0]) > 0:  # a QUANTIZE op to another width
+            s, z, lo, hi, p, fac = self.then
+            q = torch.clamp(_two_roundings(q * (self.scale / s) * fac, p, "gemmlowp") + z, lo, hi) - z
+            real = q * s
+        else:
+            real = q * self.scale
         out = real.to(y.dtype)
         return y + (out - y).detach()  # gradients pass straight through
 
     def extra_repr(self) -> str:
         return f"rule={self.rule_name}, channels={len(self.steps)}"
+
+
+class GridQuantizer(nn.Module):
+    """A tensor between layers as the artifact holds it: rounded to nearest on an integer grid
+    (scale, zero point, clamp), e.g. a residual add's int8 output."""
+
+    def __init__(self, scale: float, zero_point: int, qmin: int, qmax: int) -> None:
+        super().__init__()
+        self.scale, self.zero_point, self.qmin, self.qmax = float(scale), float(zero_point), float(qmin), float(qmax)
+
+    def forward(self, x: Tensor) -> Tensor:
+        q = torch.clamp(torch.round(x.detach().double() / self.scale) + self.zero_point, self.qmin, self.qmax)
+        out = ((q - self.zero_point) * self.scale).to(x.dtype)
+        return x + (out - x).detach()
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale:g}, zero_point={self.zero_point:g}, range=[{self.qmin:g}, {self.qmax:g}]"
