@@ -60,6 +60,8 @@ def blocks(folder: Path, deploy: dict | None, val: dict | None) -> list[Block]:
     out.append(("table", ["", "top-1"], rows))
     if v.get("simulation"):
         out.append(("p", f"Simulation: {v['simulated_policy']}, {v['simulation']}."))
+        for note in v.get("simulation_notes") or []:
+            out.append(("p", f"Note: {note}."))
     if v.get("data_note"):
         out.append(("p", f"Note: {v['data_note']}."))
     ag = v.get("agreement")
@@ -186,20 +188,21 @@ def rounding_summary(rounding: dict, between: dict | None = None, notes: list | 
     from .export.skips import describe
 
     text = ""
-    if between:
+    if isinstance(between, dict) and between:
         text = f" Between the layers, {describe(between)} are rounded to the artifact's grids."
     text += "".join(f" Note: {n}." for n in notes or [] if isinstance(n, str))
     if not rounding:
         return text
     rows = [r for r in rounding.values() if isinstance(r, dict)]
     rules = sorted({str(r.get("rule")) for r in rows})
-    counts = ", ".join(f"{sum(r.get('rule') == k for r in rows)} {k}" for k in rules)
+    counts = ", ".join(f"{sum(str(r.get('rule')) == k for r in rows)} {k}" for k in rules)
     text = (f" The simulation rounds each integer layer's output to the artifact op's grid with the rule LiteRT's "
             f"kernel was measured to use on this machine ({counts})." + text)
-    off = [f"{n} ({100 * r.get('matched', 0):.4f} %)" for n, r in rounding.items()
-           if isinstance(r, dict) and (r.get("matched") or 0) < 1.0]
+    matched = {n: r.get("matched") for n, r in rounding.items() if isinstance(r, dict)}
+    off = [f"{n} ({100 * v:.4f} %)" if isinstance(v, int | float) else f"{n} (unknown)"
+           for n, v in matched.items() if not isinstance(v, int | float) or v < 1.0]
     if off:
-        text += f" The rule reproduced all but a few output values of {', '.join(off)}."
+        text += f" Share of the output values the rule reproduced, where not all: {', '.join(off)}."
     skipped = [f"{n}: {r['note']}" for n, r in rounding.items() if isinstance(r, dict) and r.get("note")]
     if skipped:
         text += f" Kept float outputs: {'; '.join(skipped)}."

@@ -146,11 +146,14 @@ def validate(artifact: str | Path, target_spec: str, data_spec: str | None = Non
         qmodel = _simulation(model, ds, policy, sim_state, deploy)
         result["simulated_policy"] = str(policy_path) if policy_path else "the deployed policy"
         result["simulation"] = "saved by deploy" if sim_state is not None else "calibrated again (PTQ)"
-        if _adopt_rounding(qmodel, data, deploy, policy, layout(x[:8])):
-            result["simulation"] += "; output rounding measured on the artifact"
-        qmodel, between = _with_skips(qmodel, data, deploy, policy)
-        if between:
-            result["simulation"] += f"; {between} rounded as in the artifact"
+        if deployed is None or policy.precisions == deployed.precisions:  # the artifact's own policy
+            if _adopt_rounding(qmodel, data, deploy, policy, layout(x[:8])):
+                result["simulation"] += "; output rounding measured on the artifact"
+            qmodel, between, notes = _with_skips(qmodel, data, deploy, policy)
+            if between:
+                result["simulation"] += f"; {between} rounded as in the artifact"
+            if notes:
+                result["simulation_notes"] = notes
         from .export.deploy import output_levels
 
         sim = output_levels(_logits(qmodel, x), out_io)  # read as the artifact's integer output
@@ -236,29 +239,36 @@ def _adopt_rounding(qmodel: Any, data: bytes, deploy: dict, policy: Any, x: np.n
     from .divergence import _ops_by_output
 
     ops = _ops_by_output(data)
-    rows = [r for r in deploy.get("layers") or [] if isinstance(r, dict) and r.get("op_output") in ops
-            and r.get("layer") in policy.precisions and not policy.precisions[r["layer"]].is_float]
-    if not rows:
+    layer_ops = {n: i for n, i in _layer_ops(deploy, ops, policy).items() if not policy.precisions[n].is_float}
+    if not layer_ops:
         return False
     from .export.rounding import adopt, measure
 
-    adopt(qmodel, measure(data, {r["layer"]: ops[r["op_output"]][0] for r in rows}, x))
+    adopt(qmodel, measure(data, layer_ops, x))
     return True
 
 
-def _with_skips(qmodel: Any, data: bytes, deploy: dict, policy: Any) -> tuple[Any, str]:
+def _layer_ops(deploy: dict, ops: dict, policy: Any) -> dict[str, int]:
+    """Policy layer -> its op index in the artifact, from deploy.json's layer rows (by the op's
+    output tensor name); rows that do not fit are left out."""
+    rows = deploy.get("layers") if isinstance(deploy.get("layers"), list) else []
+    return {r["layer"]: ops[r["op_output"]][0] for r in rows
+            if isinstance(r, dict) and isinstance(r.get("op_output"), str) and r["op_output"] in ops
+            and isinstance(r.get("layer"), str) and r["layer"] in policy.precisions}
+
+
+def _with_skips(qmodel: Any, data: bytes, deploy: dict, policy: Any) -> tuple[Any, str, list[str]]:
     """The simulation with the tensors between its layers rounded to the artifact's grids (read
-    from the artifact's graph, see export.skips), and what those are ("" for none)."""
+    from the artifact's graph, see export.skips), what those are ("" for none), and notes on
+    those left float."""
     from .divergence import _ops_by_output
     from .export.skips import describe, measure, wrap
 
-    ops = _ops_by_output(data)
-    layer_ops = {r["layer"]: ops[r["op_output"]][0] for r in deploy.get("layers") or []
-                 if isinstance(r, dict) and r.get("op_output") in ops and r.get("layer") in policy.precisions}
+    layer_ops = _layer_ops(deploy, _ops_by_output(data), policy)
     if not layer_ops:
-        return qmodel, ""
-    grids, _ = measure(qmodel, data, layer_ops)
-    return wrap(qmodel, grids), describe(grids)
+        return qmodel, "", []
+    grids, notes = measure(qmodel, data, layer_ops)
+    return wrap(qmodel, grids), describe(grids), notes
 
 
 def _latency(timing: Any, deploy: dict, policy: Any, profile_path: Any, target: str) -> dict:

@@ -114,8 +114,9 @@ def test_the_artifact_computes_what_was_simulated(deployed):
         assert np.abs(steps - np.round(steps)).max() < 1e-3
     assert (art.argmax(1) == sim.argmax(1)).all()
     # weights, biases, ranges, each layer's output rounding and the residual adds' grids agree
-    # exactly; what is left is the ADD ops' own fixed-point rounding: a step of the output at most
-    assert np.abs(art - sim).max() <= 1.001 * out["scale"], np.abs(art - sim).max() / out["scale"]
+    # exactly; what is left is the ADD ops' own fixed-point rounding: a logit here and there a step off
+    steps_off = np.abs(art - sim) / out["scale"]
+    assert steps_off.max() <= 1.001 and np.mean(steps_off > 0.5) <= 0.02, (steps_off.max(), np.mean(steps_off > 0.5))
     assert report["simulated_top1"] == pytest.approx(float((sim.argmax(1) == ds.split("test")[1]).mean()))
 
 
@@ -298,3 +299,17 @@ def test_a_simulation_saved_without_output_rounding_takes_it_from_the_artifact(d
     fresh = validate(folder, "host", **given, out_dir=tmp_path / "fresh")
     assert fresh["simulation"] == f"saved by deploy; {skips}"
     assert fresh["agreement"]["max_logit_error"] == pytest.approx(val["agreement"]["max_logit_error"])
+
+
+@pytest.mark.slow
+def test_another_policy_is_simulated_without_the_artifacts_rounding(deployed, tmp_path):
+    """validate --policy with another policy compares the artifact with that policy's own
+    simulation: the artifact's grids belong to the deployed policy and are not lent to it."""
+    from edgempq.validate import validate
+
+    _, _, policy, folder, _ = deployed
+    other = Policy({**policy.precisions, "a.3": Precision.parse("w8a8")})
+    other.save(tmp_path / "other.json")
+    val = validate(folder, "host", model_spec=f"{folder.parent / 'net.py'}:net", data_spec=str(folder.parent / "d.npz"),
+                   weights=folder.parent / "w.pt", policy_path=tmp_path / "other.json", runs=1, out_dir=tmp_path / "v")
+    assert val["simulation"] == "calibrated again (PTQ)"

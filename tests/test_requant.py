@@ -21,12 +21,13 @@ def test_rules_part_exactly_where_they_should():
     # M = 1/16 is 2^30 (Q31) and a right shift of 3: the first rounding is to eighths of a step,
     # so a value a sixteenth of a step below a half (0.4375) already rounds up
     mult = np.array([1 / 16])
-    acc = np.array([[7], [8], [-8], [-9], [23], [-24], [-25], [6]])
-    # real values: 0.4375, 0.5, -0.5, -0.5625, 1.4375, -1.5, -1.5625, 0.375
-    assert requantize(acc, mult, "nearest").ravel().tolist() == [0, 0, 0, -1, 1, -2, -2, 0]  # ties to even
-    assert requantize(acc, mult, "double").ravel().tolist() == [1, 1, 0, -1, 2, -1, -2, 0]  # ties up, twice
-    assert requantize(acc, mult, "reduced").ravel().tolist() == [0, 1, 0, -1, 1, -1, -2, 0]  # once, ties up
-    assert requantize(acc, mult, "gemmlowp").ravel().tolist() == [1, 1, -1, -1, 2, -2, -2, 0]  # twice, away
+    acc = np.array([[7], [8], [-8], [-9], [23], [-24], [-25], [6], [-7]])
+    # real values: 0.4375, 0.5, -0.5, -0.5625, 1.4375, -1.5, -1.5625, 0.375, -0.4375
+    assert requantize(acc, mult, "nearest").ravel().tolist() == [0, 0, 0, -1, 1, -2, -2, 0, 0]  # ties to even
+    assert requantize(acc, mult, "double").ravel().tolist() == [1, 1, 0, 0, 2, -1, -1, 0, 0]  # ties up, twice
+    assert requantize(acc, mult, "reduced").ravel().tolist() == [0, 1, 0, -1, 1, -1, -2, 0, 0]  # once, ties up
+    # up, then away from zero: -0.4375 -> -3.5 eighths -> -3 -> -0.375 -> 0 (TFLite's reference)
+    assert requantize(acc, mult, "gemmlowp").ravel().tolist() == [1, 1, -1, -1, 2, -2, -2, 0, 0]
 
 
 def test_a_following_quantize_op_rounds_the_output_again_as_tflite_does():

@@ -137,10 +137,14 @@ def neighbour_grids(m, index: int) -> tuple[tuple | None, tuple | None]:
     return before, after
 
 
-def _op_rounding(m, op, x: np.ndarray, y: np.ndarray) -> OpRounding:
+def _op_rounding(m, op, x: np.ndarray, y: np.ndarray, name: str) -> OpRounding:
     sg = m.subgraphs[0]
     code = int(m.operatorCodes[op.opcodeIndex].builtinCode)
     tin, tw, tout = sg.tensors[op.inputs[0]], sg.tensors[op.inputs[1]], sg.tensors[op.outputs[0]]
+    wq = tw.quantization
+    if any(_grid(t) is None for t in (tin, tout)) or wq is None or wq.scale is None or not len(wq.scale):
+        raise ConversionError(f"layer {name}: its op in the artifact is not an integer op (its input, weights or "
+                              "output are not quantized); give the policy the artifact was deployed with")
     scale, zp = float(np.float32(tout.quantization.scale[0])), int(tout.quantization.zeroPoint[0])
     mult = (float(np.float32(tin.quantization.scale[0])) * np.asarray(tw.quantization.scale, np.float64)) / scale
     lo, hi, note = _clamp(op, tout.type, scale, zp)
@@ -189,7 +193,7 @@ def measure(model: bytes, ops: dict[str, int], x_model_layout: np.ndarray) -> di
             seen[name][0].append(it.get_tensor(a).copy())
             seen[name][1].append(it.get_tensor(b).copy())
     return {name: _op_rounding(m, sg.operators[ops[name]], np.concatenate(seen[name][0]),
-                               np.concatenate(seen[name][1])) for name in ops}
+                               np.concatenate(seen[name][1]), name) for name in ops}
 
 
 def adopt(qmodel, found: dict[str, OpRounding]) -> None:
@@ -199,6 +203,12 @@ def adopt(qmodel, found: dict[str, OpRounding]) -> None:
 
     from ..quant.requant import OutputQuantizer
 
+    for name, r in found.items():
+        mod = qmodel.get_submodule(name)
+        channels = mod.out_channels if isinstance(mod, torch.nn.Conv2d) else mod.out_features
+        if len(r.multipliers) != channels or mod.act_quant is None:
+            raise ConversionError(f"layer {name} has {channels} output channels but its op in the artifact has "
+                                  f"{len(r.multipliers)}; the layer map does not fit the artifact: deploy again")
     for name, r in found.items():
         mod = qmodel.get_submodule(name)
         mod.act_quant.set_input_grid(r.input_grid)

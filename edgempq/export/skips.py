@@ -55,7 +55,8 @@ def _tflite_adds(m, layer_ops: dict[int, str]) -> list[tuple[int, frozenset]]:
 def _is_add(node) -> bool:
     if node.op == "call_function" and (node.target in _FX_ADDS or getattr(node.target, "__name__", "") == "add"):
         return len(node.all_input_nodes) == 2
-    return node.op == "call_method" and node.target in ("add", "add_") and len(node.all_input_nodes) == 2
+    # an in-place add_ is left float: its later readers read the mutated tensor, not the node
+    return node.op == "call_method" and node.target == "add" and len(node.all_input_nodes) == 2
 
 
 def _fx_adds(graph, layers: set[str]) -> list[tuple[Any, frozenset]]:
@@ -149,8 +150,8 @@ def _float_outputs(m, graph, layer_ops: dict[str, int]) -> dict[str, dict]:
 
 def describe(grids: dict[str, dict]) -> str:
     """"3 residual add(s) and 1 float layer output(s)", "" for none."""
-    adds = sum(g.get("kind") == "add" for g in grids.values())
-    floats = len(grids) - adds
+    kinds = [g.get("kind") if isinstance(g, dict) else None for g in grids.values()]
+    adds, floats = kinds.count("add"), kinds.count("float layer")
     parts = [f"{adds} residual add(s)"] * bool(adds) + [f"{floats} float layer output(s)"] * bool(floats)
     return " and ".join(parts)
 

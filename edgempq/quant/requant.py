@@ -8,7 +8,7 @@ output scale. Kernels differ in `requantize`, and the difference is systematic, 
 * ``nearest``: acc x M rounded to nearest (XNNPACK's fp32 requantization: int8 weights beside
   8-bit activations, and fully connected ops, on this machine's LiteRT);
 * ``double``: M as a Q31 fixed-point multiplier and a right shift, rounded twice: the doubling
-  high multiply rounds half away from zero at 2^-shift, the shift then rounds half up (ruy's
+  high multiply rounds half up at 2^-shift, the shift then rounds half up again (ruy's
   requantization, which LiteRT's built-in conv kernels use, e.g. for int4 weights). Values just
   below a half step round up: up to 2^-(shift+1) of a step, on every value of the layer;
 * ``reduced``: the Q31 multiplier cut to 16 bits and one shift rounding half up (the 16x8
@@ -49,7 +49,7 @@ def requantize(acc: np.ndarray, mult: np.ndarray, rule: str) -> np.ndarray:
     if rule in ("double", "gemmlowp"):
         left, right = np.maximum(e, 0), np.maximum(-e, 0)
         prod = (acc << left) * q
-        high = np.where(prod >= 0, (prod + (1 << 30)) >> 31, -((-prod + (1 << 30)) >> 31))  # half away from 0
+        high = (prod + (1 << 30)) >> 31  # the doubling high multiply rounds half up (gemmlowp, VQRDMULH)
         if rule == "gemmlowp":  # RoundingDivideByPOT: half away from zero
             mask = (np.int64(1) << right) - 1
             return (high >> right) + ((high & mask) > (mask >> 1) + (high < 0))
@@ -69,9 +69,9 @@ def _fixed_point(mult: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _two_roundings(v: Tensor, p: Tensor, rule: str) -> Tensor:
-    """`double` / `gemmlowp` on real values v (acc x M): half away from zero at 1/p, then to an
-    integer half up (`double`) or half away from zero (`gemmlowp`)."""
-    high = torch.sign(v) * torch.floor(torch.abs(v) * p + 0.5)
+    """`double` / `gemmlowp` on real values v (acc x M): half up at 1/p, then to an integer half
+    up (`double`) or half away from zero (`gemmlowp`)."""
+    high = torch.floor(v * p + 0.5)
     if rule == "double":
         return torch.floor(high / p + 0.5)
     return torch.sign(high) * torch.floor(torch.abs(high) / p + 0.5)
