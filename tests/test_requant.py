@@ -64,3 +64,12 @@ def test_the_emulation_clamps_to_the_fused_activation_and_keeps_gradients():
     assert out.detach().ravel().tolist() == pytest.approx([0.0, 6.0])  # ReLU6 on a 0.1 grid
     out.sum().backward()
     assert y.grad.ravel().tolist() == [1.0, 1.0]
+
+
+def test_the_report_reads_odd_rounding_records_without_failing():
+    from edgempq.report import rounding_summary
+
+    text = rounding_summary({"a": {"rule": "double", "matched": None}, "b": {"rule": "nearest", "matched": 0.5},
+                             "c": "not a record"}, ["not", "a dict"], ["an add stays float", 3])
+    assert "a (unknown)" in text and "b (50.0000 %)" in text and "Note: an add stays float." in text
+    assert "1 double, 1 nearest" in text

@@ -341,9 +341,9 @@ def section(res: dict, table) -> str:
            f"The default is `{res['default']}`. Cells: top-1 change against float in points, simulated; deployed "
            "(artifact on `host`) in brackets. w3a8 and w2a8 are simulation only."
            + (f" The artifacts were validated again on {res['revalidated']} (`tools/bench_ptq.py --revalidate`) "
-              "with the version that reads the simulation's logits as the artifact's integer output and rounds "
-              "each integer layer's output as its op does (the rule measured on the artifact); their simulated "
-              "top-1 is that simulation's." if res.get("revalidated") else ""), ""]
+              "with the version that reads the simulation's logits as the artifact's integer output, rounds "
+              "each integer layer's output as its op does (the rule measured on the artifact) and each residual "
+              "add's output to the artifact's grid; their simulated top-1 is that simulation's." if res.get("revalidated") else ""), ""]
     for prec in DEPLOYABLE + SIMULATED:
         rows = []
         for m in res["models"]:
