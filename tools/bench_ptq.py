@@ -343,7 +343,8 @@ def section(res: dict, table) -> str:
            + (f" The artifacts were validated again on {res['revalidated']} (`tools/bench_ptq.py --revalidate`) "
               "with the version that reads the simulation's logits as the artifact's integer output, rounds "
               "each integer layer's output as its op does (the rule measured on the artifact) and each residual "
-              "add's output to the artifact's grid; their simulated top-1 is that simulation's." if res.get("revalidated") else ""), ""]
+              "add's output to the artifact's grid; their simulated top-1 is that simulation's."
+              if res.get("revalidated") else ""), ""]
     for prec in DEPLOYABLE + SIMULATED:
         rows = []
         for m in res["models"]:
