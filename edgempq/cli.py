@@ -14,6 +14,7 @@ import click
 from . import show
 from .errors import EdgeMPQError
 from .files import check_output
+from .stop import Terminated
 
 MODEL_HELP = ("zoo:NAME[?key=value&...], path/to/file.py:factory or package.module:factory "
               "(a file or module is executed to build the model)")
@@ -111,10 +112,6 @@ class _Group(click.Group):
         finally:
             signal.signal(signal.SIGTERM, previous[0])
             signal.signal(signal.SIGINT, previous[1])
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the process was so that cleanup runs."""
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -219,7 +216,8 @@ def train(model_spec: str, data_spec: str | None, epochs: int, batch_size: int, 
     import torch
 
     from .files import atomic_write_bytes
-    from .pipeline import load_model_and_data, state_bytes, train_model
+    from .pipeline import state_bytes, train_model
+    from .simulation import load_model_and_data
     from .train import TrainConfig
 
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
@@ -247,8 +245,8 @@ def evaluate(model_spec: str, weights: str | None, data_spec: str | None, policy
     from dataclasses import replace
 
     from .layers import trace
-    from .pipeline import float_result, load_model_and_data, simulate
     from .schema import Policy, Precision
+    from .simulation import float_result, load_model_and_data, simulate
 
     cfg = _quant_config(ptq, ptq_params, bias_correction, act_range)
     model, ds = load_model_and_data(model_spec, data_spec, weights)

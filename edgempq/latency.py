@@ -8,30 +8,17 @@ so the solver can use it exactly."""
 
 from __future__ import annotations
 
+from .assign import alternating_assignment, domain, uniform_assignment
 from .errors import ConfigError
-from .schema import CostTable, Layer, Precision
+from .schema import CostTable, Layer, Policy, Precision
+
 
 # The precision that stands for each domain in the alternating policies.
-DOMAIN_PRECISION = {"f": "f32", "a8": "w8a8", "a16": "w8a16"}
-
-
-def domain(p: Precision) -> str:
-    """Where a layer's activations live: f (float), a8 or a16."""
-    return "f" if p.is_float else ("a8" if p.act_bits <= 8 else "a16")
-
-
-def pair_key(a: str, b: str) -> str:
-    """The policy alternating domains `a` (on the first searchable layer, the third, ...) and
-    `b`, as `mixed_ms` keys it: "w8a8~f32" alternates w8a8, f32, w8a8, ..."""
-    return f"{DOMAIN_PRECISION[a]}~{DOMAIN_PRECISION[b]}"
-
-
 def scales(table: CostTable) -> dict[str, float]:
     """Per precision: by how much its layers' rows over- or under-state their cost inside the
     whole model. Precisions whose uniform model had fallback layers (int8 depthwise convs in
     uniform w4a8) are solved after the fallbacks' own scales, so a uniform policy is predicted
     exactly; precisions never measured whole keep 1."""
-    from .profile import uniform_assignment
 
     layers = [la for la in table.layers if la.searchable]
     out: dict[str, float] = {}
@@ -77,7 +64,6 @@ def conversion_ms_per_element(table: CostTable, factors: dict[str, float] | None
     """Per pair of domains: what one element crossing between them costs, from the alternating
     policy's measured whole model minus its layers' scaled costs, over the elements of its
     crossing edges (never below 0: a noisy window is not a free conversion)."""
-    from .profile import alternating_assignment
 
     factors = scales(table) if factors is None else factors
     out = {}
@@ -123,7 +109,6 @@ def policy_latency(table: CostTable, precisions: dict[str, Precision]) -> dict:
 def profile_points(table: CostTable) -> list[dict]:
     """The profile's own whole-model timings (uniform and alternating policies) with what the
     predictor says of them: how well the latency model fits the device it was measured on."""
-    from .profile import alternating_assignment, uniform_assignment
 
     layers = list(table.layers)
     pts = []
@@ -136,3 +121,20 @@ def profile_points(table: CostTable) -> list[dict]:
         if assign:
             pts.append({"label": key, "predicted_ms": predict_latency(table, assign), "measured_ms": ms})
     return pts
+
+
+def predicted_latency(policy: Policy, table: CostTable | None, target: str, model_hash: str) -> dict | None:
+    """The policy's latency on `target` as the profile predicts it (per layer), else as the
+    search recorded it in the policy; None when neither is about this target."""
+    if table is not None:
+        if table.target.name != target:
+            raise ConfigError(f"the profile was measured on {table.target.name}, not on {target}; "
+                              f"give the profile of {target}")
+        if table.model_hash != model_hash:
+            raise ConfigError(f"the profile was made for another model or other weights (fingerprint "
+                              f"{table.model_hash}, this model's {model_hash}); profile it with the same --model "
+                              "and --weights (the cached measurements make that quick)")
+        return {**policy_latency(table, policy.precisions), "points": profile_points(table)}
+    if policy.target == target and "latency_ms" in policy.predicted:
+        return {"predicted_ms": policy.predicted["latency_ms"], "target": target}
+    return None

@@ -7,57 +7,27 @@ import hashlib
 import io
 import json
 import re
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
 from .cache import cache_dir
-from .data import Dataset, load_data
-from .errors import ConfigError, DataError, InfeasibleError, ModelError
+from .data import Dataset
+from .errors import ConfigError, InfeasibleError, ModelError
 from .files import atomic_write_bytes, write_json
-from .layers import F32, policy_bops, policy_weight_bytes, trace, weight_bytes
+from .latency import predicted_latency
+from .layers import F32, policy_weight_bytes, trace, weight_bytes
 from .metrics import accuracy, predict, topk
 from .models import LoadedModel, load_model
-from .quant import PTQReport, QuantConfig, apply, finetune, quantize
+from .quant import QuantConfig
 from .schema import CostTable, Policy, Precision
+from .simulation import Progress, SimResult, float_result, load_model_and_data, quantized, simulate
 from .train import TrainConfig, TrainResult, fit
 
-Progress = Callable[[int, int, float], None]
 DEMO_MODEL = "zoo:mnist_resnet8"
 DEMO_DATA = "mnist"
 DEMO_TRAIN = TrainConfig(epochs=12, batch_size=64, lr=0.1)
-
-
-def load_model_and_data(model_spec: str, data_spec: str | None, weights: str | Path | None = None,
-                        input_shape: tuple[int, ...] | None = None) -> tuple[LoadedModel, Dataset]:
-    """The model and its data, preprocessed to the model's input; labels checked against it."""
-    model = load_model(model_spec, weights, input_shape)
-    data_spec = data_spec or model.dataset
-    if data_spec is None:
-        raise DataError(f"model {model_spec} has no default dataset; give one with --data")
-    ds = load_data(data_spec, model.input_shape)
-    if model.input_shape is None:
-        model.input_shape = ds.sample_shape
-    check_fit(model, ds)
-    return model, ds
-
-
-def check_fit(model: LoadedModel, ds: Dataset) -> None:
-    """The model takes the data's samples and has an output for every label."""
-    x = torch.from_numpy(ds.inputs(slice(0, 2)))
-    try:
-        with torch.no_grad():
-            out = model.module(x)
-    except Exception as e:  # noqa: BLE001 - user models raise anything
-        raise DataError(f"model {model.spec} cannot take samples of shape {ds.sample_shape} from data "
-                        f"{ds.name} ({type(e).__name__}: {e}); give matching data or --input-shape") from None
-    if out.dim() != 2:
-        raise ModelError(f"model {model.spec} returns shape {tuple(out.shape)}; a classifier returns N x classes")
-    if int(ds.y.max()) >= out.shape[1]:
-        raise DataError(f"data {ds.name} has label {int(ds.y.max())} but model {model.spec} has only "
-                        f"{out.shape[1]} outputs; give a model with more classes")
 
 
 def train_model(model: LoadedModel, ds: Dataset, cfg: TrainConfig,
@@ -101,47 +71,6 @@ def cached_model(model_spec: str, data_spec: str, cfg: TrainConfig, retrain: boo
     write_json(mpath, meta)
     model = load_model(model_spec, wpath, model.input_shape)
     return model, ds, {**meta, "cached": False, "weights": str(wpath)}
-
-
-@dataclass(frozen=True)
-class SimResult:
-    label: str
-    top1: float
-    weight_bytes: int
-    bops: int
-    ptq: PTQReport | None = None
-
-
-def quantized(model: LoadedModel, ds: Dataset, policy: Policy, cfg: QuantConfig | None = None,
-              qat_epochs: int = 0, on_step: Progress | None = None) -> tuple[torch.nn.Module, PTQReport]:
-    """The policy's fake-quantized model: PTQ on the calibration split with `cfg` (its weight
-    algorithm, bias correction, activation ranges), then optionally QAT on the training split."""
-    if policy.model_hash and policy.model_hash != model.model_hash:
-        raise ConfigError(f"the policy was made for model {policy.model_hash}, not {model.spec} "
-                          f"({model.model_hash}); make a policy for this model")
-    policy.check_layers(trace(model.module, model.input_shape))
-    q, report = quantize(model.module, policy, ds.split("calibration")[0], cfg, on_step=on_step)
-    if qat_epochs > 0:
-        finetune(q, *ds.split("train"), qat_epochs, on_step=on_step)
-    return q, report
-
-
-def simulate(model: LoadedModel, ds: Dataset, policy: Policy, cfg: QuantConfig | None = None,
-             qat_epochs: int = 0, on_step: Progress | None = None) -> tuple[torch.nn.Module, SimResult]:
-    """`quantized`, and the simulated model's test top-1, weight bytes and BOPs."""
-    q, report = quantized(model, ds, policy, cfg, qat_epochs, on_step)
-    layers = trace(model.module, model.input_shape)
-    label = policy.method or "policy"
-    return q, SimResult(label, accuracy(q, *ds.split("test")), policy_weight_bytes(layers, policy),
-                        policy_bops(layers, policy), report)
-
-
-def float_result(model: LoadedModel, ds: Dataset) -> SimResult:
-    """The float model's row: test top-1, float32 weight bytes and BOPs."""
-    layers = trace(model.module, model.input_shape)
-    f32 = Policy.uniform(layers, "f32")
-    return SimResult("float", accuracy(model.module, *ds.split("test")),
-                     policy_weight_bytes(layers, f32), policy_bops(layers, f32))
 
 
 def uniform_table(model: LoadedModel, ds: Dataset, precisions: tuple[str, ...],
@@ -379,43 +308,3 @@ def absolute_spec(spec: str) -> str:
     return spec
 
 
-def predicted_latency(policy: Policy, table: CostTable | None, target: str, model_hash: str) -> dict | None:
-    """The policy's latency on `target` as the profile predicts it (per layer), else as the
-    search recorded it in the policy; None when neither is about this target."""
-    from .latency import policy_latency, profile_points
-
-    if table is not None:
-        if table.target.name != target:
-            raise ConfigError(f"the profile was measured on {table.target.name}, not on {target}; "
-                              f"give the profile of {target}")
-        if table.model_hash != model_hash:
-            raise ConfigError(f"the profile was made for another model or other weights (fingerprint "
-                              f"{table.model_hash}, this model's {model_hash}); profile it with the same --model "
-                              "and --weights (the cached measurements make that quick)")
-        return {**policy_latency(table, policy.precisions), "points": profile_points(table)}
-    if policy.target == target and "latency_ms" in policy.predicted:
-        return {"predicted_ms": policy.predicted["latency_ms"], "target": target}
-    return None
-
-
-def simulated_model(model: LoadedModel, policy: Policy, state: dict, cfg: QuantConfig | None = None) -> torch.nn.Module:
-    """The simulated model deploy saved (simulation.pt), rebuilt on `model`'s architecture."""
-    from .export.rounding import saved_quantizers
-
-    q = apply(model.module, policy, cfg)
-    saved_quantizers(q, state)
-    try:
-        q.load_state_dict(state)
-    except RuntimeError as e:
-        raise ModelError(f"the saved simulation does not fit model {model.spec} "
-                         f"({str(e).splitlines()[0]}); deploy again") from None
-    from .quant.quantizers import ActQuantizer, WeightQuantizer
-
-    for m in q.modules():
-        if isinstance(m, ActQuantizer | WeightQuantizer):  # a QAT step was used as |step|
-            m.scale.data = m.scale.data.abs().clamp_min(1e-9)
-        if isinstance(m, ActQuantizer):
-            m.calibrated = True
-        if isinstance(m, WeightQuantizer):
-            m.fixed = True  # the saved grid is the deployed one: a later calibration must keep it
-    return q.eval()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import itertools
 import json
 import statistics
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .assign import alternating_policies, uniform_assignment
 from .backends import Backend, backend_for
 from .cache import cache_dir
 from .errors import ConfigError
@@ -159,57 +159,6 @@ def measure(backend: Backend, job: Job, float_model: bytes) -> CostRow:
     t = backend.time(model)
     return CostRow(job.layer.signature, str(job.precision), t.median_ms, t.p10_ms, t.p90_ms, t.runs,
                    weight_ops(model)[0].weight_bytes, len(model), backend.ram_bytes(model))
-
-
-def uniform_choice(target: Target, kind: str, precision: str) -> Precision | None:
-    """What a layer of `kind` runs when the whole model is asked for `precision`: that precision
-    if the target allows it for the kind, else the allowed one of the same activation bits with
-    the fewest weight bits above it (int4 depthwise falls back to int8), else None."""
-    allowed = target.allowed(kind)
-    p = Precision.parse(precision)
-    if p in allowed:
-        return p
-    up = sorted((q for q in allowed if q.is_float == p.is_float and q.act_bits == p.act_bits
-                 and q.weight_bits > p.weight_bits), key=lambda q: q.weight_bits)
-    return up[0] if up else None
-
-
-def uniform_assignment(layers: list[Layer], target: Target, precision: str) -> dict[str, Precision] | None:
-    """Layer name -> precision of the uniform `precision` policy on `target`, or None."""
-    out = {}
-    for la in layers:
-        if la.searchable:
-            q = uniform_choice(target, la.kind, precision)
-            if q is None:
-                return None
-            out[la.name] = q
-    return out
-
-
-def alternating_assignment(layers: list[Layer], target: Target, a: str, b: str) -> dict[str, Precision] | None:
-    """Searchable layers alternate `a`, `b`, `a`, ... in model order (each as the target runs
-    it, see `uniform_choice`), so that most tensors cross between the two domains; None if the
-    target cannot run one of them for some layer."""
-    out = {}
-    for i, la in enumerate(la for la in layers if la.searchable):
-        q = uniform_choice(target, la.kind, a if i % 2 == 0 else b)
-        if q is None:
-            return None
-        out[la.name] = q
-    return out
-
-
-def alternating_policies(layers: list[Layer], target: Target) -> dict[str, dict[str, Precision]]:
-    """The alternating policies of every two domains the target runs, keyed like `mixed_ms`."""
-    from .latency import DOMAIN_PRECISION, domain, pair_key
-
-    ran = {domain(p) for la in layers if la.searchable for p in target.allowed(la.kind)}
-    out = {}
-    for a, b in itertools.combinations(sorted(ran), 2):
-        assign = alternating_assignment(layers, target, DOMAIN_PRECISION[a], DOMAIN_PRECISION[b])
-        if assign is not None and len({domain(p) for p in assign.values()}) == 2:
-            out[pair_key(a, b)] = assign
-    return out
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,8 @@ def profile(table: Any, title: str) -> None:
         rows_sum = ms - table.overhead_ms.get(p, 0.0)
         click.echo(f"uniform {p:>5}: whole model {ms:8.3f} ms measured; its layers alone sum to {rows_sum:8.3f} ms "
                    f"({(rows_sum - ms) / ms:+.1%}); the difference is kept as overhead")
-    from .latency import conversion_ms_per_element, domain
+    from .assign import domain
+    from .latency import conversion_ms_per_element
     from .schema import Precision
 
     per_element = conversion_ms_per_element(table)

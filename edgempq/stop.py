@@ -9,6 +9,10 @@ import signal
 _requested: list[int] = []
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process was so that cleanup runs."""
+
+
 def request(signum: int) -> None:
     _requested.append(signum)
 
@@ -16,6 +20,4 @@ def request(signum: int) -> None:
 def check() -> None:
     """Raise the interrupt again if a stop was requested and swallowed on the way."""
     if _requested:
-        from .cli import Terminated
-
         raise Terminated if _requested[-1] == signal.SIGTERM else KeyboardInterrupt

@@ -199,7 +199,7 @@ def _policy(tfl: Path, deploy: dict, policy_path: str | Path | None):
 
 def _model_and_data(model_spec: str | None, data_spec: str | None, weights: Any, shape: list[int]):
     from .data import load_data
-    from .pipeline import load_model_and_data
+    from .simulation import load_model_and_data
 
     if model_spec:
         return load_model_and_data(model_spec, data_spec, weights)
@@ -213,8 +213,8 @@ def _model_and_data(model_spec: str | None, data_spec: str | None, weights: Any,
 def _simulation(model: Any, ds: Any, policy: Any, state_path: Path | None, deploy: dict) -> Any:
     import torch
 
-    from .pipeline import simulate, simulated_model
     from .quant import QuantConfig
+    from .simulation import simulate, simulated_model
 
     cfg = QuantConfig.from_dict(deploy["quant_config"], "deploy.json's quant_config") if deploy.get("quant_config") \
         else None
@@ -272,7 +272,7 @@ def _with_skips(qmodel: Any, data: bytes, deploy: dict, policy: Any) -> tuple[An
 
 
 def _latency(timing: Any, deploy: dict, policy: Any, profile_path: Any, target: str) -> dict:
-    from .pipeline import predicted_latency
+    from .latency import predicted_latency
 
     out = {"median_ms": timing.median_ms, "p10_ms": timing.p10_ms, "p90_ms": timing.p90_ms, "runs": timing.runs}
     pred = None

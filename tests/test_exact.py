@@ -50,8 +50,8 @@ def _ints(m, t) -> np.ndarray:
 
 
 def _simulation(model, policy, folder):
-    from edgempq.pipeline import simulated_model
     from edgempq.quant import QuantConfig
+    from edgempq.simulation import simulated_model
 
     deploy = json.loads((folder / "deploy.json").read_text())
     state = torch.load(folder / "simulation.pt", weights_only=True)

@@ -72,8 +72,8 @@ def _profiled(name: str, tmp_path, monkeypatch):
 
 
 def _assert_uniform_policies_predict_their_measurement(layers, table) -> None:
+    from edgempq.assign import uniform_assignment
     from edgempq.latency import predict_latency
-    from edgempq.profile import uniform_assignment
 
     for p, ms in table.whole_ms.items():
         assert predict_latency(table, uniform_assignment(layers, table.target, p)) == pytest.approx(ms, rel=1e-9)
@@ -88,7 +88,7 @@ def test_whole_model_timings_give_overheads_that_close_the_sum(tmp_path, monkeyp
 
 @pytest.mark.slow
 def test_uniform_policies_with_depthwise_fallbacks_are_predicted_exactly(tmp_path, monkeypatch):
-    from edgempq.profile import uniform_assignment
+    from edgempq.assign import uniform_assignment
 
     layers, table = _profiled("zoo:mnist_mobilenet", tmp_path, monkeypatch)
     w4a8 = uniform_assignment(layers, table.target, "w4a8")

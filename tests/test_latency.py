@@ -94,7 +94,7 @@ def test_a_profile_without_edges_or_mixed_timings_still_predicts_by_rows(table):
 
 
 def test_the_fit_rebuilds_exactly_the_alternating_policy_that_was_timed(table):
-    from edgempq.profile import alternating_assignment, alternating_policies
+    from edgempq.assign import alternating_assignment, alternating_policies
 
     timed = alternating_policies(list(table.layers), TARGET)
     assert list(timed) == ["w8a8~f32"]

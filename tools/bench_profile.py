@@ -24,6 +24,7 @@ ROUNDS = 5
 
 
 def bench_model(name: str, device: str, n_policies: int, seed: int, out_dir: str) -> dict:
+    from edgempq.assign import alternating_policies, uniform_assignment
     from edgempq.backends import backend_for
     from edgempq.export.float_graph import float_tflite
     from edgempq.export.mapping import torch_weights
@@ -31,7 +32,7 @@ def bench_model(name: str, device: str, n_policies: int, seed: int, out_dir: str
     from edgempq.latency import predict_latency
     from edgempq.layers import trace
     from edgempq.models import load_model
-    from edgempq.profile import WholeModel, alternating_policies, profile, uniform_assignment
+    from edgempq.profile import WholeModel, profile
     from edgempq.targets import load_target
 
     target = load_target(device)

@@ -94,9 +94,7 @@ class Backend(ABC):
 
 
 def backend_for(target: Target) -> Backend:
-    """The backend object that drives `target` (its modules are imported on first use)."""
-    from . import adb, litert, ssh, tflm  # noqa: F401 - registers them
-
+    """The backend object that drives `target`."""
     if target.template:
         raise DeviceError(f"target {target.name} is a template; copy its TOML file, set the device's "
                           "connection and remove `template = true`")

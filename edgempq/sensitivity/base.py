@@ -66,17 +66,11 @@ class Method:
 METHODS: Registry[type[Method]] = Registry("sensitivity method")
 
 
-def _load_plugins() -> None:
-    from . import clado, csmpq, gmpq, hawq, limpq, measured, ompq  # noqa: F401 - registration on import
-
-
 def method_names() -> list[str]:
-    _load_plugins()
     return METHODS.names()
 
 
 def get_method(name: str) -> type[Method]:
-    _load_plugins()
     return METHODS.get(name)
 
 

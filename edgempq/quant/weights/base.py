@@ -47,12 +47,7 @@ class WeightAlgorithm:
 ALGORITHMS: Registry[type[WeightAlgorithm]] = Registry("PTQ algorithm")
 
 
-def _load_plugins() -> None:
-    from . import adaround, gptq, minmax, mse  # noqa: F401 - registration on import
-
-
 def algorithm_names() -> list[str]:
-    _load_plugins()
     return ALGORITHMS.names()
 
 
@@ -61,7 +56,6 @@ def algorithm(name: str, params: dict[str, Any] | list[str] | None = None) -> We
     name or key is a ConfigError listing the valid ones."""
     from ...params import parse_params
 
-    _load_plugins()
     cls = ALGORITHMS.get(name)
     return cls(parse_params(cls, params or {}, kind="PTQ algorithm"))
 
