@@ -1,4 +1,5 @@
-"""Plugins by name: sensitivity methods, backends. An unknown name lists the valid ones."""
+"""Plugins by name: sensitivity methods, PTQ weight algorithms, backends. An unknown name lists
+the valid ones."""
 
 from __future__ import annotations
 

@@ -199,7 +199,7 @@ def test_odd_paths_and_names_reach_the_device_intact(sshd, device_python, tmp_pa
     out = odd / "out; 'p'.json"
     p = _cli("profile", "--device", str(board), "--model", spec, "--layers-only", "-o", str(out),
              cache=tmp_path / "cache", cwd=tmp_path)
-    _, err = p.communicate(timeout=600)
+    _, err = p.communicate(timeout=1800)
     assert p.returncode == 0, err
     assert len(json.loads(out.read_text())["rows"]) == 6  # the linear layer at host's 6 precisions
     import pwd
