@@ -71,7 +71,8 @@ class SSHServer:
         with open(root / "sshd.log", "w") as log:
             self.proc = subprocess.Popen([need("sshd"), "-D", "-e", "-f", str(root / "sshd_config")],
                                          stdout=subprocess.DEVNULL, stderr=log)
-        for _ in range(100):
+        deadline = time.time() + 1800  # a hang guard: sshd starts in well under a second
+        while time.time() < deadline:
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
                 return
