@@ -7,6 +7,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from . import backends  # noqa: F401 - the backends register their names (light: no torch)
+
 __version__ = "0.1.0"
 
 _API = {

@@ -17,6 +17,7 @@ class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._items: dict[str, T] = {}
+        self.failed: dict[str, str] = {}  # third-party plugin -> why it did not load
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator registering a plugin under `name`; a name can be taken only once."""
@@ -35,10 +36,25 @@ class Registry(Generic[T]):
             return self._items[name]
         except KeyError:
             valid = ", ".join(sorted(self._items)) or "(none)"
-            raise ConfigError(f"unknown {self.kind} {name!r}; choose one of: {valid}") from None
+            broken = "".join(f"; installed plugin {k} did not load ({v})" for k, v in sorted(self.failed.items()))
+            raise ConfigError(f"unknown {self.kind} {name!r}; choose one of: {valid}{broken}") from None
 
     def names(self) -> list[str]:
         return sorted(self._items)
 
     def __contains__(self, name: object) -> bool:
         return name in self._items
+
+
+def load_entry_points(group: str, registry: Registry) -> None:
+    """Import the third-party plugins installed for `group` (entry points `edgempq.methods`,
+    `edgempq.ptq`, `edgempq.backends`): each names a module, or an object in one, whose import
+    registers the plugin with the registry's decorator. One that fails to import is kept in
+    `registry.failed` and named when a lookup fails, so the built-ins keep working."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=group):
+        try:
+            ep.load()
+        except Exception as e:  # noqa: BLE001 - a third party's module may raise anything
+            registry.failed[ep.name] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"

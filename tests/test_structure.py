@@ -114,3 +114,66 @@ def test_the_core_loads_no_torch():
     out = _run("import sys\nimport edgempq.assign, edgempq.costs, edgempq.latency, edgempq.schema, edgempq.solve\n"
                "import edgempq.cli\nprint('torch' in sys.modules)")
     assert out == "False"
+
+
+PLUGIN = '''
+from dataclasses import dataclass
+
+from edgempq.backends.base import backend
+from edgempq.backends.litert import LiteRTBackend
+from edgempq.quant.weights.base import ALGORITHMS
+from edgempq.quant.weights.minmax import MinMax
+from edgempq.sensitivity.base import METHODS
+from edgempq.sensitivity.ompq import OMPQ
+
+
+@METHODS.register("third")
+class Third(OMPQ):
+    """A third party's method (here OMPQ under another name)."""
+
+
+@ALGORITHMS.register("third")
+class ThirdPTQ(MinMax):
+    """A third party's PTQ algorithm."""
+
+
+@backend("third")
+class ThirdBackend(LiteRTBackend):
+    """A third party's backend, with a [connection] of its own."""
+
+    connection_keys = frozenset({"bench"})
+'''
+
+
+def _install(site: Path, name: str, module: str, source: str, groups: dict[str, str]) -> None:
+    """A distribution installed the way pip leaves one: its module and a .dist-info folder with
+    entry points, on a folder of sys.path."""
+    (site / f"{module}.py").write_text(source)
+    info = site / f"{name}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("".join(f"[{g}]\n{v}\n\n" for g, v in groups.items()))
+
+
+def test_third_party_plugins_register_through_entry_points(tmp_path):
+    import os
+
+    _install(tmp_path, "edgempq_third", "edgempq_third", PLUGIN,
+             {"edgempq.methods": "third = edgempq_third", "edgempq.ptq": "third = edgempq_third",
+              "edgempq.backends": "third = edgempq_third"})
+    _install(tmp_path, "edgempq_broken", "edgempq_broken", "raise ImportError('needs libfoo')",
+             {"edgempq.methods": "broken = edgempq_broken"})
+    code = ("from edgempq.sensitivity import get_method\nfrom edgempq.quant.weights import algorithm\n"
+            "from edgempq.backends import BACKENDS\nfrom edgempq.targets import load_target\n"
+            "from dataclasses import replace\nfrom edgempq.errors import ConfigError\n"
+            "print(get_method('third').__name__, type(algorithm('third')).__name__, BACKENDS.get('third').__name__)\n"
+            "t = load_target('host')\n"
+            "print(replace(t, backend='third', connection={'bench': 'fast'}).backend)\n"
+            "try:\n    get_method('nope')\nexcept ConfigError as e:\n    print(e)\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True,
+                         timeout=1800).stdout.splitlines()
+    assert out[0] == "Third ThirdPTQ ThirdBackend"
+    assert out[1] == "third"  # a target may name the third party's backend and its [connection] keys
+    assert "choose one of: clado, csmpq, gmpq, hawq, limpq, measured, ompq, third" in out[2]
+    assert "installed plugin broken did not load (ImportError: needs libfoo)" in out[2]

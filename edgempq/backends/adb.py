@@ -11,7 +11,7 @@ from typing import Any
 
 from ..errors import DeviceError
 from ..schema import Timing
-from .base import BACKENDS
+from .base import backend
 from .remote import RemoteBackend, quoted
 
 _NUM = r"(\d+(?:\.\d*)?(?:[eE][+-]?\d+)?)"
@@ -19,8 +19,10 @@ _AVG = re.compile(r"Inference \(avg\):\s*" + _NUM)
 _STD = re.compile(r"count=\d+.*?avg=" + _NUM + r"\s+std=" + _NUM)
 
 
-@BACKENDS.register("adb")
+@backend("adb")
 class ADBBackend(RemoteBackend):
+    connection_keys = frozenset({"serial", "python", "remote_dir", "benchmark_model", "timeout_s"})
+
     def __init__(self, target: Any) -> None:
         super().__init__(target)
         conn = target.connection

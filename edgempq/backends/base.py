@@ -10,7 +10,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from functools import cache
 from types import ModuleType
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -18,8 +18,21 @@ from ..errors import DeviceError
 from ..registry import Registry
 from ..resources import data_dir
 from ..schema import Target, Timing
+from ..schema.device import register_backend
 
 BACKENDS: Registry[type[Backend]] = Registry("backend")
+
+
+def backend(name: str):
+    """Class decorator: register a Backend under `name`, with the [connection] keys it takes
+    (its `connection_keys`), so that targets naming it are checked against them."""
+
+    def deco(cls: type[Backend]) -> type[Backend]:
+        BACKENDS.register(name)(cls)
+        register_backend(name, cls.connection_keys)
+        return cls
+
+    return deco
 
 
 @dataclass(frozen=True)
@@ -42,6 +55,8 @@ class Evaluation:
 class Backend(ABC):
     """Drives one kind of device. Use as a context manager (or call `close`) so that anything
     left on the device (remote temporary files) is removed."""
+
+    connection_keys: ClassVar[frozenset[str]] = frozenset()  # what a target's [connection] may hold
 
     def __init__(self, target: Target) -> None:
         self.target = target

@@ -8,10 +8,10 @@ import numpy as np
 
 from ..errors import DeviceError
 from ..schema import Timing
-from .base import BACKENDS, Backend, Evaluation, device_script, timing_of
+from .base import Backend, Evaluation, backend, device_script, timing_of
 
 
-@BACKENDS.register("litert")
+@backend("litert")
 class LiteRTBackend(Backend):
     def _call(self, fn: str, *args: Any) -> Any:
         mod = device_script()

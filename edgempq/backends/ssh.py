@@ -9,12 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DeviceError
-from .base import BACKENDS
+from .base import backend
 from .remote import RemoteBackend, quoted
 
 
-@BACKENDS.register("ssh")
+@backend("ssh")
 class SSHBackend(RemoteBackend):
+    connection_keys = frozenset({"host", "user", "port", "key", "known_hosts", "python", "timeout_s"})
+
     def __init__(self, target: Any) -> None:
         super().__init__(target)
         conn = target.connection

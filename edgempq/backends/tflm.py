@@ -12,12 +12,12 @@ import numpy as np
 from ..errors import DeviceError
 from ..quiet import captured_output
 from ..schema import Timing
-from .base import BACKENDS, Backend, device_script
+from .base import Backend, backend, device_script
 
 _MAX_ARENA = 1 << 30
 
 
-@BACKENDS.register("tflm")
+@backend("tflm")
 class TFLMBackend(Backend):
     def __init__(self, target: Any) -> None:
         super().__init__(target)

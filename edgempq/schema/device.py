@@ -14,14 +14,13 @@ from ..errors import ConfigError
 from ..files import read_toml
 from .core import SCHEMA_VERSION, SEARCHABLE_KINDS, JsonDoc, Layer, Precision, _check_keys, _check_version
 
-BACKENDS = ("litert", "tflm", "ssh", "adb")
-# Keys of [connection] per backend: where the device is and how to reach it.
-CONNECTION_KEYS = {
-    "litert": set(),
-    "tflm": set(),
-    "ssh": {"host", "user", "port", "key", "known_hosts", "python", "timeout_s"},
-    "adb": {"serial", "python", "remote_dir", "benchmark_model", "timeout_s"},
-}
+# Backend name -> the keys of its [connection] (where the device is and how to reach it). Each
+# backend registers itself here as `edgempq.backends` imports it (which `import edgempq` does).
+CONNECTION_KEYS: dict[str, frozenset[str]] = {}
+
+
+def register_backend(name: str, connection_keys: frozenset[str]) -> None:
+    CONNECTION_KEYS[name] = frozenset(connection_keys)
 _HOST = re.compile(r"^[A-Za-z0-9_.:\[\]%-]+$")  # a name or address; never an option (leading '-')
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9_./+-]+$")
 _TOP_KEYS = {"name", "description", "backend", "threads", "warmup", "runs", "max_seconds", "flash_kb", "ram_kb",
@@ -48,9 +47,9 @@ class Target(JsonDoc):
     connection: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
+        if self.backend not in CONNECTION_KEYS:
             raise ConfigError(f"target {self.name}: unknown backend {self.backend!r}; "
-                              f"choose one of {', '.join(BACKENDS)}")
+                              f"choose one of {', '.join(sorted(CONNECTION_KEYS))}")
         for k in ("threads", "warmup", "runs"):
             v = getattr(self, k)
             if isinstance(v, bool) or not isinstance(v, int) or v < (0 if k == "warmup" else 1):
