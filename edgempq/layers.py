@@ -144,13 +144,14 @@ def layer_edges(model: nn.Module, layers: list[Layer]) -> list[tuple[str, str, i
                 producers.append(n.target)
             elif n.op == "call_module" and n.target in fixed:
                 continue  # a float layer in between: its own conversions are in the uniform scales
-            elif not (past_add and _is_add(n)):  # an earlier residual sum was converted for its own readers
-                stack.extend((m, past_add or _is_add(n)) for m in n.all_input_nodes)
+            elif not (past_add and is_add(n)):  # an earlier residual sum was converted for its own readers
+                stack.extend((m, past_add or is_add(n)) for m in n.all_input_nodes)
         out += [(p, node.target, size[node.target]) for p in sorted(set(producers), key=names.index)]
     return out
 
 
-def _is_add(node) -> bool:
+def is_add(node) -> bool:
+    """Whether a torch.fx node adds tensors (`a + b`, `a += b`, `torch.add`, `a.add(b)`, `a.add_(b)`)."""
     import operator
 
     return (node.op == "call_function" and node.target in (operator.add, operator.iadd, torch.add)) or \

@@ -20,9 +20,10 @@ from .latency import predicted_latency
 from .layers import F32, policy_weight_bytes, trace, weight_bytes
 from .metrics import accuracy, predict, topk
 from .models import LoadedModel, load_model
+from .progress import Progress
 from .quant import QuantConfig
 from .schema import CostTable, Policy, Precision
-from .simulation import Progress, SimResult, float_result, load_model_and_data, quantized, simulate
+from .simulation import SimResult, float_result, load_model_and_data, quantized, simulate
 from .train import TrainConfig, TrainResult, fit
 
 DEMO_MODEL = "zoo:mnist_resnet8"

@@ -11,7 +11,6 @@ import contextlib
 import hashlib
 import json
 import statistics
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,9 +21,8 @@ from .cache import cache_dir
 from .errors import ConfigError
 from .files import write_json
 from .layers import layer_edges
+from .progress import Progress
 from .schema import CostRow, CostTable, Layer, Precision, Target
-
-Progress = Callable[[int, int, str], None]
 
 
 @dataclass(frozen=True)

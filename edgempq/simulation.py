@@ -4,7 +4,6 @@ saved. Used by the pipeline's stages and by validate."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,10 +14,9 @@ from .errors import ConfigError, DataError, ModelError
 from .layers import policy_bops, policy_weight_bytes, trace
 from .metrics import accuracy
 from .models import LoadedModel, load_model
+from .progress import Progress
 from .quant import PTQReport, QuantConfig, apply, finetune, quantize
 from .schema import Policy
-
-Progress = Callable[[int, int, float], None]
 
 
 def load_model_and_data(model_spec: str, data_spec: str | None, weights: str | Path | None = None,

@@ -14,8 +14,8 @@ import numpy as np
 
 from .data import spread
 from .errors import ConfigError, DataError
+from .progress import Progress
 
-Progress = Callable[[int, int, float | str], None]
 MIN_AGREEMENT = 0.99  # below this top-1 agreement, the divergence finder runs
 VALIDATION_FILE = "validation.json"
 

@@ -14,14 +14,12 @@ after those adds. Both read only the graphs, so validate measures them again fro
 
 from __future__ import annotations
 
-import operator
 from typing import Any
 
 import numpy as np
 
 _ADD = 0  # builtin operator code
 _INPUT = "<input>"
-_FX_ADDS = (operator.add, operator.iadd)
 
 
 def _tflite_adds(m, layer_ops: dict[int, str]) -> list[tuple[int, frozenset]]:
@@ -52,11 +50,12 @@ def _tflite_adds(m, layer_ops: dict[int, str]) -> list[tuple[int, frozenset]]:
     return out
 
 
-def _is_add(node) -> bool:
-    if node.op == "call_function" and (node.target in _FX_ADDS or getattr(node.target, "__name__", "") == "add"):
-        return len(node.all_input_nodes) == 2
-    # an in-place add_ is left float: its later readers read the mutated tensor, not the node
-    return node.op == "call_method" and node.target == "add" and len(node.all_input_nodes) == 2
+def _is_residual_add(node) -> bool:
+    """An add of two computed tensors; an in-place add_ is left float (its later readers read
+    the mutated tensor, not the node)."""
+    from ..layers import is_add
+
+    return is_add(node) and node.target != "add_" and len(node.all_input_nodes) == 2
 
 
 def _fx_adds(graph, layers: set[str]) -> list[tuple[Any, frozenset]]:
@@ -73,7 +72,7 @@ def _fx_adds(graph, layers: set[str]) -> list[tuple[Any, frozenset]]:
                 memo[n] = frozenset().union(*(sources(i) for i in n.all_input_nodes))
         return memo[n]
 
-    return [(n, frozenset(sources(i) for i in n.all_input_nodes)) for n in graph.nodes if _is_add(n)]
+    return [(n, frozenset(sources(i) for i in n.all_input_nodes)) for n in graph.nodes if _is_residual_add(n)]
 
 
 def trace(qmodel) -> Any | None:

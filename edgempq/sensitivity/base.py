@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -16,10 +15,10 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, DataError
 from ..params import parse_params
+from ..progress import Progress
 from ..registry import Registry
 from ..schema import Layer, Precision, Sensitivity
 
-Progress = Callable[[int, int, str], None]
 REF_BITS = 16  # bits at which a layer counts as lossless in the bit objectives (f16 / f32 too)
 
 

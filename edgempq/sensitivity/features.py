@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..layers import is_add
 from ..schema import Layer
 
 _FOLLOW_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.Hardswish, nn.SiLU, nn.GELU,
@@ -21,7 +22,6 @@ _FOLLOW_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.Hardswi
 _PASS_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.Identity)  # between a conv and the add it feeds
 _FOLLOW_FUNCS = {torch.relu, torch.nn.functional.relu, torch.nn.functional.relu6, torch.nn.functional.hardswish,
                  torch.nn.functional.silu, torch.nn.functional.gelu}
-_ADD_FUNCS = {torch.add, __import__("operator").add, __import__("operator").iadd}
 
 
 @dataclass(frozen=True)
@@ -49,11 +49,6 @@ def _follows(node, modules: dict[str, nn.Module]) -> bool:
     if node.op == "call_function":
         return node.target in _FOLLOW_FUNCS
     return node.op == "call_method" and node.target in ("relu", "relu_")
-
-
-def _is_add(node) -> bool:
-    return (node.op == "call_function" and node.target in _ADD_FUNCS) or \
-        (node.op == "call_method" and node.target in ("add", "add_"))
 
 
 def _chain_end(node, modules):
@@ -87,7 +82,7 @@ def units(model: nn.Module, layers: list[Layer], grouping: str = "none") -> tupl
     grouped: dict[str, Unit] = {}
     if grouping == "residual":
         for n in gm.graph.nodes:
-            if _is_add(n):
+            if is_add(n):
                 srcs = [s for a in n.args if hasattr(a, "op") and (s := _source_layer(a, modules, names))]
                 if srcs:  # a block's last conv (and its downsample): their feature is the block output
                     u = Unit(tuple(la.name for la in layers if la.name in srcs), _chain_end(n, modules).name)

@@ -4,7 +4,6 @@ error against round-to-nearest."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -13,8 +12,6 @@ from torch import Tensor, nn
 from ...registry import Registry
 from ..moments import Moments, channel_scale, collect, from_matrix, weight_matrix
 from ..stream import Unit
-
-Progress = Callable[[int, int, str], None]
 
 
 class WeightAlgorithm:
