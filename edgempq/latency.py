@@ -88,11 +88,8 @@ def edge_ms(per_element: dict[str, float], elements: int, pa: Precision, pb: Pre
 
 def predict_latency(table: CostTable, precisions: dict[str, Precision]) -> float:
     """Predicted end-to-end latency of a policy: its layers' scaled costs plus the conversions
-    on the edges between layers of different domains."""
-    factors = scales(table)
-    per_element = conversion_ms_per_element(table, factors)
-    layers = sum(layer_cost_ms(table, la, precisions[la.name], factors) for la in table.layers if la.searchable)
-    return layers + sum(edge_ms(per_element, n, precisions[p], precisions[c]) for p, c, n in table.edges)
+    on the edges between layers of different domains (the total of `policy_latency`)."""
+    return policy_latency(table, precisions)["predicted_ms"]
 
 
 def policy_latency(table: CostTable, precisions: dict[str, Precision]) -> dict:

@@ -34,7 +34,6 @@ DEMO_TRAIN = TrainConfig(epochs=12, batch_size=64, lr=0.1)
 def train_model(model: LoadedModel, ds: Dataset, cfg: TrainConfig,
                 on_step: Progress | None = None) -> tuple[TrainResult, float]:
     """Train in place on the training split; returns the result and the test top-1."""
-    torch.manual_seed(cfg.seed)
     res = fit(model.module, *ds.split("train"), cfg, val=ds.split("validation"), on_step=on_step)
     return res, accuracy(model.module, *ds.split("test"))
 
@@ -48,8 +47,9 @@ def state_bytes(module: torch.nn.Module) -> bytes:
 def cached_model(model_spec: str, data_spec: str, cfg: TrainConfig, retrain: bool = False,
                  on_step: Progress | None = None) -> tuple[LoadedModel, Dataset, dict]:
     """A trained model from the cache, trained (and cached) first if missing or `retrain`."""
-    torch.manual_seed(cfg.seed)  # the initial weights too are set by the seed
-    model, ds = load_model_and_data(model_spec, data_spec)
+    with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
+        torch.manual_seed(cfg.seed)  # the initial weights too are set by the seed
+        model, ds = load_model_and_data(model_spec, data_spec)
     key = hashlib.sha256(json.dumps([model_spec, ds.data_id, asdict(cfg)]).encode())
     # A readable but path-safe file name: the zoo name or the factory's name, then the key.
     label = re.sub(r"[^A-Za-z0-9_.-]", "_", model_spec.removeprefix("zoo:").split("?")[0].rpartition(":")[2])

@@ -42,9 +42,16 @@ def captured_output(fds: tuple[int, ...] = (2,)) -> Iterator[list[str]]:
             box.append(tmp.read().decode(errors="replace"))
 
 
+def quiet_tensorflow_env() -> dict[str, str]:
+    """TensorFlow's log level set to errors only, here and for the processes started from here
+    (onnx2tf); returns the environment."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    return dict(os.environ)
+
+
 def import_tensorflow() -> ModuleType:
     """`import tensorflow` without its start-up chatter."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    quiet_tensorflow_env()
     if "tensorflow" in sys.modules:
         return sys.modules["tensorflow"]
     with captured_output():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,6 +12,7 @@ from torch import nn
 
 from .errors import ConfigError
 from .metrics import accuracy
+from .progress import Progress
 
 
 @dataclass(frozen=True)
@@ -70,12 +70,18 @@ def fit(
     y: np.ndarray,
     cfg: TrainConfig,
     val: tuple[np.ndarray, np.ndarray] | None = None,
-    on_step: Callable[[int, int, float], None] | None = None,
+    on_step: Progress | None = None,
 ) -> TrainResult:
     """Train `model` in place on (x, y); deterministic for `cfg.seed` on one thread count."""
     if len(x) == 0:
         raise ConfigError("the training split is empty; use a larger dataset")
-    torch.manual_seed(cfg.seed)
+    with torch.random.fork_rng(devices=[]):  # seeded here, the caller's random state left as it was
+        torch.manual_seed(cfg.seed)
+        return _fit(model, x, y, cfg, val, on_step)
+
+
+def _fit(model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: TrainConfig,
+         val: tuple[np.ndarray, np.ndarray] | None, on_step: Progress | None) -> TrainResult:
     gen = torch.Generator().manual_seed(cfg.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":

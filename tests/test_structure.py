@@ -177,3 +177,17 @@ def test_third_party_plugins_register_through_entry_points(tmp_path):
     assert out[1] == "third"  # a target may name the third party's backend and its [connection] keys
     assert "choose one of: clado, csmpq, gmpq, hawq, limpq, measured, ompq, third" in out[2]
     assert "installed plugin broken did not load (ImportError: needs libfoo)" in out[2]
+
+
+def test_stages_leave_the_callers_random_state_alone():
+    import numpy as np
+    import torch
+
+    from edgempq.train import TrainConfig, fit
+
+    torch.manual_seed(123)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Dropout(0.5), torch.nn.Linear(4, 2))
+    before = torch.random.get_rng_state()
+    x, y = np.random.default_rng(0).normal(size=(8, 1, 2, 2)).astype(np.float32), np.array([0, 1] * 4)
+    fit(net, x, y, TrainConfig(epochs=1, batch_size=4, lr=0.01, seed=7))
+    assert torch.equal(torch.random.get_rng_state(), before)

@@ -5,7 +5,6 @@ back, and the folder removed at the end."""
 from __future__ import annotations
 
 import contextlib
-import re
 import shlex
 import subprocess
 import tempfile
@@ -18,9 +17,8 @@ import numpy as np
 from ..errors import DeviceError
 from ..resources import data_dir
 from ..schema import Timing
+from ..schema.device import SAFE_PATH
 from .base import Backend, Evaluation, parse_result, timing_of
-
-_SAFE_DIR = re.compile(r"^/[A-Za-z0-9_./-]+$")
 
 
 class RemoteBackend(Backend):
@@ -68,7 +66,7 @@ class RemoteBackend(Backend):
     def _session(self) -> str:
         if self._dir is None:
             d = self._make_dir().strip()
-            if not _SAFE_DIR.match(d):
+            if not SAFE_PATH.match(d):  # under remote_dir, which the target check holds to it
                 raise DeviceError(f"target {self.target.name}: unexpected temporary folder {d!r} on the device")
             self._dir = d
             self._put(data_dir("tools") / "edgempq_device.py", f"{d}/edgempq_device.py")

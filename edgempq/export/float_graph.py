@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import subprocess
 import sys
 import tempfile
@@ -21,7 +20,6 @@ import numpy as np
 
 from ..errors import ConversionError
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ONNX2TF_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
 
 
@@ -60,11 +58,13 @@ def _sample_images(images: np.ndarray | None) -> np.ndarray:
 
 def onnx_to_tflite(onnx_path: Path, images: np.ndarray | None = None) -> bytes:
     """onnx2tf's SavedModel, converted with a `serving_default` signature."""
+    from ..quiet import quiet_tensorflow_env
+
     with tempfile.TemporaryDirectory(prefix="edgempq-onnx2tf-") as work:
         np.save(Path(work) / ONNX2TF_SAMPLE, _sample_images(images))
         out = Path(work) / "saved_model"
         p = subprocess.run([sys.executable, "-m", "onnx2tf", "-i", str(Path(onnx_path).resolve()), "-o", str(out),
-                            "-osd", "-n"], cwd=work, capture_output=True, text=True)
+                            "-osd", "-n"], cwd=work, capture_output=True, text=True, env=quiet_tensorflow_env())
         if p.returncode != 0 or not (out / "saved_model.pb").exists():
             tail = [ln for ln in (p.stdout + p.stderr).splitlines() if "rror" in ln][-3:]
             raise ConversionError(f"onnx2tf could not convert the model: {' | '.join(tail) or 'no message'}")

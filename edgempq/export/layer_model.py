@@ -3,13 +3,9 @@ float with Keras, then quantized with the same recipe code deployment uses."""
 
 from __future__ import annotations
 
-import os
-
 from ..errors import ConversionError
 from ..schema import Layer, Precision
 from .recipe import KIND_OPS, OpRule, check_op, quantize, weight_ops
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def _conv_padding(layer: Layer) -> tuple[str, tuple[int, int] | None]:

@@ -21,8 +21,10 @@ CONNECTION_KEYS: dict[str, frozenset[str]] = {}
 
 def register_backend(name: str, connection_keys: frozenset[str]) -> None:
     CONNECTION_KEYS[name] = frozenset(connection_keys)
+
+
 _HOST = re.compile(r"^[A-Za-z0-9_.:\[\]%-]+$")  # a name or address; never an option (leading '-')
-_SAFE_PATH = re.compile(r"^/[A-Za-z0-9_./+-]+$")
+SAFE_PATH = re.compile(r"^/[A-Za-z0-9_./+-]+$")  # a path on a device that no shell can misread
 _TOP_KEYS = {"name", "description", "backend", "threads", "warmup", "runs", "max_seconds", "flash_kb", "ram_kb",
              "template", "precisions", "connection"}
 
@@ -152,7 +154,7 @@ def _connection_problem(key: str, v: Any) -> str | None:
         return "must be a non-empty string"
     if key in ("host", "user", "serial") and (not _HOST.match(v) or v.startswith("-")):
         return "may hold only letters, digits and . _ - : [ ] % (and must not start with '-')"
-    if key == "remote_dir" and not _SAFE_PATH.match(v):
+    if key == "remote_dir" and not SAFE_PATH.match(v):
         return "must be an absolute path of letters, digits and . _ / + -"
     if "\n" in v or "\0" in v:
         return "must be on one line"

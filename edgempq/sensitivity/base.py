@@ -83,8 +83,9 @@ def compute(name: str, model: nn.Module, layers: list[Layer], precisions: dict[s
         raise ConfigError(f"precisions name layer(s) {', '.join(unknown)} that are not searchable layers")
     method = cls(parse_params(cls, params or {}))
     work = copy.deepcopy(model).eval()
-    torch.manual_seed(getattr(method.params, "seed", 0))
-    sens = method.compute(work, layers, precisions, data, on_step)
+    with torch.random.fork_rng(devices=[]):  # seeded here, the caller's random state left as it was
+        torch.manual_seed(getattr(method.params, "seed", 0))
+        sens = method.compute(work, layers, precisions, data, on_step)
     return dataclasses.replace(sens, model_hash=model_hash, data_id=data.data_id,
                                params=dataclasses.asdict(method.params))
 
