@@ -35,8 +35,9 @@ def _ops_by_output(model: bytes) -> dict[str, tuple[int, int]]:
     return out
 
 
-def artifact_outputs(model: bytes, x_model_layout: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
-    """The dequantized values of tensors `names` for each sample, read from LiteRT."""
+def kept_tensors(model: bytes, x_model_layout: np.ndarray, names: list[str]) -> tuple[dict, dict]:
+    """Tensors `names` as the artifact holds them (integer codes or floats), one sample at a
+    time through LiteRT with every tensor kept, stacked over the samples; and their details."""
     from ai_edge_litert.interpreter import Interpreter
 
     from .backends.base import device_script
@@ -49,7 +50,7 @@ def artifact_outputs(model: bytes, x_model_layout: np.ndarray, names: list[str])
     it.allocate_tensors()
     d = it.get_input_details()[0]
     try:
-        q = script.quantize(x_model_layout, d["dtype"], *d["quantization"])
+        q = script.quantize(np.asarray(x_model_layout, np.float32), d["dtype"], *d["quantization"])
     except script.DeviceError as e:
         raise DeviceError(f"reading the artifact's layers: {e}") from None
     details = {t["name"]: t for t in it.get_tensor_details()}
@@ -58,9 +59,17 @@ def artifact_outputs(model: bytes, x_model_layout: np.ndarray, names: list[str])
         it.set_tensor(d["index"], q[i : i + 1])
         it.invoke()
         for n in names:
-            t = details[n]
-            got[n].append(script.dequantize(it.get_tensor(t["index"]), *t["quantization"])[0])
-    return {n: np.stack(v) for n, v in got.items()}
+            got[n].append(it.get_tensor(details[n]["index"]).copy())
+    return {n: np.concatenate(v) for n, v in got.items()}, {n: details[n] for n in names}
+
+
+def artifact_outputs(model: bytes, x_model_layout: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+    """The dequantized values of tensors `names` for each sample, read from LiteRT."""
+    from .backends.base import device_script
+
+    script = device_script()
+    raw, details = kept_tensors(model, x_model_layout, names)
+    return {n: script.dequantize(raw[n], *details[n]["quantization"]) for n in names}
 
 
 def simulated_outputs(qmodel: Any, x: np.ndarray, layers: list[str]) -> dict[str, np.ndarray]:

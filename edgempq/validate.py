@@ -147,13 +147,7 @@ def validate(artifact: str | Path, target_spec: str, data_spec: str | None = Non
         result["simulated_policy"] = str(policy_path) if policy_path else "the deployed policy"
         result["simulation"] = "saved by deploy" if sim_state is not None else "calibrated again (PTQ)"
         if deployed is None or policy.precisions == deployed.precisions:  # the artifact's own policy
-            if _adopt_rounding(qmodel, data, deploy, policy, layout(x[:8])):
-                result["simulation"] += "; output rounding measured on the artifact"
-            qmodel, between, notes = _with_skips(qmodel, data, deploy, policy)
-            if between:
-                result["simulation"] += f"; {between} rounded as in the artifact"
-            if notes:
-                result["simulation_notes"] = notes
+            qmodel = _artifact_rounding(qmodel, data, deploy, policy, layout(x[:8]), result)
         from .export.deploy import output_levels
 
         sim = output_levels(_logits(qmodel, x), out_io)  # read as the artifact's integer output
@@ -229,23 +223,29 @@ def _simulation(model: Any, ds: Any, policy: Any, state_path: Path | None, deplo
     return q
 
 
-def _adopt_rounding(qmodel: Any, data: bytes, deploy: dict, policy: Any, x: np.ndarray) -> bool:
-    """A simulation without its artifact's output rounding (saved by an older deploy, or
-    calibrated again) takes it from the artifact, measured on `x`; whether it did."""
+def _artifact_rounding(qmodel: Any, data: bytes, deploy: dict, policy: Any, x: np.ndarray, result: dict) -> Any:
+    """The simulation rounding as the artifact does: each integer layer's output, measured on
+    `x` when the saved simulation lacks it (an older deploy, or calibrated again), and the
+    tensors between layers, read from the artifact's graph (see export.skips); what was taken
+    is said in `result`."""
+    from .divergence import _ops_by_output
+    from .export import rounding, skips
     from .quant.modules import QUANT_TYPES
 
-    if any(getattr(m, "out_quant", None) is not None for m in qmodel.modules() if isinstance(m, QUANT_TYPES)):
-        return False
-    from .divergence import _ops_by_output
-
-    ops = _ops_by_output(data)
-    layer_ops = {n: i for n, i in _layer_ops(deploy, ops, policy).items() if not policy.precisions[n].is_float}
+    layer_ops = _layer_ops(deploy, _ops_by_output(data), policy)
     if not layer_ops:
-        return False
-    from .export.rounding import adopt, measure
-
-    adopt(qmodel, measure(data, layer_ops, x))
-    return True
+        return qmodel
+    ints = {n: i for n, i in layer_ops.items() if not policy.precisions[n].is_float}
+    has = any(getattr(m, "out_quant", None) is not None for m in qmodel.modules() if isinstance(m, QUANT_TYPES))
+    if ints and not has:
+        rounding.adopt(qmodel, rounding.measure(data, ints, x))
+        result["simulation"] += "; output rounding measured on the artifact"
+    grids, notes = skips.measure(qmodel, data, layer_ops)
+    if grids:
+        result["simulation"] += f"; {skips.describe(grids)} rounded as in the artifact"
+    if notes:
+        result["simulation_notes"] = notes
+    return skips.wrap(qmodel, grids)
 
 
 def _layer_ops(deploy: dict, ops: dict, policy: Any) -> dict[str, int]:
@@ -255,20 +255,6 @@ def _layer_ops(deploy: dict, ops: dict, policy: Any) -> dict[str, int]:
     return {r["layer"]: ops[r["op_output"]][0] for r in rows
             if isinstance(r, dict) and isinstance(r.get("op_output"), str) and r["op_output"] in ops
             and isinstance(r.get("layer"), str) and r["layer"] in policy.precisions}
-
-
-def _with_skips(qmodel: Any, data: bytes, deploy: dict, policy: Any) -> tuple[Any, str, list[str]]:
-    """The simulation with the tensors between its layers rounded to the artifact's grids (read
-    from the artifact's graph, see export.skips), what those are ("" for none), and notes on
-    those left float."""
-    from .divergence import _ops_by_output
-    from .export.skips import describe, measure, wrap
-
-    layer_ops = _layer_ops(deploy, _ops_by_output(data), policy)
-    if not layer_ops:
-        return qmodel, "", []
-    grids, notes = measure(qmodel, data, layer_ops)
-    return wrap(qmodel, grids), describe(grids), notes
 
 
 def _latency(timing: Any, deploy: dict, policy: Any, profile_path: Any, target: str) -> dict:

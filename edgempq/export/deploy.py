@@ -105,6 +105,7 @@ def build(layers: list[Layer], qmodel, input_shape: tuple[int, ...], policy: Pol
     from .mapping import map_layers, torch_weights
     from .mixed import policy_rules
     from .recipe import quantize
+    from .skips import measure as measure_skips
 
     module = export_module(qmodel)
     base = float_tflite(module, input_shape, calibration)
@@ -115,24 +116,19 @@ def build(layers: list[Layer], qmodel, input_shape: tuple[int, ...], policy: Pol
     check_float_weights(base, {n: mapping[n].index for n in ints}, module, kinds)
     out = quantize(base, rules, calibration_feed(base, calibration), simulation_ranges(base, mapping, qmodel, ints))
     ops = _checked_ops(out, mapping, policy)
-    ranges = adopt_input_ranges(qmodel, out, {n: ops[n].index for n in ints})
+    int_ops = {n: ops[n].index for n in ints}  # carrying values over keeps every op where it is
+    ranges = adopt_input_ranges(qmodel, out, int_ops)
     values = {n: _values(qmodel, n, kinds[n]) for n in ints}
-    out = carry(out, {n: ops[n].index for n in ints}, values)
-    exact = check(out, {n: ops[n].index for n in ints}, values)
+    out = carry(out, int_ops, values)
+    exact = check(out, int_ops, values)
     ops = _checked_ops(out, mapping, policy)
-    rounding = output_rounding(qmodel, out, {n: ops[n].index for n in ints}, base, calibration)
+    rounding = output_rounding(qmodel, out, int_ops, base, calibration)
     skips, notes = measure_skips(qmodel, out, {n: ops[n].index for n in mapping})
     found = {name: {"op": got.op, "weight_type": got.weight_type, "activation_type": got.act_type,
                     "weight_bytes": got.weight_bytes} for name, got in ops.items()}
     check_loads(out)
     return Artifact(out, rules, mapping, found, exact=exact, input_ranges=ranges, rounding=rounding, skips=skips,
                     skip_notes=notes)
-
-
-def measure_skips(qmodel, model: bytes, ops: dict[str, int]) -> tuple[dict, list[str]]:
-    from .skips import measure
-
-    return measure(qmodel, model, ops)
 
 
 def output_rounding(qmodel, model: bytes, ops: dict[str, int], base: bytes, calibration: np.ndarray) -> dict:

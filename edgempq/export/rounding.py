@@ -15,7 +15,6 @@ layer its op's output scale, zero point, activation clamp and rule."""
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -160,40 +159,20 @@ def _op_rounding(m, op, x: np.ndarray, y: np.ndarray, name: str) -> OpRounding:
 def measure(model: bytes, ops: dict[str, int], x_model_layout: np.ndarray) -> dict[str, OpRounding]:
     """Per layer (-> its op index in `model`), the rounding its op uses on this machine's LiteRT,
     measured on the samples `x_model_layout` (float, as the artifact's input takes them)."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    from ..backends.base import device_script
+    from ..divergence import kept_tensors
     from .exact import _read
 
     m = _read(model)
     sg = m.subgraphs[0]
-    with warnings.catch_warnings():  # "preserve all tensors is for debugging": it is
-        warnings.simplefilter("ignore")
-        it = Interpreter(model_content=model, experimental_preserve_all_tensors=True)
-    it.allocate_tensors()
-    d = it.get_input_details()[0]
-    script = device_script()
-    try:
-        xq = script.quantize(np.asarray(x_model_layout, np.float32), d["dtype"], *d["quantization"])
-    except script.DeviceError as e:
-        raise ConversionError(f"measuring the artifact's rounding: {e}") from None
     for name, i in ops.items():
         if not 0 <= i < len(sg.operators) or int(m.operatorCodes[sg.operators[i].opcodeIndex].builtinCode) not in (
                 _CONV, _DWCONV, _FC):
             raise ConversionError(f"layer {name}: op {i} of the artifact is not a conv or fully connected op; "
                                   "the layer map does not fit the artifact: deploy again")
-    index = {t["name"]: t["index"] for t in it.get_tensor_details()}
-    wanted = {name: (index[_name(sg.tensors[sg.operators[i].inputs[0]])],
-                     index[_name(sg.tensors[sg.operators[i].outputs[0]])]) for name, i in ops.items()}
-    seen: dict[str, tuple[list, list]] = {name: ([], []) for name in ops}
-    for i in range(len(xq)):
-        it.set_tensor(d["index"], xq[i : i + 1])
-        it.invoke()
-        for name, (a, b) in wanted.items():
-            seen[name][0].append(it.get_tensor(a).copy())
-            seen[name][1].append(it.get_tensor(b).copy())
-    return {name: _op_rounding(m, sg.operators[ops[name]], np.concatenate(seen[name][0]),
-                               np.concatenate(seen[name][1]), name) for name in ops}
+    ends = {name: (_name(sg.tensors[sg.operators[i].inputs[0]]), _name(sg.tensors[sg.operators[i].outputs[0]]))
+            for name, i in ops.items()}
+    raw, _ = kept_tensors(model, x_model_layout, sorted({t for pair in ends.values() for t in pair}))
+    return {name: _op_rounding(m, sg.operators[ops[name]], raw[a], raw[b], name) for name, (a, b) in ends.items()}
 
 
 def adopt(qmodel, found: dict[str, OpRounding]) -> None:

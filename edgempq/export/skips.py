@@ -16,8 +16,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 _ADD = 0  # builtin operator code
 _INPUT = "<input>"
 
@@ -95,7 +93,7 @@ def measure(qmodel, model: bytes, layer_ops: dict[str, int]) -> tuple[dict[str, 
     """Per add node of `qmodel`'s graph, the output grid of the artifact ADD op it pairs with
     (`layer_ops`: every policy layer -> its op index in `model`), and notes on adds left alone."""
     from .exact import _read
-    from .rounding import _clamp
+    from .rounding import _clamp, _grid
 
     graph = trace(qmodel)
     if graph is None:
@@ -110,14 +108,13 @@ def measure(qmodel, model: bytes, layer_ops: dict[str, int]) -> tuple[dict[str, 
         there = [i for i, s in ops if s == sig]
         op = sg.operators[index]
         t = sg.tensors[op.outputs[0]]
-        q = t.quantization
-        if t.type not in (9, 7) or q is None or q.scale is None or len(q.scale) != 1:
+        if _grid(t) is None:
             continue  # a float add: nothing to round
         if len(same) != 1 or len(there) != 1:
             notes.append(f"the artifact's add (op {index}) matches {len(same)} adds of the model, so it keeps a "
                          "float output in the simulation")
             continue
-        scale, zp = float(np.float32(q.scale[0])), int(q.zeroPoint[0])
+        scale, zp = _grid(t)[:2]
         lo, hi, note = _clamp(op, t.type, scale, zp)
         if note:
             notes.append(f"the artifact's add (op {index}): {note}")

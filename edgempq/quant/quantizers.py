@@ -58,6 +58,13 @@ def fake_quantize(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax:
     return (q - zero_point) * scale
 
 
+def on_grid(x: Tensor, scale: float, zero_point: float, qmin: float, qmax: float) -> Tensor:
+    """`x` rounded to nearest on a fixed integer grid, computed in float64 (a tensor between
+    layers as the artifact holds it); gradients pass straight through."""
+    q = torch.clamp(torch.round(x.detach().double() / scale) + zero_point, qmin, qmax)
+    return x + (((q - zero_point) * scale).to(x.dtype) - x).detach()
+
+
 def _check_method(method: str) -> None:
     if method not in RANGE_METHODS:
         raise ConfigError(f"unknown range method {method!r}; choose one of {', '.join(RANGE_METHODS)}")
@@ -271,8 +278,7 @@ class ActQuantizer(_StepQuantizer):
             raise ConfigError("an activation quantizer was used before calibration; run PTQ calibration first")
         grid = self._buffers.get("input_grid")
         if grid is not None:
-            s, z, lo, hi = (float(v) for v in grid)
-            x = x + (((torch.clamp(torch.round(x.double() / s) + z, lo, hi) - z) * s).to(x.dtype) - x).detach()
+            x = on_grid(x, *(float(v) for v in grid))
         return fake_quantize(x, self.step(x), self.zero_point, self.qmin, self.qmax)
 
     def extra_repr(self) -> str:

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .quantizers import on_grid
+
 RULES = ("nearest", "double", "reduced", "gemmlowp")
 
 
@@ -99,11 +101,11 @@ class OutputQuantizer(nn.Module):
     def build(cls, rule: str, scale: float, zero_point: int, qmin: int, qmax: int, mult: np.ndarray,
               channel_dim: int, then: tuple[float, int, int, int] | None = None) -> OutputQuantizer:
         mult = np.asarray(mult, np.float64)
-        q, e = quantize_multiplier(mult)
         steps, factor = np.ones_like(mult), np.ones_like(mult)
         if rule in ("double", "gemmlowp"):
             steps, factor = _fixed_point(mult)
         elif rule == "reduced":
+            q, e = quantize_multiplier(mult)
             factor = _reduced(q) * 2.0 ** (e - 15) / mult
         elif rule != "nearest":
             raise ValueError(f"unknown rounding rule {rule!r}; choose one of {', '.join(RULES)}")
@@ -160,9 +162,7 @@ class GridQuantizer(nn.Module):
         self.scale, self.zero_point, self.qmin, self.qmax = float(scale), float(zero_point), float(qmin), float(qmax)
 
     def forward(self, x: Tensor) -> Tensor:
-        q = torch.clamp(torch.round(x.detach().double() / self.scale) + self.zero_point, self.qmin, self.qmax)
-        out = ((q - self.zero_point) * self.scale).to(x.dtype)
-        return x + (out - x).detach()
+        return on_grid(x, self.scale, self.zero_point, self.qmin, self.qmax)
 
     def extra_repr(self) -> str:
         return f"scale={self.scale:g}, zero_point={self.zero_point:g}, range=[{self.qmin:g}, {self.qmax:g}]"
