@@ -96,9 +96,6 @@ class _QuantMixin:
     def set_output_rounding(self, quantizer: nn.Module | None) -> None:
         """Round this layer's output as its artifact op does (`quant.requant.OutputQuantizer`);
         None simulates a float output, as before deployment."""
-        if "out_quant" in self._modules:
-            del self._modules["out_quant"]
-        self.__dict__.pop("out_quant", None)
         self.out_quant = quantizer
 
     def bias_scale(self) -> Tensor | None:
