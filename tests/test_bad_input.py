@@ -90,7 +90,7 @@ def _search_inputs(d: Path, good) -> None:
     from edgempq.data import load_data
     from edgempq.layers import trace
     from edgempq.profile import profile
-    from edgempq.sensitivity import SensData, compute
+    from edgempq.sensitivity import RunOptions, SensData, compute
     from edgempq.targets import load_target
 
     layers = trace(good.module, good.input_shape)
@@ -103,8 +103,8 @@ def _search_inputs(d: Path, good) -> None:
     ds = load_data(str(d / "good.npz"), good.input_shape)
     x, y = ds.split("calibration")
     precisions = {la.name: list(load_target("host").allowed(la.kind)) for la in layers if la.searchable}
-    compute("ompq", good.module, layers, precisions, SensData(x, y, ds.data_id), None,
-            good.model_hash).save(d / "sens.json")
+    compute("ompq", good.module, layers, precisions, SensData(x, y, ds.data_id),
+            RunOptions(model_hash=good.model_hash)).save(d / "sens.json")
     rows = [{"layer": la.name, "precision": "w8a8"} for la in layers if la.searchable]
     (d / "unknown_layer.json").write_text(json.dumps({"schema_version": 1, "layers": [
         *rows, {"layer": "nope", "precision": "w8a8"}]}))

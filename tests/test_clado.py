@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from edgempq.schema import Budget, Precision
-from edgempq.sensitivity import compute
+from edgempq.sensitivity import RunOptions, compute
 from edgempq.sensitivity.clado import ReuseRunner, clado_matrix, psd_projection, solver_terms
 from edgempq.solve import Choice, Problem, objective, solve_problem
 
@@ -98,10 +98,10 @@ def test_clado_scores_singles_and_pairs_and_the_unconstrained_solve_keeps_8_bits
     precisions = {la.name: choices for la in layers if la.searchable}
     # KL to the float outputs: ΔL >= 0 for every single, ≈ 0 at 8 bits (with CE on this barely
     # trained net, a 4-bit fc lowers the loss: the paper's "sanity check problem", flagged)
-    ce = compute("clado", m, layers, precisions, data, {"samples": 64})
+    ce = compute("clado", m, layers, precisions, data, RunOptions({"samples": 64}))
     assert ce.info["negative_singles"] == [f"{n} {p}" for n in precisions for p in map(str, choices)
                                            if ce.penalty(n, p) < 0]
-    s = compute("clado", m, layers, precisions, data, {"samples": 64, "psd": True, "loss": "kl"})
+    s = compute("clado", m, layers, precisions, data, RunOptions({"samples": 64, "psd": True, "loss": "kl"}))
     names = list(precisions)
     assert not [k for k in s.info["negative_singles"] if "w8a8" not in k]
     assert len(s.pairs) <= len(list(itertools.combinations(names, 2))) * 9

@@ -13,7 +13,7 @@ from torch import nn
 from edgempq.errors import ConfigError
 from edgempq.layers import trace
 from edgempq.schema import Precision, Sensitivity
-from edgempq.sensitivity import SensData, compute, get_method, method_names, parse_params
+from edgempq.sensitivity import RunOptions, SensData, compute, get_method, method_names, parse_params
 from edgempq.sensitivity.csmpq import class_documents, tfidf
 from edgempq.sensitivity.features import units
 from edgempq.sensitivity.hawq import hutchinson_traces
@@ -106,7 +106,7 @@ def test_residual_grouping_shares_the_block_conv_and_its_downsample(tiny):
     m, layers, _, _ = tiny
     _, unit_list = units(m, [la for la in layers if la.searchable], "residual")
     assert ("conv2", "down.0") in [u.layers for u in unit_list]
-    s = compute("ompq", m, layers, tiny[2], tiny[3], {"grouping": "residual"})
+    s = compute("ompq", m, layers, tiny[2], tiny[3], RunOptions({"grouping": "residual"}))
     assert s.groups == (("conv2", "down.0"),)
     assert s.penalty("conv2", "w4a8") == pytest.approx(s.penalty("down.0", "w4a8"))
 
@@ -149,8 +149,8 @@ def test_class_documents_pool_each_class():
 def test_csmpq_directions_and_class_documents_differ(tiny):
     m, layers, precisions, data = tiny
     qat = compute("csmpq", m, layers, precisions, data)
-    ptq = compute("csmpq", m, layers, precisions, data, {"mode": "ptq", "beta": 50.0})
-    by_class = compute("csmpq", m, layers, precisions, data, {"documents": "classes"})
+    ptq = compute("csmpq", m, layers, precisions, data, RunOptions({"mode": "ptq", "beta": 50.0}))
+    by_class = compute("csmpq", m, layers, precisions, data, RunOptions({"documents": "classes"}))
     s = np.array(qat.info["tfidf"])
     assert np.argmax(qat.info["theta"]) == np.argmax(s)  # qat: more bits to higher TF-IDF
     assert np.argmax(ptq.info["theta"]) == np.argmin(s)  # ptq: θ = exp(−β s) reverses it
@@ -176,7 +176,7 @@ def test_hutchinson_trace_matches_the_exact_hessian_of_a_tiny_model():
 
 def test_hawq_penalty_is_trace_per_parameter_times_quantization_error(tiny):
     m, layers, precisions, data = tiny
-    s = compute("hawq", m, layers, precisions, data, {"probes": 30})
+    s = compute("hawq", m, layers, precisions, data, RunOptions({"probes": 30}))
     assert all(s.penalty(n, "f32") == 0.0 for n in precisions)
     assert s.penalty("conv2", "w4a8") == pytest.approx(s.penalty("conv2", "w4a16"))  # weights only
     assert any(s.penalty(n, "w2a8") > 0 for n in precisions)
@@ -192,7 +192,8 @@ def test_measured_penalty_is_the_loss_increase_of_quantizing_one_layer_with_the_
     from edgempq.sensitivity.measured import mean_loss
 
     m, layers, precisions, data = tiny
-    s = compute("measured", m, layers, {"conv2": [Precision.parse("w2a8")]}, data, {"samples": 64, "ptq": ptq})
+    s = compute("measured", m, layers, {"conv2": [Precision.parse("w2a8")]}, data,
+                RunOptions({"samples": 64, "ptq": ptq}))
     x, y = data.batch(64, 0)
     base = mean_loss(apply(m, Policy({})), x, y, 64)
     q, _ = quantize(m, Policy({"conv2": Precision.parse("w2a8")}), x.numpy(), QuantConfig(weights=ptq))
@@ -204,12 +205,12 @@ def test_a_loss_measuring_method_refuses_an_unknown_ptq_algorithm_parameter_or_r
     m, layers, precisions, data = tiny
     for method in ("measured", "clado"):
         with pytest.raises(ConfigError, match="unknown PTQ algorithm 'rtn'"):
-            compute(method, m, layers, precisions, data, {"ptq": "rtn"})
+            compute(method, m, layers, precisions, data, RunOptions({"ptq": "rtn"}))
         with pytest.raises(ConfigError, match="PTQ algorithm gptq has no parameter 'iters'"):
-            compute(method, m, layers, precisions, data, {"ptq": "gptq", "ptq_params": "iters=5"})
+            compute(method, m, layers, precisions, data, RunOptions({"ptq": "gptq", "ptq_params": "iters=5"}))
         with pytest.raises(ConfigError, match=f"parameter act_range of method {method} must be one of minmax, "
                                               "percentile, mse, not 'wide'"):
-            compute(method, m, layers, precisions, data, {"act_range": "wide"})
+            compute(method, m, layers, precisions, data, RunOptions({"act_range": "wide"}))
 
 
 def test_a_loss_measuring_method_quantizes_with_the_algorithms_parameters_it_is_given():
@@ -234,11 +235,11 @@ CHEAP = {"hawq": {"probes": 8}, "measured": {"samples": 48}, "clado": {"samples"
 def test_method_contract(name, tiny):
     m, layers, precisions, data = tiny
     before = {k: v.clone() for k, v in m.state_dict().items()}
-    s = compute(name, m, layers, precisions, data, CHEAP.get(name))
+    s = compute(name, m, layers, precisions, data, RunOptions(CHEAP.get(name)))
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items()), "the model was changed"
     assert set(s.penalties) == {(n, str(p)) for n, ps in precisions.items() for p in ps}
     assert all(math.isfinite(v) for v in s.penalties.values())
-    again = compute(name, m, layers, precisions, data, CHEAP.get(name))
+    again = compute(name, m, layers, precisions, data, RunOptions(CHEAP.get(name)))
     assert again.penalties == s.penalties, "not deterministic for a seed"
     assert Sensitivity.from_json(s.to_json()) == s
     if get_method(name).monotone_exception is None:

@@ -59,6 +59,7 @@ class Method:
 
     def compute(self, model: nn.Module, layers: list[Layer], precisions: dict[str, list[Precision]],
                 data: SensData, on_step: Progress | None = None) -> Sensitivity:  # pragma: no cover
+        """Score every (layer, precision) in `precisions` for `model` on `data`."""
         raise NotImplementedError
 
 
@@ -66,27 +67,39 @@ METHODS: Registry[type[Method]] = Registry("sensitivity method")
 
 
 def method_names() -> list[str]:
+    """The registered methods' names, sorted."""
     return METHODS.names()
 
 
 def get_method(name: str) -> type[Method]:
+    """The method class registered as `name`; an unknown name is a ConfigError listing the known ones."""
     return METHODS.get(name)
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """How `compute` runs a method: its parameters (`key=value` strings or a dict; None: the
+    paper's defaults), the model hash recorded in the result, and a progress callback."""
+
+    params: list[str] | dict[str, Any] | None = None
+    model_hash: str | None = None
+    on_step: Progress | None = None
+
+
 def compute(name: str, model: nn.Module, layers: list[Layer], precisions: dict[str, list[Precision]],
-            data: SensData, params: list[str] | dict[str, Any] | None = None, model_hash: str | None = None,
-            on_step: Progress | None = None) -> Sensitivity:
+            data: SensData, options: RunOptions | None = None) -> Sensitivity:
     """Run method `name` on an eval-mode copy of `model` (the caller's model is not touched)."""
+    opts = options if options is not None else RunOptions()
     cls = get_method(name)
     unknown = [n for n in precisions if n not in {la.name for la in layers if la.searchable}]
     if unknown:
         raise ConfigError(f"precisions name layer(s) {', '.join(unknown)} that are not searchable layers")
-    method = cls(parse_params(cls, params or {}))
+    method = cls(parse_params(cls, opts.params or {}))
     work = copy.deepcopy(model).eval()
     with torch.random.fork_rng(devices=[]):  # seeded here, the caller's random state left as it was
         torch.manual_seed(getattr(method.params, "seed", 0))
-        sens = method.compute(work, layers, precisions, data, on_step)
-    return dataclasses.replace(sens, model_hash=model_hash, data_id=data.data_id,
+        sens = method.compute(work, layers, precisions, data, opts.on_step)
+    return dataclasses.replace(sens, model_hash=opts.model_hash, data_id=data.data_id,
                                params=dataclasses.asdict(method.params))
 
 
@@ -95,7 +108,7 @@ def searchable(layers: list[Layer], precisions: dict[str, list[Precision]]) -> l
     return [la for la in layers if la.searchable and la.name in precisions]
 
 
-def unit_sensitivity(name: str, unit_list: list, coefficient, precisions: dict[str, list[Precision]],
+def unit_sensitivity(name: str, unit_list: list, coefficient: np.ndarray, precisions: dict[str, list[Precision]],
                      act_share: float, info: dict) -> Sensitivity:
     """The bit-objective Sensitivity of per-unit coefficients: a group's coefficient is split
     over its layers, so a shared decision counts it once; groups go to the solver."""

@@ -20,16 +20,18 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..quant import DEFAULT_WEIGHTS, apply, quantize
+from ..progress import Progress
+from ..quant import DEFAULT_WEIGHTS, QuantConfig, apply, quantize
 from ..quant.fold import set_module
-from ..schema import Policy
-from .base import METHODS, Method, searchable
+from ..schema import Layer, Policy, Precision, Sensitivity
+from .base import METHODS, Method, SensData, searchable
 from .measured import check_loss_params, ptq_config, summed_loss
 
 
@@ -109,7 +111,7 @@ class ReuseRunner:
 
     @torch.no_grad()
     def run(self, x: torch.Tensor, cache: dict | None, swaps: dict[str, nn.Module],
-            recompute: list[str] | None = None, keep: bool = False):
+            recompute: list[str] | None = None, keep: bool = False) -> torch.Tensor | dict:
         """The output with `swaps` in place. Only the nodes fed by the layers in `recompute`
         (default: every swapped layer) run; the others come from `cache`, which must already
         hold the other swaps' effect (a float run, or the run of a single swap). With `keep`,
@@ -131,7 +133,7 @@ class ReuseRunner:
                 return env if keep else env[node]
         raise RuntimeError("the traced graph has no output")  # pragma: no cover
 
-    def _exec(self, node, env: dict, swaps: dict[str, nn.Module], x: torch.Tensor):
+    def _exec(self, node: torch.fx.Node, env: dict, swaps: dict[str, nn.Module], x: torch.Tensor) -> Any:
         from ..quant.stream import exec_node
 
         return exec_node(node, env, lambda t: swaps[t] if t in swaps else self.modules[t], self.gm, x)
@@ -157,49 +159,20 @@ class Clado(Method):
         seed: int = 0
 
         def __post_init__(self) -> None:
-            check_loss_params("clado", self.samples, self.batch_size, self.loss, self.ptq, self.ptq_params,
-                              self.act_range)
+            check_loss_params("clado", self)
 
-    def compute(self, model, layers, precisions, data, on_step=None):
-        from ..schema import Sensitivity
-
+    def compute(self, model: nn.Module, layers: list[Layer], precisions: dict[str, list[Precision]],
+                data: SensData, on_step: Progress | None = None) -> Sensitivity:
+        """Measure every single and pairwise loss change and return them as penalties and pair terms."""
         p = self.params
         x, y = data.batch(p.samples, p.seed)
         cfg = ptq_config(p)
         scored = searchable(layers, precisions)
         fmodel = apply(model, Policy({}), cfg)  # float, BatchNorm folded as in every quantized copy
-        # one calibrated copy per precision, over the layers that may take it; f32 is no change
-        choices = sorted({str(q) for la in scored for q in precisions[la.name] if str(q) != "f32"})
-        copies = {}
-        for k, prec in enumerate(choices):
-            if on_step:
-                on_step(k, len(choices), f"calibrating {prec}")
-            pol = Policy({la.name: q for la in scored for q in precisions[la.name] if str(q) == prec})
-            # each layer quantized from the float model's inputs: it is swapped into the float model alone
-            copies[prec] = quantize(model, pol, x.numpy(), cfg, sequential=False)[0]
+        copies = _calibrated_copies(model, scored, precisions, x, cfg, on_step)
         items = [(la.name, str(q)) for la in scored for q in precisions[la.name] if str(q) != "f32"]
         runner = ReuseRunner(fmodel, [la.name for la in scored])
-        chunks = [(x[i:i + p.batch_size], y[i:i + p.batch_size]) for i in range(0, len(x), p.batch_size)]
-        caches = [runner.float_values(xb) for xb, _ in chunks]
-        with torch.no_grad():
-            refs = [fmodel(xb) for xb, _ in chunks] if p.loss == "kl" else [None] * len(chunks)
-            base = sum(summed_loss(fmodel(xb), yb, r) for (xb, yb), r in zip(chunks, refs, strict=True)) / len(x)
-
-        first: dict = {}  # the run of a pair's first item, whose values its pairs reuse
-
-        def loss_change(picked: tuple) -> float:
-            swaps = {layer: copies[prec].get_submodule(layer) for layer, prec in picked}
-            if len(picked) == 2 and runner.gm is not None:
-                if first.get("item") != picked[0]:  # pairs come grouped by their first item
-                    one = {picked[0][0]: swaps[picked[0][0]]}
-                    first.update(item=picked[0], envs=[runner.run(xb, c, one, keep=True)
-                                                       for (xb, _), c in zip(chunks, caches, strict=True)])
-                outs = [runner.run(xb, env, swaps, recompute=[picked[1][0]])
-                        for (xb, _), env in zip(chunks, first["envs"], strict=True)]
-            else:
-                outs = [runner.run(xb, c, swaps) for (xb, _), c in zip(chunks, caches, strict=True)]
-            total = sum(summed_loss(o, yb, ref) for o, (_, yb), ref in zip(outs, chunks, refs, strict=True))
-            return total / len(x) - base
+        loss_change = _LossChange(runner, copies, x, y, p)
 
         def on_pair(k: int, n: int) -> None:
             if on_step:
@@ -210,11 +183,66 @@ class Clado(Method):
             on_step(1, 1, "done")
         own, pairs = solver_terms(items, psd_projection(g) if p.psd else g)
         penalties = {(la.name, str(q)): own.get((la.name, str(q)), 0.0) for la in scored for q in precisions[la.name]}
-        index = {it: i for i, it in enumerate(items)}
-        negative = [f"{a} {b}" for (a, b) in items if g[index[(a, b)], index[(a, b)]] < 0]
-        info = {"float_loss": base, "negative_singles": negative, "pairs_measured": int(
-            sum(1 for a, b in itertools.combinations(items, 2) if a[0] != b[0])),
-            "fx_reuse": runner.gm is not None}
-        if p.psd:
-            info["psd_min_eigenvalue_before"] = float(np.linalg.eigvalsh((g + g.T) / 2).min())
+        info = _matrix_info(items, g, loss_change.base, runner.gm is not None, p.psd)
         return Sensitivity(self.name, penalties, pairs=pairs, info=info)
+
+
+def _calibrated_copies(model: nn.Module, scored: list[Layer], precisions: dict[str, list[Precision]],
+                       x: torch.Tensor, cfg: QuantConfig, on_step: Progress | None) -> dict[str, nn.Module]:
+    """One PTQ copy of `model` per integer precision, each over the layers that may take it."""
+    # f32 is no change, so it gets no copy
+    choices = sorted({str(q) for la in scored for q in precisions[la.name] if str(q) != "f32"})
+    copies = {}
+    for k, prec in enumerate(choices):
+        if on_step:
+            on_step(k, len(choices), f"calibrating {prec}")
+        pol = Policy({la.name: q for la in scored for q in precisions[la.name] if str(q) == prec})
+        # each layer quantized from the float model's inputs: it is swapped into the float model alone
+        copies[prec] = quantize(model, pol, x.numpy(), cfg, sequential=False)[0]
+    return copies
+
+
+class _LossChange:
+    """ΔL of the float model with some (layer, precision) items swapped in from their PTQ copies,
+    on the samples in batches; `base` is the float model's loss."""
+
+    def __init__(self, runner: ReuseRunner, copies: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor,
+                 params: Clado.Params) -> None:
+        self.runner, self.copies, self.samples = runner, copies, len(x)
+        bs = params.batch_size
+        self.chunks = [(x[i:i + bs], y[i:i + bs]) for i in range(0, len(x), bs)]
+        self.caches = [runner.float_values(xb) for xb, _ in self.chunks]
+        fmodel = runner.model
+        with torch.no_grad():
+            self.refs = [fmodel(xb) for xb, _ in self.chunks] if params.loss == "kl" else [None] * len(self.chunks)
+            self.base = sum(summed_loss(fmodel(xb), yb, r)
+                            for (xb, yb), r in zip(self.chunks, self.refs, strict=True)) / len(x)
+        self.first: dict = {}  # the run of a pair's first item, whose values its pairs reuse
+
+    def __call__(self, picked: tuple) -> float:
+        """ΔL with exactly the items `picked` (one, or two of different layers) quantized."""
+        runner, chunks = self.runner, self.chunks
+        swaps = {layer: self.copies[prec].get_submodule(layer) for layer, prec in picked}
+        if len(picked) == 2 and runner.gm is not None:
+            if self.first.get("item") != picked[0]:  # pairs come grouped by their first item
+                one = {picked[0][0]: swaps[picked[0][0]]}
+                self.first.update(item=picked[0], envs=[runner.run(xb, c, one, keep=True)
+                                                        for (xb, _), c in zip(chunks, self.caches, strict=True)])
+            outs = [runner.run(xb, env, swaps, recompute=[picked[1][0]])
+                    for (xb, _), env in zip(chunks, self.first["envs"], strict=True)]
+        else:
+            outs = [runner.run(xb, c, swaps) for (xb, _), c in zip(chunks, self.caches, strict=True)]
+        total = sum(summed_loss(o, yb, ref) for o, (_, yb), ref in zip(outs, chunks, self.refs, strict=True))
+        return total / self.samples - self.base
+
+
+def _matrix_info(items: list[tuple[str, str]], g: np.ndarray, base: float, fx_reuse: bool, psd: bool) -> dict:
+    """What the run records beside the penalties: the float loss, negative singles, the pairs measured."""
+    index = {it: i for i, it in enumerate(items)}
+    negative = [f"{a} {b}" for (a, b) in items if g[index[(a, b)], index[(a, b)]] < 0]
+    info = {"float_loss": base, "negative_singles": negative, "pairs_measured": int(
+        sum(1 for a, b in itertools.combinations(items, 2) if a[0] != b[0])),
+        "fx_reuse": fx_reuse}
+    if psd:
+        info["psd_min_eigenvalue_before"] = float(np.linalg.eigvalsh((g + g.T) / 2).min())
+    return info

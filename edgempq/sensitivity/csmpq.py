@@ -19,10 +19,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..errors import ConfigError
-from .base import METHODS, Method, searchable, unit_sensitivity
+from ..progress import Progress
+from ..schema import Layer, Precision, Sensitivity
+from .base import METHODS, Method, SensData, searchable, unit_sensitivity
 from .features import features, units
 
 
@@ -83,8 +85,9 @@ class CSMPQ(Method):
             if self.batch_size < 2 or self.beta < 0 or self.act_share < 0 or (self.coe is not None and self.coe <= 0):
                 raise ConfigError("csmpq needs batch_size >= 2, beta >= 0, act_share >= 0 and coe > 0")
 
-    def compute(self, model, layers, precisions, data, on_step=None):
-
+    def compute(self, model: nn.Module, layers: list[Layer], precisions: dict[str, list[Precision]],
+                data: SensData, on_step: Progress | None = None) -> Sensitivity:
+        """Score each layer's (or group's) features by TF-IDF on one batch, as bit-objective penalties."""
         p = self.params
         gm, unit_list = units(model, searchable(layers, precisions), p.grouping)
         x, y = data.batch(p.batch_size, p.seed)

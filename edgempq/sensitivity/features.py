@@ -9,6 +9,7 @@ and the feature of every conv that feeds a residual add is the add's output (the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -33,7 +34,7 @@ class Unit:
     node: str
 
 
-def _trace(model: nn.Module):
+def _trace(model: nn.Module) -> torch.fx.GraphModule:
     import torch.fx
 
     try:
@@ -43,7 +44,7 @@ def _trace(model: nn.Module):
                           "this method needs the graph to find each layer's feature map") from None
 
 
-def _follows(node, modules: dict[str, nn.Module]) -> bool:
+def _follows(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
     if node.op == "call_module":
         return isinstance(modules.get(node.target), _FOLLOW_MODULES)
     if node.op == "call_function":
@@ -51,13 +52,13 @@ def _follows(node, modules: dict[str, nn.Module]) -> bool:
     return node.op == "call_method" and node.target in ("relu", "relu_")
 
 
-def _chain_end(node, modules):
+def _chain_end(node: torch.fx.Node, modules: dict[str, nn.Module]) -> torch.fx.Node:
     while len(node.users) == 1 and _follows(next(iter(node.users)), modules):
         node = next(iter(node.users))
     return node
 
 
-def _source_layer(node, modules, names: set[str]):
+def _source_layer(node: torch.fx.Node | None, modules: dict[str, nn.Module], names: set[str]) -> str | None:
     """The searchable layer feeding `node` through BatchNorm / identity-like ops only."""
     while node is not None:
         if node.op == "call_module" and node.target in names:
@@ -68,7 +69,7 @@ def _source_layer(node, modules, names: set[str]):
     return None
 
 
-def units(model: nn.Module, layers: list[Layer], grouping: str = "none") -> tuple[object, list[Unit]]:
+def units(model: nn.Module, layers: list[Layer], grouping: str = "none") -> tuple[torch.fx.GraphModule, list[Unit]]:
     """The fx graph module and the decisions in model order; `grouping` is none or residual."""
     if grouping not in ("none", "residual"):
         raise ConfigError(f"grouping must be none or residual, not {grouping!r}")
@@ -98,7 +99,7 @@ def units(model: nn.Module, layers: list[Layer], grouping: str = "none") -> tupl
 
 
 @torch.no_grad()
-def features(gm, unit_list: list[Unit], x: Tensor) -> list[Tensor]:
+def features(gm: torch.fx.GraphModule, unit_list: list[Unit], x: Tensor) -> list[Tensor]:
     """The feature map of each unit on batch `x`, one forward pass."""
     import torch.fx
 
@@ -106,7 +107,7 @@ def features(gm, unit_list: list[Unit], x: Tensor) -> list[Tensor]:
     seen: dict[str, Tensor] = {}
 
     class Grab(torch.fx.Interpreter):
-        def run_node(self, n):
+        def run_node(self, n: torch.fx.Node) -> Any:
             v = super().run_node(n)
             if n.name in wanted:
                 seen[n.name] = v.detach().clone()

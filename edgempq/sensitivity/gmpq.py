@@ -29,11 +29,12 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..progress import Progress
 from ..quant import QuantConfig, apply
 from ..quant.fold import set_module
 from ..quant.quantizers import ActQuantizer, WeightQuantizer
-from ..schema import Policy
-from .base import METHODS, Method, searchable
+from ..schema import Layer, Policy, Precision, Sensitivity
+from .base import METHODS, Method, SensData, searchable
 
 
 class MixedLayer(nn.Module):
@@ -51,11 +52,13 @@ class MixedLayer(nn.Module):
         self.aq = nn.ModuleList(ActQuantizer(b, seed=seed) for b in act_bits)
 
     def expected_bits(self) -> tuple[Tensor, Tensor]:
+        """E[b^w] and E[b^a] under softmax(α^w) and softmax(α^a), differentiable in α."""
         pw, pa = torch.softmax(self.alpha_w, 0), torch.softmax(self.alpha_a, 0)
         return (pw * torch.tensor(self.weight_bits, dtype=pw.dtype)).sum(), \
             (pa * torch.tensor(self.act_bits, dtype=pa.dtype)).sum()
 
     def forward(self, x: Tensor) -> Tensor:
+        """The layer on the π^a-mixed quantized input with the π^w-mixed quantized weights."""
         pa = torch.softmax(self.alpha_a, 0)
         pw = torch.softmax(self.alpha_w, 0)
         xq = sum(p * q(x) for p, q in zip(pa, self.aq, strict=True))
@@ -83,7 +86,7 @@ def with_last_feature(model: nn.Module, example: Tensor) -> torch.fx.GraphModule
     with torch.no_grad():
         ShapeProp(gm).propagate(example)
     # the last map with more than one position: global pooling's N x C x 1 x 1 output is not one
-    def spatial(n) -> bool:
+    def spatial(n: torch.fx.Node) -> bool:
         shape = getattr(n.meta.get("tensor_meta"), "shape", None)
         return shape is not None and len(shape) == 4 and shape[2] * shape[3] > 1
 
@@ -151,11 +154,31 @@ class GMPQ(Method):
             if self.init not in ("pretrained", "scratch"):
                 raise ConfigError(f"gmpq init must be pretrained or scratch, not {self.init!r}")
 
-    def compute(self, model, layers, precisions, data, on_step=None):
-        from ..schema import Sensitivity
-
+    def compute(self, model: nn.Module, layers: list[Layer], precisions: dict[str, list[Precision]],
+                data: SensData, on_step: Progress | None = None) -> Sensitivity:
+        """Search the bit widths by attribution imitation and read the learned α out as penalties."""
         p = self.params
         torch.manual_seed(p.seed)
+        teacher, student = self._networks(model)
+        todo = searchable(layers, precisions)
+        scored = [la for la in todo if any(not q.is_float for q in precisions[la.name])]
+        if not scored:  # only float choices: nothing to search
+            return Sensitivity(self.name, {(la.name, str(q)): 0.0 for la in todo for q in precisions[la.name]},
+                               info={"read_out": {}, "steps": 0})
+        mixed = _mix(student, scored, precisions, p.seed)
+        x_all = torch.from_numpy(np.ascontiguousarray(data.inputs)).float()
+        y_all = torch.from_numpy(np.asarray(data.labels)).long()
+        _calibrate_acts(student, x_all[: 4 * p.batch_size], p.batch_size)
+        history = _Search(teacher, student, mixed, scored, x_all, p).train(x_all, y_all, on_step)
+        penalties, read = _read_out(todo, precisions, mixed)
+        last = np.mean(history[-max(1, len(history) // 10):], axis=0).tolist() if history else []
+        info = {"read_out": read, "final_losses": dict(zip(("ce", "attribution", "complexity"), last, strict=False)),
+                "steps": len(history)}
+        return Sensitivity(self.name, penalties, info=info)
+
+    def _networks(self, model: nn.Module) -> tuple[nn.Module, nn.Module]:
+        """The frozen float teacher and the student network to search (re-initialised with `init=scratch`)."""
+        p = self.params
         cfg = QuantConfig(seed=p.seed)
         teacher = apply(model, Policy({}), cfg).eval()
         for t in teacher.parameters():
@@ -167,83 +190,104 @@ class GMPQ(Method):
             for m in student.modules():
                 if hasattr(m, "reset_parameters") and m is not student:
                     m.reset_parameters()
-        scored = [la for la in searchable(layers, precisions) if any(not q.is_float for q in precisions[la.name])]
-        if not scored:  # only float choices: nothing to search
-            return Sensitivity(self.name, {(la.name, str(q)): 0.0 for la in searchable(layers, precisions)
-                                           for q in precisions[la.name]}, info={"read_out": {}, "steps": 0})
-        mixed: dict[str, MixedLayer] = {}
-        for la in scored:
-            ints = [q for q in precisions[la.name] if not q.is_float]
-            mixed[la.name] = MixedLayer(student.get_submodule(la.name), sorted({q.weight_bits for q in ints}),
-                                        sorted({q.act_bits for q in ints}), p.seed)
-            set_module(student, la.name, mixed[la.name])
-        x_all = torch.from_numpy(np.ascontiguousarray(data.inputs)).float()
-        y_all = torch.from_numpy(np.asarray(data.labels)).long()
-        _calibrate_acts(student, x_all[: 4 * p.batch_size], p.batch_size)
+        return teacher, student
+
+
+def _mix(student: nn.Module, scored: list[Layer], precisions: dict[str, list[Precision]],
+         seed: int) -> dict[str, MixedLayer]:
+    """Swap each scored layer of `student` for a MixedLayer over its integer widths."""
+    mixed: dict[str, MixedLayer] = {}
+    for la in scored:
+        ints = [q for q in precisions[la.name] if not q.is_float]
+        mixed[la.name] = MixedLayer(student.get_submodule(la.name), sorted({q.weight_bits for q in ints}),
+                                    sorted({q.act_bits for q in ints}), seed)
+        set_module(student, la.name, mixed[la.name])
+    return mixed
+
+
+class _Search:
+    """One GMPQ search: the teacher's and student's graphs, the losses and the two optimisers."""
+
+    def __init__(self, teacher: nn.Module, student: nn.Module, mixed: dict[str, MixedLayer], scored: list[Layer],
+                 x_all: Tensor, params: GMPQ.Params) -> None:
+        p = self.params = params
+        self.student, self.mixed = student, mixed
         example = x_all[:2]
-        t_gm, s_gm = with_last_feature(teacher, example), with_last_feature(student, example)
-        macs = {la.name: float(max(la.macs, 1)) for la in scored}
-        first = macs[scored[0].name] if scored else 1.0
+        self.t_gm, self.s_gm = with_last_feature(teacher, example), with_last_feature(student, example)
+        self.macs = {la.name: float(max(la.macs, 1)) for la in scored}
+        self.first = self.macs[scored[0].name]
         alphas = [q for m in mixed.values() for q in (m.alpha_w, m.alpha_a)]
         alpha_ids = {id(a) for a in alphas}
-        rest = [q for q in student.parameters() if id(q) not in alpha_ids]
-        opt_w = torch.optim.SGD(rest, lr=p.lr, momentum=0.9, weight_decay=p.weight_decay)
-        opt_a = torch.optim.SGD(alphas, lr=p.lr_alpha, momentum=0.9, weight_decay=p.weight_decay)
-        per_epoch = math.ceil(len(x_all) / p.batch_size)
-        decay = [torch.optim.lr_scheduler.StepLR(o, step_size=10 * per_epoch, gamma=0.1) for o in (opt_w, opt_a)]
+        self.rest = [q for q in student.parameters() if id(q) not in alpha_ids]
+        self.opt_w = torch.optim.SGD(self.rest, lr=p.lr, momentum=0.9, weight_decay=p.weight_decay)
+        self.opt_a = torch.optim.SGD(alphas, lr=p.lr_alpha, momentum=0.9, weight_decay=p.weight_decay)
+        self.per_epoch = math.ceil(len(x_all) / p.batch_size)
+        self.decay = [torch.optim.lr_scheduler.StepLR(o, step_size=10 * self.per_epoch, gamma=0.1)
+                      for o in (self.opt_w, self.opt_a)]
+
+    def train(self, x_all: Tensor, y_all: Tensor, on_step: Progress | None) -> list[list[float]]:
+        """Every epoch's steps over shuffled batches; the (ce, attribution, complexity) losses of each step."""
+        p = self.params
         gen = torch.Generator().manual_seed(p.seed)
-        steps = p.epochs * per_epoch
-        history, k = [], 0
-        student.train()
+        steps = p.epochs * self.per_epoch
+        history: list[list[float]] = []
+        self.student.train()
         for _ in range(p.epochs):
             order = torch.randperm(len(x_all), generator=gen)
             for i in range(0, len(x_all), p.batch_size):
                 idx = order[i:i + p.batch_size]
-                xb, yb = x_all[idx], y_all[idx]
-                t_logits, t_feat = t_gm(xb.clone().requires_grad_(True))  # so the map has a gradient
-                t_map = attribution(t_logits, t_feat, create_graph=False).detach()
-                s_logits, s_feat = s_gm(xb)
-                s_map = attribution(s_logits, s_feat, create_graph=True)
-                bits = {n: m.expected_bits() for n, m in mixed.items()}
-                power = p.pnorm if p.pnorm > 0 else capacity_power(list(bits.values()), p.product)
-                l_attr = imitation_loss(t_map, s_map, power)
-                l_c = sum(macs[n] * bw * ba for n, (bw, ba) in bits.items()) / first if bits else torch.zeros(())
-                ce = nn.functional.cross_entropy(s_logits, yb)
-                loss = ce + p.aw * l_attr + p.cd * l_c
-                opt_w.zero_grad()
-                opt_a.zero_grad()
-                loss.backward()
-                nn.utils.clip_grad_norm_(rest, p.clip)  # the second-order attribution gradient spikes
-                opt_w.step()
-                opt_a.step()
-                for d in decay:  # x0.1 every 10 epochs, as the paper
-                    d.step()
-                history.append([ce.item(), l_attr.item(), float(torch.as_tensor(l_c).detach())])
+                loss, parts = self.step(x_all[idx], y_all[idx])
+                history.append(parts)
                 if on_step:
-                    on_step(k, steps, f"loss {loss.item():.3f}")
-                k += 1
-        penalties, read = {}, {}
-        for la in searchable(layers, precisions):
-            m = mixed.get(la.name)
-            if m is None:
-                penalties |= {(la.name, str(q)): 0.0 for q in precisions[la.name]}
-                continue
-            lw = torch.log_softmax(m.alpha_w.detach(), 0).numpy()
-            la_ = torch.log_softmax(m.alpha_a.detach(), 0).numpy()
-            raw = {}
-            for q in precisions[la.name]:
-                wi = len(m.weight_bits) - 1 if q.is_float else m.weight_bits.index(q.weight_bits)
-                ai = len(m.act_bits) - 1 if q.is_float else m.act_bits.index(q.act_bits)
-                raw[str(q)] = float(-lw[wi] - la_[ai])
-            low = min(raw.values())
-            penalties |= {(la.name, q): v - low for q, v in raw.items()}
-            read[la.name] = {"weight_bits": m.weight_bits, "pi_w": np.exp(lw).round(4).tolist(),
-                             "act_bits": m.act_bits, "pi_a": np.exp(la_).round(4).tolist(),
-                             "argmax": f"w{m.weight_bits[int(lw.argmax())]}a{m.act_bits[int(la_.argmax())]}"}
-        last = np.mean(history[-max(1, len(history) // 10):], axis=0).tolist() if history else []
-        info = {"read_out": read, "final_losses": dict(zip(("ce", "attribution", "complexity"), last, strict=False)),
-                "steps": k}
-        return Sensitivity(self.name, penalties, info=info)
+                    on_step(len(history) - 1, steps, f"loss {loss.item():.3f}")
+        return history
+
+    def step(self, xb: Tensor, yb: Tensor) -> tuple[Tensor, list[float]]:
+        """One optimisation step on a batch; its total loss and the (ce, attribution, complexity) parts."""
+        p = self.params
+        t_logits, t_feat = self.t_gm(xb.clone().requires_grad_(True))  # so the map has a gradient
+        t_map = attribution(t_logits, t_feat, create_graph=False).detach()
+        s_logits, s_feat = self.s_gm(xb)
+        s_map = attribution(s_logits, s_feat, create_graph=True)
+        bits = {n: m.expected_bits() for n, m in self.mixed.items()}
+        power = p.pnorm if p.pnorm > 0 else capacity_power(list(bits.values()), p.product)
+        l_attr = imitation_loss(t_map, s_map, power)
+        l_c = sum(self.macs[n] * bw * ba for n, (bw, ba) in bits.items()) / self.first if bits else torch.zeros(())
+        ce = nn.functional.cross_entropy(s_logits, yb)
+        loss = ce + p.aw * l_attr + p.cd * l_c
+        self.opt_w.zero_grad()
+        self.opt_a.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.rest, p.clip)  # the second-order attribution gradient spikes
+        self.opt_w.step()
+        self.opt_a.step()
+        for d in self.decay:  # x0.1 every 10 epochs, as the paper
+            d.step()
+        return loss, [ce.item(), l_attr.item(), float(torch.as_tensor(l_c).detach())]
+
+
+def _read_out(todo: list[Layer], precisions: dict[str, list[Precision]],
+              mixed: dict[str, MixedLayer]) -> tuple[dict[tuple[str, str], float], dict[str, dict]]:
+    """Penalties −ln π^w − ln π^a, minus each layer's smallest (0 for unsearched layers), and the learned π."""
+    penalties, read = {}, {}
+    for la in todo:
+        m = mixed.get(la.name)
+        if m is None:
+            penalties |= {(la.name, str(q)): 0.0 for q in precisions[la.name]}
+            continue
+        lw = torch.log_softmax(m.alpha_w.detach(), 0).numpy()
+        la_ = torch.log_softmax(m.alpha_a.detach(), 0).numpy()
+        raw = {}
+        for q in precisions[la.name]:
+            wi = len(m.weight_bits) - 1 if q.is_float else m.weight_bits.index(q.weight_bits)
+            ai = len(m.act_bits) - 1 if q.is_float else m.act_bits.index(q.act_bits)
+            raw[str(q)] = float(-lw[wi] - la_[ai])
+        low = min(raw.values())
+        penalties |= {(la.name, q): v - low for q, v in raw.items()}
+        read[la.name] = {"weight_bits": m.weight_bits, "pi_w": np.exp(lw).round(4).tolist(),
+                         "act_bits": m.act_bits, "pi_a": np.exp(la_).round(4).tolist(),
+                         "argmax": f"w{m.weight_bits[int(lw.argmax())]}a{m.act_bits[int(la_.argmax())]}"}
+    return penalties, read
 
 
 @torch.no_grad()

@@ -9,20 +9,22 @@ a precision is Tr(H_l)/P_l × ‖Q_b(W_l) − W_l‖², with Q_b the deployment'
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..progress import Progress
 from ..quant.fold import fold_batchnorm
 from ..quant.quantizers import WeightQuantizer
-from ..schema import Precision
-from .base import METHODS, Method, searchable
+from ..schema import Layer, Precision, Sensitivity
+from .base import METHODS, Method, SensData, searchable
 
 
-def hutchinson_traces(loss_fn, params: list[Tensor], probes: int, tol: float,
-                      generator: torch.Generator, on_probe=None) -> list[float]:
+def hutchinson_traces(loss_fn: Callable[[], Tensor], params: list[Tensor], probes: int, tol: float,
+                      generator: torch.Generator, on_probe: Callable[[int], None] | None = None) -> list[float]:
     """Tr of the Hessian block of each parameter tensor: the mean of vᵀHv over Rademacher
     probes, stopping early once the total changes by less than `tol` (relative)."""
     loss = loss_fn()
@@ -81,9 +83,9 @@ class HAWQ(Method):
             if self.probes < 0 or self.batches < 1 or self.batch_size < 1 or self.tol < 0:
                 raise ConfigError("hawq needs probes >= 0 (0 = auto), batches and batch_size >= 1, tol >= 0")
 
-    def compute(self, model, layers, precisions, data, on_step=None):
-        from ..schema import Sensitivity
-
+    def compute(self, model: nn.Module, layers: list[Layer], precisions: dict[str, list[Precision]],
+                data: SensData, on_step: Progress | None = None) -> Sensitivity:
+        """Estimate each layer's Hessian trace per weight and weigh each precision's quantization error by it."""
         p = self.params
         todo = searchable(layers, precisions)
         model = copy.deepcopy(model).eval()  # folded and given gradients here, never the caller's
@@ -103,7 +105,7 @@ class HAWQ(Method):
         for start in range(0, n, p.batch_size):
             x, y = x_all[start:start + p.batch_size], y_all[start:start + p.batch_size]
 
-            def tick(_k, done_before=done):
+            def tick(_k: int, done_before: int = done) -> None:
                 if on_step:
                     on_step(done_before + _k + 1, steps, "probes")
 

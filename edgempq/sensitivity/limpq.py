@@ -28,9 +28,11 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..progress import Progress
 from ..quant.fold import set_module
 from ..quant.quantizers import grad_scale, round_ste
-from .base import METHODS, Method, searchable
+from ..schema import Layer, Precision, Sensitivity
+from .base import METHODS, Method, SensData, searchable
 
 
 def lsq(x: Tensor, step: Tensor, qn: int, qp: int) -> Tensor:
@@ -58,9 +60,11 @@ class MultiBitLayer(nn.Module):
         self.current: tuple[int, int] | None = None
 
     def use(self, bits: tuple[int, int] | None) -> None:
+        """Select the (weight, activation) widths of the next forward passes; None runs the layer float."""
         self.current = bits
 
     def forward(self, x: Tensor) -> Tensor:
+        """The layer with its weight and input LSQ-quantized at the current widths (as is when float)."""
         w = self.layer.weight
         if self.current is not None:
             wb, ab = self.current
@@ -95,6 +99,7 @@ class SwitchableBN(nn.Module):
         self.owner = owner
 
     def forward(self, x: Tensor) -> Tensor:
+        """`x` through the BatchNorm copy of the owner's current precision."""
         if self.owner.current is None:
             return self.float_bn(x)
         wb, ab = self.owner.current
@@ -137,83 +142,129 @@ class LIMPQ(Method):
             if self.lr <= 0 or self.alpha < 0 or self.erased <= 1 or not 0 <= self.label_smoothing < 1:
                 raise ConfigError("limpq needs lr > 0, alpha >= 0, erased > 1 and 0 <= label_smoothing < 1")
 
-    def compute(self, model, layers, precisions, data, on_step=None):
-        from ..schema import Sensitivity
-
+    def compute(self, model: nn.Module, layers: list[Layer], precisions: dict[str, list[Precision]],
+                data: SensData, on_step: Progress | None = None) -> Sensitivity:
+        """Train the multi-precision network and read its learned steps out as the paper's objective terms."""
         p = self.params
         torch.manual_seed(p.seed)
-        rng = np.random.default_rng(p.seed)
-        import copy
-
-        net = copy.deepcopy(model)  # the caller's model is never changed
-        scored = [la for la in searchable(layers, precisions) if any(not q.is_float for q in precisions[la.name])]
+        todo = searchable(layers, precisions)
+        scored = [la for la in todo if any(not q.is_float for q in precisions[la.name])]
         ints = {la.name: [q for q in precisions[la.name] if not q.is_float] for la in scored}
-        multi: dict[str, MultiBitLayer] = {}
-        for la in scored:
-            multi[la.name] = MultiBitLayer(net.get_submodule(la.name), sorted({q.weight_bits for q in ints[la.name]}),
-                                           sorted({q.act_bits for q in ints[la.name]}))
-            set_module(net, la.name, multi[la.name])
-        for bn_name, layer in _bn_after(net, multi):
-            keys = [f"w{q.weight_bits}a{q.act_bits}" for q in ints[layer]]
-            set_module(net, bn_name, SwitchableBN(net.get_submodule(bn_name), keys, multi[layer]))
-        uniform = sorted({str(q) for qs in ints.values() for q in qs})
+        net, multi = _multi_precision(model, ints)  # a copy: the caller's model is never changed
         x_all = torch.from_numpy(np.ascontiguousarray(data.inputs)).float()
         y_all = torch.from_numpy(np.asarray(data.labels)).long()
-        per_epoch = math.ceil(len(x_all) / p.batch_size)
-        steps = p.epochs * per_epoch
-        opt = torch.optim.SGD(net.parameters(), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=1e-5)
-        gen = torch.Generator().manual_seed(p.seed)
-        net.train()
-        k, losses = 0, []
-        for _ in range(p.epochs):
-            order = torch.randperm(len(x_all), generator=gen)
-            for i in range(0, len(x_all), p.batch_size):
-                idx = order[i:i + p.batch_size]
-                xb, yb = x_all[idx], y_all[idx]
-                opt.zero_grad()
-                total = 0.0
-                configs = [{n: next((q for q in qs if str(q) == u), None) for n, qs in ints.items()} for u in uniform]
-                configs.append({n: qs[int(rng.integers(len(qs)))] for n, qs in ints.items()})  # one mixed policy
-                for cfg in configs:
-                    for n, m in multi.items():
-                        q = cfg[n]
-                        m.use(None if q is None else (q.weight_bits, q.act_bits))
-                    loss = nn.functional.cross_entropy(net(xb), yb, label_smoothing=p.label_smoothing)
-                    loss.backward()
-                    total += loss.item()
-                for prm in net.parameters():
-                    if prm.grad is not None:
-                        prm.grad.clamp_(-1.0, 1.0)
-                opt.step()
-                sched.step()
-                losses.append(total / len(configs))
-                if on_step:
-                    on_step(k, steps, f"loss {losses[-1]:.3f}")
-                k += 1
+        training = _Training(net, multi, ints, p, len(x_all))
+        losses = training.run(x_all, y_all, on_step)
         for m in multi.values():
             m.use(None)
-        # the steps as the forward pass uses them (clamped at 1e-5)
-        raw = {n: ({b: float(v) for b, v in zip(m.weight_bits, m.step_w.detach().clamp_min(1e-5), strict=True)},
-                   {b: float(v) for b, v in zip(m.act_bits, m.step_a.detach().clamp_min(1e-5), strict=True)})
-               for n, m in multi.items()}
+        raw = _indicators(multi)
         top = max((v for w, a in raw.values() for v in (*w.values(), *a.values())), default=1.0)
         big = p.erased * top
         erased = {n: (erase_outliers(w, big), erase_outliers(a, big)) for n, (w, a) in raw.items()}
-        penalties = {}
-        for la in searchable(layers, precisions):
-            for q in precisions[la.name]:
-                if q.is_float or la.name not in erased:
-                    penalties[(la.name, str(q))] = 0.0
-                else:
-                    iw, ia = erased[la.name]
-                    penalties[(la.name, str(q))] = ia[q.act_bits] + p.alpha * iw[q.weight_bits]
         info = {"indicators": {n: {"weight": {str(b): v for b, v in w.items()},
                                    "activation": {str(b): v for b, v in a.items()}} for n, (w, a) in raw.items()},
                 "erased": sorted(f"{n} {kind}{b}" for n, (w, a) in erased.items()
                                  for kind, d in (("w", w), ("a", a)) for b, v in d.items() if v == big),
-                "final_loss": float(np.mean(losses[-per_epoch:])) if losses else None, "steps": k}
-        return Sensitivity(self.name, penalties, info=info)
+                "final_loss": float(np.mean(losses[-training.per_epoch:])) if losses else None,
+                "steps": len(losses)}
+        return Sensitivity(self.name, _penalties(todo, precisions, erased, p.alpha), info=info)
+
+
+def _multi_precision(model: nn.Module, ints: dict[str, list[Precision]]) -> tuple[nn.Module, dict[str, MultiBitLayer]]:
+    """A copy of `model` with a MultiBitLayer per searched layer and a SwitchableBN after each."""
+    import copy
+
+    net = copy.deepcopy(model)
+    multi: dict[str, MultiBitLayer] = {}
+    for name, qs in ints.items():
+        multi[name] = MultiBitLayer(net.get_submodule(name), sorted({q.weight_bits for q in qs}),
+                                    sorted({q.act_bits for q in qs}))
+        set_module(net, name, multi[name])
+    for bn_name, layer in _bn_after(net, multi):
+        keys = [f"w{q.weight_bits}a{q.act_bits}" for q in ints[layer]]
+        set_module(net, bn_name, SwitchableBN(net.get_submodule(bn_name), keys, multi[layer]))
+    return net, multi
+
+
+class _Training:
+    """The indicator training of one LIMPQ run: SGD with a cosine learning rate, every uniform
+    precision and one random mixed policy a step."""
+
+    def __init__(self, net: nn.Module, multi: dict[str, MultiBitLayer], ints: dict[str, list[Precision]],
+                 params: LIMPQ.Params, samples: int) -> None:
+        p = self.params = params
+        self.net, self.multi, self.ints = net, multi, ints
+        self.rng = np.random.default_rng(p.seed)
+        self.uniform = sorted({str(q) for qs in ints.values() for q in qs})
+        self.per_epoch = math.ceil(samples / p.batch_size)
+        self.steps = p.epochs * self.per_epoch
+        self.opt = torch.optim.SGD(net.parameters(), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
+        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=self.steps, eta_min=1e-5)
+
+    def run(self, x_all: Tensor, y_all: Tensor, on_step: Progress | None) -> list[float]:
+        """Every epoch's steps over shuffled batches; the mean loss of each step."""
+        p = self.params
+        gen = torch.Generator().manual_seed(p.seed)
+        self.net.train()
+        losses: list[float] = []
+        for _ in range(p.epochs):
+            order = torch.randperm(len(x_all), generator=gen)
+            for i in range(0, len(x_all), p.batch_size):
+                idx = order[i:i + p.batch_size]
+                losses.append(self.step(x_all[idx], y_all[idx]))
+                if on_step:
+                    on_step(len(losses) - 1, self.steps, f"loss {losses[-1]:.3f}")
+        return losses
+
+    def step(self, xb: Tensor, yb: Tensor) -> float:
+        """One SGD step on the summed gradients of every configuration; their mean loss."""
+        self.opt.zero_grad()
+        total = 0.0
+        configs = self.configs()
+        for cfg in configs:
+            for n, m in self.multi.items():
+                q = cfg[n]
+                m.use(None if q is None else (q.weight_bits, q.act_bits))
+            loss = nn.functional.cross_entropy(self.net(xb), yb, label_smoothing=self.params.label_smoothing)
+            loss.backward()
+            total += loss.item()
+        for prm in self.net.parameters():
+            if prm.grad is not None:
+                prm.grad.clamp_(-1.0, 1.0)
+        self.opt.step()
+        self.sched.step()
+        return total / len(configs)
+
+    def configs(self) -> list[dict[str, Precision | None]]:
+        """Each uniform precision (None where a layer cannot take it: float), then one random mixed policy."""
+        ints = self.ints
+        configs = [{n: next((q for q in qs if str(q) == u), None) for n, qs in ints.items()} for u in self.uniform]
+        configs.append({n: qs[int(self.rng.integers(len(qs)))] for n, qs in ints.items()})
+        return configs
+
+
+_Steps = tuple[dict[int, float], dict[int, float]]  # a layer's (weight, activation) indicators by width
+
+
+def _indicators(multi: dict[str, MultiBitLayer]) -> dict[str, _Steps]:
+    """Each layer's learned (weight, activation) steps by width, as the forward pass uses them (clamped at 1e-5)."""
+    return {n: ({b: float(v) for b, v in zip(m.weight_bits, m.step_w.detach().clamp_min(1e-5), strict=True)},
+                {b: float(v) for b, v in zip(m.act_bits, m.step_a.detach().clamp_min(1e-5), strict=True)})
+            for n, m in multi.items()}
+
+
+def _penalties(todo: list[Layer], precisions: dict[str, list[Precision]], erased: dict[str, _Steps],
+               alpha: float) -> dict[tuple[str, str], float]:
+    """I^a(b_a) + α · I^w(b_w) per (layer, precision); 0 for float precisions and unsearched layers."""
+    penalties = {}
+    for la in todo:
+        for q in precisions[la.name]:
+            if q.is_float or la.name not in erased:
+                penalties[(la.name, str(q))] = 0.0
+            else:
+                iw, ia = erased[la.name]
+                penalties[(la.name, str(q))] = ia[q.act_bits] + alpha * iw[q.weight_bits]
+    return penalties
 
 
 def _bn_after(model: nn.Module, multi: dict[str, MultiBitLayer]) -> list[tuple[str, str]]:

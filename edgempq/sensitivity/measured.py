@@ -5,14 +5,32 @@ rises. Direct and honest, and L × P calibrated forward passes."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..progress import Progress
 from ..quant import DEFAULT_WEIGHTS, QuantConfig, apply, quantize
-from ..schema import Policy
-from .base import METHODS, Method, searchable
+from ..schema import Layer, Policy, Precision, Sensitivity
+from .base import METHODS, Method, SensData, searchable
+
+if TYPE_CHECKING:
+    from ..quant.weights.base import WeightAlgorithm
+
+
+class LossParams(Protocol):
+    """The parameters every loss-measuring method has (`Measured.Params`, `Clado.Params`)."""
+
+    samples: int
+    batch_size: int
+    loss: str
+    ptq: str
+    ptq_params: str
+    bias_correction: bool
+    act_range: str
+    seed: int
 
 
 def summed_loss(out: torch.Tensor, y: torch.Tensor, reference: torch.Tensor | None = None) -> float:
@@ -24,7 +42,8 @@ def summed_loss(out: torch.Tensor, y: torch.Tensor, reference: torch.Tensor | No
 
 
 @torch.no_grad()
-def mean_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, reference=None) -> float:
+def mean_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+              reference: torch.Tensor | None = None) -> float:
     """Mean cross-entropy over (x, y); with `reference` logits, the mean KL to them instead."""
     total = 0.0
     for i in range(0, len(x), batch_size):
@@ -33,23 +52,22 @@ def mean_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: in
     return total / len(x)
 
 
-def check_loss_params(method: str, samples: int, batch_size: int, loss: str, ptq: str = DEFAULT_WEIGHTS,
-                      ptq_params: str = "", act_range: str = "minmax") -> None:
-    """The parameters the loss-measuring methods share; `ptq` must name a PTQ algorithm that
-    takes `ptq_params`, and `act_range` a range method."""
+def check_loss_params(method: str, params: LossParams) -> None:
+    """Check the parameters the loss-measuring methods share; `ptq` must name a PTQ algorithm
+    that takes `ptq_params`, and `act_range` a range method."""
     from ..quant.quantizers import RANGE_METHODS
 
-    if samples < 1 or batch_size < 1:
+    if params.samples < 1 or params.batch_size < 1:
         raise ConfigError(f"{method} needs samples >= 1 and batch_size >= 1")
-    if loss not in ("ce", "kl"):
-        raise ConfigError(f"{method} loss must be ce or kl, not {loss!r}")
-    if act_range not in RANGE_METHODS:
+    if params.loss not in ("ce", "kl"):
+        raise ConfigError(f"{method} loss must be ce or kl, not {params.loss!r}")
+    if params.act_range not in RANGE_METHODS:
         raise ConfigError(f"parameter act_range of method {method} must be one of {', '.join(RANGE_METHODS)}, "
-                          f"not {act_range!r}")
-    weight_algorithm(ptq, ptq_params)
+                          f"not {params.act_range!r}")
+    weight_algorithm(params.ptq, params.ptq_params)
 
 
-def weight_algorithm(ptq: str, ptq_params: str):
+def weight_algorithm(ptq: str, ptq_params: str) -> WeightAlgorithm:
     """The algorithm `ptq` with `ptq_params` (comma-separated key=value, as deploy's --ptq-param)."""
     from ..params import split_pairs
     from ..quant.weights import algorithm
@@ -59,7 +77,7 @@ def weight_algorithm(ptq: str, ptq_params: str):
     return algorithm(ptq, split_pairs(ptq_params))
 
 
-def ptq_config(params) -> QuantConfig:
+def ptq_config(params: LossParams) -> QuantConfig:
     """The PTQ a loss-measuring method quantizes its layers with: deploy's algorithm with its
     parameters, bias correction and activation ranges."""
     from dataclasses import asdict
@@ -90,12 +108,11 @@ class Measured(Method):
         seed: int = 0
 
         def __post_init__(self) -> None:
-            check_loss_params("measured", self.samples, self.batch_size, self.loss, self.ptq, self.ptq_params,
-                              self.act_range)
+            check_loss_params("measured", self)
 
-    def compute(self, model, layers, precisions, data, on_step=None):
-        from ..schema import Sensitivity
-
+    def compute(self, model: nn.Module, layers: list[Layer], precisions: dict[str, list[Precision]],
+                data: SensData, on_step: Progress | None = None) -> Sensitivity:
+        """Quantize each layer alone at each precision and record how much the loss rises."""
         p = self.params
         x, y = data.batch(p.samples, p.seed)
         cfg = ptq_config(p)

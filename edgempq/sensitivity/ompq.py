@@ -13,10 +13,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..errors import ConfigError
-from .base import METHODS, Method, searchable, unit_sensitivity
+from ..progress import Progress
+from ..schema import Layer, Precision, Sensitivity
+from .base import METHODS, Method, SensData, searchable, unit_sensitivity
 from .features import features, units
 
 
@@ -38,6 +40,7 @@ def cka(gram_a: Tensor, gram_b: Tensor) -> float:
 
 
 def cka_matrix(feats: list[Tensor]) -> np.ndarray:
+    """The symmetric matrix of linear CKA between every two features (1 on the diagonal)."""
     grams = [centered_gram(f) for f in feats]
     n = len(grams)
     m = np.eye(n)
@@ -77,8 +80,9 @@ class OMPQ(Method):
             if self.beta < 0 or self.batch_size < 2 or self.act_share < 0:
                 raise ConfigError("ompq needs beta >= 0, batch_size >= 2 and act_share >= 0")
 
-    def compute(self, model, layers, precisions, data, on_step=None):
-
+    def compute(self, model: nn.Module, layers: list[Layer], precisions: dict[str, list[Precision]],
+                data: SensData, on_step: Progress | None = None) -> Sensitivity:
+        """Score each layer (or group) by its features' orthogonality on one batch, as bit-objective penalties."""
         p = self.params
         todo = searchable(layers, precisions)
         gm, unit_list = units(model, todo, p.grouping)
