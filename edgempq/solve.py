@@ -5,7 +5,8 @@ the objective is the Sensitivity's penalties plus its pairwise terms, each produ
 binaries linearised exactly (y ≤ xᵢ, y ≤ xⱼ, y ≥ xᵢ + xⱼ − 1). Budgets: latency (the profile's
 scaled per-layer costs), size (weight bytes as the artifact stores them), BOPs, and RAM (every
 layer's working set under the limit). The solver sees only numbers (`Choice`), so it is tested
-with hand-made tables; `solve` builds them from a model's layers, profile and sensitivity."""
+with hand-made tables; `solve` builds them from a model's layers, profile and sensitivity.
+The budget sweep (the Pareto front) is `sweep.py`."""
 
 from __future__ import annotations
 
@@ -13,10 +14,14 @@ import itertools
 import math
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .costs import bops, weight_bytes
 from .errors import ConfigError, InfeasibleError
 from .schema import Budget, CostTable, Layer, Policy, Precision, Sensitivity, Target
+
+if TYPE_CHECKING:
+    import mip
 
 METRICS = {"latency_ms": ("latency_ms", 1.0, "ms"), "size_kb": ("size_bytes", 1024.0, "KB"),
            "bops": ("bops", 1.0, "BOPs"), "ram_kb": ("ram_bytes", 1024.0, "KB")}
@@ -50,6 +55,8 @@ class Problem:
 
 @dataclass(frozen=True)
 class Solution:
+    """The solver's answer: a precision per layer, its penalty and totals, and how sure it is."""
+
     precisions: dict[str, str]
     objective: float
     totals: dict[str, float]  # latency_ms, size_bytes, bops, ram_bytes (the largest layer)
@@ -171,7 +178,7 @@ def solve_problem(problem: Problem, budget: Budget, time_limit_s: float = 30.0) 
                     time.perf_counter() - t0)
 
 
-def _base_model(problem: Problem, budget: Budget):
+def _base_model(problem: Problem, budget: Budget) -> tuple[mip.Model, dict, dict]:
     """The CBC model with its binaries x (one choice per layer, groups tied, choices over the
     RAM budget excluded) and the pair variables y; no objective yet."""
     import mip
@@ -197,7 +204,7 @@ def _base_model(problem: Problem, budget: Budget):
     return m, x, _pair_vars(m, problem, x)
 
 
-def _pair_vars(m, problem: Problem, x: dict) -> dict:
+def _pair_vars(m: mip.Model, problem: Problem, x: dict) -> dict:
     """Products of two layers' choices, linearised exactly: for every two layers that share a
     pairwise penalty or a conversion cost, one y ≥ 0 per combination of their choices, with
     Σ_pb y(pa, pb) = x(a, pa) and Σ_pa y(pa, pb) = x(b, pb). With one choice per layer these
@@ -229,7 +236,7 @@ def _pair_sum(pairs: dict, y: dict) -> list:
     return out
 
 
-def _latency_expr(problem: Problem, x: dict, y: dict):
+def _latency_expr(problem: Problem, x: dict, y: dict) -> mip.LinExpr:
     import mip
 
     return mip.xsum([c.latency_ms * x[(la, c.precision)] for la, cs in problem.choices.items() for c in cs]
@@ -247,7 +254,8 @@ def _min_latency(problem: Problem, budget: Budget) -> float | None:
     return float(m.objective_value) + problem.constant.get("latency_ms", 0.0)
 
 
-def _prefer_cheaper(m, problem: Problem, x: dict, y: dict, scale: float, seconds_left: float) -> dict[str, str] | None:
+def _prefer_cheaper(m: mip.Model, problem: Problem, x: dict, y: dict, scale: float,
+                    seconds_left: float) -> dict[str, str] | None:
     """Among the policies with the optimal penalty, the fastest, conversions included (or,
     without latencies, the smallest): equal accuracy at a lower cost is what a user wants from a
     tie. Penalties closer than a tenth of the smallest gap between two of a layer's choices (and
@@ -343,14 +351,24 @@ def build_problem(layers: list[Layer], sensitivity: Sensitivity, costs: CostTabl
     return Problem(choices, pairs, all_groups, constant, latency_pairs)
 
 
+@dataclass(frozen=True)
+class SolveOptions:
+    """What a search adds to the model's numbers: layers that must share one precision (on top
+    of the sensitivity's groups), and how long the solver may take per budget."""
+
+    groups: tuple[tuple[str, ...], ...] = ()
+    time_limit_s: float = 30.0
+
+
 def solve(layers: list[Layer], sensitivity: Sensitivity, costs: CostTable | None, budget: Budget, target: Target,
-          groups: tuple[tuple[str, ...], ...] = (), time_limit_s: float = 30.0) -> Policy:
+          options: SolveOptions | None = None) -> Policy:
     """The policy of least penalty that meets `budget` on `target`; a latency budget needs
     `costs` (the device profile)."""
     if budget.latency_ms is not None and costs is None:
         raise ConfigError("a latency budget needs the device profile; give --profile")
-    problem = build_problem(layers, sensitivity, costs, target, groups)
-    sol = solve_problem(problem, budget, time_limit_s)
+    options = options if options is not None else SolveOptions()
+    problem = build_problem(layers, sensitivity, costs, target, options.groups)
+    sol = solve_problem(problem, budget, options.time_limit_s)
     predicted = {"objective": sol.objective, "size_bytes": sol.totals["size_bytes"], "bops": sol.totals["bops"],
                  "ram_bytes": sol.totals["ram_bytes"], "solve_seconds": sol.seconds}
     if costs is not None:
@@ -372,37 +390,3 @@ def shared_input_groups(costs: CostTable) -> tuple[tuple[str, ...], ...]:
         key = tuple(sorted(p for p, c, _ in costs.edges if c == consumer))
         readers.setdefault(key, []).append(consumer)
     return tuple(tuple(g) for g in readers.values() if len(g) > 1)
-
-
-def parse_sweep(text: str) -> tuple[str, float, float, int]:
-    """`latency_ms=LO:HI:N` -> (key, lo, hi, n)."""
-    try:
-        key, rng = text.split("=", 1)
-        lo, hi, n = rng.split(":")
-        out = key.strip(), float(lo), float(hi), int(n)
-    except ValueError:
-        raise ConfigError(f"sweep {text!r} must look like latency_ms=LO:HI:N (or size_kb, bops, ram_kb)") from None
-    if out[0] not in METRICS:
-        raise ConfigError(f"cannot sweep {out[0]!r}; choose one of {', '.join(METRICS)}")
-    if not (0 < out[1] <= out[2]) or out[3] < 1:
-        raise ConfigError(f"sweep {text!r} needs 0 < LO <= HI and N >= 1")
-    return out
-
-
-def sweep(layers: list[Layer], sensitivity: Sensitivity, costs: CostTable | None, budget: Budget, target: Target,
-          spec: str, groups: tuple[tuple[str, ...], ...] = (), time_limit_s: float = 30.0) -> list[dict]:
-    """Solve N budgets from LO to HI of one key (the other budgets held): the Pareto front, one
-    point per budget with its objective, predicted totals and policy (None when infeasible)."""
-    key, lo, hi, n = parse_sweep(spec)
-    points = []
-    for i in range(n):
-        value = lo if n == 1 else lo + (hi - lo) * i / (n - 1)
-        b = Budget(**(budget.to_dict() | {key: value}))
-        try:
-            pol = solve(layers, sensitivity, costs, b, target, groups, time_limit_s)
-        except InfeasibleError as e:
-            points.append({"budget": {key: value}, "feasible": False, "reason": str(e)})
-            continue
-        points.append({"budget": {key: value}, "feasible": True, "objective": pol.predicted["objective"],
-                       "predicted": dict(pol.predicted), "status": pol.solver_status, "policy": pol.to_dict()})
-    return points

@@ -22,6 +22,9 @@ def _conv_bn_act(
 
 
 class BasicBlock(nn.Module):
+    """torchvision's ResNet BasicBlock: two 3x3 conv-BN pairs and the identity (or a strided
+    1x1 conv-BN downsample) added before the last ReLU."""
+
     expansion = 1
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1) -> None:
@@ -39,6 +42,7 @@ class BasicBlock(nn.Module):
             )
 
     def forward(self, x: Tensor) -> Tensor:
+        """The block's output: the residual branch plus the (downsampled) input, through ReLU."""
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
@@ -80,6 +84,7 @@ class ResNet(nn.Module):
         _init_weights(self)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Logits for a batch of images (N, C, H, W)."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         for i in range(self.num_stages):
             x = getattr(self, f"layer{i + 1}")(x)
@@ -92,6 +97,9 @@ def _make_divisible(v: float, divisor: int = 8) -> int:
 
 
 class InvertedResidual(nn.Module):
+    """MobileNetV2's block: a 1x1 expansion (unless `expand_ratio` is 1), a depthwise 3x3 and a
+    linear 1x1 projection, with the input added when stride and width allow."""
+
     def __init__(self, inp: int, oup: int, stride: int, expand_ratio: int) -> None:
         super().__init__()
         hidden = int(round(inp * expand_ratio))
@@ -107,6 +115,7 @@ class InvertedResidual(nn.Module):
         self.conv = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
+        """The block's output, with the residual connection where the block has one."""
         return x + self.conv(x) if self.use_res_connect else self.conv(x)
 
 
@@ -114,36 +123,49 @@ IMAGENET_SETTING = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
                     (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
 
 
+@dataclass(frozen=True)
+class MobileNetShape:
+    """A MobileNetV2's layout before `width_mult`: the setting rows (expand, channels, repeats,
+    stride) as in the paper, the stem's width and stride, the last 1x1 conv's width and the
+    classifier's dropout."""
+
+    setting: tuple[tuple[int, int, int, int], ...] = IMAGENET_SETTING
+    stem_channels: int = 32
+    stem_stride: int = 2
+    last_channel: int = 1280
+    dropout: float = 0.2
+
+
+IMAGENET_SHAPE = MobileNetShape()
+
+
 class MobileNetV2(nn.Module):
-    """torchvision-compatible MobileNetV2; the setting rows are (expand, channels, repeats,
-    stride) as in the paper."""
+    """torchvision-compatible MobileNetV2 of the layout `shape` (torchvision's by default),
+    widths scaled by `width_mult`."""
 
     def __init__(
         self,
         num_classes: int = 1000,
         width_mult: float = 1.0,
-        setting: tuple[tuple[int, int, int, int], ...] = IMAGENET_SETTING,
         in_channels: int = 3,
-        stem_channels: int = 32,
-        stem_stride: int = 2,
-        last_channel: int = 1280,
-        dropout: float = 0.2,
+        shape: MobileNetShape = IMAGENET_SHAPE,
     ) -> None:
         super().__init__()
-        cin = _make_divisible(stem_channels * width_mult)
-        self.last_channel = _make_divisible(last_channel * max(1.0, width_mult))
-        features: list[nn.Module] = [_conv_bn_act(in_channels, cin, stride=stem_stride)]
-        for t, c, n, s in setting:
+        cin = _make_divisible(shape.stem_channels * width_mult)
+        self.last_channel = _make_divisible(shape.last_channel * max(1.0, width_mult))
+        features: list[nn.Module] = [_conv_bn_act(in_channels, cin, stride=shape.stem_stride)]
+        for t, c, n, s in shape.setting:
             cout = _make_divisible(c * width_mult)
             for i in range(n):
                 features.append(InvertedResidual(cin, cout, s if i == 0 else 1, t))
                 cin = cout
         features.append(_conv_bn_act(cin, self.last_channel, kernel=1))
         self.features = nn.Sequential(*features)
-        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.last_channel, num_classes))
+        self.classifier = nn.Sequential(nn.Dropout(shape.dropout), nn.Linear(self.last_channel, num_classes))
         _init_weights(self)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Logits for a batch of images (N, C, H, W)."""
         x = nn.functional.adaptive_avg_pool2d(self.features(x), (1, 1))
         return self.classifier(x.flatten(1))
 
@@ -163,6 +185,7 @@ class PlainCNN(nn.Module):
         self.fc = nn.Linear(cin, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Logits for a batch of images (N, C, H, W)."""
         return self.fc(self.features(x).mean((2, 3)))
 
 
@@ -199,7 +222,7 @@ def _resnet18(num_classes: int, in_channels: int) -> nn.Module:
 
 
 def _mobilenet_v2(num_classes: int, in_channels: int, width_mult: float = 1.0) -> nn.Module:
-    return MobileNetV2(num_classes, width_mult, in_channels=in_channels)
+    return MobileNetV2(num_classes, width_mult, in_channels)
 
 
 def _mnist_resnet8(num_classes: int, in_channels: int) -> nn.Module:
@@ -207,11 +230,12 @@ def _mnist_resnet8(num_classes: int, in_channels: int) -> nn.Module:
 
 
 MNIST_MOBILENET_SETTING = ((1, 16, 1, 1), (4, 24, 2, 2), (4, 32, 2, 2), (4, 64, 1, 1))
+MNIST_MOBILENET_SHAPE = MobileNetShape(MNIST_MOBILENET_SETTING, stem_channels=16, stem_stride=1, last_channel=128,
+                                       dropout=0.1)
 
 
 def _mnist_mobilenet(num_classes: int, in_channels: int) -> nn.Module:
-    return MobileNetV2(num_classes, 1.0, MNIST_MOBILENET_SETTING, in_channels,
-                       stem_channels=16, stem_stride=1, last_channel=128, dropout=0.1)
+    return MobileNetV2(num_classes, 1.0, in_channels, MNIST_MOBILENET_SHAPE)
 
 
 def _mnist_cnn(num_classes: int, in_channels: int) -> nn.Module:

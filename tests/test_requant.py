@@ -32,7 +32,7 @@ def test_rules_part_exactly_where_they_should():
 
 def test_a_following_quantize_op_rounds_the_output_again_as_tflite_does():
     # an int16 output (scale 1e-4) that a QUANTIZE op turns into int8 (scale 0.02, zero point 3)
-    quant = OutputQuantizer.build("reduced", 1e-4, 0, -32767, 32767, np.array([0.01]), channel_dim=-1,
+    quant = OutputQuantizer.build("reduced", (1e-4, 0, -32767, 32767), np.array([0.01]), channel_dim=-1,
                                   then=(0.02, 3, -128, 127))
     codes = np.arange(-30000, 30000, 37)
     y = torch.from_numpy((codes * 1e-4).astype(np.float32)).reshape(-1, 1)
@@ -49,7 +49,7 @@ def test_the_simulations_emulation_gives_the_kernels_integers(rule):
     acc[:40] = np.round((rng.integers(-60, 60, (40, 6)) + 0.5) / mult).astype(np.int64)  # near half steps
     scale, zp = 0.05, -3
     want = np.clip(requantize(acc, mult, rule) + zp, -128, 127)
-    quant = OutputQuantizer.build(rule, scale, zp, -128, 127, mult, channel_dim=-1)
+    quant = OutputQuantizer.build(rule, (scale, zp, -128, 127), mult, channel_dim=-1)
     # the float output a simulated layer gives: acc x input scale x weight scale, in float32
     s_in, s_w = 0.02, mult * scale / 0.02
     y = torch.from_numpy((acc * (s_in * s_w)).astype(np.float32))
@@ -58,7 +58,7 @@ def test_the_simulations_emulation_gives_the_kernels_integers(rule):
 
 
 def test_the_emulation_clamps_to_the_fused_activation_and_keeps_gradients():
-    quant = OutputQuantizer.build("double", 0.1, -128, -128, -68, np.array([0.01, 0.02]), channel_dim=1)
+    quant = OutputQuantizer.build("double", (0.1, -128, -128, -68), np.array([0.01, 0.02]), channel_dim=1)
     y = torch.tensor([[[[-5.0]], [[9.0]]]], requires_grad=True)
     out = quant(y)
     assert out.detach().ravel().tolist() == pytest.approx([0.0, 6.0])  # ReLU6 on a 0.1 grid

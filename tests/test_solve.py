@@ -18,9 +18,9 @@ from edgempq.solve import (
     shared_input_groups,
     solve,
     solve_problem,
-    sweep,
     totals,
 )
+from edgempq.sweep import Sweep, sweep
 
 
 def two_way(penalties: dict[str, float]) -> Problem:
@@ -237,12 +237,12 @@ def test_sweep_gives_a_front_with_infeasible_points_marked(two_layer):
     layers = trace(two_layer, (3, 10, 10))
     sens = Sensitivity("toy", {("conv", p): v for p, v in (("w8a8", 1.0), ("w4a8", 3.0), ("f32", 0.0))}
                        | {("fc", "w8a8"): 0.5, ("fc", "f32"): 0.0})
-    pts = sweep(layers, sens, None, Budget(), TARGET, "size_kb=1:20:5")
+    pts = sweep(layers, sens, None, Sweep.parse("size_kb=1:20:5"), TARGET)
     assert [p["feasible"] for p in pts] == [False, True, True, True, True]
     objs = [p["objective"] for p in pts if p["feasible"]]
     assert objs == sorted(objs, reverse=True)
     with pytest.raises(ConfigError, match="must look like"):
-        sweep(layers, sens, None, Budget(), TARGET, "size_kb=1-2")
+        Sweep.parse("size_kb=1-2")
 
 
 def test_ties_in_penalty_go_to_the_faster_choice():

@@ -31,12 +31,20 @@ import json
 import shutil
 import sys
 import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchkit  # noqa: E402
 from benchkit import RESULTS, TARGET, log  # noqa: E402
+
+if TYPE_CHECKING:
+    from edgempq.backends.base import Backend
+    from edgempq.data import Dataset
+    from edgempq.models import LoadedModel
+    from edgempq.schema import CostTable, Policy, Sensitivity, Target
 
 POSITIONS = (1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6)  # of the way from the faster to the slower uniform model
 QUICK_POSITIONS = (2 / 6, 4 / 6)
@@ -54,11 +62,9 @@ def proxy_budgets(latency_ms: float, int8: dict) -> dict:
             "bops": bops, "size": size, "bops-a8": bops, "size-a8": size}
 
 
-def papers_space(target):
+def papers_space(target: Target) -> Target:
     """The target restricted to the papers' search space: integer weights with 8-bit
     activations (no float layers, no 16-bit activations)."""
-    from dataclasses import replace
-
     return replace(target, precisions={k: tuple(p for p in ps if not p.is_float and p.act_bits == 8)
                                        for k, ps in target.precisions.items()})
 
@@ -70,6 +76,7 @@ def latency_budgets(int8_ms: float, f32_ms: float, positions: tuple[float, ...])
 
 
 def policy_key(precisions: dict) -> str:
+    """A short stable key of a policy's precisions: its artifact folder's name."""
     return hashlib.sha256(json.dumps(sorted((k, str(v)) for k, v in precisions.items())).encode()).hexdigest()[:10]
 
 
@@ -114,32 +121,146 @@ def summary(rows: list[dict], prof_err: float) -> dict:
     return out
 
 
-def _solve(layers, sens, table, target, budget: dict):
-    from edgempq.errors import InfeasibleError
-    from edgempq.schema import Budget
-    from edgempq.solve import solve
+Solved = tuple["Policy | None", "float | None", "str | None"]  # the policy, solve seconds, why infeasible
 
-    try:
+
+@dataclass
+class _Run:
+    """One model's policies as they are solved, deployed and timed: a row per solved budget
+    (or uniform policy), each distinct policy once, and the artifacts built so far."""
+
+    name: str
+    trained: bool
+    art_root: Path
+    model: LoadedModel
+    ds: Dataset
+    meta: dict
+    layers: list
+    table: CostTable
+    sens: Sensitivity
+    rows: list[dict] = field(default_factory=list)
+    policies: dict[str, Policy] = field(default_factory=dict)
+    built: dict[str, dict] = field(default_factory=dict)
+
+    def solve(self, target: Target, budget: dict) -> Solved:
+        """The least-penalty policy under `budget` on `target`, or why there is none."""
+        from edgempq.errors import InfeasibleError
+        from edgempq.schema import Budget
+        from edgempq.solve import solve
+
+        try:
+            t = time.perf_counter()
+            pol = solve(self.layers, self.sens, self.table, Budget(**budget), target)
+            return pol, time.perf_counter() - t, None
+        except InfeasibleError as e:
+            return None, None, str(e)
+
+    def add(self, kind: str, index: int | None, latency_budget: float | None, budget: dict,
+            solved: Solved) -> dict:
+        """A row for one solved budget (its policy recorded once by key)."""
+        pol, secs, reason = solved
+        row = {"kind": kind, "budget_index": index, "latency_budget_ms": latency_budget, "budget": budget,
+               "feasible": pol is not None, "solve_s": secs, "reason": reason}
+        if pol is not None:
+            key = policy_key(pol.precisions)
+            self.policies.setdefault(key, pol)
+            row.update(key=key, predicted_ms=pol.predicted["latency_ms"], size_bytes=pol.predicted["size_bytes"],
+                       bops=pol.predicted["bops"], objective=pol.predicted.get("objective"),
+                       precisions={k: str(v) for k, v in pol.precisions.items()})
+        self.rows.append(row)
+        return row
+
+    def add_uniform(self) -> None:
+        """The all-int8 and all-float policies, their latency predicted by the profile."""
+        from edgempq.latency import predict_latency
+        from edgempq.layers import policy_bops, policy_weight_bytes
+        from edgempq.schema import Policy
+
+        for p in ("w8a8", "f32"):
+            pol = Policy.uniform(self.layers, p)
+            pol = Policy(pol.precisions, method=f"uniform {p}", target=TARGET, model_hash=self.model.model_hash,
+                         predicted={"latency_ms": predict_latency(self.table, pol.precisions),
+                                    "size_bytes": policy_weight_bytes(self.layers, pol),
+                                    "bops": policy_bops(self.layers, pol)})
+            self.add(f"uniform {p}", None, None, {}, (pol, 0.0, None))
+
+    def build_all(self, backend: Backend) -> None:
+        """Deploy every policy not yet built (and on the trained models, measure its top-1)."""
+        for key, pol in self.policies.items():
+            if key not in self.built:
+                log(f"{self.name}: deploy {key} ({len(self.built) + 1}/{len(self.policies)})")
+                self.built[key] = self._build(key, pol, backend)
+
+    def _build(self, key: str, pol: Policy, backend: Backend) -> dict:
+        from edgempq.export.stage import DeployConfig
+        from edgempq.pipeline import deploy
+
+        d = self.art_root / key
         t = time.perf_counter()
-        pol = solve(layers, sens, table, Budget(**budget), target)
-        return pol, time.perf_counter() - t, None
-    except InfeasibleError as e:
-        return None, None, str(e)
+        deploy(self.model, self.ds, pol, TARGET, d, DeployConfig(profile=self.table, weights=self.meta["weights"],
+                                                                   data_spec="mnist" if self.trained else "digits"))
+        secs = time.perf_counter() - t
+        data = (d / "model.tflite").read_bytes()
+        entry = {"deploy_s": secs, "tflite_bytes": len(data), "folder": str(d)}
+        if self.trained:
+            x, y = self.ds.split("test")
+            from edgempq.layout import to_model
+
+            shape = json.loads((d / "deploy.json").read_text())["input"]["shape"]
+            ev = backend.evaluate(data, to_model(x, shape), y)
+            entry["top1"] = ev.top1
+        return entry
+
+    def artifacts(self) -> dict[str, bytes]:
+        """The built artifacts' bytes by policy key."""
+        return {k: (self.art_root / k / "model.tflite").read_bytes() for k in self.built}
+
+    def match_proxies(self, backend: Backend, rounds: int, target: Target) -> None:
+        """Per feasible proxy policy, the latency-aware policy under its measured latency, built."""
+        first = benchkit.interleaved_ms(backend, self.artifacts(), max(2, rounds // 2), log=log)
+        for r in [r for r in self.rows if r["kind"] in PROXIES and r["feasible"]]:
+            budget = {"latency_ms": first[r["key"]]["median_ms"]}
+            m = self.add("match", None, budget["latency_ms"], budget, self.solve(target, budget))  # counted apart
+            m.update({"for": r["key"], "for_kind": r["kind"], "for_budget": r["budget_index"]})
+            r["match"] = m.get("key")
+        self.build_all(backend)
+
+    def add_timings(self, timing: dict[str, dict]) -> None:
+        """Each feasible row's measured latency and its artifact's numbers."""
+        for r in self.rows:
+            if r["feasible"]:
+                r["measured_ms"] = timing[r["key"]]["median_ms"]
+                r["rounds_ms"] = timing[r["key"]]["rounds_ms"]
+                b = self.built[r["key"]]
+                r.update({k: b[k] for k in ("top1", "deploy_s", "tflite_bytes", "folder") if k in b})
+
+
+def _fresh(folder: Path) -> Path:
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    return folder
+
+
+def _int8(layers: list, table: CostTable) -> dict:
+    from edgempq.layers import policy_bops, policy_weight_bytes
+    from edgempq.schema import Policy
+
+    int8_pol = Policy.uniform(layers, "w8a8")
+    return {"latency_ms": table.whole_ms["w8a8"], "f32_ms": table.whole_ms["f32"],
+            "bops": policy_bops(layers, int8_pol), "size_bytes": policy_weight_bytes(layers, int8_pol)}
 
 
 def run_model(name: str, trained: bool, quick: bool, folder: Path) -> dict:
+    """One model's part 1: profile, sensitivity, the policies of every kind at each latency
+    budget (and the uniform ones), each deployed and timed in interleaved rounds."""
     from edgempq.backends import backend_for
-    from edgempq.latency import predict_latency
-    from edgempq.layers import policy_bops, policy_weight_bytes, trace
-    from edgempq.pipeline import deploy, layer_precisions, sensitivity
+    from edgempq.layers import trace
+    from edgempq.pipeline import layer_precisions, sensitivity
     from edgempq.profile import WholeModel, profile
-    from edgempq.schema import Policy
     from edgempq.targets import load_target
 
-    art_root = folder / "artifacts" / name
-    if art_root.exists():
-        shutil.rmtree(art_root)
-    art_root.mkdir(parents=True)
+    art_root = _fresh(folder / "artifacts" / name)
     model, ds, meta = benchkit.trained_model(name) if trained else benchkit.random_model(name, art_root)
     layers = trace(model.module, model.input_shape)
     target = load_target(TARGET)
@@ -154,84 +275,27 @@ def run_model(name: str, trained: bool, quick: bool, folder: Path) -> dict:
     sens, sens_s = benchkit.timed(lambda: sensitivity(model, ds, method, layer_precisions(layers, device=TARGET),
                                                       params))
     targets = {k: papers_space(target) if k.endswith("-a8") else target for k in KINDS}
-    int8_pol = Policy.uniform(layers, "w8a8")
-    int8 = {"latency_ms": table.whole_ms["w8a8"], "f32_ms": table.whole_ms["f32"],
-            "bops": policy_bops(layers, int8_pol), "size_bytes": policy_weight_bytes(layers, int8_pol)}
+    int8 = _int8(layers, table)
     budgets = latency_budgets(int8["latency_ms"], int8["f32_ms"], QUICK_POSITIONS if quick else POSITIONS)
 
-    rows: list[dict] = []
-    policies: dict[str, Policy] = {}
-
-    def add(kind: str, index: int | None, latency_budget: float | None, budget: dict, pol, secs, reason) -> dict:
-        row = {"kind": kind, "budget_index": index, "latency_budget_ms": latency_budget, "budget": budget,
-               "feasible": pol is not None, "solve_s": secs, "reason": reason}
-        if pol is not None:
-            key = policy_key(pol.precisions)
-            policies.setdefault(key, pol)
-            row.update(key=key, predicted_ms=pol.predicted["latency_ms"], size_bytes=pol.predicted["size_bytes"],
-                       bops=pol.predicted["bops"], objective=pol.predicted.get("objective"),
-                       precisions={k: str(v) for k, v in pol.precisions.items()})
-        rows.append(row)
-        return row
-
+    run = _Run(name, trained, art_root, model, ds, meta, layers, table, sens)
     for i, lat in enumerate(budgets):
         b = proxy_budgets(lat, int8)
         for kind in KINDS:
-            pol, secs, reason = _solve(layers, sens, table, targets[kind], b[kind])
-            add(kind, i, lat, b[kind], pol, secs, reason)
-    for p in ("w8a8", "f32"):
-        pol = Policy.uniform(layers, p)
-        pol = Policy(pol.precisions, method=f"uniform {p}", target=TARGET, model_hash=model.model_hash,
-                     predicted={"latency_ms": predict_latency(table, pol.precisions),
-                                "size_bytes": policy_weight_bytes(layers, pol), "bops": policy_bops(layers, pol)})
-        add(f"uniform {p}", None, None, {}, pol, 0.0, None)
+            run.add(kind, i, lat, b[kind], run.solve(targets[kind], b[kind]))
+    run.add_uniform()
 
     backend = backend_for(target)
-    built: dict[str, dict] = {}
-
-    def build_all() -> None:
-        for key, pol in policies.items():
-            if key in built:
-                continue
-            log(f"{name}: deploy {key} ({len(built) + 1}/{len(policies)})")
-            d = art_root / key
-            t = time.perf_counter()
-            deploy(model, ds, pol, TARGET, d, profile=table, weights=meta["weights"],
-                   data_spec="mnist" if trained else "digits")
-            secs = time.perf_counter() - t
-            data = (d / "model.tflite").read_bytes()
-            entry = {"deploy_s": secs, "tflite_bytes": len(data), "folder": str(d)}
-            if trained:
-                x, y = ds.split("test")
-                from edgempq.validate import to_model_layout
-
-                shape = json.loads((d / "deploy.json").read_text())["input"]["shape"]
-                ev = backend.evaluate(data, to_model_layout(shape)(x), y)
-                entry["top1"] = ev.top1
-            built[key] = entry
-
-    build_all()
+    run.build_all(backend)
     rounds = QUICK_ROUNDS if quick else ROUNDS
-    models = {k: (art_root / k / "model.tflite").read_bytes() for k in built}
     if trained:  # the latency-aware policy at each proxy policy's measured latency
-        first = benchkit.interleaved_ms(backend, models, max(2, rounds // 2), log=log)
-        for r in [r for r in rows if r["kind"] in PROXIES and r["feasible"]]:
-            budget = {"latency_ms": first[r["key"]]["median_ms"]}
-            pol, secs, reason = _solve(layers, sens, table, target, budget)
-            m = add("match", None, budget["latency_ms"], budget, pol, secs, reason)  # counted apart
-            m.update({"for": r["key"], "for_kind": r["kind"], "for_budget": r["budget_index"]})
-            r["match"] = m.get("key")
-        build_all()
-        models = {k: (art_root / k / "model.tflite").read_bytes() for k in built}
+        run.match_proxies(backend, rounds, target)
+    models = run.artifacts()
     log(f"{name}: {len(models)} artifacts, {rounds} interleaved rounds")
     timing = benchkit.interleaved_ms(backend, models, rounds, log=log)
     backend.close()
-    for r in rows:
-        if r["feasible"]:
-            r["measured_ms"] = timing[r["key"]]["median_ms"]
-            r["rounds_ms"] = timing[r["key"]]["rounds_ms"]
-            b = built[r["key"]]
-            r.update({k: b[k] for k in ("top1", "deploy_s", "tflite_bytes", "folder") if k in b})
+    run.add_timings(timing)
+    rows = run.rows
     perr = profile_error(rows)
     return {"model": name, "trained": trained, "method": method, "params": params,
             "input_shape": list(model.input_shape), "int8": int8, "latency_budgets_ms": budgets,

@@ -21,6 +21,8 @@ _STD = re.compile(r"count=\d+.*?avg=" + _NUM + r"\s+std=" + _NUM)
 
 @backend("adb")
 class ADBBackend(RemoteBackend):
+    """An Android device reached with adb (one `serial`, or the only device attached)."""
+
     connection_keys = frozenset({"serial", "python", "remote_dir", "benchmark_model", "timeout_s"})
 
     def __init__(self, target: Any) -> None:
@@ -60,6 +62,8 @@ class ADBBackend(RemoteBackend):
         return d
 
     def time(self, model: bytes, runs: int | None = None, warmup: int | None = None) -> Timing:
+        """Latency of `model` on the phone: TFLite's benchmark_model when the target names one,
+        else the device runner."""
         if not self.benchmark_model:
             return super().time(model, runs, warmup)
         runs, warmup = self._runs(runs, warmup)

@@ -7,6 +7,7 @@ import importlib.util
 import json
 import time as _time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from types import ModuleType
@@ -23,7 +24,7 @@ from ..schema.device import register_backend
 BACKENDS: Registry[type[Backend]] = Registry("backend")
 
 
-def backend(name: str):
+def backend(name: str) -> Callable[[type[Backend]], type[Backend]]:
     """Class decorator: register a Backend under `name`, with the [connection] keys it takes
     (its `connection_keys`), so that targets naming it are checked against them."""
 
@@ -47,6 +48,7 @@ class Evaluation:
 
     @classmethod
     def of(cls, logits: np.ndarray, labels: np.ndarray, seconds: float) -> Evaluation:
+        """The evaluation of `logits` (samples x classes) against `labels`, scored as the device runner scores."""
         script = device_script()
         return cls(script.top_k(logits, labels, 1), script.top_k(logits, labels, 5),
                    np.argmax(logits, axis=1), logits, seconds)
@@ -163,4 +165,5 @@ def parse_result(text: str, where: str) -> dict[str, Any]:
 
 
 def timing_of(d: dict[str, Any]) -> Timing:
+    """The Timing in a device runner's result (its median, p10, p90 and run count)."""
     return Timing(float(d["median_ms"]), float(d["p10_ms"]), float(d["p90_ms"]), int(d["runs"]))

@@ -96,15 +96,18 @@ class RemoteBackend(Backend):
         return remote
 
     def check(self) -> dict[str, Any]:
+        """The device's fingerprint, as the device runner reports it there."""
         return {**self._device("info"), "backend": self.target.backend}
 
     def time(self, model: bytes, runs: int | None = None, warmup: int | None = None) -> Timing:
+        """Latency of `model` on the device, timed there by the device runner."""
         runs, warmup = self._runs(runs, warmup)
         remote = self._upload_model(model)
         return timing_of(self._device("time", remote, "--warmup", str(warmup), "--runs", str(runs),
                                       "--max-seconds", str(self.target.max_seconds)))
 
     def run(self, model: bytes, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        """Outputs of `model` on the device: the inputs go over as .npz, the outputs come back."""
         remote = self._upload_model(model)
         local_in, local_out = Path(self._local.name) / "inputs.npz", Path(self._local.name) / "outputs.npz"
         np.savez(local_in, **{f"input_{i}": x for i, x in enumerate(inputs)})
@@ -132,6 +135,7 @@ class RemoteBackend(Backend):
         return Evaluation.of(logits, y, float(result["seconds"]))
 
     def close(self) -> None:
+        """Remove the session's folder on the device and the local temporary folder."""
         if self._dir is not None:
             with contextlib.suppress(DeviceError):  # a device that went away keeps its folder
                 self._exec(["rm", "-rf", "--", self._dir])

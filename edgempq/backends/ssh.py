@@ -15,6 +15,8 @@ from .remote import RemoteBackend, quoted
 
 @backend("ssh")
 class SSHBackend(RemoteBackend):
+    """A Linux device reached with the system ssh and scp, batch mode, host key checked."""
+
     connection_keys = frozenset({"host", "user", "port", "key", "known_hosts", "python", "timeout_s"})
 
     def __init__(self, target: Any) -> None:

@@ -19,6 +19,8 @@ _MAX_ARENA = 1 << 30
 
 @backend("tflm")
 class TFLMBackend(Backend):
+    """TFLite Micro's reference interpreter on this machine, with the arena each model needs."""
+
     def __init__(self, target: Any) -> None:
         super().__init__(target)
         self._arena: dict[int, int] = {}
@@ -43,6 +45,7 @@ class TFLMBackend(Backend):
             arena *= 2
 
     def check(self) -> dict[str, Any]:
+        """This machine's CPU and the tflite-micro version (TFLM runs one thread)."""
         try:
             version = metadata.version("tflite-micro")
         except metadata.PackageNotFoundError:
@@ -64,6 +67,7 @@ class TFLMBackend(Backend):
         return self._arena[key]
 
     def time(self, model: bytes, runs: int | None = None, warmup: int | None = None) -> Timing:
+        """Latency of `model` on random inputs, invoked in TFLM's interpreter."""
         runs, warmup = self._runs(runs, warmup)
         it = self._fit(model)
         for i, x in enumerate(self._sample_inputs(it, model)):
@@ -93,6 +97,7 @@ class TFLMBackend(Backend):
         return xs
 
     def run(self, model: bytes, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        """Outputs of `model` in TFLM, one invoke per sample, inputs checked against the model's."""
         it = self._fit(model)
         details = self._inputs_details(it, model)
         if len(details) != len(inputs):

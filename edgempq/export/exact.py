@@ -13,11 +13,16 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import ConversionError
 from .mapping import tflite_layout
+
+if TYPE_CHECKING:
+    from ai_edge_quantizer.qtyping import ModelT, TensorT
+    from torch import nn
 
 _INT_TYPES = {9: np.int8, 17: np.int8, 7: np.int16, 2: np.int32, 4: np.int64}  # int4 is unpacked to int8
 
@@ -33,7 +38,7 @@ class LayerValues:
     bias_scale: np.ndarray | None  # float32 per output channel
 
 
-def simulation_values(module, kind: str) -> LayerValues:
+def simulation_values(module: nn.Module, kind: str) -> LayerValues:
     """What the fake-quantized layer computes with (its act quantizer must already hold the
     artifact's input range, see `adopt_input_range`)."""
     codes, axis = tflite_layout(module.weight_quant.codes(module.weight).numpy(), kind)
@@ -44,7 +49,7 @@ def simulation_values(module, kind: str) -> LayerValues:
                        None if bias_scale is None else bias_scale.float().numpy().astype(np.float32))
 
 
-def check_float_weights(base: bytes, ops: dict[str, int], module, kinds: dict[str, str]) -> None:
+def check_float_weights(base: bytes, ops: dict[str, int], module: nn.Module, kinds: dict[str, str]) -> None:
     """The float graph's weights must be the ones edgempq exported (the simulation's integers are
     written over the quantized ones): a converter that changed them, e.g. by folding a BatchNorm
     that edgempq could not fold because torch.fx cannot trace the model, is refused."""
@@ -62,7 +67,7 @@ def check_float_weights(base: bytes, ops: dict[str, int], module, kinds: dict[st
                                   "torch.fx (no Python control flow on tensor values in forward)")
 
 
-def _read(model: bytes):
+def _read(model: bytes) -> ModelT:
     from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
 
     return fu.read_model(bytearray(model))
@@ -83,7 +88,7 @@ def _unpack_int4(data: np.ndarray, count: int) -> np.ndarray:
     return out
 
 
-def tensor_values(m, tensor) -> np.ndarray:
+def tensor_values(m: ModelT, tensor: TensorT) -> np.ndarray:
     """A constant integer tensor's values (int4 unpacked), in its shape."""
     data = m.buffers[tensor.buffer].data
     if data is None:
@@ -94,7 +99,7 @@ def tensor_values(m, tensor) -> np.ndarray:
     return np.frombuffer(bytes(np.asarray(data, np.uint8)), _INT_TYPES[tensor.type]).reshape(tuple(tensor.shape))
 
 
-def _own_buffer(m, tensor) -> None:
+def _own_buffer(m: ModelT, tensor: TensorT) -> None:
     """Give `tensor` a buffer of its own when another tensor shares it."""
     refs = Counter(t.buffer for g in m.subgraphs for t in g.tensors)
     if refs[tensor.buffer] > 1:
@@ -102,7 +107,7 @@ def _own_buffer(m, tensor) -> None:
         tensor.buffer = len(m.buffers) - 1
 
 
-def _write(m, tensor, values: np.ndarray, scale: np.ndarray, axis: int, what: str) -> None:
+def _write(m: ModelT, tensor: TensorT, values: np.ndarray, scale: np.ndarray, axis: int, what: str) -> None:
     if tensor.type not in _INT_TYPES:
         raise ConversionError(f"{what} is stored as type {tensor.type}, not as integers; cannot write the simulation's")
     if tuple(tensor.shape) != values.shape:

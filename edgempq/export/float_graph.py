@@ -14,16 +14,19 @@ import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import ConversionError
 
+if TYPE_CHECKING:
+    from torch import nn
+
 ONNX2TF_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
 
 
-def export_onnx(module, input_shape: tuple[int, ...], path: Path) -> Path:
+def export_onnx(module: nn.Module, input_shape: tuple[int, ...], path: Path) -> Path:
     """The model in eval mode as ONNX (BatchNorm folded by constant folding)."""
     import torch
 
@@ -89,7 +92,7 @@ def _saved_model_to_tflite(folder: Path) -> bytes:
                           "converting onnx2tf's SavedModel to TFLite")
 
 
-def float_tflite(module, input_shape: tuple[int, ...], images: np.ndarray | None = None) -> bytes:
+def float_tflite(module: nn.Module, input_shape: tuple[int, ...], images: np.ndarray | None = None) -> bytes:
     """The whole model as a float32 .tflite (NHWC input) with a signature."""
     with tempfile.TemporaryDirectory(prefix="edgempq-onnx-") as work:
         return onnx_to_tflite(export_onnx(module, input_shape, Path(work) / "model.onnx"), images)

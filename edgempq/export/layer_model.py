@@ -3,9 +3,14 @@ float with Keras, then quantized with the same recipe code deployment uses."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..errors import ConversionError
 from ..schema import Layer, Precision
 from .recipe import KIND_OPS, OpRule, check_op, quantize, weight_ops
+
+if TYPE_CHECKING:
+    from tensorflow import keras
 
 
 def _conv_padding(layer: Layer) -> tuple[str, tuple[int, int] | None]:
@@ -23,7 +28,7 @@ def _conv_padding(layer: Layer) -> tuple[str, tuple[int, int] | None]:
     return ("same", None) if ok else ("valid", (ph, pw))
 
 
-def _keras_layer_model(layer: Layer):
+def _keras_layer_model(layer: Layer) -> keras.Model:
     from ..quiet import import_tensorflow
 
     tf = import_tensorflow()

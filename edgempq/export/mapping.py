@@ -8,12 +8,16 @@ BatchNorm scaling per output channel)."""
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import ConversionError
 from ..schema import Layer
 from .recipe import KIND_OPS, OpInfo, weight_ops
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 def _tflite_weight_shape(layer: Layer) -> tuple[int, ...]:
@@ -101,7 +105,7 @@ def weights_agree(layer_weight: np.ndarray, op_weight: np.ndarray, kind: str) ->
     return bool(np.all(np.abs(cos[(na > 0) & (nb > 0)]) > 0.999))  # a negative BN scale flips a channel
 
 
-def torch_weights(module, layers: list[Layer]) -> dict[str, np.ndarray]:
+def torch_weights(module: nn.Module, layers: list[Layer]) -> dict[str, np.ndarray]:
     """PyTorch weight arrays of the searchable layers, for `map_layers`."""
     mods = dict(module.named_modules())
     return {la.name: mods[la.name].weight.detach().cpu().numpy() for la in layers if la.searchable}

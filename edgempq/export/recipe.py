@@ -9,11 +9,16 @@ import io
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import ConversionError
 from ..schema import Precision
+
+if TYPE_CHECKING:
+    from ai_edge_quantizer.qtyping import ModelT, TensorT
+    from ai_edge_quantizer.quantizer import Quantizer
 
 # TFLite builtin op codes and tensor types (schema.fbs).
 OP_CODES = {"CONV_2D": 3, "DEPTHWISE_CONV_2D": 4, "FULLY_CONNECTED": 9}
@@ -95,7 +100,7 @@ def quantize(model: bytes, rules: Iterable[OpRule], calibration: list[dict[str, 
     return bytes(out)
 
 
-def calibrate_min_max(q, model: bytes, key: str, calibration: list[dict[str, np.ndarray]]) -> dict:
+def calibrate_min_max(q: Quantizer, model: bytes, key: str, calibration: list[dict[str, np.ndarray]]) -> dict:
     """Activation ranges as the simulation sets them: the global min and max over every
     calibration sample. (`Quantizer.calibrate` keeps a moving average of per-sample extremes,
     which narrows every range, clips the logits and parts the artifact from the simulation.)
@@ -193,7 +198,7 @@ def weight_ops(model: bytes) -> list[OpInfo]:
     return out
 
 
-def _stored_bytes(m, t) -> int:
+def _stored_bytes(m: ModelT, t: TensorT) -> int:
     """A constant tensor's buffer plus its quantization parameters (float32 scales, int64 zero
     points), which the flatbuffer stores alongside."""
     data = m.buffers[t.buffer].data

@@ -16,11 +16,16 @@ layer its op's output scale, zero point, activation clamp and rule."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import ConversionError
 from ..quant.requant import RULES, requantize
+
+if TYPE_CHECKING:
+    from ai_edge_quantizer.qtyping import ModelT, OperatorT, TensorT
+    from torch import nn
 
 SAMPLES = 8
 _RELU, _RELU_N1_TO_1, _RELU6 = 1, 2, 3
@@ -48,10 +53,11 @@ class OpRounding:
     output_grid: tuple[float, int, int, int] | None = None
 
     def summary(self) -> dict:
+        """What deploy.json records of the op (all but the per-channel multipliers)."""
         return {k: v for k, v in asdict(self).items() if k != "multipliers"}
 
 
-def _name(t) -> str:
+def _name(t: TensorT) -> str:
     return t.name.decode() if isinstance(t.name, bytes) else t.name
 
 
@@ -59,7 +65,7 @@ def _tf_round(x: float) -> int:
     return int(np.sign(x) * np.floor(abs(x) + 0.5))
 
 
-def _clamp(op, out_type: int, scale: float, zp: int) -> tuple[int, int, str]:
+def _clamp(op: OperatorT, out_type: int, scale: float, zp: int) -> tuple[int, int, str]:
     """The op's output range after its fused activation (TFLite's CalculateActivationRangeQuantized)."""
     lo, hi = (-32768, 32767) if out_type == 7 else (-128, 127)
     act = int(getattr(op.builtinOptions, "fusedActivationFunction", 0) or 0)
@@ -79,7 +85,7 @@ def _same_pads(size: int, stride: int, kernel: int, dilation: int) -> tuple[int,
     return total // 2, total - total // 2
 
 
-def accumulators(m, op, code: int, x: np.ndarray) -> np.ndarray:
+def accumulators(m: ModelT, op: OperatorT, code: int, x: np.ndarray) -> np.ndarray:
     """An op's int64 accumulators (bias added), channels last, from its input codes `x` (the
     artifact's, NHWC or N x features), its weights and bias, computed exactly."""
     import torch
@@ -113,14 +119,14 @@ def accumulators(m, op, code: int, x: np.ndarray) -> np.ndarray:
     return acc
 
 
-def _grid(t) -> tuple[float, int, int, int] | None:
+def _grid(t: TensorT) -> tuple[float, int, int, int] | None:
     q = t.quantization
     if t.type not in _INT_TYPES or q is None or q.scale is None or len(q.scale) != 1:
         return None
     return float(np.float32(q.scale[0])), int(q.zeroPoint[0]), *_INT_TYPES[t.type]
 
 
-def neighbour_grids(m, index: int) -> tuple[tuple | None, tuple | None]:
+def neighbour_grids(m: ModelT, index: int) -> tuple[tuple | None, tuple | None]:
     """(the integer grid a QUANTIZE op converted op `index`'s input from, the one a QUANTIZE op
     converts its output to when that is the output's only reader), None where there is none."""
     sg = m.subgraphs[0]
@@ -136,7 +142,7 @@ def neighbour_grids(m, index: int) -> tuple[tuple | None, tuple | None]:
     return before, after
 
 
-def _op_rounding(m, op, x: np.ndarray, y: np.ndarray, name: str) -> OpRounding:
+def _op_rounding(m: ModelT, op: OperatorT, x: np.ndarray, y: np.ndarray, name: str) -> OpRounding:
     sg = m.subgraphs[0]
     code = int(m.operatorCodes[op.opcodeIndex].builtinCode)
     tin, tw, tout = sg.tensors[op.inputs[0]], sg.tensors[op.inputs[1]], sg.tensors[op.outputs[0]]
@@ -175,7 +181,7 @@ def measure(model: bytes, ops: dict[str, int], x_model_layout: np.ndarray) -> di
     return {name: _op_rounding(m, sg.operators[ops[name]], raw[a], raw[b], name) for name, (a, b) in ends.items()}
 
 
-def adopt(qmodel, found: dict[str, OpRounding]) -> None:
+def adopt(qmodel: nn.Module, found: dict[str, OpRounding]) -> None:
     """Give each simulated layer its op's output rounding (a layer whose fused activation is not
     emulated keeps a float output)."""
     import torch
@@ -195,11 +201,11 @@ def adopt(qmodel, found: dict[str, OpRounding]) -> None:
             mod.set_output_rounding(None)
             continue
         dim = 1 if isinstance(mod, torch.nn.Conv2d) else -1
-        mod.set_output_rounding(OutputQuantizer.build(r.rule, r.scale, r.zero_point, r.qmin, r.qmax,
-                                                      np.asarray(r.multipliers), dim, r.output_grid))
+        grid = (r.scale, r.zero_point, r.qmin, r.qmax)
+        mod.set_output_rounding(OutputQuantizer.build(r.rule, grid, np.asarray(r.multipliers), dim, r.output_grid))
 
 
-def saved_quantizers(qmodel, state: dict) -> None:
+def saved_quantizers(qmodel: nn.Module, state: dict) -> None:
     """Before loading a saved simulation: empty output quantizers for the layers whose saved
     state has one (a simulation saved before output rounding existed has none, and keeps none)."""
     import torch

@@ -14,13 +14,18 @@ after those adds. Both read only the graphs, so validate measures them again fro
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ai_edge_quantizer.qtyping import ModelT
+    from torch import nn
+    from torch.fx import Graph, Node
 
 _ADD = 0  # builtin operator code
 _INPUT = "<input>"
 
 
-def _tflite_adds(m, layer_ops: dict[int, str]) -> list[tuple[int, frozenset]]:
+def _tflite_adds(m: ModelT, layer_ops: dict[int, str]) -> list[tuple[int, frozenset]]:
     """(op index, what its two inputs come from) of every ADD of two computed tensors."""
     sg = m.subgraphs[0]
     producer = {t: i for i, op in enumerate(sg.operators) for t in op.outputs}
@@ -48,7 +53,7 @@ def _tflite_adds(m, layer_ops: dict[int, str]) -> list[tuple[int, frozenset]]:
     return out
 
 
-def _is_residual_add(node) -> bool:
+def _is_residual_add(node: Node) -> bool:
     """An add of two computed tensors; an in-place add_ is left float (its later readers read
     the mutated tensor, not the node)."""
     from ..layers import is_add
@@ -56,11 +61,11 @@ def _is_residual_add(node) -> bool:
     return is_add(node) and node.target != "add_" and len(node.all_input_nodes) == 2
 
 
-def _fx_adds(graph, layers: set[str]) -> list[tuple[Any, frozenset]]:
+def _fx_adds(graph: Graph, layers: set[str]) -> list[tuple[Node, frozenset]]:
     """(node, what its two inputs come from) of every add of two computed tensors."""
-    memo: dict[Any, frozenset] = {}
+    memo: dict[Node, frozenset] = {}
 
-    def sources(n) -> frozenset:
+    def sources(n: Node) -> frozenset:
         if n not in memo:
             if n.op == "call_module" and n.target in layers:
                 memo[n] = frozenset({n.target})
@@ -73,14 +78,14 @@ def _fx_adds(graph, layers: set[str]) -> list[tuple[Any, frozenset]]:
     return [(n, frozenset(sources(i) for i in n.all_input_nodes)) for n in graph.nodes if _is_residual_add(n)]
 
 
-def trace(qmodel) -> Any | None:
+def trace(qmodel: nn.Module) -> Graph | None:
     """The simulated model's torch.fx graph, its layers as leaves; None if fx cannot trace it."""
     import torch
 
     from ..quant.modules import QUANT_TYPES
 
     class _Tracer(torch.fx.Tracer):
-        def is_leaf_module(self, m, name: str) -> bool:
+        def is_leaf_module(self, m: torch.nn.Module, name: str) -> bool:
             return isinstance(m, QUANT_TYPES) or super().is_leaf_module(m, name)
 
     try:
@@ -89,7 +94,7 @@ def trace(qmodel) -> Any | None:
         return None
 
 
-def measure(qmodel, model: bytes, layer_ops: dict[str, int]) -> tuple[dict[str, dict], list[str]]:
+def measure(qmodel: nn.Module, model: bytes, layer_ops: dict[str, int]) -> tuple[dict[str, dict], list[str]]:
     """Per add node of `qmodel`'s graph, the output grid of the artifact ADD op it pairs with
     (`layer_ops`: every policy layer -> its op index in `model`), and notes on adds left alone."""
     from .exact import _read
@@ -125,7 +130,7 @@ def measure(qmodel, model: bytes, layer_ops: dict[str, int]) -> tuple[dict[str, 
     return out, notes
 
 
-def _float_outputs(m, graph, layer_ops: dict[str, int]) -> dict[str, dict]:
+def _float_outputs(m: ModelT, graph: Graph, layer_ops: dict[str, int]) -> dict[str, dict]:
     """Float layers whose output a QUANTIZE op turns into integers (for an integer op next):
     their node -> that grid."""
     from .rounding import neighbour_grids
@@ -152,7 +157,7 @@ def describe(grids: dict[str, dict]) -> str:
     return " and ".join(parts)
 
 
-def wrap(qmodel, grids: dict[str, dict]):
+def wrap(qmodel: nn.Module, grids: dict[str, dict]) -> nn.Module:
     """`qmodel` with each add of `grids` rounded to its grid: a torch.fx GraphModule sharing
     qmodel's modules (its state is qmodel's), or qmodel itself when there is nothing to round."""
     if not grids:

@@ -28,7 +28,7 @@ def float_statistics(fmodel: nn.Module, xs: list[Tensor], names: tuple[str, ...]
     sums: dict[str, list] = {n: [0.0, 0.0, 0.0, 0] for n in names}  # channel sums, total, total of squares, count
     mods = {fmodel.get_submodule(n): n for n in names}
 
-    def hook(m, _args, out) -> None:
+    def hook(m: nn.Module, _args: tuple, out: Tensor) -> None:
         s = sums[mods[m]]
         n = out.numel() // out.shape[_channel_dim(out, m)]
         s[0] = s[0] + _channel_mean(out, m) * n

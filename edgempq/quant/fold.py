@@ -57,11 +57,11 @@ def _pairs_by_hooks(model: nn.Module, example: torch.Tensor) -> list[tuple[str, 
     calls: dict[str, int] = {}
     found: list[tuple[str, str]] = []
 
-    def conv_hook(m, _args, out) -> None:
+    def conv_hook(m: nn.Module, _args: tuple, out: torch.Tensor) -> None:
         calls[names[m]] = calls.get(names[m], 0) + 1
         outs[id(out)] = (names[m], out)
 
-    def bn_hook(m, args) -> None:
+    def bn_hook(m: nn.Module, args: tuple) -> None:
         calls[names[m]] = calls.get(names[m], 0) + 1
         src = outs.get(id(args[0]))
         if src is not None and src[1] is args[0]:

@@ -46,6 +46,7 @@ class QuantConfig:
         algorithm(self.weights, self.weight_params)
 
     def to_dict(self) -> dict[str, Any]:
+        """The settings as JSON-ready values (deploy.json records them)."""
         return asdict(self)
 
     def __hash__(self) -> int:  # weight_params is a dict
@@ -123,12 +124,18 @@ class _QuantMixin:
 
 
 class QConv2d(_QuantMixin, nn.Conv2d):
+    """A Conv2d with fake-quantized input, weights, bias and (optionally) output rounding."""
+
     def forward(self, x: Tensor) -> Tensor:
+        """The convolution on the quantized input with the quantized weights and bias."""
         return self._qoutput(self._conv_forward(self._qinput(x), self._qweight(), self._qbias()))
 
 
 class QLinear(_QuantMixin, nn.Linear):
+    """A Linear with fake-quantized input, weights, bias and (optionally) output rounding."""
+
     def forward(self, x: Tensor) -> Tensor:
+        """The affine map on the quantized input with the quantized weights and bias."""
         return self._qoutput(nn.functional.linear(self._qinput(x), self._qweight(), self._qbias()))
 
 

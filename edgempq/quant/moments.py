@@ -24,6 +24,7 @@ def statistics_bytes(module: nn.Module, matrices: int) -> int:
 
 
 def groups(module: nn.Module) -> int:
+    """How many independent weight groups a layer has (a conv's `groups`, 1 for a linear)."""
     return module.groups if isinstance(module, nn.Conv2d) else 1
 
 

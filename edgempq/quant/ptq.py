@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,6 +21,10 @@ from ..schema import Policy
 from .fold import fold_batchnorm
 from .modules import QUANT_TYPES, QuantConfig, quantize_module
 from .quantizers import ActQuantizer, WeightQuantizer
+
+if TYPE_CHECKING:
+    from .stream import Walk
+    from .weights.base import WeightAlgorithm
 
 
 def apply(model: nn.Module, policy: Policy, cfg: QuantConfig | None = None,
@@ -50,6 +54,7 @@ def apply(model: nn.Module, policy: Policy, cfg: QuantConfig | None = None,
 
 
 def quantizers(model: nn.Module) -> list[nn.Module]:
+    """Every activation and weight quantizer in `model`, in module order."""
     return [m for m in model.modules() if isinstance(m, ActQuantizer | WeightQuantizer)]
 
 
@@ -68,7 +73,7 @@ def calibrate_alone(qmodel: nn.Module, fmodel: nn.Module, batches: Iterable[Tens
     return _observed(qmodel, fmodel, batches)
 
 
-def _observed(qmodel: nn.Module, runner: nn.Module, batches) -> nn.Module:
+def _observed(qmodel: nn.Module, runner: nn.Module, batches: Iterable[Tensor | np.ndarray]) -> nn.Module:
     layers = {n: m for n, m in qmodel.named_modules() if isinstance(m, QUANT_TYPES) and m.act_quant is not None}
     acts = [m.act_quant for m in layers.values()]
     hooks = [] if runner is qmodel else [
@@ -98,7 +103,8 @@ def _observed(qmodel: nn.Module, runner: nn.Module, batches) -> nn.Module:
     return qmodel
 
 
-def batches(x: np.ndarray, batch_size: int) -> Iterable[Tensor]:
+def batches(x: np.ndarray, batch_size: int) -> Iterator[Tensor]:
+    """`x` in consecutive batches of `batch_size` samples (the last may be shorter), as tensors."""
     for i in range(0, len(x), batch_size):
         yield torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size]))
 
@@ -118,6 +124,7 @@ class PTQReport:
     notes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready values (deploy.json's `ptq`)."""
         return asdict(self)
 
 
@@ -190,7 +197,7 @@ def fit_biases(q: nn.Module, names: tuple[str, ...]) -> list[str]:
 MEMORY_SHARE = 0.4  # of the memory available when the walk starts, for the activations it keeps
 
 
-def walk_samples(fmodel: nn.Module, x: np.ndarray, spec, cfg: QuantConfig, notes: list[str]) -> list[np.ndarray]:
+def walk_samples(fmodel: nn.Module, x: np.ndarray, spec: Walk, cfg: QuantConfig, notes: list[str]) -> list[np.ndarray]:
     """The calibration batches the layer walk runs on: every sample, or as many (spread evenly)
     as the activations the walk keeps at once fit in MEMORY_SHARE of the available memory."""
     import psutil
@@ -219,7 +226,8 @@ class _WalkRun:
     on_step: Callable[[int, int, str], None] | None
     seed: int
 
-    def walk(self, spec, algo, stats) -> None:
+    def walk(self, spec: Walk, algo: WeightAlgorithm | None,
+             stats: dict[str, tuple[Tensor, float]] | None) -> None:
         """Quantize each unit with `algo` (if any), then correct its bias towards `stats` (if any)."""
         from .bias import correct_bias
         from .stream import walk

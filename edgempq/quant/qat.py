@@ -20,12 +20,12 @@ def finetune(
     y: np.ndarray,
     epochs: int,
     cfg: TrainConfig = QAT_DEFAULTS,
-    val: tuple[np.ndarray, np.ndarray] | None = None,
     on_step: Callable[[int, int, float], None] | None = None,
 ) -> TrainResult:
-    """Finetune a calibrated fake-quantized model in place: every quantizer's step becomes a
-    learnable LSQ parameter initialised from calibration; zero points stay fixed."""
+    """Finetune a calibrated fake-quantized model in place for `epochs` (the rest of `cfg`
+    kept): every quantizer's step becomes a learnable LSQ parameter initialised from
+    calibration; zero points stay fixed. No validation split: the result's top-1 is NaN."""
     for m in qmodel.modules():
         if isinstance(m, ActQuantizer | WeightQuantizer):
             m.make_learnable()
-    return fit(qmodel, x, y, replace(cfg, epochs=epochs), val=val, on_step=on_step)
+    return fit(qmodel, x, y, replace(cfg, epochs=epochs), on_step=on_step)

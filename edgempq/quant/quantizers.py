@@ -27,15 +27,18 @@ _SAMPLE_CAP = 1 << 16  # activation values kept per observer for percentile / MS
 
 
 def weight_qrange(bits: int) -> tuple[int, int]:
+    """A `bits`-wide weight's integer range: symmetric at 8 bits and more, two's complement below."""
     qmax = 2 ** (bits - 1) - 1
     return (-qmax if bits >= 8 else -qmax - 1), qmax
 
 
 def act_symmetric(bits: int) -> bool:
+    """Whether a `bits`-wide activation has a zero point of 0 (16-bit ones, as TFLite's 16x8 kernels need)."""
     return bits == 16
 
 
 def act_qrange(bits: int) -> tuple[int, int]:
+    """A `bits`-wide activation's integer range (without the most negative code when symmetric)."""
     if act_symmetric(bits):
         qmax = 2 ** (bits - 1) - 1
         return -qmax, qmax
@@ -186,9 +189,11 @@ class WeightQuantizer(_StepQuantizer):
         return torch.clamp(torch.round(w.detach() / self.step_value()), self.qmin, self.qmax).to(torch.int64)
 
     def forward(self, w: Tensor) -> Tensor:
+        """`w` rounded to the per-channel grid, with the straight-through gradient."""
         return fake_quantize(w, self.step(w), torch.zeros((), dtype=w.dtype), self.qmin, self.qmax)
 
     def extra_repr(self) -> str:
+        """The width and the grid's state, for printing."""
         return f"bits={self.bits}, fixed={self.fixed}, learnable={self.learnable}"
 
 
@@ -211,6 +216,7 @@ class ActQuantizer(_StepQuantizer):
         self.register_buffer("zero_point", torch.zeros(()))
 
     def start_observing(self) -> None:
+        """Forget the ranges seen so far and record those of the inputs that follow."""
         self.observing, self._lo, self._hi = True, math.inf, -math.inf
         self._sample, self._keys = torch.zeros(0), torch.zeros(0)
         self._gen = torch.Generator().manual_seed(self.seed)  # same samples on every run
@@ -271,6 +277,7 @@ class ActQuantizer(_StepQuantizer):
         self.register_buffer("input_grid", torch.tensor([float(v) for v in grid], dtype=torch.float64))
 
     def forward(self, x: Tensor) -> Tensor:
+        """`x` on the activation grid (after the input grid, if any); while observing, `x` unchanged."""
         if self.observing:
             self._observe(x)
             return x
@@ -282,6 +289,7 @@ class ActQuantizer(_StepQuantizer):
         return fake_quantize(x, self.step(x), self.zero_point, self.qmin, self.qmax)
 
     def extra_repr(self) -> str:
+        """The width, symmetry and range method, for printing."""
         kind = "symmetric" if self.symmetric else "asymmetric"
         return f"bits={self.bits}, {kind}, method={self.method}, learnable={self.learnable}"
 

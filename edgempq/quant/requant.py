@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from .quantizers import on_grid
 
 RULES = ("nearest", "double", "reduced", "gemmlowp")
+Grid = tuple[float, int, int, int]  # an integer tensor's (scale, zero point, qmin, qmax)
 
 
 def quantize_multiplier(mult: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -98,8 +99,11 @@ class OutputQuantizer(nn.Module):
         self.register_buffer("then", torch.zeros(6, dtype=torch.float64))
 
     @classmethod
-    def build(cls, rule: str, scale: float, zero_point: int, qmin: int, qmax: int, mult: np.ndarray,
-              channel_dim: int, then: tuple[float, int, int, int] | None = None) -> OutputQuantizer:
+    def build(cls, rule: str, grid: Grid, mult: np.ndarray, channel_dim: int,
+              then: Grid | None = None) -> OutputQuantizer:
+        """The quantizer of an op that rounds by `rule` onto its output `grid`, with per-channel
+        multipliers `mult` along `channel_dim`, and optionally a QUANTIZE op onto `then` after it."""
+        scale, zero_point, qmin, qmax = grid
         mult = np.asarray(mult, np.float64)
         steps, factor = np.ones_like(mult), np.ones_like(mult)
         if rule in ("double", "gemmlowp"):
@@ -123,6 +127,7 @@ class OutputQuantizer(nn.Module):
 
     @property
     def rule_name(self) -> str:
+        """The rounding rule's name, one of RULES."""
         return RULES[int(self.rule)]
 
     def _per_channel(self, t: Tensor, ndim: int) -> Tensor:
@@ -131,6 +136,7 @@ class OutputQuantizer(nn.Module):
         return t.reshape(shape)
 
     def forward(self, y: Tensor) -> Tensor:
+        """`y` rounded as the op writes it, with straight-through gradients."""
         v = y.detach().double() / self.scale * self._per_channel(self.factor, y.dim())
         rule = RULES[int(self.rule)]
         if rule == "nearest":
@@ -150,6 +156,7 @@ class OutputQuantizer(nn.Module):
         return y + (out - y).detach()  # gradients pass straight through
 
     def extra_repr(self) -> str:
+        """The rule and the channel count, for printing."""
         return f"rule={self.rule_name}, channels={len(self.steps)}"
 
 
@@ -162,7 +169,9 @@ class GridQuantizer(nn.Module):
         self.scale, self.zero_point, self.qmin, self.qmax = float(scale), float(zero_point), float(qmin), float(qmax)
 
     def forward(self, x: Tensor) -> Tensor:
+        """`x` rounded to nearest on the grid and clamped."""
         return on_grid(x, self.scale, self.zero_point, self.qmin, self.qmax)
 
     def extra_repr(self) -> str:
+        """The grid, for printing."""
         return f"scale={self.scale:g}, zero_point={self.zero_point:g}, range=[{self.qmin:g}, {self.qmax:g}]"

@@ -12,9 +12,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from torch.fx import GraphModule, Node
 
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 MAX_BLOCK_LAYERS = 4  # a module with more quantized layers is split into its children
@@ -104,7 +108,7 @@ def block_paths(model: nn.Module, layers: set[str]) -> list[str]:
     return out
 
 
-def _plans(gm, model: nn.Module, spec: Walk, notes: list[str] | None) -> list[_Plan]:
+def _plans(gm: GraphModule, model: nn.Module, spec: Walk, notes: list[str] | None) -> list[_Plan]:
     nodes = list(gm.graph.nodes)
     wanted = set(spec.layers)
     calls = {n.target: n for n in nodes if n.op == "call_module" and n.target in wanted}
@@ -135,14 +139,14 @@ def _plans(gm, model: nn.Module, spec: Walk, notes: list[str] | None) -> list[_P
 # ---- the graph walk -------------------------------------------------------------------------
 
 
-def _attr(model: nn.Module, target: str):
+def _attr(model: nn.Module, target: str) -> Any:
     obj = model
     for part in target.split("."):
         obj = getattr(obj, part)
     return obj
 
 
-def exec_node(node, env: dict, module: Callable[[str], nn.Module], root: nn.Module, x: Tensor | None):
+def exec_node(node: Node, env: dict, module: Callable[[str], nn.Module], root: nn.Module, x: Tensor | None) -> Any:
     """One torch.fx node's value: its inputs from `env`, modules from `module(target)`,
     attributes from `root`, the (single) placeholder from `x`; the output node's is the
     model's output."""
@@ -163,7 +167,7 @@ def exec_node(node, env: dict, module: Callable[[str], nn.Module], root: nn.Modu
     return args[0]  # output
 
 
-def _exec(node, env: dict, model: nn.Module, x: Tensor | None):
+def _exec(node: Node, env: dict, model: nn.Module, x: Tensor | None) -> Any:
     return exec_node(node, env, model.get_submodule, model, x)
 
 
@@ -181,7 +185,7 @@ class _Env:
         self.model, self.xs, self.values = model, xs, {}
 
     @torch.no_grad()
-    def step(self, node) -> None:
+    def step(self, node: Node) -> None:
         self.values[node] = [_exec(node, {a: self.values[a][b] for a in node.all_input_nodes}, self.model, x)
                              for b, x in enumerate(self.xs)]
 
@@ -192,12 +196,13 @@ class _Env:
         for node in plan.nodes:
             self.step(node)
 
-    def drop(self, nodes) -> None:
+    def drop(self, nodes: list[Node]) -> None:
         for n in nodes:
             self.values.pop(n, None)
 
 
-def _walk_graph(gm, fmodel, qmodel, xs, plans: list[_Plan], spec: Walk) -> Iterator[Unit]:
+def _walk_graph(gm: GraphModule, fmodel: nn.Module, qmodel: nn.Module, xs: list[Tensor], plans: list[_Plan],
+                spec: Walk) -> Iterator[Unit]:
     nodes = list(gm.graph.nodes)
     pos = {n: i for i, n in enumerate(nodes)}
     last = {n: max((pos[u] for u in n.users), default=pos[n]) for n in nodes}
@@ -242,7 +247,7 @@ def _unit(plan: _Plan, envs: dict, qmodel: nn.Module) -> Unit:
     return Unit(list(plan.layers), q_in, f_in, f_out, run)
 
 
-def _storages(v, out: dict[int, int]) -> dict[int, int]:
+def _storages(v: object, out: dict[int, int]) -> dict[int, int]:
     """Storage address -> bytes of every tensor in `v` (an alias, a view, counts once)."""
     if isinstance(v, Tensor):
         st = v.untyped_storage()
@@ -253,7 +258,7 @@ def _storages(v, out: dict[int, int]) -> dict[int, int]:
     return out
 
 
-def _bytes(*values) -> int:
+def _bytes(*values: object) -> int:
     out: dict[int, int] = {}
     for v in values:
         _storages(v, out)
@@ -317,7 +322,7 @@ def _capture(model: nn.Module, name: str, xs: list[Tensor], output: bool) -> tup
 
     ins, outs = [], []
 
-    def hook(m, args, out=None):
+    def hook(m: nn.Module, args: tuple, out: Tensor | None = None) -> None:
         ins.append(tuple(a.detach() for a in args))
         if output:
             outs.append((out.detach(),))
@@ -337,7 +342,8 @@ def _capture(model: nn.Module, name: str, xs: list[Tensor], output: bool) -> tup
     return ins, outs
 
 
-def _walk_hooks(fmodel, qmodel, xs, spec: Walk, notes: list[str] | None) -> Iterator[Unit]:
+def _walk_hooks(fmodel: nn.Module, qmodel: nn.Module, xs: list[Tensor], spec: Walk,
+                notes: list[str] | None) -> Iterator[Unit]:
     order = execution_order(fmodel, xs[0], set(spec.layers))
     missing = [n for n in spec.layers if n not in order]
     if missing and notes is not None:

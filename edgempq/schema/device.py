@@ -20,6 +20,7 @@ CONNECTION_KEYS: dict[str, frozenset[str]] = {}
 
 
 def register_backend(name: str, connection_keys: frozenset[str]) -> None:
+    """Record that backend `name` exists and which [connection] keys its targets may hold."""
     CONNECTION_KEYS[name] = frozenset(connection_keys)
 
 
@@ -52,6 +53,11 @@ class Target(JsonDoc):
         if self.backend not in CONNECTION_KEYS:
             raise ConfigError(f"target {self.name}: unknown backend {self.backend!r}; "
                               f"choose one of {', '.join(sorted(CONNECTION_KEYS))}")
+        self._check_numbers()
+        self._check_precisions()
+        self._check_connection()
+
+    def _check_numbers(self) -> None:
         for k in ("threads", "warmup", "runs"):
             v = getattr(self, k)
             if isinstance(v, bool) or not isinstance(v, int) or v < (0 if k == "warmup" else 1):
@@ -61,6 +67,8 @@ class Target(JsonDoc):
             v = getattr(self, k)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < math.inf):
                 raise ConfigError(f"target {self.name}: {k} must be a positive number, not {v!r}")
+
+    def _check_precisions(self) -> None:
         missing = [k for k in SEARCHABLE_KINDS if not self.precisions.get(k)]
         unknown = set(self.precisions) - set(SEARCHABLE_KINDS)
         if missing or unknown:
@@ -74,6 +82,8 @@ class Target(JsonDoc):
                 if kind == "dwconv" and p.weight_bits == 4:
                     raise ConfigError(f"target {self.name}: dwconv cannot take {p}: the quantizer has no int4 "
                                       "depthwise kernel and would silently leave the layer float")
+
+    def _check_connection(self) -> None:
         extra = set(self.connection) - CONNECTION_KEYS[self.backend]
         if extra:
             allowed = ", ".join(sorted(CONNECTION_KEYS[self.backend])) or "none"
@@ -89,6 +99,7 @@ class Target(JsonDoc):
         return self.precisions.get(kind, (Precision(32, 32, True),))
 
     def to_dict(self) -> dict[str, Any]:
+        """The target as a target file holds it (optional values only when set)."""
         d: dict[str, Any] = {"name": self.name, "description": self.description, "backend": self.backend,
                              "threads": self.threads, "warmup": self.warmup, "runs": self.runs,
                              "max_seconds": self.max_seconds}
@@ -102,6 +113,7 @@ class Target(JsonDoc):
 
     @classmethod
     def from_dict(cls, d: Any) -> Target:
+        """A target from a parsed target file, its keys and value types checked."""
         _check_keys(d, "target", {"name", "backend", "precisions"}, _TOP_KEYS)
         precs = d["precisions"]
         if not isinstance(precs, dict):
@@ -125,6 +137,7 @@ class Target(JsonDoc):
 
     @classmethod
     def from_toml(cls, path: str | Path) -> Target:
+        """A target file (named after its file unless it sets `name`); errors name the file."""
         d = read_toml(path, "target")
         d.setdefault("name", Path(path).stem)
         try:
@@ -182,6 +195,7 @@ class Timing:
 
     @classmethod
     def from_samples(cls, samples_ms: list[float]) -> Timing:
+        """Median, 10th and 90th percentile of the run times `samples_ms`."""
         import numpy as np
 
         a = np.asarray(samples_ms, dtype=float)
@@ -205,10 +219,12 @@ class CostRow:
     ram_bytes: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """The row as the profile's JSON holds it."""
         return dict(self.__dict__)
 
     @classmethod
     def from_dict(cls, d: Any) -> CostRow:
+        """A row from a profile's JSON, its numbers and precision checked."""
         _check_keys(d, "cost row", set(cls.__dataclass_fields__) - {"ram_bytes"}, {"ram_bytes"})
         for k in ("latency_ms", "p10_ms", "p90_ms"):
             v = d[k]
@@ -245,10 +261,12 @@ class CostTable(JsonDoc):
     mixed_ms: dict[str, float] = field(default_factory=dict)
 
     def row(self, signature: str, precision: Precision | str) -> CostRow | None:
+        """The measurement of layer signature `signature` at `precision`, None if it was not measured."""
         p = str(precision)
         return next((r for r in self.rows if r.signature == signature and r.precision == p), None)
 
     def to_dict(self) -> dict[str, Any]:
+        """The profile as `edgempq profile` writes it, with the checksum `from_dict` verifies."""
         d = {"schema_version": SCHEMA_VERSION, "target": self.target.to_dict(), "fingerprint": self.fingerprint,
              "model_hash": self.model_hash, "layers": [la.to_dict() for la in self.layers],
              "rows": [r.to_dict() for r in self.rows], "whole_ms": dict(self.whole_ms),

@@ -18,7 +18,9 @@ without the regulariser (the papers' defaults). At the end each weight rounds up
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -26,6 +28,7 @@ from torch import Tensor, nn
 from ...errors import ConfigError
 from ...params import need
 from ..moments import Moments, channel_scale, collect, weight_matrix
+from ..stream import Unit
 from .base import ALGORITHMS, WeightAlgorithm, rtn_codes, set_codes, unaffordable
 from .mse import clip_search
 
@@ -33,6 +36,7 @@ ZETA, GAMMA = 1.1, -0.1
 
 
 def soft(v: Tensor) -> Tensor:
+    """The rectified sigmoid h(V): each weight's soft rounding, 0 (down) to 1 (up)."""
     return torch.clamp(torch.sigmoid(v) * (ZETA - GAMMA) + GAMMA, 0.0, 1.0)
 
 
@@ -53,6 +57,7 @@ class Schedule:
     warmup: float
 
     def regulariser(self, step: int, h: Tensor) -> Tensor:
+        """λ Σ (1 - |2h - 1|^β) at `step`, β annealed; zero during the warm-up."""
         start = self.warmup * self.iters
         if step < start:
             return h.new_zeros(())
@@ -71,15 +76,19 @@ class Rounding(nn.Module):
         self.v = nn.Parameter(initial_v(w, scale))
 
     def soft_weight(self) -> Tensor:
+        """The weight matrix with the current soft rounding, clamped to the integer range."""
         return torch.clamp(self.base + soft(self.v), self.qmin, self.qmax) * self.scale
 
     def forward(self, _w: Tensor) -> Tensor:
+        """The soft-rounded weight in the layer's shape (the layer's own weight is ignored)."""
         return self.soft_weight().reshape(self.shape).float()
 
     def step_value(self) -> Tensor:
+        """The per-channel step, flat, as a weight quantizer gives it."""
         return self.scale.reshape(-1).float()
 
     def codes(self) -> Tensor:
+        """The hard rounding: each weight up where V >= 0, down elsewhere."""
         return torch.clamp(self.base + (self.v.detach() >= 0).to(self.base.dtype), self.qmin, self.qmax)
 
 
@@ -89,13 +98,13 @@ class _Reconstruction(torch.autograd.Function):
     multiply by H twice)."""
 
     @staticmethod
-    def forward(ctx, w_hat: Tensor, h: Tensor, cross: Tensor) -> Tensor:
+    def forward(ctx: Any, w_hat: Tensor, h: Tensor, cross: Tensor) -> Tensor:
         wh = w_hat @ h
         ctx.save_for_backward(wh, cross)
         return (wh * w_hat).sum() - 2.0 * (w_hat * cross).sum()
 
     @staticmethod
-    def backward(ctx, grad: Tensor):
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
         wh, cross = ctx.saved_tensors
         return grad * 2.0 * (wh - cross), None, None
 
@@ -118,7 +127,7 @@ def _cat(batches: list[tuple[Tensor, ...]]) -> list[Tensor]:
     return [torch.cat([b[k] for b in batches]) for k in range(len(batches[0]))]
 
 
-def _block_round(unit, roundings: list[Rounding], sched: Schedule, p, seed: int) -> None:
+def _block_round(unit: Unit, roundings: list[Rounding], sched: Schedule, p: AdaRound.Params, seed: int) -> None:
     """Learn the roundings of a block's layers together on mini-batches of its outputs."""
     ins, outs = _cat(unit.inputs), _cat(unit.float_outputs)
     n = len(ins[0])
@@ -143,6 +152,8 @@ class AdaRound(WeightAlgorithm):
 
     @dataclass(frozen=True)
     class Params:
+        """AdaRound's settings (the papers' defaults, except where noted), and BRECQ's granularity."""
+
         granularity: str = "layer"  # or block (BRECQ)
         iters: int = 1000  # steps per layer or block (the papers: 10 000 / 20 000 mini-batches on a GPU)
         lr: float = 1e-2  # Adam, on V (the papers' 1e-3 is for mini-batches; every step here sees all data)
@@ -176,17 +187,20 @@ class AdaRound(WeightAlgorithm):
 
     @property
     def granularity(self) -> str:
+        """`layer` (AdaRound) or `block` (BRECQ), as configured."""
         return self.params.granularity
 
     @property
     def need_float(self) -> bool:
+        """The float model's values are needed for the asymmetric or the block reconstruction."""
         return self.params.asym or self.params.granularity == "block"
 
     def _schedule(self) -> Schedule:
         p = self.params
         return Schedule(p.iters, p.weight, p.b_start, p.b_end, p.warmup)
 
-    def quantize(self, unit, qmodel, seed=0):
+    def quantize(self, unit: Unit, qmodel: nn.Module, seed: int = 0) -> dict[str, dict[str, float]]:
+        """Learn the rounding of the unit's layer (or of its block's layers together) and fix it."""
         if self.params.granularity == "block":
             return self._quantize_block(unit, qmodel, seed)
         return self._quantize_layer(unit, qmodel, seed)
@@ -196,7 +210,7 @@ class AdaRound(WeightAlgorithm):
         wq = module.weight_quant
         return clip_search(w, m, wq.qmin, wq.qmax) if self.params.grid == "mse" else channel_scale(module)
 
-    def _quantize_layer(self, unit, qmodel, seed):
+    def _quantize_layer(self, unit: Unit, qmodel: nn.Module, seed: int) -> dict[str, dict[str, float]]:
         (name,) = unit.layers
         module = qmodel.get_submodule(name)
         why = unaffordable(name, module, 6)  # three moments, their float32 copies
@@ -214,7 +228,7 @@ class AdaRound(WeightAlgorithm):
         set_codes(module, codes, scale)
         return {name: {"rtn_error": m.relative_error(rtn, w), "error": m.relative_error(codes * scale, w)}}
 
-    def _quantize_block(self, unit, qmodel, seed):
+    def _quantize_block(self, unit: Unit, qmodel: nn.Module, seed: int) -> dict[str, dict[str, float]]:
         modules = [qmodel.get_submodule(n) for n in unit.layers]
         before = block_error(unit)
         inputs = layer_inputs(unit, modules) if self.params.grid == "mse" else [None] * len(modules)
@@ -235,7 +249,7 @@ class AdaRound(WeightAlgorithm):
 
 
 @contextlib.contextmanager
-def _learning(qmodel: nn.Module, modules: list[nn.Module], roundings: list[Rounding]):
+def _learning(qmodel: nn.Module, modules: list[nn.Module], roundings: list[Rounding]) -> Iterator[None]:
     """While a block's roundings are learned: each layer's weight quantizer replaced by its
     Rounding, and the model's own parameters frozen (only V learns); all restored after."""
     frozen = [(p, p.requires_grad) for p in qmodel.parameters()]
@@ -255,7 +269,7 @@ def _learning(qmodel: nn.Module, modules: list[nn.Module], roundings: list[Round
 
 
 @torch.no_grad()
-def block_error(unit) -> float:
+def block_error(unit: Unit) -> float:
     """E||ŷ - y||² / E||y||² of the unit's outputs over the calibration batches."""
     num = den = 0.0
     for ins, outs in zip(unit.inputs, unit.float_outputs, strict=True):
@@ -266,7 +280,7 @@ def block_error(unit) -> float:
 
 
 @torch.no_grad()
-def layer_inputs(unit, modules: list[nn.Module]) -> list[list[tuple[Tensor, ...]]]:
+def layer_inputs(unit: Unit, modules: list[nn.Module]) -> list[list[tuple[Tensor, ...]]]:
     """Each layer's inputs inside the quantized block, per calibration batch."""
     seen: list[list[tuple[Tensor, ...]]] = [[] for _ in modules]
     handles = [m.register_forward_pre_hook(lambda mod, a, k=k: seen[k].append(tuple(t.detach() for t in a)))

@@ -38,6 +38,7 @@ class WeightAlgorithm:
         return False
 
     def quantize(self, unit: Unit, qmodel: nn.Module, seed: int = 0) -> dict[str, dict[str, float]]:
+        """Fix the grid and codes of the unit's layers in `qmodel`; per layer, what was measured."""
         raise NotImplementedError  # pragma: no cover
 
 
@@ -45,6 +46,7 @@ ALGORITHMS: Registry[type[WeightAlgorithm]] = Registry("PTQ algorithm")
 
 
 def algorithm_names() -> list[str]:
+    """The registered PTQ algorithms' names, sorted."""
     return ALGORITHMS.names()
 
 
@@ -96,9 +98,11 @@ class LayerAlgorithm(WeightAlgorithm):
     max_columns: ClassVar[int | None] = None  # None: moments.MAX_COLUMNS
 
     def solve(self, module: nn.Module, w: Tensor, m: Moments, qmin: int, qmax: int) -> tuple[Tensor, Tensor]:
+        """The codes (groups, rows, d) and per-channel steps (groups, rows, 1) of weight matrix `w`."""
         raise NotImplementedError  # pragma: no cover
 
     def quantize(self, unit: Unit, qmodel: nn.Module, seed: int = 0) -> dict[str, dict[str, float]]:
+        """Collect the layer's input moments, `solve`, fix the result; the errors before and after."""
         (name,) = unit.layers
         module = qmodel.get_submodule(name)
         why = unaffordable(name, module, 5 + (2 if self.need_float else 0))  # moments, factor, working copies

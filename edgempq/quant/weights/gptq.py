@@ -15,11 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ...errors import ConfigError
 from ...params import need
-from ..moments import channel_scale
+from ..moments import Moments, channel_scale
 from .base import ALGORITHMS, LayerAlgorithm
 from .mse import clip_search
 
@@ -47,10 +47,13 @@ def _permute(w: Tensor, h: Tensor, perm: Tensor) -> tuple[Tensor, Tensor]:
     return w, h
 
 
-def gptq_codes(w: Tensor, h: Tensor, scale: Tensor, qmin: int, qmax: int, block_size: int = 128,
-               damp: float = 0.01, act_order: bool = True) -> Tensor:
+def gptq_codes(w: Tensor, h: Tensor, scale: Tensor, qmin: int, qmax: int,
+               params: Gptq.Params | None = None) -> Tensor:
     """Integer codes (groups, rows, d) for weights `w` (groups, rows, d) on the grid `scale`
-    (groups, rows, 1) that keep E||(ŵ - w) x̂||² small, for the input moment `h` (groups, d, d)."""
+    (groups, rows, 1) that keep E||(ŵ - w) x̂||² small, for the input moment `h` (groups, d, d);
+    `params` gives the block size, damping and column order (its `grid` is the caller's)."""
+    p = params if params is not None else Gptq.Params()
+    block_size, damp, act_order = p.block_size, p.damp, p.act_order
     w, h = w.clone(), h.clone()
     dead = torch.diagonal(h, dim1=-2, dim2=-1) == 0  # inputs that are always 0: their weights do not matter
     torch.diagonal(h, dim1=-2, dim2=-1)[dead] = 1.0
@@ -86,6 +89,8 @@ class Gptq(LayerAlgorithm):
 
     @dataclass(frozen=True)
     class Params:
+        """GPTQ's settings: columns per lazy block, damping, column order, and the grid."""
+
         block_size: int = 128
         damp: float = 0.01
         act_order: bool = True
@@ -98,7 +103,8 @@ class Gptq(LayerAlgorithm):
             if self.grid not in ("minmax", "mse"):
                 raise ConfigError(f"gptq grid must be minmax or mse, not {self.grid!r}")
 
-    def solve(self, module, w, m, qmin, qmax):
+    def solve(self, module: nn.Module, w: Tensor, m: Moments, qmin: int, qmax: int) -> tuple[Tensor, Tensor]:
+        """The per-channel grid (min-max or `mse`), then GPTQ's codes on it."""
         p = self.params
         scale = clip_search(w, m, qmin, qmax) if p.grid == "mse" else channel_scale(module)
-        return gptq_codes(w, m.qq, scale, qmin, qmax, p.block_size, p.damp, p.act_order), scale
+        return gptq_codes(w, m.qq, scale, qmin, qmax, p), scale

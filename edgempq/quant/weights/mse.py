@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ...params import need
 from ..moments import Moments
@@ -43,6 +43,8 @@ class Mse(LayerAlgorithm):
 
     @dataclass(frozen=True)
     class Params:
+        """The clipping search's coarse and fine steps, and which output it targets."""
+
         coarse: int = 20  # ratios tried over (0, 1]
         fine: int = 10  # then this many steps either side of each channel's best
         asym: bool = False  # target the float model's output (its inputs unquantized) instead of w x̂
@@ -53,8 +55,10 @@ class Mse(LayerAlgorithm):
 
     @property
     def need_float(self) -> bool:
+        """The float model's inputs are needed for the asymmetric target."""
         return self.params.asym
 
-    def solve(self, module, w, m, qmin, qmax):
+    def solve(self, module: nn.Module, w: Tensor, m: Moments, qmin: int, qmax: int) -> tuple[Tensor, Tensor]:
+        """The clipped per-channel steps of least output error, then round to nearest on them."""
         scale = clip_search(w, m, qmin, qmax, self.params.coarse, self.params.fine)
         return rtn_codes(w, scale, qmin, qmax), scale
