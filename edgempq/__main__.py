@@ -1,3 +1,5 @@
+"""`python -m edgempq`: run the command line."""
+
 from .cli import main
 
 main()

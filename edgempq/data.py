@@ -42,6 +42,7 @@ class Manifest:
 
     @classmethod
     def from_toml(cls, path: Path) -> Manifest:
+        """Read and check a manifest file; a relative `path` in it is taken from the file's folder."""
         d = read_toml(path, "data manifest")
         allowed = {f for f in cls.__dataclass_fields__}
         unknown = set(d) - allowed
@@ -111,10 +112,12 @@ class Dataset:
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
+        """Shape of one sample as `split` gives it, no batch dimension: `input_shape` if set, else the data's own."""
         return tuple(self.input_shape or self.x.shape[1:])
 
 
 def builtin_names() -> list[str]:
+    """Names of the built-in datasets (calibration/*.toml), sorted."""
     return sorted(builtin_files("calibration"))
 
 

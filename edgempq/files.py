@@ -64,10 +64,12 @@ def _umask() -> int:
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write `text` as UTF-8 to `path` atomically; returns the path written."""
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
+    """Write `obj` as indented JSON to `path` atomically; returns the path written."""
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 

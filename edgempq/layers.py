@@ -150,7 +150,7 @@ def layer_edges(model: nn.Module, layers: list[Layer]) -> list[tuple[str, str, i
     return out
 
 
-def is_add(node) -> bool:
+def is_add(node: torch.fx.Node) -> bool:
     """Whether a torch.fx node adds tensors (`a + b`, `a += b`, `torch.add`, `a.add(b)`, `a.add_(b)`)."""
     import operator
 

@@ -30,4 +30,5 @@ def topk(logits: np.ndarray, y: np.ndarray, k: int = 1) -> float:
 
 
 def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> float:
+    """Top-1 accuracy of `model` on (x, y), as a fraction in [0, 1] (NaN for no samples)."""
     return topk(predict(model, x, batch_size), y, 1)

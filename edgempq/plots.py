@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .files import atomic_write_bytes
 
+if TYPE_CHECKING:
+    from types import ModuleType
 
-def _save(fig, path: str | Path) -> Path:
+    from matplotlib.figure import Figure
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
     import matplotlib.pyplot as plt
@@ -38,7 +44,7 @@ def pareto_front(points: list[dict], key: str, title: str, path: str | Path,
     return _save(fig, path)
 
 
-def _pyplot():
+def _pyplot() -> ModuleType:
     import matplotlib
 
     matplotlib.use("Agg")

@@ -13,7 +13,7 @@ import json
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .assign import alternating_policies, uniform_assignment
 from .backends import Backend, backend_for
@@ -24,14 +24,20 @@ from .layers import layer_edges
 from .progress import Progress
 from .schema import CostRow, CostTable, Layer, Precision, Target
 
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
 
 @dataclass(frozen=True)
 class Job:
+    """One measurement to make: a layer signature at one precision."""
+
     layer: Layer  # the first layer with this signature
     precision: Precision
 
     @property
     def key(self) -> str:
+        """Cache file name: a digest of the layer's signature and the precision."""
         return f"{_digest(self.layer.signature)[:20]}-{self.precision}"
 
 
@@ -96,6 +102,7 @@ class RowCache:
             write_json(self.folder / f"{key}.json", {"row": d, "sha256": _digest(json.dumps(d, sort_keys=True))})
 
     def get(self, job: Job) -> CostRow | None:
+        """The cached row of `job`, or None if it is missing, damaged or of another measurement."""
         d = self._get(job.key)
         try:
             row = CostRow.from_dict(d) if d is not None else None
@@ -107,19 +114,22 @@ class RowCache:
         return row if ok else None
 
     def put(self, job: Job, row: CostRow) -> None:
+        """Cache the measured `row` of `job`."""
         self._put(job.key, row.to_dict())
 
     def get_whole(self, arch_key: str, precision: str) -> float | None:
+        """The cached whole-model median latency (ms) of `arch_key` at `precision`, or None."""
         d = self._get(f"whole-{arch_key}-{precision}")
         v = d.get("median_ms") if isinstance(d, dict) else None
         return float(v) if isinstance(v, int | float) and v >= 0 else None
 
     def put_whole(self, arch_key: str, precision: str, ms: float) -> None:
+        """Cache a whole-model median latency of `ms` milliseconds."""
         self._put(f"whole-{arch_key}-{precision}", {"median_ms": ms})
 
 
 @contextlib.contextmanager
-def device_lock(folder: Path, target_name: str, on_step: Progress | None = None):
+def device_lock(folder: Path, target_name: str, on_step: Progress | None = None) -> Iterator[None]:
     """Hold the device's cache folder for one profile at a time (an advisory lock on a file in
     it): a second profile of the same device waits, then finds the first one's measurements in
     the cache, instead of measuring everything again while the device is busy with the first

@@ -40,6 +40,7 @@ class Registry(Generic[T]):
             raise ConfigError(f"unknown {self.kind} {name!r}; choose one of: {valid}{broken}") from None
 
     def names(self) -> list[str]:
+        """The registered plugin names, sorted."""
         return sorted(self._items)
 
     def __contains__(self, name: object) -> bool:

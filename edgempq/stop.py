@@ -14,6 +14,7 @@ class Terminated(KeyboardInterrupt):
 
 
 def request(signum: int) -> None:
+    """Record a stop requested by signal `signum`, for `check()` to act on."""
     _requested.append(signum)
 
 

@@ -10,6 +10,7 @@ from .schema import Target
 
 
 def builtin_targets() -> dict[str, Path]:
+    """name -> path of every built-in target (targets/*.toml)."""
     return builtin_files("targets")
 
 

@@ -39,6 +39,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class TrainResult:
+    """Wall-clock training time (s), the last batch's loss and the validation top-1 (NaN without validation)."""
+
     seconds: float
     final_loss: float
     val_top1: float

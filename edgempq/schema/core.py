@@ -111,17 +111,21 @@ class JsonDoc:
     what: ClassVar[str] = "document"
 
     def to_dict(self) -> dict[str, Any]:  # pragma: no cover - overridden
+        """The document as a JSON-ready dict."""
         raise NotImplementedError
 
     @classmethod
     def from_dict(cls, d: Any) -> Any:  # pragma: no cover - overridden
+        """The document from a parsed JSON value, checked; a ConfigError if it does not fit."""
         raise NotImplementedError
 
     def to_json(self) -> str:
+        """The document as indented JSON text."""
         return json.dumps(self.to_dict(), indent=2) + "\n"
 
     @classmethod
     def from_json(cls, text: str) -> Any:
+        """The document parsed from JSON text; a ConfigError if it is not valid JSON or does not fit."""
         try:
             d = json.loads(text)
         except json.JSONDecodeError as e:
@@ -129,10 +133,12 @@ class JsonDoc:
         return cls.from_dict(d)
 
     def save(self, path: str | Path) -> Path:
+        """Write the document to `path` as JSON, atomically; returns the path written."""
         return write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> Any:
+        """Read the document from a JSON file; errors name the file."""
         d = read_json(path, cls.what)
         try:
             return cls.from_dict(d)
@@ -168,18 +174,22 @@ class Layer(JsonDoc):
 
     @property
     def searchable(self) -> bool:
+        """True if the policy chooses this layer's precision (it has no `fixed_reason`)."""
         return self.fixed_reason is None
 
     @property
     def weight_count(self) -> int:
+        """Number of weights, bias excluded."""
         return self.params - (self.out_channels if self.bias else 0)
 
     def to_dict(self) -> dict[str, Any]:
+        """The layer's fields, tuples as lists."""
         d = {k: getattr(self, k) for k in _LAYER_FIELDS}
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     @classmethod
     def from_dict(cls, d: Any) -> Layer:
+        """A layer from its dict, every field checked for its type."""
         _check_keys(d, "layer", set(_LAYER_FIELDS) - {"fixed_reason"}, {"fixed_reason"})
         kw: dict[str, Any] = {}
         for k in _LAYER_FIELDS:
@@ -224,10 +234,12 @@ class Budget(JsonDoc):
         return [(k, getattr(self, k)) for k in _BUDGET_KEYS if getattr(self, k) is not None]
 
     def to_dict(self) -> dict[str, Any]:
+        """The limits that are set, by name."""
         return dict(self.items())
 
     @classmethod
     def from_dict(cls, d: Any) -> Budget:
+        """A budget from a dict of some of `latency_ms`, `size_kb`, `bops`, `ram_kb`."""
         _check_keys(d, "budget", set(), set(_BUDGET_KEYS))
         return cls(**d)
 
@@ -293,6 +305,7 @@ class Policy(JsonDoc):
             raise ConfigError(f"policy gives no precision for layer(s) {', '.join(missing)}; add them")
 
     def to_dict(self) -> dict[str, Any]:
+        """The policy as policy.json holds it: one {layer, precision} row a layer, then its provenance."""
         return {
             "schema_version": SCHEMA_VERSION,
             "layers": [{"layer": n, "precision": str(p)} for n, p in self.precisions.items()],
@@ -308,6 +321,7 @@ class Policy(JsonDoc):
 
     @classmethod
     def from_dict(cls, d: Any) -> Policy:
+        """A policy from its dict, rows and predicted costs checked; a layer named twice is an error."""
         opt = {"budget", "method", "target", "model_hash", "predicted", "solver_status", "gap", "quantizer"}
         _check_keys(d, "policy", {"schema_version", "layers"}, opt)
         _check_version(d, "policy")

@@ -57,6 +57,7 @@ class Sensitivity(JsonDoc):
         return list(dict.fromkeys(layer for layer, _ in self.penalties))
 
     def precisions(self, layer: str) -> list[Precision]:
+        """The precisions scored for `layer`, in the order of the rows."""
         return [Precision.parse(p) for la, p in self.penalties if la == layer]
 
     def penalty(self, layer: str, precision: Precision | str) -> float:
@@ -68,6 +69,7 @@ class Sensitivity(JsonDoc):
                               f"rerun `edgempq sensitivity` with that precision in --precisions") from None
 
     def to_dict(self) -> dict[str, Any]:
+        """The sensitivity as its JSON file holds it: rows, pairs, groups and provenance."""
         return {
             "schema_version": SCHEMA_VERSION,
             "method": self.method,
@@ -83,6 +85,7 @@ class Sensitivity(JsonDoc):
 
     @classmethod
     def from_dict(cls, d: Any) -> Sensitivity:
+        """A sensitivity from its dict, every row checked; a (layer, precision) scored twice is an error."""
         _check_keys(d, "sensitivity", {"schema_version", "method", "rows"},
                     {"params", "model_hash", "data_id", "pairs", "groups", "info"})
         _check_version(d, "sensitivity")
