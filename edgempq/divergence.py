@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from .schema.results import Divergence, DivergenceRow, LayerRow
+
 TOL = 0.05
 JUMP = 2.0
 SAMPLES = 64
@@ -21,7 +23,7 @@ _CLIP = {1: (0.0, np.inf), 2: (-1.0, 1.0), 3: (0.0, 6.0)}  # RELU, RELU_N1_TO_1,
 _TANH = 4
 
 
-def _ops_by_output(model: bytes) -> dict[str, tuple[int, int]]:
+def ops_by_output(model: bytes) -> dict[str, tuple[int, int]]:
     """Output tensor name -> (op index, fused activation code) of every op."""
     from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
 
@@ -85,40 +87,45 @@ def simulated_outputs(qmodel: Any, x: np.ndarray, layers: list[str]) -> dict[str
     finally:
         for h in hooks:
             h.remove()
-    return {n: (a.transpose(0, 2, 3, 1) if a.ndim == 4 else a) for n, a in acts.items()}
+    from .layout import channels_last
+
+    return {n: channels_last(a) for n, a in acts.items()}
 
 
-def find(model: bytes, qmodel: Any, rows: list[dict], x: np.ndarray, to_model_layout,
-         tol: float = TOL, jump: float = JUMP) -> dict:
-    """Per searched layer (deploy.json's rows: layer, precision, op_output), the relative L2
-    error between artifact and simulation in execution order, and the first layer where they
+def find(model: bytes, qmodel: Any, rows: tuple[LayerRow, ...], x: np.ndarray, tol: float = TOL,
+         jump: float = JUMP) -> Divergence:
+    """Per searched layer (deploy.json's rows), the relative L2 error between artifact and
+    simulation on samples `x` (N, C, H, W) in execution order, and the first layer where they
     part (None when none does)."""
-    ops = _ops_by_output(model)
-    rows = [r for r in rows if r["op_output"] in ops]
-    rows.sort(key=lambda r: ops[r["op_output"]][0])
-    art = artifact_outputs(model, to_model_layout(x), [r["op_output"] for r in rows])
-    sim = simulated_outputs(qmodel, x, [r["layer"] for r in rows])
-    table, first, worst = [], None, 0.0
+    from .backends.base import io_quantization
+    from .layout import to_model
+
+    ops = ops_by_output(model)
+    rows = sorted((r for r in rows if r.op_output in ops), key=lambda r: ops[r.op_output][0])
+    art = artifact_outputs(model, to_model(x, io_quantization(model)[0]["shape"]), [r.op_output for r in rows])
+    sim = simulated_outputs(qmodel, x, [r.layer for r in rows])
+    table: list[DivergenceRow] = []
+    first, worst = None, 0.0
     for r in rows:
-        index, act = ops[r["op_output"]]
-        if r["layer"] not in sim:
+        index, act = ops[r.op_output]
+        if r.layer not in sim:
             continue  # the module never ran on these samples
-        s = sim[r["layer"]]
-        if act in _CLIP:
-            s = np.clip(s, *_CLIP[act])
-        elif act == _TANH:
-            s = np.tanh(s)
-        a = art[r["op_output"]]
+        s, a = _activated(sim[r.layer], act), art[r.op_output]
         if a.shape != s.shape:  # never reshape: that would hide a layout mismatch
-            table.append({"layer": r["layer"], "precision": r["precision"], "op_index": index,
-                          "relative_error": None, "parts": False,
-                          "note": f"artifact {a.shape} vs simulation {s.shape}: not comparable"})
+            table.append(DivergenceRow(r.layer, r.precision, index, None, False,
+                                       f"artifact {a.shape} vs simulation {s.shape}: not comparable"))
             continue
         err = float(np.linalg.norm(a - s) / max(np.linalg.norm(s), 1e-12))
         parts = err > tol and err > jump * worst
         if parts and first is None:
-            first = r["layer"]
-        table.append({"layer": r["layer"], "precision": r["precision"], "op_index": index,
-                      "relative_error": err, "parts": parts and first == r["layer"]})
+            first = r.layer
+        table.append(DivergenceRow(r.layer, r.precision, index, err, parts and first == r.layer))
         worst = max(worst, err)
-    return {"layer": first, "tol": tol, "jump": jump, "samples": int(len(x)), "layers": table}
+    return Divergence(first, tol, jump, int(len(x)), tuple(table))
+
+
+def _activated(s: np.ndarray, act: int) -> np.ndarray:
+    """The simulated output with the op's fused activation applied (PyTorch runs it as a module)."""
+    if act in _CLIP:
+        return np.clip(s, *_CLIP[act])
+    return np.tanh(s) if act == _TANH else s

@@ -11,6 +11,7 @@ from __future__ import annotations
 from .assign import alternating_assignment, domain, uniform_assignment
 from .errors import ConfigError
 from .schema import CostTable, Layer, Policy, Precision
+from .schema.results import PredictedLatency
 
 
 # The precision that stands for each domain in the alternating policies.
@@ -120,9 +121,9 @@ def profile_points(table: CostTable) -> list[dict]:
     return pts
 
 
-def predicted_latency(policy: Policy, table: CostTable | None, target: str, model_hash: str) -> dict | None:
-    """The policy's latency on `target` as the profile predicts it (per layer), else as the
-    search recorded it in the policy; None when neither is about this target."""
+def predicted_latency(policy: Policy, table: CostTable | None, target: str, model_hash: str) -> PredictedLatency | None:
+    """The policy's latency on `target` as the profile predicts it (per layer, with the profile's
+    own points), else as the search recorded it in the policy; None when neither is about this target."""
     if table is not None:
         if table.target.name != target:
             raise ConfigError(f"the profile was measured on {table.target.name}, not on {target}; "
@@ -131,7 +132,8 @@ def predicted_latency(policy: Policy, table: CostTable | None, target: str, mode
             raise ConfigError(f"the profile was made for another model or other weights (fingerprint "
                               f"{table.model_hash}, this model's {model_hash}); profile it with the same --model "
                               "and --weights (the cached measurements make that quick)")
-        return {**policy_latency(table, policy.precisions), "points": profile_points(table)}
+        return PredictedLatency.from_dict({**policy_latency(table, policy.precisions), "points": profile_points(table)},
+                                          "the predicted latency")
     if policy.target == target and "latency_ms" in policy.predicted:
-        return {"predicted_ms": policy.predicted["latency_ms"], "target": target}
+        return PredictedLatency(float(policy.predicted["latency_ms"]), target)
     return None

@@ -4,30 +4,33 @@ the CLI and by notebooks; every function returns values, nothing prints."""
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import re
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .cache import cache_dir
 from .data import Dataset
-from .errors import ConfigError, InfeasibleError, ModelError
+from .errors import ConfigError, ModelError
+from .export.stage import DeployConfig
 from .files import atomic_write_bytes, write_json
-from .latency import predicted_latency
-from .layers import F32, policy_weight_bytes, trace, weight_bytes
-from .metrics import accuracy, predict, topk
+from .layers import trace
+from .metrics import accuracy
 from .models import LoadedModel, load_model
 from .progress import Progress
 from .quant import QuantConfig
-from .schema import CostTable, Policy, Precision
-from .simulation import SimResult, float_result, load_model_and_data, quantized, simulate
+from .schema import Policy, Precision, Sensitivity
+from .schema.results import DeployResult, PredictedLatency, ValidationReport
+from .simulation import SimResult, float_result, load_model_and_data, simulate, state_bytes
 from .train import TrainConfig, TrainResult, fit
+from .validate import MIN_AGREEMENT
 
-DEMO_MODEL = "zoo:mnist_resnet8"
-DEMO_DATA = "mnist"
+if TYPE_CHECKING:
+    from .validate import Artifact, Samples, Simulation
+
 DEMO_TRAIN = TrainConfig(epochs=12, batch_size=64, lr=0.1)
 
 
@@ -36,12 +39,6 @@ def train_model(model: LoadedModel, ds: Dataset, cfg: TrainConfig,
     """Train in place on the training split; returns the result and the test top-1."""
     res = fit(model.module, *ds.split("train"), cfg, val=ds.split("validation"), on_step=on_step)
     return res, accuracy(model.module, *ds.split("test"))
-
-
-def state_bytes(module: torch.nn.Module) -> bytes:
-    buf = io.BytesIO()
-    torch.save(module.state_dict(), buf)
-    return buf.getvalue()
 
 
 def cached_model(model_spec: str, data_spec: str, cfg: TrainConfig, retrain: bool = False,
@@ -85,97 +82,6 @@ def uniform_table(model: LoadedModel, ds: Dataset, precisions: tuple[str, ...],
     return rows
 
 
-DEMO_TARGET = "host"
-DEMO_METHOD = "csmpq"
-DEMO_SIZE_SHARE = 0.65  # of the all-int8 model's weight bytes
-# of the all-int8 model's measured latency: the tightest that can be met with the size budget
-# (on a CPU where int4 kernels are slower than int8, a smaller model costs time)
-DEMO_LATENCY_SHARES = (1.1, 1.25, 1.5, 2.0, 3.0)
-
-
-def demo(out_dir: str | Path = "edgempq-demo", retrain: bool = False, on_step: Progress | None = None) -> dict:
-    """The built-in default end to end: the cached (or freshly trained) MNIST ResNet-8,
-    profiled on this machine, CSMPQ sensitivity, an exact search under 65 % of the int8 size and
-    the tightest of 110 %, 125 %, ... of the int8 latency that the size budget leaves feasible
-    (and a size sweep for the front), deploy, validate on the device, report. Every stage's
-    file goes into `out_dir`; returns the summary."""
-    import time
-
-    from .files import write_json
-    from .profile import WholeModel, profile
-    from .schema import Budget
-    from .solve import solve, sweep
-    from .targets import load_target
-    from .validate import validate
-
-    step = on_step or (lambda *a: None)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    seconds: dict[str, float] = {}
-
-    def stage(name: str) -> Progress:
-        return lambda i, n, info: step(i, n, f"{name}: {info}" if isinstance(info, str) else info)
-
-    t = time.perf_counter()
-    model, ds, meta = cached_model(DEMO_MODEL, DEMO_DATA, DEMO_TRAIN, retrain, stage("training"))
-    seconds["train"] = time.perf_counter() - t
-    layers = trace(model.module, model.input_shape)
-    target = load_target(DEMO_TARGET)
-
-    t = time.perf_counter()
-    table = profile(layers, target, model.model_hash, on_step=stage("profiling"),
-                    whole=WholeModel(model.module, model.input_shape))
-    table.save(out / "profile.json")
-    seconds["profile"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    sens = sensitivity(model, ds, DEMO_METHOD, layer_precisions(layers, device=DEMO_TARGET), None,
-                       stage("sensitivity"))
-    sens.save(out / "sensitivity.json")
-    seconds["sensitivity"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    int8 = Policy.uniform(layers, "w8a8")
-    int8_bytes, int8_ms = policy_weight_bytes(layers, int8), table.whole_ms["w8a8"]
-    step(0, 1, "search")
-    for share in DEMO_LATENCY_SHARES:
-        budget = Budget(latency_ms=share * int8_ms, size_kb=DEMO_SIZE_SHARE * int8_bytes / 1024)
-        try:
-            policy = solve(layers, sens, table, budget, target)
-            break
-        except InfeasibleError:
-            if share == DEMO_LATENCY_SHARES[-1]:
-                raise
-    policy.save(out / "policy.json")
-    lo = 0.45 * int8_bytes / 1024
-    front = {"sweep": "size_kb", "method": sens.method, "target": target.name,
-             "held": {"latency_ms": budget.latency_ms},
-             "points": sweep(layers, sens, table, Budget(latency_ms=budget.latency_ms), target,
-                             f"size_kb={lo:.3f}:{int8_bytes / 1024:.3f}:12")}
-    write_json(out / "sweep.json", front)
-    seconds["search"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    rows = {"float": float_result(model, ds), "w8a8": simulate(model, ds, int8)[1]}
-    seconds["baselines"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    art_dir = out / "artifact"
-    dep = deploy(model, ds, policy, DEMO_TARGET, art_dir, on_step=stage("deploy"), profile=table, sweep=front,
-                 weights=meta["weights"], data_spec=DEMO_DATA)
-    seconds["deploy"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    val = validate(art_dir, DEMO_TARGET, on_step=stage("validate"))
-    seconds["validate"] = time.perf_counter() - t
-    return {"model": DEMO_MODEL, "data": DEMO_DATA, "target": target.name, "method": sens.method,
-            "train": meta, "budget": budget.to_dict(), "policy": {k: str(v) for k, v in policy.precisions.items()},
-            "predicted": dict(policy.predicted), "float": asdict(rows["float"]), "int8": asdict(rows["w8a8"]),
-            "int8_latency_ms": int8_ms, "f32_latency_ms": table.whole_ms.get("f32"),
-            "deploy": dep, "validation": val, "seconds": seconds, "folder": str(out),
-            "report": val["report"]["report.html"]}
-
-
 def layer_precisions(layers: list, precisions: tuple[str, ...] = (), device: str | None = None) -> dict:
     """Per searchable layer, the precisions to score: `precisions` for every layer, else those
     the target `device` runs for the layer's kind, else every deployable precision."""
@@ -193,119 +99,252 @@ def layer_precisions(layers: list, precisions: tuple[str, ...] = (), device: str
 
 
 def sensitivity(model: LoadedModel, ds: Dataset, method: str, precisions: dict, params: list[str] | None = None,
-                on_step: Progress | None = None):
+                on_step: Progress | None = None) -> Sensitivity:
     """Score every (layer, precision) with `method` on the calibration split."""
-    from .sensitivity import SensData, compute
+    from .sensitivity import RunOptions, SensData, compute
 
     layers = trace(model.module, model.input_shape)
     x, y = ds.split("calibration")
-    return compute(method, model.module, layers, precisions, SensData(x, y, ds.data_id), params,
-                   model.model_hash, on_step)
+    return compute(method, model.module, layers, precisions, SensData(x, y, ds.data_id),
+                   RunOptions(params, model.model_hash, on_step))
 
 
 def deploy(model: LoadedModel, ds: Dataset, policy: Policy, target_spec: str, out_dir: str | Path,
-           qat_epochs: int = 0, cfg: QuantConfig | None = None, on_step: Progress | None = None,
-           profile: CostTable | None = None, sweep: dict | None = None, weights: str | Path | None = None,
-           data_spec: str | None = None) -> dict:
-    """Quantize `model` with `policy` (PTQ on the calibration split, optional QAT), convert it
-    to a mixed-precision .tflite verified op by op (and a C array for TFLite Micro targets),
-    and write it into `out_dir` with its recipe, the policy, the simulated model
-    (simulation.pt, which validate compares against), deploy.json and the report. With
-    `profile`, the policy's predicted latency per layer is recorded; `sweep` (search --sweep's
-    JSON) adds the Pareto front to the report; `weights` and `data_spec` are recorded so that
-    validate can rebuild the model and its data."""
-    from .export.deploy import build, c_array, check_target, io_details, microcontroller_checks, output_levels, write
-    from .report import check_sweep, write_report
+           cfg: DeployConfig | None = None) -> DeployResult:
+    """The deploy command: the deploy stage on `target_spec`'s target (see `export.stage`), then
+    the folder `out_dir` written: model.tflite, its recipe, the policy, the simulated model
+    (simulation.pt, which validate compares against), deploy.json and the report."""
+    from .export.deploy import write
+    from .export.stage import deploy as build
+    from .report import write_report
     from .targets import load_target
 
-    cfg = cfg or QuantConfig()
-    target = load_target(target_spec)
-    layers = trace(model.module, model.input_shape)
-    policy.check_layers(layers)
-    check_target(layers, policy, target)
-    if sweep is not None:
-        check_sweep(sweep, "the sweep")
-    latency = predicted_latency(policy, profile, target.name, model.model_hash)
-    qmodel, ptq = quantized(model, ds, policy, cfg, qat_epochs, on_step)
-    art = build(layers, qmodel, model.input_shape, policy, ds.split("calibration")[0])
-    # the simulation now holds the artifact's input ranges (see export.exact): measured after
-    io = io_details(art.tflite)
-    x_test, y_test = ds.split("test")  # the simulation's logits, read as the artifact's integer output
-    from .export.skips import wrap
-
-    sim_top1 = topk(output_levels(predict(wrap(qmodel, art.skips), x_test), io["output"]), y_test, 1)
-    if target.backend == "tflm":
-        art.files = dict(zip(("model_data.h", "model_data.cc"), c_array(art.tflite), strict=True))
-        microcontroller_checks(art, target)
-    fixed = sum(weight_bytes(la, F32) for la in layers if not la.searchable)
-    report = {
-        "model": absolute_spec(model.spec), "weights": str(Path(weights).resolve()) if weights else None,
-        "model_hash": model.model_hash, "data": absolute_spec(data_spec or ds.name), "data_id": ds.data_id,
-        "target": target.name, "qat_epochs": qat_epochs, "quant_config": cfg.to_dict(), "simulated_top1": sim_top1,
-        "ptq": ptq.to_dict(), "exact": {"layers": len(art.exact), "checked": art.exact},
-        "quantizer_note": quantizer_mismatch(policy, cfg),
-        "input_ranges": art.input_ranges, "output_rounding": art.rounding, "skip_rounding": art.skips,
-        "skip_notes": art.skip_notes,
-        "tflite_bytes": len(art.tflite), "arena_bytes": art.arena_bytes, **io,
-        "weight_bytes": {"predicted": policy_weight_bytes(layers, policy),
-                         "artifact": sum(f["weight_bytes"] for f in art.found.values()) + fixed},
-        "latency": latency, "sweep": sweep,
-        "policy": {"method": policy.method, "budget": policy.budget.to_dict(), "predicted": dict(policy.predicted)},
-        "layers": [{"layer": n, "precision": str(policy.precisions[n]), "op_index": art.mapping[n].index,
-                    "op_output": art.mapping[n].output_name, **art.found[n]} for n in policy.precisions],
-    }
+    dep = build(model, ds, policy, load_target(target_spec), cfg or DeployConfig())
     folder = Path(out_dir)
-    write(art, folder, report, policy, state_bytes(qmodel))
-    write_report(folder, report)
+    result = write(dep, folder)
+    write_report(folder, result)
+    return result
+
+
+@dataclass(frozen=True)
+class ValidateOptions:
+    """What the validate command takes beside the artifact and the target. The model, weights,
+    data and policy default to those deploy recorded beside the artifact; `profile` predicts
+    the latency anew; `samples` thins the test split; `out_dir` (default: beside the artifact)
+    receives validation.json and the report; the rest is `validate.ValidateConfig`."""
+
+    data: str | None = None
+    model: str | None = None
+    weights: str | Path | None = None
+    policy: str | Path | None = None
+    profile: str | Path | None = None
+    samples: int | None = None
+    runs: int | None = None
+    min_agreement: float = MIN_AGREEMENT
+    find_divergence: bool | None = None
+    out_dir: str | Path | None = None
+    on_step: Progress | None = field(default=None, compare=False)
+
+
+def validate(artifact: str | Path, target_spec: str, opts: ValidateOptions | None = None) -> ValidationReport:
+    """The validate command: `artifact` (a deploy folder or a .tflite) run over the test split
+    on `target_spec`, compared with the float model, the simulation and the profile; writes
+    validation.json and the report and returns the validation."""
+    from . import validate as stage
+    from .report import write_report
+    from .targets import load_target
+
+    opts = opts or ValidateOptions()
+    art = open_artifact(artifact)
+    target = load_target(target_spec)
+    inputs = _resolve(art, opts)
+    policy, sim_state, deployed = _policy(art, opts.policy)
+    model, ds = _model_and_data(inputs, art.tflite)
+    samples = _samples(ds, art.deploy, opts.samples)
+    art = replace(art, predicted=_prediction(art.deploy, deployed or policy, opts.profile, target.name))
+    def simulation() -> Simulation | None:
+        if model is None or policy is None:
+            return None if model is None else stage.Simulation(model.module)
+        sim = _simulation(art, model, ds, (policy, sim_state, deployed), samples)
+        return replace(sim, policy=str(opts.policy) if opts.policy else "the deployed policy")
+
+    cfg = stage.ValidateConfig(opts.runs, opts.min_agreement, opts.find_divergence, opts.on_step)
+    report = stage.validate(art, target, samples, simulation, cfg)
+    report = replace(report, model=inputs["model"], weights=str(inputs["weights"]) if inputs["weights"] else None,
+                     data=inputs["data"] or samples.data).as_json()
+    folder = Path(opts.out_dir) if opts.out_dir else art.path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    report.save(folder / stage.VALIDATION_FILE)
+    write_report(folder, art.deploy, report)
     return report
 
 
-def quantizer_mismatch(policy: Policy, cfg: QuantConfig) -> str | None:
-    """A sentence when the policy's penalties were measured with another PTQ than `cfg` (its
-    algorithm, parameters, bias correction or activation ranges), else None."""
-    from .params import split_pairs
-    from .quant.weights import algorithm
+def open_artifact(path: str | Path) -> Artifact:
+    """A deploy folder's or a .tflite file's artifact, with deploy.json's value when it
+    describes these very bytes (its checksum matches)."""
+    from .files import read_json
+    from .validate import Artifact
 
-    q = policy.quantizer
-    if not q:
-        return None
-    ptq_params = split_pairs(q.get("ptq_params", ""))
+    p = Path(path)
+    tfl = p / "model.tflite" if p.is_dir() else p
+    if not tfl.is_file():
+        where = f"deploy folder {p} has no model.tflite" if p.is_dir() else f"artifact {p} does not exist"
+        raise ConfigError(f"{where}; give a folder written by `edgempq deploy` or a .tflite file")
+    data = tfl.read_bytes()
+    if data[4:8] != b"TFL3":
+        raise ConfigError(f"artifact {tfl} is not a TFLite flatbuffer; give the model.tflite deploy wrote")
+    info = tfl.parent / "deploy.json"
+    if tfl.name != "model.tflite" or not info.is_file():
+        return Artifact(tfl, data)
+    doc = read_json(info, "deploy report")
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{info} is not a deploy report (not a JSON object); deploy again")
+    sums = doc.get("sha256")
+    if not isinstance(sums, dict) or sums.get("model.tflite") != hashlib.sha256(data).hexdigest():
+        return Artifact(tfl, data)  # it describes another build (or an interrupted deploy): not used
     try:
-        theirs_params = asdict(algorithm(q["ptq"], ptq_params).params)
-    except ConfigError:
-        return (f"the policy's penalties were measured with PTQ {q['ptq']!r} ({', '.join(ptq_params)}), which "
-                "this version cannot build; its trade-offs may not hold for this deploy's quantizer")
-    ours_params = asdict(algorithm(cfg.weights, dict(cfg.weight_params)).params)
-    theirs = {"ptq": q["ptq"], **theirs_params, "bias_correction": q.get("bias_correction", True),
-              "act_range": q.get("act_range", "minmax")}
-    ours = {"ptq": cfg.weights, **ours_params, "bias_correction": cfg.bias_correction, "act_range": cfg.act_method}
-    if theirs == ours:
-        return None
-    if q["ptq"] == cfg.weights:
-        keys = [k for k in theirs if theirs[k] != ours.get(k)]
+        return Artifact(tfl, data, DeployResult.from_dict(doc))
+    except ConfigError as e:
+        raise ConfigError(f"{info}: {e}; deploy again") from None
+
+
+def _resolve(art: Artifact, opts: ValidateOptions) -> dict[str, Any]:
+    """The model, weights and data to validate with: the options', else deploy's."""
+    dep = art.deploy
+    if not opts.model and dep is None and (opts.policy or opts.find_divergence):
+        raise ConfigError(f"{art.path} has no deploy report beside it, so comparing with a simulation needs the "
+                          "model: give --model (and --weights)")
+    if opts.weights and not Path(opts.weights).is_file():
+        raise ConfigError(f"weights file {opts.weights} does not exist; give the state_dict the model was trained to")
+    weights = opts.weights or (dep.weights if dep else None)
+    if weights and not Path(weights).is_file():
+        raise ConfigError(f"the weights {weights} the artifact was deployed with are gone; give them with --weights")
+    return {"model": opts.model or (dep.model if dep else None), "weights": weights,
+            "data": opts.data or (dep.data if dep else None), "model_hash": dep.model_hash if dep else None}
+
+
+def _policy(art: Artifact, policy_path: str | Path | None) -> tuple[Policy | None, Path | None, Policy | None]:
+    """(the policy to simulate, the saved simulation state when that policy is deploy's own,
+    the policy the artifact was deployed with)."""
+    own = art.path.parent / "policy.json"
+    deployed = Policy.load(own) if art.deploy and own.is_file() else None
+    if policy_path:
+        policy = Policy.load(policy_path)
+        if deployed is None or policy.precisions != deployed.precisions:
+            return policy, None, deployed
     else:
-        keys = ["ptq"] + [k for k in ("bias_correction", "act_range") if theirs[k] != ours[k]]
-
-    def said(d: dict) -> str:
-        return ", ".join(f"{k}={d[k]}" for k in keys)
-
-    return (f"the policy's penalties were measured by {policy.method} with {said(theirs)}, but this deploy "
-            f"quantizes with {said(ours)}; the search's trade-offs may not hold for this quantizer (deploy with "
-            "the sensitivity's --ptq, --ptq-param, --bias-correction and --act-range, or score it with these)")
+        policy = deployed
+    state_path = art.path.parent / "simulation.pt"
+    found = policy is not None and art.deploy is not None and state_path.is_file()
+    return policy, (state_path if found else None), deployed
 
 
-def absolute_spec(spec: str) -> str:
-    """A model or data spec with its file path made absolute (`net.py:factory`, `d.npz`), so
-    that validate finds it from any folder; names (zoo:..., mnist, package.module:f) unchanged."""
-    from .data import builtin_names
+def _model_and_data(inputs: dict[str, Any], tflite: bytes) -> tuple[LoadedModel | None, Dataset]:
+    """The model (None when only the data is known) and the data, checked against deploy's model."""
+    from .data import load_data
+    from .layout import torch_sample_shape
 
-    if spec.startswith("zoo:") or spec in builtin_names():
-        return spec
-    head, colon, factory = spec.rpartition(":")
-    if colon and head and Path(head).is_file():
-        return f"{Path(head).resolve()}:{factory}"
-    if Path(spec).exists():
-        return str(Path(spec).resolve())
-    return spec
+    if inputs["model"]:
+        model, ds = load_model_and_data(inputs["model"], inputs["data"], inputs["weights"])
+        if inputs["model_hash"] and model.model_hash != inputs["model_hash"]:
+            raise ConfigError(f"the artifact was deployed from model {inputs['model_hash']}, but {inputs['model']} "
+                              f"with these weights is {model.model_hash}; give the weights it was deployed with")
+        return model, ds
+    if not inputs["data"]:
+        raise ConfigError("the artifact has no deploy.json beside it; give --data (and --model, --policy to "
+                          "compare with the simulation)")
+    return None, load_data(inputs["data"], torch_sample_shape(io_shape(tflite)))
 
 
+def _samples(ds: Dataset, dep: DeployResult | None, samples: int | None) -> Samples:
+    """The test split, thinned evenly to `samples`; a note when it is not the data deploy used."""
+    from .data import spread
+    from .errors import DataError
+    from .validate import Samples
+
+    x, y = ds.split("test")
+    pick = spread(len(x), samples)
+    if len(pick) == 0:
+        raise DataError(f"data {ds.name} has an empty test split; give data with test samples")
+    note = (f"deployed with data {dep.data_id}, validated on {ds.data_id}"
+            if dep and dep.data_id and dep.data_id != ds.data_id else None)
+    return Samples(x[pick], y[pick], ds.name, ds.data_id, note)
+
+
+def _prediction(dep: DeployResult | None, policy: Policy | None, profile_path: str | Path | None,
+                target: str) -> PredictedLatency | None:
+    """The latency to hold the artifact to: predicted anew from `profile_path`, else deploy's when
+    it is about this target."""
+    if profile_path:
+        from .latency import predicted_latency
+        from .schema import CostTable
+
+        if policy is None:
+            raise ConfigError("a latency prediction from --profile needs the artifact's policy; give --policy")
+        table = CostTable.load(profile_path)
+        policy.check_layers(list(table.layers))
+        return predicted_latency(policy, table, target, (dep.model_hash if dep else None) or table.model_hash)
+    return dep.latency if dep and dep.latency and dep.latency.target == target else None
+
+
+def _simulation(art: Artifact, model: LoadedModel, ds: Dataset, policies: tuple, samples: Samples) -> Simulation:
+    """The simulation of `policies` = (policy, saved state or None, deployed policy): the one
+    deploy saved, else calibrated again; for the deployed policy itself, rounding as the artifact."""
+    from .quant import QuantConfig
+    from .simulation import simulated_model
+    from .validate import Simulation
+
+    policy, state_path, deployed = policies
+    dep = art.deploy
+    cfg = QuantConfig.from_dict(dep.quant_config, "deploy.json's quant_config") if dep and dep.quant_config else None
+    if state_path is not None:
+        qmodel, how = simulated_model(model, policy, _load_state(state_path), cfg), "saved by deploy"
+    else:
+        qmodel, how = simulate(model, ds, policy, cfg)[0], "calibrated again (PTQ)"
+    sim = Simulation(model.module, qmodel, how=how, layers=dep.layers if dep else ())
+    if deployed is None or policy.precisions == deployed.precisions:  # the artifact's own policy
+        sim = _artifact_rounding(sim, art, policy, samples.x[:8])
+    return sim
+
+
+def _artifact_rounding(sim: Simulation, art: Artifact, policy: Policy, x: Any) -> Simulation:
+    """The simulation rounding as the artifact does: each integer layer's output, measured on
+    `x` when the saved simulation lacks it (an older deploy, or calibrated again), and the
+    tensors between layers, read from the artifact's graph (see export.skips); what was taken
+    is said in the simulation's `how` and `notes`."""
+    from .divergence import ops_by_output
+    from .export import rounding, skips
+    from .layout import to_model
+    from .quant.modules import QUANT_TYPES
+
+    ops = ops_by_output(art.tflite)
+    layer_ops = {r.layer: ops[r.op_output][0] for r in sim.layers
+                 if r.op_output in ops and r.layer in policy.precisions}
+    if not layer_ops:
+        return sim
+    qmodel, how = sim.qmodel, sim.how
+    ints = {n: i for n, i in layer_ops.items() if not policy.precisions[n].is_float}
+    has = any(getattr(m, "out_quant", None) is not None for m in qmodel.modules() if isinstance(m, QUANT_TYPES))
+    if ints and not has:
+        shape = io_shape(art.tflite)
+        rounding.adopt(qmodel, rounding.measure(art.tflite, ints, to_model(x, shape)))
+        how += "; output rounding measured on the artifact"
+    grids, notes = skips.measure(qmodel, art.tflite, layer_ops)
+    if grids:
+        how += f"; {skips.describe(grids)} rounded as in the artifact"
+    return replace(sim, qmodel=skips.wrap(qmodel, grids), how=how, notes=tuple(notes))
+
+
+def io_shape(tflite: bytes) -> list[int]:
+    """The artifact's input shape (batch first)."""
+    from .backends.base import io_quantization
+
+    return io_quantization(tflite)[0]["shape"]
+
+
+def _load_state(path: Path) -> dict:
+    """The saved simulation's state_dict; a damaged file is one sentence."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a damaged file
+        raise ConfigError(f"the saved simulation {path} is unreadable ({type(e).__name__}); deploy again") from None

@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import base64
 import html
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from .schema.results import DeployResult, Divergence, PredictedLatency, ValidationReport
 
 Block = tuple  # ("h1"|"h2"|"p", text) | ("table", header, rows) | ("img", caption, file name)
 PLOTS = ("report_layers.png", "report_latency.png", "report_pareto.png")
@@ -40,134 +44,189 @@ def check_sweep(sweep: object, where: str) -> None:
         raise ConfigError(f"{where} is not a sweep written by `edgempq search --sweep`; give that file")
 
 
-def blocks(folder: Path, deploy: dict | None, val: dict | None) -> list[Block]:
-    """The report's content; plots are written into `folder` as they are made."""
-    from . import plots
+@dataclass(frozen=True)
+class Figure:
+    """A plot of the report: its file name and how to draw it into a path."""
 
-    d, v = deploy or {}, val or {}
-    model, target = d.get("model") or v.get("model") or "artifact", v.get("target") or d.get("target", "?")
-    out: list[Block] = [("h1", f"edgempq report: {model} on {target}")]
+    name: str
+    draw: Callable[[Path], Any]
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """The report's content: blocks (both report.md and report.html are made from them) and plots."""
+
+    blocks: list[Block]
+    figures: list[Figure] = field(default_factory=list)
+
+
+def render(deploy: DeployResult | None, validation: ValidationReport | None, where: str = "") -> Rendered:
+    """The report of an artifact: what deploy built and, once validated, what the device measured."""
+    target = validation.target if validation else deploy.target if deploy else "?"
+    model = (deploy.model if deploy else None) or (validation.model if validation else None) or "artifact"
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    out.append(("p", f"Generated {when} from {folder}. "
-                + ("Validated on the device." if val else "Not validated yet: run `edgempq validate` on this folder "
-                   "for the artifact's accuracy and latency on the device.")))
-
-    out.append(("h2", "Accuracy (test split)"))
-    n = f" ({v['samples']} samples)" if v.get("samples") else ""
-    rows = [["float model", _pct(v.get("float_top1"))],
-            ["simulation (fake-quantized PyTorch)", _pct(v.get("simulated_top1", d.get("simulated_top1")))],
-            [f"artifact on {target}{n}", _pct(v.get("artifact_top1"))]]
-    out.append(("table", ["", "top-1"], rows))
-    if v.get("simulation"):
-        out.append(("p", f"Simulation: {v['simulated_policy']}, {v['simulation']}."))
-        for note in v.get("simulation_notes") or []:
-            out.append(("p", f"Note: {note}."))
-    if v.get("data_note"):
-        out.append(("p", f"Note: {v['data_note']}."))
-    ag = v.get("agreement")
-    if ag:
-        out.append(("p", f"Simulation and artifact agree on the top-1 class of {_pct(ag['top1'])} of the samples "
-                         f"({ag['disagreeing']} differ); largest logit difference {ag['max_logit_error']:.3g} "
-                         f"(mean {ag['mean_logit_error']:.3g}, simulated logits span {ag['logit_range']:.3g})."))
-
-    out += ptq_blocks(d)
-    lat = v.get("latency") or {}
-    dlat = d.get("latency") or {}
-    if dlat.get("target") != target:
-        dlat = {}  # a prediction for another device
-    pred_ms = lat.get("predicted_ms", dlat.get("predicted_ms"))
-    out.append(("h2", "Latency"))
-    if lat:
-        err = f" ({100 * lat['error']:+.1f} % against the prediction)" if lat.get("error") is not None else ""
-        out.append(("p", f"Measured on {target}: median {_ms(lat['median_ms'])} over {lat['runs']} runs "
-                         f"(p10 {_ms(lat['p10_ms'])}, p90 {_ms(lat['p90_ms'])}); predicted {_ms(pred_ms)}{err}."))
-    else:
-        out.append(("p", f"Predicted {_ms(pred_ms)}; not measured yet."))
-
-    size = v.get("size") or {}
-    wb = d.get("weight_bytes") or {}
-    out.append(("h2", "Size"))
-    srows = [["model.tflite", _kb(size.get("tflite_bytes", d.get("tflite_bytes")))],
-             ["weights, predicted by the solver's size model", _kb(wb.get("predicted"))],
-             ["weights, stored in the artifact", _kb(wb.get("artifact"))]]
-    arena = size.get("arena_bytes", d.get("arena_bytes"))
-    if arena:
-        srows.append(["TFLite Micro arena", _kb(arena)])
-    out.append(("table", ["", "bytes"], srows))
-
-    layer_ms = lat.get("layers_ms") or dlat.get("layers_ms") or {}
-    if d.get("layers"):
-        out.append(("h2", "Layers"))
-        lrows = [[r["layer"], r["precision"], r["op"], r["weight_type"], r["activation_type"],
-                  f"{r['weight_bytes'] / 1024:.2f}", f"{layer_ms[r['layer']]:.4f}" if r["layer"] in layer_ms else "–"]
-                 for r in d["layers"]]
-        out.append(("table", ["layer", "precision", "op", "weights", "activations", "weight KB", "predicted ms"],
-                    lrows))
-        prow = [{"layer": r["layer"], "precision": r["precision"], "weight_bytes": r["weight_bytes"],
-                 "ms": layer_ms.get(r["layer"])} for r in d["layers"]]
-        plots.layer_precisions(prow, folder / "report_layers.png", f"precision per layer on {target}")
-        out.append(("img", "Precision chosen per layer and the layer's predicted latency on the device "
-                           "(the profile's measurement, scaled to the whole model).", "report_layers.png"))
-
-    points = [dict(p) for p in (lat.get("points") or dlat.get("points") or [])]
-    if lat.get("predicted_ms") is not None:
-        points.append({"label": "this artifact", "predicted_ms": lat["predicted_ms"], "measured_ms": lat["median_ms"],
-                       "artifact": True})
-    if points:
-        plots.latency_check(points, folder / "report_latency.png", f"latency on {target}")
-        out.append(("img", "Measured against predicted whole-model latency: the profile's own timings (dots) and "
-                           "this artifact measured by validate (star).", "report_latency.png"))
-
-    sweep = d.get("sweep")
-    if sweep and sweep.get("points"):
-        key = sweep["sweep"]
-        pol = d.get("policy") or {}
-        chosen = ((pol["budget"][key], pol["predicted"]["objective"])
-                  if key in pol.get("budget", {}) and "objective" in pol.get("predicted", {}) else None)
-        held = ", ".join(f"{k} {v:.4g}" for k, v in (sweep.get("held") or {}).items())
-        plots.pareto_front(sweep["points"], key, f"{sweep.get('method', '')} on {sweep.get('target', target)}"
-                           + (f" ({held})" if held else ""), folder / "report_pareto.png", chosen)
-        out.append(("h2", "Pareto front"))
-        out.append(("img", f"The solver's objective (total sensitivity penalty) against the {key} budget.",
-                    "report_pareto.png"))
-        frows = [[f"{p['budget'][key]:.4g}", "yes" if p["feasible"] else "no",
-                  f"{p['objective']:.4g}" if p["feasible"] else "–",
-                  _ms(p.get("predicted", {}).get("latency_ms")), _kb(p.get("predicted", {}).get("size_bytes"))]
-                 for p in sweep["points"]]
-        out.append(("table", [key, "feasible", "objective", "predicted latency", "predicted size"], frows))
-
-    div = v.get("divergence")
-    if div:
-        out.append(("h2", "Where the artifact parts from the simulation"))
-        if div.get("layer"):
-            out.append(("p", f"First diverging layer: {div['layer']} (relative error above {div['tol']:g} and over "
-                             f"{div['jump']:g} x every earlier layer's, on {div['samples']} samples)."))
-        else:
-            out.append(("p", div.get("note") or "No layer parts from the simulation: the difference builds up "
-                                                 "gradually."))
-        if div.get("layers"):
-            out.append(("table", ["layer", "precision", "op", "relative error", ""],
-                        [[r["layer"], r["precision"], str(r["op_index"]),
-                          "–" if r["relative_error"] is None else f"{r['relative_error']:.4f}",
-                          "parts here" if r["parts"] else r.get("note", "")] for r in div["layers"]]))
+    done = ("Validated on the device." if validation else "Not validated yet: run `edgempq validate` on this folder "
+            "for the artifact's accuracy and latency on the device.")
+    out = Rendered([("h1", f"edgempq report: {model} on {target}"), ("p", f"Generated {when}{where}. {done}")])
+    pred = deploy.latency if deploy and deploy.latency and deploy.latency.target == target else None
+    _accuracy(out, deploy, validation, target)
+    if deploy is not None:
+        out.blocks.extend(ptq_blocks(deploy))
+    _latency(out, validation, pred, target)
+    _size(out, deploy, validation)
+    if deploy is not None:
+        _layers(out, deploy, validation, pred, target)
+    _latency_plot(out, validation, pred, target)
+    if deploy is not None and deploy.sweep and deploy.sweep.get("points"):
+        _pareto(out, deploy, target)
+    if validation is not None and validation.divergence is not None:
+        _divergence(out, validation.divergence)
     return out
 
 
-def ptq_summary(d: dict) -> str | None:
+def _accuracy(out: Rendered, d: DeployResult | None, v: ValidationReport | None, target: str) -> None:
+    """Float, simulated and artifact top-1, how the simulation was made and how well it agrees."""
+    n = f" ({v.samples} samples)" if v else ""
+    simulated = v.simulated_top1 if v and v.simulated_top1 is not None else d.simulated_top1 if d else None
+    rows = [["float model", _pct(v.float_top1 if v else None)],
+            ["simulation (fake-quantized PyTorch)", _pct(simulated)],
+            [f"artifact on {target}{n}", _pct(v.artifact_top1 if v else None)]]
+    out.blocks.extend([("h2", "Accuracy (test split)"), ("table", ["", "top-1"], rows)])
+    if v is None:
+        return
+    if v.simulation:
+        out.blocks.append(("p", f"Simulation: {v.simulated_policy}, {v.simulation}."))
+        out.blocks.extend([("p", f"Note: {note}.") for note in v.simulation_notes])
+    if v.data_note:
+        out.blocks.append(("p", f"Note: {v.data_note}."))
+    ag = v.agreement
+    if ag:
+        out.blocks.append(("p", f"Simulation and artifact agree on the top-1 class of {_pct(ag.top1)} of the samples "
+                                f"({ag.disagreeing} differ); largest logit difference {ag.max_logit_error:.3g} "
+                                f"(mean {ag.mean_logit_error:.3g}, simulated logits span {ag.logit_range:.3g})."))
+
+
+def _latency(out: Rendered, v: ValidationReport | None, pred: PredictedLatency | None, target: str) -> None:
+    """Measured latency against the prediction (or the prediction alone before validate)."""
+    pred_ms = v.latency.predicted_ms if v and v.latency.predicted_ms is not None else pred.predicted_ms if pred \
+        else None
+    out.blocks.append(("h2", "Latency"))
+    if v is None:
+        out.blocks.append(("p", f"Predicted {_ms(pred_ms)}; not measured yet."))
+        return
+    lat = v.latency
+    err = f" ({100 * lat.error:+.1f} % against the prediction)" if lat.error is not None else ""
+    out.blocks.append(("p", f"Measured on {target}: median {_ms(lat.median_ms)} over {lat.runs} runs "
+                            f"(p10 {_ms(lat.p10_ms)}, p90 {_ms(lat.p90_ms)}); predicted {_ms(pred_ms)}{err}."))
+
+
+def _size(out: Rendered, d: DeployResult | None, v: ValidationReport | None) -> None:
+    """The artifact's bytes, its weights predicted and stored, the arena."""
+    wb = d.weight_bytes if d else None
+    rows = [["model.tflite", _kb(v.size.tflite_bytes if v else d.tflite_bytes if d else None)],
+            ["weights, predicted by the solver's size model", _kb(wb.predicted if wb else None)],
+            ["weights, stored in the artifact", _kb(wb.artifact if wb else None)]]
+    arena = (v.size.arena_bytes if v else None) or (d.arena_bytes if d else None)
+    if arena:
+        rows.append(["TFLite Micro arena", _kb(arena)])
+    out.blocks.extend([("h2", "Size"), ("table", ["", "bytes"], rows)])
+
+
+def _layers(out: Rendered, d: DeployResult, v: ValidationReport | None, pred: PredictedLatency | None,
+            target: str) -> None:
+    """Each layer's precision, op, types, weight bytes and predicted latency, as a table and a plot."""
+    from . import plots
+
+    if not d.layers:
+        return
+    layer_ms = (v.latency.layers_ms if v else None) or (pred.layers_ms if pred else None) or {}
+    rows = [[r.layer, r.precision, r.op, r.weight_type, r.activation_type, f"{r.weight_bytes / 1024:.2f}",
+             f"{layer_ms[r.layer]:.4f}" if r.layer in layer_ms else "–"] for r in d.layers]
+    out.blocks.extend([("h2", "Layers"), ("table", ["layer", "precision", "op", "weights", "activations", "weight KB",
+                                                 "predicted ms"], rows)])
+    prow = [{"layer": r.layer, "precision": r.precision, "weight_bytes": r.weight_bytes, "ms": layer_ms.get(r.layer)}
+            for r in d.layers]
+    name = "report_layers.png"
+    out.figures.append(Figure(name, lambda p: plots.layer_precisions(prow, p, f"precision per layer on {target}")))
+    out.blocks.append(("img", "Precision chosen per layer and the layer's predicted latency on the device "
+                              "(the profile's measurement, scaled to the whole model).", name))
+
+
+def _latency_plot(out: Rendered, v: ValidationReport | None, pred: PredictedLatency | None, target: str) -> None:
+    """The profile's whole-model timings against their predictions, and this artifact's."""
+    from . import plots
+
+    known = (v.latency.points if v else None) or (pred.points if pred else None) or ()
+    points = [p.to_dict() for p in known]
+    if v is not None and v.latency.predicted_ms is not None:
+        points.append({"label": "this artifact", "predicted_ms": v.latency.predicted_ms,
+                       "measured_ms": v.latency.median_ms, "artifact": True})
+    if not points:
+        return
+    name = "report_latency.png"
+    out.figures.append(Figure(name, lambda p: plots.latency_check(points, p, f"latency on {target}")))
+    out.blocks.append(("img", "Measured against predicted whole-model latency: the profile's own timings (dots) and "
+                              "this artifact measured by validate (star).", name))
+
+
+def _pareto(out: Rendered, d: DeployResult, target: str) -> None:
+    """The sweep's front with the deployed policy on it, as a plot and a table."""
+    from . import plots
+
+    sweep, pol = d.sweep, d.policy
+    key = sweep["sweep"]
+    chosen = ((pol.budget[key], pol.predicted["objective"])
+              if key in pol.budget and "objective" in pol.predicted else None)
+    held = ", ".join(f"{k} {v:.4g}" for k, v in (sweep.get("held") or {}).items())
+    title = f"{sweep.get('method', '')} on {sweep.get('target', target)}" + (f" ({held})" if held else "")
+    name = "report_pareto.png"
+    out.figures.append(Figure(name, lambda p: plots.pareto_front(sweep["points"], key, title, p, chosen)))
+    rows = [[f"{p['budget'][key]:.4g}", "yes" if p["feasible"] else "no",
+             f"{p['objective']:.4g}" if p["feasible"] else "–",
+             _ms(p.get("predicted", {}).get("latency_ms")), _kb(p.get("predicted", {}).get("size_bytes"))]
+            for p in sweep["points"]]
+    out.blocks.extend([("h2", "Pareto front"),
+                   ("img", f"The solver's objective (total sensitivity penalty) against the {key} budget.", name),
+                   ("table", [key, "feasible", "objective", "predicted latency", "predicted size"], rows)])
+
+
+def _divergence(out: Rendered, div: Divergence) -> None:
+    """The first layer where artifact and simulation part, and every layer's error."""
+    out.blocks.append(("h2", "Where the artifact parts from the simulation"))
+    if div.layer:
+        out.blocks.append(("p", f"First diverging layer: {div.layer} (relative error above {div.tol:g} and over "
+                                f"{div.jump:g} x every earlier layer's, on {div.samples} samples)."))
+    else:
+        out.blocks.append(("p", div.note or "No layer parts from the simulation: the difference builds up gradually."))
+    if div.layers:
+        out.blocks.append(("table", ["layer", "precision", "op", "relative error", ""],
+                           [[r.layer, r.precision, str(r.op_index),
+                             "–" if r.relative_error is None else f"{r.relative_error:.4f}",
+                             "parts here" if r.parts else r.note or ""] for r in div.layers]))
+
+
+def ptq_summary(d: DeployResult) -> str | None:
     """One sentence on how deploy quantized the policy and what it checked bit for bit."""
-    ptq, cfg = d.get("ptq"), d.get("quant_config") or {}
-    if not ptq:
+    ptq = d.ptq
+    if ptq is None:
         return None
-    params = ", ".join(f"{k}={v}" for k, v in (ptq.get("params") or {}).items())
-    exact = (d.get("exact") or {}).get("layers")
-    text = (f"Weights by `{ptq['weights']}`" + (f" ({params})" if params else "")
-            + (" with bias correction" if ptq.get("bias_correction") else "")
-            + f", activation ranges by {cfg.get('act_method', 'minmax')}, on the calibration split "
-            f"({ptq['seconds']:.1f} s).")
-    if exact is not None:
-        text += (f" The artifact stores the simulation's integer weights, scales and biases in all {exact} integer "
-                 "layers, checked bit for bit.")
-    ranges = d.get("input_ranges") or {}
+    params = ", ".join(f"{k}={v}" for k, v in ptq.params.items())
+    text = (f"Weights by `{ptq.weights}`" + (f" ({params})" if params else "")
+            + (" with bias correction" if ptq.bias_correction else "")
+            + f", activation ranges by {d.quant_config.get('act_method', 'minmax')}, on the calibration split "
+            f"({ptq.seconds:.1f} s).")
+    if d.exact is not None:
+        text += (f" The artifact stores the simulation's integer weights, scales and biases in all {d.exact.layers} "
+                 "integer layers, checked bit for bit.")
+    text += _ranges_summary(d.input_ranges)
+    text += rounding_summary(d.output_rounding, d.skip_rounding, list(d.skip_notes))
+    notes = [*ptq.notes, *([d.quantizer_note] if d.quantizer_note else [])]
+    return text + "".join(f" Note: {n}." for n in notes)
+
+
+def _ranges_summary(ranges: dict[str, dict]) -> str:
+    """Whose input ranges the artifact's integer layers quantize with: the simulation's, or the graph's."""
+    text = ""
     kept = [r.get("scale_change") or 0.0 for r in ranges.values() if r.get("from") == "simulation"]
     if kept:
         text += (f" The artifact quantizes the inputs of {len(kept)} integer layer(s) with the simulation's "
@@ -177,9 +236,7 @@ def ptq_summary(d: dict) -> str | None:
     if tied:
         text += (f" The input ranges of {', '.join(tied)} are the artifact's, not the simulation's calibration (the "
                  "graph ties them to another tensor's, e.g. through an average pool); the simulation uses them too.")
-    text += rounding_summary(d.get("output_rounding") or {}, d.get("skip_rounding") or {}, d.get("skip_notes") or [])
-    notes = [*(ptq.get("notes") or []), *([d["quantizer_note"]] if d.get("quantizer_note") else [])]
-    return text + "".join(f" Note: {n}." for n in notes)
+    return text
 
 
 def rounding_summary(rounding: dict, between: dict | None = None, notes: list | None = None) -> str:
@@ -209,14 +266,14 @@ def rounding_summary(rounding: dict, between: dict | None = None, notes: list | 
     return text
 
 
-def ptq_blocks(d: dict) -> list[Block]:
+def ptq_blocks(d: DeployResult) -> list[Block]:
     """The report's quantization section: the PTQ used and each layer's output error."""
     text = ptq_summary(d)
     if text is None:
         return []
     out: list[Block] = [("h2", "Quantization"), ("p", text)]
     rows, seen = [], set()
-    for name, info in (d["ptq"].get("layers") or {}).items():
+    for name, info in d.ptq.layers.items():
         if not info:
             continue
         block = info.get("block", "")
@@ -243,6 +300,7 @@ def _cell_md(text: Any) -> str:
 
 
 def to_markdown(bl: list[Block]) -> str:
+    """The blocks as Markdown (images by file name, beside the report)."""
     lines: list[str] = []
     for b in bl:
         if b[0] == "h1":
@@ -287,17 +345,18 @@ def to_html(bl: list[Block], folder: Path) -> str:
     return "\n".join(parts)
 
 
-def write_report(folder: str | Path, deploy: dict | None, validation: dict | None = None) -> dict[str, Path]:
+def write_report(folder: str | Path, deploy: DeployResult | None,
+                 validation: ValidationReport | None = None) -> dict[str, Path]:
     """Write report.md, report.html and their PNGs into `folder` (each atomically); returns
     their paths."""
     from .files import atomic_write_text
 
     folder = Path(folder)
-    bl = blocks(folder, deploy, validation)
-    paths = {b[2]: folder / b[2] for b in bl if b[0] == "img"}
+    r = render(deploy, validation, f" from {folder}")
+    paths = {f.name: f.draw(folder / f.name) for f in r.figures}
     for name in PLOTS:  # plots of an earlier report this one no longer has
         if name not in paths:
             (folder / name).unlink(missing_ok=True)
-    paths["report.md"] = atomic_write_text(folder / "report.md", to_markdown(bl))
-    paths["report.html"] = atomic_write_text(folder / "report.html", to_html(bl, folder))
+    paths["report.md"] = atomic_write_text(folder / "report.md", to_markdown(r.blocks))
+    paths["report.html"] = atomic_write_text(folder / "report.html", to_html(r.blocks, folder))
     return paths

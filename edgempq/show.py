@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
+if TYPE_CHECKING:
+    from .demo import DemoSummary
+    from .schema.results import DeployResult, ValidationReport
+
 
 def console() -> Any:
+    """A rich console; a pipe gets 160 columns."""
     from rich.console import Console
 
     # Piped output gets a wide table rather than truncated layer names.
@@ -16,6 +21,7 @@ def console() -> Any:
 
 
 def rows(rows: list, title: str) -> None:
+    """Simulation results (top-1, weight KB, BOPs) one row each."""
     from rich.table import Table
 
     t = Table("precision", "top-1", "weights (KB)", "BOPs (G)", title=title)
@@ -25,6 +31,7 @@ def rows(rows: list, title: str) -> None:
 
 
 def profile(table: Any, title: str) -> None:
+    """A profile's whole-model timings per precision, with the conversion costs between domains."""
     from rich.table import Table
 
     from .schema import DEPLOYABLE
@@ -55,6 +62,7 @@ def profile(table: Any, title: str) -> None:
 
 
 def sensitivity(sens: Any, layers: list, title: str) -> None:
+    """Each layer's penalty per precision, and the layers that share one decision."""
     from rich.table import Table
 
     names = sens.layers()
@@ -70,6 +78,7 @@ def sensitivity(sens: Any, layers: list, title: str) -> None:
 
 
 def policy(policy: Any, layers: list, table: Any) -> None:
+    """A policy's precision per layer and its predicted costs against the budget."""
     from rich.table import Table
 
     t = Table("layer", "kind", "precision", title=f"policy ({policy.method}, {policy.solver_status})")
@@ -88,93 +97,92 @@ def policy(policy: Any, layers: list, table: Any) -> None:
     click.echo(f"objective {pred['objective']:.6g}" + (f", gap {policy.gap:.2%}" if policy.gap else ""))
 
 
-def deployed(report: dict, folder: str) -> None:
+def deployed(report: DeployResult, folder: str) -> None:
+    """What deploy built: each layer's op and types, size, the PTQ summary, predicted latency."""
     from rich.table import Table
 
-    t = Table("layer", "asked", "op", "weights", "activations", title=f"{report['model']} on {report['target']}")
-    for r in report["layers"]:
-        t.add_row(r["layer"], r["precision"], r["op"], r["weight_type"], r["activation_type"])
+    t = Table("layer", "asked", "op", "weights", "activations", title=f"{report.model} on {report.target}")
+    for r in report.layers:
+        t.add_row(r.layer, r.precision, r.op, r.weight_type, r.activation_type)
     console().print(t)
-    wb = report["weight_bytes"]
-    click.echo(f"simulated top-1 {report['simulated_top1']:.2%}; model.tflite {report['tflite_bytes'] / 1024:.1f} KB, "
-               f"weights {wb['artifact'] / 1024:.1f} KB (predicted {wb['predicted'] / 1024:.1f} KB)"
-               + (f", TFLite Micro arena {report['arena_bytes'] / 1024:.1f} KB" if report.get("arena_bytes") else ""))
+    wb = report.weight_bytes
+    click.echo(f"simulated top-1 {report.simulated_top1:.2%}; model.tflite {report.tflite_bytes / 1024:.1f} KB, "
+               f"weights {wb.artifact / 1024:.1f} KB (predicted {wb.predicted / 1024:.1f} KB)"
+               + (f", TFLite Micro arena {report.arena_bytes / 1024:.1f} KB" if report.arena_bytes else ""))
     from .report import ptq_summary
 
     text = ptq_summary(report)
     if text:
         click.echo(text.replace("`", ""))
-    lat = report.get("latency") or {}
-    if lat.get("predicted_ms") is not None:
-        click.echo(f"predicted latency on {report['target']}: {lat['predicted_ms']:.3f} ms")
+    if report.latency is not None:
+        click.echo(f"predicted latency on {report.target}: {report.latency.predicted_ms:.3f} ms")
     click.echo(f"wrote {folder}/ (report: {folder}/report.html); check it on the device with "
-               f"`edgempq validate {folder} --device {report['target']}`")
+               f"`edgempq validate {folder} --device {report.target}`")
 
 
 def _pct(v: float | None) -> str:
     return "–" if v is None else f"{v:.2%}"
 
 
-def validation(v: dict) -> None:
+def validation(v: ValidationReport, report: str) -> None:
+    """What validate measured: accuracy of float, simulation and artifact, agreement, latency, size."""
     from rich.table import Table
 
-    t = Table("", "top-1", title=f"{v['artifact']} on {v['target']} ({v['samples']} test samples)")
-    t.add_row("float model", _pct(v.get("float_top1")))
-    t.add_row("simulation", _pct(v.get("simulated_top1")))
-    t.add_row("artifact on the device", _pct(v["artifact_top1"]))
+    t = Table("", "top-1", title=f"{v.artifact} on {v.target} ({v.samples} test samples)")
+    t.add_row("float model", _pct(v.float_top1))
+    t.add_row("simulation", _pct(v.simulated_top1))
+    t.add_row("artifact on the device", _pct(v.artifact_top1))
     console().print(t)
-    ag = v.get("agreement")
+    ag = v.agreement
     if ag:
-        click.echo(f"agreement with the simulation {ag['top1']:.2%} ({ag['disagreeing']} differ), "
-                   f"max logit error {ag['max_logit_error']:.3g} (logits span {ag['logit_range']:.3g})")
-    lat = v["latency"]
-    pred = (f", predicted {lat['predicted_ms']:.3f} ms ({lat['error']:+.1%})" if lat.get("predicted_ms") is not None
+        click.echo(f"agreement with the simulation {ag.top1:.2%} ({ag.disagreeing} differ), "
+                   f"max logit error {ag.max_logit_error:.3g} (logits span {ag.logit_range:.3g})")
+    lat = v.latency
+    pred = (f", predicted {lat.predicted_ms:.3f} ms ({lat.error:+.1%})" if lat.predicted_ms is not None
             else " (no prediction: give --profile)")
-    click.echo(f"latency median {lat['median_ms']:.3f} ms (p10 {lat['p10_ms']:.3f}, p90 {lat['p90_ms']:.3f}){pred}")
-    size = v["size"]
-    line = f"model.tflite {size['tflite_bytes'] / 1024:.1f} KB"
-    if "weight_bytes_artifact" in size:
-        line += (f", weights {size['weight_bytes_artifact'] / 1024:.1f} KB "
-                 f"(predicted {size['weight_bytes_predicted'] / 1024:.1f} KB)")
-    if "arena_bytes" in size:
-        line += f", arena {size['arena_bytes'] / 1024:.1f} KB"
+    click.echo(f"latency median {lat.median_ms:.3f} ms (p10 {lat.p10_ms:.3f}, p90 {lat.p90_ms:.3f}){pred}")
+    size = v.size
+    line = f"model.tflite {size.tflite_bytes / 1024:.1f} KB"
+    if size.weight_bytes_artifact is not None:
+        line += (f", weights {size.weight_bytes_artifact / 1024:.1f} KB "
+                 f"(predicted {size.weight_bytes_predicted / 1024:.1f} KB)")
+    if size.arena_bytes is not None:
+        line += f", arena {size.arena_bytes / 1024:.1f} KB"
     click.echo(line)
-    if v.get("data_note"):
-        click.echo(f"note: {v['data_note']}")
-    div = v.get("divergence")
+    if v.data_note:
+        click.echo(f"note: {v.data_note}")
+    div = v.divergence
     if div:
-        click.echo(f"artifact and simulation part at layer {div['layer']}" if div.get("layer")
-                   else f"no single layer where they part{': ' + div['note'] if div.get('note') else ''}")
-    click.echo(f"report: {v['report']['report.html']}")
+        click.echo(f"artifact and simulation part at layer {div.layer}" if div.layer
+                   else f"no single layer where they part{': ' + div.note if div.note else ''}")
+    click.echo(f"report: {report}")
 
 
-def demo(s: dict) -> None:
+def demo(s: DemoSummary) -> None:
+    """The demo's table: float, int8 and the mixed policy, simulated and on the device."""
     from rich.table import Table
 
-    val, dep, pred = s["validation"], s["deploy"], s["predicted"]
-    lat = val["latency"]
-    b = s["budget"]
-    how = "cached weights" if s["train"]["cached"] else f"trained in {s['train']['train_seconds']:.0f} s"
+    val, pred, lat, b = s.validation, s.policy.predicted, s.validation.latency, s.budget
+    how = "cached weights" if s.train["cached"] else f"trained in {s.train['train_seconds']:.0f} s"
     t = Table("", "top-1", "weights (KB)", "latency predicted (ms)", "latency measured (ms)",
-              title=f"{s['model']} on {s['data']} ({how}), target {s['target']}, {s['method']} sensitivity")
-    t.add_row("float32", _pct(s["float"]["top1"]), f"{s['float']['weight_bytes'] / 1024:.1f}", "",
-              f"{s['f32_latency_ms']:.3f}" if s.get("f32_latency_ms") else "–")
-    t.add_row("int8, simulated", _pct(s["int8"]["top1"]), f"{s['int8']['weight_bytes'] / 1024:.1f}", "",
-              f"{s['int8_latency_ms']:.3f}")
-    t.add_row("budget", "", f"≤ {b['size_kb']:.1f}", f"≤ {b['latency_ms']:.3f}", "")
-    t.add_row("mixed, simulated", _pct(val.get("simulated_top1")), f"{pred['size_bytes'] / 1024:.1f}",
+              title=f"{s.model} on {s.data} ({how}), target {s.target}, {s.method} sensitivity")
+    t.add_row("float32", _pct(s.float_result.top1), f"{s.float_result.weight_bytes / 1024:.1f}", "",
+              f"{s.f32_latency_ms:.3f}" if s.f32_latency_ms else "–")
+    t.add_row("int8, simulated", _pct(s.int8_result.top1), f"{s.int8_result.weight_bytes / 1024:.1f}", "",
+              f"{s.int8_latency_ms:.3f}")
+    t.add_row("budget", "", f"≤ {b.size_kb:.1f}", f"≤ {b.latency_ms:.3f}", "")
+    t.add_row("mixed, simulated", _pct(val.simulated_top1), f"{pred['size_bytes'] / 1024:.1f}",
               f"{pred['latency_ms']:.3f}", "")
-    t.add_row(f"mixed artifact on {s['target']}", _pct(val["artifact_top1"]),
-              f"{dep['weight_bytes']['artifact'] / 1024:.1f}", f"{lat.get('predicted_ms', float('nan')):.3f}",
-              f"{lat['median_ms']:.3f}")
+    measured_pred = lat.predicted_ms if lat.predicted_ms is not None else float("nan")
+    t.add_row(f"mixed artifact on {s.target}", _pct(val.artifact_top1),
+              f"{s.deploy.weight_bytes.artifact / 1024:.1f}", f"{measured_pred:.3f}", f"{lat.median_ms:.3f}")
     console().print(t)
     counts: dict[str, int] = {}
-    for p in s["policy"].values():
+    for p in map(str, s.policy.precisions.values()):
         counts[p] = counts.get(p, 0) + 1
     click.echo("policy: " + ", ".join(f"{n} x {p}" for p, n in sorted(counts.items())))
-    ag = val.get("agreement") or {}
-    if ag:
-        click.echo(f"artifact vs simulation: top-1 agreement {ag['top1']:.2%}, "
-                   f"max logit error {ag['max_logit_error']:.3g}")
-    click.echo("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in s["seconds"].items()))
-    click.echo(f"wrote {s['folder']}/; report: {s['report']}")
+    if val.agreement:
+        click.echo(f"artifact vs simulation: top-1 agreement {val.agreement.top1:.2%}, "
+                   f"max logit error {val.agreement.max_logit_error:.3g}")
+    click.echo("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in s.seconds.items()))
+    click.echo(f"wrote {s.folder}/; report: {s.report}")

@@ -51,6 +51,8 @@ def check_fit(model: LoadedModel, ds: Dataset) -> None:
 
 @dataclass(frozen=True)
 class SimResult:
+    """One row of results: test top-1 (fraction), weight bytes, BOPs and the PTQ report if quantized."""
+
     label: str
     top1: float
     weight_bytes: int
@@ -111,3 +113,12 @@ def simulated_model(model: LoadedModel, policy: Policy, state: dict, cfg: QuantC
         if isinstance(m, WeightQuantizer):
             m.fixed = True  # the saved grid is the deployed one: a later calibration must keep it
     return q.eval()
+
+
+def state_bytes(module: torch.nn.Module) -> bytes:
+    """`module`'s state_dict as the bytes `torch.save` writes (a weights file, simulation.pt)."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save(module.state_dict(), buf)
+    return buf.getvalue()

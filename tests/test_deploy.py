@@ -52,15 +52,18 @@ def run_artifact(path, x: np.ndarray, io: dict) -> np.ndarray:
 @pytest.mark.parametrize("target", ["host", "tflm-host"])
 def test_deploy_gives_every_layer_its_precision_and_agrees_with_the_simulation(user_model, target, tmp_path):
     from edgempq.pipeline import deploy, simulate
+    from edgempq.schema.results import DeployResult
 
     model, ds = user_model
     policy = Policy({k: Precision.parse(v) for k, v in POLICIES[target].items()})
     out = tmp_path / "build"
-    report = deploy(model, ds, policy, target, out)
-    found = {r["layer"]: (r["weight_type"], r["activation_type"]) for r in report["layers"]}
+    result = deploy(model, ds, policy, target, out)
+    report = result.to_dict()  # as deploy.json holds it
+    found = {r.layer: (r.weight_type, r.activation_type) for r in result.layers}
     assert found == {k: EXPECT[v] for k, v in POLICIES[target].items()}
     written = json.loads((out / "deploy.json").read_text())
     assert written["layers"] == report["layers"] and written["target"] == target
+    assert DeployResult.from_dict(written) == result  # deploy.json reads back as what deploy returned
     assert Policy.load(out / "policy.json").precisions == policy.precisions
     rules = json.loads((out / "recipe.json").read_text())["rules"]
     assert {r["layer"] for r in rules} >= {f"layer {k}" for k in POLICIES[target]}
@@ -121,13 +124,14 @@ def test_a_model_over_the_microcontrollers_ram_is_refused_and_nothing_is_written
 
 @pytest.mark.slow
 def test_deploy_after_qat_exports_the_finetuned_weights(user_model, tmp_path):
+    from edgempq.export.stage import DeployConfig
     from edgempq.pipeline import deploy
 
     model, ds = user_model
     policy = Policy({k: Precision.parse("w4a8" if k not in ("a.0", "b.0", "c.0", "d.0") else "w8a8")
                      for k in POLICIES["host"]})
     before = {k: v.clone() for k, v in model.module.state_dict().items()}
-    report = deploy(model, ds, policy, "host", tmp_path / "qat", qat_epochs=1)
+    report = deploy(model, ds, policy, "host", tmp_path / "qat", DeployConfig(qat_epochs=1)).to_dict()
     assert report["qat_epochs"] == 1 and all(r["weight_type"] in ("int4", "int8") for r in report["layers"])
     assert all(torch.equal(before[k], v) for k, v in model.module.state_dict().items())  # the user's model untouched
     x, y = ds.split("test")

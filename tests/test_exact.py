@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -23,13 +24,15 @@ KINDS = {"a.0": "dwconv", "b.0": "dwconv", "c.0": "dwconv", "d.0": "dwconv", "fc
 
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory):
+    from edgempq.export.stage import DeployConfig
     from edgempq.pipeline import deploy
     from edgempq.quant import QuantConfig
 
     folder = tmp_path_factory.mktemp("exact")
     model, ds, _ = trained_user_model(folder)
     policy = Policy({k: Precision.parse(v) for k, v in MIXED.items()})
-    report = deploy(model, ds, policy, "host", folder / "build", cfg=QuantConfig(weights="gptq", bias_correction=True))
+    cfg = DeployConfig(QuantConfig(weights="gptq", bias_correction=True))
+    report = deploy(model, ds, policy, "host", folder / "build", cfg).to_dict()  # as deploy.json holds it
     return model, ds, policy, folder / "build", report
 
 
@@ -172,8 +175,8 @@ POOLED = textwrap.dedent("""
 def test_pooling_between_layers_keeps_artifact_and_simulation_together(tmp_path):
     """Max pooling passes values on, so the next layer's range is set through it; average pooling
     takes its input's scale in the quantizer, so there the simulation takes the artifact's."""
-    from edgempq.pipeline import deploy, load_model_and_data
-    from edgempq.validate import validate
+    from edgempq.export.stage import DeployConfig
+    from edgempq.pipeline import ValidateOptions, deploy, load_model_and_data, validate
 
     (tmp_path / "pooled.py").write_text(POOLED)
     rng = np.random.default_rng(0)
@@ -192,33 +195,36 @@ def test_pooling_between_layers_keeps_artifact_and_simulation_together(tmp_path)
     torch.save(model.module.eval().state_dict(), tmp_path / "w.pt")
     model, ds = load_model_and_data(spec, data, tmp_path / "w.pt")
     policy = Policy({"0": Precision.parse("w8a8"), "4": Precision.parse("w4a8"), "8": Precision.parse("w8a8")})
-    report = deploy(model, ds, policy, "host", tmp_path / "build", weights=tmp_path / "w.pt", data_spec=data)
-    ranges = report["input_ranges"]
+    cfg = DeployConfig(weights=tmp_path / "w.pt", data_spec=data)
+    report = deploy(model, ds, policy, "host", tmp_path / "build", cfg)
+    ranges = report.input_ranges
     assert ranges["0"]["from"] == "simulation" and ranges["4"]["from"] == "simulation"  # through MAX_POOL_2D
     assert ranges["8"]["from"] == "artifact" and ranges["8"]["scale_change"] > 0.01  # after AVERAGE_POOL_2D
-    assert report["exact"]["layers"] == 3
-    val = validate(tmp_path / "build", "host", runs=1)
-    assert val["agreement"]["top1"] >= 0.99, val["agreement"]
+    assert report.exact.layers == 3
+    val = validate(tmp_path / "build", "host", ValidateOptions(runs=1))
+    assert val.agreement.top1 >= 0.99, val.agreement
 
 
 @pytest.mark.slow
 def test_the_artifact_takes_the_simulations_activation_ranges_whatever_their_calibration(tmp_path):
-    from edgempq.pipeline import deploy, quantized
+    from edgempq.export.stage import DeployConfig
+    from edgempq.pipeline import deploy
     from edgempq.quant import QuantConfig
+    from edgempq.simulation import quantized
 
     model, ds, _ = trained_user_model(tmp_path)
     policy = Policy({k: Precision.parse(v) for k, v in MIXED.items()})
     cfg = QuantConfig(act_method="percentile", percentile=99.0)
     own, _ = quantized(model, ds, policy, cfg)  # the simulation's own ranges, before deploy
-    report = deploy(model, ds, policy, "host", tmp_path / "build", cfg=cfg)
-    ranges = report["input_ranges"]
+    report = deploy(model, ds, policy, "host", tmp_path / "build", DeployConfig(cfg))
+    ranges = report.input_ranges
     assert set(ranges) == {n for n, p in policy.precisions.items() if not p.is_float}
     for name, r in ranges.items():
         aq = own.get_submodule(name).act_quant
         # the quantizer derived them from the simulation's clipped ranges (not its own min-max)
         assert r["scale"] == pytest.approx(float(aq.step_value()), rel=1e-5), name
         assert abs(r["zero_point_change"]) <= 1 and r["scale_change"] < 1e-5, name
-    assert report["quant_config"]["act_method"] == "percentile"
+    assert report.quant_config["act_method"] == "percentile"
 
 
 def test_output_levels_round_to_the_artifacts_integer_output_and_leave_a_float_one():
@@ -278,7 +284,7 @@ def test_a_simulation_saved_without_output_rounding_takes_it_from_the_artifact(d
     measures it on the artifact and says so."""
     import shutil
 
-    from edgempq.validate import validate
+    from edgempq.pipeline import ValidateOptions, validate
 
     _, _, _, folder, _ = deployed
     old = tmp_path / "old"
@@ -290,26 +296,27 @@ def test_a_simulation_saved_without_output_rounding_takes_it_from_the_artifact(d
 
     info["sha256"]["simulation.pt"] = hashlib.sha256((old / "simulation.pt").read_bytes()).hexdigest()
     (old / "deploy.json").write_text(json.dumps(info))
-    given = {"model_spec": f"{folder.parent / 'net.py'}:net", "data_spec": str(folder.parent / "d.npz"),
-             "weights": folder.parent / "w.pt", "runs": 1}
-    val = validate(old, "host", **given)
+    given = ValidateOptions(model=f"{folder.parent / 'net.py'}:net", data=str(folder.parent / "d.npz"),
+                            weights=folder.parent / "w.pt", runs=1)
+    val = validate(old, "host", given)
     skips = "4 residual add(s) and 2 float layer output(s) rounded as in the artifact"
-    assert val["simulation"] == f"saved by deploy; output rounding measured on the artifact; {skips}"
-    assert val["agreement"]["top1"] == 1.0
-    fresh = validate(folder, "host", **given, out_dir=tmp_path / "fresh")
-    assert fresh["simulation"] == f"saved by deploy; {skips}"
-    assert fresh["agreement"]["max_logit_error"] == pytest.approx(val["agreement"]["max_logit_error"])
+    assert val.simulation == f"saved by deploy; output rounding measured on the artifact; {skips}"
+    assert val.agreement.top1 == 1.0
+    fresh = validate(folder, "host", replace(given, out_dir=tmp_path / "fresh"))
+    assert fresh.simulation == f"saved by deploy; {skips}"
+    assert fresh.agreement.max_logit_error == pytest.approx(val.agreement.max_logit_error)
 
 
 @pytest.mark.slow
 def test_another_policy_is_simulated_without_the_artifacts_rounding(deployed, tmp_path):
     """validate --policy with another policy compares the artifact with that policy's own
     simulation: the artifact's grids belong to the deployed policy and are not lent to it."""
-    from edgempq.validate import validate
+    from edgempq.pipeline import ValidateOptions, validate
 
     _, _, policy, folder, _ = deployed
     other = Policy({**policy.precisions, "a.3": Precision.parse("w8a8")})
     other.save(tmp_path / "other.json")
-    val = validate(folder, "host", model_spec=f"{folder.parent / 'net.py'}:net", data_spec=str(folder.parent / "d.npz"),
-                   weights=folder.parent / "w.pt", policy_path=tmp_path / "other.json", runs=1, out_dir=tmp_path / "v")
-    assert val["simulation"] == "calibrated again (PTQ)"
+    val = validate(folder, "host", ValidateOptions(model=f"{folder.parent / 'net.py'}:net",
+                                                   data=str(folder.parent / "d.npz"), weights=folder.parent / "w.pt",
+                                                   policy=tmp_path / "other.json", runs=1, out_dir=tmp_path / "v"))
+    assert val.simulation == "calibrated again (PTQ)"

@@ -31,7 +31,7 @@ def test_labels_beyond_the_model_outputs_are_refused(tmp_path):
 
 
 def test_deploy_says_when_the_policy_was_scored_with_another_quantizer():
-    from edgempq.pipeline import quantizer_mismatch
+    from edgempq.export.stage import quantizer_mismatch
     from edgempq.quant import QuantConfig
     from edgempq.schema import Precision
 
@@ -51,14 +51,15 @@ def test_deploy_says_when_the_policy_was_scored_with_another_quantizer():
 def test_the_reports_quantization_section_says_what_was_checked_and_labels_block_errors():
     from edgempq.report import ptq_blocks, ptq_summary
 
-    d = {"quant_config": {"act_method": "minmax"}, "exact": {"layers": 3},
-         "ptq": {"weights": "adaround", "params": {"granularity": "block"}, "bias_correction": True, "seconds": 2.0,
+    d = deploy_result(quant_config={"act_method": "minmax"}, exact={"layers": 3, "checked": {}}, ptq={
+         "weights": "adaround", "params": {"granularity": "block"}, "bias_correction": True, "seconds": 2.0,
+         "sequential": True,
                  "notes": ["granularity=block found no block"],
                  "layers": {"a": {"rtn_error": 0.5, "error": 0.1, "block": "a,b"},
                             "b": {"rtn_error": 0.5, "error": 0.1, "block": "a,b"}, "c": {"rtn_error": 0.2}}},
-         "input_ranges": {"a": {"from": "simulation", "scale_change": 2e-7},
-                          "c": {"from": "artifact", "scale_change": 0.3}},
-         "quantizer_note": "the policy's penalties were measured by measured with ptq=gptq"}
+         input_ranges={"a": {"from": "simulation", "scale_change": 2e-7},
+                       "c": {"from": "artifact", "scale_change": 0.3}},
+         quantizer_note="the policy's penalties were measured by measured with ptq=gptq")
     text = ptq_summary(d)
     assert "all 3 integer layers, checked bit for bit" in text
     assert "inputs of 1 integer layer(s) with the simulation's calibrated scale and zero point (up to float " \
@@ -69,3 +70,15 @@ def test_the_reports_quantization_section_says_what_was_checked_and_labels_block
     table = next(b for b in ptq_blocks(d) if b[0] == "table")
     assert table[2][0][:3] == ["a", "0.5", "0.1"] and table[2][1][:3] == ["b", "(the block's, above)",
                                                                           "(the block's, above)"]
+
+
+def deploy_result(**fields):
+    """A DeployResult with placeholder values where `fields` gives none (for the report's readers)."""
+    from edgempq.schema.results import DeployResult
+
+    io = {"name": "x", "shape": [1, 8, 8, 1], "dtype": "int8", "scale": 0.1, "zero_point": 0}
+    base = {"model": "m", "model_hash": "h", "data": "d", "data_id": "i", "target": "host", "quant_config": {},
+            "simulated_top1": 0.5, "tflite_bytes": 1, "input": io, "output": io,
+            "weight_bytes": {"predicted": 1, "artifact": 1}, "policy": {"method": None, "budget": {}, "predicted": {}},
+            "layers": []}
+    return DeployResult.from_dict({**base, **fields})

@@ -118,3 +118,61 @@ def test_saved_files_are_readable_by_others_and_unwritable_places_are_clear(tmp_
     (tmp_path / "file").write_text("")
     with pytest.raises(ConfigError, match="cannot write"):
         _policy().save(tmp_path / "file" / "p.json")
+
+
+def _validation_doc(**fields):
+    doc = {"schema_version": 1, "artifact": "a/model.tflite", "target": "host", "data": "mnist", "data_id": "abc",
+           "samples": 3, "device": {"backend": "litert"}, "artifact_top1": 0.5, "eval_seconds": 1,
+           "latency": {"median_ms": 1.0, "p10_ms": 0.9, "p90_ms": 1.2, "runs": 5,
+                       "points": [{"label": "w8a8", "predicted_ms": 1.0, "measured_ms": 1.1}]},
+           "size": {"tflite_bytes": 1000}, "predictions": [1, 2, 0],
+           "divergence": {"layer": None, "layers": [{"layer": "c", "precision": "w8a8", "op_index": 2,
+                                                      "relative_error": None, "parts": False}]}}
+    return {**doc, **fields}
+
+
+def test_validation_reports_round_trip_and_refuse_what_they_do_not_describe():
+    from edgempq.schema.results import LatencyPoint, ValidationReport
+
+    v = ValidationReport.from_dict(_validation_doc())
+    assert v.eval_seconds == 1.0 and isinstance(v.eval_seconds, float)  # a JSON integer is a number
+    assert v.predictions == (1, 2, 0) and v.latency.points == (LatencyPoint("w8a8", 1.0, 1.1),)
+    assert v.divergence.layers[0].relative_error is None and v.agreement is None
+    assert ValidationReport.from_json(v.to_json()) == v and v.to_dict()["schema_version"] == 1
+    legacy = _validation_doc()
+    del legacy["schema_version"]  # written before the reports were versioned
+    assert ValidationReport.from_dict(legacy) == v
+    bad = [(_validation_doc(extra=1), "unknown key.*extra"),
+           (_validation_doc(schema_version=2), "schema_version 2"),
+           (_validation_doc(samples="3"), "validation report's samples must be an integer, not str"),
+           (_validation_doc(samples=True), "samples must be an integer, not bool"),
+           (_validation_doc(latency=[1, 2]), "validation report's latency must be a JSON object, not list"),
+           (_validation_doc(size={}), "validation report's size lacks the key tflite_bytes"),
+           (_validation_doc(predictions=[1, "x"]), r"predictions\[1\] must be an integer"),
+           (_validation_doc(device=[]), "device must be a JSON object"),
+           (_validation_doc(divergence={"layer": None, "layers": [{"layer": "c"}]}), r"divergence's layers\[0\] lacks")]
+    for doc, message in bad:
+        with pytest.raises(ConfigError, match=message):
+            ValidationReport.from_dict(doc)
+
+
+def test_a_deploy_report_reads_its_nested_values_typed():
+    from edgempq.schema.results import DeployResult
+
+    io = {"name": "x", "shape": [1, 8, 8, 1], "dtype": "int8", "scale": 0.1, "zero_point": 0}
+    doc = {"model": "zoo:m", "model_hash": "h", "data": "mnist", "data_id": "i", "target": "host",
+           "quant_config": {"weights": "gptq"}, "simulated_top1": 0.9, "tflite_bytes": 10, "input": io, "output": io,
+           "weight_bytes": {"predicted": 5, "artifact": 6},
+           "policy": {"method": "csmpq", "budget": {"size_kb": 1.0}, "predicted": {"objective": 2}},
+           "layers": [{"layer": "c", "precision": "w4a8", "op_index": 0, "op_output": "t", "op": "CONV_2D",
+                       "weight_type": "int4", "activation_type": "int8", "weight_bytes": 5}],
+           "latency": {"predicted_ms": 1.5, "target": "host", "layers_ms": {"c": 1.5}}}
+    d = DeployResult.from_dict(doc)
+    assert d.layers[0].weight_type == "int4" and d.latency.layers_ms == {"c": 1.5} and d.ptq is None
+    assert d.policy.predicted == {"objective": 2.0} and d.as_json() == d
+    with pytest.raises(ConfigError, match=r"deploy report's layers\[0\]'s op_index must be an integer"):
+        DeployResult.from_dict({**doc, "layers": [{**doc["layers"][0], "op_index": "0"}]})
+    with pytest.raises(ConfigError, match="deploy report's weight_bytes lacks the key artifact"):
+        DeployResult.from_dict({**doc, "weight_bytes": {"predicted": 5}})
+    with pytest.raises(ConfigError, match="deploy report's quant_config must be a JSON object, not str"):
+        DeployResult.from_dict({**doc, "quant_config": "gptq"})

@@ -24,6 +24,7 @@ WORSE = "c.3"  # the layer deployed at w4a8 while the simulation keeps it at w8a
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """The user model deployed twice for host: all w8a8, and all w8a8 but one layer at w4a8."""
+    from edgempq.export.stage import DeployConfig
     from edgempq.layers import trace
     from edgempq.pipeline import deploy
 
@@ -35,7 +36,7 @@ def built(tmp_path_factory):
     out = {}
     for name, policy in (("good", all8), ("worse", worse)):
         out[name] = folder / name
-        deploy(model, ds, policy, "host", out[name], weights=paths["weights"], data_spec=paths["data"])
+        deploy(model, ds, policy, "host", out[name], DeployConfig(weights=paths["weights"], data_spec=paths["data"]))
     deployed_report = (out["worse"] / "report.md").read_text()  # before any validation
     return {**out, **paths, "all8": folder / "all8.json", "folder": folder, "deployed_report": deployed_report}
 
@@ -48,42 +49,46 @@ def _ssh_toml(sshd, python: str, folder: Path) -> str:
 
 @pytest.mark.slow
 def test_local_tflm_and_ssh_give_the_same_accuracy_for_one_artifact(built, sshd, device_python, tmp_path):
-    from edgempq.validate import validate
+    from edgempq.pipeline import validate
 
     results = {}
     for device in ("host", "tflm-host", _ssh_toml(sshd, device_python, tmp_path)):
         results[device] = validate(built["good"], device)
     first = next(iter(results.values()))
     for device, r in results.items():
-        assert r["samples"] == first["samples"] > 0
-        assert r["artifact_top1"] == first["artifact_top1"], device
-        assert r["predictions"] == first["predictions"], device
-        assert r["float_top1"] == first["float_top1"] and r["simulated_top1"] == first["simulated_top1"]
-        assert r["agreement"]["top1"] >= 0.97, (device, r["agreement"])
-        assert 0 < r["latency"]["p10_ms"] <= r["latency"]["median_ms"] <= r["latency"]["p90_ms"]
-        assert r["size"]["tflite_bytes"] == (built["good"] / "model.tflite").stat().st_size
-    assert results["tflm-host"]["size"]["arena_bytes"] > 0
-    assert results["tflm-host"]["device"]["runtime"] == "tflite_micro"
+        assert r.samples == first.samples > 0
+        assert r.artifact_top1 == first.artifact_top1, device
+        assert r.predictions == first.predictions, device
+        assert r.float_top1 == first.float_top1 and r.simulated_top1 == first.simulated_top1
+        assert r.agreement.top1 >= 0.97, (device, r.agreement)
+        assert 0 < r.latency.p10_ms <= r.latency.median_ms <= r.latency.p90_ms
+        assert r.size.tflite_bytes == (built["good"] / "model.tflite").stat().st_size
+    assert results["tflm-host"].size.arena_bytes > 0
+    assert results["tflm-host"].device["runtime"] == "tflite_micro"
     ssh_result = [r for d, r in results.items() if d.endswith(".toml")][0]
-    assert ssh_result["device"]["backend"] == "ssh"
+    assert ssh_result.device["backend"] == "ssh"
     # the simulated top-1 matches the one deploy recorded: the saved simulation was reused
     deployed = json.loads((built["good"] / "deploy.json").read_text())
-    assert first["simulated_top1"] == pytest.approx(deployed["simulated_top1"])
+    assert first.simulated_top1 == pytest.approx(deployed["simulated_top1"])
+    # validation.json reads back as the value validate returned
+    from edgempq.schema.results import ValidationReport
+
+    assert ValidationReport.load(built["good"] / "validation.json") == r
 
 
 @pytest.mark.slow
 def test_the_divergence_finder_names_the_layer_deployed_worse_than_simulated(built):
-    from edgempq.validate import validate
+    from edgempq.pipeline import ValidateOptions, validate
 
-    r = validate(built["worse"], "host", policy_path=built["all8"], find_divergence=True)
-    div = r["divergence"]
-    assert div["layer"] == WORSE, json.dumps(div, indent=1)
-    errors = {row["layer"]: row["relative_error"] for row in div["layers"]}
-    assert errors[WORSE] > div["tol"]
+    r = validate(built["worse"], "host", ValidateOptions(policy=built["all8"], find_divergence=True))
+    div = r.divergence
+    assert div.layer == WORSE, div.to_json()
+    errors = {row.layer: row.relative_error for row in div.layers}
+    assert errors[WORSE] > div.tol
     # the artifact that matches its simulation parts nowhere
-    same = validate(built["good"], "host", find_divergence=True)["divergence"]
-    assert same["layer"] is None, json.dumps(same, indent=1)
-    assert all(row["relative_error"] < same["tol"] for row in same["layers"])
+    same = validate(built["good"], "host", ValidateOptions(find_divergence=True)).divergence
+    assert same.layer is None, same.to_json()
+    assert all(row.relative_error < same.tol for row in same.layers)
 
 
 @pytest.mark.slow
@@ -109,8 +114,8 @@ def test_validate_writes_the_report_with_its_plots(built):
 
 def test_the_device_runner_evaluates_in_a_venv_without_torch(built, device_venv_python, tmp_path):
     from edgempq.backends.base import device_script
+    from edgempq.layout import to_model
     from edgempq.pipeline import load_model_and_data
-    from edgempq.validate import to_model_layout
 
     device_python = device_venv_python
     p = subprocess.run([device_python, "-c", "import torch"], capture_output=True)
@@ -119,7 +124,7 @@ def test_the_device_runner_evaluates_in_a_venv_without_torch(built, device_venv_
     deployed = json.loads((built["good"] / "deploy.json").read_text())
     _, ds = load_model_and_data(built["model"], built["data"], built["weights"])
     x, y = ds.split("test")
-    x = to_model_layout(deployed["input"]["shape"])(x)
+    x = to_model(x, deployed["input"]["shape"])
     np.savez(tmp_path / "data.npz", x=x, y=y)
     runner = Path(__file__).parents[1] / "tools" / "edgempq_device.py"
     p = subprocess.run([device_python, str(runner), "eval", str(built["good"] / "model.tflite"),
@@ -149,7 +154,7 @@ def test_deploy_writes_a_report_that_says_it_is_not_validated_yet(built):
 
 
 def test_validate_refuses_what_is_not_an_artifact(built, tmp_path):
-    from edgempq.validate import validate
+    from edgempq.pipeline import validate
 
     with pytest.raises(ConfigError, match="does not exist"):
         validate(tmp_path / "nope.tflite", "host")
@@ -169,27 +174,27 @@ def test_validate_refuses_what_is_not_an_artifact(built, tmp_path):
 
 @pytest.mark.slow
 def test_a_bare_tflite_validates_with_data_alone(built, tmp_path):
-    from edgempq.validate import validate
+    from edgempq.pipeline import ValidateOptions, validate
 
     bare = tmp_path / "bare.tflite"
     bare.write_bytes((built["good"] / "model.tflite").read_bytes())
-    r = validate(bare, "host", data_spec=built["data"])
-    assert 0 < r["artifact_top1"] <= 1 and "float_top1" not in r and "agreement" not in r
+    r = validate(bare, "host", ValidateOptions(data=built["data"]))
+    assert 0 < r.artifact_top1 <= 1 and r.float_top1 is None and r.agreement is None and not r.deploy_report
     assert (tmp_path / "report.html").exists()
 
 
 def test_a_deploy_report_of_another_build_is_not_used(built, tmp_path):
     import shutil
 
-    from edgempq.validate import open_artifact
+    from edgempq.pipeline import open_artifact
 
     copy = tmp_path / "copy"
     shutil.copytree(built["good"], copy)
-    assert open_artifact(copy)[2] is not None
+    assert open_artifact(copy).deploy is not None
     data = bytearray((copy / "model.tflite").read_bytes())
     data[-1] ^= 1  # same length, another build
     (copy / "model.tflite").write_bytes(bytes(data))
-    assert open_artifact(copy)[2] is None
+    assert open_artifact(copy).deploy is None
     (copy / "deploy.json").write_text("[1, 2]")
     (copy / "model.tflite").write_bytes((built["good"] / "model.tflite").read_bytes())
     with pytest.raises(ConfigError, match="not a deploy report"):
@@ -197,22 +202,43 @@ def test_a_deploy_report_of_another_build_is_not_used(built, tmp_path):
 
 
 def test_validate_refuses_mismatched_models_and_missing_inputs(built, tmp_path):
-    from edgempq.validate import validate
+    from edgempq.pipeline import ValidateOptions, validate
 
     with pytest.raises(ConfigError, match="weights file .* does not exist"):
-        validate(built["good"], "host", weights=tmp_path / "nope.pt")
+        validate(built["good"], "host", ValidateOptions(weights=tmp_path / "nope.pt"))
     other = tmp_path / "other.pt"
     import torch
 
     state = torch.load(built["weights"], weights_only=True)
     torch.save({k: v + 1 if v.is_floating_point() else v for k, v in state.items()}, other)
     with pytest.raises(ConfigError, match="deployed from model .* give the weights it was deployed with"):
-        validate(built["good"], "host", weights=other)
+        validate(built["good"], "host", ValidateOptions(weights=other))
     bare = tmp_path / "bare.tflite"
     bare.write_bytes((built["good"] / "model.tflite").read_bytes())
     with pytest.raises(ConfigError, match="needs the model: give --model"):
-        validate(bare, "host", data_spec=built["data"], policy_path=built["all8"])
+        validate(bare, "host", ValidateOptions(data=built["data"], policy=built["all8"]))
     r = run("deploy", "--model", built["model"], "--weights", built["weights"], "--policy", str(built["all8"]),
             "--data", built["data"], "--device", "host", "--sweep", str(built["all8"]), "-o", str(tmp_path / "x"),
             check=False)
     assert r.returncode == 1 and "is not a sweep written by" in r.stderr and not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_validate_holds_the_artifact_to_a_profiles_prediction(built, tmp_path):
+    """--profile predicts the deployed policy's latency anew (per layer, with the profile's own
+    points); the report says how well it held."""
+    from edgempq.layers import trace
+    from edgempq.pipeline import ValidateOptions, validate
+    from edgempq.profile import profile
+    from edgempq.simulation import load_model_and_data
+    from edgempq.targets import load_target
+
+    model, _ = load_model_and_data(built["model"], built["data"], built["weights"])
+    table = profile(trace(model.module, model.input_shape), load_target("host"), model.model_hash)
+    table.save(tmp_path / "profile.json")
+    r = validate(built["good"], "host", ValidateOptions(profile=tmp_path / "profile.json", runs=3,
+                                                        out_dir=tmp_path / "v"))
+    lat = r.latency
+    assert lat.predicted_ms > 0 and lat.error == pytest.approx((lat.median_ms - lat.predicted_ms) / lat.predicted_ms)
+    assert set(lat.layers_ms) == set(Policy.load(built["all8"]).precisions)
+    assert "against the prediction" in (tmp_path / "v" / "report.md").read_text()

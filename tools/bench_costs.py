@@ -26,13 +26,13 @@ CHEAP = ("ompq", "csmpq", "hawq")
 
 
 def run_model(name: str, trained: bool, quick: bool, folder: Path, methods_result: dict | None) -> dict:
+    from edgempq.export.stage import DeployConfig
     from edgempq.layers import trace
-    from edgempq.pipeline import deploy, layer_precisions, sensitivity
+    from edgempq.pipeline import ValidateOptions, deploy, layer_precisions, sensitivity, validate
     from edgempq.profile import WholeModel, profile
     from edgempq.schema import Budget, Policy
     from edgempq.solve import solve
     from edgempq.targets import load_target
-    from edgempq.validate import validate
 
     work = folder / "costs" / name
     work.mkdir(parents=True, exist_ok=True)
@@ -80,12 +80,12 @@ def run_model(name: str, trained: bool, quick: bool, folder: Path, methods_resul
     n = 1
     log(f"{name}: deploy x{n}")
     art = work / "int8"
-    _, out["deploy_s"] = benchkit.timed(lambda: deploy(model, ds, int8, TARGET, art, profile=table,
-                                                       weights=meta["weights"],
-                                                       data_spec="mnist" if trained else "digits"), n)
+    cfg = DeployConfig(profile=table, weights=meta["weights"], data_spec="mnist" if trained else "digits")
+    _, out["deploy_s"] = benchkit.timed(lambda: deploy(model, ds, int8, TARGET, art, cfg), n)
     log(f"{name}: validate x{n}")
     samples = None if trained else 64
-    _, out["validate_s"] = benchkit.timed(lambda: validate(art, TARGET, samples=samples, find_divergence=False), n)
+    opts = ValidateOptions(samples=samples, find_divergence=False)
+    _, out["validate_s"] = benchkit.timed(lambda: validate(art, TARGET, opts), n)
     out["validate_samples"] = samples or len(ds.split("test")[1])
     return out
 

@@ -38,7 +38,7 @@ def kinds_by_key(model_result: dict) -> dict[str, str]:
 
 def run(quick: bool = False, folder: Path = RESULTS, only: list[str] | None = None) -> dict:
     """Every artifact of part 1, or with `only` those models' again, replacing their results."""
-    from edgempq.validate import validate
+    from edgempq.pipeline import ValidateOptions, validate
 
     part1 = benchkit.load("device", folder)
     missing = part1 is None or part1.get("quick") != quick or not all(
@@ -61,10 +61,10 @@ def run(quick: bool = False, folder: Path = RESULTS, only: list[str] | None = No
             d = folder / "artifacts" / m["model"] / key
             log(f"{m['model']}: validate {key} ({label})")
             samples = None if m["trained"] else 64
-            v, secs = benchkit.timed(lambda d=d, samples=samples: validate(d, TARGET, samples=samples,
-                                                                           find_divergence=False))
+            opts = ValidateOptions(samples=samples, find_divergence=False)
+            v, secs = benchkit.timed(lambda d=d, opts=opts: validate(d, TARGET, opts).to_dict())
             lat, size = v["latency"], v["size"]
-            agree = v.get("agreement", {})
+            agree = v.get("agreement") or {}
             inter = next(r for r in m["rows"] if r.get("key") == key)["measured_ms"]
             inter_err = benchkit.rel(inter, lat["predicted_ms"]) if lat.get("predicted_ms") else None
             arts.append({"key": key, "interleaved_ms": inter, "interleaved_error": inter_err,

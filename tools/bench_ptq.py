@@ -68,7 +68,7 @@ def user_trained(name: str, seed: int, folder: Path):
     from torch import nn
 
     from edgempq.metrics import accuracy
-    from edgempq.pipeline import load_model_and_data, state_bytes
+    from edgempq.simulation import load_model_and_data, state_bytes
 
     weights = folder / f"{name}-adam-{seed}.pt"
     if not weights.is_file():
@@ -104,13 +104,14 @@ def uniform(layers, text: str):
 
 def deployed_row(model, ds, policy, label: str, folder: Path, weights: Path) -> dict:
     """Deploy with `label`'s PTQ and validate on the target: simulated and artifact top-1."""
-    from edgempq.pipeline import deploy
-    from edgempq.validate import validate
+    from edgempq.export.stage import DeployConfig
+    from edgempq.pipeline import ValidateOptions, deploy, validate
 
     t = time.perf_counter()
-    rep = deploy(model, ds, policy, TARGET, folder, cfg=quant_config(label), weights=weights, data_spec="mnist")
+    rep = deploy(model, ds, policy, TARGET, folder, DeployConfig(quant_config(label), weights=weights,
+                                                                 data_spec="mnist")).to_dict()
     deploy_s = time.perf_counter() - t
-    val = validate(folder, TARGET, runs=1, find_divergence=False)
+    val = validate(folder, TARGET, ValidateOptions(runs=1, find_divergence=False)).to_dict()
     return {"sim_top1": rep["simulated_top1"], "ptq_s": rep["ptq"]["seconds"], "deploy_s": deploy_s,
             "artifact_top1": val["artifact_top1"], "agreement": val["agreement"]["top1"],
             "exact_layers": rep["exact"]["layers"], "max_logit_error": val["agreement"]["max_logit_error"]}
@@ -431,7 +432,7 @@ def revalidate(folder: Path = RESULTS) -> dict:
     """Validate every saved artifact of part 5 again with this version (a fix to the
     simulation or validate, without quantizing again): each deployed row takes the new
     simulated and artifact top-1, agreement and logit error, and the result says when."""
-    from edgempq.validate import validate
+    from edgempq.pipeline import ValidateOptions, validate
 
     res = benchkit.load("ptq", folder)
     if res is None:
@@ -442,7 +443,7 @@ def revalidate(folder: Path = RESULTS) -> dict:
                 continue
             art = folder / "ptq_artifacts" / f"{m['model']}-{m['seed']}-{r['precision']}-{r['ptq']}"
             log(f"revalidate {art.name}")
-            val = validate(art, TARGET, runs=1, find_divergence=False)
+            val = validate(art, TARGET, ValidateOptions(runs=1, find_divergence=False)).to_dict()
             r.update(sim_top1=val["simulated_top1"], artifact_top1=val["artifact_top1"],
                      agreement=val["agreement"]["top1"], max_logit_error=val["agreement"]["max_logit_error"])
     res["revalidated"] = benchkit.machine()["date"]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from edgempq import pipeline
+from edgempq import demo, pipeline
 from edgempq.files import write_json
 from edgempq.pipeline import load_model_and_data, train_model, uniform_table
 
@@ -41,7 +41,7 @@ def main() -> None:
     for seed in range(args.runs):
         cfg = replace(pipeline.DEMO_TRAIN, seed=seed)
         torch.manual_seed(seed)
-        model, ds = load_model_and_data(pipeline.DEMO_MODEL, pipeline.DEMO_DATA)
+        model, ds = load_model_and_data(demo.DEMO_MODEL, demo.DEMO_DATA)
         res, top1 = train_model(model, ds, cfg)
         train_s.append(res.seconds)
         test_top1.append(top1)
@@ -50,7 +50,7 @@ def main() -> None:
     result = {
         "machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
                     "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
-        "model": pipeline.DEMO_MODEL, "data": pipeline.DEMO_DATA, "runs": args.runs,
+        "model": demo.DEMO_MODEL, "data": demo.DEMO_DATA, "runs": args.runs,
         "cli_help_seconds_median": cli_help_seconds(5),
         "train_seconds_median": statistics.median(train_s),
         "train_seconds": train_s,

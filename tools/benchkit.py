@@ -91,8 +91,8 @@ def random_model(name: str, folder: Path):
     from edgempq.data import with_splits
     from edgempq.files import atomic_write_bytes
     from edgempq.models import load_model
-    from edgempq.pipeline import load_model_and_data, state_bytes
     from edgempq.profile import WholeModel
+    from edgempq.simulation import load_model_and_data, state_bytes
 
     torch.manual_seed(0)
     model, ds = load_model_and_data(f"zoo:{name}", "digits")

@@ -7,16 +7,19 @@ every check passed, each atomically."""
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import ConfigError, DeviceError
 from ..schema import Layer, Policy, Target
+from ..schema.results import DeployResult
 from .recipe import OpRule, signature_inputs
+
+if TYPE_CHECKING:
+    from torch import nn
 
 CALIBRATION_SAMPLES = 1024  # at most this many, spread over the split, calibrate the artifact
 # relative scale change below which an input range counts as the simulation's own (float rounding)
@@ -40,6 +43,16 @@ class Artifact:
     skip_notes: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Deployment:
+    """What deploy built: deploy.json's value, the artifact, the policy and the simulation's state."""
+
+    result: DeployResult
+    artifact: Artifact
+    policy: Policy
+    simulation: bytes  # the fake-quantized model's state_dict (simulation.pt)
+
+
 def check_target(layers: list[Layer], policy: Policy, target: Target) -> None:
     """Refuse, before any conversion, a precision the target cannot run for a layer's kind."""
     kinds = {la.name: la.kind for la in layers}
@@ -50,7 +63,7 @@ def check_target(layers: list[Layer], policy: Policy, target: Target) -> None:
                               f"for a {kinds[name]}; allowed: {', '.join(map(str, allowed))}")
 
 
-def export_module(qmodel):
+def export_module(qmodel: nn.Module) -> nn.Module:
     """The float module to convert: the fake-quantized copy with its quantizers removed and the
     integer layers' weights and biases as the simulation uses them (dequantized), so that the
     artifact's calibration sees the simulated network; the quantizer's own rounding is then
@@ -86,16 +99,13 @@ def calibration_feed(float_model: bytes, x: np.ndarray) -> list[dict[str, np.nda
     # Every sample the simulation calibrated on (splits may be sorted by class: a prefix would
     # see a few classes only); a larger split is thinned evenly.
     from ..data import spread
+    from ..layout import to_model
 
-    xs = x[spread(len(x), CALIBRATION_SAMPLES)].astype(np.float32)
-    if xs.ndim == 4 and shape[1:] != xs.shape[1:] and shape[1:] == (xs.shape[2], xs.shape[3], xs.shape[1]):
-        xs = xs.transpose(0, 2, 3, 1)
-    if shape[1:] != xs.shape[1:]:
-        raise ConfigError(f"the converted model takes inputs of shape {shape}, the data gives {xs.shape[1:]}")
+    xs = to_model(x[spread(len(x), CALIBRATION_SAMPLES)], shape, "the converted model")
     return [{d["name"]: s[None]} for s in xs]
 
 
-def build(layers: list[Layer], qmodel, input_shape: tuple[int, ...], policy: Policy,
+def build(layers: list[Layer], qmodel: nn.Module, input_shape: tuple[int, ...], policy: Policy,
           calibration: np.ndarray) -> Artifact:
     """The mixed-precision .tflite of a calibrated fake-quantized model, verified op by op:
     every layer's types, and every integer layer's weights, scales and bias bit for bit against
@@ -131,7 +141,7 @@ def build(layers: list[Layer], qmodel, input_shape: tuple[int, ...], policy: Pol
                     skip_notes=notes)
 
 
-def output_rounding(qmodel, model: bytes, ops: dict[str, int], base: bytes, calibration: np.ndarray) -> dict:
+def output_rounding(qmodel: nn.Module, model: bytes, ops: dict[str, int], base: bytes, calibration: np.ndarray) -> dict:
     """Measure how each integer op rounds its output (on a few calibration samples) and make
     the simulation round the same way; returns what deploy.json records."""
     from .rounding import SAMPLES, adopt, measure, summary
@@ -143,7 +153,7 @@ def output_rounding(qmodel, model: bytes, ops: dict[str, int], base: bytes, cali
     return summary(found)
 
 
-def _values(qmodel, name: str, kind: str):
+def _values(qmodel: nn.Module, name: str, kind: str):
     from .exact import simulation_values
 
     return simulation_values(qmodel.get_submodule(name), kind)
@@ -165,7 +175,7 @@ def _checked_ops(model: bytes, mapping: dict, policy: Policy) -> dict:
     return out
 
 
-def simulation_ranges(base: bytes, mapping: dict, qmodel, ints: list[str]) -> dict[str, tuple[float, float]]:
+def simulation_ranges(base: bytes, mapping: dict, qmodel: nn.Module, ints: list[str]) -> dict[str, tuple[float, float]]:
     """Float tensor name -> the range the simulation quantizes it with, for every integer
     layer's input (and the tensors whose range the quantizer uses for it); a tensor two layers
     read gets the union of their ranges."""
@@ -181,7 +191,7 @@ def simulation_ranges(base: bytes, mapping: dict, qmodel, ints: list[str]) -> di
     return out
 
 
-def adopt_input_ranges(qmodel, model: bytes, ops: dict[str, int]) -> dict[str, dict]:
+def adopt_input_ranges(qmodel: nn.Module, model: bytes, ops: dict[str, int]) -> dict[str, dict]:
     """Give each integer layer's input quantizer the artifact's exact scale and zero point (the
     quantizer derived them from the simulation's ranges: they differ by float rounding, or where
     the graph forces one scale on several tensors); returns the differences, per layer."""
@@ -267,25 +277,28 @@ def microcontroller_checks(art: Artifact, target: Target) -> None:
                           f"flash_kb = {target.flash_kb:g}; search again with a smaller --size-kb")
 
 
-def write(art: Artifact, folder: Path, report: dict, policy: Policy, simulation: bytes) -> dict[str, Path]:
-    """Write the artifact's files (each atomically) and return their paths. deploy.json goes
-    last and records the sha256 of model.tflite and simulation.pt: a folder whose writing was
-    interrupted has no deploy.json, or one whose hashes do not match, and validate ignores it."""
+def write(dep: Deployment, folder: Path) -> DeployResult:
+    """Write the artifact's files (each atomically) and return deploy.json's value. deploy.json
+    goes last and records the sha256 of model.tflite and simulation.pt: a folder whose writing
+    was interrupted has no deploy.json, or one whose hashes do not match, and validate ignores it."""
+    import dataclasses
     import hashlib
 
     from ..files import atomic_write_bytes, atomic_write_text, write_json
 
+    art = dep.artifact
     folder.mkdir(parents=True, exist_ok=True)
     for stale in ("deploy.json", "validation.json"):  # they describe the previous build
         (folder / stale).unlink(missing_ok=True)
-    report = {**report, "sha256": {"model.tflite": hashlib.sha256(art.tflite).hexdigest(),
-                                   "simulation.pt": hashlib.sha256(simulation).hexdigest()}}
-    paths = {"model.tflite": atomic_write_bytes(folder / "model.tflite", art.tflite)}
+    result = dataclasses.replace(dep.result, sha256={"model.tflite": hashlib.sha256(art.tflite).hexdigest(),
+                                                     "simulation.pt": hashlib.sha256(dep.simulation).hexdigest()})
+    atomic_write_bytes(folder / "model.tflite", art.tflite)
     recipe = [{"regex": r.regex, "op": r.op, "precision": str(r.precision), "layer": r.label} for r in art.rules]
-    paths["recipe.json"] = write_json(folder / "recipe.json", {"rules": recipe})
-    paths["policy.json"] = policy.save(folder / "policy.json")
-    paths["simulation.pt"] = atomic_write_bytes(folder / "simulation.pt", simulation)
+    write_json(folder / "recipe.json", {"rules": recipe})
+    dep.policy.save(folder / "policy.json")
+    atomic_write_bytes(folder / "simulation.pt", dep.simulation)
     for name, text in art.files.items():
-        paths[name] = atomic_write_text(folder / name, text)
-    paths["deploy.json"] = write_json(folder / "deploy.json", json.loads(json.dumps(report)))
-    return paths
+        atomic_write_text(folder / name, text)
+    result = result.as_json()
+    write_json(folder / "deploy.json", result.to_dict())
+    return result

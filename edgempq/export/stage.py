@@ -1,0 +1,168 @@
+"""The deploy stage: a policy's quantized model built into a verified artifact, in memory.
+
+`deploy(model, data, policy, target, cfg)` quantizes (PTQ on the calibration split, optional
+QAT), converts and checks the artifact, and returns a `Deployment`: the typed `DeployResult`
+(deploy.json) with the bytes to write. Writing the folder is `pipeline.deploy`'s job."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ConfigError
+from ..schema import CostTable, Policy, Target
+from ..schema.results import (
+    DeployResult,
+    ExactCheck,
+    IOTensor,
+    LayerRow,
+    PolicySummary,
+    PTQSummary,
+    WeightBytes,
+)
+from .deploy import Artifact, Deployment
+
+if TYPE_CHECKING:
+    from ..data import Dataset
+    from ..models import LoadedModel
+    from ..progress import Progress
+    from ..quant import QuantConfig
+
+
+@dataclass(frozen=True)
+class DeployConfig:
+    """How deploy quantizes, and what it records beside the artifact.
+
+    `profile` gives the policy's predicted latency per layer; `sweep` (search --sweep's JSON)
+    adds the Pareto front to the report; `weights` and `data_spec` are recorded so validate can
+    rebuild the model and its data."""
+
+    quant: QuantConfig | None = None  # None: QuantConfig() (the default PTQ)
+    qat_epochs: int = 0
+    profile: CostTable | None = None
+    sweep: dict[str, Any] | None = None
+    weights: str | Path | None = None
+    data_spec: str | None = None
+    on_step: Progress | None = field(default=None, compare=False)
+
+
+def deploy(model: LoadedModel, data: Dataset, policy: Policy, target: Target, cfg: DeployConfig) -> Deployment:
+    """Quantize `model` with `policy`, convert it to a mixed-precision .tflite verified op by op
+    (and a C array for TFLite Micro targets) and measure the simulation's top-1 on the test split."""
+    from ..latency import predicted_latency
+    from ..layers import trace
+    from ..quant import QuantConfig
+    from ..simulation import quantized
+    from .deploy import build, c_array, check_target, io_details, microcontroller_checks
+
+    quant = cfg.quant or QuantConfig()
+    layers = trace(model.module, model.input_shape)
+    policy.check_layers(layers)
+    check_target(layers, policy, target)
+    if cfg.sweep is not None:
+        from ..report import check_sweep
+
+        check_sweep(cfg.sweep, "the sweep")
+    latency = predicted_latency(policy, cfg.profile, target.name, model.model_hash)
+    qmodel, ptq = quantized(model, data, policy, quant, cfg.qat_epochs, cfg.on_step)
+    art = build(layers, qmodel, model.input_shape, policy, data.split("calibration")[0])
+    io = io_details(art.tflite)  # the simulation holds the artifact's input ranges (see export.exact) from here
+    if target.backend == "tflm":
+        art.files = dict(zip(("model_data.h", "model_data.cc"), c_array(art.tflite), strict=True))
+        microcontroller_checks(art, target)
+    result = _result(model, data, policy, target, cfg, art=art, ptq=ptq.to_dict(), io=io, latency=latency,
+                     sim_top1=_simulated_top1(qmodel, art, data, io["output"]))
+    return Deployment(result, art, policy, _state_bytes(qmodel))
+
+
+def _simulated_top1(qmodel: Any, art: Artifact, data: Dataset, output: dict[str, Any]) -> float:
+    """The simulation's test top-1, its logits read as the artifact's integer output."""
+    from ..metrics import predict, topk
+    from .deploy import output_levels
+    from .skips import wrap
+
+    x, y = data.split("test")
+    return topk(output_levels(predict(wrap(qmodel, art.skips), x), output), y, 1)
+
+
+def _result(model: LoadedModel, data: Dataset, policy: Policy, target: Target, cfg: DeployConfig,
+            **built: Any) -> DeployResult:
+    """deploy.json's value from what was built (`art`, `ptq`, `io`, `latency`, `sim_top1`)."""
+    from ..layers import F32, policy_weight_bytes, trace, weight_bytes
+    from ..quant import QuantConfig
+
+    art, quant = built["art"], cfg.quant or QuantConfig()
+    layers = trace(model.module, model.input_shape)
+    fixed = sum(weight_bytes(la, F32) for la in layers if not la.searchable)
+    return DeployResult(
+        model=absolute_spec(model.spec), weights=str(Path(cfg.weights).resolve()) if cfg.weights else None,
+        model_hash=model.model_hash, data=absolute_spec(cfg.data_spec or data.name), data_id=data.data_id,
+        target=target.name, qat_epochs=cfg.qat_epochs, quant_config=quant.to_dict(),
+        simulated_top1=built["sim_top1"], ptq=PTQSummary.from_dict(built["ptq"], "the PTQ report"),
+        exact=ExactCheck(len(art.exact), art.exact), quantizer_note=quantizer_mismatch(policy, quant),
+        input_ranges=art.input_ranges, output_rounding=art.rounding, skip_rounding=art.skips,
+        skip_notes=tuple(art.skip_notes), tflite_bytes=len(art.tflite), arena_bytes=art.arena_bytes,
+        input=IOTensor.from_dict(built["io"]["input"]), output=IOTensor.from_dict(built["io"]["output"]),
+        weight_bytes=WeightBytes(policy_weight_bytes(layers, policy),
+                                 sum(f["weight_bytes"] for f in art.found.values()) + fixed),
+        latency=built["latency"],
+        sweep=cfg.sweep,
+        policy=PolicySummary(policy.method, policy.budget.to_dict(), dict(policy.predicted)),
+        layers=tuple(LayerRow(layer=n, precision=str(policy.precisions[n]), op_index=art.mapping[n].index,
+                              op_output=art.mapping[n].output_name, **art.found[n]) for n in policy.precisions))
+
+
+def _state_bytes(module: Any) -> bytes:
+    from ..simulation import state_bytes
+
+    return state_bytes(module)
+def quantizer_mismatch(policy: Policy, cfg: QuantConfig) -> str | None:
+    """A sentence when the policy's penalties were measured with another PTQ than `cfg` (its
+    algorithm, parameters, bias correction or activation ranges), else None."""
+    from ..params import split_pairs
+    from ..quant.weights import algorithm
+
+    q = policy.quantizer
+    if not q:
+        return None
+    ptq_params = split_pairs(q.get("ptq_params", ""))
+    try:
+        theirs_params = asdict(algorithm(q["ptq"], ptq_params).params)
+    except ConfigError:
+        return (f"the policy's penalties were measured with PTQ {q['ptq']!r} ({', '.join(ptq_params)}), which "
+                "this version cannot build; its trade-offs may not hold for this deploy's quantizer")
+    ours_params = asdict(algorithm(cfg.weights, dict(cfg.weight_params)).params)
+    theirs = {"ptq": q["ptq"], **theirs_params, "bias_correction": q.get("bias_correction", True),
+              "act_range": q.get("act_range", "minmax")}
+    ours = {"ptq": cfg.weights, **ours_params, "bias_correction": cfg.bias_correction, "act_range": cfg.act_method}
+    if theirs == ours:
+        return None
+    if q["ptq"] == cfg.weights:
+        keys = [k for k in theirs if theirs[k] != ours.get(k)]
+    else:
+        keys = ["ptq"] + [k for k in ("bias_correction", "act_range") if theirs[k] != ours[k]]
+
+    def said(d: dict) -> str:
+        return ", ".join(f"{k}={d[k]}" for k in keys)
+
+    return (f"the policy's penalties were measured by {policy.method} with {said(theirs)}, but this deploy "
+            f"quantizes with {said(ours)}; the search's trade-offs may not hold for this quantizer (deploy with "
+            "the sensitivity's --ptq, --ptq-param, --bias-correction and --act-range, or score it with these)")
+
+
+def absolute_spec(spec: str) -> str:
+    """A model or data spec with its file path made absolute (`net.py:factory`, `d.npz`), so
+    that validate finds it from any folder; names (zoo:..., mnist, package.module:f) unchanged."""
+    from ..data import builtin_names
+
+    if spec.startswith("zoo:") or spec in builtin_names():
+        return spec
+    head, colon, factory = spec.rpartition(":")
+    if colon and head and Path(head).is_file():
+        return f"{Path(head).resolve()}:{factory}"
+    if Path(spec).exists():
+        return str(Path(spec).resolve())
+    return spec
+
+
