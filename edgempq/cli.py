@@ -5,116 +5,31 @@ Loading a model from a .py file or module executes that code, as Python's import
 
 from __future__ import annotations
 
-import sys
-from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import click
 
 from . import show
+from .clikit import (
+    DATA_HELP,
+    MIN_AGREEMENT_DEFAULT,
+    MODEL_HELP,
+    PATH,
+    Group,
+    Source,
+    budget_options,
+    deploy_options,
+    progress_bar,
+    quant_options,
+    source_options,
+    train_options,
+)
 from .errors import EdgeMPQError
 from .files import check_output
-from .stop import Terminated
-
-MODEL_HELP = ("zoo:NAME[?key=value&...], path/to/file.py:factory or package.module:factory "
-              "(a file or module is executed to build the model)")
-MIN_AGREEMENT_DEFAULT = 0.99  # edgempq.validate.MIN_AGREEMENT, without importing numpy for --help
-# Paths are checked by the code that opens them, which says what is wrong in one sentence (click's
-# own check would be a usage error with status 2).
-PATH = click.Path(readable=False)
-DATA_HELP = "a built-in set (mnist, digits), an image folder, a .npz with x and y, or a .toml manifest"
 
 
-PTQ_DEFAULT = "gptq"  # edgempq.quant.DEFAULT_WEIGHTS, without importing torch for --help
-
-
-def _ptq_options(f):
-    """--ptq, --ptq-param, --bias-correction and --act-range: how a policy is quantized."""
-    for opt in reversed([
-        click.option("--ptq", "ptq", default=PTQ_DEFAULT, show_default=True,
-                     help="the weight algorithm: minmax, mse, gptq or adaround"),
-        click.option("--ptq-param", "ptq_params", multiple=True, help="a parameter of the algorithm as key=value "
-                     "(repeatable), e.g. iters=500 or granularity=block for adaround"),
-        click.option("--bias-correction/--no-bias-correction", default=True, show_default=True,
-                     help="correct each layer's bias for the mean shift quantization causes (empirical, per "
-                     "output channel)"),
-        click.option("--act-range", default="minmax", show_default=True,
-                     type=click.Choice(["minmax", "percentile", "mse"]), help="how activation ranges are calibrated"),
-    ]):
-        f = opt(f)
-    return f
-
-
-def _quant_config(ptq: str, ptq_params: tuple[str, ...], bias_correction: bool, act_range: str):
-    """The QuantConfig of the options; a bad algorithm name or parameter is an error listing the valid ones."""
-    from dataclasses import asdict
-
-    from .quant import QuantConfig
-    from .quant.weights import algorithm
-
-    params = asdict(algorithm(ptq, list(ptq_params)).params)
-    return QuantConfig(weights=ptq, weight_params=params, bias_correction=bias_correction, act_method=act_range)
-
-
-def _usage_error(e: click.UsageError) -> None:
-    where, msg = e.ctx.command_path if e.ctx else "edgempq", e.format_message().rstrip(".")
-    click.echo(f"error: {msg}{' ' if msg.endswith('?') else '; '}see `{where} --help`", err=True)
-    sys.exit(1)
-
-
-class _Group(click.Group):
-    """Turns our errors into one line on stderr and exit status 1, never a traceback."""
-
-    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
-        try:  # the group's own options (`edgempq --bogus`)
-            return super().make_context(*args, **kwargs)
-        except click.UsageError as e:
-            _usage_error(e)
-            raise  # pragma: no cover - _usage_error exits
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except EdgeMPQError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(1)
-        except click.UsageError as e:  # a bad option or value: one sentence too, not click's usage block
-            _usage_error(e)
-        except KeyboardInterrupt as e:
-            # every output is written atomically, so an interrupted command leaves none behind;
-            # a profile keeps the measurements it finished in the cache and resumes from them
-            click.echo("interrupted; no file was left half-written (a profile keeps its finished "
-                       "measurements in the cache and resumes from them)", err=True)
-            sys.exit(143 if isinstance(e, Terminated) else 130)
-
-    def main(self, *args: Any, **kwargs: Any) -> Any:
-        import signal
-        import threading
-
-        if threading.current_thread() is not threading.main_thread():
-            return super().main(*args, **kwargs)
-
-        from . import stop
-
-        def terminate(signum: int, frame: Any) -> None:
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the cleanup short
-            stop.request(signum)
-            raise Terminated
-
-        def interrupt(signum: int, frame: Any) -> None:
-            stop.request(signum)  # remembered: a library may swallow the KeyboardInterrupt below
-            raise KeyboardInterrupt
-
-        # SIGTERM unwinds like Ctrl-C, so temporary folders on the device and here are removed
-        previous = signal.signal(signal.SIGTERM, terminate), signal.signal(signal.SIGINT, interrupt)
-        try:
-            return super().main(*args, **kwargs)
-        finally:
-            signal.signal(signal.SIGTERM, previous[0])
-            signal.signal(signal.SIGINT, previous[1])
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="edgempq")
 def main() -> None:
     """edgempq: mixed-precision quantization chosen from what the device really does.
@@ -122,23 +37,6 @@ def main() -> None:
     Pipeline: profile -> sensitivity -> search -> deploy -> validate; `demo` runs all of it on
     the built-in default. Helpers: targets, models, data, layers, train, evaluate.
     """
-
-
-@contextmanager
-def _progress(label: str):
-    """A rich progress bar with ETA driven by (done, total, info) callbacks; a float info is a
-    training loss."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=True) as bar:
-        task = bar.add_task(label, total=None, info="")
-
-        def step(i: int, total: int, info: float | str) -> None:
-            text = f"loss {info:.3f}" if isinstance(info, float) else info
-            bar.update(task, completed=i, total=total, info=text)
-
-        yield step
 
 
 @main.command()
@@ -202,45 +100,34 @@ def layers(model_spec: str, weights: str | None, input_shape: str | None, output
 
 
 @main.command()
-@click.option("--model", "model_spec", required=True, help=MODEL_HELP)
-@click.option("--data", "data_spec", help=DATA_HELP + " (default: the zoo model's)")
-@click.option("--epochs", default=12, show_default=True, type=click.IntRange(1))
-@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
-@click.option("--lr", default=0.1, show_default=True, type=click.FloatRange(min=0, min_open=True))
-@click.option("--seed", default=0, show_default=True)
+@source_options(weights=None)
+@train_options
 @click.option("-o", "--output", required=True, type=PATH, help="where to save the weights (.pt)")
-def train(model_spec: str, data_spec: str | None, epochs: int, batch_size: int, lr: float,
-          seed: int, output: str) -> None:
+def train(source: Source, cfg: Any, output: str) -> None:
     """Train a model on the CPU and save its state_dict."""
     check_output(output)
     import torch
 
     from .files import atomic_write_bytes
-    from .pipeline import state_bytes, train_model
-    from .simulation import load_model_and_data
-    from .train import TrainConfig
+    from .pipeline import train_model
+    from .simulation import load_model_and_data, state_bytes
 
-    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
-    torch.manual_seed(seed)
-    model, ds = load_model_and_data(model_spec, data_spec)
-    with _progress(f"training {model_spec}") as step:
+    torch.manual_seed(cfg.seed)
+    model, ds = load_model_and_data(source.model, source.data)
+    with progress_bar(f"training {source.model}") as step:
         res, test_top1 = train_model(model, ds, cfg, step)
     atomic_write_bytes(output, state_bytes(model.module))
-    click.echo(f"trained {epochs} epochs in {res.seconds:.1f} s: validation top-1 {res.val_top1:.2%}, "
+    click.echo(f"trained {cfg.epochs} epochs in {res.seconds:.1f} s: validation top-1 {res.val_top1:.2%}, "
                f"test top-1 {test_top1:.2%}; wrote {output}")
 
 
 @main.command()
-@click.option("--model", "model_spec", required=True, help=MODEL_HELP)
-@click.option("--weights", type=PATH, help="a state_dict saved with torch.save")
-@click.option("--data", "data_spec", help=DATA_HELP + " (default: the zoo model's)")
+@source_options(weights="a state_dict saved with torch.save")
 @click.option("--policy", "policy_path", type=PATH, help="a policy.json to simulate")
 @click.option("--precision", "precisions", multiple=True, help="a uniform precision to simulate (repeatable)")
-@_ptq_options
-@click.option("--qat-epochs", default=0, show_default=True, type=click.IntRange(0))
-def evaluate(model_spec: str, weights: str | None, data_spec: str | None, policy_path: str | None,
-             precisions: tuple[str, ...], ptq: str, ptq_params: tuple[str, ...], bias_correction: bool,
-             act_range: str, qat_epochs: int) -> None:
+@quant_options
+def evaluate(source: Source, policy_path: str | None, precisions: tuple[str, ...], quant: Any,
+             qat_epochs: int) -> None:
     """Test top-1 of the float model and of simulated (fake-quantized) policies."""
     from dataclasses import replace
 
@@ -248,25 +135,30 @@ def evaluate(model_spec: str, weights: str | None, data_spec: str | None, policy
     from .schema import Policy, Precision
     from .simulation import float_result, load_model_and_data, simulate
 
-    cfg = _quant_config(ptq, ptq_params, bias_correction, act_range)
-    model, ds = load_model_and_data(model_spec, data_spec, weights)
+    model, ds = load_model_and_data(source.model, source.data, source.weights)
     ls = trace(model.module, model.input_shape)
     policies = [(p, Policy.uniform(ls, Precision.parse(p))) for p in precisions]
     if policy_path:
         policies.append((policy_path, Policy.load(policy_path)))
     rows = [float_result(model, ds)]
     for label, pol in policies:
-        if qat_epochs:
-            with _progress(f"QAT {label}") as step:
-                rows.append(replace(simulate(model, ds, pol, cfg, qat_epochs, step)[1], label=label))
-        else:
-            with _progress(f"PTQ {label} ({ptq})") as step:
-                rows.append(replace(simulate(model, ds, pol, cfg, on_step=step)[1], label=label))
-    show.rows(rows, f"{model_spec} on {ds.name} (test split, {len(ds.splits['test'])} samples)")
-    given = ", ".join(ptq_params) or "default parameters"
-    click.echo(f"PTQ {ptq} ({given}), {'with' if bias_correction else 'without'} bias correction, activation "
-               f"ranges {act_range}, on the calibration split ({len(ds.splits['calibration'])} samples)")
+        with progress_bar(f"QAT {label}" if qat_epochs else f"PTQ {label} ({quant.weights})") as step:
+            rows.append(replace(simulate(model, ds, pol, quant, qat_epochs, step)[1], label=label))
+    show.rows(rows, f"{source.model} on {ds.name} (test split, {len(ds.splits['test'])} samples)")
+    given = ", ".join(f"{k}={v}" for k, v in _non_default(quant).items()) or "default parameters"
+    click.echo(f"PTQ {quant.weights} ({given}), {'with' if quant.bias_correction else 'without'} bias correction, "
+               f"activation ranges {quant.act_method}, on the calibration split "
+               f"({len(ds.splits['calibration'])} samples)")
 
+
+def _non_default(quant: Any) -> dict[str, Any]:
+    """The PTQ algorithm's parameters that differ from its defaults."""
+    from dataclasses import asdict
+
+    from .quant.weights import algorithm
+
+    defaults = asdict(algorithm(quant.weights, []).params)
+    return {k: v for k, v in quant.weight_params.items() if defaults.get(k) != v}
 
 
 @main.command()
@@ -286,15 +178,14 @@ def targets() -> None:
 
 @main.command()
 @click.option("--device", "device", required=True, help="a built-in target name or a target .toml file")
-@click.option("--model", "model_spec", required=True, help=MODEL_HELP)
-@click.option("--weights", type=PATH, help="a state_dict: weights do not change latency, but the profile is "
-              "checked against the model deploy and validate load, so give the weights you will deploy")
+@source_options(weights="a state_dict: weights do not change latency, but the profile is checked against the "
+                "model deploy and validate load, so give the weights you will deploy", data=None)
 @click.option("--input-shape", help="CxHxW (or 1,C,H,W) when the model does not declare it")
 @click.option("--no-cache", is_flag=True, help="measure everything again, and do not store it")
 @click.option("--layers-only", is_flag=True, help="skip the end-to-end timings of the whole model")
 @click.option("-o", "--output", default="profile.json", show_default=True, type=PATH)
-def profile(device: str, model_spec: str, weights: str | None, input_shape: str | None, no_cache: bool,
-            layers_only: bool, output: str) -> None:
+def profile(device: str, source: Source, input_shape: str | None, no_cache: bool, layers_only: bool,
+            output: str) -> None:
     """Measure what each layer costs on the device at each precision it can run."""
     check_output(output)
     from .layers import trace
@@ -307,60 +198,56 @@ def profile(device: str, model_spec: str, weights: str | None, input_shape: str 
     shape = parse_shape(input_shape) if input_shape else None
     if shape and len(shape) == 4 and shape[0] == 1:
         shape = shape[1:]
-    m = load_model(model_spec, weights, shape)
+    m = load_model(source.model, source.weights, shape)
     if m.input_shape is None:
-        raise EdgeMPQError(f"model {model_spec} does not declare its input shape; give --input-shape CxHxW")
+        raise EdgeMPQError(f"model {source.model} does not declare its input shape; give --input-shape CxHxW")
     layers = trace(m.module, m.input_shape)
-    with _progress(f"profiling on {target.name}") as step:
+    with progress_bar(f"profiling on {target.name}") as step:
         whole = None if layers_only else WholeModel(m.module, m.input_shape)
         table = run_profile(layers, target, m.model_hash, use_cache=not no_cache, on_step=step, whole=whole)
     table.save(output)
-    show.profile(table, f"{model_spec} on {target.name}")
+    show.profile(table, f"{source.model} on {target.name}")
     click.echo(f"{len(table.rows)} measurements for {sum(la.searchable for la in layers)} layers; wrote {output}")
-
 
 
 @main.command()
 @click.option("--method", required=True, help="the method: ompq, csmpq, hawq, measured, clado, gmpq or limpq")
-@click.option("--model", "model_spec", required=True, help=MODEL_HELP)
-@click.option("--weights", type=PATH, help="a state_dict saved with torch.save (the trained model)")
-@click.option("--data", "data_spec", help=DATA_HELP + " (default: the zoo model's); its calibration split is used")
+@source_options(data=DATA_HELP + " (default: the zoo model's); its calibration split is used")
 @click.option("--precisions", help="comma-separated precisions to score for every layer (default: all deployable)")
 @click.option("--device", help="score the precisions this target runs for each layer's kind")
 @click.option("--param", "params", multiple=True, help="a method parameter as key=value (repeatable)")
 @click.option("-o", "--output", default="sensitivity.json", show_default=True, type=PATH)
-def sensitivity(method: str, model_spec: str, weights: str | None, data_spec: str | None, precisions: str | None,
-                device: str | None, params: tuple[str, ...], output: str) -> None:
+def sensitivity(method: str, source: Source, precisions: str | None, device: str | None, params: tuple[str, ...],
+                output: str) -> None:
     """Score each layer's sensitivity to each precision (lower penalty = safer to quantize)."""
     check_output(output)
     from . import pipeline
     from .sensitivity import get_method, parse_params
 
     parse_params(get_method(method), list(params))  # bad names and values fail before the model loads
-    model, ds = pipeline.load_model_and_data(model_spec, data_spec, weights)
+    model, ds = pipeline.load_model_and_data(source.model, source.data, source.weights)
     layers = pipeline.trace(model.module, model.input_shape)
     chosen = pipeline.layer_precisions(layers, tuple(p for p in (precisions or "").split(",") if p), device)
-    with _progress(f"{method} sensitivity") as step:
+    with progress_bar(f"{method} sensitivity") as step:
         sens = pipeline.sensitivity(model, ds, method, chosen, list(params), step)
     sens.save(output)
-    show.sensitivity(sens, layers, f"{method} on {model_spec} ({ds.name}, calibration split)")
-    quant = ""
-    if "ptq" in sens.params:
-        p = sens.params
-        quant = (f", each layer quantized by PTQ {p['ptq']} ({p.get('ptq_params') or 'default parameters'}, "
-                 f"{'with' if p.get('bias_correction') else 'without'} bias correction, activation ranges "
-                 f"{p.get('act_range')})")
-    click.echo(f"scored {len(sens.penalties)} (layer, precision) pairs{quant}; wrote {output}")
+    show.sensitivity(sens, layers, f"{method} on {source.model} ({ds.name}, calibration split)")
+    click.echo(f"scored {len(sens.penalties)} (layer, precision) pairs{_quantizer_said(sens.params)}; wrote {output}")
 
+
+def _quantizer_said(p: dict[str, Any]) -> str:
+    """How a measuring method quantized each layer, for the summary line ('' for the others)."""
+    if "ptq" not in p:
+        return ""
+    return (f", each layer quantized by PTQ {p['ptq']} ({p.get('ptq_params') or 'default parameters'}, "
+            f"{'with' if p.get('bias_correction') else 'without'} bias correction, activation ranges "
+            f"{p.get('act_range')})")
 
 
 @main.command()
 @click.option("--profile", "profile_path", required=True, type=PATH, help="the profile.json of the model")
 @click.option("--sensitivity", "sens_path", required=True, type=PATH, help="a sensitivity.json")
-@click.option("--latency-ms", type=float, help="end-to-end latency budget on the profiled device")
-@click.option("--size-kb", type=float, help="weight storage budget (as the artifact stores it)")
-@click.option("--bops", type=float, help="bit-operations budget (MACs x weight bits x activation bits)")
-@click.option("--ram-kb", type=float, help="per-layer working-set budget (microcontrollers)")
+@budget_options
 @click.option("--group", "groups", multiple=True, help="comma-separated layers that share one precision (repeatable)")
 @click.option("--group-shared-inputs", is_flag=True, help="layers that read the same activation share one precision")
 @click.option("--sweep", "sweep_spec", help="solve N budgets: latency_ms=LO:HI:N (or size_kb, bops, ram_kb)")
@@ -368,51 +255,50 @@ def sensitivity(method: str, model_spec: str, weights: str | None, data_spec: st
               help="seconds for the solver; past it the best policy found is kept with its gap")
 @click.option("-o", "--output", default="policy.json", show_default=True, type=PATH,
               help="the policy (with --sweep: the front as JSON, and a PNG beside it)")
-def search(profile_path: str, sens_path: str, latency_ms: float | None, size_kb: float | None, bops: float | None,
-           ram_kb: float | None, groups: tuple[str, ...], group_shared_inputs: bool, sweep_spec: str | None,
-           time_limit: float, output: str) -> None:
+def search(profile_path: str, sens_path: str, budget: Any, sweep_spec: str | None, output: str,
+           **grouping: Any) -> None:
     """Pick one precision per layer: the least sensitivity penalty under the budgets."""
     check_output(output)
-    from .schema import Budget, CostTable, Sensitivity
-    from .solve import solve
+    from .schema import CostTable, Sensitivity
+    from .solve import SolveOptions, shared_input_groups, solve
 
     table, sens = CostTable.load(profile_path), Sensitivity.load(sens_path)
-    budget = Budget(latency_ms=latency_ms, size_kb=size_kb, bops=bops, ram_kb=ram_kb)
-    group_list = tuple(tuple(n.strip() for n in g.split(",") if n.strip()) for g in groups)
-    if group_shared_inputs:
-        from .solve import shared_input_groups
-
-        group_list += shared_input_groups(table)
-    layers = list(table.layers)
+    groups = tuple(tuple(n.strip() for n in g.split(",") if n.strip()) for g in grouping["groups"])
+    if grouping["group_shared_inputs"]:
+        groups += shared_input_groups(table)
+    options = SolveOptions(groups, grouping["time_limit"])
     if sweep_spec:
-        _search_sweep(layers, sens, table, budget, group_list, sweep_spec, time_limit, output)
+        from .sweep import Sweep
+
+        _search_sweep(table, sens, (sweep_spec, Sweep.parse(sweep_spec, budget)), options, output)
         return
     if not budget.items():
         raise EdgeMPQError("give at least one budget: --latency-ms, --size-kb, --bops or --ram-kb (or --sweep)")
-    policy = solve(layers, sens, table, budget, table.target, group_list, time_limit)
+    policy = solve(list(table.layers), sens, table, budget, table.target, options)
     policy.save(output)
-    show.policy(policy, layers, table)
+    show.policy(policy, list(table.layers), table)
     click.echo(f"wrote {output}")
 
 
-def _search_sweep(layers, sens, table, budget, groups, spec, time_limit, output) -> None:
-    from pathlib import Path
-
+def _search_sweep(table: Any, sens: Any, swept: tuple[str, Any], options: Any, output: str) -> None:
+    """search --sweep: the front of `swept` (the spec as given, its `Sweep`) solved, written as
+    JSON and a PNG, one line a budget."""
     from .files import write_json
     from .plots import pareto_front
-    from .solve import parse_sweep, sweep
+    from .sweep import sweep
 
-    key = parse_sweep(spec)[0]
-    with _progress(f"sweeping {key}") as step:
+    spec, budgets = swept
+    key = budgets.key
+    with progress_bar(f"sweeping {key}") as step:
         step(0, 1, spec)
-        points = sweep(layers, sens, table, budget, table.target, spec, groups, time_limit)
+        points = sweep(list(table.layers), sens, table, budgets, table.target, options)
     if not any(p["feasible"] for p in points):
         from .errors import InfeasibleError
 
         raise InfeasibleError(f"none of the budgets of the sweep {spec} can be met; at the loosest, "
                               f"{points[-1]['reason']}")
     write_json(Path(output), {"sweep": key, "method": sens.method, "target": table.target.name,
-                              "held": budget.to_dict(), "points": points})
+                              "held": budgets.held.to_dict(), "points": points})
     png = pareto_front(points, key, f"{sens.method} on {table.target.name}", Path(output).with_suffix(".png"))
     for p in points:
         pred = p.get("predicted", {})
@@ -422,80 +308,66 @@ def _search_sweep(layers, sens, table, budget, groups, spec, time_limit, output)
     click.echo(f"wrote {output} and {png}")
 
 
-
 @main.command()
-@click.option("--model", "model_spec", required=True, help=MODEL_HELP)
-@click.option("--weights", type=PATH, help="a state_dict saved with torch.save (the trained model)")
+@source_options(data=DATA_HELP + " (default: the zoo model's); calibrates the quantization")
 @click.option("--policy", "policy_path", required=True, type=PATH, help="a policy.json (search's, or by hand)")
-@click.option("--data", "data_spec", help=DATA_HELP + " (default: the zoo model's); calibrates the quantization")
 @click.option("--device", required=True, help="the target: a built-in name or a target .toml file")
-@_ptq_options
-@click.option("--qat-epochs", default=0, show_default=True, type=click.IntRange(0))
-@click.option("--profile", "profile_path", type=PATH, help="the model's profile.json on this target: "
-              "records the predicted latency per layer for validate and the report")
-@click.option("--sweep", "sweep_path", type=PATH, help="search --sweep's JSON: the report shows the front")
+@deploy_options
 @click.option("-o", "--output", default="build", show_default=True, type=PATH)
-def deploy(model_spec: str, weights: str | None, policy_path: str, data_spec: str | None, device: str,
-           ptq: str, ptq_params: tuple[str, ...], bias_correction: bool, act_range: str,
-           qat_epochs: int, profile_path: str | None, sweep_path: str | None, output: str) -> None:
+def deploy(source: Source, policy_path: str, device: str, cfg: Any, output: str) -> None:
     """Build the mixed-precision .tflite (and C array for TFLite Micro) the policy describes,
     with deploy.json and a report (report.md, report.html) beside it. The artifact's integer
     weights, scales and biases are the simulation's, checked bit for bit."""
     check_output(output, folder=True)
+    from dataclasses import replace
+
     from . import pipeline
-    from .files import read_json
-    from .schema import CostTable, Policy
+    from .schema import Policy
     from .targets import load_target
 
     policy = Policy.load(policy_path)
-    cfg = _quant_config(ptq, ptq_params, bias_correction, act_range)  # a bad name or key fails first
     load_target(device)  # a bad target fails before the model loads
-    table = CostTable.load(profile_path) if profile_path else None
-    sweep = read_json(sweep_path, "sweep") if sweep_path else None
-    if sweep is not None:
-        from .report import check_sweep
-
-        check_sweep(sweep, sweep_path)
-    model, ds = pipeline.load_model_and_data(model_spec, data_spec, weights)
-    with _progress("quantizing and converting") as step:
+    model, ds = pipeline.load_model_and_data(source.model, source.data, source.weights)
+    with progress_bar("quantizing and converting") as step:
         step(0, 1, "")
-        report = pipeline.deploy(model, ds, policy, device, output, qat_epochs, cfg, on_step=step, profile=table,
-                                 sweep=sweep, weights=weights, data_spec=data_spec)
+        report = pipeline.deploy(model, ds, policy, device, output, replace(cfg, on_step=step))
     show.deployed(report, output)
 
 
 @main.command()
 @click.argument("artifact", type=PATH)
 @click.option("--device", required=True, help="the target to run it on: a built-in name or a target .toml file")
-@click.option("--data", "data_spec", help=DATA_HELP + " (default: the deployed one); its test split is used")
-@click.option("--model", "model_spec", help="the float model (default: the one it was deployed from)")
+@click.option("--data", help=DATA_HELP + " (default: the deployed one); its test split is used")
+@click.option("--model", help="the float model (default: the one it was deployed from)")
 @click.option("--weights", type=PATH, help="the float model's weights (default: those it was deployed with)")
-@click.option("--policy", "policy_path", type=PATH, help="the policy to simulate (default: the deployed one)")
-@click.option("--profile", "profile_path", type=PATH, help="the profile.json that predicts its latency")
+@click.option("--policy", type=PATH, help="the policy to simulate (default: the deployed one)")
+@click.option("--profile", type=PATH, help="the profile.json that predicts its latency")
 @click.option("--samples", type=click.IntRange(1), help="only the first N test samples")
 @click.option("--runs", type=click.IntRange(1), help="timed runs (default: the target's)")
 @click.option("--min-agreement", default=MIN_AGREEMENT_DEFAULT, show_default=True, type=click.FloatRange(0, 1),
               help="below this top-1 agreement with the simulation, find the layer where they part")
 @click.option("--layers/--no-layers", "find_divergence", default=None,
               help="always (or never) compare the layers' outputs with the simulation")
-@click.option("-o", "--output", type=PATH,
+@click.option("-o", "--output", "out_dir", type=PATH,
               help="where validation.json and the report go (default: beside the artifact)")
-def validate(artifact: str, device: str, data_spec: str | None, model_spec: str | None, weights: str | None,
-             policy_path: str | None, profile_path: str | None, samples: int | None, runs: int | None,
-             min_agreement: float, find_divergence: bool | None, output: str | None) -> None:
+def validate(artifact: str, device: str, **options: Any) -> None:
     """Run a deployed artifact (a deploy folder or a .tflite) on the device over the test split:
     accuracy against the float model and the simulation, latency against the prediction, size;
-    writes validation.json and the report beside it."""
-    if output:
-        check_output(output, folder=True)
-    from .targets import load_target
-    from .validate import validate as run_validate
+    writes validation.json and the report beside it.\f The options are `pipeline.ValidateOptions`."""
+    if options["out_dir"]:
+        check_output(options["out_dir"], folder=True)
+    from dataclasses import replace
 
+    from .pipeline import ValidateOptions
+    from .pipeline import validate as run_validate
+    from .targets import load_target
+
+    opts = ValidateOptions(**options)
     load_target(device)  # a bad target fails before anything loads
-    with _progress(f"validating on {device}") as step:
-        result = run_validate(artifact, device, data_spec, model_spec, weights, policy_path, profile_path, samples,
-                              runs, min_agreement, find_divergence, step, output)
-    show.validation(result)
+    with progress_bar(f"validating on {device}") as step:
+        result = run_validate(artifact, device, replace(opts, on_step=step))
+    folder = Path(opts.out_dir) if opts.out_dir else Path(result.artifact).parent
+    show.validation(result, str(folder / "report.html"))
 
 
 @main.command()
@@ -507,8 +379,8 @@ def demo(retrain: bool, output: str) -> None:
     profiled on this machine, CSMPQ sensitivity, searched under a budget derived from the
     profile, deployed, validated, reported."""
     check_output(output, folder=True)
-    from . import pipeline
+    from .demo import demo as run_demo
 
-    with _progress("demo") as step:
-        summary = pipeline.demo(output, retrain, step)
+    with progress_bar("demo") as step:
+        summary = run_demo(output, retrain, step)
     show.demo(summary)

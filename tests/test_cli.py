@@ -162,7 +162,7 @@ def test_profile_of_a_template_target_is_a_clear_error():
 
 
 def test_the_clis_ptq_default_is_the_librarys():
-    from edgempq.cli import PTQ_DEFAULT
+    from edgempq.clikit import PTQ_DEFAULT
     from edgempq.quant import DEFAULT_WEIGHTS, QuantConfig
 
     assert PTQ_DEFAULT == DEFAULT_WEIGHTS == QuantConfig().weights
