@@ -44,3 +44,11 @@ def policy_bops(layers: list[Layer], policy: Policy) -> int:
 def policy_weight_bytes(layers: list[Layer], policy: Policy) -> int:
     """Total weight bytes of the searched and fixed layers under `policy`."""
     return sum(weight_bytes(la, p) for la, p in _choices(layers, policy))
+
+
+def working_set_bytes(layer: Layer, p: Precision) -> int:
+    """RAM a layer needs while it runs: its input and output activations at the layer's
+    activation width, plus the int8 buffer TFLite Micro unpacks int4 weights into."""
+    act = 4 if p.is_float else (1 if p.act_bits <= 8 else 2)
+    scratch = layer.weight_count if not p.is_float and p.weight_bits == 4 else 0
+    return (math.prod(layer.in_shape) + math.prod(layer.out_shape)) * act + scratch

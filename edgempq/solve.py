@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from .costs import bops, weight_bytes
+from .costs import bops, weight_bytes, working_set_bytes
 from .errors import ConfigError, InfeasibleError
 from .schema import Budget, CostTable, Layer, Policy, Precision, Sensitivity, Target
 
@@ -141,6 +142,20 @@ def _metric(problem: Problem, layer: str, precision: str, attr: str) -> float:
     return next(getattr(c, attr) for c in problem.choices[layer] if c.precision == precision)
 
 
+def optimize(m: Any, seconds: float) -> Any:
+    """`m.optimize` within `seconds`, leaving the process's thread count as it was: CBC sets
+    OpenMP's to 1, which would make every later torch op in the process (the demo's deploy and
+    validate) run on one thread and round differently than in a fresh process. torch is not
+    imported here; only a torch already loaded is restored."""
+    torch = sys.modules.get("torch")
+    threads = torch.get_num_threads() if torch is not None else None
+    try:
+        return m.optimize(max_seconds=seconds)
+    finally:
+        if torch is not None and torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+
+
 def solve_problem(problem: Problem, budget: Budget, time_limit_s: float = 30.0) -> Solution:
     """The optimum (or the best found in the time limit, with its gap) of `problem`."""
     import mip
@@ -161,7 +176,7 @@ def solve_problem(problem: Problem, budget: Budget, time_limit_s: float = 30.0) 
                           for la, options in problem.choices.items() for c in options) \
                 <= limit - problem.constant.get(attr, 0.0) / unit_scale
     m.max_mip_gap, m.max_mip_gap_abs = 1e-9, 1e-12
-    status = m.optimize(max_seconds=time_limit_s)
+    status = optimize(m, time_limit_s)
     if status not in (mip.OptimizationStatus.OPTIMAL, mip.OptimizationStatus.FEASIBLE):
         if status == mip.OptimizationStatus.INFEASIBLE:
             raise InfeasibleError(f"the budgets {_fmt(budget)} cannot all be met together (each alone can); "
@@ -249,7 +264,7 @@ def _min_latency(problem: Problem, budget: Budget) -> float | None:
 
     m, x, y = _base_model(problem, Budget(ram_kb=budget.ram_kb))
     m.objective = _latency_expr(problem, x, y)
-    if m.optimize(max_seconds=30) != mip.OptimizationStatus.OPTIMAL:
+    if optimize(m, 30) != mip.OptimizationStatus.OPTIMAL:
         return None
     return float(m.objective_value) + problem.constant.get("latency_ms", 0.0)
 
@@ -274,7 +289,7 @@ def _prefer_cheaper(m: mip.Model, problem: Problem, x: dict, y: dict, scale: flo
     if attr == "latency_ms":
         terms += [t * (1.0 / top) for t in _pair_sum(problem.latency_pairs, y)]
     m.objective = mip.xsum(terms)
-    if m.optimize(max_seconds=seconds_left) not in (mip.OptimizationStatus.OPTIMAL, mip.OptimizationStatus.FEASIBLE):
+    if optimize(m, seconds_left) not in (mip.OptimizationStatus.OPTIMAL, mip.OptimizationStatus.FEASIBLE):
         return None
     return _pick(problem, x)
 
@@ -286,14 +301,6 @@ def _pick(problem: Problem, x: dict) -> dict[str, str]:
 
 def _fmt(budget: Budget) -> str:
     return ", ".join(f"{k}={v:g}" for k, v in budget.items())
-
-
-def working_set_bytes(layer: Layer, p: Precision) -> int:
-    """RAM a layer needs while it runs: its input and output activations at the layer's
-    activation width, plus the int8 buffer TFLite Micro unpacks int4 weights into."""
-    act = 4 if p.is_float else (1 if p.act_bits <= 8 else 2)
-    scratch = layer.weight_count if not p.is_float and p.weight_bits == 4 else 0
-    return (math.prod(layer.in_shape) + math.prod(layer.out_shape)) * act + scratch
 
 
 def _check_same_layers(layers: list[Layer], sensitivity: Sensitivity) -> None:

@@ -285,3 +285,17 @@ def test_the_solver_imports_no_torch():
     code = "import sys, edgempq.solve; print('torch' in sys.modules)"
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert p.stdout.strip() == "False"
+
+
+def test_solving_leaves_torchs_thread_count_as_it_was():
+    """CBC sets OpenMP's thread count to 1; in a process that has torch loaded (the demo), every
+    later torch op would then run on one thread and round differently than in a fresh process."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        solve_problem(two_way(PEN), Budget(latency_ms=7.0))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
