@@ -280,7 +280,11 @@ def test_the_device_runner_refuses_endless_runs_and_deadlines(tmp_path):
     ok = subprocess.run([sys.executable, runner, "time", str(model), "--runs", "3", "--deadline", "60"],
                         capture_output=True, text=True)
     assert ok.returncode == 0 and json.loads(ok.stdout)["runs"] == 3, ok.stdout
-    # endless work, a 0.3 s deadline: the kernel ends it (SIGALRM), not the runs
-    late = subprocess.run([sys.executable, runner, "time", str(model), "--runs", "100000", "--warmup", "100000",
+    # endless work (a 1024x1024 layer: 2 x 100000 runs take minutes on any CPU), a 0.3 s deadline:
+    # the kernel ends it (SIGALRM), not the runs
+    big = tmp_path / "big.tflite"
+    big.write_bytes(float_layer_model(Layer("fc", "linear", (1024,), (1024,), 1024, 1024, (), (), (), (), 1, True,
+                                            1024 * 1024 + 1024, 1024 * 1024, "linear in1024 out1024 b1")))
+    late = subprocess.run([sys.executable, runner, "time", str(big), "--runs", "100000", "--warmup", "100000",
                            "--max-seconds", "1000", "--deadline", "0.3"], capture_output=True, text=True, timeout=1800)
     assert late.returncode == -signal.SIGALRM
