@@ -193,7 +193,8 @@ def quant_options(f: Callable) -> Callable:
 
 def deploy_options(f: Callable) -> Callable:
     """The quantization options with --profile and --sweep, folded into `cfg: DeployConfig` (the
-    files read and checked before the model loads)."""
+    files read and checked before the model loads). Goes under `source_options`, whose weights
+    and data the config records."""
     options = [*_PTQ_OPTIONS,
                click.option("--profile", "profile_path", type=PATH, help="the model's profile.json on this target: "
                             "records the predicted latency per layer for validate and the report"),

@@ -1,5 +1,7 @@
-"""The stages chained: train (or reuse cached) weights, simulate policies, the demo. Used by
-the CLI and by notebooks; every function returns values, nothing prints."""
+"""The commands as the CLI and notebooks call them: train (or reuse cached) weights, score
+sensitivity, and deploy and validate a folder — each finds what its stage needs (defaults from
+deploy.json, the model, the saved simulation), runs the stage and writes the files. Every
+function returns a value; nothing prints."""
 
 from __future__ import annotations
 

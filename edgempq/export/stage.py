@@ -71,7 +71,8 @@ def deploy(model: LoadedModel, data: Dataset, policy: Policy, target: Target, cf
     if target.backend == "tflm":
         art.files = dict(zip(("model_data.h", "model_data.cc"), c_array(art.tflite), strict=True))
         microcontroller_checks(art, target)
-    result = _result(model, data, policy, target, cfg, art=art, ptq=ptq.to_dict(), io=io, latency=latency,
+    result = _result(model, data, policy, target, cfg, art=art, layers=layers, ptq=ptq.to_dict(), io=io,
+                     latency=latency,
                      sim_top1=_simulated_top1(qmodel, art, data, io["output"]))
     return Deployment(result, art, policy, _state_bytes(qmodel))
 
@@ -88,12 +89,11 @@ def _simulated_top1(qmodel: Any, art: Artifact, data: Dataset, output: dict[str,
 
 def _result(model: LoadedModel, data: Dataset, policy: Policy, target: Target, cfg: DeployConfig,
             **built: Any) -> DeployResult:
-    """deploy.json's value from what was built (`art`, `ptq`, `io`, `latency`, `sim_top1`)."""
-    from ..layers import F32, policy_weight_bytes, trace, weight_bytes
+    """deploy.json's value from what was built (`art`, `layers`, `ptq`, `io`, `latency`, `sim_top1`)."""
+    from ..layers import F32, policy_weight_bytes, weight_bytes
     from ..quant import QuantConfig
 
-    art, quant = built["art"], cfg.quant or QuantConfig()
-    layers = trace(model.module, model.input_shape)
+    art, layers, quant = built["art"], built["layers"], cfg.quant or QuantConfig()
     fixed = sum(weight_bytes(la, F32) for la in layers if not la.searchable)
     return DeployResult(
         model=absolute_spec(model.spec), weights=str(Path(cfg.weights).resolve()) if cfg.weights else None,
