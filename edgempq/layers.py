@@ -4,6 +4,8 @@ proxies computed from them, BOPs and weight bytes, are in the torch-free edgempq
 from __future__ import annotations
 
 import math
+from dataclasses import replace
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -92,7 +94,17 @@ def trace(model: nn.Module, example: Tensor | tuple[int, ...]) -> list[Layer]:
         elif isinstance(inp[0], Tensor) and isinstance(out, Tensor):
             seen[n] = [mod, inp[0].detach(), out.detach(), 1]
 
+    def attention_hook(mod: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
+        n = names[mod]
+        if n in seen:
+            seen[n][3] += 1
+            return
+        given = dict(zip(("query", "key", "value"), args, strict=False)) | kwargs
+        seen[n] = [mod, given["query"].detach(), (given["key"].detach(), given["value"].detach()), 1]
+
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, kinds)]
+    handles += [m.register_forward_hook(attention_hook, with_kwargs=True) for m in model.modules()
+                if isinstance(m, nn.MultiheadAttention)]
     was_training = model.training
     model.eval()
     try:
@@ -107,10 +119,74 @@ def trace(model: nn.Module, example: Tensor | tuple[int, ...]) -> list[Layer]:
         for h in handles:
             h.remove()
         model.train(was_training)
-    layers = [_layer(n, m, i, o, c) for n, (m, i, o, c) in seen.items()]
+    layers = []
+    for n, (m, i, o, c) in seen.items():
+        layers += attention_layers(n, m, i, o, c) if isinstance(m, nn.MultiheadAttention) else [_layer(n, m, i, o, c)]
+    layers += _never_ran(model, seen)
     if not any(la.searchable for la in layers):
         raise ModelError("the model has no Conv2d or Linear layer that can be quantized; nothing to search")
     return layers
+
+
+ATTENTION_REASON = ("a projection inside nn.MultiheadAttention, whose fused kernel reads the weights directly: not "
+                    "searchable; kept float, counted in size and MACs")
+
+
+def attention_layers(name: str, m: nn.MultiheadAttention, query: Tensor, kv: tuple[Tensor, Tensor],
+                     calls: int) -> list[Layer]:
+    """The projections of a MultiheadAttention as fixed linear layers, with their real shapes and
+    MACs on this input: the packed q/k/v projection (or q, k and v apart when key and value have
+    their own widths) and the output projection."""
+    def tokens(t: Tensor) -> int:  # one sample's sequence length
+        return t.shape[0] if t.dim() == 2 else t.shape[1] if m.batch_first else t.shape[0]
+
+    e, lq, lk, lv = m.embed_dim, tokens(query), tokens(kv[0]), tokens(kv[1])
+    bias = m.in_proj_bias is not None
+    rows = []
+    if m.in_proj_weight is not None:  # q, k and v packed in one (3E, E) weight
+        macs = (lq + lk + lv) * e * e
+        rows.append(_fixed_linear(f"{name}.in_proj", ((lq, e), (lq, 3 * e)), bias, macs))
+    else:
+        for part, width, length in (("q", e, lq), ("k", m.kdim, lk), ("v", m.vdim, lv)):
+            rows.append(_fixed_linear(f"{name}.{part}_proj", ((length, width), (length, e)), bias, length * width * e))
+    out = m.out_proj
+    rows.append(_fixed_linear(f"{name}.out_proj", ((lq, e), (lq, e)), out.bias is not None, lq * e * e))
+    if calls > 1:
+        rows = [replace(r, macs=r.macs * calls) for r in rows]
+    return rows
+
+
+def _fixed_linear(name: str, shapes: tuple[tuple[int, ...], tuple[int, ...]], bias: bool, macs: int,
+                  reason: str = ATTENTION_REASON) -> Layer:
+    """A linear layer kept float, described from its (input, output) shapes alone (features last)."""
+    in_shape, out_shape = shapes
+    cin, cout = in_shape[-1], out_shape[-1]
+    sig = f"linear in{'x'.join(map(str, in_shape))} out{'x'.join(map(str, out_shape))} b{int(bias)}"
+    return Layer(name, "linear", in_shape, out_shape, cin, cout, (1,), (1,), (0,), (1,), 1, bias,
+                 cin * cout + (cout if bias else 0), macs, sig, reason)
+
+
+def _never_ran(model: nn.Module, seen: dict[str, list]) -> list[Layer]:
+    """Conv/Linear modules whose own forward never ran (their weights used by a parent's code, or
+    unused on this input), listed as fixed so that none goes missing; MultiheadAttention's own
+    projections are described by `attention_layers`."""
+    inside_attention = {f"{n}.{c}" for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)
+                        for c, _ in m.named_modules() if c}
+    out = []
+    for n, m in model.named_modules():
+        if n in seen or n in inside_attention or not isinstance(m, (nn.Linear, nn.Conv2d, *_FIXED_TYPES)):
+            continue
+        reason = ("its forward never ran on this input (unused, or its weights are read by its parent's code); "
+                  "kept float")
+        if isinstance(m, nn.Linear):
+            out.append(_fixed_linear(n, ((m.in_features,), (m.out_features,)), m.bias is not None, 0, reason))
+        else:
+            kernel = tuple(m.kernel_size)
+            params = sum(p.numel() for p in (m.weight, m.bias) if p is not None)
+            out.append(Layer(n, type(m).__name__.lower(), (m.in_channels,), (m.out_channels,), m.in_channels,
+                             m.out_channels, kernel, _pair(m.stride), _pair(m.padding), _pair(m.dilation), m.groups,
+                             m.bias is not None, params, 0, f"{type(m).__name__.lower()} unrun k{kernel}", reason))
+    return out
 
 
 def layer_edges(model: nn.Module, layers: list[Layer]) -> list[tuple[str, str, int]]:

@@ -122,3 +122,51 @@ def test_trace_and_apply_agree_on_custom_subclasses():
         apply(m, Policy({"0": Precision.parse("w8a8")}))
     q = apply(m, Policy.uniform([conv, fc], "f16"))
     assert list(q(torch.zeros(1, 2, 4, 4)).shape) == [1, 3]
+
+
+class _Attention(nn.Module):
+    """A patch embedding, self-attention over the patches, a classifier."""
+
+    def __init__(self, batch_first: bool = True, kdim: int | None = None):
+        super().__init__()
+        self.patch = nn.Conv2d(1, 16, 4, 4)
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=batch_first, kdim=kdim, vdim=kdim)
+        self.kv = nn.Linear(16, kdim) if kdim else None
+        self.fc = nn.Linear(16, 3)
+        self.unused = nn.Linear(16, 16)
+
+    def forward(self, x):
+        t = self.patch(x).flatten(2).transpose(1, 2)  # (N, 4, 16)
+        kv = self.kv(t) if self.kv is not None else t
+        if not self.attn.batch_first:
+            t, kv = t.transpose(0, 1), kv.transpose(0, 1)
+        a = self.attn(t, kv, kv, need_weights=False)[0]
+        a = a if self.attn.batch_first else a.transpose(0, 1)
+        return self.fc(a.mean(1))
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_attention_projections_and_unrun_layers_are_listed_never_missing(batch_first):
+    """nn.MultiheadAttention reads its projection weights in a fused kernel, so their forwards
+    never run; they are listed as fixed linear layers with their MACs, as is a layer that never
+    ran at all."""
+    from edgempq.layers import ATTENTION_REASON
+
+    layers = {la.name: la for la in trace(_Attention(batch_first), (1, 8, 8))}
+    assert list(layers) == ["patch", "attn.in_proj", "attn.out_proj", "fc", "unused"]
+    inp, out = layers["attn.in_proj"], layers["attn.out_proj"]
+    assert (inp.in_shape, inp.out_shape, inp.macs, inp.params) == ((4, 16), (4, 48), 3 * 4 * 16 * 16, 3 * 16 * 17)
+    assert (out.in_shape, out.out_shape, out.macs, out.params) == ((4, 16), (4, 16), 4 * 16 * 16, 16 * 17)
+    assert inp.fixed_reason == out.fixed_reason == ATTENTION_REASON and not inp.searchable
+    assert layers["unused"].macs == 0 and "never ran" in layers["unused"].fixed_reason
+    assert [n for n, la in layers.items() if la.searchable] == ["patch", "fc"]
+    # every parameter of the model is in some layer's count, so size budgets see all of it
+    model = _Attention(batch_first)
+    assert sum(la.params for la in layers.values()) == sum(p.numel() for p in model.parameters())
+
+
+def test_attention_with_its_own_key_and_value_widths_lists_three_projections():
+    layers = {la.name: la for la in trace(_Attention(kdim=8), (1, 8, 8))}
+    assert [n for n in layers if n.startswith("attn.")] == ["attn.q_proj", "attn.k_proj", "attn.v_proj",
+                                                            "attn.out_proj"]
+    assert layers["attn.k_proj"].in_shape == (4, 8) and layers["attn.k_proj"].macs == 4 * 8 * 16
