@@ -14,7 +14,6 @@ from . import show
 from .clikit import (
     DATA_HELP,
     MIN_AGREEMENT_DEFAULT,
-    MODEL_HELP,
     PATH,
     Group,
     Source,
@@ -69,34 +68,45 @@ def data(data_spec: str, input_shape: str | None) -> None:
 
 
 @main.command()
-@click.option("--model", "model_spec", required=True, help=MODEL_HELP)
-@click.option("--weights", type=PATH, help="a state_dict saved with torch.save")
+@source_options(weights="a state_dict saved with torch.save", data=None)
 @click.option("--input-shape", help="CxHxW of one sample when the model does not declare it")
+@click.option("--check", is_flag=True, help="the preflight: convert the float model to TFLite once and show which "
+              "op carries each layer's precision (or why it stays float); a model that cannot deploy fails here")
 @click.option("-o", "--output", type=PATH, help="write the layers as JSON")
-def layers(model_spec: str, weights: str | None, input_shape: str | None, output: str | None) -> None:
+def layers(source: Source, input_shape: str | None, check: bool, output: str | None) -> None:
     """Trace the model and list its layers (names, shapes, MACs, kind)."""
     if output:
         check_output(output)
-    from rich.table import Table
-
     from .files import write_json
     from .layers import trace
-    from .models import load_model, parse_shape
 
-    m = load_model(model_spec, weights, parse_shape(input_shape) if input_shape else None)
-    if m.input_shape is None:
-        raise EdgeMPQError(f"model {model_spec} does not declare its input shape; give --input-shape CxHxW")
+    m = _model_with_shape(source, input_shape)
     ls = trace(m.module, m.input_shape)
-    t = Table("layer", "kind", "in", "out", "params", "MACs", "note")
-    for la in ls:
-        t.add_row(la.name, la.kind, "x".join(map(str, la.in_shape)), "x".join(map(str, la.out_shape)),
-                  f"{la.params:,}", f"{la.macs:,}", la.fixed_reason or "")
-    show.console().print(t)
-    click.echo(f"{sum(la.searchable for la in ls)} searchable layers, {sum(la.macs for la in ls):,} MACs")
+    fates = None
+    if check:
+        from .preflight import preflight
+
+        with progress_bar("preflight: converting the float model") as step:
+            step(0, 1, "")
+            fates = preflight(m.module, m.input_shape, ls)
+    show.layers(ls, fates)
     if output:
-        write_json(output, {"schema_version": 1, "model": model_spec, "model_hash": m.model_hash,
+        write_json(output, {"schema_version": 1, "model": source.model, "model_hash": m.model_hash,
                             "layers": [la.to_dict() for la in ls]})
         click.echo(f"wrote {output}")
+
+
+def _model_with_shape(source: Source, input_shape: str | None) -> Any:
+    """The model of `source` with its input shape (`--input-shape` CxHxW, or 1xCxHxW) known."""
+    from .models import load_model, parse_shape
+
+    shape = parse_shape(input_shape) if input_shape else None
+    if shape and len(shape) == 4 and shape[0] == 1:
+        shape = shape[1:]
+    m = load_model(source.model, source.weights, shape)
+    if m.input_shape is None:
+        raise EdgeMPQError(f"model {source.model} does not declare its input shape; give --input-shape CxHxW")
+    return m
 
 
 @main.command()
@@ -183,25 +193,29 @@ def targets() -> None:
 @click.option("--input-shape", help="CxHxW (or 1,C,H,W) when the model does not declare it")
 @click.option("--no-cache", is_flag=True, help="measure everything again, and do not store it")
 @click.option("--layers-only", is_flag=True, help="skip the end-to-end timings of the whole model")
+@click.option("--no-check", is_flag=True, help="skip the preflight (the float conversion that refuses, before any "
+              "measurement, a model that cannot deploy)")
 @click.option("-o", "--output", default="profile.json", show_default=True, type=PATH)
-def profile(device: str, source: Source, input_shape: str | None, no_cache: bool, layers_only: bool,
-            output: str) -> None:
+def profile(device: str, source: Source, input_shape: str | None, output: str, **flags: bool) -> None:
     """Measure what each layer costs on the device at each precision it can run."""
     check_output(output)
     from .layers import trace
-    from .models import load_model, parse_shape
     from .profile import WholeModel
     from .profile import profile as run_profile
     from .targets import load_target
 
     target = load_target(device)
-    shape = parse_shape(input_shape) if input_shape else None
-    if shape and len(shape) == 4 and shape[0] == 1:
-        shape = shape[1:]
-    m = load_model(source.model, source.weights, shape)
-    if m.input_shape is None:
-        raise EdgeMPQError(f"model {source.model} does not declare its input shape; give --input-shape CxHxW")
+    m = _model_with_shape(source, input_shape)
     layers = trace(m.module, m.input_shape)
+    if not flags["no_check"]:
+        from .preflight import preflight
+
+        with progress_bar("preflight: converting the float model") as step:
+            step(0, 1, "")
+            checked = preflight(m.module, m.input_shape, layers)
+        click.echo(f"preflight: {checked.searchable} searchable layers each mapped to its TFLite op "
+                   f"({checked.seconds:.1f} s)")
+    no_cache, layers_only = flags["no_cache"], flags["layers_only"]
     with progress_bar(f"profiling on {target.name}") as step:
         whole = None if layers_only else WholeModel(m.module, m.input_shape)
         table = run_profile(layers, target, m.model_hash, use_cache=not no_cache, on_step=step, whole=whole)

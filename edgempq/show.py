@@ -30,6 +30,25 @@ def rows(rows: list, title: str) -> None:
     console().print(t)
 
 
+def layers(ls: list, checked: Any | None = None) -> None:
+    """The traced layers (shapes, params, MACs, why a layer stays float) and, after the preflight,
+    the TFLite op that carries each searchable layer's precision."""
+    from rich.table import Table
+
+    ops = {f.layer: f"{f.op} #{f.op_index}" for f in checked.fates if f.op} if checked else {}
+    t = Table("layer", "kind", "in", "out", "params", "MACs", *(["TFLite op"] if checked else []), "note")
+    for la in ls:
+        t.add_row(la.name, la.kind, "x".join(map(str, la.in_shape)), "x".join(map(str, la.out_shape)),
+                  f"{la.params:,}", f"{la.macs:,}", *([ops.get(la.name, "float")] if checked else []),
+                  la.fixed_reason or "")
+    console().print(t)
+    click.echo(f"{sum(la.searchable for la in ls)} searchable layers, {sum(la.macs for la in ls):,} MACs")
+    if checked:
+        click.echo(f"preflight passed in {checked.seconds:.1f} s: the float model converts "
+                   f"({checked.tflite_bytes / 1024:.1f} KB) and each of the {checked.searchable} searchable layers "
+                   "has its TFLite op; deploy can give each its precision")
+
+
 def profile(table: Any, title: str) -> None:
     """A profile's whole-model timings per precision, with the conversion costs between domains."""
     from rich.table import Table
@@ -109,8 +128,11 @@ def deployed(report: DeployResult, folder: str) -> None:
     click.echo(f"simulated top-1 {report.simulated_top1:.2%}; model.tflite {report.tflite_bytes / 1024:.1f} KB, "
                f"weights {wb.artifact / 1024:.1f} KB (predicted {wb.predicted / 1024:.1f} KB)"
                + (f", TFLite Micro arena {report.arena_bytes / 1024:.1f} KB" if report.arena_bytes else ""))
-    from .report import ptq_summary
+    from .report import accuracy_warning, ptq_summary
 
+    warning = accuracy_warning(report.float_top1, report.simulated_top1)
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
     text = ptq_summary(report)
     if text:
         click.echo(text.replace("`", ""))
@@ -133,6 +155,11 @@ def validation(v: ValidationReport, report: str) -> None:
     t.add_row("simulation", _pct(v.simulated_top1))
     t.add_row("artifact on the device", _pct(v.artifact_top1))
     console().print(t)
+    from .report import accuracy_warning
+
+    warning = accuracy_warning(v.float_top1, v.simulated_top1)
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
     ag = v.agreement
     if ag:
         click.echo(f"agreement with the simulation {ag.top1:.2%} ({ag.disagreeing} differ), "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import subprocess
 import sys
 import tempfile
@@ -69,9 +70,52 @@ def onnx_to_tflite(onnx_path: Path, images: np.ndarray | None = None) -> bytes:
         p = subprocess.run([sys.executable, "-m", "onnx2tf", "-i", str(Path(onnx_path).resolve()), "-o", str(out),
                             "-osd", "-n"], cwd=work, capture_output=True, text=True, env=quiet_tensorflow_env())
         if p.returncode != 0 or not (out / "saved_model.pb").exists():
-            tail = [ln for ln in (p.stdout + p.stderr).splitlines() if "rror" in ln][-3:]
-            raise ConversionError(f"onnx2tf could not convert the model: {' | '.join(tail) or 'no message'}")
+            raise OnnxOpError(*failed_op(p.stdout + p.stderr))
         return _saved_model_to_tflite(out)
+
+
+class OnnxOpError(ConversionError):
+    """onnx2tf failed on one ONNX node (`node`: its name, which carries the PyTorch module path)."""
+
+    def __init__(self, node: str | None, detail: str) -> None:
+        super().__init__(f"onnx2tf could not convert {f'ONNX node {node}' if node else 'the model'}: {detail}")
+        self.node, self.detail = node, detail
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def failed_op(log: str) -> tuple[str | None, str]:
+    """(the ONNX node onnx2tf failed on, or None; the error's own words, one line) from its output."""
+    lines = [_ANSI.sub("", ln).strip() for ln in log.splitlines()]
+    nodes = [ln.split("onnx_op_name:", 1)[1].strip() for ln in lines if "onnx_op_name:" in ln]
+    errors = [i for i, ln in enumerate(lines) if re.match(r"^[A-Za-z_.]*(Error|Exception): ", ln)]
+    if errors:
+        i = errors[-1]
+        words = [lines[i].split(": ", 1)[1]] + [ln for ln in lines[i + 1:i + 4] if ln and not ln.startswith("Call ")]
+        if words[0].startswith("Exception encountered when calling layer") and len(words) > 1:
+            words = words[1:2]  # Keras' wrapper line names a TF layer; the next line says what went wrong
+        detail = re.sub(r" for '\{\{node [^']*'", "", " ".join(words)).rstrip(".")
+    else:
+        detail = " | ".join([ln for ln in lines if "rror" in ln][-3:]) or "no message"
+    return (nodes[-1] if nodes else None), (detail[:300] + "…" if len(detail) > 300 else detail)
+
+
+def module_of(module: nn.Module, node: str) -> tuple[str, str] | None:
+    """(the submodule's dotted path, the op) an ONNX node name such as `/attn/Reshape_1` (or
+    onnx2tf's `wa/attn/Reshape_1`) comes from, when the path names a submodule of `module`."""
+    parts = [t for t in node.split("/") if t]
+    if len(parts) < 2:
+        return None
+    path, op = parts[:-1], re.sub(r"_\d+$", "", parts[-1])
+    for start in range(len(path)):  # the longest path that names a submodule (skipping prefixes)
+        name = ".".join(path[start:])
+        try:
+            module.get_submodule(name)
+        except AttributeError:
+            continue
+        return name, op
+    return None
 
 
 def tflite_convert(make_converter: Callable[[Any], Any], what: str) -> bytes:
@@ -93,6 +137,17 @@ def _saved_model_to_tflite(folder: Path) -> bytes:
 
 
 def float_tflite(module: nn.Module, input_shape: tuple[int, ...], images: np.ndarray | None = None) -> bytes:
-    """The whole model as a float32 .tflite (NHWC input) with a signature."""
+    """The whole model as a float32 .tflite (NHWC input) with a signature; a node onnx2tf cannot
+    convert is named by the PyTorch module it comes from."""
     with tempfile.TemporaryDirectory(prefix="edgempq-onnx-") as work:
-        return onnx_to_tflite(export_onnx(module, input_shape, Path(work) / "model.onnx"), images)
+        try:
+            return onnx_to_tflite(export_onnx(module, input_shape, Path(work) / "model.onnx"), images)
+        except OnnxOpError as e:
+            found = module_of(module, e.node) if e.node else None
+            if found is None:
+                raise
+            name, op = found
+            kind = type(module.get_submodule(name)).__name__
+            raise ConversionError(f"onnx2tf cannot convert the {op} in module '{name}' ({kind}): {e.detail}; rewrite "
+                                  f"that module's forward with ops the converter keeps in one layout (e.g. fixed "
+                                  f"shapes, no reshape across the channel axis), or replace the module") from None
