@@ -31,6 +31,19 @@ def _ms(v: float | None) -> str:
     return "–" if v is None else f"{v:.3f} ms"
 
 
+LOSS_WARNING = 0.10  # a simulation this much below float (top-1) is probably fed other preprocessing
+
+
+def accuracy_warning(float_top1: float | None, simulated_top1: float | None) -> str | None:
+    """A sentence when the simulation loses more than LOSS_WARNING of top-1 against the float model."""
+    if float_top1 is None or simulated_top1 is None or not float_top1 - simulated_top1 > LOSS_WARNING:
+        return None
+    return (f"the simulation loses {100 * (float_top1 - simulated_top1):.1f} points of top-1 against the float model "
+            f"({simulated_top1:.1%} vs {float_top1:.1%}); is the calibration data preprocessed like the training "
+            "data (normalisation, scale, channel order)? If it is, a wider precision for the most sensitive layers "
+            "will help")
+
+
 def check_sweep(sweep: object, where: str) -> None:
     """Refuse, before anything is built, a sweep that is not search --sweep's JSON."""
     from .errors import ConfigError
@@ -88,10 +101,14 @@ def _accuracy(out: Rendered, d: DeployResult | None, v: ValidationReport | None,
     """Float, simulated and artifact top-1, how the simulation was made and how well it agrees."""
     n = f" ({v.samples} samples)" if v else ""
     simulated = v.simulated_top1 if v and v.simulated_top1 is not None else d.simulated_top1 if d else None
-    rows = [["float model", _pct(v.float_top1 if v else None)],
+    float_top1 = v.float_top1 if v and v.float_top1 is not None else d.float_top1 if d else None
+    rows = [["float model", _pct(float_top1)],
             ["simulation (fake-quantized PyTorch)", _pct(simulated)],
             [f"artifact on {target}{n}", _pct(v.artifact_top1 if v else None)]]
     out.blocks.extend([("h2", "Accuracy (test split)"), ("table", ["", "top-1"], rows)])
+    warning = accuracy_warning(float_top1, simulated)
+    if warning:
+        out.blocks.append(("p", f"Warning: {warning}."))
     if v is None:
         return
     if v.simulation:

@@ -64,6 +64,7 @@ def test_deploy_gives_every_layer_its_precision_and_agrees_with_the_simulation(u
     written = json.loads((out / "deploy.json").read_text())
     assert written["layers"] == report["layers"] and written["target"] == target
     assert DeployResult.from_dict(written) == result  # deploy.json reads back as what deploy returned
+    assert 0.5 < result.float_top1 <= 1 and result.simulated_top1 > result.float_top1 - 0.1  # no warning due
     assert Policy.load(out / "policy.json").precisions == policy.precisions
     rules = json.loads((out / "recipe.json").read_text())["rules"]
     assert {r["layer"] for r in rules} >= {f"layer {k}" for k in POLICIES[target]}

@@ -82,3 +82,17 @@ def deploy_result(**fields):
             "weight_bytes": {"predicted": 1, "artifact": 1}, "policy": {"method": None, "budget": {}, "predicted": {}},
             "layers": []}
     return DeployResult.from_dict({**base, **fields})
+
+
+def test_a_simulation_far_below_float_is_a_warning_in_the_report():
+    """A user whose model expects normalised input got 9 % simulated against 94.9 % float, and
+    deploy said nothing: now the report (and the CLI, on stderr) asks about the preprocessing."""
+    from edgempq.report import accuracy_warning, render
+
+    assert accuracy_warning(0.949, 0.09).startswith("the simulation loses 85.9 points of top-1 against the float")
+    assert accuracy_warning(0.949, 0.90) is None and accuracy_warning(None, 0.1) is None
+    text = " ".join(b[1] for b in render(deploy_result(float_top1=0.949, simulated_top1=0.09), None).blocks
+                    if b[0] == "p")
+    assert "Warning: the simulation loses 85.9 points" in text and "preprocessed like the training data" in text
+    quiet = render(deploy_result(float_top1=0.949, simulated_top1=0.94), None).blocks
+    assert not any(b[0] == "p" and b[1].startswith("Warning") for b in quiet)

@@ -73,8 +73,15 @@ def deploy(model: LoadedModel, data: Dataset, policy: Policy, target: Target, cf
         microcontroller_checks(art, target)
     result = _result(model, data, policy, target, cfg, art=art, layers=layers, ptq=ptq.to_dict(), io=io,
                      latency=latency,
-                     sim_top1=_simulated_top1(qmodel, art, data, io["output"]))
+                     sim_top1=_simulated_top1(qmodel, art, data, io["output"]), float_top1=_float_top1(model, data))
     return Deployment(result, art, policy, _state_bytes(qmodel))
+
+
+def _float_top1(model: LoadedModel, data: Dataset) -> float:
+    """The float model's test top-1, to compare the simulation with."""
+    from ..metrics import accuracy
+
+    return accuracy(model.module, *data.split("test"))
 
 
 def _simulated_top1(qmodel: Any, art: Artifact, data: Dataset, output: dict[str, Any]) -> float:
@@ -89,7 +96,8 @@ def _simulated_top1(qmodel: Any, art: Artifact, data: Dataset, output: dict[str,
 
 def _result(model: LoadedModel, data: Dataset, policy: Policy, target: Target, cfg: DeployConfig,
             **built: Any) -> DeployResult:
-    """deploy.json's value from what was built (`art`, `layers`, `ptq`, `io`, `latency`, `sim_top1`)."""
+    """deploy.json's value from what was built (`art`, `layers`, `ptq`, `io`, `latency`, `sim_top1`,
+    `float_top1`)."""
     from ..layers import F32, policy_weight_bytes, weight_bytes
     from ..quant import QuantConfig
 
@@ -99,7 +107,8 @@ def _result(model: LoadedModel, data: Dataset, policy: Policy, target: Target, c
         model=absolute_spec(model.spec), weights=str(Path(cfg.weights).resolve()) if cfg.weights else None,
         model_hash=model.model_hash, data=absolute_spec(cfg.data_spec or data.name), data_id=data.data_id,
         target=target.name, qat_epochs=cfg.qat_epochs, quant_config=quant.to_dict(),
-        simulated_top1=built["sim_top1"], ptq=PTQSummary.from_dict(built["ptq"], "the PTQ report"),
+        simulated_top1=built["sim_top1"], float_top1=built["float_top1"],
+        ptq=PTQSummary.from_dict(built["ptq"], "the PTQ report"),
         exact=ExactCheck(len(art.exact), art.exact), quantizer_note=quantizer_mismatch(policy, quant),
         input_ranges=art.input_ranges, output_rounding=art.rounding, skip_rounding=art.skips,
         skip_notes=tuple(art.skip_notes), tflite_bytes=len(art.tflite), arena_bytes=art.arena_bytes,

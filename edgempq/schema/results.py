@@ -224,6 +224,7 @@ class DeployResult(Record):
     policy: PolicySummary
     layers: tuple[LayerRow, ...]
     weights: str | None = None
+    float_top1: float | None = None  # the float model on the same test split
     qat_epochs: int = 0
     ptq: PTQSummary | None = None
     exact: ExactCheck | None = None
