@@ -65,6 +65,7 @@ def data(data_spec: str, input_shape: str | None) -> None:
                f"{len(ds.classes)} classes, id {ds.data_id}")
     for k, idx in ds.splits.items():
         click.echo(f"  {k:<12}{len(idx):>7}")
+    click.echo(f"preprocessing: {ds.preprocessing}")
 
 
 @main.command()

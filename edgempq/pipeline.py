@@ -39,6 +39,7 @@ DEMO_TRAIN = TrainConfig(epochs=12, batch_size=64, lr=0.1)
 def train_model(model: LoadedModel, ds: Dataset, cfg: TrainConfig,
                 on_step: Progress | None = None) -> tuple[TrainResult, float]:
     """Train in place on the training split; returns the result and the test top-1."""
+    ds.require("train", "test")
     res = fit(model.module, *ds.split("train"), cfg, val=ds.split("validation"), on_step=on_step)
     return res, accuracy(model.module, *ds.split("test"))
 
@@ -106,6 +107,7 @@ def sensitivity(model: LoadedModel, ds: Dataset, method: str, precisions: dict, 
     from .sensitivity import RunOptions, SensData, compute
 
     layers = trace(model.module, model.input_shape)
+    ds.require("calibration")
     x, y = ds.split("calibration")
     return compute(method, model.module, layers, precisions, SensData(x, y, ds.data_id),
                    RunOptions(params, model.model_hash, on_step))
@@ -261,13 +263,11 @@ def _model_and_data(inputs: dict[str, Any], tflite: bytes) -> tuple[LoadedModel 
 def _samples(ds: Dataset, dep: DeployResult | None, samples: int | None) -> Samples:
     """The test split, thinned evenly to `samples`; a note when it is not the data deploy used."""
     from .data import spread
-    from .errors import DataError
     from .validate import Samples
 
+    ds.require("test")
     x, y = ds.split("test")
     pick = spread(len(x), samples)
-    if len(pick) == 0:
-        raise DataError(f"data {ds.name} has an empty test split; give data with test samples")
     note = (f"deployed with data {dep.data_id}, validated on {ds.data_id}"
             if dep and dep.data_id and dep.data_id != ds.data_id else None)
     return Samples(x[pick], y[pick], ds.name, ds.data_id, note)

@@ -41,7 +41,8 @@ def check_fit(model: LoadedModel, ds: Dataset) -> None:
             out = model.module(x)
     except Exception as e:  # noqa: BLE001 - user models raise anything
         raise DataError(f"model {model.spec} cannot take samples of shape {ds.sample_shape} from data "
-                        f"{ds.name} ({type(e).__name__}: {e}); give matching data or --input-shape") from None
+                        f"{ds.name} ({type(e).__name__}: {e}); give matching data, or declare the model's "
+                        "input_shape (a manifest's layout key says how x is stored)") from None
     if out.dim() != 2:
         raise ModelError(f"model {model.spec} returns shape {tuple(out.shape)}; a classifier returns N x classes")
     if int(ds.y.max()) >= out.shape[1]:
@@ -68,6 +69,7 @@ def quantized(model: LoadedModel, ds: Dataset, policy: Policy, cfg: QuantConfig 
         raise ConfigError(f"the policy was made for model {policy.model_hash}, not {model.spec} "
                           f"({model.model_hash}); make a policy for this model")
     policy.check_layers(trace(model.module, model.input_shape))
+    ds.require("calibration", *(["train"] if qat_epochs > 0 else []))
     q, report = quantize(model.module, policy, ds.split("calibration")[0], cfg, on_step=on_step)
     if qat_epochs > 0:
         finetune(q, *ds.split("train"), qat_epochs, on_step=on_step)

@@ -57,6 +57,7 @@ def deploy(model: LoadedModel, data: Dataset, policy: Policy, target: Target, cf
     from .deploy import build, c_array, check_target, io_details, microcontroller_checks
 
     quant = cfg.quant or QuantConfig()
+    data.require("calibration", "test")  # the artifact's calibration, and the top-1 deploy.json records
     layers = trace(model.module, model.input_shape)
     policy.check_layers(layers)
     check_target(layers, policy, target)
