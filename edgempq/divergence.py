@@ -75,7 +75,7 @@ def artifact_outputs(model: bytes, x_model_layout: np.ndarray, names: list[str])
 
 
 def simulated_outputs(qmodel: Any, x: np.ndarray, layers: list[str]) -> dict[str, np.ndarray]:
-    """Each layer's output in the simulated model (channels last, as TFLite holds them)."""
+    """Each layer's output in the simulated model (a conv's channels last, as TFLite holds them)."""
     import torch
 
     acts: dict[str, np.ndarray] = {}
@@ -89,7 +89,8 @@ def simulated_outputs(qmodel: Any, x: np.ndarray, layers: list[str]) -> dict[str
             h.remove()
     from .layout import channels_last
 
-    return {n: channels_last(a) for n, a in acts.items()}
+    convs = {n for n in acts if isinstance(qmodel.get_submodule(n), torch.nn.Conv1d | torch.nn.Conv2d)}
+    return {n: channels_last(a) if n in convs else a for n, a in acts.items()}
 
 
 def find(model: bytes, qmodel: Any, rows: tuple[LayerRow, ...], x: np.ndarray, tol: float = TOL,
@@ -111,7 +112,9 @@ def find(model: bytes, qmodel: Any, rows: tuple[LayerRow, ...], x: np.ndarray, t
         if r.layer not in sim:
             continue  # the module never ran on these samples
         s, a = _activated(sim[r.layer], act), art[r.op_output]
-        if a.shape != s.shape:  # never reshape: that would hide a layout mismatch
+        if a.shape != s.shape and _squeezed(a.shape) == _squeezed(s.shape):
+            a = a.reshape(s.shape)  # a Conv1d's CONV_2D holds its output with a height of 1
+        if a.shape != s.shape:  # otherwise never reshape: that would hide a layout mismatch
             table.append(DivergenceRow(r.layer, r.precision, index, None, False,
                                        f"artifact {a.shape} vs simulation {s.shape}: not comparable"))
             continue
@@ -122,6 +125,11 @@ def find(model: bytes, qmodel: Any, rows: tuple[LayerRow, ...], x: np.ndarray, t
         table.append(DivergenceRow(r.layer, r.precision, index, err, parts and first == r.layer))
         worst = max(worst, err)
     return Divergence(first, tol, jump, int(len(x)), tuple(table))
+
+
+def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """A shape without its axes of size 1 past the batch."""
+    return (shape[0], *(d for d in shape[1:] if d != 1))
 
 
 def _activated(s: np.ndarray, act: int) -> np.ndarray:

@@ -16,7 +16,6 @@ from .schema import Layer
 
 __all__ = ["F32", "bops", "layer_edges", "layer_kind", "policy_bops", "policy_weight_bytes", "trace", "weight_bytes"]
 _FIXED_TYPES = {
-    nn.Conv1d: "Conv1d has no per-layer precision path in the TFLite export; kept float",
     nn.Conv3d: "Conv3d has no per-layer precision path in the TFLite export; kept float",
     nn.ConvTranspose1d: "transposed convolution is not quantized by the deployment path; kept float",
     nn.ConvTranspose2d: "transposed convolution is not quantized by the deployment path; kept float",
@@ -38,15 +37,18 @@ def layer_kind(m: nn.Module) -> tuple[str, str | None]:
             return t.__name__.lower(), why
     if isinstance(m, nn.Linear):
         kind = "linear"
-    elif not isinstance(m, nn.Conv2d):
-        return type(m).__name__.lower(), "not a Conv2d or Linear layer"
+    elif not isinstance(m, nn.Conv1d | nn.Conv2d):
+        return type(m).__name__.lower(), "not a Conv1d, Conv2d or Linear layer"
     elif m.groups == 1:
-        kind = "conv"
-    elif m.groups == m.in_channels:
+        kind = "conv"  # a Conv1d too: the artifact runs it as a CONV_2D of height 1
+    elif m.groups == m.in_channels and isinstance(m, nn.Conv2d):
         kind = "dwconv"
+    elif isinstance(m, nn.Conv1d):
+        return "grouped_conv", (f"a grouped Conv1d (groups={m.groups}) converts to a grouped CONV_2D, which TFLite's "
+                                "integer kernels do not run; kept float")
     else:
         return "grouped_conv", f"grouped convolution (groups={m.groups}) has no quantized TFLite kernel; kept float"
-    base = nn.Linear if kind == "linear" else nn.Conv2d
+    base = nn.Linear if kind == "linear" else nn.Conv1d if isinstance(m, nn.Conv1d) else nn.Conv2d
     # edgempq's own fake-quantized modules override forward but keep the layer's function.
     if type(m).forward is not base.forward and not getattr(m, "keeps_layer_function", False):
         return kind, f"{type(m).__name__} overrides forward(), so its weights cannot be fake-quantized; kept float"
@@ -83,7 +85,7 @@ def trace(model: nn.Module, example: Tensor | tuple[int, ...]) -> list[Layer]:
     if not isinstance(example, Tensor):
         example = torch.zeros((1, *example))
     x = example[:1].float()
-    kinds = (nn.Linear, nn.Conv2d, *_FIXED_TYPES)
+    kinds = (nn.Linear, nn.Conv1d, nn.Conv2d, *_FIXED_TYPES)
     seen: dict[str, list] = {}
     names = {m: n for n, m in model.named_modules()}
 
@@ -124,7 +126,7 @@ def trace(model: nn.Module, example: Tensor | tuple[int, ...]) -> list[Layer]:
         layers += attention_layers(n, m, i, o, c) if isinstance(m, nn.MultiheadAttention) else [_layer(n, m, i, o, c)]
     layers += _never_ran(model, seen)
     if not any(la.searchable for la in layers):
-        raise ModelError("the model has no Conv2d or Linear layer that can be quantized; nothing to search")
+        raise ModelError("the model has no Conv1d, Conv2d or Linear layer that can be quantized; nothing to search")
     return layers
 
 
@@ -174,7 +176,7 @@ def _never_ran(model: nn.Module, seen: dict[str, list]) -> list[Layer]:
                         for c, _ in m.named_modules() if c}
     out = []
     for n, m in model.named_modules():
-        if n in seen or n in inside_attention or not isinstance(m, (nn.Linear, nn.Conv2d, *_FIXED_TYPES)):
+        if n in seen or n in inside_attention or not isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, *_FIXED_TYPES)):
             continue
         reason = ("its forward never ran on this input (unused, or its weights are read by its parent's code); "
                   "kept float")

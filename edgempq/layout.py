@@ -1,4 +1,5 @@
-"""Samples between PyTorch's layout (N, C, H, W) and the artifact's (onnx2tf makes NHWC).
+"""Samples between PyTorch's layout (N, C, H, W), or (N, C, L) for 1-D models, and the
+artifact's (onnx2tf makes NHWC, and NLC).
 
 One place decides whether a 4-D batch must be transposed to fit an artifact's input shape, and
 what sample shape PyTorch sees behind an artifact's input; numpy only."""
@@ -18,8 +19,8 @@ def to_model(x: np.ndarray, shape: tuple[int, ...] | list[int], who: str = "the 
     way is an error naming both."""
     x = np.asarray(x, np.float32)
     want = tuple(int(v) for v in shape[1:])
-    if x.ndim == 4 and tuple(x.shape[1:]) != want and want == (x.shape[2], x.shape[3], x.shape[1]):
-        x = x.transpose(0, 2, 3, 1)
+    if x.ndim in (3, 4) and tuple(x.shape[1:]) != want and want == (*x.shape[2:], x.shape[1]):
+        x = x.transpose(0, *range(2, x.ndim), 1)
     if tuple(x.shape[1:]) != want:
         raise DataError(f"{who} takes samples of shape {want}, the data gives {tuple(x.shape[1:])}; "
                         "give the data the model was built for")
@@ -32,11 +33,13 @@ def converter(shape: tuple[int, ...] | list[int], who: str = "the artifact") -> 
 
 
 def torch_sample_shape(shape: tuple[int, ...] | list[int]) -> tuple[int, ...]:
-    """The (C, H, W) sample PyTorch feeds behind an artifact input of NHWC `shape` (batch first);
-    other ranks are taken as they are."""
-    return (int(shape[3]), int(shape[1]), int(shape[2])) if len(shape) == 4 else tuple(int(v) for v in shape[1:])
+    """The (C, H, W) sample PyTorch feeds behind an artifact input of NHWC `shape` (batch first),
+    or (C, L) behind NLC; other ranks are taken as they are."""
+    dims = tuple(int(v) for v in shape[1:])
+    return (dims[-1], *dims[:-1]) if len(shape) in (3, 4) else dims
 
 
 def channels_last(a: np.ndarray) -> np.ndarray:
-    """A PyTorch activation as TFLite holds it: a 4-D (N, C, H, W) tensor as NHWC, others unchanged."""
-    return a.transpose(0, 2, 3, 1) if a.ndim == 4 else a
+    """A conv's PyTorch output as TFLite holds it: (N, C, H, W) as NHWC, a Conv1d's (N, C, L) as
+    NLC, others unchanged."""
+    return a.transpose(0, *range(2, a.ndim), 1) if a.ndim in (3, 4) else a

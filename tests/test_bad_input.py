@@ -131,7 +131,7 @@ CASES = [  # (id, command with {d} for the folder, what the message says, the ou
      "does not fit the model", None),
     ("wrong input shape", "layers --model {d}/" + NET + " --input-shape 3,5,5 -o {d}/o.json",
      "give the input shape the model expects", "o.json"),
-    ("no quantizable layer", "layers --model {d}/nets.py:relu_only -o {d}/o.json", "no Conv2d or Linear layer",
+    ("no quantizable layer", "layers --model {d}/nets.py:relu_only -o {d}/o.json", "no Conv1d, Conv2d or Linear layer",
      "o.json"),
     ("empty data", "evaluate --model {d}/" + NET + " --data {d}/empty.npz --precision w8a8", "is empty", None),
     ("single-class data", "sensitivity --method ompq --model {d}/" + NET + " --data {d}/single.npz -o {d}/s.json",

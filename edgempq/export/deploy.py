@@ -85,7 +85,7 @@ def export_module(qmodel: nn.Module) -> nn.Module:
                 if attr in mod._modules:
                     del mod._modules[attr]
                 mod.__dict__.pop(attr, None)
-            mod.__class__ = nn.Conv2d if isinstance(mod, nn.Conv2d) else nn.Linear
+            mod.__class__ = next(t for t in (nn.Conv1d, nn.Conv2d, nn.Linear) if isinstance(mod, t))
     return m
 
 

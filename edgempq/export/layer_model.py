@@ -3,6 +3,7 @@ float with Keras, then quantized with the same recipe code deployment uses."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from ..errors import ConversionError
@@ -16,6 +17,8 @@ if TYPE_CHECKING:
 def _conv_padding(layer: Layer) -> tuple[str, tuple[int, int] | None]:
     """'same' / 'valid' when TF's padding equals PyTorch's, else 'valid' after an explicit pad
     (as onnx2tf converts it)."""
+    if -1 in layer.padding:  # PyTorch's padding="same" (stride 1 only): TF's "same" pads alike
+        return "same", None
     ph, pw = (layer.padding * 2)[:2]
     if ph == 0 and pw == 0:
         return "valid", None
@@ -28,9 +31,20 @@ def _conv_padding(layer: Layer) -> tuple[str, tuple[int, int] | None]:
     return ("same", None) if ok else ("valid", (ph, pw))
 
 
+def as_2d(layer: Layer) -> Layer:
+    """A Conv1d layer as the CONV_2D of height 1 the artifact runs it as; other layers unchanged."""
+    if layer.kind == "linear" or len(layer.in_shape) != 2:
+        return layer
+    (c, n), (co, no) = layer.in_shape, layer.out_shape
+    return replace(layer, in_shape=(c, 1, n), out_shape=(co, 1, no), kernel=(1, *layer.kernel),
+                   stride=(1, *layer.stride), padding=layer.padding if -1 in layer.padding else (0, *layer.padding),
+                   dilation=(1, *layer.dilation))
+
+
 def _keras_layer_model(layer: Layer) -> keras.Model:
     from ..quiet import import_tensorflow
 
+    layer = as_2d(layer)
     tf = import_tensorflow()
 
     init = tf.keras.initializers.GlorotUniform(seed=0)

@@ -190,7 +190,7 @@ def adopt(qmodel: nn.Module, found: dict[str, OpRounding]) -> None:
 
     for name, r in found.items():
         mod = qmodel.get_submodule(name)
-        channels = mod.out_channels if isinstance(mod, torch.nn.Conv2d) else mod.out_features
+        channels = mod.out_features if isinstance(mod, torch.nn.Linear) else mod.out_channels
         if len(r.multipliers) != channels or mod.act_quant is None:
             raise ConversionError(f"layer {name} has {channels} output channels but its op in the artifact has "
                                   f"{len(r.multipliers)}; the layer map does not fit the artifact: deploy again")
@@ -200,7 +200,7 @@ def adopt(qmodel: nn.Module, found: dict[str, OpRounding]) -> None:
         if r.note:
             mod.set_output_rounding(None)
             continue
-        dim = 1 if isinstance(mod, torch.nn.Conv2d) else -1
+        dim = -1 if isinstance(mod, torch.nn.Linear) else 1
         grid = (r.scale, r.zero_point, r.qmin, r.qmax)
         mod.set_output_rounding(OutputQuantizer.build(r.rule, grid, np.asarray(r.multipliers), dim, r.output_grid))
 
@@ -218,7 +218,7 @@ def saved_quantizers(qmodel: nn.Module, state: dict) -> None:
             continue
         key = f"{name}.out_quant.steps" if name else "out_quant.steps"
         if key in state:
-            dim = 1 if isinstance(mod, torch.nn.Conv2d) else -1
+            dim = -1 if isinstance(mod, torch.nn.Linear) else 1
             mod.set_output_rounding(OutputQuantizer(int(state[key].numel()), dim))
         if mod.act_quant is not None and f"{name}.act_quant.input_grid" in state:
             mod.act_quant.set_input_grid((1.0, 0, -128, 127))  # the saved values replace these

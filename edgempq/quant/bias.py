@@ -13,7 +13,7 @@ from .stream import Unit
 
 
 def _channel_dim(y: Tensor, module: nn.Module) -> int:
-    return 1 if isinstance(module, nn.Conv2d) else y.dim() - 1
+    return 1 if isinstance(module, nn.Conv1d | nn.Conv2d) else y.dim() - 1
 
 
 def _channel_mean(y: Tensor, module: nn.Module) -> Tensor:

@@ -10,6 +10,14 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 log = logging.getLogger(__name__)
+_CONVS = (nn.Conv1d, nn.Conv2d)
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+def _pairs_up(conv: nn.Module | None, bn: nn.Module | None) -> bool:
+    """A Conv1d feeding a BatchNorm1d, or a Conv2d a BatchNorm2d."""
+    return isinstance(conv, nn.Conv1d) and isinstance(bn, nn.BatchNorm1d) or \
+        isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)
 
 
 def conv_bn_pairs(model: nn.Module, example: torch.Tensor | None = None) -> list[tuple[str, str]]:
@@ -33,12 +41,12 @@ def conv_bn_pairs(model: nn.Module, example: torch.Tensor | None = None) -> list
             calls[node.target] = calls.get(node.target, 0) + 1
     pairs = []
     for node in graph.nodes:
-        if node.op != "call_module" or not isinstance(modules.get(node.target), nn.BatchNorm2d):
+        if node.op != "call_module" or not isinstance(modules.get(node.target), _NORMS):
             continue
         src = node.args[0] if node.args else None
         if (
             isinstance(src, torch.fx.Node) and src.op == "call_module"
-            and isinstance(modules.get(src.target), nn.Conv2d)
+            and _pairs_up(modules.get(src.target), modules.get(node.target))
             and len(src.users) == 1 and calls[src.target] == 1 and calls[node.target] == 1
         ):
             pairs.append((src.target, node.target))
@@ -67,8 +75,8 @@ def _pairs_by_hooks(model: nn.Module, example: torch.Tensor) -> list[tuple[str, 
         if src is not None and src[1] is args[0]:
             found.append((src[0], names[m]))
 
-    hooks = [m.register_forward_hook(conv_hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
-    hooks += [m.register_forward_pre_hook(bn_hook) for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    hooks = [m.register_forward_hook(conv_hook) for m in model.modules() if isinstance(m, _CONVS)]
+    hooks += [m.register_forward_pre_hook(bn_hook) for m in model.modules() if isinstance(m, _NORMS)]
     try:
         ref = model(example)
     finally:

@@ -131,6 +131,14 @@ class QConv2d(_QuantMixin, nn.Conv2d):
         return self._qoutput(self._conv_forward(self._qinput(x), self._qweight(), self._qbias()))
 
 
+class QConv1d(_QuantMixin, nn.Conv1d):
+    """A Conv1d with fake-quantized input, weights, bias and (optionally) output rounding."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The convolution on the quantized input with the quantized weights and bias."""
+        return self._qoutput(self._conv_forward(self._qinput(x), self._qweight(), self._qbias()))
+
+
 class QLinear(_QuantMixin, nn.Linear):
     """A Linear with fake-quantized input, weights, bias and (optionally) output rounding."""
 
@@ -139,12 +147,13 @@ class QLinear(_QuantMixin, nn.Linear):
         return self._qoutput(nn.functional.linear(self._qinput(x), self._qweight(), self._qbias()))
 
 
-QUANT_TYPES = (QConv2d, QLinear)
+QUANT_TYPES = (QConv1d, QConv2d, QLinear)
 
 
 def quantize_module(module: nn.Module, precision: Precision, cfg: QuantConfig) -> nn.Module:
     """Turn a Conv2d / Linear (of a copy: this changes it in place) into its fake-quantized
     form: same parameters, same name in the model, quantizers added."""
-    module.__class__ = QConv2d if isinstance(module, nn.Conv2d) else QLinear
+    module.__class__ = QConv2d if isinstance(module, nn.Conv2d) else QConv1d if isinstance(module, nn.Conv1d) \
+        else QLinear
     module._setup(precision, cfg)
     return module

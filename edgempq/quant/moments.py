@@ -25,7 +25,7 @@ def statistics_bytes(module: nn.Module, matrices: int) -> int:
 
 def groups(module: nn.Module) -> int:
     """How many independent weight groups a layer has (a conv's `groups`, 1 for a linear)."""
-    return module.groups if isinstance(module, nn.Conv2d) else 1
+    return module.groups if isinstance(module, nn.Conv1d | nn.Conv2d) else 1
 
 
 def weight_matrix(module: nn.Module, w: Tensor | None = None) -> Tensor:
@@ -47,19 +47,36 @@ def channel_scale(module: nn.Module, scale: Tensor | None = None) -> Tensor:
     return s.reshape(g, -1, 1).double()
 
 
-def _padded(module: nn.Conv2d, x: Tensor) -> tuple[Tensor, tuple[int, ...]]:
-    """The input padded as the conv pads it, and the padding left for unfold."""
+def _geometry(module: nn.Conv1d | nn.Conv2d) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """(kernel, stride, dilation) as 2-D pairs: a Conv1d is a conv of height 1."""
+    if isinstance(module, nn.Conv1d):
+        return (1, module.kernel_size[0]), (1, module.stride[0]), (1, module.dilation[0])
+    return tuple(module.kernel_size), tuple(module.stride), tuple(module.dilation)
+
+
+def _padded(module: nn.Conv1d | nn.Conv2d, x: Tensor) -> tuple[Tensor, tuple[int, ...]]:
+    """The input padded as the conv pads it, and the padding left for unfold; a Conv1d's input
+    comes back 4-D (height 1), with its padding as (0, p)."""
+    xp, pad = _padded_own(module, x)
+    if isinstance(module, nn.Conv1d):
+        return xp.unsqueeze(2), (0, pad[0])
+    return xp, pad
+
+
+def _padded_own(module: nn.Conv1d | nn.Conv2d, x: Tensor) -> tuple[Tensor, tuple[int, ...]]:
+    """The input padded as the conv pads it (in its own rank), and the padding left for unfold."""
     if isinstance(module.padding, str):  # "same" / "valid"
         if module.padding == "valid":
-            return x, (0, 0)
+            return x, (0,) * (x.dim() - 2)
         pads = []
         for k, d in zip(reversed(module.kernel_size), reversed(module.dilation), strict=True):
             total = d * (k - 1)
             pads += [total // 2, total - total // 2]
         mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
-        return nn.functional.pad(x, pads, mode=mode), (0, 0)
+        return nn.functional.pad(x, pads, mode=mode), (0,) * (x.dim() - 2)
     if module.padding_mode != "zeros":
-        return nn.functional.pad(x, module._reversed_padding_repeated_twice, mode=module.padding_mode), (0, 0)
+        return (nn.functional.pad(x, module._reversed_padding_repeated_twice, mode=module.padding_mode),
+                (0,) * (x.dim() - 2))
     return x, tuple(module.padding)
 
 
@@ -73,24 +90,25 @@ def columns(module: nn.Module, x: Tensor, pick: Tensor | None = None) -> Tensor:
         return (flat if pick is None else flat[pick]).unsqueeze(0)
     xp, pad = _padded(module, x)
     g = groups(module)
+    (kh, kw), (sh, sw), (dh, dw) = _geometry(module)
     if pick is None:
-        u = nn.functional.unfold(xp, module.kernel_size, module.dilation, pad, module.stride)  # N, C*k, L
+        u = nn.functional.unfold(xp, (kh, kw), (dh, dw), pad, (sh, sw))  # N, C*k, L
         n, ck, length = u.shape
         return u.reshape(n, g, ck // g, length).permute(1, 0, 3, 2).reshape(g, n * length, ck // g)
     xp = nn.functional.pad(xp, (pad[1], pad[1], pad[0], pad[0]))
     ho, wo = _out_size(module, x)
     n_idx, rest = pick // (ho * wo), pick % (ho * wo)
     oh, ow = rest // wo, rest % wo
-    (kh, kw), (sh, sw), (dh, dw) = module.kernel_size, module.stride, module.dilation
     patches = torch.stack([xp[n_idx, :, oh * sh + i * dh, ow * sw + j * dw] for i in range(kh) for j in range(kw)], -1)
     k, c = patches.shape[:2]  # columns, channels, kernel positions
     return patches.reshape(k, g, (c // g) * kh * kw).permute(1, 0, 2)
 
 
-def _out_size(module: nn.Conv2d, x: Tensor) -> tuple[int, int]:
+def _out_size(module: nn.Conv1d | nn.Conv2d, x: Tensor) -> tuple[int, int]:
     xp, pad = _padded(module, x)
-    return tuple((xp.shape[2 + i] + 2 * pad[i] - module.dilation[i] * (module.kernel_size[i] - 1) - 1)
-                 // module.stride[i] + 1 for i in range(2))
+    kernel, stride, dilation = _geometry(module)
+    return tuple((xp.shape[2 + i] + 2 * pad[i] - dilation[i] * (kernel[i] - 1) - 1) // stride[i] + 1
+                 for i in range(2))
 
 
 def column_count(module: nn.Module, x: Tensor) -> int:

@@ -63,7 +63,7 @@ class MixedLayer(nn.Module):
         pw = torch.softmax(self.alpha_w, 0)
         xq = sum(p * q(x) for p, q in zip(pa, self.aq, strict=True))
         w = sum(p * q(self.layer.weight) for p, q in zip(pw, self.wq, strict=True))
-        if isinstance(self.layer, nn.Conv2d):
+        if isinstance(self.layer, nn.Conv1d | nn.Conv2d):
             return self.layer._conv_forward(xq, w, self.layer.bias)
         return nn.functional.linear(xq, w, self.layer.bias)
 

@@ -81,7 +81,7 @@ class MultiBitLayer(nn.Module):
                 x = lsq(x, self.step_a[j], -(2 ** (ab - 1)), 2 ** (ab - 1) - 1)
             else:
                 x = lsq(x, self.step_a[j], 0, 2 ** ab - 1)
-        if isinstance(self.layer, nn.Conv2d):
+        if isinstance(self.layer, nn.Conv1d | nn.Conv2d):
             return self.layer._conv_forward(x, w, self.layer.bias)
         return nn.functional.linear(x, w, self.layer.bias)
 
