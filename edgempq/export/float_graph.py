@@ -68,7 +68,8 @@ def onnx_to_tflite(onnx_path: Path, images: np.ndarray | None = None) -> bytes:
         np.save(Path(work) / ONNX2TF_SAMPLE, _sample_images(images))
         out = Path(work) / "saved_model"
         p = subprocess.run([sys.executable, "-m", "onnx2tf", "-i", str(Path(onnx_path).resolve()), "-o", str(out),
-                            "-osd", "-n"], cwd=work, capture_output=True, text=True, env=quiet_tensorflow_env())
+                            "-osd", "-n"], cwd=work, capture_output=True, text=True,
+                           env={**quiet_tensorflow_env(), "TMPDIR": work})  # stray files (onnxruntime's .ses) go too
         if p.returncode != 0 or not (out / "saved_model.pb").exists():
             raise OnnxOpError(*failed_op(p.stdout + p.stderr))
         return _saved_model_to_tflite(out)
