@@ -98,7 +98,9 @@ def simulated_model(model: LoadedModel, policy: Policy, state: dict, cfg: QuantC
     """The simulated model deploy saved (simulation.pt), rebuilt on `model`'s architecture."""
     from .export.rounding import saved_quantizers
 
-    q = apply(model.module, policy, cfg)
+    # an example batch lets apply fold what deploy folded (a Linear's BatchNorm1d is checked on one)
+    example = torch.randn(4, *model.input_shape, generator=torch.Generator().manual_seed(0))
+    q = apply(model.module, policy, cfg, example)
     saved_quantizers(q, state)
     try:
         q.load_state_dict(state)

@@ -204,3 +204,32 @@ def test_f16_rounds_weights_to_half_precision(conv_bn_net):
     q = apply(conv_bn_net, Policy({"conv": Precision.parse("f16")}, ))
     w = q.conv._qweight()
     assert torch.equal(w, q.conv.weight.half().float())
+
+
+def test_a_batchnorm1d_after_a_linear_is_folded_only_where_it_normalises_the_features():
+    """MLPerf Tiny's autoencoder is Linear -> BatchNorm1d -> ReLU: the ONNX export folds that
+    pair, so edgempq must too (else the artifact's weights are not the simulation's)."""
+    from edgempq.quant.fold import fold_batchnorm
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3))
+    net.train()(torch.randn(64, 8))  # running statistics that are not the identity
+    net.eval()
+    x = torch.randn(5, 8)
+    ref = net(x)
+    assert fold_batchnorm(net, x) == [("0", "1")] and isinstance(net[1], nn.Identity)
+    assert torch.allclose(net(x), ref, atol=1e-5)
+    assert fold_batchnorm(nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16)).eval()) == []  # no example: kept
+
+    class Tokens(nn.Module):  # BatchNorm1d over the sequence axis of a Linear's (N, L, E) output
+        def __init__(self):
+            super().__init__()
+            self.fc, self.bn = nn.Linear(4, 4), nn.BatchNorm1d(4)
+
+        def forward(self, t):
+            return self.bn(self.fc(t))
+
+    tokens = Tokens()
+    tokens.train()(torch.randn(16, 4, 4))
+    tokens.eval()
+    assert fold_batchnorm(tokens, torch.randn(3, 4, 4)) == []

@@ -1,5 +1,6 @@
-"""Fold each BatchNorm into the convolution that feeds it, as the TFLite export will, so that
-per-channel weight scales are computed on the same folded weights the artifact stores."""
+"""Fold each BatchNorm into the convolution (or Linear) that feeds it, as the TFLite export
+will, so that per-channel weight scales are computed on the same folded weights the artifact
+stores."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import logging
 
 import torch
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_weights
+from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
 log = logging.getLogger(__name__)
 _CONVS = (nn.Conv1d, nn.Conv2d)
@@ -15,8 +16,10 @@ _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
 def _pairs_up(conv: nn.Module | None, bn: nn.Module | None) -> bool:
-    """A Conv1d feeding a BatchNorm1d, or a Conv2d a BatchNorm2d."""
-    return isinstance(conv, nn.Conv1d) and isinstance(bn, nn.BatchNorm1d) or \
+    """A Conv1d or Linear feeding a BatchNorm1d, or a Conv2d a BatchNorm2d (with running statistics)."""
+    if getattr(bn, "running_mean", None) is None:
+        return False
+    return isinstance(conv, nn.Conv1d | nn.Linear) and isinstance(bn, nn.BatchNorm1d) or \
         isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)
 
 
@@ -97,17 +100,40 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor | None = None) -> lis
     """Fold in place (call on a copy, in eval mode): conv gets the folded weight and a bias,
     the BatchNorm becomes nn.Identity under its own name. Returns the folded pairs. `example`
     (a batch the model takes) lets a model torch.fx cannot trace be folded too."""
-    pairs = conv_bn_pairs(model, example)
+    pairs = _checked_linear_pairs(model, conv_bn_pairs(model, example), example)
     _fold(model, pairs)
     return pairs
+
+
+def _checked_linear_pairs(model: nn.Module, pairs: list[tuple[str, str]],
+                          example: torch.Tensor | None) -> list[tuple[str, str]]:
+    """`pairs`, with the Linear -> BatchNorm1d ones kept only if folding leaves the model's
+    output on `example` unchanged (a BatchNorm1d normalises dim 1, which is a Linear's output
+    features only for 2-D activations); without an example they are not folded."""
+    import copy
+
+    modules = dict(model.named_modules())
+    linear = [p for p in pairs if isinstance(modules[p[0]], nn.Linear)]
+    if not linear:
+        return pairs
+    convs = [p for p in pairs if p not in linear]
+    if example is None:
+        return convs
+    trial = copy.deepcopy(model)
+    _fold(trial, linear)
+    ref, out = model(example), trial(example)
+    same = isinstance(ref, torch.Tensor) and torch.allclose(out, ref, rtol=1e-4, atol=1e-5 * float(ref.abs().max()))
+    return pairs if same else convs
 
 
 def _fold(model: nn.Module, pairs: list[tuple[str, str]]) -> None:
     modules = dict(model.named_modules())
     for conv_name, bn_name in pairs:
         conv, bn = modules[conv_name], modules[bn_name]
-        w, b = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var,
-                                    bn.eps, bn.weight, bn.bias)
+        gamma = bn.weight if bn.weight is not None else torch.ones_like(bn.running_mean)
+        beta = bn.bias if bn.bias is not None else torch.zeros_like(bn.running_mean)
+        fuse = fuse_linear_bn_weights if isinstance(conv, nn.Linear) else fuse_conv_bn_weights
+        w, b = fuse(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, gamma, beta)
         conv.weight = nn.Parameter(w.detach().clone())
         conv.bias = nn.Parameter(b.detach().clone())
         set_module(model, bn_name, nn.Identity())
