@@ -47,9 +47,15 @@ class TrainResult:
 
 
 def shift_batch(x: torch.Tensor, shift: int, gen: torch.Generator) -> torch.Tensor:
-    """Translate each sample by a random integer offset in [-shift, shift] (zero fill)."""
-    if shift <= 0:
+    """Translate each sample by a random integer offset in [-shift, shift] (zero fill): images in
+    both directions, 1-D signals (N, C, L) along L; vectors are left as they are."""
+    if shift <= 0 or x.dim() not in (3, 4):
         return x
+    if x.dim() == 3:
+        n, _, length = x.shape
+        padded = nn.functional.pad(x, (shift, shift))
+        dx = torch.randint(0, 2 * shift + 1, (n,), generator=gen).tolist()
+        return torch.stack([padded[i, :, dx[i]:dx[i] + length] for i in range(n)])
     n, _, h, w = x.shape
     padded = nn.functional.pad(x, (shift, shift, shift, shift))
     dy = torch.randint(0, 2 * shift + 1, (n,), generator=gen).tolist()

@@ -66,7 +66,7 @@ def test_layers_the_deployment_cannot_quantize_are_fixed_with_a_reason():
 
 
 def test_model_without_quantizable_layer_or_wrong_shape_is_a_clear_error(two_layer):
-    with pytest.raises(ModelError, match="no Conv2d or Linear"):
+    with pytest.raises(ModelError, match="no Conv1d, Conv2d or Linear"):
         trace(nn.Sequential(nn.ReLU()), (3, 4, 4))
     with pytest.raises(ModelError, match=r"input of shape \(1, 1, 10, 10\)"):
         trace(two_layer, (1, 10, 10))

@@ -61,10 +61,11 @@ def check_float_weights(base: bytes, ops: dict[str, int], module: nn.Module, kin
         got = stored.get(index)
         tol = 1e-5 * float(np.abs(want).max() or 1.0)
         if got is None or got.shape != want.shape or not np.allclose(got, want, rtol=1e-4, atol=tol):
-            raise ConversionError(f"layer {name}: the converter changed its weights (a BatchNorm folded by the ONNX "
-                                  "export rather than by edgempq: torch.fx could not trace the model), so the "
-                                  "artifact cannot carry the simulation's integers; make the model traceable by "
-                                  "torch.fx (no Python control flow on tensor values in forward)")
+            raise ConversionError(f"layer {name}: the converter changed its weights (it folded the op after it "
+                                  "into them: a BatchNorm edgempq could not fold, e.g. because torch.fx cannot trace "
+                                  "the model, or a scale such as hard-sigmoid's x/6), so the artifact cannot carry "
+                                  "the simulation's integers; set the layer to f16 or f32 in the policy, or make "
+                                  "the model traceable by torch.fx")
 
 
 def _read(model: bytes) -> ModelT:

@@ -109,13 +109,14 @@ def module_of(module: nn.Module, node: str) -> tuple[str, str] | None:
     if len(parts) < 2:
         return None
     path, op = parts[:-1], re.sub(r"_\d+$", "", parts[-1])
+    names = [n for n, _ in module.named_modules() if n]
     for start in range(len(path)):  # the longest path that names a submodule (skipping prefixes)
-        name = ".".join(path[start:])
-        try:
-            module.get_submodule(name)
-        except AttributeError:
-            continue
-        return name, op
+        tail = ".".join(path[start:])
+        if tail in names:
+            return tail, op
+        inside = [n for n in names if n.endswith("." + tail)]  # onnx2tf may shorten a ModuleList's scope
+        if inside:
+            return inside[0], op  # converted in order: the first of them is where it stopped
     return None
 
 
