@@ -220,3 +220,20 @@ def test_splice_rewrites_one_part_and_keeps_the_others_as_measured(bench, tmp_pa
     assert again.count("## 5. Low-bit PTQ") == 1 and again.count("with the default under 5 min") == 1
     with pytest.raises(SystemExit, match="no results for part"):
         a.splice(["device"], fresh, md)
+
+
+def test_the_models_part_renders_each_step_and_the_refusal_it_met(bench):
+    sys.path.insert(0, str(TOOLS))
+    import bench_models
+
+    ok = {s: {"ok": True, "seconds": 1.0} for s in bench_models.STEPS}
+    res = {"target": "host", "method": "csmpq", "size_share": 0.6, "epochs": 10, "samples": 600, "models": [
+        {"model": "ds_cnn", "task": "classify", "layers": 10, "searchable": 10, "steps": ok, "agreement": 0.995},
+        {"model": "tiny_vit", "task": "classify", "layers": 9, "searchable": 5, "fixed": {"b.attn.in_proj": "why"},
+         "steps": {"layers": ok["layers"], "preflight": {"ok": False, "seconds": 9.0,
+                                                         "error": "onnx2tf cannot convert the Mul in module 'a'"}}}]}
+    text = bench_models.section(res, bench["all"].table)
+    assert "| ds_cnn | classify | 10/10 | ✔ 1.0 s |" in text and "| 99.5 % |" in text
+    assert "| tiny_vit | classify | 5/9 | ✔ 1.0 s | ✘ | – |" in text
+    assert "- **tiny_vit**, preflight: onnx2tf cannot convert the Mul in module 'a'" in text
+    assert "- tiny_vit: 1 layer(s) kept float — why" in text

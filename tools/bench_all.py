@@ -13,6 +13,7 @@ Parts (each also runnable alone as tools/bench_<part>.py):
   fidelity  simulation vs artifact and predicted vs measured latency and size, per artifact
   ptq       the PTQ weight algorithms on Adam-trained models, simulated and deployed; ResNet-18 PTQ time;
             parts 1 and 2's mixed policies with the first round's PTQ and the default
+  models    eleven edge architectures through every step of the pipeline (tools/benchnets.py)
 
 Each part writes bench_results/all/<part>.json; BENCHMARKS.md and its plots (benchmarks/*.png)
 are written from whichever parts have results.
@@ -33,9 +34,9 @@ import benchkit  # noqa: E402
 from bench_device import KINDS  # noqa: E402
 from benchkit import RESULTS, log  # noqa: E402
 
-PARTS = ("device", "methods", "costs", "fidelity", "ptq")
+PARTS = ("device", "methods", "costs", "fidelity", "ptq", "models")
 # fidelity right after the artifacts; ptq reads the policies of device and methods; costs reads methods
-RUN_ORDER = ("device", "fidelity", "methods", "ptq", "costs")
+RUN_ORDER = ("device", "fidelity", "methods", "ptq", "costs", "models")
 ROOT = Path(__file__).resolve().parent.parent
 MD = ROOT / "BENCHMARKS.md"
 SEARCH_TARGET_S = 30.0
@@ -438,6 +439,10 @@ def part_sections(parts: dict, plots: Path, base: Path) -> dict[str, str]:
         import bench_ptq
 
         out["ptq"] = bench_ptq.section(parts["ptq"], table) + "\n"
+    if parts["models"]:
+        import bench_models
+
+        out["models"] = bench_models.section(parts["models"], table) + "\n"
     return out
 
 

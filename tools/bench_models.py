@@ -1,0 +1,233 @@
+"""Part 6 of the benchmarks: any model a user brings. Eleven edge architectures
+(`tools/benchnets.py`) through layers -> preflight -> profile -> sensitivity -> search -> deploy
+-> validate on `host`, as a user would run them, each step timed and its outcome recorded (the
+error sentence where one fails).
+
+    .venv/bin/python tools/bench_models.py [--quick] [--only NAME ...]   (or bench_all.py --part models)
+
+Each model is trained for a few epochs on synthetic class-conditional data of its input shape
+(a fixed random pattern per class plus half as much noise, 600 samples, written as a .npz), so that its
+predictions are confident enough for top-1 agreement to mean something; the numbers say whether
+the pipeline carries the model, not how good the model is. The size budget sits 40 % of the way
+from the smallest policy the target runs to the all-int8 one. Models whose task is not
+classification are still run as a user would, and the step that refuses them says why.
+Results: bench_results/all/models.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import benchkit  # noqa: E402
+import benchnets  # noqa: E402
+from benchkit import RESULTS, TARGET, log  # noqa: E402
+
+SAMPLES = 600
+EPOCHS = 10
+NOISE = 0.5  # of the per-class pattern's unit spread
+SIZE_SHARE = 0.6
+METHOD = "csmpq"
+QUICK = ("ds_cnn", "conv1d_audio", "tiny_vit")
+STEPS = ("layers", "preflight", "profile", "sensitivity", "search", "deploy", "validate")
+
+
+def _data(name: str, folder: Path) -> Path:
+    """600 samples of the model's input shape: each class a fixed random pattern, plus noise."""
+    import torch
+
+    model = benchnets.NETS[name]()
+    with torch.no_grad():
+        out = model.eval()(torch.zeros(2, *model.input_shape))
+    classes = min(int(out.shape[1]), 10) if out.dim() == 2 else 4
+    rng = np.random.default_rng(0)
+    patterns = rng.normal(0, 1, (classes, *model.input_shape)).astype(np.float32)
+    y = np.repeat(np.arange(classes), -(-SAMPLES // classes))[:SAMPLES]
+    x = patterns[y] + rng.normal(0, NOISE, (len(y), *model.input_shape)).astype(np.float32)
+    path = folder / f"{name}.npz"
+    np.savez(path, x=x, y=y)
+    return path
+
+
+class _Run:
+    """One model's way through the pipeline, step by step, stopping at the first refusal."""
+
+    def __init__(self, name: str, folder: Path) -> None:
+        self.name, self.folder = name, folder
+        self.spec = f"{Path(benchnets.__file__).resolve()}:{name}"
+        self.row: dict[str, Any] = {"model": name, "task": benchnets.TASKS[name], "steps": {}}
+
+    def step(self, key: str, fn: Any) -> Any:
+        """Run `fn` as step `key`: its seconds and outcome recorded; a user error stops the model."""
+        from edgempq.errors import EdgeMPQError
+
+        t = time.perf_counter()
+        try:
+            out = fn()
+        except EdgeMPQError as e:
+            self.row["steps"][key] = {"ok": False, "seconds": time.perf_counter() - t, "error": str(e)}
+            log(f"{self.name}: {key} refused: {e}")
+            raise
+        self.row["steps"][key] = {"ok": True, "seconds": time.perf_counter() - t}
+        return out
+
+    def run(self) -> dict[str, Any]:
+        """Every step in order; the row records how far the model got."""
+        from edgempq.errors import EdgeMPQError
+
+        with contextlib.suppress(EdgeMPQError):  # recorded by `step`
+            self._steps()
+        return self.row
+
+    def _steps(self) -> None:
+        from edgempq.layers import trace
+        from edgempq.preflight import preflight
+        from edgempq.simulation import load_model_and_data
+
+        data = str(_data(self.name, self.folder))
+        model, ds = self.step("layers", lambda: load_model_and_data(self.spec, data))
+        layers = trace(model.module, model.input_shape)
+        self.row.update(layers=len(layers), searchable=sum(la.searchable for la in layers),
+                        macs=sum(la.macs for la in layers),
+                        fixed={la.name: la.fixed_reason for la in layers if not la.searchable})
+        self.step("preflight", lambda: preflight(model.module, model.input_shape, layers))
+        model, ds = self._trained(model, ds, data)
+        self._pipeline(model, ds, layers, data)
+
+    def _trained(self, model: Any, ds: Any, data: str) -> tuple[Any, Any]:
+        """The model after a few epochs on the synthetic data, saved and loaded as a user's weights."""
+        import torch
+
+        from edgempq.simulation import load_model_and_data, state_bytes
+        from edgempq.train import TrainConfig, fit
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            fit(model.module, *ds.split("train"), TrainConfig(epochs=EPOCHS, batch_size=32, lr=0.05))
+        weights = self.folder / f"{self.name}.pt"
+        weights.write_bytes(state_bytes(model.module))
+        self.row["weights"] = str(weights)
+        return load_model_and_data(self.spec, data, weights)
+
+    def _pipeline(self, model: Any, ds: Any, layers: list, data: str) -> None:
+        from edgempq.export.stage import DeployConfig
+        from edgempq.pipeline import ValidateOptions, deploy, layer_precisions, sensitivity, validate
+        from edgempq.profile import profile
+        from edgempq.schema import Budget
+        from edgempq.solve import solve
+        from edgempq.targets import load_target
+
+        target = load_target(TARGET)
+        table = self.step("profile", lambda: profile(layers, target, model.model_hash))
+        sens = self.step("sensitivity", lambda: sensitivity(model, ds, METHOD, layer_precisions(layers,
+                                                                                                 device=TARGET)))
+        budget = Budget(size_kb=_size_budget(layers, target) / 1024)
+        policy = self.step("search", lambda: solve(layers, sens, table, budget, target))
+        self.row["policy"] = {n: str(p) for n, p in policy.precisions.items()}
+        folder = self.folder / f"{self.name}-artifact"
+        cfg = DeployConfig(profile=table, weights=self.row["weights"], data_spec=data)
+        dep = self.step("deploy", lambda: deploy(model, ds, policy, TARGET, folder, cfg))
+        self.row.update(float_top1=dep.float_top1, simulated_top1=dep.simulated_top1, exact_layers=dep.exact.layers)
+        val = self.step("validate", lambda: validate(folder, TARGET, ValidateOptions(runs=10)))
+        self.row.update(artifact_top1=val.artifact_top1, agreement=val.agreement.top1 if val.agreement else None,
+                        latency_ms=val.latency.median_ms, predicted_ms=val.latency.predicted_ms,
+                        tflite_bytes=val.size.tflite_bytes)
+
+
+def _size_budget(layers: list, target: Any) -> float:
+    """Bytes: SIZE_SHARE of the way from the smallest policy the target runs to the all-int8 one
+    (a share of int8 alone can be out of reach where the target has no int4 kernel for a kind)."""
+    from edgempq.costs import F32, weight_bytes
+    from edgempq.layers import policy_weight_bytes
+    from edgempq.schema import Policy
+
+    fixed = sum(weight_bytes(la, F32) for la in layers if not la.searchable)
+    low = fixed + sum(min(weight_bytes(la, p) for p in target.allowed(la.kind)) for la in layers if la.searchable)
+    int8 = policy_weight_bytes(layers, Policy.uniform(layers, "w8a8"))
+    return low + (1 - SIZE_SHARE) * (int8 - low)
+
+
+def run(quick: bool = False, folder: Path = RESULTS, only: list[str] | None = None) -> dict:
+    """Every architecture (three with `quick`) through the pipeline; saved as models.json."""
+    import tempfile
+
+    names = only or (QUICK if quick else tuple(benchnets.NETS))
+    out = {"part": "models", "quick": quick, "target": TARGET, "method": METHOD, "size_share": SIZE_SHARE,
+           "epochs": EPOCHS, "samples": SAMPLES, "machine": benchkit.machine(), "models": []}
+    before = os.environ.get("EDGEMPQ_CACHE")
+    with tempfile.TemporaryDirectory(prefix="edgempq-bench-models-") as work:
+        os.environ["EDGEMPQ_CACHE"] = str(Path(work) / "cache")  # cold profiles: their times are measured
+        try:
+            for name in names:
+                log(f"models: {name}")
+                out["models"].append(_Run(name, Path(work)).run())
+                benchkit.save("models", out, folder)
+        finally:
+            if before is None:
+                os.environ.pop("EDGEMPQ_CACHE", None)
+            else:
+                os.environ["EDGEMPQ_CACHE"] = before
+    return out
+
+
+# ---------------------------------------------------------------- BENCHMARKS.md
+
+def _cell(step: dict | None) -> str:
+    if step is None:
+        return "–"
+    return f"✔ {step['seconds']:.1f} s" if step["ok"] else "✘"
+
+
+def section(res: dict, table: Any) -> str:
+    """Part 6 of BENCHMARKS.md: each architecture's steps, their times, the agreement reached, and
+    the sentence of the step that refused it."""
+    rows, notes = [], []
+    for m in res["models"]:
+        steps = m["steps"]
+        agree = m.get("agreement")
+        rows.append([m["model"], m["task"], f"{m.get('searchable', '–')}/{m.get('layers', '–')}",
+                     *(_cell(steps.get(s)) for s in STEPS),
+                     "–" if agree is None else f"{100 * agree:.1f} %"])
+        failed = next((s for s in STEPS if s in steps and not steps[s]["ok"]), None)
+        if failed:
+            notes.append(f"- **{m['model']}**, {failed}: {steps[failed]['error']}")
+        fixed = m.get("fixed") or {}
+        if fixed:
+            reasons = sorted(set(fixed.values()))
+            notes.append(f"- {m['model']}: {len(fixed)} layer(s) kept float — " + "; ".join(reasons))
+    head = ["model", "task", "searchable / layers", *STEPS, "agreement"]
+    return "\n".join([
+        "## 6. Any model: eleven edge architectures", "",
+        f"`tools/bench_models.py`: each architecture of `tools/benchnets.py` (MLPerf Tiny's DS-CNN, "
+        f"MobileNetV1-0.25, ResNet-8 and FC autoencoder, and seven of the kinds users bring) as a user runs it on "
+        f"`{res['target']}`: layers, the preflight, profile, {res['method']} sensitivity, a search under a size "
+        f"budget {100 * (1 - res['size_share']):.0f} % of the way from the smallest policy the target runs to "
+        "the all-int8 one, deploy and validate. Each is trained "
+        f"{res['epochs']} epochs on {res['samples']} synthetic samples of its input shape (a fixed pattern per "
+        "class plus noise), so agreement (artifact vs simulation, top-1 over the test split) is about the "
+        "pipeline, not the model. ✘: the step refused the model; the sentence it said is below. "
+        "Not run here: `tflm-host` for the MLPerf Tiny four, and tasks other than classification "
+        "(the autoencoder and the segmentation net are run as a user would and refused where they are).", "",
+        table(head, rows), "", *notes, ""])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="three architectures only")
+    ap.add_argument("--only", action="append", choices=sorted(benchnets.NETS), help="this architecture (repeatable)")
+    args = ap.parse_args(argv)
+    run(args.quick, RESULTS, args.only)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
