@@ -9,6 +9,8 @@ import torch
 
 from edgempq.schema import Policy, Precision
 
+from .usernet import full_batch_adam
+
 NET = """
 from torch import nn
 
@@ -45,14 +47,7 @@ def audio(tmp_path_factory):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model, ds = load_model_and_data(spec, data)
-        opt = torch.optim.Adam(model.module.parameters(), 1e-2)
-        xt, yt = (torch.from_numpy(a) for a in ds.split("train"))
-        model.module.train()
-        for _ in range(80):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model.module(xt), yt.long()).backward()
-            opt.step()
-    model.module.eval()
+        full_batch_adam(model, ds, 80)
     torch.save(model.module.state_dict(), folder / "w.pt")
     model, ds = load_model_and_data(spec, data, folder / "w.pt")
     return model, ds, {"model": spec, "data": data, "weights": str(folder / "w.pt"), "folder": folder}

@@ -55,14 +55,19 @@ def trained_user_model(folder: Path):
     torch.manual_seed(0)  # the factory draws the initial weights: same model whatever ran before
     spec, data = f"{folder / 'net.py'}:net", str(folder / "d.npz")
     model, ds = load_model_and_data(spec, data)
+    full_batch_adam(model, ds, 60)  # confident enough that rounding rarely flips a prediction
+    torch.save(model.module.state_dict(), folder / "w.pt")
+    model, ds = load_model_and_data(spec, data, folder / "w.pt")
+    return model, ds, {"model": spec, "data": data, "weights": str(folder / "w.pt")}
+
+
+def full_batch_adam(model, ds, steps: int) -> None:
+    """Train `model` in place: `steps` full-batch Adam steps (lr 1e-2) on the training split, then eval mode."""
     opt = torch.optim.Adam(model.module.parameters(), 1e-2)
     xt, yt = (torch.from_numpy(a) for a in ds.split("train"))
     model.module.train()
-    for _ in range(60):  # confident enough that rounding rarely flips a prediction
+    for _ in range(steps):
         opt.zero_grad()
         torch.nn.functional.cross_entropy(model.module(xt), yt.long()).backward()
         opt.step()
     model.module.eval()
-    torch.save(model.module.state_dict(), folder / "w.pt")
-    model, ds = load_model_and_data(spec, data, folder / "w.pt")
-    return model, ds, {"model": spec, "data": data, "weights": str(folder / "w.pt")}
