@@ -5,11 +5,12 @@ the options several commands take, folded into typed values (`Source`, `QuantCon
 from __future__ import annotations
 
 import functools
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -60,23 +61,26 @@ class Group(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         """Run the command: our errors and bad options print one line and exit 1, interrupts 130/143."""
+        from . import stop
+
         try:
             return super().invoke(ctx)
-        except EdgeMPQError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(1)
-        except click.UsageError as e:  # a bad option or value: one sentence too, not click's usage block
-            _usage_error(e)
         except KeyboardInterrupt as e:
-            # every output is written atomically, so an interrupted command leaves none behind;
-            # a profile keeps the measurements it finished in the cache and resumes from them
-            click.echo("interrupted; no file was left half-written (a profile keeps its finished "
-                       "measurements in the cache and resumes from them)", err=True)
-            sys.exit(143 if isinstance(e, Terminated) else 130)
+            _interrupted(isinstance(e, Terminated))
+        except Exception as e:
+            # a library that swallowed the KeyboardInterrupt (a converter, TensorFlow) fails instead:
+            # the failure is the interrupt's doing, so it is reported as the interrupt
+            if stop.requested() is not None:
+                _interrupted(stop.requested() == signal.SIGTERM)
+            if isinstance(e, EdgeMPQError):
+                click.echo(f"error: {e}", err=True)
+                sys.exit(1)
+            if isinstance(e, click.UsageError):  # a bad option or value: one sentence, not click's usage block
+                _usage_error(e)
+            raise
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         """Run the CLI with SIGTERM and SIGINT unwinding like Ctrl-C, so temporary folders are removed."""
-        import signal
         import threading
 
         if threading.current_thread() is not threading.main_thread():
@@ -100,6 +104,15 @@ class Group(click.Group):
         finally:
             signal.signal(signal.SIGTERM, previous[0])
             signal.signal(signal.SIGINT, previous[1])
+
+
+def _interrupted(terminated: bool) -> NoReturn:
+    """Exit 130 (Ctrl-C) or 143 (SIGTERM) after saying that nothing was left half-written."""
+    # every output is written atomically, so an interrupted command leaves none behind;
+    # a profile keeps the measurements it finished in the cache and resumes from them
+    click.echo("interrupted; no file was left half-written (a profile keeps its finished "
+               "measurements in the cache and resumes from them)", err=True)
+    sys.exit(143 if terminated else 130)
 
 
 @contextmanager

@@ -18,6 +18,11 @@ def request(signum: int) -> None:
     _requested.append(signum)
 
 
+def requested() -> int | None:
+    """The signal of the last stop requested, or None."""
+    return _requested[-1] if _requested else None
+
+
 def check() -> None:
     """Raise the interrupt again if a stop was requested and swallowed on the way."""
     if _requested:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -166,3 +167,35 @@ def test_the_clis_ptq_default_is_the_librarys():
     from edgempq.quant import DEFAULT_WEIGHTS, QuantConfig
 
     assert PTQ_DEFAULT == DEFAULT_WEIGHTS == QuantConfig().weights
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_failure_after_a_swallowed_interrupt_is_reported_as_the_interrupt(monkeypatch, signum, code):
+    """A library that catches the KeyboardInterrupt and then fails must not turn Ctrl-C into an error."""
+    import click
+    from click.testing import CliRunner
+
+    from edgempq import stop
+    from edgempq.clikit import Group
+    from edgempq.errors import EdgeMPQError
+
+    monkeypatch.setattr(stop, "_requested", [])
+
+    @click.group(cls=Group)
+    def cli():
+        pass
+
+    @cli.command()
+    def convert():
+        stop.request(signum)  # the signal arrived, and the converter swallowed its KeyboardInterrupt
+        raise EdgeMPQError("the converter failed")
+
+    @cli.command()
+    def plain():
+        raise EdgeMPQError("the converter failed")
+
+    result = CliRunner().invoke(cli, ["convert"])
+    assert result.exit_code == code and "interrupted" in result.output and "converter failed" not in result.output
+    monkeypatch.setattr(stop, "_requested", [])
+    result = CliRunner().invoke(cli, ["plain"])
+    assert result.exit_code == 1 and "error: the converter failed" in result.output

@@ -76,7 +76,7 @@ def test_an_interrupted_profile_keeps_what_it_finished_and_resumes(tmp_path, mon
     _wait_for_rows(p, cache, 5)
     p.send_signal(signal.SIGINT)  # Ctrl-C (SIGTERM: test_sigterm_removes_the_remote_folder; SIGKILL: test_profile)
     _, err = p.communicate(timeout=1800)
-    assert p.returncode == 130 and "Traceback" not in err
+    assert p.returncode == 130 and "Traceback" not in err, err
     assert "interrupted; no file was left half-written" in err and "keeps its finished measurements" in err
     assert not out.exists() and not list(tmp_path.glob(".p.json*"))
     done = _rows(cache)
@@ -237,7 +237,7 @@ def test_sigterm_removes_the_folders_here_and_on_the_device(tmp_path, sshd, devi
     assert len(remote) == 1 and list(scratch.iterdir())
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=1800)
-    assert p.returncode == 143 and "Traceback" not in err and "interrupted" in err
+    assert p.returncode == 143 and "Traceback" not in err and "interrupted" in err, err
     assert not any(r.exists() for r in remote) and not list(scratch.iterdir())
 
 
