@@ -265,6 +265,8 @@ def _quantizer_said(p: dict[str, Any]) -> str:
 @budget_options
 @click.option("--group", "groups", multiple=True, help="comma-separated layers that share one precision (repeatable)")
 @click.option("--group-shared-inputs", is_flag=True, help="layers that read the same activation share one precision")
+@click.option("--fixed", "fixed", multiple=True, metavar="NAME[=PRECISION]",
+              help="keep a layer out of the search at PRECISION (default: the widest the target offers; repeatable)")
 @click.option("--sweep", "sweep_spec", help="solve N budgets: latency_ms=LO:HI:N (or size_kb, bops, ram_kb)")
 @click.option("--time-limit", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="seconds for the solver; past it the best policy found is kept with its gap")
@@ -281,7 +283,8 @@ def search(profile_path: str, sens_path: str, budget: Any, sweep_spec: str | Non
     groups = tuple(tuple(n.strip() for n in g.split(",") if n.strip()) for g in grouping["groups"])
     if grouping["group_shared_inputs"]:
         groups += shared_input_groups(table)
-    options = SolveOptions(groups, grouping["time_limit"])
+    fixed = tuple((n.strip(), p.strip()) for n, _, p in (f.partition("=") for f in grouping["fixed"]))
+    options = SolveOptions(groups, grouping["time_limit"], fixed)
     if sweep_spec:
         from .sweep import Sweep
 
@@ -292,6 +295,8 @@ def search(profile_path: str, sens_path: str, budget: Any, sweep_spec: str | Non
     policy = solve(list(table.layers), sens, table, budget, table.target, options)
     policy.save(output)
     show.policy(policy, list(table.layers), table)
+    if fixed:
+        click.echo("kept out of the search: " + ", ".join(f"{n} at {policy.precisions[n]}" for n, _ in fixed))
     click.echo(f"wrote {output}")
 
 

@@ -14,7 +14,7 @@ import itertools
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from .costs import bops, weight_bytes, working_set_bytes
@@ -365,6 +365,8 @@ class SolveOptions:
 
     groups: tuple[tuple[str, ...], ...] = ()
     time_limit_s: float = 30.0
+    # layers kept out of the search at one precision: (name, "w8a8" / "f32" / "" = the widest)
+    fixed: tuple[tuple[str, str], ...] = ()
 
 
 def solve(layers: list[Layer], sensitivity: Sensitivity, costs: CostTable | None, budget: Budget, target: Target,
@@ -374,7 +376,7 @@ def solve(layers: list[Layer], sensitivity: Sensitivity, costs: CostTable | None
     if budget.latency_ms is not None and costs is None:
         raise ConfigError("a latency budget needs the device profile; give --profile")
     options = options if options is not None else SolveOptions()
-    problem = build_problem(layers, sensitivity, costs, target, options.groups)
+    problem = fix_layers(build_problem(layers, sensitivity, costs, target, options.groups), options.fixed, target)
     sol = solve_problem(problem, budget, options.time_limit_s)
     predicted = {"objective": sol.objective, "size_bytes": sol.totals["size_bytes"], "bops": sol.totals["bops"],
                  "ram_bytes": sol.totals["ram_bytes"], "solve_seconds": sol.seconds}
@@ -386,6 +388,38 @@ def solve(layers: list[Layer], sensitivity: Sensitivity, costs: CostTable | None
     return Policy({la: Precision.parse(p) for la, p in sol.precisions.items()}, budget, sensitivity.method,
                   target.name, sensitivity.model_hash, predicted, sol.status, sol.gap,
                   _quantizer(quantizer) if "ptq" in quantizer else None)
+
+
+def _widest(options: list[Choice]) -> Choice:
+    """Float first (f32 over f16), then the most weight bits, then the most activation bits."""
+    def rank(c: Choice) -> tuple[bool, int, int]:
+        p = Precision.parse(c.precision)
+        return p.is_float, p.weight_bits, p.act_bits
+
+    return max(options, key=rank)
+
+
+def fix_layers(problem: Problem, fixed: tuple[tuple[str, str], ...], target: Target) -> Problem:
+    """`problem` with each named layer's choices cut to the one precision it is fixed at (the
+    widest the target allows when none is given); an unknown layer or a precision the target does
+    not offer for it is refused."""
+    if not fixed:
+        return problem
+    choices = dict(problem.choices)
+    for name, text in fixed:
+        if name not in choices:
+            raise ConfigError(f"--fixed {name}: the model has no searchable layer of that name; "
+                              f"choose from {', '.join(choices) or '(none)'}")
+        if not text:
+            choices[name] = [_widest(choices[name])]
+            continue
+        want = str(Precision.parse(text))
+        kept = [c for c in choices[name] if c.precision == want]
+        if not kept:
+            raise ConfigError(f"--fixed {name}={text}: {target.name} does not offer {want} for that layer; "
+                              f"choose from {', '.join(c.precision for c in choices[name])}")
+        choices[name] = kept
+    return replace(problem, choices=choices)
 
 
 def shared_input_groups(costs: CostTable) -> tuple[tuple[str, ...], ...]:

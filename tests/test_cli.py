@@ -148,6 +148,14 @@ def test_profile_prints_layer_costs_and_whole_model_errors(tmp_path):
             "--ram-kb", "64", "-o", str(pol))
     assert "predicted latency" in p.stdout and "(budget 64)" in p.stdout
     assert {r["layer"] for r in json.loads(pol.read_text())["layers"]} == {"0", "2", "5"}
+    p = run("search", "--profile", str(out), "--sensitivity", str(sens), "--size-kb", "64", "--fixed", "2=w4a8",
+            "--fixed", "5", "-o", str(pol))
+    assert "kept out of the search: 2 at w4a8, 5 at f32" in p.stdout
+    picked = {r["layer"]: r["precision"] for r in json.loads(pol.read_text())["layers"]}
+    assert picked["2"] == "w4a8" and picked["5"] == "f32"  # the widest tflm-host offers a linear layer
+    p = run("search", "--profile", str(out), "--sensitivity", str(sens), "--size-kb", "64", "--fixed", "2=f16",
+            check=False)
+    assert p.returncode == 1 and "--fixed 2=f16: tflm-host does not offer f16 for that layer" in p.stderr
     p = run("search", "--profile", str(out), "--sensitivity", str(sens), "--latency-ms", "0.000001", check=False)
     assert p.returncode == 1 and "raise latency_ms to at least" in p.stderr and "Traceback" not in p.stderr
     p = run("search", "--profile", str(out), "--sensitivity", str(sens), "--sweep", "size_kb=1:40:3",

@@ -299,3 +299,32 @@ def test_solving_leaves_torchs_thread_count_as_it_was():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_fixed_layer_keeps_its_precision_and_the_rest_is_searched_around_it(two_layer):
+    from edgempq.layers import trace
+    from edgempq.solve import SolveOptions
+
+    layers = trace(two_layer, (3, 10, 10))
+    sens = Sensitivity("toy", {("conv", "w8a8"): 1.0, ("conv", "w4a8"): 3.0, ("conv", "f32"): 0.0,
+                               ("fc", "w8a8"): 0.5, ("fc", "f32"): 0.0}, model_hash="h")
+    free = solve(layers, sens, None, Budget(size_kb=6), TARGET)
+    assert str(free.precisions["conv"]) == "f32"
+
+    def pick(*fixed: tuple[str, str], kb: float = 6, scores: Sensitivity = sens) -> dict[str, str]:
+        pol = solve(layers, scores, None, Budget(size_kb=kb), TARGET, SolveOptions(fixed=fixed))
+        return {k: str(v) for k, v in pol.precisions.items()}
+
+    assert pick(("conv", "w4a8")) == {"conv": "w4a8", "fc": "w8a8"}  # against the free search's f32
+    assert pick(("conv", "w4a8"), kb=40) == {"conv": "w4a8", "fc": "f32"}
+    odd = Sensitivity("toy", {**sens.penalties, ("fc", "f32"): 2.0}, model_hash="h")  # float fc scored worse
+    assert pick(kb=40, scores=odd) == {"conv": "f32", "fc": "w8a8"}
+    assert pick(("fc", ""), kb=40, scores=odd) == {"conv": "f32", "fc": "f32"}  # the widest the target offers
+    with pytest.raises(InfeasibleError):
+        pick(("fc", "f32"), ("conv", "f32"))  # both float does not fit 6 KB: the budget names it
+    with pytest.raises(ConfigError, match=r"--fixed fc=w4a8: t does not offer w4a8 for that layer; choose from "
+                                          r"w8a8, f32"):
+        pick(("fc", "w4a8"))
+    with pytest.raises(ConfigError, match="--fixed nope: the model has no searchable layer of that name; "
+                                          "choose from conv, fc"):
+        pick(("nope", ""))

@@ -64,8 +64,8 @@ def check_float_weights(base: bytes, ops: dict[str, int], module: nn.Module, kin
             raise ConversionError(f"layer {name}: the converter changed its weights (it folded the op after it "
                                   "into them: a BatchNorm edgempq could not fold, e.g. because torch.fx cannot trace "
                                   "the model, or a scale such as hard-sigmoid's x/6), so the artifact cannot carry "
-                                  "the simulation's integers; set the layer to f16 or f32 in the policy, or make "
-                                  "the model traceable by torch.fx")
+                                  "the simulation's integers; set the layer to f16 or f32 in the policy (search "
+                                  f"--fixed {name}=f32), or make the model traceable by torch.fx")
 
 
 def _read(model: bytes) -> ModelT:
