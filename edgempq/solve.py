@@ -167,20 +167,12 @@ def solve_problem(problem: Problem, budget: Budget, time_limit_s: float = 30.0) 
     terms += _pair_sum(problem.pairs, y)
     scale = max((abs(float(t.expr[v])) for t in terms for v in t.expr), default=1.0) or 1.0
     m.objective = mip.xsum(t * (1.0 / scale) for t in terms)  # well-scaled for CBC's tolerances
-    for key, limit in budget.items():
-        attr, unit_scale, _ = METRICS[key]
-        if attr == "latency_ms":
-            m += _latency_expr(problem, x, y) <= limit - problem.constant.get(attr, 0.0)
-        elif attr != "ram_bytes":
-            m += mip.xsum(getattr(c, attr) / unit_scale * x[(la, c.precision)]
-                          for la, options in problem.choices.items() for c in options) \
-                <= limit - problem.constant.get(attr, 0.0) / unit_scale
+    _add_budgets(m, problem, x, y, budget)
     m.max_mip_gap, m.max_mip_gap_abs = 1e-9, 1e-12
     status = optimize(m, time_limit_s)
     if status not in (mip.OptimizationStatus.OPTIMAL, mip.OptimizationStatus.FEASIBLE):
         if status == mip.OptimizationStatus.INFEASIBLE:
-            raise InfeasibleError(f"the budgets {_fmt(budget)} cannot all be met together (each alone can); "
-                                  "loosen one of them")
+            raise InfeasibleError(_together_message(problem, budget))
         raise InfeasibleError(f"the solver found no policy within {time_limit_s:g} s (status {status.name}); "
                               "raise the time limit")
     pick = _pick(problem, x)
@@ -191,6 +183,53 @@ def solve_problem(problem: Problem, budget: Budget, time_limit_s: float = 30.0) 
     return Solution(pick, objective(problem, pick), totals(problem, pick),
                     "optimal" if status == mip.OptimizationStatus.OPTIMAL else "feasible", gap,
                     time.perf_counter() - t0)
+
+
+def _metric_expr(problem: Problem, x: dict, y: dict, key: str) -> mip.LinExpr:
+    """Budget `key`'s total over the picked choices in the budget's unit, less the fixed layers'."""
+    import mip
+
+    attr, unit_scale, _ = METRICS[key]
+    if attr == "latency_ms":
+        return _latency_expr(problem, x, y)
+    return mip.xsum(getattr(c, attr) / unit_scale * x[(la, c.precision)]
+                    for la, options in problem.choices.items() for c in options)
+
+
+def _add_budgets(m: mip.Model, problem: Problem, x: dict, y: dict, budget: Budget) -> None:
+    """The budgets as constraints (RAM is not a sum: `_base_model` excludes choices over it)."""
+    for key, limit in budget.items():
+        attr, unit_scale, _ = METRICS[key]
+        if attr != "ram_bytes":
+            m += _metric_expr(problem, x, y, key) <= limit - problem.constant.get(attr, 0.0) / unit_scale
+
+
+def least_under(problem: Problem, budget: Budget, key: str) -> float | None:
+    """The least value of budget `key` (latency_ms, size_kb or bops) that any policy meeting the
+    other budgets reaches; None if none does or CBC gives no proof in 30 s."""
+    import mip
+
+    others = replace(budget, **{key: None})
+    m, x, y = _base_model(problem, others)
+    _add_budgets(m, problem, x, y, others)
+    m.objective = _metric_expr(problem, x, y, key)
+    if optimize(m, 30) != mip.OptimizationStatus.OPTIMAL:
+        return None
+    attr, unit_scale, _ = METRICS[key]
+    return float(m.objective_value) + problem.constant.get(attr, 0.0) / unit_scale
+
+
+def _together_message(problem: Problem, budget: Budget) -> str:
+    """Budgets each feasible alone but not together: the least latency (else size) the others allow."""
+    text = f"the budgets {_fmt(budget)} cannot all be met together (each alone can)"
+    for key in ("latency_ms", "size_kb", "bops"):
+        if getattr(budget, key) is not None and len(budget.items()) > 1:
+            need = least_under(problem, budget, key)
+            if need is not None:
+                unit = METRICS[key][2]
+                return f"{text}; with the others, {key} needs at least {need:.6g} {unit}: raise it to that, " \
+                       "or loosen the others"
+    return f"{text}; loosen one of them"
 
 
 def _base_model(problem: Problem, budget: Budget) -> tuple[mip.Model, dict, dict]:

@@ -13,6 +13,7 @@ from edgempq.solve import (
     Choice,
     Problem,
     build_problem,
+    least_under,
     merge_groups,
     objective,
     shared_input_groups,
@@ -56,8 +57,12 @@ def test_infeasible_budget_names_it_and_the_smallest_achievable_value():
 
 def test_budgets_each_feasible_but_not_together_is_a_clear_error():
     p = Problem({"a": [Choice("a", "f32", 0.0, 1.0, 10), Choice("a", "w8a8", 0.0, 10.0, 1)]})
-    with pytest.raises(InfeasibleError, match="cannot all be met together"):
+    with pytest.raises(InfeasibleError, match="cannot all be met together .*; with the others, latency_ms needs "
+                                              "at least 10 ms: raise it to that"):
         solve_problem(p, Budget(latency_ms=5, size_kb=5 / 1024))
+    assert least_under(p, Budget(latency_ms=5, size_kb=5 / 1024), "latency_ms") == pytest.approx(10.0)
+    assert least_under(p, Budget(latency_ms=5, size_kb=5 / 1024), "size_kb") == pytest.approx(10 / 1024)
+    assert least_under(p, Budget(latency_ms=5, size_kb=5 / 1024), "bops") is None  # the others clash
 
 
 def test_size_and_bops_budgets():
