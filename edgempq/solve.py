@@ -298,14 +298,9 @@ def _latency_expr(problem: Problem, x: dict, y: dict) -> mip.LinExpr:
 
 
 def _min_latency(problem: Problem, budget: Budget) -> float | None:
-    """The least latency any policy reaches (conversions included), in ms; None if unknown."""
-    import mip
-
-    m, x, y = _base_model(problem, Budget(ram_kb=budget.ram_kb))
-    m.objective = _latency_expr(problem, x, y)
-    if optimize(m, 30) != mip.OptimizationStatus.OPTIMAL:
-        return None
-    return float(m.objective_value) + problem.constant.get("latency_ms", 0.0)
+    """The least latency any policy within the RAM budget reaches (conversions included), in ms;
+    None if unknown."""
+    return least_under(problem, Budget(ram_kb=budget.ram_kb), "latency_ms")
 
 
 def _prefer_cheaper(m: mip.Model, problem: Problem, x: dict, y: dict, scale: float,
