@@ -122,14 +122,15 @@ def train(source: Source, cfg: Any, output: str) -> None:
     from .files import atomic_write_bytes
     from .pipeline import train_model
     from .simulation import load_model_and_data, state_bytes
+    from .tasks import describe
 
     torch.manual_seed(cfg.seed)
-    model, ds = load_model_and_data(source.model, source.data)
+    model, ds = load_model_and_data(source.model, source.data, task=source.task)
     with progress_bar(f"training {source.model}") as step:
-        res, test_top1 = train_model(model, ds, cfg, step)
+        res, test = train_model(model, ds, cfg, step)
     atomic_write_bytes(output, state_bytes(model.module))
-    click.echo(f"trained {cfg.epochs} epochs in {res.seconds:.1f} s: validation top-1 {res.val_top1:.2%}, "
-               f"test top-1 {test_top1:.2%}; wrote {output}")
+    click.echo(f"trained {cfg.epochs} epochs in {res.seconds:.1f} s ({model.task}): validation "
+               f"{describe(res.val_scores) or '–'}; test {describe(test)}; wrote {output}")
 
 
 @main.command()
@@ -146,7 +147,7 @@ def evaluate(source: Source, policy_path: str | None, precisions: tuple[str, ...
     from .schema import Policy, Precision
     from .simulation import float_result, load_model_and_data, simulate
 
-    model, ds = load_model_and_data(source.model, source.data, source.weights)
+    model, ds = load_model_and_data(source.model, source.data, source.weights, task=source.task)
     ls = trace(model.module, model.input_shape)
     policies = [(p, Policy.uniform(ls, Precision.parse(p))) for p in precisions]
     if policy_path:
@@ -240,7 +241,7 @@ def sensitivity(method: str, source: Source, precisions: str | None, device: str
     from .sensitivity import get_method, parse_params
 
     parse_params(get_method(method), list(params))  # bad names and values fail before the model loads
-    model, ds = pipeline.load_model_and_data(source.model, source.data, source.weights)
+    model, ds = pipeline.load_model_and_data(source.model, source.data, source.weights, task=source.task)
     layers = pipeline.trace(model.module, model.input_shape)
     chosen = pipeline.layer_precisions(layers, tuple(p for p in (precisions or "").split(",") if p), device)
     with progress_bar(f"{method} sensitivity") as step:
@@ -347,7 +348,7 @@ def deploy(source: Source, policy_path: str, device: str, cfg: Any, output: str)
 
     policy = Policy.load(policy_path)
     load_target(device)  # a bad target fails before the model loads
-    model, ds = pipeline.load_model_and_data(source.model, source.data, source.weights)
+    model, ds = pipeline.load_model_and_data(source.model, source.data, source.weights, task=source.task)
     with progress_bar("quantizing and converting") as step:
         step(0, 1, "")
         report = pipeline.deploy(model, ds, policy, device, output, replace(cfg, on_step=step))
@@ -358,6 +359,8 @@ def deploy(source: Source, policy_path: str, device: str, cfg: Any, output: str)
 @click.argument("artifact", type=PATH)
 @click.option("--device", required=True, help="the target to run it on: a built-in name or a target .toml file")
 @click.option("--data", help=DATA_HELP + " (default: the deployed one); its test split is used")
+@click.option("--task", type=click.Choice(["classify", "dense", "regress", "reconstruct"]),
+              help="how the outputs are scored (default: deploy's, else the one the outputs and targets fit)")
 @click.option("--model", help="the float model (default: the one it was deployed from)")
 @click.option("--weights", type=PATH, help="the float model's weights (default: those it was deployed with)")
 @click.option("--policy", type=PATH, help="the policy to simulate (default: the deployed one)")
@@ -365,7 +368,8 @@ def deploy(source: Source, policy_path: str, device: str, cfg: Any, output: str)
 @click.option("--samples", type=click.IntRange(1), help="only the first N test samples")
 @click.option("--runs", type=click.IntRange(1), help="timed runs (default: the target's)")
 @click.option("--min-agreement", default=MIN_AGREEMENT_DEFAULT, show_default=True, type=click.FloatRange(0, 1),
-              help="below this top-1 agreement with the simulation, find the layer where they part")
+              help="below this top-1 agreement with the simulation (per pixel for dense outputs; an SNR under "
+              "30 dB for values), find the layer where they part")
 @click.option("--layers/--no-layers", "find_divergence", default=None,
               help="always (or never) compare the layers' outputs with the simulation")
 @click.option("-o", "--output", "out_dir", type=PATH,

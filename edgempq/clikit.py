@@ -141,6 +141,12 @@ class Source:
     model: str
     weights: str | None = None
     data: str | None = None
+    task: str | None = None  # None: the one the model's outputs and the data's targets fit
+
+
+TASK_HELP = ("what the model is for: classify (a label a sample), dense (a label a pixel), regress (float "
+             "targets of the output's shape) or reconstruct (the input is the target); default: the one the "
+             "outputs and the data's targets fit")
 
 
 def _fold(options: list[Callable], fold: Callable[[dict[str, Any]], dict[str, Any]]) -> Callable:
@@ -167,9 +173,11 @@ def source_options(weights: str | None = "a state_dict saved with torch.save (th
         options.append(click.option("--weights", type=PATH, help=weights))
     if data:
         options.append(click.option("--data", "data_spec", help=data))
+        options.append(click.option("--task", type=click.Choice(["classify", "dense", "regress", "reconstruct"]),
+                                    help=TASK_HELP))
 
     def fold(kw: dict[str, Any]) -> dict[str, Any]:
-        source = Source(kw.pop("model_spec"), kw.pop("weights", None), kw.pop("data_spec", None))
+        source = Source(kw.pop("model_spec"), kw.pop("weights", None), kw.pop("data_spec", None), kw.pop("task", None))
         return {**kw, "source": source}
 
     return _fold(options, fold)

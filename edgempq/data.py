@@ -21,7 +21,7 @@ from .errors import ConfigError, DataError
 from .files import read_toml
 from .npz import LAYOUTS, read_npz
 from .resources import builtin_files
-from .splits import DEFAULT_SPLITS, SPLITS, check_split, resolve_splits
+from .splits import DEFAULT_SPLITS, SPLITS, check_split, resolve_splits, strata
 from .splits import spread as spread  # re-exported: callers import it from here
 from .splits import stratified_splits as stratified_splits
 
@@ -188,13 +188,14 @@ def load_data(spec: str, input_shape: tuple[int, ...] | None = None) -> Dataset:
         raise ConfigError(f"{_where(m)}: layout applies to .npz data, not to source {m.source}; remove it")
     pool = _load_raw(m, shape)
     files = {k: _load_npz(Path(v), m, shape) for k, v in m.splits.items() if isinstance(v, str)}
+    _check_targets_alike(m, pool, files)
     raw, y, blocks = _join(m, pool, files)
-    classes = tuple(str(c) for c in range(int(y.max(initial=-1)) + 1)) if m.source == "npz" else pool.classes
+    classes = _classes(y) if m.source == "npz" else pool.classes
     _check_raw(m, raw, y, len(classes))
     x = _normalise(m, raw / np.float32(m.scale or pool.unit))
     _adapt(m, x[:1], shape)  # fail now, not at first use, if the model cannot take these samples
     digest = hashlib.sha256(x.tobytes() + y.tobytes() + str(shape).encode()).hexdigest()[:12]
-    splits = resolve_splits(m.splits, y, len(pool.y), blocks, m.seed, _where(m))
+    splits = resolve_splits(m.splits, strata(y), len(pool.y), blocks, m.seed, _where(m))
     return Dataset(m.name, x, y, classes, splits, f"{m.name}-{digest}", m, shape, _describe(m, pool, x, shape), blocks)
 
 
@@ -231,8 +232,15 @@ def _load_raw(m: Manifest, shape: tuple[int, ...] | None) -> _Part:
 
 def _load_npz(path: Path, m: Manifest, shape: tuple[int, ...] | None) -> _Part:
     x, y, unit, note = read_npz(path, shape, m.layout, m.gray_to_rgb)
-    # Labels index the model's outputs, so the classes are 0..max even if some are absent.
-    return _Part(x, y, tuple(str(c) for c in range(int(y.max(initial=-1)) + 1)), unit, note)
+    return _Part(x, y, _classes(y), unit, note)
+
+
+def _classes(y: np.ndarray) -> tuple[str, ...]:
+    """Integer labels index the model's outputs, so the classes are 0..max even if some are
+    absent; float targets (or none) have no classes."""
+    if not np.issubdtype(y.dtype, np.integer):
+        return ()
+    return tuple(str(c) for c in range(int(y.max(initial=-1)) + 1))
 
 
 def _join(m: Manifest, pool: _Part, files: dict[str, _Part]) -> tuple[np.ndarray, np.ndarray, dict[str, tuple]]:
@@ -250,6 +258,15 @@ def _join(m: Manifest, pool: _Part, files: dict[str, _Part]) -> tuple[np.ndarray
         return pool.x, pool.y, blocks
     return (np.concatenate([pool.x, *(f.x for f in files.values())]),
             np.concatenate([pool.y, *(f.y for f in files.values())]), blocks)
+
+
+def _check_targets_alike(m: Manifest, pool: _Part, files: dict[str, _Part]) -> None:
+    """Split files hold targets of the main source's kind (labels, per-pixel labels, values, none)."""
+    for k, f in files.items():
+        if f.y.shape[1:] != pool.y.shape[1:] or f.y.dtype != pool.y.dtype:
+            raise DataError(f"{_where(m)}: splits.{k}'s file {m.splits[k]} has targets y of {f.y.dtype} "
+                            f"{tuple(f.y.shape[1:])} per sample, the data's are {pool.y.dtype} "
+                            f"{tuple(pool.y.shape[1:])}; give split files the data's kind of targets")
 
 
 def _load_folder(root: Path, shape: tuple[int, ...] | None) -> _Part:
@@ -293,7 +310,9 @@ def _check_raw(m: Manifest, x: np.ndarray, y: np.ndarray, n_classes: int) -> Non
     if bad.any():
         raise DataError(f"data {where} has NaN or infinite values in {int(bad.sum())} sample(s), "
                         f"first at index {int(np.argmax(bad))}; clean them out")
-    if len(np.unique(y)) < 2:
+    if not np.issubdtype(y.dtype, np.integer):
+        return
+    if y.ndim == 1 and len(np.unique(y)) < 2:
         raise DataError(f"data {where} has a single class ({y[0]}); a classifier needs at least two")
     if int(y.max()) >= n_classes:
         raise DataError(f"data {where} has {n_classes} classes but a split file has label {int(y.max())}; "
@@ -370,4 +389,5 @@ def with_splits(ds: Dataset, **sizes: Any) -> Dataset:
             raise ConfigError(f"data {ds.name}: splits.{k} cannot be a file here; name split files in a manifest")
         check_split(f"data {ds.name}", k, v)
     m = replace(ds.manifest, splits={**ds.manifest.splits, **new}, file=None)
-    return replace(ds, manifest=m, splits=resolve_splits(m.splits, ds.y, ds.pool_size, ds.files, m.seed, _where(m)))
+    return replace(ds, manifest=m, splits=resolve_splits(m.splits, strata(ds.y), ds.pool_size, ds.files, m.seed,
+                                                        _where(m)))

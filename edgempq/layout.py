@@ -43,3 +43,22 @@ def channels_last(a: np.ndarray) -> np.ndarray:
     """A conv's PyTorch output as TFLite holds it: (N, C, H, W) as NHWC, a Conv1d's (N, C, L) as
     NLC, others unchanged."""
     return a.transpose(0, *range(2, a.ndim), 1) if a.ndim in (3, 4) else a
+
+
+def channels_first(a: np.ndarray, want: tuple[int | None, ...], who: str = "the artifact") -> np.ndarray:
+    """An artifact's outputs `a` (batch first) as PyTorch gives them, per sample of shape `want`
+    (None: any size on that axis): unchanged when they fit, NHWC / NLC moved to channels first
+    when that fits; anything else is a DataError naming both shapes."""
+
+    def fits(shape: tuple[int, ...]) -> bool:
+        return len(shape) == len(want) and all(w is None or w == s for s, w in zip(shape, want, strict=True))
+
+    if fits(tuple(a.shape[1:])):
+        return a
+    if a.ndim in (3, 4) and fits((a.shape[-1], *a.shape[1:-1])):
+        return np.ascontiguousarray(a.transpose(0, a.ndim - 1, *range(1, a.ndim - 1)))
+    if None not in want and int(np.prod(a.shape[1:])) == int(np.prod(want)) and a.ndim == 2:
+        return a.reshape(len(a), *want)
+    shown = tuple("*" if w is None else w for w in want)
+    raise DataError(f"{who} returns {tuple(a.shape[1:])} per sample, the targets need {shown}; "
+                    "give the data the model was deployed with")

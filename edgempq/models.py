@@ -31,6 +31,7 @@ class LoadedModel:
     num_classes: int | None
     dataset: str | None  # the built-in dataset the model is meant for, if any
     model_hash: str
+    task: str = "classify"  # what it is for (edgempq.tasks), decided when data is fitted to it
 
 
 def parse_shape(text: str) -> tuple[int, ...]:

@@ -1,4 +1,7 @@
-"""A .npz file of samples `x` and labels `y`, read and checked, its `x` turned channels first.
+"""A .npz file of samples `x` and targets `y`, read and checked, its `x` turned channels first.
+
+`y` holds one integer class label a sample, a label a pixel (N x H x W, for segmentation), or
+float targets (regression); without `y`, the samples are their own targets (autoencoders).
 
 Which layout `x` has is read off the model's input shape (or given as a manifest's `layout`):
 N x C x H x W or N x H x W x C images, N x H x W one-channel images, N x C x L or N x L x C
@@ -22,14 +25,16 @@ _NOTES = {"NHWC": "x read as N x H x W x C and transposed to channels first",
 
 def read_npz(path: Path, shape: tuple[int, ...] | None, layout: str | None = None,
              gray_to_rgb: bool = False) -> tuple[np.ndarray, np.ndarray, float, str]:
-    """(x as float32 raw values, channels first; y as int64; the divisor that maps x to [0, 1],
-    255 for uint8 else 1; how x was read, in words) for a model of input `shape` (None: not known)."""
+    """(x as float32 raw values, channels first; y as int64 labels, float32 targets, or an
+    N x 0 array when the file has none; the divisor that maps x to [0, 1], 255 for uint8 else 1;
+    how x was read, in words) for a model of input `shape` (None: not known)."""
     x, y = _arrays(path)
-    if x.ndim not in (2, 3, 4) or y.ndim != 1 or len(x) != len(y):
+    if y is None:
+        y = np.zeros((len(x), 0), np.float32)
+    if x.ndim not in (2, 3, 4) or y.ndim < 1 or len(x) != len(y):
         raise DataError(f"data file {path}: x must be N x C x H x W, N x H x W, N x C x L (for a model of input "
-                        f"C x L) or N x F, and y N labels; got x {x.shape}, y {y.shape}")
-    if not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 0):
-        raise DataError(f"data file {path}: y must hold non-negative integer class labels")
+                        f"C x L) or N x F, and y N labels or targets; got x {x.shape}, y {y.shape}")
+    _check_targets(path, y)
     if not np.issubdtype(x.dtype, np.number):
         raise DataError(f"data file {path}: x must be numeric, not {x.dtype}")
     found = layout or _layout(x, shape, gray_to_rgb, f"data file {path}")
@@ -42,10 +47,24 @@ def read_npz(path: Path, shape: tuple[int, ...] | None, layout: str | None = Non
         x = x[:, None]
     elif found in ("NHWC", "NLC"):  # channels last to channels first
         x = x.transpose(0, x.ndim - 1, *range(1, x.ndim - 1))
-    return x, y.astype(np.int64), unit, _NOTES.get(found, "")
+    y = y.astype(np.int64 if np.issubdtype(y.dtype, np.integer) else np.float32)
+    return x, y, unit, _NOTES.get(found, "")
 
 
-def _arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _check_targets(path: Path, y: np.ndarray) -> None:
+    """Integer labels are non-negative; float targets are finite; nothing else is a target."""
+    if np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_:
+        if y.size and y.min() < 0:
+            raise DataError(f"data file {path}: y holds negative labels (from {int(y.min())}); class labels "
+                            "count from 0")
+    elif np.issubdtype(y.dtype, np.floating):
+        if not np.all(np.isfinite(y)):
+            raise DataError(f"data file {path}: y holds NaN or infinite targets; clean them out")
+    else:
+        raise DataError(f"data file {path}: y must hold integer class labels or float targets, not {y.dtype}")
+
+
+def _arrays(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     if not path.is_file():
         raise DataError(f"data file {path} does not exist; check the path")
     try:
@@ -59,11 +78,11 @@ def _arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(f, np.lib.npyio.NpzFile):
         raise DataError(f"data file {path} is a single array; save x and y together with numpy.savez")
     with f:
-        if "x" not in f or "y" not in f:
+        if "x" not in f:
             has = ", ".join(f.files) or "no arrays"
-            raise DataError(f"data file {path} must hold arrays 'x' and 'y'; it has {has}")
+            raise DataError(f"data file {path} must hold an array 'x' (and 'y', its labels or targets); it has {has}")
         try:
-            return f["x"], f["y"]
+            return f["x"], f.get("y", None)
         except (OSError, ValueError, zipfile.BadZipFile) as e:
             raise DataError(f"data file {path} is damaged ({e})") from None
 

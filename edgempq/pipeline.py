@@ -16,11 +16,11 @@ import torch
 
 from .cache import cache_dir
 from .data import Dataset
-from .errors import ConfigError, ModelError
+from .errors import ConfigError, DataError, ModelError
 from .export.stage import DeployConfig
 from .files import atomic_write_bytes, write_json
 from .layers import trace
-from .metrics import accuracy
+from .metrics import scores
 from .models import LoadedModel, load_model
 from .progress import Progress
 from .quant import QuantConfig
@@ -37,11 +37,13 @@ DEMO_TRAIN = TrainConfig(epochs=12, batch_size=64, lr=0.1)
 
 
 def train_model(model: LoadedModel, ds: Dataset, cfg: TrainConfig,
-                on_step: Progress | None = None) -> tuple[TrainResult, float]:
-    """Train in place on the training split; returns the result and the test top-1."""
+                on_step: Progress | None = None) -> tuple[TrainResult, dict[str, float]]:
+    """Train in place on the training split, with the model's task's loss; returns the result
+    and the task's test scores."""
     ds.require("train", "test")
+    cfg = replace(cfg, task=model.task)
     res = fit(model.module, *ds.split("train"), cfg, val=ds.split("validation"), on_step=on_step)
-    return res, accuracy(model.module, *ds.split("test"))
+    return res, scores(model.module, *ds.split("test"), model.task)
 
 
 def cached_model(model_spec: str, data_spec: str, cfg: TrainConfig, retrain: bool = False,
@@ -60,17 +62,18 @@ def cached_model(model_spec: str, data_spec: str, cfg: TrainConfig, retrain: boo
             meta = json.loads(mpath.read_text())
             if not isinstance(meta, dict) or meta.get("sha256") != hashlib.sha256(wpath.read_bytes()).hexdigest():
                 raise ValueError("the weights do not match their checksum")
-            model = load_model(model_spec, wpath, model.input_shape)
+            model = replace(load_model(model_spec, wpath, model.input_shape), task=model.task)
             return model, ds, {**meta, "cached": True, "weights": str(wpath)}
         except (ModelError, ValueError, OSError):
             pass  # a damaged or edited cache entry is trained again below
-    res, test_top1 = train_model(model, ds, cfg, on_step)
+    res, test = train_model(model, ds, cfg, on_step)
     weights = state_bytes(model.module)
     atomic_write_bytes(wpath, weights)
-    meta = {"train_seconds": res.seconds, "val_top1": res.val_top1, "test_top1": test_top1,
+    meta = {"train_seconds": res.seconds, "val_scores": res.val_scores, "test_scores": test,
+            "test_top1": test.get("top1"),
             "sha256": hashlib.sha256(weights).hexdigest()}
     write_json(mpath, meta)
-    model = load_model(model_spec, wpath, model.input_shape)
+    model = replace(load_model(model_spec, wpath, model.input_shape), task=model.task)
     return model, ds, {**meta, "cached": False, "weights": str(wpath)}
 
 
@@ -109,7 +112,7 @@ def sensitivity(model: LoadedModel, ds: Dataset, method: str, precisions: dict, 
     layers = trace(model.module, model.input_shape)
     ds.require("calibration")
     x, y = ds.split("calibration")
-    return compute(method, model.module, layers, precisions, SensData(x, y, ds.data_id),
+    return compute(method, model.module, layers, precisions, SensData(x, y, ds.data_id, model.task),
                    RunOptions(params, model.model_hash, on_step))
 
 
@@ -135,9 +138,11 @@ class ValidateOptions:
     """What the validate command takes beside the artifact and the target. The model, weights,
     data and policy default to those deploy recorded beside the artifact; `profile` predicts
     the latency anew; `samples` thins the test split; `out_dir` (default: beside the artifact)
-    receives validation.json and the report; the rest is `validate.ValidateConfig`."""
+    receives validation.json and the report; `task` (default: deploy's, else the one the
+    outputs and targets fit) says how outputs are scored; the rest is `validate.ValidateConfig`."""
 
     data: str | None = None
+    task: str | None = None
     model: str | None = None
     weights: str | Path | None = None
     policy: str | Path | None = None
@@ -164,7 +169,8 @@ def validate(artifact: str | Path, target_spec: str, opts: ValidateOptions | Non
     inputs = _resolve(art, opts)
     policy, sim_state, deployed = _policy(art, opts.policy)
     model, ds = _model_and_data(inputs, art.tflite)
-    samples = _samples(ds, art.deploy, opts.samples)
+    task = model.task if model else _artifact_task(art.tflite, ds, inputs["task"])
+    samples = _samples(ds, art.deploy, opts.samples, task)
     art = replace(art, predicted=_prediction(art.deploy, deployed or policy, opts.profile, target.name))
     def simulation() -> Simulation | None:
         if model is None or policy is None:
@@ -224,7 +230,8 @@ def _resolve(art: Artifact, opts: ValidateOptions) -> dict[str, Any]:
     if weights and not Path(weights).is_file():
         raise ConfigError(f"the weights {weights} the artifact was deployed with are gone; give them with --weights")
     return {"model": opts.model or (dep.model if dep else None), "weights": weights,
-            "data": opts.data or (dep.data if dep else None), "model_hash": dep.model_hash if dep else None}
+            "data": opts.data or (dep.data if dep else None), "model_hash": dep.model_hash if dep else None,
+            "task": opts.task or (dep.task if dep else None)}
 
 
 def _policy(art: Artifact, policy_path: str | Path | None) -> tuple[Policy | None, Path | None, Policy | None]:
@@ -249,7 +256,7 @@ def _model_and_data(inputs: dict[str, Any], tflite: bytes) -> tuple[LoadedModel 
     from .layout import torch_sample_shape
 
     if inputs["model"]:
-        model, ds = load_model_and_data(inputs["model"], inputs["data"], inputs["weights"])
+        model, ds = load_model_and_data(inputs["model"], inputs["data"], inputs["weights"], task=inputs["task"])
         if inputs["model_hash"] and model.model_hash != inputs["model_hash"]:
             raise ConfigError(f"the artifact was deployed from model {inputs['model_hash']}, but {inputs['model']} "
                               f"with these weights is {model.model_hash}; give the weights it was deployed with")
@@ -260,7 +267,20 @@ def _model_and_data(inputs: dict[str, Any], tflite: bytes) -> tuple[LoadedModel 
     return None, load_data(inputs["data"], torch_sample_shape(io_shape(tflite)))
 
 
-def _samples(ds: Dataset, dep: DeployResult | None, samples: int | None) -> Samples:
+def _artifact_task(tflite: bytes, ds: Dataset, given: str | None = None) -> str:
+    """The task of an artifact validated without its model: the one its output and the targets fit."""
+    from .backends.base import io_quantization
+    from .layout import torch_sample_shape
+    from .tasks import infer
+
+    inp, out = (d["shape"] for d in io_quantization(tflite))
+    try:
+        return infer((1, *torch_sample_shape(out)), (1, *torch_sample_shape(inp)), ds.y, given)
+    except DataError as e:
+        raise DataError(f"artifact with data {ds.name}: {e}") from None
+
+
+def _samples(ds: Dataset, dep: DeployResult | None, samples: int | None, task: str) -> Samples:
     """The test split, thinned evenly to `samples`; a note when it is not the data deploy used."""
     from .data import spread
     from .validate import Samples
@@ -270,7 +290,7 @@ def _samples(ds: Dataset, dep: DeployResult | None, samples: int | None) -> Samp
     pick = spread(len(x), samples)
     note = (f"deployed with data {dep.data_id}, validated on {ds.data_id}"
             if dep and dep.data_id and dep.data_id != ds.data_id else None)
-    return Samples(x[pick], y[pick], ds.name, ds.data_id, note)
+    return Samples(x[pick], y[pick], ds.name, ds.data_id, note, task)
 
 
 def _prediction(dep: DeployResult | None, policy: Policy | None, profile_path: str | Path | None,

@@ -31,17 +31,19 @@ def _ms(v: float | None) -> str:
     return "–" if v is None else f"{v:.3f} ms"
 
 
-LOSS_WARNING = 0.10  # a simulation this much below float (top-1) is probably fed other preprocessing
+def _old_scores(**top1: float | None) -> dict[str, dict[str, float]]:
+    return {k: {"top1": v} for k, v in top1.items() if v is not None}
 
 
-def accuracy_warning(float_top1: float | None, simulated_top1: float | None) -> str | None:
-    """A sentence when the simulation loses more than LOSS_WARNING of top-1 against the float model."""
-    if float_top1 is None or simulated_top1 is None or not float_top1 - simulated_top1 > LOSS_WARNING:
-        return None
-    return (f"the simulation loses {100 * (float_top1 - simulated_top1):.1f} points of top-1 against the float model "
-            f"({simulated_top1:.1%} vs {float_top1:.1%}); is the calibration data preprocessed like the training "
-            "data (normalisation, scale, channel order)? If it is, a wider precision for the most sensitive layers "
-            "will help")
+def scores_by_source(d: DeployResult | None, v: ValidationReport | None) -> dict[str, dict[str, float]]:
+    """The task's scores of the float model, the simulation and the artifact (validate's over
+    deploy's where both have them); a file written before scores were recorded gives its top-1s."""
+    out: dict[str, dict[str, float]] = {}
+    if d is not None:
+        out |= d.scores or _old_scores(float=d.float_top1, simulated=d.simulated_top1)
+    if v is not None:
+        out |= v.scores or _old_scores(float=v.float_top1, simulated=v.simulated_top1, artifact=v.artifact_top1)
+    return out
 
 
 def check_sweep(sweep: object, where: str) -> None:
@@ -98,15 +100,20 @@ def render(deploy: DeployResult | None, validation: ValidationReport | None, whe
 
 
 def _accuracy(out: Rendered, d: DeployResult | None, v: ValidationReport | None, target: str) -> None:
-    """Float, simulated and artifact top-1, how the simulation was made and how well it agrees."""
+    """The float model's, the simulation's and the artifact's scores for the task, how the
+    simulation was made and how well it agrees."""
+    from .tasks import agreement_words, fmt, loss_warning, metric_name
+
     n = f" ({v.samples} samples)" if v else ""
-    simulated = v.simulated_top1 if v and v.simulated_top1 is not None else d.simulated_top1 if d else None
-    float_top1 = v.float_top1 if v and v.float_top1 is not None else d.float_top1 if d else None
-    rows = [["float model", _pct(float_top1)],
-            ["simulation (fake-quantized PyTorch)", _pct(simulated)],
-            [f"artifact on {target}{n}", _pct(v.artifact_top1 if v else None)]]
-    out.blocks.extend([("h2", "Accuracy (test split)"), ("table", ["", "top-1"], rows)])
-    warning = accuracy_warning(float_top1, simulated)
+    task = v.task if v else d.task if d else "classify"
+    scores = scores_by_source(d, v)
+    metrics = list(next(iter(scores.values()), {"top1": None}))
+    rows = [[label, *(fmt(k, scores.get(key, {}).get(k)) for k in metrics)]
+            for label, key in (("float model", "float"), ("simulation (fake-quantized PyTorch)", "simulated"),
+                               (f"artifact on {target}{n}", "artifact"))]
+    out.blocks.extend([("h2", f"Accuracy (test split, task {task})"),
+                       ("table", ["", *map(metric_name, metrics)], rows)])
+    warning = loss_warning(task, scores.get("float", {}), scores.get("simulated", {}))
     if warning:
         out.blocks.append(("p", f"Warning: {warning}."))
     if v is None:
@@ -116,11 +123,8 @@ def _accuracy(out: Rendered, d: DeployResult | None, v: ValidationReport | None,
         out.blocks.extend([("p", f"Note: {note}.") for note in v.simulation_notes])
     if v.data_note:
         out.blocks.append(("p", f"Note: {v.data_note}."))
-    ag = v.agreement
-    if ag:
-        out.blocks.append(("p", f"Simulation and artifact agree on the top-1 class of {_pct(ag.top1)} of the samples "
-                                f"({ag.disagreeing} differ); largest logit difference {ag.max_logit_error:.3g} "
-                                f"(mean {ag.mean_logit_error:.3g}, simulated logits span {ag.logit_range:.3g})."))
+    if v.agreement:
+        out.blocks.append(("p", f"Simulation and artifact: {agreement_words(task, v.agreement)}."))
 
 
 def _latency(out: Rendered, v: ValidationReport | None, pred: PredictedLatency | None, target: str) -> None:

@@ -21,12 +21,16 @@ def console() -> Any:
 
 
 def rows(rows: list, title: str) -> None:
-    """Simulation results (top-1, weight KB, BOPs) one row each."""
+    """Simulation results (the task's scores, weight KB, BOPs) one row each."""
     from rich.table import Table
 
-    t = Table("precision", "top-1", "weights (KB)", "BOPs (G)", title=title)
+    from .tasks import fmt, metric_name
+
+    metrics = list(rows[0].scores) if rows else []
+    t = Table("precision", *map(metric_name, metrics), "weights (KB)", "BOPs (G)", title=title)
     for r in rows:
-        t.add_row(r.label, f"{r.top1:.2%}", f"{r.weight_bytes / 1024:.1f}", f"{r.bops / 1e9:.2f}")
+        t.add_row(r.label, *(fmt(k, r.scores.get(k)) for k in metrics), f"{r.weight_bytes / 1024:.1f}",
+                  f"{r.bops / 1e9:.2f}")
     console().print(t)
 
 
@@ -120,17 +124,20 @@ def deployed(report: DeployResult, folder: str) -> None:
     """What deploy built: each layer's op and types, size, the PTQ summary, predicted latency."""
     from rich.table import Table
 
+    from .tasks import describe, loss_warning
+
     t = Table("layer", "asked", "op", "weights", "activations", title=f"{report.model} on {report.target}")
     for r in report.layers:
         t.add_row(r.layer, r.precision, r.op, r.weight_type, r.activation_type)
     console().print(t)
     wb = report.weight_bytes
-    click.echo(f"simulated top-1 {report.simulated_top1:.2%}; model.tflite {report.tflite_bytes / 1024:.1f} KB, "
+    sim = report.scores.get("simulated") or {"top1": report.simulated_top1}
+    click.echo(f"simulated {describe(sim)} ({report.task}); model.tflite {report.tflite_bytes / 1024:.1f} KB, "
                f"weights {wb.artifact / 1024:.1f} KB (predicted {wb.predicted / 1024:.1f} KB)"
                + (f", TFLite Micro arena {report.arena_bytes / 1024:.1f} KB" if report.arena_bytes else ""))
-    from .report import accuracy_warning, ptq_summary
+    from .report import ptq_summary
 
-    warning = accuracy_warning(report.float_top1, report.simulated_top1)
+    warning = loss_warning(report.task, report.scores.get("float", {}), sim)
     if warning:
         click.echo(f"warning: {warning}", err=True)
     text = ptq_summary(report)
@@ -150,20 +157,20 @@ def validation(v: ValidationReport, report: str) -> None:
     """What validate measured: accuracy of float, simulation and artifact, agreement, latency, size."""
     from rich.table import Table
 
-    t = Table("", "top-1", title=f"{v.artifact} on {v.target} ({v.samples} test samples)")
-    t.add_row("float model", _pct(v.float_top1))
-    t.add_row("simulation", _pct(v.simulated_top1))
-    t.add_row("artifact on the device", _pct(v.artifact_top1))
-    console().print(t)
-    from .report import accuracy_warning
+    from .report import scores_by_source
+    from .tasks import agreement_words, fmt, loss_warning, metric_name
 
-    warning = accuracy_warning(v.float_top1, v.simulated_top1)
+    scores = scores_by_source(None, v)
+    metrics = list(scores.get("artifact") or scores.get("float") or {"top1": None})
+    t = Table("", *map(metric_name, metrics), title=f"{v.artifact} on {v.target} ({v.samples} test samples, {v.task})")
+    for label, key in (("float model", "float"), ("simulation", "simulated"), ("artifact on the device", "artifact")):
+        t.add_row(label, *(fmt(k, scores.get(key, {}).get(k)) for k in metrics))
+    console().print(t)
+    warning = loss_warning(v.task, scores.get("float", {}), scores.get("simulated", {}))
     if warning:
         click.echo(f"warning: {warning}", err=True)
-    ag = v.agreement
-    if ag:
-        click.echo(f"agreement with the simulation {ag.top1:.2%} ({ag.disagreeing} differ), "
-                   f"max logit error {ag.max_logit_error:.3g} (logits span {ag.logit_range:.3g})")
+    if v.agreement:
+        click.echo(f"agreement with the simulation: {agreement_words(v.task, v.agreement)}")
     lat = v.latency
     pred = (f", predicted {lat.predicted_ms:.3f} ms ({lat.error:+.1%})" if lat.predicted_ms is not None
             else " (no prediction: give --profile)")
@@ -209,7 +216,8 @@ def demo(s: DemoSummary) -> None:
         counts[p] = counts.get(p, 0) + 1
     click.echo("policy: " + ", ".join(f"{n} x {p}" for p, n in sorted(counts.items())))
     if val.agreement:
-        click.echo(f"artifact vs simulation: top-1 agreement {val.agreement.top1:.2%}, "
-                   f"max logit error {val.agreement.max_logit_error:.3g}")
+        from .tasks import agreement_words
+
+        click.echo(f"artifact vs simulation: {agreement_words(val.task, val.agreement)}")
     click.echo("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in s.seconds.items()))
     click.echo(f"wrote {s.folder}/; report: {s.report}")

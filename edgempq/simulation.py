@@ -4,7 +4,7 @@ saved. Used by the pipeline's stages and by validate."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -12,16 +12,19 @@ import torch
 from .data import Dataset, load_data
 from .errors import ConfigError, DataError, ModelError
 from .layers import policy_bops, policy_weight_bytes, trace
-from .metrics import accuracy
+from .metrics import scores
 from .models import LoadedModel, load_model
 from .progress import Progress
 from .quant import PTQReport, QuantConfig, apply, finetune, quantize
+from .quant.qat import QAT_DEFAULTS
 from .schema import Policy
 
 
 def load_model_and_data(model_spec: str, data_spec: str | None, weights: str | Path | None = None,
-                        input_shape: tuple[int, ...] | None = None) -> tuple[LoadedModel, Dataset]:
-    """The model and its data, preprocessed to the model's input; labels checked against it."""
+                        input_shape: tuple[int, ...] | None = None,
+                        task: str | None = None) -> tuple[LoadedModel, Dataset]:
+    """The model and its data, preprocessed to the model's input; the targets checked against
+    its outputs and the task (`task`, else the one they fit) set on the model."""
     model = load_model(model_spec, weights, input_shape)
     data_spec = data_spec or model.dataset
     if data_spec is None:
@@ -29,12 +32,14 @@ def load_model_and_data(model_spec: str, data_spec: str | None, weights: str | P
     ds = load_data(data_spec, model.input_shape)
     if model.input_shape is None:
         model.input_shape = ds.sample_shape
-    check_fit(model, ds)
+    check_fit(model, ds, task)
     return model, ds
 
 
-def check_fit(model: LoadedModel, ds: Dataset) -> None:
-    """The model takes the data's samples and has an output for every label."""
+def check_fit(model: LoadedModel, ds: Dataset, task: str | None = None) -> None:
+    """The model takes the data's samples, its task fits (`task`, else the one its outputs and
+    the targets fit; set on the model) and it has an output for every class label."""
+    from .tasks import infer
     x = torch.from_numpy(ds.inputs(slice(0, 2)))
     try:
         with torch.no_grad():
@@ -43,22 +48,33 @@ def check_fit(model: LoadedModel, ds: Dataset) -> None:
         raise DataError(f"model {model.spec} cannot take samples of shape {ds.sample_shape} from data "
                         f"{ds.name} ({type(e).__name__}: {e}); give matching data, or declare the model's "
                         "input_shape (a manifest's layout key says how x is stored)") from None
-    if out.dim() != 2:
-        raise ModelError(f"model {model.spec} returns shape {tuple(out.shape)}; a classifier returns N x classes")
-    if int(ds.y.max()) >= out.shape[1]:
+    if not isinstance(out, torch.Tensor):
+        raise ModelError(f"model {model.spec} returns a {type(out).__name__}, not one tensor; wrap it so that "
+                         "forward returns its output tensor")
+    try:
+        model.task = infer(tuple(out.shape), tuple(x.shape), ds.y, task)
+    except DataError as e:
+        raise DataError(f"model {model.spec} with data {ds.name}: {e}") from None
+    if model.task in ("classify", "dense") and int(ds.y.max()) >= out.shape[1]:
         raise DataError(f"data {ds.name} has label {int(ds.y.max())} but model {model.spec} has only "
                         f"{out.shape[1]} outputs; give a model with more classes")
 
 
 @dataclass(frozen=True)
 class SimResult:
-    """One row of results: test top-1 (fraction), weight bytes, BOPs and the PTQ report if quantized."""
+    """One row of results: the task's test scores (top1 and top5 for a classifier, see
+    edgempq.tasks), weight bytes, BOPs and the PTQ report if quantized."""
 
     label: str
-    top1: float
+    scores: dict[str, float]
     weight_bytes: int
     bops: int
     ptq: PTQReport | None = None
+
+    @property
+    def top1(self) -> float:
+        """The test top-1 of a classifier (NaN for other tasks)."""
+        return self.scores.get("top1", float("nan"))
 
 
 def quantized(model: LoadedModel, ds: Dataset, policy: Policy, cfg: QuantConfig | None = None,
@@ -72,7 +88,7 @@ def quantized(model: LoadedModel, ds: Dataset, policy: Policy, cfg: QuantConfig 
     ds.require("calibration", *(["train"] if qat_epochs > 0 else []))
     q, report = quantize(model.module, policy, ds.split("calibration")[0], cfg, on_step=on_step)
     if qat_epochs > 0:
-        finetune(q, *ds.split("train"), qat_epochs, on_step=on_step)
+        finetune(q, *ds.split("train"), qat_epochs, replace(QAT_DEFAULTS, task=model.task), on_step=on_step)
     return q, report
 
 
@@ -82,7 +98,7 @@ def simulate(model: LoadedModel, ds: Dataset, policy: Policy, cfg: QuantConfig |
     q, report = quantized(model, ds, policy, cfg, qat_epochs, on_step)
     layers = trace(model.module, model.input_shape)
     label = policy.method or "policy"
-    return q, SimResult(label, accuracy(q, *ds.split("test")), policy_weight_bytes(layers, policy),
+    return q, SimResult(label, scores(q, *ds.split("test"), model.task), policy_weight_bytes(layers, policy),
                         policy_bops(layers, policy), report)
 
 
@@ -90,7 +106,7 @@ def float_result(model: LoadedModel, ds: Dataset) -> SimResult:
     """The float model's row: test top-1, float32 weight bytes and BOPs."""
     layers = trace(model.module, model.input_shape)
     f32 = Policy.uniform(layers, "f32")
-    return SimResult("float", accuracy(model.module, *ds.split("test")),
+    return SimResult("float", scores(model.module, *ds.split("test"), model.task),
                      policy_weight_bytes(layers, f32), policy_bops(layers, f32))
 
 

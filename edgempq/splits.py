@@ -104,6 +104,14 @@ def _quotas(n: int, per_class: np.ndarray) -> np.ndarray:
     return np.minimum(q, per_class)
 
 
+def strata(y: np.ndarray) -> np.ndarray:
+    """What splits are stratified by: the class labels, or one stratum for other targets
+    (per-pixel labels, values, none)."""
+    if y.ndim == 1 and np.issubdtype(y.dtype, np.integer):
+        return y
+    return np.zeros(len(y), np.int64)
+
+
 def stratified_splits(y: np.ndarray, counts: dict[str, int], seed: int,
                       pool: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Seeded, class-stratified indices drawn from `pool` (default: every sample): test,

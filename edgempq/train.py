@@ -11,14 +11,16 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
-from .metrics import accuracy
+from .metrics import scores, task_loss
 from .progress import Progress
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """SGD with Nesterov momentum, warm-up then cosine decay; random shifts of up to
-    `augment_shift` pixels are the only augmentation (digits must not be flipped)."""
+    `augment_shift` pixels are the only augmentation (digits must not be flipped), for the
+    tasks whose targets do not move with the input (classify, reconstruct). `task` picks the
+    loss (see metrics.task_loss)."""
 
     epochs: int = 8
     batch_size: int = 64
@@ -27,6 +29,7 @@ class TrainConfig:
     optimizer: str = "sgd"  # sgd | adam
     augment_shift: int = 2
     seed: int = 0
+    task: str = "classify"
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -39,11 +42,17 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class TrainResult:
-    """Wall-clock training time (s), the last batch's loss and the validation top-1 (NaN without validation)."""
+    """Wall-clock training time (s), the last batch's loss and the task's validation scores
+    (none without validation)."""
 
     seconds: float
     final_loss: float
-    val_top1: float
+    val_scores: dict[str, float]
+
+    @property
+    def val_top1(self) -> float:
+        """A classifier's validation top-1 (NaN for other tasks or without validation)."""
+        return self.val_scores.get("top1", float("nan"))
 
 
 def shift_batch(x: torch.Tensor, shift: int, gen: torch.Generator) -> torch.Tensor:
@@ -101,14 +110,15 @@ def _fit(model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: TrainConfig,
     total = steps_per_epoch * cfg.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: warmup_cosine(i, total))
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    loss_of, shift = task_loss(cfg.task), cfg.augment_shift if cfg.task in ("classify", "reconstruct") else 0
     t0, loss_val, step = time.perf_counter(), float("nan"), 0
     model.train()
     for _ in range(cfg.epochs):
         order = torch.randperm(len(x), generator=gen)
         for i in range(0, len(x), cfg.batch_size):
             idx = order[i : i + cfg.batch_size]
-            xb = shift_batch(xt[idx], cfg.augment_shift, gen)
-            loss = nn.functional.cross_entropy(model(xb), yt[idx])
+            xb = shift_batch(xt[idx], shift, gen)
+            loss = loss_of(model(xb), xb, yt[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(params, 5.0)
@@ -119,5 +129,5 @@ def _fit(model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: TrainConfig,
             if on_step:
                 on_step(step, total, loss_val)
     model.eval()
-    val_top1 = accuracy(model, *val) if val is not None else float("nan")
-    return TrainResult(time.perf_counter() - t0, loss_val, val_top1)
+    val_scores = scores(model, *val, cfg.task) if val is not None and len(val[0]) else {}
+    return TrainResult(time.perf_counter() - t0, loss_val, val_scores)

@@ -50,6 +50,7 @@ class Samples:
     data: str
     data_id: str
     note: str | None = None  # e.g. other data than the artifact was deployed with
+    task: str = "classify"  # what the outputs are scored as (edgempq.tasks)
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,9 @@ class ValidateConfig:
 @dataclass(frozen=True)
 class _Measured:
     device: dict[str, Any]
-    evaluation: Any
+    outputs: np.ndarray  # dequantized, as PyTorch lays them out
+    seconds: float
+    scores: dict[str, float]
     timing: Any
     ram: int | None
 
@@ -95,59 +98,96 @@ def validate(artifact: Artifact, target: Target, data: Samples,
     m = _measure(artifact, target, data, cfg, step)
     step(3, 4, "simulating")
     sim = simulation() if callable(simulation) else simulation
-    compared = _compare(artifact, data, sim, m.evaluation, cfg, step) if sim else {}
+    compared = _compare(artifact, data, sim, m, cfg, step) if sim else {}
     step(4, 4, "done")
     dep = artifact.deploy
+    classes = data.task == "classify"
+    scores = {**compared.pop("scores", {}), "artifact": m.scores}
     return ValidationReport(
         artifact=str(artifact.path), target=target.name, data=data.data, data_id=data.data_id,
-        samples=int(len(data.x)), device=m.device, artifact_top1=m.evaluation.top1,
-        artifact_top5=m.evaluation.top5, eval_seconds=m.evaluation.seconds,
-        predictions=tuple(int(v) for v in m.evaluation.predictions),
+        samples=int(len(data.x)), device=m.device, task=data.task, eval_seconds=m.seconds,
+        artifact_top1=m.scores.get("top1"), artifact_top5=m.scores.get("top5"),
+        predictions=tuple(int(v) for v in np.argmax(m.outputs, axis=1)) if classes else (),
         latency=_latency(m.timing, artifact.predicted), size=_size(artifact, m.ram, target),
         deploy_report=dep is not None, deployed_target=dep.target if dep else None, data_note=data.note,
-        **compared)
+        scores=scores, **compared)
 
 
 def _measure(artifact: Artifact, target: Target, data: Samples, cfg: ValidateConfig, step: Progress) -> _Measured:
-    """The device's description, the artifact's predictions on `data`, its timing and its arena."""
+    """The device's description, the artifact's outputs on `data` and their scores, its timing
+    and its arena. A classifier is scored on the device (its runner's top-1 / top-5)."""
     from .backends import backend_for
     from .backends.base import io_quantization
     from .layout import to_model
+    from .tasks import get_task
 
+    task = get_task(data.task)
     shape = io_quantization(artifact.tflite)[0]["shape"]
     with backend_for(target) as backend:
         step(0, 4, "device check")
         device = backend.check()
         step(1, 4, f"evaluating {len(data.x)} samples")
-        ev = backend.evaluate(artifact.tflite, to_model(data.x, shape), data.y.astype(np.int64))
+        x = to_model(data.x, shape)
+        if task.name == "classify":
+            ev = backend.evaluate(artifact.tflite, x, data.y.astype(np.int64))
+            outputs, seconds, scores = ev.logits, ev.seconds, {"top1": ev.top1, "top5": ev.top5}
+        else:
+            raw, seconds = backend.outputs(artifact.tflite, x)
+            outputs = _as_torch(raw, data)
+            scores = task.scores(outputs, task.target(data.x, data.y))
         step(2, 4, "timing")
         timing = backend.time(artifact.tflite, cfg.runs)
         ram = backend.ram_bytes(artifact.tflite)
-    return _Measured(device, ev, timing, ram)
+    return _Measured(device, outputs, seconds, scores, timing, ram)
 
 
-def _compare(artifact: Artifact, data: Samples, sim: Simulation, ev: Any, cfg: ValidateConfig,
+def _as_torch(raw: np.ndarray, data: Samples) -> np.ndarray:
+    """The artifact's outputs laid out as the PyTorch model's: class maps channels first, the
+    shape of the input (reconstruct) or of the targets (regress)."""
+    from .layout import channels_first
+
+    want: tuple[int | None, ...] = {"dense": (None, *data.y.shape[1:]),
+                                    "reconstruct": tuple(data.x.shape[1:])}.get(data.task, tuple(data.y.shape[1:]))
+    return channels_first(raw, want)
+
+
+def _compare(artifact: Artifact, data: Samples, sim: Simulation, m: _Measured, cfg: ValidateConfig,
              step: Progress) -> dict[str, Any]:
-    """The report's float, simulation, agreement and divergence fields."""
-    out: dict[str, Any] = {}
+    """The report's float, simulation, agreement and divergence fields (scores: float, simulated)."""
+    from .tasks import get_task
+
+    task = get_task(data.task)
+    target = task.target(data.x, data.y)
+    out: dict[str, Any] = {"scores": {}}
     if sim.float_model is not None:
-        out["float_top1"] = _top1(logits(sim.float_model, data.x), data.y)
+        out["scores"]["float"] = task.scores(logits(sim.float_model, data.x), target)
+        out["float_top1"] = out["scores"]["float"].get("top1")
     if sim.qmodel is None:
         return out
     from .backends.base import io_quantization
     from .export.deploy import output_levels
 
     simulated = output_levels(logits(sim.qmodel, data.x), io_quantization(artifact.tflite)[1])
-    agree = np.argmax(simulated, axis=1) == ev.predictions
-    err = np.abs(simulated - ev.logits)
+    simulated = simulated.reshape(m.outputs.shape) if simulated.size == m.outputs.size else simulated
+    out["scores"]["simulated"] = task.scores(simulated, target)
+    agree = task.agreement(m.outputs, simulated)
     out.update(simulated_policy=sim.policy, simulation=sim.how, simulation_notes=sim.notes,
-               simulated_top1=_top1(simulated, data.y),
-               agreement=Agreement(float(agree.mean()), int((~agree).sum()), float(err.max()), float(err.mean()),
-                                   float(simulated.max() - simulated.min())))
-    run_finder = (agree.mean() < cfg.min_agreement) if cfg.find_divergence is None else cfg.find_divergence
-    if run_finder:
+               simulated_top1=out["scores"]["simulated"].get("top1"), agreement=Agreement(**agree))
+    worse = _agrees_less(agree, cfg.min_agreement)
+    if worse if cfg.find_divergence is None else cfg.find_divergence:
         out["divergence"] = _divergence(artifact, data, sim, step)
     return out
+
+
+MIN_SNR_DB = 30.0  # dense outputs further from the simulation than this run the divergence finder
+
+
+def _agrees_less(agree: dict[str, Any], min_agreement: float) -> bool:
+    """Whether artifact and simulation agree less than they should: on the class (classifiers,
+    per pixel for dense outputs), or, for values, an SNR under MIN_SNR_DB."""
+    if agree["top1"] is not None:
+        return agree["top1"] < min_agreement
+    return not agree["snr_db"] >= MIN_SNR_DB
 
 
 def _divergence(artifact: Artifact, data: Samples, sim: Simulation, step: Progress) -> Divergence:
@@ -170,10 +210,6 @@ def logits(module: Any, x: np.ndarray, batch: int = 256) -> np.ndarray:
         for i in range(0, len(x), batch):
             out.append(module(torch.from_numpy(np.ascontiguousarray(x[i : i + batch]))).float().numpy())
     return np.concatenate(out)
-
-
-def _top1(scores: np.ndarray, y: np.ndarray) -> float:
-    return float(np.mean(np.argmax(scores, axis=1) == y))
 
 
 def _latency(timing: Any, pred: PredictedLatency | None) -> MeasuredLatency:

@@ -117,7 +117,7 @@ def test_bad_data_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="NaN.*first at index 7"):
         load_data(str(tmp_path / "nan.npz"))
     np.savez(tmp_path / "nox.npz", images=x)
-    with pytest.raises(DataError, match="'x' and 'y'"):
+    with pytest.raises(DataError, match="must hold an array 'x'"):
         load_data(str(tmp_path / "nox.npz"))
     np.savez(tmp_path / "empty.npz", x=np.zeros((0, 1, 4, 4), np.float32), y=np.zeros(0, np.int64))
     with pytest.raises(DataError, match="empty"):

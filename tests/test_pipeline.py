@@ -87,10 +87,13 @@ def deploy_result(**fields):
 def test_a_simulation_far_below_float_is_a_warning_in_the_report():
     """A user whose model expects normalised input got 9 % simulated against 94.9 % float, and
     deploy said nothing: now the report (and the CLI, on stderr) asks about the preprocessing."""
-    from edgempq.report import accuracy_warning, render
+    from edgempq.report import render
+    from edgempq.tasks import loss_warning
 
-    assert accuracy_warning(0.949, 0.09).startswith("the simulation loses 85.9 points of top-1 against the float")
-    assert accuracy_warning(0.949, 0.90) is None and accuracy_warning(None, 0.1) is None
+    assert loss_warning("classify", {"top1": 0.949}, {"top1": 0.09}).startswith(
+        "the simulation loses 85.9 points of top-1 against the float")
+    assert loss_warning("classify", {"top1": 0.949}, {"top1": 0.90}) is None
+    assert loss_warning("classify", {}, {"top1": 0.1}) is None
     text = " ".join(b[1] for b in render(deploy_result(float_top1=0.949, simulated_top1=0.09), None).blocks
                     if b[0] == "p")
     assert "Warning: the simulation loses 85.9 points" in text and "preprocessed like the training data" in text

@@ -5,12 +5,12 @@ error sentence where one fails).
 
     .venv/bin/python tools/bench_models.py [--quick] [--only NAME ...]   (or bench_all.py --part models)
 
-Each model is trained for a few epochs on synthetic class-conditional data of its input shape
-(a fixed random pattern per class plus half as much noise, 600 samples, written as a .npz), so that its
-predictions are confident enough for top-1 agreement to mean something; the numbers say whether
-the pipeline carries the model, not how good the model is. The size budget sits 40 % of the way
-from the smallest policy the target runs to the all-int8 one. Models whose task is not
-classification are still run as a user would, and the step that refuses them says why.
+Each model is trained for a few epochs on its task's loss, on synthetic data of its input shape
+(a fixed random pattern per class plus half as much noise, 600 samples, written as a .npz; the
+autoencoder's .npz has no y, the segmentation net's y labels each pixel), so that its outputs are
+confident enough for agreement to mean something; the numbers say whether the pipeline carries
+the model, not how good the model is. The size budget sits 40 % of the way
+from the smallest policy the target runs to the all-int8 one.
 Results: bench_results/all/models.json.
 """
 
@@ -42,20 +42,41 @@ STEPS = ("layers", "preflight", "profile", "sensitivity", "search", "deploy", "v
 
 
 def _data(name: str, folder: Path) -> Path:
-    """600 samples of the model's input shape: each class a fixed random pattern, plus noise."""
+    """600 samples of the model's input shape for its task: each class a fixed random pattern plus
+    noise (classify; the autoencoder gets the samples alone, its own targets); for the
+    segmentation net, label maps of random rectangles, each class a fixed colour plus noise."""
     import torch
 
     model = benchnets.NETS[name]()
+    task = benchnets.TASKS[name]
+    rng = np.random.default_rng(0)
+    path = folder / f"{name}.npz"
+    if task == "dense":
+        x, y = _label_maps(model.input_shape, 4, rng)
+        np.savez(path, x=x, y=y)
+        return path
     with torch.no_grad():
         out = model.eval()(torch.zeros(2, *model.input_shape))
-    classes = min(int(out.shape[1]), 10) if out.dim() == 2 else 4
-    rng = np.random.default_rng(0)
+    classes = min(int(out.shape[1]), 10) if task == "classify" else 4
     patterns = rng.normal(0, 1, (classes, *model.input_shape)).astype(np.float32)
     y = np.repeat(np.arange(classes), -(-SAMPLES // classes))[:SAMPLES]
     x = patterns[y] + rng.normal(0, NOISE, (len(y), *model.input_shape)).astype(np.float32)
-    path = folder / f"{name}.npz"
-    np.savez(path, x=x, y=y)
+    np.savez(path, **({"x": x, "y": y} if task == "classify" else {"x": x}))
     return path
+
+
+def _label_maps(shape: tuple[int, ...], classes: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y): per-pixel labels of a few rectangles of each class over class 0, and images whose
+    pixels are their class's colour (a fixed random vector over the channels) plus noise."""
+    c, h, w = shape
+    y = np.zeros((SAMPLES, h, w), np.int64)
+    for k in range(SAMPLES):
+        for cls in range(1, classes):
+            r, s = rng.integers(0, h * 3 // 4, 2)
+            y[k, r:r + rng.integers(h // 8, h // 3), s:s + rng.integers(w // 8, w // 3)] = cls
+    colours = rng.normal(0, 1, (classes, c)).astype(np.float32)
+    x = colours[y].transpose(0, 3, 1, 2) + rng.normal(0, NOISE, (SAMPLES, c, h, w)).astype(np.float32)
+    return x.astype(np.float32), y
 
 
 class _Run:
@@ -112,7 +133,9 @@ class _Run:
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            fit(model.module, *ds.split("train"), TrainConfig(epochs=EPOCHS, batch_size=32, lr=0.05))
+            cfg = (TrainConfig(epochs=EPOCHS, batch_size=32, lr=0.05) if model.task == "classify" else
+                   TrainConfig(epochs=EPOCHS, batch_size=32, lr=3e-3, optimizer="adam", task=model.task))
+            fit(model.module, *ds.split("train"), cfg)
         weights = self.folder / f"{self.name}.pt"
         weights.write_bytes(state_bytes(model.module))
         self.row["weights"] = str(weights)
@@ -136,9 +159,11 @@ class _Run:
         folder = self.folder / f"{self.name}-artifact"
         cfg = DeployConfig(profile=table, weights=self.row["weights"], data_spec=data)
         dep = self.step("deploy", lambda: deploy(model, ds, policy, TARGET, folder, cfg))
-        self.row.update(float_top1=dep.float_top1, simulated_top1=dep.simulated_top1, exact_layers=dep.exact.layers)
+        self.row.update(float_top1=dep.float_top1, simulated_top1=dep.simulated_top1, exact_layers=dep.exact.layers,
+                        scores=dep.scores)
         val = self.step("validate", lambda: validate(folder, TARGET, ValidateOptions(runs=10)))
         self.row.update(artifact_top1=val.artifact_top1, agreement=val.agreement.top1 if val.agreement else None,
+                        snr_db=val.agreement.snr_db if val.agreement else None, scores=val.scores,
                         latency_ms=val.latency.median_ms, predicted_ms=val.latency.predicted_ms,
                         tflite_bytes=val.size.tflite_bytes)
 
@@ -187,16 +212,22 @@ def _cell(step: dict | None) -> str:
     return f"✔ {step['seconds']:.1f} s" if step["ok"] else "✘"
 
 
+def _agreement(m: dict) -> str:
+    """Artifact vs simulation: class agreement (per pixel for dense) and, for values, the output SNR."""
+    agree, snr = m.get("agreement"), m.get("snr_db")
+    parts = ([] if agree is None else [f"{100 * agree:.1f} %"]) + \
+            ([f"SNR {snr:.1f} dB"] if snr is not None and m["task"] != "classify" else [])
+    return ", ".join(parts) or "–"
+
+
 def section(res: dict, table: Any) -> str:
     """Part 6 of BENCHMARKS.md: each architecture's steps, their times, the agreement reached, and
     the sentence of the step that refused it."""
     rows, notes = [], []
     for m in res["models"]:
         steps = m["steps"]
-        agree = m.get("agreement")
         rows.append([m["model"], m["task"], f"{m.get('searchable', '–')}/{m.get('layers', '–')}",
-                     *(_cell(steps.get(s)) for s in STEPS),
-                     "–" if agree is None else f"{100 * agree:.1f} %"])
+                     *(_cell(steps.get(s)) for s in STEPS), _agreement(m)])
         failed = next((s for s in STEPS if s in steps and not steps[s]["ok"]), None)
         if failed:
             notes.append(f"- **{m['model']}**, {failed}: {steps[failed]['error']}")
@@ -212,11 +243,12 @@ def section(res: dict, table: Any) -> str:
         f"`{res['target']}`: layers, the preflight, profile, {res['method']} sensitivity, a search under a size "
         f"budget {100 * (1 - res['size_share']):.0f} % of the way from the smallest policy the target runs to "
         "the all-int8 one, deploy and validate. Each is trained "
-        f"{res['epochs']} epochs on {res['samples']} synthetic samples of its input shape (a fixed pattern per "
-        "class plus noise), so agreement (artifact vs simulation, top-1 over the test split) is about the "
+        f"{res['epochs']} epochs on {res['samples']} synthetic samples of its input shape for its task (a "
+        "fixed pattern per class plus noise; the autoencoder reconstructs such samples; the segmentation net "
+        "labels the pixels of random rectangles), so agreement (artifact vs simulation over the test split: "
+        "top-1 class, per pixel for the segmentation net, and the output SNR for dense outputs) is about the "
         "pipeline, not the model. ✘: the step refused the model; the sentence it said is below. "
-        "Not run here: `tflm-host` for the MLPerf Tiny four, and tasks other than classification "
-        "(the autoencoder and the segmentation net are run as a user would and refused where they are).", "",
+        "Not run here: `tflm-host` for the MLPerf Tiny four.", "",
         table(head, rows), "", *notes, ""])
 
 

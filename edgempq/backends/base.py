@@ -93,6 +93,24 @@ class Backend(ABC):
         logits = script.dequantize(out, o["scale"], o["zero_point"]).reshape(len(x), -1)
         return Evaluation.of(logits, y, seconds)
 
+    def outputs(self, model: bytes, x: np.ndarray) -> tuple[np.ndarray, float]:
+        """(dequantized outputs in the artifact's own layout, wall seconds of the invokes) of a
+        single-input, single-output model on float samples `x` (in the model's layout): what
+        validate scores for tasks other than classification."""
+        script = device_script()
+        d, o = io_quantization(model)
+        try:
+            if tuple(x.shape[1:]) != tuple(d["shape"][1:]):
+                raise script.DeviceError(f"samples x must have shape (N, {', '.join(map(str, d['shape'][1:]))}), "
+                                         f"got {tuple(x.shape)}")
+            q = script.quantize(x, d["dtype"], d["scale"], d["zero_point"])
+        except script.DeviceError as e:
+            raise DeviceError(f"target {self.target.name}: {e}") from None
+        start = _time.perf_counter()
+        (out,) = self.run(model, [q])
+        seconds = _time.perf_counter() - start
+        return script.dequantize(out, o["scale"], o["zero_point"]), seconds
+
     def ram_bytes(self, model: bytes) -> int | None:
         """Working memory the runtime needs for `model`, where the backend can measure it."""
         return None

@@ -49,7 +49,8 @@ class DeployConfig:
 
 def deploy(model: LoadedModel, data: Dataset, policy: Policy, target: Target, cfg: DeployConfig) -> Deployment:
     """Quantize `model` with `policy`, convert it to a mixed-precision .tflite verified op by op
-    (and a C array for TFLite Micro targets) and measure the simulation's top-1 on the test split."""
+    (and a C array for TFLite Micro targets) and score the simulation on the test split (its task's
+    metrics)."""
     from ..latency import predicted_latency
     from ..layers import trace
     from ..quant import QuantConfig
@@ -73,32 +74,28 @@ def deploy(model: LoadedModel, data: Dataset, policy: Policy, target: Target, cf
         art.files = dict(zip(("model_data.h", "model_data.cc"), c_array(art.tflite), strict=True))
         microcontroller_checks(art, target)
     result = _result(model, data, policy, target, cfg, art=art, layers=layers, ptq=ptq.to_dict(), io=io,
-                     latency=latency,
-                     sim_top1=_simulated_top1(qmodel, art, data, io["output"]), float_top1=_float_top1(model, data))
+                     latency=latency, scores=_scores(model, qmodel, art, data, io["output"]))
     return Deployment(result, art, policy, _state_bytes(qmodel))
 
 
-def _float_top1(model: LoadedModel, data: Dataset) -> float:
-    """The float model's test top-1, to compare the simulation with."""
-    from ..metrics import accuracy
-
-    return accuracy(model.module, *data.split("test"))
-
-
-def _simulated_top1(qmodel: Any, art: Artifact, data: Dataset, output: dict[str, Any]) -> float:
-    """The simulation's test top-1, its logits read as the artifact's integer output."""
-    from ..metrics import predict, topk
+def _scores(model: LoadedModel, qmodel: Any, art: Artifact, data: Dataset,
+            output: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """The float model's and the simulation's test scores for the model's task, the
+    simulation's outputs read as the artifact's integer output."""
+    from ..metrics import predict, scores
+    from ..tasks import get_task
     from .deploy import output_levels
     from .skips import wrap
 
     x, y = data.split("test")
-    return topk(output_levels(predict(wrap(qmodel, art.skips), x), output), y, 1)
+    sim = output_levels(predict(wrap(qmodel, art.skips), x), output)
+    task = get_task(model.task)
+    return {"float": scores(model.module, x, y, model.task), "simulated": task.scores(sim, task.target(x, y))}
 
 
 def _result(model: LoadedModel, data: Dataset, policy: Policy, target: Target, cfg: DeployConfig,
             **built: Any) -> DeployResult:
-    """deploy.json's value from what was built (`art`, `layers`, `ptq`, `io`, `latency`, `sim_top1`,
-    `float_top1`)."""
+    """deploy.json's value from what was built (`art`, `layers`, `ptq`, `io`, `latency`, `scores`)."""
     from ..layers import F32, policy_weight_bytes, weight_bytes
     from ..quant import QuantConfig
 
@@ -108,7 +105,8 @@ def _result(model: LoadedModel, data: Dataset, policy: Policy, target: Target, c
         model=absolute_spec(model.spec), weights=str(Path(cfg.weights).resolve()) if cfg.weights else None,
         model_hash=model.model_hash, data=absolute_spec(cfg.data_spec or data.name), data_id=data.data_id,
         target=target.name, qat_epochs=cfg.qat_epochs, quant_config=quant.to_dict(),
-        simulated_top1=built["sim_top1"], float_top1=built["float_top1"],
+        task=model.task, scores=built["scores"], simulated_top1=built["scores"]["simulated"].get("top1"),
+        float_top1=built["scores"]["float"].get("top1"),
         ptq=PTQSummary.from_dict(built["ptq"], "the PTQ report"),
         exact=ExactCheck(len(art.exact), art.exact), quantizer_note=quantizer_mismatch(policy, quant),
         input_ranges=art.input_ranges, output_rounding=art.rounding, skip_rounding=art.skips,

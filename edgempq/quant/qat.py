@@ -24,7 +24,8 @@ def finetune(
 ) -> TrainResult:
     """Finetune a calibrated fake-quantized model in place for `epochs` (the rest of `cfg`
     kept): every quantizer's step becomes a learnable LSQ parameter initialised from
-    calibration; zero points stay fixed. No validation split: the result's top-1 is NaN."""
+    calibration; zero points stay fixed. No validation split: the result has no scores. The
+    loss is `cfg.task`'s."""
     for m in qmodel.modules():
         if isinstance(m, ActQuantizer | WeightQuantizer):
             m.make_learnable()

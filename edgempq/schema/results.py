@@ -216,7 +216,6 @@ class DeployResult(Record):
     data_id: str
     target: str
     quant_config: Json
-    simulated_top1: float
     tflite_bytes: int
     input: IOTensor
     output: IOTensor
@@ -224,7 +223,10 @@ class DeployResult(Record):
     policy: PolicySummary
     layers: tuple[LayerRow, ...]
     weights: str | None = None
-    float_top1: float | None = None  # the float model on the same test split
+    task: str = "classify"  # see edgempq.tasks
+    simulated_top1: float | None = None  # classifiers: the simulation's test top-1
+    float_top1: float | None = None  # classifiers: the float model on the same test split
+    scores: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)  # float/simulated -> metrics
     qat_epochs: int = 0
     ptq: PTQSummary | None = None
     exact: ExactCheck | None = None
@@ -269,13 +271,16 @@ class SizeCheck(Record):
 
 @dataclasses.dataclass(frozen=True)
 class Agreement(Record):
-    """How often artifact and simulation pick the same class, and how far their logits are apart."""
+    """How often artifact and simulation pick the same class (per sample; per pixel for dense
+    outputs; None for values), how far their outputs are apart, and the outputs' SNR and cosine."""
 
-    top1: float
+    top1: float | None
     disagreeing: int
     max_logit_error: float
     mean_logit_error: float
     logit_range: float
+    snr_db: float | None = None
+    cosine: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -316,7 +321,6 @@ class ValidationReport(Record):
     data_id: str
     samples: int
     device: Json
-    artifact_top1: float
     eval_seconds: float
     latency: MeasuredLatency
     size: SizeCheck
@@ -325,6 +329,9 @@ class ValidationReport(Record):
     deploy_report: bool = False
     deployed_target: str | None = None
     data_note: str | None = None
+    task: str = "classify"
+    scores: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)  # float/simulated/artifact -> metrics
+    artifact_top1: float | None = None  # classifiers: top-1 and top-5 on the device
     artifact_top5: float | None = None
     predictions: tuple[int, ...] = ()
     float_top1: float | None = None

@@ -24,11 +24,14 @@ REF_BITS = 16  # bits at which a layer counts as lossless in the bit objectives 
 
 @dataclass(frozen=True)
 class SensData:
-    """The labelled samples a method may look at (the calibration split), and their id."""
+    """The samples a method may look at (the calibration split), their targets, their id and
+    the model's task (edgempq.tasks): the targets are class labels (classify; per pixel for
+    dense), values (regress) or, for reconstruct, the inputs themselves."""
 
     inputs: np.ndarray
     labels: np.ndarray
     data_id: str
+    task: str = "classify"
 
     def __post_init__(self) -> None:
         if len(self.inputs) == 0:
@@ -40,8 +43,26 @@ class SensData:
         """`n` samples drawn at random (seeded) without replacement, as tensors; all of them
         when there are fewer. (Splits are stored in index order, often sorted by class.)"""
         idx = np.sort(np.random.default_rng(seed).permutation(len(self.inputs))[:n])
-        return (torch.from_numpy(np.ascontiguousarray(self.inputs[idx])),
-                torch.from_numpy(np.asarray(self.labels[idx])).long())
+        x = torch.from_numpy(np.ascontiguousarray(self.inputs[idx]))
+        return x, (x if self.task == "reconstruct" else _target_tensor(self.labels[idx]))
+
+    def targets(self) -> Tensor:
+        """Every sample's target as a tensor (labels as int64, values as float32)."""
+        if self.task == "reconstruct":
+            return torch.from_numpy(np.ascontiguousarray(self.inputs))
+        return _target_tensor(self.labels)
+
+    def require_classes(self, method: str) -> None:
+        """Refuse a task without one class label a sample, naming the methods that work."""
+        if self.task != "classify":
+            raise ConfigError(f"{method} scores layers by class (it needs one class label a sample), but the "
+                              f"model's task is {self.task}; use ompq, csmpq (documents=samples, its default), "
+                              "hawq, measured, clado or limpq")
+
+
+def _target_tensor(y: np.ndarray) -> Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(y))
+    return t.long() if not t.dtype.is_floating_point else t.float()
 
 
 class Method:

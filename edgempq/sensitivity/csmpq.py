@@ -89,6 +89,8 @@ class CSMPQ(Method):
                 data: SensData, on_step: Progress | None = None) -> Sensitivity:
         """Score each layer's (or group's) features by TF-IDF on one batch, as bit-objective penalties."""
         p = self.params
+        if p.documents == "classes":
+            data.require_classes("csmpq with documents=classes (a document a class)")
         gm, unit_list = units(model, searchable(layers, precisions), p.grouping)
         x, y = data.batch(p.batch_size, p.seed)
         if p.documents == "classes" and len(np.unique(y.numpy())) < 2:

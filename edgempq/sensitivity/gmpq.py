@@ -157,6 +157,7 @@ class GMPQ(Method):
     def compute(self, model: nn.Module, layers: list[Layer], precisions: dict[str, list[Precision]],
                 data: SensData, on_step: Progress | None = None) -> Sensitivity:
         """Search the bit widths by attribution imitation and read the learned α out as penalties."""
+        data.require_classes("gmpq (its attribution is of each sample's class)")
         p = self.params
         torch.manual_seed(p.seed)
         teacher, student = self._networks(model)

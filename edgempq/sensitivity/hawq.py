@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..metrics import target_loss
 from ..progress import Progress
 from ..quant.fold import fold_batchnorm
 from ..quant.quantizers import WeightQuantizer
@@ -109,7 +110,7 @@ class HAWQ(Method):
                 if on_step:
                     on_step(done_before + _k + 1, steps, "probes")
 
-            tr = hutchinson_traces(lambda x=x, y=y: nn.functional.cross_entropy(model(x), y), weights,
+            tr = hutchinson_traces(lambda x=x, y=y: target_loss(model(x), y), weights,
                                    probes, p.tol, gen, tick)
             traces = [a + b * len(x) / n for a, b in zip(traces, tr, strict=True)]
             done += probes

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..metrics import target_loss
 from ..progress import Progress
 from ..quant.fold import set_module
 from ..quant.quantizers import grad_scale, round_ste
@@ -152,7 +153,7 @@ class LIMPQ(Method):
         ints = {la.name: [q for q in precisions[la.name] if not q.is_float] for la in scored}
         net, multi = _multi_precision(model, ints)  # a copy: the caller's model is never changed
         x_all = torch.from_numpy(np.ascontiguousarray(data.inputs)).float()
-        y_all = torch.from_numpy(np.asarray(data.labels)).long()
+        y_all = data.targets()
         training = _Training(net, multi, ints, p, len(x_all))
         losses = training.run(x_all, y_all, on_step)
         for m in multi.values():
@@ -225,7 +226,9 @@ class _Training:
             for n, m in self.multi.items():
                 q = cfg[n]
                 m.use(None if q is None else (q.weight_bits, q.act_bits))
-            loss = nn.functional.cross_entropy(self.net(xb), yb, label_smoothing=self.params.label_smoothing)
+            out = self.net(xb)
+            loss = (nn.functional.cross_entropy(out, yb, label_smoothing=self.params.label_smoothing)
+                    if not yb.dtype.is_floating_point else target_loss(out, yb))
             loss.backward()
             total += loss.item()
         for prm in self.net.parameters():

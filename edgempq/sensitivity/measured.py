@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..metrics import target_loss
 from ..progress import Progress
 from ..quant import DEFAULT_WEIGHTS, QuantConfig, apply, quantize
 from ..schema import Layer, Policy, Precision, Sensitivity
@@ -34,9 +35,12 @@ class LossParams(Protocol):
 
 
 def summed_loss(out: torch.Tensor, y: torch.Tensor, reference: torch.Tensor | None = None) -> float:
-    """Summed cross-entropy of a batch; with `reference` logits, the summed KL to them."""
+    """Summed loss of a batch against its targets (cross-entropy for class labels, squared error
+    for values); with `reference` outputs, the summed KL to them (squared distance for values)."""
     if reference is None:
-        return float(nn.functional.cross_entropy(out, y, reduction="sum"))
+        return float(target_loss(out, y, reduction="sum"))
+    if y.dtype.is_floating_point:
+        return float(nn.functional.mse_loss(out, reference, reduction="sum"))
     return float(nn.functional.kl_div(nn.functional.log_softmax(out, dim=1),
                                       nn.functional.log_softmax(reference, dim=1), reduction="sum", log_target=True))
 
@@ -44,7 +48,7 @@ def summed_loss(out: torch.Tensor, y: torch.Tensor, reference: torch.Tensor | No
 @torch.no_grad()
 def mean_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
               reference: torch.Tensor | None = None) -> float:
-    """Mean cross-entropy over (x, y); with `reference` logits, the mean KL to them instead."""
+    """Mean loss over (x, y) (see `summed_loss`); with `reference` outputs, the mean divergence from them."""
     total = 0.0
     for i in range(0, len(x), batch_size):
         ref = None if reference is None else reference[i:i + batch_size]
