@@ -221,6 +221,11 @@ def profile(device: str, source: Source, input_shape: str | None, output: str, *
     with progress_bar(f"profiling on {target.name}") as step:
         whole = None if layers_only else WholeModel(m.module, m.input_shape)
         table = run_profile(layers, target, m.model_hash, use_cache=not no_cache, on_step=step, whole=whole)
+    if not flags["no_check"] and checked.folded:
+        from dataclasses import replace
+
+        table = replace(table, folded=checked.folded)
+        click.echo(f"preflight: kept at f32, the converter folds into their weights: {', '.join(checked.folded)}")
     table.save(output)
     show.profile(table, f"{source.model} on {target.name}")
     click.echo(f"{len(table.rows)} measurements for {sum(la.searchable for la in layers)} layers; wrote {output}")
@@ -277,6 +282,7 @@ def search(profile_path: str, sens_path: str, budget: Any, sweep_spec: str | Non
            **grouping: Any) -> None:
     """Pick one precision per layer: the least sensitivity penalty under the budgets."""
     check_output(output)
+    from .preflight import converter_fixed
     from .schema import CostTable, Sensitivity
     from .solve import SolveOptions, shared_input_groups, solve
 
@@ -285,6 +291,7 @@ def search(profile_path: str, sens_path: str, budget: Any, sweep_spec: str | Non
     if grouping["group_shared_inputs"]:
         groups += shared_input_groups(table)
     fixed = tuple((n.strip(), p.strip()) for n, _, p in (f.partition("=") for f in grouping["fixed"]))
+    fixed += converter_fixed(table, {n for n, _ in fixed})
     options = SolveOptions(groups, grouping["time_limit"], fixed)
     if sweep_spec:
         from .sweep import Sweep
@@ -297,7 +304,9 @@ def search(profile_path: str, sens_path: str, budget: Any, sweep_spec: str | Non
     policy.save(output)
     show.policy(policy, list(table.layers), table)
     if fixed:
-        click.echo("kept out of the search: " + ", ".join(f"{n} at {policy.precisions[n]}" for n, _ in fixed))
+        why = {n: " (the converter folds into its weights)" for n in table.folded}
+        click.echo("kept out of the search: " + ", ".join(f"{n} at {policy.precisions[n]}{why.get(n, '')}"
+                                                          for n, _ in fixed))
     click.echo(f"wrote {output}")
 
 

@@ -40,17 +40,19 @@ def layers(ls: list, checked: Any | None = None) -> None:
     from rich.table import Table
 
     ops = {f.layer: f"{f.op} #{f.op_index}" for f in checked.fates if f.op} if checked else {}
+    folded = checked.folded if checked else {}
     t = Table("layer", "kind", "in", "out", "params", "MACs", *(["TFLite op"] if checked else []), "note")
     for la in ls:
         t.add_row(la.name, la.kind, "x".join(map(str, la.in_shape)), "x".join(map(str, la.out_shape)),
                   f"{la.params:,}", f"{la.macs:,}", *([ops.get(la.name, "float")] if checked else []),
-                  la.fixed_reason or "")
+                  la.fixed_reason or folded.get(la.name, ""))
     console().print(t)
     click.echo(f"{sum(la.searchable for la in ls)} searchable layers, {sum(la.macs for la in ls):,} MACs")
     if checked:
         click.echo(f"preflight passed in {checked.seconds:.1f} s: the float model converts "
                    f"({checked.tflite_bytes / 1024:.1f} KB) and each of the {checked.searchable} searchable layers "
-                   "has its TFLite op; deploy can give each its precision")
+                   "has its TFLite op; deploy can give each its precision"
+                   + (f" ({len(folded)} more kept at f32: the converter folds into their weights)" if folded else ""))
 
 
 def profile(table: Any, title: str) -> None:

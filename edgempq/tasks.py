@@ -186,7 +186,7 @@ def fmt(metric: str, value: float | None) -> str:
         return f"{value:.1f} dB"
     if metric == "mse":
         return f"{value:.4g}"
-    return f"{value:.2%}"
+    return f"{100 * value:.2f} %"
 
 
 def describe(scores: dict[str, float]) -> str:

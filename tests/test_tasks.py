@@ -98,7 +98,7 @@ def test_npz_targets_per_pixel_as_values_or_none(tmp_path):
     seg, reg, ae = (load_data(str(tmp_path / f"{n}.npz"), (2, 4, 4)) for n in ("seg", "reg", "ae"))
     assert seg.y.shape == (40, 4, 4) and seg.classes == ("0",)
     assert reg.y.dtype == np.float32 and reg.classes == ()
-    assert ae.y.shape == (40, 0) and sum(len(v) for v in ae.splits.values()) == 40
+    assert ae.y.shape == (40, 0) and len(np.unique(np.concatenate(list(ae.splits.values())))) == 40
     np.savez(tmp_path / "bad.npz", x=x, y=np.full((40, 3), np.nan, np.float32))
     with pytest.raises(DataError, match="NaN or infinite targets"):
         load_data(str(tmp_path / "bad.npz"), (2, 4, 4))
@@ -147,7 +147,9 @@ def _trained(folder, source: str, data: dict, epochs: int):
     (folder / "net.py").write_text(source)
     np.savez(folder / "d.npz", **data)
     spec, path = f"{folder / 'net.py'}:net", str(folder / "d.npz")
-    model, ds = load_model_and_data(spec, path)
+    with torch.random.fork_rng(devices=[]):  # the initial weights do not depend on the tests run before
+        torch.manual_seed(0)
+        model, ds = load_model_and_data(spec, path)
     train_model(model, ds, TrainConfig(epochs=epochs, batch_size=16, lr=0.01, optimizer="adam"))
     torch.save(model.module.state_dict(), folder / "w.pt")
     model, ds = load_model_and_data(spec, path, folder / "w.pt")
@@ -210,7 +212,7 @@ def test_loss_based_and_label_free_methods_score_a_segmentation_net(seg, method)
 
     model, ds, _ = seg
     layers = trace(model.module, model.input_shape)
-    params = {"hawq": ["probes=4"], "measured": ["samples=16"], "csmpq": []}[method]
+    params = {"hawq": ["probes=4"], "measured": ["samples=64"], "csmpq": []}[method]
     sens = sensitivity(model, ds, method, layer_precisions(layers, ("w8a8", "w4a8")), params)
     assert all(np.isfinite(v) for v in sens.penalties.values())
     w4 = [sens.penalties[(la.name, "w4a8")] for la in layers if la.searchable]

@@ -120,9 +120,10 @@ class _Run:
         self.row.update(layers=len(layers), searchable=sum(la.searchable for la in layers),
                         macs=sum(la.macs for la in layers),
                         fixed={la.name: la.fixed_reason for la in layers if not la.searchable})
-        self.step("preflight", lambda: preflight(model.module, model.input_shape, layers))
+        checked = self.step("preflight", lambda: preflight(model.module, model.input_shape, layers))
+        self.row["folded"] = checked.folded
         model, ds = self._trained(model, ds, data)
-        self._pipeline(model, ds, layers, data)
+        self._pipeline(model, ds, layers, data, checked.folded)
 
     def _trained(self, model: Any, ds: Any, data: str) -> tuple[Any, Any]:
         """The model after a few epochs on the synthetic data, saved and loaded as a user's weights."""
@@ -141,20 +142,26 @@ class _Run:
         self.row["weights"] = str(weights)
         return load_model_and_data(self.spec, data, weights)
 
-    def _pipeline(self, model: Any, ds: Any, layers: list, data: str) -> None:
+    def _pipeline(self, model: Any, ds: Any, layers: list, data: str, folded: dict) -> None:
+        """profile -> sensitivity -> search -> deploy -> validate, as the CLI chains them (the
+        preflight's folded layers recorded in the profile and kept at f32 by the search)."""
+        from dataclasses import replace
+
         from edgempq.export.stage import DeployConfig
         from edgempq.pipeline import ValidateOptions, deploy, layer_precisions, sensitivity, validate
+        from edgempq.preflight import converter_fixed
         from edgempq.profile import profile
         from edgempq.schema import Budget
-        from edgempq.solve import solve
+        from edgempq.solve import SolveOptions, solve
         from edgempq.targets import load_target
 
         target = load_target(TARGET)
-        table = self.step("profile", lambda: profile(layers, target, model.model_hash))
+        table = self.step("profile", lambda: replace(profile(layers, target, model.model_hash), folded=folded))
         sens = self.step("sensitivity", lambda: sensitivity(model, ds, METHOD, layer_precisions(layers,
                                                                                                  device=TARGET)))
-        budget = Budget(size_kb=_size_budget(layers, target) / 1024)
-        policy = self.step("search", lambda: solve(layers, sens, table, budget, target))
+        budget = Budget(size_kb=_size_budget(layers, target, set(folded)) / 1024)
+        options = SolveOptions(fixed=converter_fixed(table, set()))
+        policy = self.step("search", lambda: solve(layers, sens, table, budget, target, options))
         self.row["policy"] = {n: str(p) for n, p in policy.precisions.items()}
         folder = self.folder / f"{self.name}-artifact"
         cfg = DeployConfig(profile=table, weights=self.row["weights"], data_spec=data)
@@ -168,16 +175,18 @@ class _Run:
                         tflite_bytes=val.size.tflite_bytes)
 
 
-def _size_budget(layers: list, target: Any) -> float:
+def _size_budget(layers: list, target: Any, folded: set[str]) -> float:
     """Bytes: SIZE_SHARE of the way from the smallest policy the target runs to the all-int8 one
-    (a share of int8 alone can be out of reach where the target has no int4 kernel for a kind)."""
+    (a share of int8 alone can be out of reach where the target has no int4 kernel for a kind),
+    the layers the converter folds into counted at f32 in both."""
     from edgempq.costs import F32, weight_bytes
-    from edgempq.layers import policy_weight_bytes
-    from edgempq.schema import Policy
+    from edgempq.schema import Precision
 
     fixed = sum(weight_bytes(la, F32) for la in layers if not la.searchable)
-    low = fixed + sum(min(weight_bytes(la, p) for p in target.allowed(la.kind)) for la in layers if la.searchable)
-    int8 = policy_weight_bytes(layers, Policy.uniform(layers, "w8a8"))
+    fixed += sum(weight_bytes(la, F32) for la in layers if la.name in folded)
+    free = [la for la in layers if la.searchable and la.name not in folded]
+    low = fixed + sum(min(weight_bytes(la, p) for p in target.allowed(la.kind)) for la in free)
+    int8 = fixed + sum(weight_bytes(la, Precision.parse("w8a8")) for la in free)
     return low + (1 - SIZE_SHARE) * (int8 - low)
 
 
@@ -231,6 +240,9 @@ def section(res: dict, table: Any) -> str:
         failed = next((s for s in STEPS if s in steps and not steps[s]["ok"]), None)
         if failed:
             notes.append(f"- **{m['model']}**, {failed}: {steps[failed]['error']}")
+        if m.get("folded"):
+            notes.append(f"- {m['model']}: kept at f32 by the preflight (the converter folds into their weights): "
+                         + ", ".join(m["folded"]))
         fixed = m.get("fixed") or {}
         if fixed:
             reasons = sorted(set(fixed.values()))

@@ -53,19 +53,27 @@ def check_float_weights(base: bytes, ops: dict[str, int], module: nn.Module, kin
     """The float graph's weights must be the ones edgempq exported (the simulation's integers are
     written over the quantized ones): a converter that changed them, e.g. by folding a BatchNorm
     that edgempq could not fold because torch.fx cannot trace the model, is refused."""
+    for name in changed_weights(base, ops, module, kinds)[:1]:
+        raise ConversionError(f"layer {name}: the converter changed its weights (it folded the op after it "
+                                  "into them: a BatchNorm edgempq could not fold, e.g. because torch.fx cannot trace "
+                                  "the model, or a scale such as hard-sigmoid's x/6), so the artifact cannot carry "
+                                  "the simulation's integers; set the layer to f16 or f32 in the policy (search "
+                                  f"--fixed {name}=f32), or make the model traceable by torch.fx")
+
+
+def changed_weights(base: bytes, ops: dict[str, int], module: nn.Module, kinds: dict[str, str]) -> list[str]:
+    """The layers (of `ops`: name -> op index in the float graph `base`) whose weights in the
+    graph are not the PyTorch module's: the converter folded something into them."""
     from .mapping import _op_weights
 
-    stored = _op_weights(base)
+    stored, out = _op_weights(base), []
     for name, index in ops.items():
         want = tflite_layout(module.get_submodule(name).weight.detach().numpy(), kinds[name])[0]
         got = stored.get(index)
         tol = 1e-5 * float(np.abs(want).max() or 1.0)
         if got is None or got.shape != want.shape or not np.allclose(got, want, rtol=1e-4, atol=tol):
-            raise ConversionError(f"layer {name}: the converter changed its weights (it folded the op after it "
-                                  "into them: a BatchNorm edgempq could not fold, e.g. because torch.fx cannot trace "
-                                  "the model, or a scale such as hard-sigmoid's x/6), so the artifact cannot carry "
-                                  "the simulation's integers; set the layer to f16 or f32 in the policy (search "
-                                  f"--fixed {name}=f32), or make the model traceable by torch.fx")
+            out.append(name)
+    return out
 
 
 def _read(model: bytes) -> ModelT:

@@ -139,11 +139,14 @@ def _saved_model_to_tflite(folder: Path) -> bytes:
 
 
 def float_tflite(module: nn.Module, input_shape: tuple[int, ...], images: np.ndarray | None = None) -> bytes:
-    """The whole model as a float32 .tflite (NHWC input) with a signature; a node onnx2tf cannot
-    convert is named by the PyTorch module it comes from."""
+    """The whole model as a float32 .tflite (NHWC input) with a signature, its LayerNorms and
+    GroupNorms written out (see `norms`); a node onnx2tf cannot convert is named by the PyTorch
+    module it comes from."""
+    from .norms import written_out
+
     with tempfile.TemporaryDirectory(prefix="edgempq-onnx-") as work:
         try:
-            return onnx_to_tflite(export_onnx(module, input_shape, Path(work) / "model.onnx"), images)
+            return onnx_to_tflite(export_onnx(written_out(module), input_shape, Path(work) / "model.onnx"), images)
         except OnnxOpError as e:
             found = module_of(module, e.node) if e.node else None
             if found is None:

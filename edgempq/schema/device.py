@@ -259,6 +259,8 @@ class CostTable(JsonDoc):
     edges: tuple[tuple[str, str, int], ...] = ()
     # whole-model latency of policies that alternate two domains layer by layer ("f32~w8a8": ms)
     mixed_ms: dict[str, float] = field(default_factory=dict)
+    # layers the preflight found the converter folds into (layer: why): the search keeps them at f32
+    folded: dict[str, str] = field(default_factory=dict)
 
     def row(self, signature: str, precision: Precision | str) -> CostRow | None:
         """The measurement of layer signature `signature` at `precision`, None if it was not measured."""
@@ -272,6 +274,8 @@ class CostTable(JsonDoc):
              "rows": [r.to_dict() for r in self.rows], "whole_ms": dict(self.whole_ms),
              "overhead_ms": dict(self.overhead_ms), "edges": [list(e) for e in self.edges],
              "mixed_ms": dict(self.mixed_ms)}
+        if self.folded:  # only when there are any, so profiles without them keep their checksum
+            d["folded"] = dict(self.folded)
         return d | {"sha256": _checksum(d)}
 
     @classmethod
@@ -279,7 +283,7 @@ class CostTable(JsonDoc):
         """A profile as `edgempq profile` wrote it: its checksum must match, so a truncated or
         hand-edited profile (one changed latency would steer the search) is refused, not used."""
         _check_keys(d, "profile", {"schema_version", "target", "fingerprint", "model_hash", "layers", "rows"},
-                    {"whole_ms", "overhead_ms", "edges", "mixed_ms", "sha256"})
+                    {"whole_ms", "overhead_ms", "edges", "mixed_ms", "folded", "sha256"})
         _check_version(d, "profile")
         if not all(isinstance(d[k], list) for k in ("layers", "rows")) or not isinstance(d["fingerprint"], dict):
             raise ConfigError("profile layers and rows must be lists and fingerprint an object")
@@ -298,6 +302,9 @@ class CostTable(JsonDoc):
             v = d.get(k, {})
             if not isinstance(v, dict) or not all(isinstance(x, int | float) for x in v.values()):
                 raise ConfigError(f"profile {k} must map precisions to numbers")
+        folded = d.get("folded", {})
+        if not isinstance(folded, dict) or not all(isinstance(v, str) for v in folded.values()):
+            raise ConfigError("profile folded must map layer names to reasons")
         body = {k: v for k, v in d.items() if k != "sha256"}
         if "sha256" not in d:
             raise ConfigError("profile has no checksum (it was not written by edgempq profile, or by an older "
@@ -309,7 +316,8 @@ class CostTable(JsonDoc):
                    tuple(Layer.from_dict(la) for la in d["layers"]), tuple(CostRow.from_dict(r) for r in d["rows"]),
                    {k: float(v) for k, v in d.get("whole_ms", {}).items()},
                    {k: float(v) for k, v in d.get("overhead_ms", {}).items()},
-                   tuple((a, b, n) for a, b, n in edges), {k: float(v) for k, v in d.get("mixed_ms", {}).items()})
+                   tuple((a, b, n) for a, b, n in edges), {k: float(v) for k, v in d.get("mixed_ms", {}).items()},
+                   dict(folded))
 
 
 def _checksum(d: dict[str, Any]) -> str:
