@@ -47,16 +47,17 @@ def channels_last(a: np.ndarray) -> np.ndarray:
 
 def channels_first(a: np.ndarray, want: tuple[int | None, ...], who: str = "the artifact") -> np.ndarray:
     """An artifact's outputs `a` (batch first) as PyTorch gives them, per sample of shape `want`
-    (None: any size on that axis): unchanged when they fit, NHWC / NLC moved to channels first
-    when that fits; anything else is a DataError naming both shapes."""
+    (None: any size on that axis): NHWC / NLC moved to channels first when that fits (onnx2tf
+    lays conv outputs out so; it is taken first, so a square C = H = W map is moved too),
+    unchanged when they fit as they are; anything else is a DataError naming both shapes."""
 
     def fits(shape: tuple[int, ...]) -> bool:
         return len(shape) == len(want) and all(w is None or w == s for s, w in zip(shape, want, strict=True))
 
-    if fits(tuple(a.shape[1:])):
-        return a
     if a.ndim in (3, 4) and fits((a.shape[-1], *a.shape[1:-1])):
         return np.ascontiguousarray(a.transpose(0, a.ndim - 1, *range(1, a.ndim - 1)))
+    if fits(tuple(a.shape[1:])):
+        return a
     if None not in want and int(np.prod(a.shape[1:])) == int(np.prod(want)) and a.ndim == 2:
         return a.reshape(len(a), *want)
     shown = tuple("*" if w is None else w for w in want)

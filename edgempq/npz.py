@@ -47,7 +47,7 @@ def read_npz(path: Path, shape: tuple[int, ...] | None, layout: str | None = Non
         x = x[:, None]
     elif found in ("NHWC", "NLC"):  # channels last to channels first
         x = x.transpose(0, x.ndim - 1, *range(1, x.ndim - 1))
-    y = y.astype(np.int64 if np.issubdtype(y.dtype, np.integer) else np.float32)
+    y = y.astype(np.int64 if np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_ else np.float32)
     return x, y, unit, _NOTES.get(found, "")
 
 

@@ -26,7 +26,7 @@ from .progress import Progress
 from .quant import QuantConfig
 from .schema import Policy, Precision, Sensitivity
 from .schema.results import DeployResult, PredictedLatency, ValidationReport
-from .simulation import SimResult, float_result, load_model_and_data, simulate, state_bytes
+from .simulation import SimResult, float_result, load_model_and_data, output_shape, simulate, state_bytes
 from .train import TrainConfig, TrainResult, fit
 from .validate import MIN_AGREEMENT
 
@@ -52,7 +52,9 @@ def cached_model(model_spec: str, data_spec: str, cfg: TrainConfig, retrain: boo
     with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
         torch.manual_seed(cfg.seed)  # the initial weights too are set by the seed
         model, ds = load_model_and_data(model_spec, data_spec)
-    key = hashlib.sha256(json.dumps([model_spec, ds.data_id, asdict(cfg)]).encode())
+    # the task is the model's (set from the data), not a training choice: keys from before it stay valid
+    hyper = {k: v for k, v in asdict(cfg).items() if k != "task"}
+    key = hashlib.sha256(json.dumps([model_spec, ds.data_id, hyper]).encode())
     # A readable but path-safe file name: the zoo name or the factory's name, then the key.
     label = re.sub(r"[^A-Za-z0-9_.-]", "_", model_spec.removeprefix("zoo:").split("?")[0].rpartition(":")[2])
     stem = f"{label[:40]}-{key.hexdigest()[:12]}"
@@ -170,7 +172,7 @@ def validate(artifact: str | Path, target_spec: str, opts: ValidateOptions | Non
     policy, sim_state, deployed = _policy(art, opts.policy)
     model, ds = _model_and_data(inputs, art.tflite)
     task = model.task if model else _artifact_task(art.tflite, ds, inputs["task"])
-    samples = _samples(ds, art.deploy, opts.samples, task)
+    samples = replace(_samples(ds, art.deploy, opts.samples, task), out_shape=output_shape(model) if model else None)
     art = replace(art, predicted=_prediction(art.deploy, deployed or policy, opts.profile, target.name))
     def simulation() -> Simulation | None:
         if model is None or policy is None:

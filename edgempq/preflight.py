@@ -97,9 +97,9 @@ def converter_fixed(table: CostTable, named: set[str]) -> tuple[tuple[str, str],
     out = []
     by_name = {la.name: la for la in table.layers}
     for name in table.folded:
-        if name in named:
+        if name in named or name not in by_name:
             continue
-        kind = by_name[name].kind if name in by_name else "?"
+        kind = by_name[name].kind
         if "f32" not in {str(p) for p in table.target.allowed(kind)}:
             raise ConfigError(f"layer {name}: the converter folds the op after it into its weights (e.g. "
                               f"hard-sigmoid's x/6), so it can only run float, but target {table.target.name} "

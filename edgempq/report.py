@@ -111,7 +111,8 @@ def _accuracy(out: Rendered, d: DeployResult | None, v: ValidationReport | None,
     rows = [[label, *(fmt(k, scores.get(key, {}).get(k)) for k in metrics)]
             for label, key in (("float model", "float"), ("simulation (fake-quantized PyTorch)", "simulated"),
                                (f"artifact on {target}{n}", "artifact"))]
-    out.blocks.extend([("h2", f"Accuracy (test split, task {task})"),
+    heading = "Accuracy" if task in ("classify", "dense") else "Scores"
+    out.blocks.extend([("h2", f"{heading} (test split, task {task})"),
                        ("table", ["", *map(metric_name, metrics)], rows)])
     warning = loss_warning(task, scores.get("float", {}), scores.get("simulated", {}))
     if warning:

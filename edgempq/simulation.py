@@ -57,7 +57,19 @@ def check_fit(model: LoadedModel, ds: Dataset, task: str | None = None) -> None:
         raise DataError(f"model {model.spec} with data {ds.name}: {e}") from None
     if model.task in ("classify", "dense") and int(ds.y.max()) >= out.shape[1]:
         raise DataError(f"data {ds.name} has label {int(ds.y.max())} but model {model.spec} has only "
-                        f"{out.shape[1]} outputs; give a model with more classes")
+                        f"{out.shape[1]} outputs; give a model with more classes (or, for regression, "
+                        "save y as floats)")
+
+
+def output_shape(model: LoadedModel) -> tuple[int, ...]:
+    """One sample's output shape, as the model gives it (a forward pass of zeros)."""
+    with torch.no_grad():
+        was = model.module.training
+        model.module.eval()
+        try:
+            return tuple(model.module(torch.zeros(1, *model.input_shape)).shape[1:])
+        finally:
+            model.module.train(was)
 
 
 @dataclass(frozen=True)

@@ -64,14 +64,19 @@ def dense_scores(out: np.ndarray, y: np.ndarray) -> dict[str, float]:
     return {"pixel_acc": float(np.mean(pred == y)), "miou": float(np.mean(ious)) if ious else float("nan")}
 
 
+MAX_SNR_DB = 200.0  # what equal outputs score (JSON has no infinity); float32 rounding alone is below it
+
+
 def snr_db(signal: np.ndarray, estimate: np.ndarray) -> float:
-    """10 log10(‖signal‖² / ‖estimate − signal‖²); infinite when they are equal."""
+    """10 log10(‖signal‖² / ‖estimate − signal‖²), at most MAX_SNR_DB (equal outputs) and at least
+    −MAX_SNR_DB (a zero signal)."""
     s, e = (np.asarray(a, np.float64).reshape(-1) for a in (signal, estimate))
-    noise = float(np.sum((e - s) ** 2))
-    power = float(np.sum(s**2))
+    noise, power = float(np.sum((e - s) ** 2)), float(np.sum(s**2))
     if noise == 0:
-        return float("inf")
-    return float(10 * np.log10(power / noise)) if power > 0 else float("-inf")
+        return MAX_SNR_DB
+    if power == 0:
+        return -MAX_SNR_DB
+    return float(np.clip(10 * np.log10(power / noise), -MAX_SNR_DB, MAX_SNR_DB))
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -183,7 +188,7 @@ def fmt(metric: str, value: float | None) -> str:
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return "–"
     if metric == "snr_db":
-        return f"{value:.1f} dB"
+        return "identical" if value >= MAX_SNR_DB else f"{value:.1f} dB"
     if metric == "mse":
         return f"{value:.4g}"
     return f"{100 * value:.2f} %"

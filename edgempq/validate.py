@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import DataError
 from .progress import Progress
 from .schema import Target
 from .schema.results import (
@@ -51,6 +52,7 @@ class Samples:
     data_id: str
     note: str | None = None  # e.g. other data than the artifact was deployed with
     task: str = "classify"  # what the outputs are scored as (edgempq.tasks)
+    out_shape: tuple[int, ...] | None = None  # one sample's output as PyTorch gives it (None: read off the artifact)
 
 
 @dataclass(frozen=True)
@@ -133,7 +135,7 @@ def _measure(artifact: Artifact, target: Target, data: Samples, cfg: ValidateCon
             outputs, seconds, scores = ev.logits, ev.seconds, {"top1": ev.top1, "top5": ev.top5}
         else:
             raw, seconds = backend.outputs(artifact.tflite, x)
-            outputs = _as_torch(raw, data)
+            outputs = _as_torch(raw, data, io_quantization(artifact.tflite)[1]["shape"])
             scores = task.scores(outputs, task.target(data.x, data.y))
         step(2, 4, "timing")
         timing = backend.time(artifact.tflite, cfg.runs)
@@ -141,14 +143,12 @@ def _measure(artifact: Artifact, target: Target, data: Samples, cfg: ValidateCon
     return _Measured(device, outputs, seconds, scores, timing, ram)
 
 
-def _as_torch(raw: np.ndarray, data: Samples) -> np.ndarray:
-    """The artifact's outputs laid out as the PyTorch model's: class maps channels first, the
-    shape of the input (reconstruct) or of the targets (regress)."""
-    from .layout import channels_first
+def _as_torch(raw: np.ndarray, data: Samples, artifact_shape: list[int]) -> np.ndarray:
+    """The artifact's outputs laid out as the PyTorch model's (`data.out_shape`; without the
+    model, the artifact's NHWC / NLC output read as channels first)."""
+    from .layout import channels_first, torch_sample_shape
 
-    want: tuple[int | None, ...] = {"dense": (None, *data.y.shape[1:]),
-                                    "reconstruct": tuple(data.x.shape[1:])}.get(data.task, tuple(data.y.shape[1:]))
-    return channels_first(raw, want)
+    return channels_first(raw, data.out_shape or torch_sample_shape(artifact_shape))
 
 
 def _compare(artifact: Artifact, data: Samples, sim: Simulation, m: _Measured, cfg: ValidateConfig,
@@ -168,7 +168,10 @@ def _compare(artifact: Artifact, data: Samples, sim: Simulation, m: _Measured, c
     from .export.deploy import output_levels
 
     simulated = output_levels(logits(sim.qmodel, data.x), io_quantization(artifact.tflite)[1])
-    simulated = simulated.reshape(m.outputs.shape) if simulated.size == m.outputs.size else simulated
+    if simulated.size != m.outputs.size:
+        raise DataError(f"the simulation gives {simulated.shape[1:]} per sample but the artifact "
+                        f"{m.outputs.shape[1:]}; validate the artifact with the model it was deployed from")
+    simulated = simulated.reshape(m.outputs.shape)  # a classifier's logits, flat on the device
     out["scores"]["simulated"] = task.scores(simulated, target)
     agree = task.agreement(m.outputs, simulated)
     out.update(simulated_policy=sim.policy, simulation=sim.how, simulation_notes=sim.notes,
@@ -179,7 +182,7 @@ def _compare(artifact: Artifact, data: Samples, sim: Simulation, m: _Measured, c
     return out
 
 
-MIN_SNR_DB = 30.0  # dense outputs further from the simulation than this run the divergence finder
+MIN_SNR_DB = 30.0  # values (regress, reconstruct) further from the simulation than this run the divergence finder
 
 
 def _agrees_less(agree: dict[str, Any], min_agreement: float) -> bool:

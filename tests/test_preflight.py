@@ -90,6 +90,7 @@ def test_a_layer_the_converter_folds_into_is_kept_at_f32_by_the_preflight_and_th
     cannot carry the simulation's integers. Deploy used to refuse it after the whole search; the
     preflight finds it, the profile records it and the search keeps it at f32 by itself."""
     import json
+    from dataclasses import replace
     from pathlib import Path
 
     from edgempq.errors import ConfigError
@@ -108,11 +109,10 @@ def test_a_layer_the_converter_folds_into_is_kept_at_f32_by_the_preflight_and_th
     assert converter_fixed(table, set()) == (("se.expand", "f32"),)
     assert converter_fixed(table, {"se.expand"}) == ()  # the user's own --fixed wins
     doc = json.loads(out.read_text())
-    doc["target"]["precisions"]["conv"] = ["w8a8", "w4a8"]
+    doc["folded"] = {}
     with pytest.raises(ConfigError, match="does not match its checksum"):
-        CostTable.from_dict(doc)  # the record is covered by the checksum
-    from dataclasses import replace
-
+        CostTable.from_dict(doc)  # the record is covered by the checksum: dropping it is an edit
+    assert "folded" not in replace(table, folded={}).to_dict()  # profiles without any keep their old checksum
     from edgempq.schema import Precision
 
     ints = replace(table, target=replace(table.target, precisions={
@@ -122,14 +122,18 @@ def test_a_layer_the_converter_folds_into_is_kept_at_f32_by_the_preflight_and_th
     from edgempq.schema import Budget, Sensitivity
     from edgempq.solve import SolveOptions, solve
 
-    pen = {(la.name, str(p)): float(p.weight_bits) for la in table.layers if la.searchable
+    # penalties that put every layer at an integer precision: the folded one stays f32 all the same
+    pen = {(la.name, str(p)): 1.0 if p.is_float else 0.0 for la in table.layers if la.searchable
            for p in table.target.allowed(la.kind)}
-    policy = solve(list(table.layers), Sensitivity("by-bits", pen), table, Budget(size_kb=1.0), table.target,
+    sens = Sensitivity("integers-first", pen)
+    free = solve(list(table.layers), sens, table, Budget(size_kb=10.0), table.target)
+    policy = solve(list(table.layers), sens, table, Budget(size_kb=10.0), table.target,
                    SolveOptions(fixed=converter_fixed(table, set())))
-    assert str(policy.precisions["se.expand"]) == "f32" and str(policy.precisions["stem"]) != "f32"
+    assert not free.precisions["se.expand"].is_float and str(policy.precisions["se.expand"]) == "f32"
+    assert all(not p.is_float for n, p in policy.precisions.items() if n != "se.expand")
 
 
-@pytest.mark.parametrize("norm", ["layer", "group"])
+@pytest.mark.parametrize("norm", ["layer", "group", "group-flat"])
 def test_written_out_norms_compute_what_the_modules_compute(norm):
     import torch
     from torch import nn
@@ -139,8 +143,10 @@ def test_written_out_norms_compute_what_the_modules_compute(norm):
     torch.manual_seed(0)
     if norm == "layer":
         model, x = nn.Sequential(nn.Linear(6, 6), nn.LayerNorm(6)), torch.randn(3, 5, 6)
-    else:
+    elif norm == "group":
         model, x = nn.Sequential(nn.Conv2d(2, 8, 1), nn.GroupNorm(4, 8)), torch.randn(3, 2, 5, 5)
+    else:  # a GroupNorm after a Linear: no spatial axes
+        model, x = nn.Sequential(nn.Linear(3, 8), nn.GroupNorm(2, 8)), torch.randn(4, 3)
     with torch.no_grad():
         model[1].weight.uniform_(0.5, 2)
         model[1].bias.uniform_(-1, 1)

@@ -36,14 +36,15 @@ class ExportLayerNorm(nn.Module):
 
 
 class ExportGroupNorm(nn.Module):
-    """nn.GroupNorm on N x C x ... as per-channel moments averaged over each group by a C x C
-    block matrix: no reshape across the channel axis."""
+    """nn.GroupNorm on N x C x ... as per-channel moments averaged over each group by a C x G
+    pooling matrix and spread back by a G x C one: no reshape across the channel axis."""
 
     def __init__(self, norm: nn.GroupNorm) -> None:
         super().__init__()
         c, g = norm.num_channels, norm.num_groups
-        group = torch.arange(c) // (c // g)
-        self.register_buffer("average", (group[:, None] == group[None, :]).float() / (c // g))
+        member = (torch.arange(c)[:, None] // (c // g) == torch.arange(g)[None, :]).float()  # C x G
+        self.register_buffer("pool", member / (c // g))
+        self.register_buffer("spread", member.t().contiguous())
         self.eps = norm.eps
         self.weight = None if norm.weight is None else nn.Parameter(norm.weight.detach().clone())
         self.bias = None if norm.bias is None else nn.Parameter(norm.bias.detach().clone())
@@ -52,9 +53,14 @@ class ExportGroupNorm(nn.Module):
         """Each group's mean and variance over its channels and positions, then the per-channel affine."""
         spatial = tuple(range(2, x.dim()))
         shape = (x.shape[0], x.shape[1]) + (1,) * len(spatial)
-        mean = (x.mean(spatial) @ self.average).reshape(shape)
+
+        def moment(t: Tensor) -> Tensor:  # N x C: the channel's group's mean of t
+            per_channel = t.mean(spatial) if spatial else t
+            return (per_channel @ self.pool @ self.spread).reshape(shape)
+
+        mean = moment(x)
         d = x - mean
-        var = ((d * d).mean(spatial) @ self.average).reshape(shape)
+        var = moment(d * d)
         y = d * torch.rsqrt(var + self.eps)
         per_channel = (1, -1) + (1,) * len(spatial)
         if self.weight is not None:
