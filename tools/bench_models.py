@@ -248,6 +248,11 @@ def section(res: dict, table: Any) -> str:
         failed = next((s for s in STEPS if s in steps and not steps[s]["ok"]), None)
         if failed:
             notes.append(f"- **{m['model']}** on {m.get('target', res['target'])}, {failed}: {steps[failed]['error']}")
+        agree, floats = m.get("agreement"), (m.get("scores") or {}).get("float", {})
+        if agree is not None and agree < 0.99:
+            notes.append(f"- {m['model']} on {m.get('target', res['target'])}: agreement {100 * agree:.1f} % with the "
+                         f"float model at {100 * floats.get('top1', float('nan')):.1f} % top-1 (logits near ties flip "
+                         f"on small differences); output SNR {m.get('snr_db', float('nan')):.1f} dB")
         if m.get("target", res["target"]) != res["target"]:
             continue  # the layer notes are the host row's
         if m.get("folded"):
