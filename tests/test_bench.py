@@ -229,11 +229,16 @@ def test_the_models_part_renders_each_step_and_the_refusal_it_met(bench):
     ok = {s: {"ok": True, "seconds": 1.0} for s in bench_models.STEPS}
     res = {"target": "host", "method": "csmpq", "size_share": 0.6, "epochs": 10, "samples": 600, "models": [
         {"model": "ds_cnn", "task": "classify", "layers": 10, "searchable": 10, "steps": ok, "agreement": 0.995},
+        {"model": "seg", "task": "dense", "layers": 5, "searchable": 3, "steps": ok, "agreement": 1.0, "snr_db": 45.94},
+        {"model": "ae", "target": "tflm-host", "task": "reconstruct", "layers": 2, "searchable": 2, "steps": ok,
+         "agreement": None, "snr_db": 200.0},
         {"model": "tiny_vit", "task": "classify", "layers": 9, "searchable": 5, "fixed": {"b.attn.in_proj": "why"},
          "steps": {"layers": ok["layers"], "preflight": {"ok": False, "seconds": 9.0,
                                                          "error": "onnx2tf cannot convert the Mul in module 'a'"}}}]}
     text = bench_models.section(res, bench["all"].table)
-    assert "| ds_cnn | classify | 10/10 | ✔ 1.0 s |" in text and "| 99.5 % |" in text
-    assert "| tiny_vit | classify | 5/9 | ✔ 1.0 s | ✘ | – |" in text
-    assert "- **tiny_vit**, preflight: onnx2tf cannot convert the Mul in module 'a'" in text
+    assert "| ds_cnn | host | classify | 10/10 | ✔ 1.0 s |" in text and "| 99.5 % |" in text
+    assert "| 100.0 %, SNR 45.9 dB |" in text and "| ae | tflm-host | reconstruct |" in text
+    assert "| outputs identical |" in text
+    assert "| tiny_vit | host | classify | 5/9 | ✔ 1.0 s | ✘ | – |" in text
+    assert "- **tiny_vit** on host, preflight: onnx2tf cannot convert the Mul in module 'a'" in text
     assert "- tiny_vit: 1 layer(s) kept float — why" in text
