@@ -84,25 +84,27 @@ class Backend(ABC):
         d, o = io_quantization(model)
         try:
             script.check_eval_data(x, y, o["classes"], d["shape"][1:])
-            q = script.quantize(x, d["dtype"], d["scale"], d["zero_point"])
         except script.DeviceError as e:
             raise DeviceError(f"target {self.target.name}: {e}") from None
-        start = _time.perf_counter()
-        (out,) = self.run(model, [q])
-        seconds = _time.perf_counter() - start
-        logits = script.dequantize(out, o["scale"], o["zero_point"]).reshape(len(x), -1)
-        return Evaluation.of(logits, y, seconds)
+        out, seconds = self._invoke(model, x, (d, o))
+        return Evaluation.of(out.reshape(len(x), -1), y, seconds)
 
     def outputs(self, model: bytes, x: np.ndarray) -> tuple[np.ndarray, float]:
         """(dequantized outputs in the artifact's own layout, wall seconds of the invokes) of a
         single-input, single-output model on float samples `x` (in the model's layout): what
         validate scores for tasks other than classification."""
-        script = device_script()
         d, o = io_quantization(model)
+        if tuple(x.shape[1:]) != tuple(d["shape"][1:]):
+            raise DeviceError(f"target {self.target.name}: samples x must have shape "
+                              f"(N, {', '.join(map(str, d['shape'][1:]))}), got {tuple(x.shape)}")
+        return self._invoke(model, x, (d, o))
+
+    def _invoke(self, model: bytes, x: np.ndarray,
+                io: tuple[dict[str, Any], dict[str, Any]]) -> tuple[np.ndarray, float]:
+        """`x` quantized with the model's input parameters (`io`), run, and dequantized with its output's."""
+        script = device_script()
+        d, o = io
         try:
-            if tuple(x.shape[1:]) != tuple(d["shape"][1:]):
-                raise script.DeviceError(f"samples x must have shape (N, {', '.join(map(str, d['shape'][1:]))}), "
-                                         f"got {tuple(x.shape)}")
             q = script.quantize(x, d["dtype"], d["scale"], d["zero_point"])
         except script.DeviceError as e:
             raise DeviceError(f"target {self.target.name}: {e}") from None
