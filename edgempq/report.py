@@ -19,10 +19,6 @@ Block = tuple  # ("h1"|"h2"|"p", text) | ("table", header, rows) | ("img", capti
 PLOTS = ("report_layers.png", "report_latency.png", "report_pareto.png")
 
 
-def _pct(v: float | None) -> str:
-    return "–" if v is None else f"{100 * v:.2f} %"
-
-
 def _kb(v: float | None) -> str:
     return "–" if v is None else f"{v / 1024:.1f} KB"
 
