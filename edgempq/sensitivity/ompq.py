@@ -23,12 +23,13 @@ from .features import features, units
 
 
 def centered_gram(x: Tensor) -> Tensor:
-    """H K H for K = X Xᵀ (X: n samples × features), H the centring matrix; float64."""
+    """H K H for K = X Xᵀ (X: n samples × features), H the centring matrix, computed as
+    (H X)(H X)ᵀ with constant columns set to exact zeros (H's 1/n is not exact in binary, and
+    the rounding residue of a constant feature was normalised up by CKA); float64."""
     x = x.reshape(x.shape[0], -1).double()
-    k = x @ x.T
-    n = k.shape[0]
-    h = torch.eye(n, dtype=k.dtype) - 1.0 / n
-    return h @ k @ h
+    constant = (x == x[:1]).all(0)
+    x = (x - x.mean(0, keepdim=True)).masked_fill(constant, 0.0)
+    return x @ x.T
 
 
 def cka(gram_a: Tensor, gram_b: Tensor) -> float:
