@@ -130,8 +130,12 @@ def trace(model: nn.Module, example: Tensor | tuple[int, ...]) -> list[Layer]:
     return layers
 
 
-ATTENTION_REASON = ("a projection inside nn.MultiheadAttention, whose fused kernel reads the weights directly: not "
-                    "searchable; kept float, counted in size and MACs")
+ATTENTION_REASON = ("a projection inside nn.MultiheadAttention with add_bias_kv or add_zero_attn, which edgempq "
+                    "does not rewrite into separate Linear layers (its fused kernel reads the weights directly): "
+                    "not searchable; kept float, counted in size and MACs")
+UNREWRITTEN_REASON = ("a projection inside nn.MultiheadAttention, whose fused kernel reads the weights directly (the "
+                      "model was not loaded with edgempq.models.load_model, which rewrites it into Linear layers): "
+                      "not searchable; kept float, counted in size and MACs")
 
 
 def attention_layers(name: str, m: nn.MultiheadAttention, query: Tensor, kv: tuple[Tensor, Tensor],
@@ -142,17 +146,21 @@ def attention_layers(name: str, m: nn.MultiheadAttention, query: Tensor, kv: tup
     def tokens(t: Tensor) -> int:  # one sample's sequence length
         return t.shape[0] if t.dim() == 2 else t.shape[1] if m.batch_first else t.shape[0]
 
+    from .attention import rewritable
+
     e, lq, lk, lv = m.embed_dim, tokens(query), tokens(kv[0]), tokens(kv[1])
     bias = m.in_proj_bias is not None
+    why = UNREWRITTEN_REASON if rewritable(m) else ATTENTION_REASON
     rows = []
     if m.in_proj_weight is not None:  # q, k and v packed in one (3E, E) weight
         macs = (lq + lk + lv) * e * e
-        rows.append(_fixed_linear(f"{name}.in_proj", ((lq, e), (lq, 3 * e)), bias, macs))
+        rows.append(_fixed_linear(f"{name}.in_proj", ((lq, e), (lq, 3 * e)), bias, macs, why))
     else:
         for part, width, length in (("q", e, lq), ("k", m.kdim, lk), ("v", m.vdim, lv)):
-            rows.append(_fixed_linear(f"{name}.{part}_proj", ((length, width), (length, e)), bias, length * width * e))
+            rows.append(_fixed_linear(f"{name}.{part}_proj", ((length, width), (length, e)), bias, length * width * e,
+                                      why))
     out = m.out_proj
-    rows.append(_fixed_linear(f"{name}.out_proj", ((lq, e), (lq, e)), out.bias is not None, lq * e * e))
+    rows.append(_fixed_linear(f"{name}.out_proj", ((lq, e), (lq, e)), out.bias is not None, lq * e * e, why))
     if calls > 1:
         rows = [replace(r, macs=r.macs * calls) for r in rows]
     return rows

@@ -47,13 +47,17 @@ def parse_shape(text: str) -> tuple[int, ...]:
 
 def load_model(spec: str, weights: str | Path | None = None,
                input_shape: tuple[int, ...] | None = None) -> LoadedModel:
-    """Build the model named by `spec`, load `weights` if given, return it in eval mode."""
+    """Build the model named by `spec`, load `weights` if given, return it in eval mode, its
+    nn.MultiheadAttention modules rewritten as separate projections (see `attention`)."""
+    from .attention import unfused
+
     if spec.startswith("zoo:"):
         module, shape, classes, dataset = _from_zoo(spec[4:])
     else:
         module, classes, dataset = _from_factory(spec), None, None
         declared = getattr(module, "input_shape", None)
         shape = tuple(int(d) for d in declared) if declared is not None else None
+    module = unfused(module)  # before the weights: it loads MultiheadAttention's names and its own
     if weights is not None:
         _load_weights(module, Path(weights))
     module.eval()

@@ -148,9 +148,12 @@ def simulated_model(model: LoadedModel, policy: Policy, state: dict, cfg: QuantC
 
 
 def state_bytes(module: torch.nn.Module) -> bytes:
-    """`module`'s state_dict as the bytes `torch.save` writes (a weights file, simulation.pt)."""
+    """`module`'s state_dict as the bytes `torch.save` writes (a weights file, simulation.pt),
+    attention projections under nn.MultiheadAttention's names (the user's model loads them)."""
     import io
 
+    from .attention import saved_state
+
     buf = io.BytesIO()
-    torch.save(module.state_dict(), buf)
+    torch.save(saved_state(module), buf)
     return buf.getvalue()

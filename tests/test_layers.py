@@ -147,17 +147,17 @@ class _Attention(nn.Module):
 
 @pytest.mark.parametrize("batch_first", [True, False])
 def test_attention_projections_and_unrun_layers_are_listed_never_missing(batch_first):
-    """nn.MultiheadAttention reads its projection weights in a fused kernel, so their forwards
-    never run; they are listed as fixed linear layers with their MACs, as is a layer that never
-    ran at all."""
-    from edgempq.layers import ATTENTION_REASON
+    """nn.MultiheadAttention traced as it is (not loaded through load_model, which rewrites it)
+    reads its projection weights in a fused kernel, so their forwards never run; they are listed
+    as fixed linear layers with their MACs, as is a layer that never ran at all."""
+    from edgempq.layers import UNREWRITTEN_REASON
 
     layers = {la.name: la for la in trace(_Attention(batch_first), (1, 8, 8))}
     assert list(layers) == ["patch", "attn.in_proj", "attn.out_proj", "fc", "unused"]
     inp, out = layers["attn.in_proj"], layers["attn.out_proj"]
     assert (inp.in_shape, inp.out_shape, inp.macs, inp.params) == ((4, 16), (4, 48), 3 * 4 * 16 * 16, 3 * 16 * 17)
     assert (out.in_shape, out.out_shape, out.macs, out.params) == ((4, 16), (4, 16), 4 * 16 * 16, 16 * 17)
-    assert inp.fixed_reason == out.fixed_reason == ATTENTION_REASON and not inp.searchable
+    assert inp.fixed_reason == out.fixed_reason == UNREWRITTEN_REASON and not inp.searchable
     assert layers["unused"].macs == 0 and "never ran" in layers["unused"].fixed_reason
     assert [n for n, la in layers.items() if la.searchable] == ["patch", "fc"]
     # every parameter of the model is in some layer's count, so size budgets see all of it

@@ -32,6 +32,26 @@ def groupnorm():
     m.input_shape = (1, 8, 8)
     return m
 
+class Rank(nn.Module):
+    def forward(self, x):
+        return x.sort(-1).values  # ONNX TopK, which onnx2tf cannot convert here
+
+
+class Sorted(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.rank = Rank()
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(self.rank(self.conv(x)).mean((2, 3)))
+
+def sorter():
+    m = Sorted()
+    m.input_shape = (1, 8, 8)
+    return m
+
 def plain():
     m = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                       nn.Linear(8, 3))
@@ -72,16 +92,18 @@ def test_the_failing_onnx_node_is_read_and_traced_back_to_its_module():
 @pytest.mark.slow
 def test_layers_check_maps_every_layer_or_names_the_module_that_cannot_convert(tmp_path):
     (tmp_path / "nets.py").write_text(GROUPNORM)
-    for name in ("plain", "groupnorm"):  # GroupNorm converts written out (export.norms)
+    # GroupNorm converts written out (export.norms), MultiheadAttention rewritten (edgempq.attention)
+    for name in ("plain", "groupnorm", "net"):
         ok = run("layers", "--model", f"{tmp_path / 'nets.py'}:{name}", "--check")
         assert "CONV_2D #" in ok.stdout and "FULLY_CONNECTED #" in ok.stdout and "preflight passed" in ok.stdout
-    bad = run("layers", "--model", f"{tmp_path / 'nets.py'}:net", "--check", check=False)
+    assert "attn.in_proj" in ok.stdout and "attn.out_proj" in ok.stdout
+    bad = run("layers", "--model", f"{tmp_path / 'nets.py'}:sorter", "--check", check=False)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
-    assert bad.stderr.startswith("error: onnx2tf cannot convert the Mul in module 'attn' (MultiheadAttention)")
+    assert bad.stderr.startswith("error: onnx2tf cannot convert the TopK in module 'rank' (Rank)")
     # profile runs the same check before it measures anything, and writes nothing
     out = tmp_path / "profile.json"
-    bad = run("profile", "--device", "host", "--model", f"{tmp_path / 'nets.py'}:net", "-o", str(out), check=False)
-    assert bad.returncode == 1 and "module 'attn' (MultiheadAttention)" in bad.stderr and not out.exists()
+    bad = run("profile", "--device", "host", "--model", f"{tmp_path / 'nets.py'}:sorter", "-o", str(out), check=False)
+    assert bad.returncode == 1 and "module 'rank' (Rank)" in bad.stderr and not out.exists()
 
 
 @pytest.mark.slow

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 ONNX2TF_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
+OPSET = 20  # the first with a Gelu op, which onnx2tf makes TFLite's GELU (Erf, at 17, has no TFLite kernel)
 
 
 def export_onnx(module: nn.Module, input_shape: tuple[int, ...], path: Path) -> Path:
@@ -36,7 +37,7 @@ def export_onnx(module: nn.Module, input_shape: tuple[int, ...], path: Path) -> 
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
-            torch.onnx.export(module, torch.zeros(1, *input_shape), str(path), dynamo=False, opset_version=17,
+            torch.onnx.export(module, torch.zeros(1, *input_shape), str(path), dynamo=False, opset_version=OPSET,
                               input_names=["input"], output_names=["output"], do_constant_folding=True)
     except Exception as e:  # noqa: BLE001 - the exporter raises many types
         raise ConversionError(f"exporting the model to ONNX failed ({type(e).__name__}: {e})") from None
@@ -60,19 +61,45 @@ def _sample_images(images: np.ndarray | None) -> np.ndarray:
     return np.concatenate([x] * (20 // len(x) + 1))[:20].astype(np.float32)
 
 
-def onnx_to_tflite(onnx_path: Path, images: np.ndarray | None = None) -> bytes:
-    """onnx2tf's SavedModel, converted with a `serving_default` signature."""
-    from ..quiet import quiet_tensorflow_env
+def simplify_onnx(path: Path) -> Path:
+    """The ONNX file with its shapes inferred and constants folded (onnx-simplifier without its
+    optimizer passes, which fuse sibling MatMuls, such as separate q/k/v projections, into one
+    op that no longer matches the layers). onnx2tf needs the static shapes to lay attention out;
+    a model the simplifier cannot handle is converted as exported."""
+    import onnx
+    import onnxsim
 
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            model, ok = onnxsim.simplify(onnx.load(str(path)), perform_optimization=False)
+        if ok:
+            onnx.save(model, str(path))
+    except Exception:  # noqa: BLE001, S110 - the simplifier raises many types; the export is still valid
+        pass
+    return path
+
+
+def onnx_to_tflite(onnx_path: Path, images: np.ndarray | None = None, strict: bool = True) -> bytes:
+    """onnx2tf's SavedModel (of the simplified graph), converted with a `serving_default`
+    signature. `strict=False` skips onnx2tf's accuracy correction, which fails on some graphs
+    it would convert correctly (a scale on attention scores); the caller checks that result."""
     with tempfile.TemporaryDirectory(prefix="edgempq-onnx2tf-") as work:
         np.save(Path(work) / ONNX2TF_SAMPLE, _sample_images(images))
         out = Path(work) / "saved_model"
-        p = subprocess.run([sys.executable, "-m", "onnx2tf", "-i", str(Path(onnx_path).resolve()), "-o", str(out),
-                            "-osd", "-n"], cwd=work, capture_output=True, text=True,
-                           env={**quiet_tensorflow_env(), "TMPDIR": work})  # stray files (onnxruntime's .ses) go too
+        cmd = [sys.executable, "-m", "onnx2tf", "-i", str(simplify_onnx(Path(onnx_path)).resolve()), "-o", str(out),
+               "-osd", "-n", "-nuo", *([] if strict else ["-dsm"])]
+        p = subprocess.run(cmd, cwd=work, capture_output=True, text=True, env=_onnx2tf_env(work))
         if p.returncode != 0 or not (out / "saved_model.pb").exists():
             raise OnnxOpError(*failed_op(p.stdout + p.stderr))
         return _saved_model_to_tflite(out)
+
+
+def _onnx2tf_env(work: str) -> dict[str, str]:
+    """onnx2tf's environment: TensorFlow quiet, TMPDIR in the private folder (stray files, such
+    as onnxruntime's .ses, go with it)."""
+    from ..quiet import quiet_tensorflow_env
+
+    return {**quiet_tensorflow_env(), "TMPDIR": work}
 
 
 class OnnxOpError(ConversionError):
@@ -140,19 +167,68 @@ def _saved_model_to_tflite(folder: Path) -> bytes:
 
 def float_tflite(module: nn.Module, input_shape: tuple[int, ...], images: np.ndarray | None = None) -> bytes:
     """The whole model as a float32 .tflite (NHWC input) with a signature, its LayerNorms and
-    GroupNorms written out (see `norms`); a node onnx2tf cannot convert is named by the PyTorch
-    module it comes from."""
+    GroupNorms written out (see `norms`). Where onnx2tf's strict conversion fails, its lenient
+    one is used if the result computes what the model computes; else the node onnx2tf could not
+    convert is named by the PyTorch module it comes from."""
     from .norms import written_out
 
     with tempfile.TemporaryDirectory(prefix="edgempq-onnx-") as work:
+        path = export_onnx(written_out(module), input_shape, Path(work) / "model.onnx")
         try:
-            return onnx_to_tflite(export_onnx(written_out(module), input_shape, Path(work) / "model.onnx"), images)
+            return onnx_to_tflite(path, images)
         except OnnxOpError as e:
+            lenient = _lenient(module, input_shape, path, images)
+            if lenient is not None:
+                return lenient
             found = module_of(module, e.node) if e.node else None
             if found is None:
                 raise
             name, op = found
             kind = type(module.get_submodule(name)).__name__
-            raise ConversionError(f"onnx2tf cannot convert the {op} in module '{name}' ({kind}): {e.detail}; rewrite "
-                                  f"that module's forward with ops the converter keeps in one layout (e.g. fixed "
-                                  f"shapes, no reshape across the channel axis), or replace the module") from None
+            raise ConversionError(f"onnx2tf cannot convert the {op} in module '{name}' ({kind}): {e.detail}; "
+                                  f"{_fix_for(op, e.detail)}") from None
+
+
+def _fix_for(op: str, detail: str) -> str:
+    """What to change in the module's forward for the converter, from the op and its error."""
+    if op in ("Mul", "Div") and "Output tensors of a Functional model" in detail:
+        # onnx2tf's accuracy correction fails on a constant scale applied to attention scores
+        return ("if it scales attention scores, scale q before the q @ k^T product instead (and keep the token "
+                "count apart from the feature widths), or replace the module")
+    return ("rewrite that module's forward with ops the converter keeps in one layout (e.g. fixed shapes, no reshape "
+            "across the channel axis), or replace the module")
+
+
+def _lenient(module: nn.Module, input_shape: tuple[int, ...], path: Path, images: np.ndarray | None) -> bytes | None:
+    """onnx2tf's conversion without its accuracy correction, when it converts and its outputs
+    match the model's on random inputs (relative error under 1e-3); else None."""
+    import torch
+
+    from ..errors import DataError
+    from ..layout import channels_first, to_model
+
+    try:
+        tfl = onnx_to_tflite(path, images, strict=False)
+    except ConversionError:
+        return None
+    from ai_edge_litert.interpreter import Interpreter
+
+    x = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0))
+    was_training = module.training
+    with torch.no_grad():
+        want = module.eval()(x).numpy()
+    module.train(was_training)
+    it = Interpreter(model_content=tfl)
+    it.allocate_tensors()
+    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    got = []
+    for sample in x.numpy():
+        it.set_tensor(inp["index"], to_model(sample[None], inp["shape"]))
+        it.invoke()
+        got.append(it.get_tensor(out["index"]))
+    try:
+        got = channels_first(np.concatenate(got), tuple(want.shape[1:]))
+    except DataError:
+        return None
+    err = np.linalg.norm(got - want) / max(float(np.linalg.norm(want)), 1e-12)
+    return tfl if err < 1e-3 else None
