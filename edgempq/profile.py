@@ -244,7 +244,8 @@ def measure_whole(backend: Backend, whole: WholeModel, layers: list[Layer], targ
         if base is None:
             module = whole.timing_copy()
             base = float_tflite(module, whole.input_shape)
-        model = quantize_policy(layers, base, assign, torch_weights(module, layers))
+        model = quantize_policy(layers, base, assign, torch_weights(module, layers),
+                                fixed_weights=torch_weights(module, layers, fixed=True))
         pending.append((what, p, f"{key}-{variant}", model))
     # Round-robin rounds, median of the rounds: a slow or fast moment of the device then falls
     # on every policy alike instead of on whichever one was being timed.

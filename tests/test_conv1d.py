@@ -77,6 +77,11 @@ def test_a_mixed_conv1d_policy_deploys_and_the_artifact_computes_what_was_simula
     assert {r.layer: (r.op, r.weight_type) for r in result.layers} == {
         "0": ("CONV_2D", "int8"), "5": ("CONV_2D", "int4"), "9": ("FULLY_CONNECTED", "int8")}
     assert result.exact.layers == 3 and all(r["matched"] == 1.0 for r in result.output_rounding.values())
+    from edgempq.export.recipe import weight_ops
+
+    ops = weight_ops((tmp_path / "build" / "model.tflite").read_bytes())  # the grouped Conv1d stays float, as listed
+    assert [(o.weight_shape, o.weight_type, o.act_type) for o in ops if o.weight_type == "float32"] == [
+        ((8, 1, 3, 1), "float32", "float32")]
     assert result.float_top1 > 0.9 and result.simulated_top1 > result.float_top1 - 0.05
     val = validate(tmp_path / "build", "host", ValidateOptions(runs=3, find_divergence=True))
     assert val.agreement.top1 >= 0.99, val.agreement

@@ -145,3 +145,28 @@ def test_the_model_input_and_output_stay_float_beside_float_boundary_layers():
     # op order, not policy order, says which layer is nearest the input
     ops["a"], ops["c"] = ops["c"], ops["a"]
     assert ends(a="w8a8", b="w8a8", c="f16") == {"INPUT": "f32"}
+
+
+@pytest.mark.slow
+def test_fixed_layers_ops_stay_float_in_the_artifact_as_the_layer_list_says():
+    """A grouped conv and a transposed conv are listed as kept float; the quantizer's catch-all
+    int8 used to quantize their ops anyway, so the artifact ran what the simulation did not."""
+    from torch import nn
+
+    from edgempq.schema.core import Precision as P
+
+    m = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, 1, 1, groups=2), nn.ReLU(),
+                      nn.ConvTranspose2d(8, 4, 2, 2), nn.ReLU(), nn.Conv2d(4, 2, 1)).eval()
+    layers = trace(m, (3, 16, 16))
+    assert [la.name for la in layers if not la.searchable] == ["2", "4"]
+    q = quantize_policy(layers, float_tflite(m, (3, 16, 16)), {la.name: P(8, 8) for la in layers if la.searchable},
+                        torch_weights(m, layers), fixed_weights=torch_weights(m, layers, fixed=True))
+    assert [(o.weight_shape, o.weight_type) for o in weight_ops(q)] == [
+        ((8, 3, 3, 3), "int8"), ((8, 3, 3, 4), "float32"), ((2, 1, 1, 4), "int8")]
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
+
+    model = fu.read_model(bytearray(q))
+    sg = model.subgraphs[0]
+    codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
+    tconv = [op for op in sg.operators if codes[op.opcodeIndex] == 67]  # TRANSPOSE_CONV
+    assert len(tconv) == 1 and sg.tensors[tconv[0].inputs[1]].type == 0  # float32 weights

@@ -112,26 +112,27 @@ def build(layers: list[Layer], qmodel: nn.Module, input_shape: tuple[int, ...], 
     the simulation (whose input ranges become the artifact's, reported in `input_ranges`)."""
     from .exact import carry, check, check_float_weights
     from .float_graph import float_tflite
-    from .mapping import map_layers, torch_weights
-    from .mixed import policy_rules
+    from .mapping import fixed_ops, map_layers, torch_weights
+    from .mixed import check_ops, policy_rules
     from .recipe import quantize
     from .skips import measure as measure_skips
 
     module = export_module(qmodel)
     base = float_tflite(module, input_shape, calibration)
     mapping = map_layers(layers, base, torch_weights(module, layers))
-    rules = policy_rules(mapping, policy.precisions)
+    fixed = fixed_ops(layers, base, torch_weights(module, layers, fixed=True), mapping)
+    rules = policy_rules(mapping, policy.precisions, fixed)
     ints = [n for n in mapping if not policy.precisions[n].is_float]
     kinds = {la.name: la.kind for la in layers}
     check_float_weights(base, {n: mapping[n].index for n in ints}, module, kinds)
     out = quantize(base, rules, calibration_feed(base, calibration), simulation_ranges(base, mapping, qmodel, ints))
-    ops = _checked_ops(out, mapping, policy)
+    ops = check_ops(out, mapping, policy.precisions, fixed)
     int_ops = {n: ops[n].index for n in ints}  # carrying values over keeps every op where it is
     ranges = adopt_input_ranges(qmodel, out, int_ops)
     values = {n: _values(qmodel, n, kinds[n]) for n in ints}
     out = carry(out, int_ops, values)
     exact = check(out, int_ops, values)
-    ops = _checked_ops(out, mapping, policy)
+    ops = check_ops(out, mapping, policy.precisions, fixed)
     rounding = output_rounding(qmodel, out, int_ops, base, calibration)
     skips, notes = measure_skips(qmodel, out, {n: ops[n].index for n in mapping})
     found = {name: {"op": got.op, "weight_type": got.weight_type, "activation_type": got.act_type,
@@ -157,22 +158,6 @@ def _values(qmodel: nn.Module, name: str, kind: str):
     from .exact import simulation_values
 
     return simulation_values(qmodel.get_submodule(name), kind)
-
-
-def _checked_ops(model: bytes, mapping: dict, policy: Policy) -> dict:
-    """Layer -> its op in the quantized `model` (found by output name), types checked."""
-    from ..errors import ConversionError
-    from .recipe import check_op, weight_ops
-
-    by_name = {o.output_name: o for o in weight_ops(model)}
-    out = {}
-    for name, op in mapping.items():
-        got = by_name.get(op.output_name)
-        if got is None:
-            raise ConversionError(f"layer {name}: its op is missing from the quantized model")
-        check_op(got, policy.precisions[name], f"layer {name}")
-        out[name] = got
-    return out
 
 
 def simulation_ranges(base: bytes, mapping: dict, qmodel: nn.Module, ints: list[str]) -> dict[str, tuple[float, float]]:

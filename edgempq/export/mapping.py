@@ -107,7 +107,31 @@ def weights_agree(layer_weight: np.ndarray, op_weight: np.ndarray, kind: str) ->
     return bool(np.all(np.abs(cos[(na > 0) & (nb > 0)]) > 0.999))  # a negative BN scale flips a channel
 
 
-def torch_weights(module: nn.Module, layers: list[Layer]) -> dict[str, np.ndarray]:
-    """PyTorch weight arrays of the searchable layers, for `map_layers`."""
+def torch_weights(module: nn.Module, layers: list[Layer], fixed: bool = False) -> dict[str, np.ndarray]:
+    """PyTorch weight arrays of the searchable layers (with `fixed`, of the fixed layers that are
+    modules of their own), for `map_layers` and `fixed_ops`."""
     mods = dict(module.named_modules())
-    return {la.name: mods[la.name].weight.detach().cpu().numpy() for la in layers if la.searchable}
+    return {la.name: mods[la.name].weight.detach().cpu().numpy() for la in layers
+            if la.searchable != fixed and getattr(mods.get(la.name), "weight", None) is not None}
+
+
+def fixed_ops(layers: list[Layer], model: bytes, weights: dict[str, np.ndarray],
+              mapping: dict[str, OpInfo]) -> dict[str, OpInfo]:
+    """Fixed layer name -> the weight op (conv, depthwise conv, fully connected) that carries its
+    weights, among the ops no searchable layer took: the ops the artifact must keep float, as the
+    layer list says (a grouped Conv1d runs as a grouped CONV_2D, which the quantizer would
+    otherwise make int8 with the rest). Found by weight values only; a fixed layer whose weights
+    no single op carries has no entry."""
+    taken = {o.index for o in mapping.values()}
+    ops = [o for o in weight_ops(model) if o.index not in taken]
+    values = _op_weights(model)
+    out = {}
+    for la in layers:
+        w = weights.get(la.name)
+        if la.searchable or w is None:
+            continue
+        kind = "linear" if w.ndim == 2 else "conv"  # noqa: PLR2004
+        agree = [o for o in ops if o.index in values and weights_agree(w, values[o.index], kind)]
+        if len(agree) == 1:
+            out[la.name] = agree[0]
+    return out
