@@ -18,7 +18,8 @@ from .devices import ssh_target
 from .test_cli import run
 from .usernet import trained_user_model
 
-WORSE = "c.3"  # the layer deployed at w4a8 while the simulation keeps it at w8a8
+WORSE = "a.3"  # the layer deployed at w4a8 while the simulation keeps it at w8a8 (early: the w8a8
+# layers before it still agree within 1.5 %, so its jump is clear; later ones drift to 3-6 %)
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +151,7 @@ def test_the_device_runner_evaluates_in_a_venv_without_torch(built, device_venv_
 
 def test_deploy_writes_a_report_that_says_it_is_not_validated_yet(built):
     md = built["deployed_report"]
-    assert "Not validated yet" in md and "| c.3 | w4a8 |" in md
+    assert "Not validated yet" in md and f"| {WORSE} | w4a8 |" in md
 
 
 def test_validate_refuses_what_is_not_an_artifact(built, tmp_path):
