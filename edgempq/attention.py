@@ -34,21 +34,43 @@ class Attention(nn.Module):
     `in_proj` Linear (E -> 3E) where q, k and v share the width E, as MultiheadAttention packs
     them, else `q_proj`, `k_proj` and `v_proj`; then `out_proj`."""
 
+    # Read by nn.TransformerEncoder(Layer)'s fused fast path, which would bypass the projections
+    # (and their fake quantization): False makes it decline, and run this module's forward.
+    _qkv_same_embed_dim = False
+    bias_k = bias_v = None
+    add_zero_attn = False
+
     def __init__(self, mha: nn.MultiheadAttention) -> None:
         super().__init__()
         e = mha.embed_dim
         self.embed_dim, self.num_heads, self.head_dim = e, mha.num_heads, mha.head_dim
+        self.kdim, self.vdim = mha.kdim, mha.vdim
         self.batch_first, self.dropout, self.packed = mha.batch_first, mha.dropout, mha._qkv_same_embed_dim
         self.scale = 1.0 / math.sqrt(self.head_dim)
-        bias = mha.in_proj_bias is not None
+        like = mha.out_proj.weight
+        bias, kw = mha.in_proj_bias is not None, {"device": like.device, "dtype": like.dtype}
         if self.packed:
-            self.in_proj = nn.Linear(e, 3 * e, bias=bias)
+            self.in_proj = nn.Linear(e, 3 * e, bias=bias, **kw)
         else:
             for part, width in zip(_PARTS, (e, mha.kdim, mha.vdim), strict=True):
-                setattr(self, f"{part}_proj", nn.Linear(width, e, bias=bias))
-        self.out_proj = nn.Linear(e, e, bias=mha.out_proj.bias is not None)
+                setattr(self, f"{part}_proj", nn.Linear(width, e, bias=bias, **kw))
+        self.out_proj = nn.Linear(e, e, bias=mha.out_proj.bias is not None, **kw)
         self.register_load_state_dict_pre_hook(_unpacked_state)
         self.load_state_dict(mha.state_dict())
+        frozen = {n for n, p in mha.named_parameters() if not p.requires_grad}
+        for name, p in saved_named_parameters(self):
+            p.requires_grad_(name not in frozen)
+
+    @property
+    def in_proj_weight(self) -> Tensor | None:
+        """MultiheadAttention's packed q/k/v weight (None when key and value have their own widths)."""
+        return self.in_proj.weight if self.packed else None
+
+    @property
+    def in_proj_bias(self) -> Tensor | None:
+        """MultiheadAttention's packed q/k/v bias (None without biases; q's bias when unpacked)."""
+        proj = self.in_proj if self.packed else self.q_proj
+        return proj.bias
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None = None,  # noqa: PLR0913 - MultiheadAttention's
                 need_weights: bool = True, attn_mask: Tensor | None = None, average_attn_weights: bool = True,
@@ -58,7 +80,8 @@ class Attention(nn.Module):
         inputs = "self" if key is query and value is query else "kv" if value is key else "apart"
         query, key, value = _batch_first(query, key, value, self.batch_first)
         q, k, v = self._projected(query, key, value, inputs)
-        mask = self._mask(attn_mask, key_padding_mask, is_causal, q)
+        mask = None if attn_mask is None and key_padding_mask is None and not is_causal else \
+            _attention_mask(attn_mask, key_padding_mask, is_causal, q, self.num_heads)
         outs, weights = [], []
         d = self.head_dim
         for h in range(self.num_heads):
@@ -89,23 +112,6 @@ class Attention(nn.Module):
         v = kv if inputs == "kv" else self.in_proj(value)
         return self.in_proj(query)[..., :e] * self.scale, kv[..., e:2 * e], v[..., 2 * e:]
 
-    def _mask(self, attn_mask: Tensor | None, key_padding_mask: Tensor | None, is_causal: bool,
-              q: Tensor) -> Tensor | None:
-        """One additive N x heads x L x S mask (or None) from MultiheadAttention's mask arguments:
-        True (or -inf) masks a position out, float masks are added."""
-        n, lq = q.shape[0], q.shape[1]
-        if attn_mask is None and is_causal:
-            attn_mask = torch.ones(lq, lq, dtype=torch.bool, device=q.device).triu(1)
-        out = None
-        if attn_mask is not None:
-            m = _additive(attn_mask, q.dtype)
-            out = m.reshape(n, self.num_heads, lq, -1) if m.dim() == 3 else m.expand(n, self.num_heads, lq, -1)
-        if key_padding_mask is not None:
-            pad = _additive(key_padding_mask, q.dtype).reshape(n, 1, 1, -1)  # N x S, or S unbatched
-            out = pad if out is None else out + pad
-        return None if out is None else out.expand(n, self.num_heads, lq, out.shape[-1])
-
-
 def _batch_first(query: Tensor, key: Tensor, value: Tensor, batch_first: bool) -> tuple[Tensor, Tensor, Tensor]:
     """The inputs as N x L x E (an unbatched L x E input as a batch of one)."""
     if query.dim() == 2:
@@ -122,9 +128,27 @@ def _as_given(out: Tensor, w: Tensor | None, query: Tensor, batch_first: bool) -
     return (out if batch_first else out.transpose(0, 1)), w
 
 
-# torch.fx (layer_edges) records these as calls: their branches depend on the input's rank.
+# torch.fx (layer_edges) records these as calls: their branches depend on the inputs' ranks and types.
 torch.fx.wrap("_batch_first")
 torch.fx.wrap("_as_given")
+torch.fx.wrap("_attention_mask")
+
+
+def _attention_mask(attn_mask: Tensor | None, key_padding_mask: Tensor | None, is_causal: bool, q: Tensor,
+                    heads: int) -> Tensor:
+    """One additive N x heads x L x S mask from MultiheadAttention's mask arguments: True (or
+    -inf) masks a position out, float masks are added."""
+    n, lq = q.shape[0], q.shape[1]
+    if attn_mask is None and is_causal:
+        attn_mask = torch.ones(lq, lq, dtype=torch.bool, device=q.device).triu(1)
+    out = None
+    if attn_mask is not None:
+        m = _additive(attn_mask, q.dtype)
+        out = m.reshape(n, heads, lq, -1) if m.dim() == 3 else m.expand(n, heads, lq, -1)  # noqa: PLR2004
+    if key_padding_mask is not None:
+        pad = _additive(key_padding_mask, q.dtype).reshape(n, 1, 1, -1)  # N x S, or S unbatched
+        out = pad if out is None else out + pad
+    return out.expand(n, heads, lq, out.shape[-1])
 
 
 def _additive(mask: Tensor, dtype: torch.dtype) -> Tensor:
@@ -185,4 +209,16 @@ def unfused(model: nn.Module) -> nn.Module:
         return Attention(model).train(model.training)
     for name, m in [(n, m) for n, m in model.named_modules() if n and rewritable(m)]:
         set_module(model, name, Attention(m).train(m.training))
+    for m in model.modules():
+        if isinstance(m, nn.TransformerEncoder):
+            m.use_nested_tensor = False  # its nested-tensor fast path reads the packed weights itself
     return model
+
+
+def saved_named_parameters(module: nn.Module) -> list[tuple[str, Tensor]]:
+    """`module`'s parameters under MultiheadAttention's names where it has its own (the packed
+    weight's name for in_proj's, each part's for q/k/v's)."""
+    names = {"in_proj.weight": "in_proj_weight", "in_proj.bias": "in_proj_bias",
+             **{f"{p}_proj.weight": f"{p}_proj_weight" for p in _PARTS},
+             **{f"{p}_proj.bias": "in_proj_bias" for p in _PARTS}}
+    return [(names.get(n, n), p) for n, p in module.named_parameters()]

@@ -257,3 +257,59 @@ def test_handwritten_and_rewritten_attention_deploy_every_projection_searched(tm
     assert result.float_top1 > 0.9
     val = validate(tmp_path / "build", "host", ValidateOptions(runs=3))
     assert val.agreement.top1 >= 0.99, val.agreement
+
+
+def test_transformer_layers_built_on_multihead_attention_run_the_rewrite():
+    """nn.TransformerEncoder(Layer)'s fused fast path reads MultiheadAttention's packed weights
+    itself; with the rewrite it declines and runs the projections (same outputs)."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(E, 4, 2 * E, dropout=0.0, batch_first=True)
+    for model in (layer, nn.TransformerEncoder(copy.deepcopy(layer), 2, enable_nested_tensor=True)):
+        model.eval()
+        x, pad = torch.randn(2, 6, E), torch.zeros(2, 6, dtype=torch.bool)
+        pad[1, 4:] = True
+        with torch.no_grad():
+            want = model(x, src_key_padding_mask=pad)
+            mine = unfused(copy.deepcopy(model)).eval()
+            got = mine(x, src_key_padding_mask=pad)
+        assert not any(isinstance(m, nn.MultiheadAttention) for m in mine.modules())
+        torch.testing.assert_close(got[~pad], want[~pad], atol=1e-5, rtol=1e-5)
+
+
+def test_masks_given_as_tensors_still_trace_and_dtype_and_frozen_weights_are_kept():
+    import torch.fx
+
+    class Causal(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn = nn.MultiheadAttention(E, 2, batch_first=True)
+            self.register_buffer("mask", torch.ones(5, 5, dtype=torch.bool).triu(1))
+
+        def forward(self, x):
+            return self.attn(x, x, x, attn_mask=self.mask, key_padding_mask=x.sum(-1) == 0)[0]
+
+    model = Causal().eval()
+    x = torch.randn(2, 5, E)
+    want = model(x)[0]
+    mine = unfused(copy.deepcopy(model))
+    graph = torch.fx.symbolic_trace(mine)
+    torch.testing.assert_close(graph(x)[0], want)
+    frozen = nn.MultiheadAttention(E, 2).double()
+    frozen.in_proj_weight.requires_grad_(False)
+    a = Attention(frozen)
+    assert a.in_proj.weight.dtype == torch.float64 and not a.in_proj.weight.requires_grad
+    assert a.out_proj.weight.requires_grad
+
+
+@pytest.mark.slow
+def test_a_lenient_conversion_that_computes_otherwise_is_refused_naming_the_module(tmp_path):
+    """16 tokens of 16 features: onnx2tf's strict conversion fails on the scores' scale, and its
+    lenient one transposes the wrong axis; the refusal names the module and what to change."""
+    from edgempq.errors import ConversionError
+    from edgempq.export.float_graph import float_tflite
+
+    ns: dict = {}
+    exec(HANDWRITTEN.replace("24", "16"), ns)  # noqa: S102 - the test's own model source
+    model = unfused(ns["net"]()).eval()
+    with pytest.raises(ConversionError, match=r"in module 'packed' \(Packed\).*scale q before the q @ k\^T"):
+        float_tflite(model, (1, 8, 8))

@@ -170,3 +170,28 @@ def test_fixed_layers_ops_stay_float_in_the_artifact_as_the_layer_list_says():
     codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
     tconv = [op for op in sg.operators if codes[op.opcodeIndex] == 67]  # TRANSPOSE_CONV
     assert len(tconv) == 1 and sg.tensors[tconv[0].inputs[1]].type == 0  # float32 weights
+
+
+@pytest.mark.slow
+def test_a_layer_called_twice_keeps_every_op_float():
+    """A Linear called twice is fixed ("called 2 times"); both of its ops stay float."""
+    from torch import nn
+
+    from edgempq.schema.core import Precision as P
+
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.shared, self.head = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.head(self.shared(torch.relu(self.shared(self.a(x)))))
+
+    import torch
+
+    m = Twice().eval()
+    layers = trace(m, (8,))
+    assert [la.name for la in layers if not la.searchable] == ["shared"]
+    q = quantize_policy(layers, float_tflite(m, (8,)), {la.name: P(8, 8) for la in layers if la.searchable},
+                        torch_weights(m, layers), fixed_weights=torch_weights(m, layers, fixed=True))
+    assert sorted(o.weight_type for o in weight_ops(q)) == ["float32", "float32", "int8", "int8"]

@@ -117,11 +117,11 @@ def torch_weights(module: nn.Module, layers: list[Layer], fixed: bool = False) -
 
 def fixed_ops(layers: list[Layer], model: bytes, weights: dict[str, np.ndarray],
               mapping: dict[str, OpInfo]) -> dict[str, OpInfo]:
-    """Fixed layer name -> the weight op (conv, depthwise conv, fully connected) that carries its
-    weights, among the ops no searchable layer took: the ops the artifact must keep float, as the
-    layer list says (a grouped Conv1d runs as a grouped CONV_2D, which the quantizer would
-    otherwise make int8 with the rest). Found by weight values only; a fixed layer whose weights
-    no single op carries has no entry."""
+    """Op output name -> op, for every weight op (conv, depthwise conv, fully connected) that
+    carries a fixed layer's weights, among the ops no searchable layer took: the ops the
+    artifact must keep float, as the layer list says (a grouped Conv1d runs as a grouped CONV_2D,
+    and a module called twice as two ops, which the quantizer would make int8 with the rest).
+    Found by weight values."""
     taken = {o.index for o in mapping.values()}
     ops = [o for o in weight_ops(model) if o.index not in taken]
     values = _op_weights(model)
@@ -130,8 +130,6 @@ def fixed_ops(layers: list[Layer], model: bytes, weights: dict[str, np.ndarray],
         w = weights.get(la.name)
         if la.searchable or w is None:
             continue
-        kind = "linear" if w.ndim == 2 else "conv"  # noqa: PLR2004
-        agree = [o for o in ops if o.index in values and weights_agree(w, values[o.index], kind)]
-        if len(agree) == 1:
-            out[la.name] = agree[0]
+        layout = la.kind if la.kind in KIND_OPS else "linear" if w.ndim == 2 else "conv"  # noqa: PLR2004
+        out |= {o.output_name: o for o in ops if o.index in values and weights_agree(w, values[o.index], layout)}
     return out

@@ -36,7 +36,8 @@ def policy_rules(mapping: dict[str, OpInfo], precisions: dict[str, Precision],
     if a is not None:
         rules.append(OpRule(".*", "*", Precision(8, a)))  # ops without weights run at these bits
         rules.append(OpRule(".*", "CONV_2D_TRANSPOSE", F32, "a transposed convolution (kept float)"))
-        rules += [OpRule(op_regex(op), op.op, F32, f"fixed layer {name}") for name, op in (fixed or {}).items()]
+        rules += [OpRule(op_regex(op), op.op, F32, f"a fixed layer's {op.op} #{op.index}")
+                  for op in (fixed or {}).values()]
     for name, op in mapping.items():
         rules.append(OpRule(op_regex(op), op.op, precisions[name], f"layer {name}"))
     if a is not None and mapping:
@@ -66,14 +67,14 @@ def check_ops(model: bytes, mapping: dict[str, OpInfo], precisions: dict[str, Pr
     """Layer -> its op in the quantized `model` (found by output name), each checked to hold its
     layer's precision, and each fixed layer's op float32."""
     by_name = {o.output_name: o for o in weight_ops(model)}
-    wanted = [(n, op, precisions[n], "layer") for n, op in mapping.items()] + \
-        [(n, op, F32, "fixed layer") for n, op in (fixed or {}).items()]
+    wanted = [(n, op, precisions[n], f"layer {n}") for n, op in mapping.items()] + \
+        [(None, op, F32, f"a fixed layer's {op.op} #{op.index}") for op in (fixed or {}).values()]
     out = {}
     for name, op, p, what in wanted:
         got = by_name.get(op.output_name)
         if got is None:
-            raise ConversionError(f"{what} {name}: its op is missing from the quantized model")
-        check_op(got, p, f"{what} {name}")
-        if what == "layer":
+            raise ConversionError(f"{what}: its op is missing from the quantized model")
+        check_op(got, p, what)
+        if name is not None:
             out[name] = got
     return out
