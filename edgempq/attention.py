@@ -57,9 +57,9 @@ class Attention(nn.Module):
         self.out_proj = nn.Linear(e, e, bias=mha.out_proj.bias is not None, **kw)
         self.register_load_state_dict_pre_hook(_unpacked_state)
         self.load_state_dict(mha.state_dict())
-        frozen = {n for n, p in mha.named_parameters() if not p.requires_grad}
-        for name, p in saved_named_parameters(self):
-            p.requires_grad_(name not in frozen)
+        theirs = dict(mha.named_parameters())
+        for name, p in self.named_parameters():
+            p.requires_grad_(theirs[_mha_name(name, self.packed)].requires_grad)
 
     @property
     def in_proj_weight(self) -> Tensor | None:
@@ -111,6 +111,7 @@ class Attention(nn.Module):
         kv = self.in_proj(key)
         v = kv if inputs == "kv" else self.in_proj(value)
         return self.in_proj(query)[..., :e] * self.scale, kv[..., e:2 * e], v[..., 2 * e:]
+
 
 def _batch_first(query: Tensor, key: Tensor, value: Tensor, batch_first: bool) -> tuple[Tensor, Tensor, Tensor]:
     """The inputs as N x L x E (an unbatched L x E input as a batch of one)."""
@@ -168,32 +169,42 @@ def saved_state(model: nn.Module) -> dict[str, Tensor]:
     return state
 
 
+def _mha_name(ours: str, packed: bool) -> str:
+    """MultiheadAttention's name for one of Attention's parameters (the q/k/v biases apart are
+    slices of its `in_proj_bias`), as `_packed` renames them."""
+    part, _, kind = ours.partition(".")
+    if part == "out_proj" or not kind:
+        return ours
+    return f"in_proj_{kind}" if packed or kind == "bias" else f"{part}_{kind}"
+
+
+def _parts(module: Attention) -> list[str]:
+    return ["in_proj"] if module.packed else [f"{p}_proj" for p in _PARTS]
+
+
 def _packed(module: Attention, state: dict[str, Tensor], prefix: str) -> None:
-    """Rename the projections' entries to MultiheadAttention's (in place)."""
-    renames = {"in_proj.weight": "in_proj_weight", "in_proj.bias": "in_proj_bias"} if module.packed else \
-        {f"{part}_proj.weight": f"{part}_proj_weight" for part in _PARTS}
-    for ours, theirs in renames.items():
-        if prefix + ours in state:
-            state[prefix + theirs] = state.pop(prefix + ours)
-    biases = [f"{prefix}{part}_proj.bias" for part in _PARTS]
-    if not module.packed and all(n in state for n in biases):
-        state[f"{prefix}in_proj_bias"] = torch.cat([state.pop(n) for n in biases])
+    """Rename the projections' entries to MultiheadAttention's (in place): one `in_proj_weight`
+    and one `in_proj_bias` (q, k and v biases apart concatenated), or `q_proj_weight`, ..."""
+    for kind in ("weight", "bias"):
+        ours = [f"{prefix}{part}.{kind}" for part in _parts(module) if f"{prefix}{part}.{kind}" in state]
+        if ours and (module.packed or kind == "bias"):
+            state[f"{prefix}in_proj_{kind}"] = torch.cat([state.pop(n) for n in ours])
+        elif ours:
+            state.update({f"{prefix}{part}_{kind}": state.pop(f"{prefix}{part}.{kind}") for part in _parts(module)})
 
 
 def _unpacked_state(module: Attention, state: dict[str, Tensor], prefix: str, *_: Any) -> None:
     """MultiheadAttention's entries renamed to the projections' (in place), before loading."""
-    e = module.embed_dim
-    if module.packed:
-        for ours, theirs in (("in_proj.weight", "in_proj_weight"), ("in_proj.bias", "in_proj_bias")):
-            if prefix + theirs in state:
-                state[prefix + ours] = state.pop(prefix + theirs)
-        return
-    for part in _PARTS:
-        if f"{prefix}{part}_proj_weight" in state:
-            state[f"{prefix}{part}_proj.weight"] = state.pop(f"{prefix}{part}_proj_weight")
-    bias = state.pop(f"{prefix}in_proj_bias", None)
-    if bias is not None:
-        state.update({f"{prefix}{part}_proj.bias": bias[i * e:(i + 1) * e] for i, part in enumerate(_PARTS)})
+    parts = _parts(module)
+    for kind in ("weight", "bias"):
+        if module.packed or kind == "bias":
+            packed = state.pop(f"{prefix}in_proj_{kind}", None)
+            if packed is not None:
+                pieces = [packed] if module.packed else packed.split(module.embed_dim)
+                state.update({f"{prefix}{part}.{kind}": t for part, t in zip(parts, pieces, strict=True)})
+        else:
+            state.update({f"{prefix}{part}.{kind}": state.pop(f"{prefix}{part}_{kind}") for part in parts
+                          if f"{prefix}{part}_{kind}" in state})
 
 
 def rewritable(m: nn.Module) -> bool:
@@ -213,12 +224,3 @@ def unfused(model: nn.Module) -> nn.Module:
         if isinstance(m, nn.TransformerEncoder):
             m.use_nested_tensor = False  # its nested-tensor fast path reads the packed weights itself
     return model
-
-
-def saved_named_parameters(module: nn.Module) -> list[tuple[str, Tensor]]:
-    """`module`'s parameters under MultiheadAttention's names where it has its own (the packed
-    weight's name for in_proj's, each part's for q/k/v's)."""
-    names = {"in_proj.weight": "in_proj_weight", "in_proj.bias": "in_proj_bias",
-             **{f"{p}_proj.weight": f"{p}_proj_weight" for p in _PARTS},
-             **{f"{p}_proj.bias": "in_proj_bias" for p in _PARTS}}
-    return [(names.get(n, n), p) for n, p in module.named_parameters()]
