@@ -61,14 +61,34 @@ def _sample_images(images: np.ndarray | None) -> np.ndarray:
     return np.concatenate([x] * (20 // len(x) + 1))[:20].astype(np.float32)
 
 
+def _import_onnxsim():  # noqa: ANN202 - the module
+    """onnxsim, imported with TMPDIR in a private folder: the onnxruntime it loads writes a
+    session file (.ses) into the temporary folder at import, which would stay behind in the user's."""
+    import importlib
+    import os
+
+    if "onnxsim" in sys.modules:
+        return sys.modules["onnxsim"]
+    before = os.environ.get("TMPDIR")
+    with tempfile.TemporaryDirectory(prefix="edgempq-ort-") as private:
+        os.environ["TMPDIR"] = private
+        try:
+            return importlib.import_module("onnxsim")
+        finally:
+            if before is None:
+                os.environ.pop("TMPDIR", None)
+            else:
+                os.environ["TMPDIR"] = before
+
+
 def simplify_onnx(path: Path) -> Path:
     """The ONNX file with its shapes inferred and constants folded (onnx-simplifier without its
     optimizer passes, which fuse sibling MatMuls, such as separate q/k/v projections, into one
     op that no longer matches the layers). onnx2tf needs the static shapes to lay attention out;
     a model the simplifier cannot handle is converted as exported."""
     import onnx
-    import onnxsim
 
+    onnxsim = _import_onnxsim()
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             model, ok = onnxsim.simplify(onnx.load(str(path)), perform_optimization=False)
