@@ -48,7 +48,11 @@ def policy_weight_bytes(layers: list[Layer], policy: Policy) -> int:
 
 def working_set_bytes(layer: Layer, p: Precision) -> int:
     """RAM a layer needs while it runs: its input and output activations at the layer's
-    activation width, plus the int8 buffer TFLite Micro unpacks int4 weights into."""
+    activation width, plus the int8 buffer TFLite Micro unpacks int4 weights into and the
+    accumulators (int32, int64 beside 16-bit activations) its integer TRANSPOSE_CONV keeps for the
+    whole output."""
     act = 4 if p.is_float else (1 if p.act_bits <= 8 else 2)
     scratch = layer.weight_count if not p.is_float and p.weight_bits == 4 else 0
+    if layer.kind == "tconv" and not p.is_float:
+        scratch += math.prod(layer.out_shape) * (4 if p.act_bits <= 8 else 8)
     return (math.prod(layer.in_shape) + math.prod(layer.out_shape)) * act + scratch

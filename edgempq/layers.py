@@ -14,13 +14,49 @@ from .costs import F32, bops, policy_bops, policy_weight_bytes, weight_bytes
 from .errors import ModelError
 from .schema import Layer
 
-__all__ = ["F32", "bops", "layer_edges", "layer_kind", "policy_bops", "policy_weight_bytes", "trace", "weight_bytes"]
+__all__ = ["CONV_TYPES", "F32", "LAYER_TYPES", "apply_weights", "bops", "cannot_convert", "layer_edges", "layer_kind",
+           "policy_bops", "policy_weight_bytes", "trace", "weight_axis", "weight_bytes"]
 _FIXED_TYPES = {
     nn.Conv3d: "Conv3d has no per-layer precision path in the TFLite export; kept float",
-    nn.ConvTranspose1d: "transposed convolution is not quantized by the deployment path; kept float",
-    nn.ConvTranspose2d: "transposed convolution is not quantized by the deployment path; kept float",
-    nn.ConvTranspose3d: "transposed convolution is not quantized by the deployment path; kept float",
+    nn.ConvTranspose1d: ("a ConvTranspose1d has no quantized path in the TFLite export (only the 2-D TRANSPOSE_CONV "
+                         "is quantized); kept float"),
+    nn.ConvTranspose3d: "ConvTranspose3d has no per-layer precision path in the TFLite export; kept float",
 }
+CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d)  # the convs a policy can choose precisions for
+LAYER_TYPES = (*CONV_TYPES, nn.Linear)
+
+
+def apply_weights(layer: nn.Module, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """What the Conv/Linear `layer` computes on `x` with `weight` and `bias` in place of its own
+    (for fake-quantized and mixed-precision stand-ins)."""
+    if isinstance(layer, nn.ConvTranspose2d):
+        return nn.functional.conv_transpose2d(x, weight, bias, layer.stride, layer.padding, layer.output_padding,
+                                              layer.groups, layer.dilation)
+    if isinstance(layer, nn.Conv1d | nn.Conv2d):
+        return layer._conv_forward(x, weight, bias)
+    return nn.functional.linear(x, weight, bias)
+
+
+def weight_axis(layer: nn.Module) -> int:
+    """The output-channel dimension of a layer's weight: 1 for a transposed conv's (in, out, kh, kw)."""
+    return 1 if isinstance(layer, nn.ConvTranspose1d | nn.ConvTranspose2d | nn.ConvTranspose3d) else 0
+
+
+def cannot_convert(m: nn.Module) -> str | None:
+    """Why TFLite's converter refuses this module outright (a dilated transposed conv), or None."""
+    if isinstance(m, nn.ConvTranspose2d) and tuple(m.dilation) != (1, 1):
+        return _tconv_reason(m)
+    return None
+
+
+def _tconv_reason(m: nn.ConvTranspose2d) -> str | None:
+    """Why a ConvTranspose2d cannot be a quantized TRANSPOSE_CONV, or None."""
+    if m.groups != 1:
+        return f"a grouped transposed convolution (groups={m.groups}) has no TFLite kernel; kept float"
+    if tuple(m.dilation) != (1, 1):
+        return (f"a dilated transposed convolution (dilation={tuple(m.dilation)}) has no TFLite kernel (TFLite's "
+                "converter refuses it); replace it, e.g. by upsampling and a dilated Conv2d")
+    return None
 
 
 def _pair(v: int | tuple[int, ...] | str) -> tuple[int, ...]:
@@ -35,10 +71,14 @@ def layer_kind(m: nn.Module) -> tuple[str, str | None]:
     for t, why in _FIXED_TYPES.items():
         if isinstance(m, t):
             return t.__name__.lower(), why
-    if isinstance(m, nn.Linear):
+    if isinstance(m, nn.ConvTranspose2d):
+        if why := _tconv_reason(m):
+            return "convtranspose2d", why
+        kind = "tconv"
+    elif isinstance(m, nn.Linear):
         kind = "linear"
     elif not isinstance(m, nn.Conv1d | nn.Conv2d):
-        return type(m).__name__.lower(), "not a Conv1d, Conv2d or Linear layer"
+        return type(m).__name__.lower(), "not a Conv1d, Conv2d, ConvTranspose2d or Linear layer"
     elif m.groups == 1:
         kind = "conv"  # a Conv1d too: the artifact runs it as a CONV_2D of height 1
     elif m.groups == m.in_channels and isinstance(m, nn.Conv2d):
@@ -48,7 +88,7 @@ def layer_kind(m: nn.Module) -> tuple[str, str | None]:
                                 "integer kernels do not run; kept float")
     else:
         return "grouped_conv", f"grouped convolution (groups={m.groups}) has no quantized TFLite kernel; kept float"
-    base = nn.Linear if kind == "linear" else nn.Conv1d if isinstance(m, nn.Conv1d) else nn.Conv2d
+    base = next(t for t in LAYER_TYPES if isinstance(m, t))
     # edgempq's own fake-quantized modules override forward but keep the layer's function.
     if type(m).forward is not base.forward and not getattr(m, "keeps_layer_function", False):
         return kind, f"{type(m).__name__} overrides forward(), so its weights cannot be fake-quantized; kept float"
@@ -68,7 +108,8 @@ def _layer(name: str, m: nn.Module, x: Tensor, y: Tensor, calls: int) -> Layer:
         kernel, stride, pad, dil = (_pair(v) for v in (m.kernel_size, m.stride, m.padding, m.dilation))
         per_out = (cin // groups) * math.prod(kernel)
         # A transposed conv scatters each input element through the whole kernel instead.
-        macs = math.prod(in_shape) * (cout // groups) * math.prod(kernel) if "transpose" in kind \
+        transposed = isinstance(m, nn.ConvTranspose1d | nn.ConvTranspose2d | nn.ConvTranspose3d)
+        macs = math.prod(in_shape) * (cout // groups) * math.prod(kernel) if transposed \
             else math.prod(out_shape) * per_out
     if calls > 1 and reason is None:
         reason = f"the module is called {calls} times in one forward pass; kept float"
@@ -85,7 +126,7 @@ def trace(model: nn.Module, example: Tensor | tuple[int, ...]) -> list[Layer]:
     if not isinstance(example, Tensor):
         example = torch.zeros((1, *example))
     x = example[:1].float()
-    kinds = (nn.Linear, nn.Conv1d, nn.Conv2d, *_FIXED_TYPES)
+    kinds = (*LAYER_TYPES, *_FIXED_TYPES)
     seen: dict[str, list] = {}
     names = {m: n for n, m in model.named_modules()}
 
@@ -184,7 +225,7 @@ def _never_ran(model: nn.Module, seen: dict[str, list]) -> list[Layer]:
                         for c, _ in m.named_modules() if c}
     out = []
     for n, m in model.named_modules():
-        if n in seen or n in inside_attention or not isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, *_FIXED_TYPES)):
+        if n in seen or n in inside_attention or not isinstance(m, (*LAYER_TYPES, *_FIXED_TYPES)):
             continue
         reason = ("its forward never ran on this input (unused, or its weights are read by its parent's code); "
                   "kept float")

@@ -59,8 +59,13 @@ def preflight(module: nn.Module, input_shape: tuple[int, ...], layers: list[Laye
     from .export.exact import changed_weights
     from .export.float_graph import float_tflite
     from .export.mapping import map_layers, torch_weights
+    from .layers import cannot_convert
 
     t = time.perf_counter()
+    for name, m in module.named_modules():
+        if why := cannot_convert(m):
+            raise ConversionError(f"module '{name}' ({type(m).__name__}): {why} (found by the preflight, before "
+                                  "anything was measured)")
     work = _folded(module, input_shape)
     base = float_tflite(work, input_shape, images)
     try:

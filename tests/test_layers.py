@@ -58,11 +58,21 @@ def test_layers_the_deployment_cannot_quantize_are_fixed_with_a_reason():
     g, up, shared, head = trace(Odd(), (4, 5, 5))
     assert head.searchable
     assert g.kind == "grouped_conv" and "groups=2" in g.fixed_reason
-    assert up.kind == "convtranspose2d" and "transposed" in up.fixed_reason
+    assert up.kind == "tconv" and up.searchable  # TFLite's TRANSPOSE_CONV has integer kernels
     assert up.out_shape == (4, 10, 10) and up.macs == 8 * 5 * 5 * 4 * 4
     assert "called 2 times" in shared.fixed_reason
     with pytest.raises(ConfigError, match="kept fixed"):
         Policy({"grouped": Precision.parse("w8a8")}).check_layers([g, up, shared, head])
+
+
+def test_transposed_convs_without_a_tflite_kernel_are_fixed_with_the_reason():
+    m = nn.Sequential(nn.ConvTranspose2d(4, 4, 3, groups=2), nn.ConvTranspose2d(4, 4, 3, dilation=2),
+                      nn.Flatten(1, 2), nn.ConvTranspose1d(4 * 11, 4, 3), nn.Flatten(), nn.Linear(4 * 13, 2))
+    grouped, dilated, one_d, head = trace(m, (4, 5, 5))
+    assert "grouped transposed convolution (groups=2) has no TFLite kernel" in grouped.fixed_reason
+    assert "dilated transposed convolution (dilation=(2, 2)) has no TFLite kernel" in dilated.fixed_reason
+    assert "ConvTranspose1d has no quantized path" in one_d.fixed_reason
+    assert head.searchable
 
 
 def test_model_without_quantizable_layer_or_wrong_shape_is_a_clear_error(two_layer):

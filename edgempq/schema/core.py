@@ -150,7 +150,8 @@ class JsonDoc:
 class Layer(JsonDoc):
     """One Conv2d / Linear of the model, as seen in a real forward pass (batch of one).
 
-    `kind` is conv, dwconv or linear for layers the deployment quantizes; a layer it cannot
+    `kind` is conv, dwconv, linear or tconv (a ConvTranspose2d) for layers the deployment
+    quantizes; a layer it cannot
     quantize keeps its own kind and carries `fixed_reason`.
     """
 
@@ -211,7 +212,11 @@ _LAYER_FIELDS = ("name", "kind", "in_shape", "out_shape", "in_channels", "out_ch
                  "stride", "padding", "dilation", "groups", "bias", "params", "macs", "signature",
                  "fixed_reason")
 _LAYER_TUPLES = {"in_shape", "out_shape", "kernel", "stride", "padding", "dilation"}
-SEARCHABLE_KINDS = ("conv", "dwconv", "linear")
+SEARCHABLE_KINDS = ("conv", "dwconv", "linear", "tconv")
+# A target must list these; a transposed conv (`tconv`) takes the target's conv precisions that
+# its TFLite kernel has (no int4 weights) unless the target lists its own.
+REQUIRED_KINDS = ("conv", "dwconv", "linear")
+NO_INT4_KINDS = ("dwconv", "tconv")  # the quantizer has no int4 DEPTHWISE_CONV_2D or TRANSPOSE_CONV
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,17 @@ from typing import Any, ClassVar
 
 from ..errors import ConfigError
 from ..files import read_toml
-from .core import SCHEMA_VERSION, SEARCHABLE_KINDS, JsonDoc, Layer, Precision, _check_keys, _check_version
+from .core import (
+    NO_INT4_KINDS,
+    REQUIRED_KINDS,
+    SCHEMA_VERSION,
+    SEARCHABLE_KINDS,
+    JsonDoc,
+    Layer,
+    Precision,
+    _check_keys,
+    _check_version,
+)
 
 # Backend name -> the keys of its [connection] (where the device is and how to reach it). Each
 # backend registers itself here as `edgempq.backends` imports it (which `import edgempq` does).
@@ -26,6 +36,7 @@ def register_backend(name: str, connection_keys: frozenset[str]) -> None:
 
 _HOST = re.compile(r"^[A-Za-z0-9_.:\[\]%-]+$")  # a name or address; never an option (leading '-')
 SAFE_PATH = re.compile(r"^/[A-Za-z0-9_./+-]+$")  # a path on a device that no shell can misread
+_OPS = {"dwconv": "DEPTHWISE_CONV_2D", "tconv": "TRANSPOSE_CONV"}
 _TOP_KEYS = {"name", "description", "backend", "threads", "warmup", "runs", "max_seconds", "flash_kb", "ram_kb",
              "template", "precisions", "connection"}
 
@@ -69,19 +80,20 @@ class Target(JsonDoc):
                 raise ConfigError(f"target {self.name}: {k} must be a positive number, not {v!r}")
 
     def _check_precisions(self) -> None:
-        missing = [k for k in SEARCHABLE_KINDS if not self.precisions.get(k)]
+        missing = [k for k in REQUIRED_KINDS if not self.precisions.get(k)]
         unknown = set(self.precisions) - set(SEARCHABLE_KINDS)
-        if missing or unknown:
-            raise ConfigError(f"target {self.name}: [precisions] must list {', '.join(SEARCHABLE_KINDS)} "
+        if missing or unknown or (self.precisions.get("tconv") == ()):
+            raise ConfigError(f"target {self.name}: [precisions] must list {', '.join(REQUIRED_KINDS)} "
+                              "(and may list tconv) "
                               f"(missing {missing or 'none'}, unknown {sorted(unknown) or 'none'})")
         for kind, ps in self.precisions.items():
             for p in ps:
                 if not p.deployable:
                     raise ConfigError(f"target {self.name}: {kind} precision {p} cannot be deployed; "
                                       "use w8a8, w4a8, w8a16, w4a16, f16 or f32")
-                if kind == "dwconv" and p.weight_bits == 4:
-                    raise ConfigError(f"target {self.name}: dwconv cannot take {p}: the quantizer has no int4 "
-                                      "depthwise kernel and would silently leave the layer float")
+                if kind in NO_INT4_KINDS and p.weight_bits == 4:
+                    raise ConfigError(f"target {self.name}: {kind} cannot take {p}: the quantizer has no int4 "
+                                      f"{_OPS[kind]} kernel and would silently leave the layer float")
 
     def _check_connection(self) -> None:
         extra = set(self.connection) - CONNECTION_KEYS[self.backend]
@@ -95,7 +107,10 @@ class Target(JsonDoc):
                 raise ConfigError(f"target {self.name}: [connection] {k} {problem}, not {v!r}")
 
     def allowed(self, kind: str) -> tuple[Precision, ...]:
-        """Precisions this target runs for a layer kind (fixed kinds run float32 only)."""
+        """Precisions this target runs for a layer kind (fixed kinds run float32 only); a
+        transposed conv the target does not list takes its conv precisions without int4 weights."""
+        if kind == "tconv" and kind not in self.precisions:
+            return tuple(p for p in self.precisions["conv"] if p.is_float or p.weight_bits != 4)  # noqa: PLR2004
         return self.precisions.get(kind, (Precision(32, 32, True),))
 
     def to_dict(self) -> dict[str, Any]:
