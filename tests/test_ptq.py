@@ -13,7 +13,7 @@ from torch import nn
 from edgempq.errors import ConfigError
 from edgempq.layers import trace
 from edgempq.quant import QuantConfig, apply, calibrate, quantize
-from edgempq.quant.moments import Moments, collect, columns, weight_matrix
+from edgempq.quant.moments import Moments, collect, column_count, columns, from_matrix, weight_matrix
 from edgempq.quant.stream import Walk, block_paths, walk
 from edgempq.quant.weights import algorithm, algorithm_names
 from edgempq.quant.weights.gptq import gptq_codes
@@ -281,6 +281,25 @@ def test_a_conv_input_as_columns_reproduces_the_conv():
         assert torch.allclose(got, want, atol=1e-5), conv
 
 
+def test_a_transposed_conv_input_as_columns_reproduces_it():
+    """A ConvTranspose2d is the stride-1 conv of its flipped kernel on the zero-inserted input:
+    its columns and weight matrix reproduce it, sampled columns too, and the matrix goes back."""
+    torch.manual_seed(0)
+    for kw in ({"stride": 2}, {"stride": 2, "padding": 1, "output_padding": 1},
+               {"stride": (2, 3), "padding": (2, 0), "output_padding": (1, 2)}, {"stride": 3, "padding": 2}):
+        t = nn.ConvTranspose2d(5, 4, (3, 2), bias=False, **kw)
+        x = torch.randn(2, 5, 6, 7)
+        want = t(x).detach()
+        n, c, h, w = want.shape
+        cols = columns(t, x)
+        assert column_count(t, x) == n * h * w == cols.shape[1]
+        got = (cols @ weight_matrix(t).float().transpose(1, 2))[0]  # columns, out channels
+        assert torch.allclose(got, want.permute(0, 2, 3, 1).reshape(-1, c), atol=1e-5), kw
+        pick = torch.tensor([0, 7, n * h * w - 1])
+        assert torch.equal(columns(t, x, pick), cols[:, pick])
+        assert torch.equal(from_matrix(t, weight_matrix(t)).float(), t.weight.detach())
+
+
 def test_moments_give_the_layer_output_error():
     lin = nn.Linear(5, 3)
     x = torch.randn(200, 5)
@@ -302,8 +321,6 @@ def test_quant_config_round_trips_and_refuses_keys_of_another_version():
 
 
 def test_sampled_columns_are_the_unfolded_ones():
-    from edgempq.quant.moments import column_count
-
     torch.manual_seed(0)
     for conv in (nn.Conv2d(3, 6, 3, stride=2, padding=1), nn.Conv2d(4, 4, 3, padding=2, dilation=2, groups=4),
                  nn.Conv2d(2, 3, (3, 1), padding="same", padding_mode="reflect"), nn.Linear(5, 2)):

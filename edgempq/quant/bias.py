@@ -9,11 +9,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..layers import CONV_TYPES
 from .stream import Unit
 
 
 def _channel_dim(y: Tensor, module: nn.Module) -> int:
-    return 1 if isinstance(module, nn.Conv1d | nn.Conv2d) else y.dim() - 1
+    return 1 if isinstance(module, CONV_TYPES) else y.dim() - 1
 
 
 def _channel_mean(y: Tensor, module: nn.Module) -> Tensor:

@@ -11,16 +11,17 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
 log = logging.getLogger(__name__)
-_CONVS = (nn.Conv1d, nn.Conv2d)
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
 def _pairs_up(conv: nn.Module | None, bn: nn.Module | None) -> bool:
-    """A Conv1d or Linear feeding a BatchNorm1d, or a Conv2d a BatchNorm2d (with running statistics)."""
-    if getattr(bn, "running_mean", None) is None:
-        return False
+    """A Conv1d or Linear feeding a BatchNorm1d, or a (transposed) Conv2d a BatchNorm2d (with
+    running statistics)."""
+    if getattr(bn, "running_mean", None) is None or isinstance(conv, nn.ConvTranspose2d) and conv.groups != 1:
+        return False  # a grouped transposed conv's weight holds out / groups channels in its dim 1
     return isinstance(conv, nn.Conv1d | nn.Linear) and isinstance(bn, nn.BatchNorm1d) or \
-        isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)
+        isinstance(conv, nn.Conv2d | nn.ConvTranspose2d) and isinstance(bn, nn.BatchNorm2d)
 
 
 def conv_bn_pairs(model: nn.Module, example: torch.Tensor | None = None) -> list[tuple[str, str]]:
@@ -132,8 +133,11 @@ def _fold(model: nn.Module, pairs: list[tuple[str, str]]) -> None:
         conv, bn = modules[conv_name], modules[bn_name]
         gamma = bn.weight if bn.weight is not None else torch.ones_like(bn.running_mean)
         beta = bn.bias if bn.bias is not None else torch.zeros_like(bn.running_mean)
-        fuse = fuse_linear_bn_weights if isinstance(conv, nn.Linear) else fuse_conv_bn_weights
-        w, b = fuse(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, gamma, beta)
+        stats = (bn.running_mean, bn.running_var, bn.eps, gamma, beta)
+        if isinstance(conv, nn.Linear):
+            w, b = fuse_linear_bn_weights(conv.weight, conv.bias, *stats)
+        else:  # a transposed conv's output channels are its weight's dim 1
+            w, b = fuse_conv_bn_weights(conv.weight, conv.bias, *stats, transpose=isinstance(conv, nn.ConvTranspose2d))
         conv.weight = nn.Parameter(w.detach().clone())
         conv.bias = nn.Parameter(b.detach().clone())
         set_module(model, bn_name, nn.Identity())

@@ -1,5 +1,6 @@
-"""Conv2d / Linear that fake-quantize their weights, bias and input activation at one Precision,
-and the QuantConfig that says how a policy is quantized after training.
+"""Conv1d / Conv2d / ConvTranspose2d / Linear that fake-quantize their weights, bias and input
+activation at one Precision, and the QuantConfig that says how a policy is quantized after
+training.
 
 They subclass the float modules and keep their names, so a quantized copy has the same module
 paths (and weight keys) as the float model."""
@@ -13,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..layers import weight_axis
 from ..schema import Precision
 from .quantizers import RANGE_METHODS, ActQuantizer, WeightQuantizer, bias_qrange, fake_quantize_bias
 
@@ -77,7 +79,7 @@ class _QuantMixin:
         self.act_quant: nn.Module | None = None
         self.out_quant: nn.Module | None = None  # the artifact's output rounding, once deployed
         if not precision.is_float:
-            self.weight_quant = WeightQuantizer(precision.weight_bits)
+            self.weight_quant = WeightQuantizer(precision.weight_bits, weight_axis(self))
             self.weight_quant.calibrate(self.weight)
             self.act_quant = ActQuantizer(precision.act_bits, cfg.act_method, cfg.percentile, cfg.seed)
 
@@ -139,6 +141,19 @@ class QConv1d(_QuantMixin, nn.Conv1d):
         return self._qoutput(self._conv_forward(self._qinput(x), self._qweight(), self._qbias()))
 
 
+class QConvTranspose2d(_QuantMixin, nn.ConvTranspose2d):
+    """A ConvTranspose2d with fake-quantized input, weights (per output channel, its dim 1), bias
+    and (optionally) output rounding."""
+
+    def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
+        """The transposed convolution on the quantized input with the quantized weights and bias."""
+        pad = self._output_padding(x, output_size, list(self.stride), list(self.padding), list(self.kernel_size), 2,
+                                   list(self.dilation))
+        y = nn.functional.conv_transpose2d(self._qinput(x), self._qweight(), self._qbias(), self.stride,
+                                           self.padding, pad, self.groups, self.dilation)
+        return self._qoutput(y)
+
+
 class QLinear(_QuantMixin, nn.Linear):
     """A Linear with fake-quantized input, weights, bias and (optionally) output rounding."""
 
@@ -147,13 +162,13 @@ class QLinear(_QuantMixin, nn.Linear):
         return self._qoutput(nn.functional.linear(self._qinput(x), self._qweight(), self._qbias()))
 
 
-QUANT_TYPES = (QConv1d, QConv2d, QLinear)
+QUANT_TYPES = (QConv1d, QConv2d, QConvTranspose2d, QLinear)
+_QUANTIZED = {nn.Conv1d: QConv1d, nn.Conv2d: QConv2d, nn.ConvTranspose2d: QConvTranspose2d, nn.Linear: QLinear}
 
 
 def quantize_module(module: nn.Module, precision: Precision, cfg: QuantConfig) -> nn.Module:
-    """Turn a Conv2d / Linear (of a copy: this changes it in place) into its fake-quantized
-    form: same parameters, same name in the model, quantizers added."""
-    module.__class__ = QConv2d if isinstance(module, nn.Conv2d) else QConv1d if isinstance(module, nn.Conv1d) \
-        else QLinear
+    """Turn a Conv1d / Conv2d / ConvTranspose2d / Linear (of a copy: this changes it in place)
+    into its fake-quantized form: same parameters, same name in the model, quantizers added."""
+    module.__class__ = next(q for t, q in _QUANTIZED.items() if isinstance(module, t))
     module._setup(precision, cfg)
     return module

@@ -19,25 +19,42 @@ MAX_COLUMNS = 65536  # columns (positions x samples) kept per layer; more are sa
 
 def statistics_bytes(module: nn.Module, matrices: int) -> int:
     """Memory `matrices` (groups, d, d) float64 moments of the layer take."""
-    d = module.weight[0].numel()  # inputs per output (a conv's weight[0] is one group's)
+    d = inputs_per_output(module)
     return matrices * groups(module) * d * d * 8
+
+
+def inputs_per_output(module: nn.Module) -> int:
+    """How many inputs each output of the layer multiplies by a weight (one group's)."""
+    w = module.weight
+    return w[:, 0].numel() if isinstance(module, nn.ConvTranspose2d) else w[0].numel()
 
 
 def groups(module: nn.Module) -> int:
     """How many independent weight groups a layer has (a conv's `groups`, 1 for a linear)."""
-    return module.groups if isinstance(module, nn.Conv1d | nn.Conv2d) else 1
+    return module.groups if isinstance(module, nn.Conv1d | nn.Conv2d | nn.ConvTranspose2d) else 1
+
+
+def _as_conv(w: Tensor) -> Tensor:
+    """A transposed conv's (in, out, kh, kw) weight as the (out, in, kh, kw) kernel of the conv
+    it equals on its zero-inserted input (flipped in space); its own inverse."""
+    return w.transpose(0, 1).flip(2, 3)
 
 
 def weight_matrix(module: nn.Module, w: Tensor | None = None) -> Tensor:
     """The weight as (groups, rows, d), float64, in the order `columns` lays the inputs out."""
     w = (module.weight if w is None else w).detach()
+    if isinstance(module, nn.ConvTranspose2d):
+        w = _as_conv(w)
     g = groups(module)
     return w.reshape(g, w.shape[0] // g, -1).double()
 
 
 def from_matrix(module: nn.Module, m: Tensor) -> Tensor:
-    """Back from (groups, rows, d) to the layer's weight shape and dtype."""
-    return m.reshape(module.weight.shape).to(module.weight.dtype)
+    """Back from (groups, rows, d) to the layer's weight shape and dtype (differentiable)."""
+    shape = module.weight.shape
+    if isinstance(module, nn.ConvTranspose2d):
+        return _as_conv(m.reshape(shape[1], shape[0], *shape[2:])).to(module.weight.dtype)
+    return m.reshape(shape).to(module.weight.dtype)
 
 
 def channel_scale(module: nn.Module, scale: Tensor | None = None) -> Tensor:
@@ -47,16 +64,33 @@ def channel_scale(module: nn.Module, scale: Tensor | None = None) -> Tensor:
     return s.reshape(g, -1, 1).double()
 
 
-def _geometry(module: nn.Conv1d | nn.Conv2d) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
-    """(kernel, stride, dilation) as 2-D pairs: a Conv1d is a conv of height 1."""
+def _geometry(module: nn.Module) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """(kernel, stride, dilation) as 2-D pairs: a Conv1d is a conv of height 1, a transposed conv
+    the stride-1 conv it equals on its zero-inserted input."""
     if isinstance(module, nn.Conv1d):
         return (1, module.kernel_size[0]), (1, module.stride[0]), (1, module.dilation[0])
+    if isinstance(module, nn.ConvTranspose2d):
+        return tuple(module.kernel_size), (1, 1), tuple(module.dilation)
     return tuple(module.kernel_size), tuple(module.stride), tuple(module.dilation)
 
 
-def _padded(module: nn.Conv1d | nn.Conv2d, x: Tensor) -> tuple[Tensor, tuple[int, ...]]:
+def _zero_inserted(module: nn.ConvTranspose2d, x: Tensor) -> Tensor:
+    """A transposed conv's input as the conv it equals reads it: stride - 1 zeros between
+    neighbours, then dilation x (kernel - 1) - padding zeros around (output_padding more at the
+    bottom and right; a negative amount crops)."""
+    (sh, sw), (ph, pw), (oh, ow) = module.stride, module.padding, module.output_padding
+    n, c, h, w = x.shape
+    z = x.new_zeros(n, c, (h - 1) * sh + 1, (w - 1) * sw + 1)
+    z[:, :, ::sh, ::sw] = x
+    eh, ew = (d * (k - 1) for d, k in zip(module.dilation, module.kernel_size, strict=True))
+    return nn.functional.pad(z, (ew - pw, ew - pw + ow, eh - ph, eh - ph + oh))
+
+
+def _padded(module: nn.Module, x: Tensor) -> tuple[Tensor, tuple[int, ...]]:
     """The input padded as the conv pads it, and the padding left for unfold; a Conv1d's input
     comes back 4-D (height 1), with its padding as (0, p)."""
+    if isinstance(module, nn.ConvTranspose2d):
+        return _zero_inserted(module, x), (0, 0)
     xp, pad = _padded_own(module, x)
     if isinstance(module, nn.Conv1d):
         return xp.unsqueeze(2), (0, pad[0])
@@ -104,7 +138,7 @@ def columns(module: nn.Module, x: Tensor, pick: Tensor | None = None) -> Tensor:
     return patches.reshape(k, g, (c // g) * kh * kw).permute(1, 0, 2)
 
 
-def _out_size(module: nn.Conv1d | nn.Conv2d, x: Tensor) -> tuple[int, int]:
+def _out_size(module: nn.Module, x: Tensor) -> tuple[int, int]:
     xp, pad = _padded(module, x)
     kernel, stride, dilation = _geometry(module)
     return tuple((xp.shape[2 + i] + 2 * pad[i] - dilation[i] * (kernel[i] - 1) - 1) // stride[i] + 1

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..layers import layer_kind
+from ..layers import LAYER_TYPES, layer_kind
 from ..schema import Policy
 from .fold import fold_batchnorm
 from .modules import QUANT_TYPES, QuantConfig, quantize_module
@@ -38,9 +38,10 @@ def apply(model: nn.Module, policy: Policy, cfg: QuantConfig | None = None,
         m = modules.get(name)
         if m is None:
             raise ConfigError(f"policy names layer {name!r}, which the model does not have")
-        if not isinstance(m, nn.Conv1d | nn.Conv2d | nn.Linear):
+        if not isinstance(m, LAYER_TYPES):
             raise ConfigError(
-                f"policy layer {name!r} is a {type(m).__name__}; only Conv1d, Conv2d and Linear layers take a precision"
+                f"policy layer {name!r} is a {type(m).__name__}; only Conv1d, Conv2d, ConvTranspose2d and Linear "
+                "layers take a precision"
             )
         _, reason = layer_kind(m)
         if reason:

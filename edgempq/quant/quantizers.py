@@ -166,16 +166,20 @@ class WeightQuantizer(_StepQuantizer):
     """Symmetric per-output-channel fake quantizer of a weight tensor. Its grid is min-max until
     a PTQ algorithm fixes it (`set_grid`); `codes` are the integers the artifact stores."""
 
-    def __init__(self, bits: int) -> None:
+    def __init__(self, bits: int, axis: int = 0) -> None:
         super().__init__(bits, torch.ones(1))
         self.qmin, self.qmax = weight_qrange(bits)
         self.fixed = False
+        self.axis = axis  # the output-channel dimension (1 for a transposed conv's (in, out, kh, kw))
 
     @torch.no_grad()
     def calibrate(self, weight: Tensor) -> None:
         """The min-max grid: each channel's bound is its largest magnitude."""
-        bound = weight.detach().reshape(weight.shape[0], -1).abs().amax(dim=1).clamp_min(1e-9)
-        self.scale.data = (bound / self.qmax).reshape(-1, *([1] * (weight.dim() - 1)))
+        w = weight.detach().movedim(self.axis, 0)
+        bound = w.reshape(w.shape[0], -1).abs().amax(dim=1).clamp_min(1e-9)
+        shape = [1] * weight.dim()
+        shape[self.axis] = -1
+        self.scale.data = (bound / self.qmax).reshape(shape)
 
     @torch.no_grad()
     def set_grid(self, scale: Tensor) -> None:
@@ -194,7 +198,8 @@ class WeightQuantizer(_StepQuantizer):
 
     def extra_repr(self) -> str:
         """The width and the grid's state, for printing."""
-        return f"bits={self.bits}, fixed={self.fixed}, learnable={self.learnable}"
+        axis = f", axis={self.axis}" if self.axis else ""
+        return f"bits={self.bits}{axis}, fixed={self.fixed}, learnable={self.learnable}"
 
 
 class ActQuantizer(_StepQuantizer):

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..layers import apply_weights, weight_axis
 from ..progress import Progress
 from ..quant import QuantConfig, apply
 from ..quant.fold import set_module
@@ -46,7 +47,7 @@ class MixedLayer(nn.Module):
         self.weight_bits, self.act_bits = list(weight_bits), list(act_bits)
         self.alpha_w = nn.Parameter(torch.full((len(weight_bits),), 0.01))
         self.alpha_a = nn.Parameter(torch.full((len(act_bits),), 0.01))
-        self.wq = nn.ModuleList(WeightQuantizer(b) for b in weight_bits)
+        self.wq = nn.ModuleList(WeightQuantizer(b, weight_axis(layer)) for b in weight_bits)
         for q in self.wq:
             q.calibrate(layer.weight)  # frozen from here on
         self.aq = nn.ModuleList(ActQuantizer(b, seed=seed) for b in act_bits)
@@ -63,9 +64,7 @@ class MixedLayer(nn.Module):
         pw = torch.softmax(self.alpha_w, 0)
         xq = sum(p * q(x) for p, q in zip(pa, self.aq, strict=True))
         w = sum(p * q(self.layer.weight) for p, q in zip(pw, self.wq, strict=True))
-        if isinstance(self.layer, nn.Conv1d | nn.Conv2d):
-            return self.layer._conv_forward(xq, w, self.layer.bias)
-        return nn.functional.linear(xq, w, self.layer.bias)
+        return apply_weights(self.layer, xq, w, self.layer.bias)
 
 
 class _Tracer(torch.fx.Tracer):

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..layers import weight_axis
 from ..metrics import target_loss
 from ..progress import Progress
 from ..quant.fold import fold_batchnorm
@@ -54,12 +55,13 @@ def auto_probes(macs: int) -> int:
     return int(min(100, max(12, 150 / per_probe_s if per_probe_s > 0 else 100)))
 
 
-def quant_error(weight: Tensor, p: Precision) -> float:
-    """‖Q(W) − W‖² for the deployment's weight quantizer at `p` (float: f16 rounding or 0)."""
+def quant_error(weight: Tensor, p: Precision, axis: int = 0) -> float:
+    """‖Q(W) − W‖² for the deployment's weight quantizer at `p` (per output channel, on dim
+    `axis`; float: f16 rounding or 0)."""
     with torch.no_grad():
         if p.is_float:
             return float(((weight.half().float() - weight) ** 2).sum()) if p.weight_bits == 16 else 0.0
-        q = WeightQuantizer(p.weight_bits)
+        q = WeightQuantizer(p.weight_bits, axis)
         q.calibrate(weight)
         return float(((q(weight) - weight) ** 2).sum())
 
@@ -117,7 +119,8 @@ class HAWQ(Method):
         avg = {la.name: t / la.weight_count for la, t in zip(todo, traces, strict=True)}
         penalties = {}
         for la, w in zip(todo, weights, strict=True):
+            axis = weight_axis(model.get_submodule(la.name))
             for prec in precisions[la.name]:
-                penalties[(la.name, str(prec))] = max(avg[la.name], 0.0) * quant_error(w.detach(), prec)
+                penalties[(la.name, str(prec))] = max(avg[la.name], 0.0) * quant_error(w.detach(), prec, axis)
         trace = {la.name: t for la, t in zip(todo, traces, strict=True)}
         return Sensitivity(self.name, penalties, info={"trace": trace, "avg_trace": avg, "probes": probes})

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..layers import apply_weights
 from ..metrics import target_loss
 from ..progress import Progress
 from ..quant.fold import set_module
@@ -82,9 +83,7 @@ class MultiBitLayer(nn.Module):
                 x = lsq(x, self.step_a[j], -(2 ** (ab - 1)), 2 ** (ab - 1) - 1)
             else:
                 x = lsq(x, self.step_a[j], 0, 2 ** ab - 1)
-        if isinstance(self.layer, nn.Conv1d | nn.Conv2d):
-            return self.layer._conv_forward(x, w, self.layer.bias)
-        return nn.functional.linear(x, w, self.layer.bias)
+        return apply_weights(self.layer, x, w, self.layer.bias)
 
 
 class SwitchableBN(nn.Module):

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from ...errors import ConfigError
 from ...params import need
-from ..moments import Moments, channel_scale, collect, weight_matrix
+from ..moments import Moments, channel_scale, collect, from_matrix, weight_matrix
 from ..stream import Unit
 from .base import ALGORITHMS, WeightAlgorithm, rtn_codes, set_codes, unaffordable
 from .mse import clip_search
@@ -69,10 +69,11 @@ class Schedule:
 class Rounding(nn.Module):
     """Stands in for a layer's weight quantizer while its rounding is learned."""
 
-    def __init__(self, w: Tensor, scale: Tensor, qmin: int, qmax: int, shape: torch.Size) -> None:
+    def __init__(self, w: Tensor, scale: Tensor, qmin: int, qmax: int, module: nn.Module) -> None:
         super().__init__()
         w, scale = w.float(), scale.float()  # learned in float32: the closed form's matmuls dominate
-        self.base, self.scale, self.qmin, self.qmax, self.shape = torch.floor(w / scale), scale, qmin, qmax, shape
+        self.base, self.scale, self.qmin, self.qmax = torch.floor(w / scale), scale, qmin, qmax
+        self.to_weight = lambda m: from_matrix(module, m)  # not a submodule: the layer is not Rounding's
         self.v = nn.Parameter(initial_v(w, scale))
 
     def soft_weight(self) -> Tensor:
@@ -81,7 +82,7 @@ class Rounding(nn.Module):
 
     def forward(self, _w: Tensor) -> Tensor:
         """The soft-rounded weight in the layer's shape (the layer's own weight is ignored)."""
-        return self.soft_weight().reshape(self.shape).float()
+        return self.to_weight(self.soft_weight()).float()
 
     def step_value(self) -> Tensor:
         """The per-channel step, flat, as a weight quantizer gives it."""
@@ -221,7 +222,7 @@ class AdaRound(WeightAlgorithm):
         scale = self._grid(module, w, m)
         wq = module.weight_quant
         rtn = rtn_codes(w, channel_scale(module), wq.qmin, wq.qmax) * channel_scale(module)
-        r = Rounding(w, scale, wq.qmin, wq.qmax, module.weight.shape)
+        r = Rounding(w, scale, wq.qmin, wq.qmax, module)
         with torch.enable_grad():
             _layer_round(r, m, w, self._schedule(), self.params.lr)
         codes = r.codes().double()
@@ -236,8 +237,7 @@ class AdaRound(WeightAlgorithm):
         for mod, ins in zip(modules, inputs, strict=True):
             w = weight_matrix(mod)
             scale = self._grid(mod, w, None if ins is None else collect(mod, ins, None, seed))
-            roundings.append(Rounding(w.float(), scale.float(), mod.weight_quant.qmin, mod.weight_quant.qmax,
-                                      mod.weight.shape))
+            roundings.append(Rounding(w.float(), scale.float(), mod.weight_quant.qmin, mod.weight_quant.qmax, mod))
         with _learning(qmodel, modules, roundings):
             _block_round(unit, roundings, self._schedule(), self.params, seed)
         for mod, r in zip(modules, roundings, strict=True):

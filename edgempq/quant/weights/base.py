@@ -75,13 +75,13 @@ def unaffordable(name: str, module: nn.Module, matrices: int) -> str | None:
     """Why the layer's d x d statistics (and their working copies) cannot be held in memory, or None."""
     import psutil
 
-    from ..moments import statistics_bytes
+    from ..moments import inputs_per_output, statistics_bytes
 
     need = statistics_bytes(module, matrices)
     free = psutil.virtual_memory().available
     if need <= MEMORY_SHARE * free:
         return None
-    return (f"layer {name}: its {module.weight[0].numel():,} inputs per output need {need / 2**30:.1f} GB of "
+    return (f"layer {name}: its {inputs_per_output(module):,} inputs per output need {need / 2**30:.1f} GB of "
             f"statistics, more than half the {free / 2**30:.1f} GB free; rounded to nearest on its min-max grid "
             "instead")
 
