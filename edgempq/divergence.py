@@ -87,9 +87,10 @@ def simulated_outputs(qmodel: Any, x: np.ndarray, layers: list[str]) -> dict[str
     finally:
         for h in hooks:
             h.remove()
+    from .layers import CONV_TYPES
     from .layout import channels_last
 
-    convs = {n for n in acts if isinstance(qmodel.get_submodule(n), torch.nn.Conv1d | torch.nn.Conv2d)}
+    convs = {n for n in acts if isinstance(qmodel.get_submodule(n), CONV_TYPES)}
     return {n: channels_last(a) if n in convs else a for n, a in acts.items()}
 
 

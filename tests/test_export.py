@@ -149,8 +149,9 @@ def test_the_model_input_and_output_stay_float_beside_float_boundary_layers():
 
 @pytest.mark.slow
 def test_fixed_layers_ops_stay_float_in_the_artifact_as_the_layer_list_says():
-    """A grouped conv and a transposed conv are listed as kept float; the quantizer's catch-all
-    int8 used to quantize their ops anyway, so the artifact ran what the simulation did not."""
+    """A grouped conv is listed as kept float; the quantizer's catch-all int8 used to quantize
+    its op anyway, so the artifact ran what the simulation did not. A transposed conv is a
+    searchable layer whose TRANSPOSE_CONV takes its precision."""
     from torch import nn
 
     from edgempq.schema.core import Precision as P
@@ -158,18 +159,20 @@ def test_fixed_layers_ops_stay_float_in_the_artifact_as_the_layer_list_says():
     m = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, 1, 1, groups=2), nn.ReLU(),
                       nn.ConvTranspose2d(8, 4, 2, 2), nn.ReLU(), nn.Conv2d(4, 2, 1)).eval()
     layers = trace(m, (3, 16, 16))
-    assert [la.name for la in layers if not la.searchable] == ["2", "4"]
-    q = quantize_policy(layers, float_tflite(m, (3, 16, 16)), {la.name: P(8, 8) for la in layers if la.searchable},
+    assert [la.name for la in layers if not la.searchable] == ["2"]
+    precisions = {"0": P(8, 8), "4": P(8, 16), "6": P(8, 8)}
+    q = quantize_policy(layers, float_tflite(m, (3, 16, 16)), precisions,
                         torch_weights(m, layers), fixed_weights=torch_weights(m, layers, fixed=True))
-    assert [(o.weight_shape, o.weight_type) for o in weight_ops(q)] == [
-        ((8, 3, 3, 3), "int8"), ((8, 3, 3, 4), "float32"), ((2, 1, 1, 4), "int8")]
+    assert [(o.op, o.weight_shape, o.weight_type, o.act_type) for o in weight_ops(q)] == [
+        ("CONV_2D", (8, 3, 3, 3), "int8", "int8"), ("CONV_2D", (8, 3, 3, 4), "float32", "float32"),
+        ("CONV_2D_TRANSPOSE", (4, 2, 2, 8), "int8", "int16"), ("CONV_2D", (2, 1, 1, 4), "int8", "int8")]
     from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
 
     model = fu.read_model(bytearray(q))
     sg = model.subgraphs[0]
     codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
     tconv = [op for op in sg.operators if codes[op.opcodeIndex] == 67]  # TRANSPOSE_CONV
-    assert len(tconv) == 1 and sg.tensors[tconv[0].inputs[1]].type == 0  # float32 weights
+    assert len(tconv) == 1 and sg.tensors[tconv[0].inputs[2]].type == 7  # its activation (third input) int16
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import ConfigError, DeviceError
+from ..layers import LAYER_TYPES
 from ..schema import Layer, Policy, Target
 from ..schema.results import DeployResult
 from .recipe import OpRule, signature_inputs
@@ -85,7 +86,7 @@ def export_module(qmodel: nn.Module) -> nn.Module:
                 if attr in mod._modules:
                     del mod._modules[attr]
                 mod.__dict__.pop(attr, None)
-            mod.__class__ = next(t for t in (nn.Conv1d, nn.Conv2d, nn.Linear) if isinstance(mod, t))
+            mod.__class__ = next(t for t in LAYER_TYPES if isinstance(mod, t))
     return m
 
 

@@ -19,9 +19,10 @@ import numpy as np
 
 from ..errors import ConversionError
 from .mapping import tflite_layout
+from .recipe import activation_input, bias_input
 
 if TYPE_CHECKING:
-    from ai_edge_quantizer.qtyping import ModelT, TensorT
+    from ai_edge_quantizer.qtyping import ModelT, OperatorT, TensorT
     from torch import nn
 
 _INT_TYPES = {9: np.int8, 17: np.int8, 7: np.int16, 2: np.int32, 4: np.int64}  # int4 is unpacked to int8
@@ -74,6 +75,11 @@ def changed_weights(base: bytes, ops: dict[str, int], module: nn.Module, kinds: 
         if got is None or got.shape != want.shape or not np.allclose(got, want, rtol=1e-4, atol=tol):
             out.append(name)
     return out
+
+
+def _code(m: ModelT, op: OperatorT) -> int:
+    c = m.operatorCodes[op.opcodeIndex]
+    return max(c.builtinCode, c.deprecatedBuiltinCode)
 
 
 def _read(model: bytes) -> ModelT:
@@ -142,9 +148,10 @@ def carry(model: bytes, ops: dict[str, int], values: dict[str, LayerValues]) -> 
         op = sg.operators[ops[name]]
         _write(m, sg.tensors[op.inputs[1]], v.codes, v.scale, v.axis, f"layer {name}'s weights")
         if v.bias is not None:
-            if len(op.inputs) < 3 or op.inputs[2] < 0:
+            b = bias_input(op, _code(m, op))
+            if b < 0:
                 raise ConversionError(f"layer {name} has a bias in the simulation but none in the artifact")
-            _write(m, sg.tensors[op.inputs[2]], v.bias, v.bias_scale, 0, f"layer {name}'s bias")
+            _write(m, sg.tensors[b], v.bias, v.bias_scale, 0, f"layer {name}'s bias")
     return bytes(flatbuffer_utils.convert_object_to_bytearray(m))
 
 
@@ -170,7 +177,8 @@ def check(model: bytes, ops: dict[str, int], values: dict[str, LayerValues]) -> 
         parts = [("integer weights", tensor_values(m, wt), v.codes),
                  ("weight scales", np.asarray(wt.quantization.scale, np.float32), v.scale),
                  ("weight zero points", np.asarray(wt.quantization.zeroPoint), np.zeros(len(v.scale), np.int64))]
-        bt = sg.tensors[op.inputs[2]] if len(op.inputs) > 2 and op.inputs[2] >= 0 else None
+        b = bias_input(op, _code(m, op))
+        bt = sg.tensors[b] if b >= 0 else None
         if v.bias is not None:
             parts += [("bias integers", tensor_values(m, bt).astype(np.int64), v.bias.astype(np.int64)),
                       ("bias scales", np.asarray(bt.quantization.scale, np.float32), v.bias_scale)]
@@ -192,7 +200,8 @@ def input_ranges(model: bytes, ops: dict[str, int]) -> dict[str, tuple[float, in
     sg = m.subgraphs[0]
     out = {}
     for name, index in ops.items():
-        q = sg.tensors[sg.operators[index].inputs[0]].quantization
+        op = sg.operators[index]
+        q = sg.tensors[activation_input(op, _code(m, op))].quantization
         if q is None or q.scale is None or len(q.scale) != 1:
             raise ConversionError(f"layer {name}: its input is not quantized per tensor in the artifact")
         out[name] = (float(np.float32(q.scale[0])), int(q.zeroPoint[0]))

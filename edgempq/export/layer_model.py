@@ -4,7 +4,7 @@ float with Keras, then quantized with the same recipe code deployment uses."""
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConversionError
 from ..schema import Layer, Precision
@@ -54,6 +54,8 @@ def _keras_layer_model(layer: Layer) -> keras.Model:
         return tf.keras.Model(inp, x)
     c, h, w = layer.in_shape
     inp = tf.keras.Input(shape=(h, w, c), batch_size=1, name="input")
+    if layer.kind == "tconv":
+        return tf.keras.Model(inp, _transposed(tf, layer, inp, init))
     padding, explicit = _conv_padding(layer)
     x = tf.keras.layers.ZeroPadding2D(explicit)(inp) if explicit else inp
     common = {"strides": layer.stride, "padding": padding, "dilation_rate": layer.dilation,
@@ -64,6 +66,19 @@ def _keras_layer_model(layer: Layer) -> keras.Model:
     else:
         x = tf.keras.layers.Conv2D(layer.out_channels, layer.kernel, kernel_initializer=init, **common)(x)
     return tf.keras.Model(inp, x)
+
+
+def _transposed(tf: Any, layer: Layer, inp: Any, init: Any) -> Any:
+    """A ConvTranspose2d as onnx2tf converts it: a VALID TRANSPOSE_CONV, then the rows and
+    columns PyTorch's padding drops (and output_padding adds back) cut off."""
+    x = tf.keras.layers.Conv2DTranspose(layer.out_channels, layer.kernel, strides=layer.stride, padding="valid",
+                                        use_bias=layer.bias, kernel_initializer=init, activation="relu")(inp)
+    crop = []
+    for i in range(2):
+        full = (layer.in_shape[1 + i] - 1) * layer.stride[i] + layer.kernel[i]
+        top = min(layer.padding[i], full - 1)
+        crop.append((top, max(full - top - layer.out_shape[1 + i], 0)))
+    return tf.keras.layers.Cropping2D(tuple(crop))(x) if any(a or b for a, b in crop) else x
 
 
 def float_layer_model(layer: Layer) -> bytes:

@@ -26,6 +26,8 @@ def _tflite_weight_shape(layer: Layer) -> tuple[int, ...]:
     kh, kw = (1, layer.kernel[0]) if len(layer.in_shape) == 2 else (layer.kernel * 2)[:2]  # a Conv1d: height 1
     if layer.kind == "dwconv":
         return (1, kh, kw, layer.out_channels)
+    if layer.kind == "tconv":
+        return (layer.out_channels, kh, kw, layer.in_channels)
     return (layer.out_channels, kh, kw, layer.in_channels // layer.groups)
 
 
@@ -84,13 +86,16 @@ def op_regex(op: OpInfo) -> str:
 
 def tflite_layout(w: np.ndarray, kind: str) -> tuple[np.ndarray, int]:
     """A PyTorch weight in TFLite's layout (conv OIHW -> OHWI, a Conv1d's OIK -> O1KI,
-    depthwise (C, 1, kh, kw) -> (1, kh, kw, C), linear as is), and TFLite's output-channel axis."""
+    depthwise (C, 1, kh, kw) -> (1, kh, kw, C), a transposed conv's IOHW -> OHWI (TRANSPOSE_CONV
+    flips no kernel), linear as is), and TFLite's output-channel axis."""
     if kind != "linear" and w.ndim == 3:  # a Conv1d runs as a CONV_2D of height 1
         w = w[:, :, None, :]
     if kind == "conv":
         return w.transpose(0, 2, 3, 1), 0
     if kind == "dwconv":
         return w.transpose(1, 2, 3, 0), 3
+    if kind == "tconv":
+        return w.transpose(1, 2, 3, 0), 0
     return w, 0
 
 

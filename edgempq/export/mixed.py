@@ -26,8 +26,8 @@ F32 = Precision.parse("f32")
 
 def policy_rules(mapping: dict[str, OpInfo], precisions: dict[str, Precision],
                  fixed: dict[str, OpInfo] | None = None) -> list[OpRule]:
-    """The recipe: a default for every op, float for every transposed convolution and every
-    fixed layer's op (`fixed`: the layer list says they stay float, and the simulation runs them
+    """The recipe: a default for every op, float for every transposed convolution no searchable
+    layer maps to and every fixed layer's op (`fixed`: the layer list says they stay float, and the simulation runs them
     so), then one rule per mapped layer op. The model's input (output) stays float when the
     layer nearest it, in op order, is float: the simulation feeds a float first layer the float
     sample and reads a float last layer's logits as they are."""
@@ -35,7 +35,7 @@ def policy_rules(mapping: dict[str, OpInfo], precisions: dict[str, Precision],
     rules = []
     if a is not None:
         rules.append(OpRule(".*", "*", Precision(8, a)))  # ops without weights run at these bits
-        rules.append(OpRule(".*", "CONV_2D_TRANSPOSE", F32, "a transposed convolution (kept float)"))
+        rules.append(OpRule(".*", "CONV_2D_TRANSPOSE", F32, "a fixed transposed convolution (kept float)"))
         rules += [OpRule(op_regex(op), op.op, F32, f"a fixed layer's {op.op} #{op.index}")
                   for op in (fixed or {}).values()]
     for name, op in mapping.items():

@@ -9,7 +9,7 @@ import io
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,13 +20,33 @@ if TYPE_CHECKING:
     from ai_edge_quantizer.qtyping import ModelT, TensorT
     from ai_edge_quantizer.quantizer import Quantizer
 
-# TFLite builtin op codes and tensor types (schema.fbs).
-OP_CODES = {"CONV_2D": 3, "DEPTHWISE_CONV_2D": 4, "FULLY_CONNECTED": 9}
-KIND_OPS = {"conv": "CONV_2D", "dwconv": "DEPTHWISE_CONV_2D", "linear": "FULLY_CONNECTED"}
+# TFLite builtin op codes (schema.fbs) of the weight ops, by ai-edge-quantizer's names for them
+# (its CONV_2D_TRANSPOSE is TFLite's TRANSPOSE_CONV), and tensor types.
+OP_CODES = {"CONV_2D": 3, "DEPTHWISE_CONV_2D": 4, "FULLY_CONNECTED": 9, "CONV_2D_TRANSPOSE": 67}
+KIND_OPS = {"conv": "CONV_2D", "dwconv": "DEPTHWISE_CONV_2D", "linear": "FULLY_CONNECTED", "tconv": "CONV_2D_TRANSPOSE"}
+# Where a weight op's (activation, weights, bias) sit among its inputs: TRANSPOSE_CONV's first
+# input is the output shape, its activation the third.
+_ROLES = {67: (2, 1, 3)}
 TYPE_NAMES = {0: "float32", 1: "float16", 7: "int16", 9: "int8", 17: "int4", 2: "int32", 4: "int64"}
 _DEQUANTIZE = 6
 _WEIGHT_TYPE = {4: 17, 8: 9, 16: 1, 32: 0}
 _ACT_TYPE = {8: 9, 16: 7, 32: 0}
+
+
+def roles(code: int) -> tuple[int, int, int]:
+    """(activation, weights, bias) input positions of the weight op with builtin `code`."""
+    return _ROLES.get(code, (0, 1, 2))
+
+
+def activation_input(op: Any, code: int) -> int:
+    """The tensor index of a weight op's activation input."""
+    return op.inputs[roles(code)[0]]
+
+
+def bias_input(op: Any, code: int) -> int:
+    """The tensor index of a weight op's bias, -1 when it has none."""
+    i = roles(code)[2]
+    return op.inputs[i] if len(op.inputs) > i else -1
 
 
 @dataclass(frozen=True)
@@ -149,7 +169,8 @@ def range_tensors(model: bytes, op_indices: list[int]) -> dict[int, list[str]]:
     keep = _same_scale_ops()
     out = {}
     for index in op_indices:
-        names, t = [], sg.operators[index].inputs[0]
+        op = sg.operators[index]
+        names, t = [], activation_input(op, codes[op.opcodeIndex])
         while True:
             name = sg.tensors[t].name
             names.append(name.decode() if isinstance(name, bytes) else str(name))
@@ -186,15 +207,18 @@ def weight_ops(model: bytes) -> list[OpInfo]:
     dequantized = {op.outputs[0]: op.inputs[0] for op in sg.operators if codes[op.opcodeIndex] == _DEQUANTIZE}
     out = []
     for i, op in enumerate(sg.operators):
-        name = names.get(codes[op.opcodeIndex])
+        code = codes[op.opcodeIndex]
+        name = names.get(code)
         if name is None:
             continue
-        ins = [sg.tensors[dequantized.get(t, t) if k else t] for k, t in enumerate(op.inputs) if t >= 0]
-        sizes = [_stored_bytes(m, t) for t in ins[1:]]
+        a, w, b = roles(code)
+        consts = [sg.tensors[dequantized.get(op.inputs[k], op.inputs[k])] for k in (w, b)
+                  if len(op.inputs) > k and op.inputs[k] >= 0]
+        act = sg.tensors[op.inputs[a]]
         outname = sg.tensors[op.outputs[0]].name
         out.append(OpInfo(i, name, outname.decode() if isinstance(outname, bytes) else str(outname),
-                          TYPE_NAMES.get(ins[1].type, str(ins[1].type)), TYPE_NAMES.get(ins[0].type, str(ins[0].type)),
-                          sum(sizes), tuple(int(d) for d in ins[1].shape)))
+                          TYPE_NAMES.get(consts[0].type, str(consts[0].type)), TYPE_NAMES.get(act.type, str(act.type)),
+                          sum(_stored_bytes(m, t) for t in consts), tuple(int(d) for d in consts[0].shape)))
     return out
 
 

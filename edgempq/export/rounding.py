@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import ConversionError
 from ..quant.requant import RULES, requantize
+from .recipe import activation_input, bias_input
 
 if TYPE_CHECKING:
     from ai_edge_quantizer.qtyping import ModelT, OperatorT, TensorT
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 
 SAMPLES = 8
 _RELU, _RELU_N1_TO_1, _RELU6 = 1, 2, 3
-_CONV, _DWCONV, _FC, _QUANTIZE = 3, 4, 9, 114  # builtin operator codes
+_CONV, _DWCONV, _FC, _TCONV, _QUANTIZE = 3, 4, 9, 67, 114  # builtin operator codes
 _INT_TYPES = {9: (-128, 127), 7: (-32768, 32767)}  # int8, int16
 
 
@@ -93,12 +94,14 @@ def accumulators(m: ModelT, op: OperatorT, code: int, x: np.ndarray) -> np.ndarr
     from .exact import tensor_values
 
     sg = m.subgraphs[0]
-    tin, tw = sg.tensors[op.inputs[0]], sg.tensors[op.inputs[1]]
+    tin, tw = sg.tensors[activation_input(op, code)], sg.tensors[op.inputs[1]]
     zp = int(tin.quantization.zeroPoint[0]) if tin.quantization.zeroPoint is not None else 0
     w = tensor_values(m, tw).astype(np.float64)
     xs = x.astype(np.float64) - zp
     if code == _FC:
         acc = xs.reshape(-1, w.shape[1]) @ w.T
+    elif code == _TCONV:
+        acc = _transposed(op, w, xs, tuple(sg.tensors[op.outputs[0]].shape))
     else:
         o = op.builtinOptions
         kh, kw = w.shape[1], w.shape[2]
@@ -114,9 +117,28 @@ def accumulators(m: ModelT, op: OperatorT, code: int, x: np.ndarray) -> np.ndarr
             weight, groups = torch.from_numpy(np.ascontiguousarray(w.transpose(0, 3, 1, 2))), 1
         acc = torch.nn.functional.conv2d(inp, weight, None, (sh, sw), 0, (dh, dw), groups).numpy().transpose(0, 2, 3, 1)
     acc = np.round(acc).astype(np.int64)
-    if len(op.inputs) > 2 and op.inputs[2] >= 0:
-        acc = acc + tensor_values(m, sg.tensors[op.inputs[2]]).astype(np.int64)
+    if (b := bias_input(op, code)) >= 0:
+        acc = acc + tensor_values(m, sg.tensors[b]).astype(np.int64)
     return acc
+
+
+def _transposed(op: OperatorT, w: np.ndarray, xs: np.ndarray, out_shape: tuple[int, ...]) -> np.ndarray:
+    """A TRANSPOSE_CONV's accumulators, NHWC: the full transposed convolution of `xs` (input
+    codes minus zero point) by `w` (O, kh, kw, I), cut to the output shape at TFLite's padding
+    (SAME pads as the forward conv from the output to the input would)."""
+    import torch
+
+    o = op.builtinOptions
+    sh, sw = int(o.strideH or 1), int(o.strideW or 1)
+    inp = torch.from_numpy(np.ascontiguousarray(xs.transpose(0, 3, 1, 2)))
+    weight = torch.from_numpy(np.ascontiguousarray(w.transpose(3, 0, 1, 2)))  # (I, O, kh, kw)
+    full = torch.nn.functional.conv_transpose2d(inp, weight, None, (sh, sw)).numpy().transpose(0, 2, 3, 1)
+    h, wd = out_shape[1], out_shape[2]
+    top = left = 0
+    if int(o.padding) == 0:  # SAME
+        top, left = _same_pads(h, sh, w.shape[1], 1)[0], _same_pads(wd, sw, w.shape[2], 1)[0]
+    full = np.pad(full, ((0, 0), (0, max(top + h - full.shape[1], 0)), (0, max(left + wd - full.shape[2], 0)), (0, 0)))
+    return full[:, top:top + h, left:left + wd]
 
 
 def _grid(t: TensorT) -> tuple[float, int, int, int] | None:
@@ -134,7 +156,7 @@ def neighbour_grids(m: ModelT, index: int) -> tuple[tuple | None, tuple | None]:
     code = lambda o: int(m.operatorCodes[o.opcodeIndex].builtinCode)  # noqa: E731
     before = after = None
     for o in sg.operators:
-        if code(o) == _QUANTIZE and op.inputs[0] in list(o.outputs):
+        if code(o) == _QUANTIZE and activation_input(op, code(op)) in list(o.outputs):
             before = _grid(sg.tensors[o.inputs[0]])
     readers = [o for o in sg.operators if op.outputs[0] in list(o.inputs)]
     if len(readers) == 1 and code(readers[0]) == _QUANTIZE:
@@ -145,7 +167,7 @@ def neighbour_grids(m: ModelT, index: int) -> tuple[tuple | None, tuple | None]:
 def _op_rounding(m: ModelT, op: OperatorT, x: np.ndarray, y: np.ndarray, name: str) -> OpRounding:
     sg = m.subgraphs[0]
     code = int(m.operatorCodes[op.opcodeIndex].builtinCode)
-    tin, tw, tout = sg.tensors[op.inputs[0]], sg.tensors[op.inputs[1]], sg.tensors[op.outputs[0]]
+    tin, tw, tout = sg.tensors[activation_input(op, code)], sg.tensors[op.inputs[1]], sg.tensors[op.outputs[0]]
     wq = tw.quantization
     if any(_grid(t) is None for t in (tin, tout)) or wq is None or wq.scale is None or not len(wq.scale):
         raise ConversionError(f"layer {name}: its op in the artifact is not an integer op (its input, weights or "
@@ -172,11 +194,14 @@ def measure(model: bytes, ops: dict[str, int], x_model_layout: np.ndarray) -> di
     sg = m.subgraphs[0]
     for name, i in ops.items():
         if not 0 <= i < len(sg.operators) or int(m.operatorCodes[sg.operators[i].opcodeIndex].builtinCode) not in (
-                _CONV, _DWCONV, _FC):
+                _CONV, _DWCONV, _FC, _TCONV):
             raise ConversionError(f"layer {name}: op {i} of the artifact is not a conv or fully connected op; "
                                   "the layer map does not fit the artifact: deploy again")
-    ends = {name: (_name(sg.tensors[sg.operators[i].inputs[0]]), _name(sg.tensors[sg.operators[i].outputs[0]]))
-            for name, i in ops.items()}
+    def ends_of(op: OperatorT) -> tuple[str, str]:
+        code = int(m.operatorCodes[op.opcodeIndex].builtinCode)
+        return _name(sg.tensors[activation_input(op, code)]), _name(sg.tensors[op.outputs[0]])
+
+    ends = {name: ends_of(sg.operators[i]) for name, i in ops.items()}
     raw, _ = kept_tensors(model, x_model_layout, sorted({t for pair in ends.values() for t in pair}))
     return {name: _op_rounding(m, sg.operators[ops[name]], raw[a], raw[b], name) for name, (a, b) in ends.items()}
 
