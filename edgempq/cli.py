@@ -176,15 +176,16 @@ def _non_default(quant: Any) -> dict[str, Any]:
 @main.command()
 def targets() -> None:
     """List the built-in device targets (copy a TOML file to describe your own device)."""
-    from rich.table import Table
+    from rich.table import Column, Table
 
+    from .schema import SEARCHABLE_KINDS
     from .targets import builtin_targets, load_target
 
-    t = Table("target", "backend", "threads", "conv", "dwconv", "linear", "description")
+    t = Table(Column("target", no_wrap=True), "backend", "threads", *SEARCHABLE_KINDS, "description")
     for name in builtin_targets():
         tg = load_target(name)
         t.add_row(name + (" (template)" if tg.template else ""), tg.backend, str(tg.threads),
-                  *(" ".join(map(str, tg.allowed(k))) for k in ("conv", "dwconv", "linear")), tg.description)
+                  *(" ".join(map(str, tg.allowed(k))) for k in SEARCHABLE_KINDS), tg.description)
     show.console().print(t)
 
 

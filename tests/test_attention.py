@@ -230,22 +230,15 @@ def test_handwritten_and_rewritten_attention_deploy_every_projection_searched(tm
     from edgempq.layers import trace
     from edgempq.pipeline import ValidateOptions, deploy, validate
     from edgempq.schema import Policy, Precision
-    from edgempq.simulation import load_model_and_data
 
-    from .usernet import full_batch_adam
+    from .usernet import train_as_user
 
-    (tmp_path / "vit.py").write_text(HANDWRITTEN)
     rng = np.random.default_rng(0)
     patterns = np.kron(rng.normal(0, 1, (3, 1, 4, 4)), np.ones((1, 1, 2, 2)))
     y = np.repeat(np.arange(3), 80)
-    np.savez(tmp_path / "d.npz", x=(patterns[y] + rng.normal(0, 0.5, (240, 1, 8, 8))).astype(np.float32), y=y)
-    spec, data = f"{tmp_path / 'vit.py'}:net", str(tmp_path / "d.npz")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model, ds = load_model_and_data(spec, data)
-        full_batch_adam(model, ds, 60)
-    torch.save(saved_state(model.module), tmp_path / "w.pt")
-    model, ds = load_model_and_data(spec, data, tmp_path / "w.pt")
+    x = (patterns[y] + rng.normal(0, 0.5, (240, 1, 8, 8))).astype(np.float32)
+    model, ds, paths = train_as_user(tmp_path, HANDWRITTEN, x, y, 60, saved_state)
+    data = paths["data"]
     layers = trace(model.module, model.input_shape)
     projections = ["packed.qkv", "packed.proj", "apart.q", "apart.k", "apart.v", "apart.o", "mha.in_proj",
                    "mha.out_proj"]

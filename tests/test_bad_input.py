@@ -41,8 +41,9 @@ NETS = textwrap.dedent("""
     relu_only.input_shape = (1, 8, 8)
 
     def transposed():
-        return nn.Sequential(nn.ConvTranspose2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 10 * 10, 3))
-    transposed.input_shape = (1, 8, 8)
+        return nn.Sequential(nn.ConvTranspose2d(2, 4, 3, groups=2), nn.ReLU(), nn.Flatten(),
+                             nn.Linear(4 * 10 * 10, 3))
+    transposed.input_shape = (2, 8, 8)
 """)
 
 
@@ -189,7 +190,7 @@ def test_bad_input_is_one_sentence_and_exit_1(files, command, needle, output):
 def test_layer_kinds_the_deployment_cannot_quantize_are_kept_float_and_said_so(files):
     r = CliRunner().invoke(main, ["layers", "--model", f"{files / 'nets.py'}:transposed"])
     assert r.exit_code == 0, r.output
-    assert "transposed convolution is not quantized by the deployment path; kept float" in r.stdout
+    assert "a grouped transposed convolution (groups=2) has no TFLite kernel; kept float" in r.stdout
 
 
 def test_files_that_cannot_be_read_are_named_with_the_reason(files, monkeypatch):

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from edgempq.schema import Policy, Precision
 
-from .usernet import full_batch_adam
+from .usernet import train_as_user
 
 NET = """
 from torch import nn
@@ -37,20 +36,7 @@ def _signals(n: int = 240) -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture(scope="module")
 def audio(tmp_path_factory):
     """(model, data, paths): the 1-D net trained on the signals, as a user would give them."""
-    from edgempq.simulation import load_model_and_data
-
-    folder = tmp_path_factory.mktemp("conv1d")
-    (folder / "net.py").write_text(NET)
-    x, y = _signals()
-    np.savez(folder / "d.npz", x=x, y=y)
-    spec, data = f"{folder / 'net.py'}:net", str(folder / "d.npz")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model, ds = load_model_and_data(spec, data)
-        full_batch_adam(model, ds, 80)
-    torch.save(model.module.state_dict(), folder / "w.pt")
-    model, ds = load_model_and_data(spec, data, folder / "w.pt")
-    return model, ds, {"model": spec, "data": data, "weights": str(folder / "w.pt"), "folder": folder}
+    return train_as_user(tmp_path_factory.mktemp("conv1d"), NET, *_signals(), 80)
 
 
 def test_conv1d_layers_are_searchable_and_a_grouped_one_says_why_not(audio):

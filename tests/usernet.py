@@ -45,20 +45,30 @@ NET = textwrap.dedent("""
 def trained_user_model(folder: Path):
     """(model, data, paths): the net trained on 3 separable classes of 8x8 images; paths holds
     the model spec, the data file and the saved weights, as a user would pass them."""
-    from edgempq.pipeline import load_model_and_data
-
-    (folder / "net.py").write_text(NET)
     rng = np.random.default_rng(0)
     y = np.repeat(np.arange(3), 60)
     x = (rng.normal(size=(180, 1, 8, 8)) * 0.5 + y[:, None, None, None] * np.linspace(-1, 1, 8)).astype(np.float32)
+    # confident enough that rounding rarely flips a prediction
+    return train_as_user(folder, NET, x, y, 60)
+
+
+def train_as_user(folder: Path, net_source: str, x: np.ndarray, y: np.ndarray, steps: int, saved=None):
+    """(model, data, paths): `net_source` written to folder/net.py, (x, y) to folder/d.npz, the
+    net trained `steps` Adam steps from seed 0 and its weights (`saved(module)`, by default its
+    state_dict) saved to folder/w.pt; paths holds
+    the model spec, data file, weights and folder, as a user would pass them."""
+    from edgempq.pipeline import load_model_and_data
+
+    (folder / "net.py").write_text(net_source)
     np.savez(folder / "d.npz", x=x, y=y)
-    torch.manual_seed(0)  # the factory draws the initial weights: same model whatever ran before
     spec, data = f"{folder / 'net.py'}:net", str(folder / "d.npz")
-    model, ds = load_model_and_data(spec, data)
-    full_batch_adam(model, ds, 60)  # confident enough that rounding rarely flips a prediction
-    torch.save(model.module.state_dict(), folder / "w.pt")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # the factory draws the initial weights: same model whatever ran before
+        model, ds = load_model_and_data(spec, data)
+        full_batch_adam(model, ds, steps)
+    torch.save((saved or type(model.module).state_dict)(model.module), folder / "w.pt")
     model, ds = load_model_and_data(spec, data, folder / "w.pt")
-    return model, ds, {"model": spec, "data": data, "weights": str(folder / "w.pt")}
+    return model, ds, {"model": spec, "data": data, "weights": str(folder / "w.pt"), "folder": folder}
 
 
 def full_batch_adam(model, ds, steps: int) -> None:
