@@ -198,3 +198,38 @@ def test_a_layer_called_twice_keeps_every_op_float():
     q = quantize_policy(layers, float_tflite(m, (8,)), {la.name: P(8, 8) for la in layers if la.searchable},
                         torch_weights(m, layers), fixed_weights=torch_weights(m, layers, fixed=True))
     assert sorted(o.weight_type for o in weight_ops(q)) == ["float32", "float32", "int8", "int8"]
+
+
+@pytest.mark.slow
+def test_a_model_over_256_kib_of_weights_keeps_them_inside_the_flatbuffer_where_tflite_micro_reads_them():
+    """ai-edge-quantizer stores large buffers after the flatbuffer once they pass 256 KiB; TFLite
+    Micro ignores such buffers and computed with whatever its arena held (and planned the weights
+    in the arena: 414 KB here instead of 10 KB)."""
+    import numpy as np
+    import torch
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.interpreter import Interpreter
+    from torch import nn
+
+    from edgempq.assign import uniform_assignment
+    from edgempq.backends import backend_for
+
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Flatten(), nn.Linear(640, 320), nn.ReLU(), nn.Linear(320, 640)).eval()
+    layers = trace(module, (1, 1, 640))
+    target = load_target("tflm-host")
+    model = quantize_policy(layers, float_tflite(module, (1, 1, 640)), uniform_assignment(layers, target, "w8a8"),
+                            torch_weights(module, layers), fixed_weights=torch_weights(module, layers, fixed=True))
+    root = schema.Model.GetRootAsModel(model, 0)
+    assert all(root.Buffers(i).Offset() <= 1 for i in range(root.BuffersLength()))
+    it = Interpreter(model_content=model)
+    it.allocate_tensors()
+    d = it.get_input_details()[0]
+    x = np.random.default_rng(0).integers(-128, 128, d["shape"]).astype(d["dtype"])
+    it.set_tensor(d["index"], x)
+    it.invoke()
+    want = it.get_tensor(it.get_output_details()[0]["index"]).astype(int)
+    with backend_for(target) as backend:
+        got = np.asarray(backend.run(model, [x])[0]).astype(int)
+        assert backend.ram_bytes(model) < 64 * 1024
+    assert np.abs(got - want).max() <= 1

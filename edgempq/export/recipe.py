@@ -117,7 +117,27 @@ def quantize(model: bytes, rules: Iterable[OpRule], calibration: list[dict[str, 
             out = q.quantize(result).quantized_model
     except Exception as e:  # noqa: BLE001 - the quantizer raises many types
         raise ConversionError(f"ai-edge-quantizer failed ({type(e).__name__}: {e})") from None
-    return bytes(out)
+    return inline_buffers(bytes(out))
+
+
+def inline_buffers(model: bytes) -> bytes:
+    """`model` with every buffer inside the flatbuffer. Once a model's large buffers total 256 KiB,
+    ai-edge-quantizer stores them after it (`Buffer.offset`/`size`); TFLite Micro does not read
+    such buffers: it plans those weights in the arena as if they were activations and computes
+    with whatever the arena held. LiteRT reads both, so inlining changes nothing there."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    root = schema.Model.GetRootAsModel(model, 0)
+    if not any(root.Buffers(i).Offset() > 1 for i in range(root.BuffersLength())):
+        return model
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    m = schema.ModelT.InitFromObj(root)
+    for b in m.buffers:
+        if (b.offset or 0) > 1:
+            b.data = np.frombuffer(model, np.uint8, count=b.size, offset=b.offset).copy()
+            b.offset = b.size = 0
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(m))
 
 
 def calibrate_min_max(q: Quantizer, model: bytes, key: str, calibration: list[dict[str, np.ndarray]]) -> dict:
