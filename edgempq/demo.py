@@ -111,9 +111,12 @@ def demo(out_dir: str | Path = "edgempq-demo", retrain: bool = False, on_step: P
 
 def _profile(model: Any, layers: list[Layer], target: Target, step: Progress, out: Path) -> CostTable:
     """This machine's profile of the model, whole-model timings included, saved as profile.json."""
+    from dataclasses import replace
+
     from .profile import WholeModel, profile
 
     table = profile(layers, target, model.model_hash, on_step=step, whole=WholeModel(model.module, model.input_shape))
+    table = replace(table, arch_hash=model.arch_hash)
     table.save(out / "profile.json")
     return table
 
@@ -133,7 +136,8 @@ def _search(layers: list[Layer], sens: Sensitivity, table: CostTable, target: Ta
     sweep at that latency; saved as policy.json and sweep.json."""
     from .files import write_json
     from .layers import policy_weight_bytes
-    from .solve import build_problem, least_under, solve
+    from .program import least_under
+    from .solve import build_problem, solve
     from .sweep import Sweep, sweep
 
     int8_bytes = policy_weight_bytes(layers, Policy.uniform(layers, "w8a8"))

@@ -1,340 +1,18 @@
-"""The integer program: one precision per layer, the least total penalty under the budgets.
+"""A model's numbers for the integer program (`program.py`), solved into a Policy.
 
-One binary per (layer, precision the target runs for the layer's kind), exactly one per layer;
-the objective is the Sensitivity's penalties plus its pairwise terms, each product of two
-binaries linearised exactly (y ≤ xᵢ, y ≤ xⱼ, y ≥ xᵢ + xⱼ − 1). Budgets: latency (the profile's
-scaled per-layer costs), size (weight bytes as the artifact stores them), BOPs, and RAM (every
-layer's working set under the limit). The solver sees only numbers (`Choice`), so it is tested
-with hand-made tables; `solve` builds them from a model's layers, profile and sensitivity.
-The budget sweep (the Pareto front) is `sweep.py`."""
+`build_problem` turns the traced layers, the device profile and a sensitivity into `Choice`s
+(penalty, predicted latency, weight bytes, BOPs, RAM per layer and precision); `solve` cuts them
+to the layers kept out of the search and solves. The budget sweep (the Pareto front) is `sweep.py`."""
 
 from __future__ import annotations
 
 import itertools
-import math
-import sys
-import time
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, replace
 
 from .costs import bops, weight_bytes, working_set_bytes
-from .errors import ConfigError, InfeasibleError
+from .errors import ConfigError
+from .program import Choice, Problem, solve_problem
 from .schema import Budget, CostTable, Layer, Policy, Precision, Sensitivity, Target
-
-if TYPE_CHECKING:
-    import mip
-
-METRICS = {"latency_ms": ("latency_ms", 1.0, "ms"), "size_kb": ("size_bytes", 1024.0, "KB"),
-           "bops": ("bops", 1.0, "BOPs"), "ram_kb": ("ram_bytes", 1024.0, "KB")}
-
-
-@dataclass(frozen=True)
-class Choice:
-    """One option of one layer, as numbers."""
-
-    layer: str
-    precision: str
-    penalty: float
-    latency_ms: float = 0.0
-    size_bytes: float = 0.0
-    bops: float = 0.0
-    ram_bytes: float = 0.0
-
-
-@dataclass(frozen=True)
-class Problem:
-    """Options per layer (model order), pairwise penalties, groups that share a precision, and
-    what the fixed layers add to each total (e.g. their float32 weight bytes)."""
-
-    choices: dict[str, list[Choice]]
-    pairs: dict[tuple[tuple[str, str], tuple[str, str]], float] = field(default_factory=dict)
-    groups: tuple[tuple[str, ...], ...] = ()
-    constant: dict[str, float] = field(default_factory=dict)  # metric field -> value
-    # ms the device spends between two layers for their pair of choices (tensor conversions)
-    latency_pairs: dict[tuple[tuple[str, str], tuple[str, str]], float] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Solution:
-    """The solver's answer: a precision per layer, its penalty and totals, and how sure it is."""
-
-    precisions: dict[str, str]
-    objective: float
-    totals: dict[str, float]  # latency_ms, size_bytes, bops, ram_bytes (the largest layer)
-    status: str  # optimal, or feasible when the time limit stopped the proof
-    gap: float
-    seconds: float
-
-
-def totals(problem: Problem, pick: dict[str, str]) -> dict[str, float]:
-    """What a pick costs: sums of latency (with the conversions between its layers), size and
-    BOPs, and the largest layer's RAM."""
-    chosen = [next(c for c in problem.choices[la] if c.precision == p) for la, p in pick.items()]
-    out = {k: sum(getattr(c, k) for c in chosen) + problem.constant.get(k, 0.0)
-           for k in ("latency_ms", "size_bytes", "bops")}
-    out["latency_ms"] += _picked_pairs(problem.latency_pairs, pick)
-    out["ram_bytes"] = max([c.ram_bytes for c in chosen] + [problem.constant.get("ram_bytes", 0.0)])
-    return out
-
-
-def _picked_pairs(pairs: dict, pick: dict[str, str]) -> float:
-    return sum(v for (a, b), v in pairs.items() if pick.get(a[0]) == a[1] and pick.get(b[0]) == b[1])
-
-
-def objective(problem: Problem, pick: dict[str, str]) -> float:
-    """Σ penalties of the picked choices plus the pairwise terms both of whose choices are picked."""
-    own = sum(next(c.penalty for c in problem.choices[la] if c.precision == p) for la, p in pick.items())
-    return own + _picked_pairs(problem.pairs, pick)
-
-
-def merge_groups(groups: tuple[tuple[str, ...], ...]) -> list[tuple[str, ...]]:
-    """Groups that share a layer become one group (sharing a precision is transitive)."""
-    merged: list[list[str]] = []
-    for g in groups:
-        if not g:
-            raise ConfigError("a group of layers is empty; list two or more layers, comma-separated")
-        hit = [m for m in merged if set(m) & set(g)]
-        new = list(dict.fromkeys([la for m in hit for la in m] + list(g)))
-        merged = [m for m in merged if m not in hit] + [new]
-    return [tuple(m) for m in merged]
-
-
-def _group_options(problem: Problem) -> list[tuple[tuple[str, ...], list[str]]]:
-    """Decision units: each group (or lone layer) with the precisions all its members have."""
-    groups = merge_groups(problem.groups)
-    grouped = {la for g in groups for la in g}
-    units = list(groups) + [(la,) for la in problem.choices if la not in grouped]
-    out = []
-    for members in units:
-        missing = [la for la in members if la not in problem.choices]
-        if missing:
-            raise ConfigError(f"group {', '.join(members)} names layer(s) {', '.join(missing)} that are not searched")
-        common = [c.precision for c in problem.choices[members[0]]
-                  if all(any(o.precision == c.precision for o in problem.choices[m]) for m in members[1:])]
-        if not common:
-            raise InfeasibleError(f"layers {', '.join(members)} must share a precision but have none in common; "
-                                  "drop the group or give them a common precision")
-        out.append((members, common))
-    return out
-
-
-def check_feasible(problem: Problem, budget: Budget) -> None:
-    """Raise InfeasibleError naming the first budget that even the cheapest choices break, and
-    the smallest value that is achievable."""
-    units = _group_options(problem)
-    for key, limit in budget.items():
-        attr, scale, unit = METRICS[key]
-        per_unit = [min(sum(_metric(problem, la, p, attr) for la in members) if attr != "ram_bytes"
-                        else max(_metric(problem, la, p, attr) for la in members) for p in options)
-                    for members, options in units]
-        need = (max([*per_unit, problem.constant.get("ram_bytes", 0.0)]) if attr == "ram_bytes"
-                else sum(per_unit) + problem.constant.get(attr, 0.0)) / scale
-        if attr == "latency_ms" and problem.latency_pairs:
-            need = _min_latency(problem, budget)  # conversions between layers count too
-            if need is None:
-                continue  # RAM or groups rule everything out, or no proof in time: the solve says which
-        if need > limit * (1 + 1e-9):
-            raise InfeasibleError(f"budget {key}={limit:g} cannot be met: the cheapest precision per layer needs "
-                                  f"{need:.6g} {unit}; raise {key} to at least {need:.6g}")
-
-
-def _metric(problem: Problem, layer: str, precision: str, attr: str) -> float:
-    return next(getattr(c, attr) for c in problem.choices[layer] if c.precision == precision)
-
-
-def optimize(m: Any, seconds: float) -> Any:
-    """`m.optimize` within `seconds`, leaving the process's thread count as it was: CBC sets
-    OpenMP's to 1, which would make every later torch op in the process (the demo's deploy and
-    validate) run on one thread and round differently than in a fresh process. torch is not
-    imported here; only a torch already loaded is restored."""
-    torch = sys.modules.get("torch")
-    threads = torch.get_num_threads() if torch is not None else None
-    try:
-        return m.optimize(max_seconds=seconds)
-    finally:
-        if torch is not None and torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
-
-
-def solve_problem(problem: Problem, budget: Budget, time_limit_s: float = 30.0) -> Solution:
-    """The optimum (or the best found in the time limit, with its gap) of `problem`."""
-    import mip
-
-    check_feasible(problem, budget)
-    t0 = time.perf_counter()
-    m, x, y = _base_model(problem, budget)
-    terms = [c.penalty * x[(la, c.precision)] for la, options in problem.choices.items() for c in options]
-    terms += _pair_sum(problem.pairs, y)
-    scale = max((abs(float(t.expr[v])) for t in terms for v in t.expr), default=1.0) or 1.0
-    m.objective = mip.xsum(t * (1.0 / scale) for t in terms)  # well-scaled for CBC's tolerances
-    _add_budgets(m, problem, x, y, budget)
-    m.max_mip_gap, m.max_mip_gap_abs = 1e-9, 1e-12
-    status = optimize(m, time_limit_s)
-    if status not in (mip.OptimizationStatus.OPTIMAL, mip.OptimizationStatus.FEASIBLE):
-        if status == mip.OptimizationStatus.INFEASIBLE:
-            raise InfeasibleError(_together_message(problem, budget))
-        raise InfeasibleError(f"the solver found no policy within {time_limit_s:g} s (status {status.name}); "
-                              "raise the time limit")
-    pick = _pick(problem, x)
-    gap = 0.0 if status == mip.OptimizationStatus.OPTIMAL else float(m.gap)
-    gap = gap if math.isfinite(gap) else None  # python-mip reports inf when the objective is near 0
-    if status == mip.OptimizationStatus.OPTIMAL:
-        pick = _prefer_cheaper(m, problem, x, y, scale, time_limit_s - (time.perf_counter() - t0)) or pick
-    return Solution(pick, objective(problem, pick), totals(problem, pick),
-                    "optimal" if status == mip.OptimizationStatus.OPTIMAL else "feasible", gap,
-                    time.perf_counter() - t0)
-
-
-def _metric_expr(problem: Problem, x: dict, y: dict, key: str) -> mip.LinExpr:
-    """Budget `key`'s total over the picked choices in the budget's unit, less the fixed layers'."""
-    import mip
-
-    attr, unit_scale, _ = METRICS[key]
-    if attr == "latency_ms":
-        return _latency_expr(problem, x, y)
-    return mip.xsum(getattr(c, attr) / unit_scale * x[(la, c.precision)]
-                    for la, options in problem.choices.items() for c in options)
-
-
-def _add_budgets(m: mip.Model, problem: Problem, x: dict, y: dict, budget: Budget) -> None:
-    """The budgets as constraints (RAM is not a sum: `_base_model` excludes choices over it)."""
-    for key, limit in budget.items():
-        attr, unit_scale, _ = METRICS[key]
-        if attr != "ram_bytes":
-            m += _metric_expr(problem, x, y, key) <= limit - problem.constant.get(attr, 0.0) / unit_scale
-
-
-def least_under(problem: Problem, budget: Budget, key: str) -> float | None:
-    """The least value of budget `key` (latency_ms, size_kb or bops) that any policy meeting the
-    other budgets reaches; None if none does or CBC gives no proof in 30 s."""
-    import mip
-
-    others = replace(budget, **{key: None})
-    m, x, y = _base_model(problem, others)
-    _add_budgets(m, problem, x, y, others)
-    m.objective = _metric_expr(problem, x, y, key)
-    if optimize(m, 30) != mip.OptimizationStatus.OPTIMAL:
-        return None
-    attr, unit_scale, _ = METRICS[key]
-    return float(m.objective_value) + problem.constant.get(attr, 0.0) / unit_scale
-
-
-def _together_message(problem: Problem, budget: Budget) -> str:
-    """Budgets each feasible alone but not together: the least latency (else size) the others allow."""
-    text = f"the budgets {_fmt(budget)} cannot all be met together (each alone can)"
-    for key in ("latency_ms", "size_kb", "bops"):
-        if getattr(budget, key) is not None and len(budget.items()) > 1:
-            need = least_under(problem, budget, key)
-            if need is not None:
-                unit = METRICS[key][2]
-                return f"{text}; with the others, {key} needs at least {need:.6g} {unit}: raise it to that, " \
-                       "or loosen the others"
-    return f"{text}; loosen one of them"
-
-
-def _base_model(problem: Problem, budget: Budget) -> tuple[mip.Model, dict, dict]:
-    """The CBC model with its binaries x (one choice per layer, groups tied, choices over the
-    RAM budget excluded) and the pair variables y; no objective yet."""
-    import mip
-
-    ram_limit = budget.ram_kb * 1024 if budget.ram_kb is not None else math.inf
-    m = mip.Model(sense=mip.MINIMIZE, solver_name=mip.CBC)
-    m.verbose = 0
-    m.threads = 1
-    x: dict[tuple[str, str], mip.Var] = {}
-    for la, options in problem.choices.items():
-        for c in options:
-            # a choice whose working set alone is over the RAM budget is excluded outright
-            x[(la, c.precision)] = m.add_var(var_type=mip.BINARY, ub=0 if c.ram_bytes > ram_limit else 1)
-        m += mip.xsum(x[(la, c.precision)] for c in options) == 1
-    for members, common in _group_options(problem):
-        for la in members:
-            for c in problem.choices[la]:
-                if c.precision not in common:
-                    m += x[(la, c.precision)] == 0
-        for other in members[1:]:
-            for p in common:
-                m += x[(members[0], p)] == x[(other, p)]
-    return m, x, _pair_vars(m, problem, x)
-
-
-def _pair_vars(m: mip.Model, problem: Problem, x: dict) -> dict:
-    """Products of two layers' choices, linearised exactly: for every two layers that share a
-    pairwise penalty or a conversion cost, one y ≥ 0 per combination of their choices, with
-    Σ_pb y(pa, pb) = x(a, pa) and Σ_pa y(pa, pb) = x(b, pb). With one choice per layer these
-    rows give y = xᵢ·xⱼ and imply the textbook y ≤ xᵢ, y ≤ xⱼ, y ≥ xᵢ + xⱼ − 1 even in the LP
-    relaxation, which they make far tighter, so CBC proves dense pairwise optima quickly."""
-    import mip
-
-    layer_pairs = {tuple(sorted((a[0], b[0]))) for (a, b), v in (*problem.pairs.items(), *problem.latency_pairs.items())
-                   if a in x and b in x and v != 0 and a[0] != b[0]}
-    y = {}
-    for la, lb in sorted(layer_pairs):
-        pas = [c.precision for c in problem.choices[la]]
-        pbs = [c.precision for c in problem.choices[lb]]
-        ys = {(pa, pb): m.add_var(lb=0.0, ub=1.0) for pa in pas for pb in pbs}
-        for pa in pas:
-            m += mip.xsum(ys[(pa, pb)] for pb in pbs) == x[(la, pa)]
-        for pb in pbs:
-            m += mip.xsum(ys[(pa, pb)] for pa in pas) == x[(lb, pb)]
-        y |= {((la, pa), (lb, pb)): v for (pa, pb), v in ys.items()}
-    return y
-
-
-def _pair_sum(pairs: dict, y: dict) -> list:
-    out = []
-    for (a, b), v in pairs.items():
-        key = (a, b) if (a, b) in y else (b, a)
-        if v != 0 and key in y:
-            out.append(v * y[key])
-    return out
-
-
-def _latency_expr(problem: Problem, x: dict, y: dict) -> mip.LinExpr:
-    import mip
-
-    return mip.xsum([c.latency_ms * x[(la, c.precision)] for la, cs in problem.choices.items() for c in cs]
-                    + _pair_sum(problem.latency_pairs, y))
-
-
-def _min_latency(problem: Problem, budget: Budget) -> float | None:
-    """The least latency any policy within the RAM budget reaches (conversions included), in ms;
-    None if unknown."""
-    return least_under(problem, Budget(ram_kb=budget.ram_kb), "latency_ms")
-
-
-def _prefer_cheaper(m: mip.Model, problem: Problem, x: dict, y: dict, scale: float,
-                    seconds_left: float) -> dict[str, str] | None:
-    """Among the policies with the optimal penalty, the fastest, conversions included (or,
-    without latencies, the smallest): equal accuracy at a lower cost is what a user wants from a
-    tie. Penalties closer than a tenth of the smallest gap between two of a layer's choices (and
-    than 1e-7 of the objective) count as equal. None if the second solve finds nothing in time."""
-    import mip
-
-    attr = "latency_ms" if any(c.latency_ms for cs in problem.choices.values() for c in cs) else "size_bytes"
-    top = max((getattr(c, attr) for cs in problem.choices.values() for c in cs), default=0.0)
-    if top <= 0 or seconds_left <= 0:
-        return None
-    gaps = [abs(a.penalty - b.penalty) / scale for cs in problem.choices.values()
-            for a, b in itertools.combinations(cs, 2) if a.penalty != b.penalty]
-    best = m.objective_value
-    m += m.objective <= best + max(1e-12, min([1e-7 * max(1.0, abs(best)), *(0.1 * g for g in gaps)]))
-    terms = [getattr(c, attr) / top * x[(la, c.precision)] for la, cs in problem.choices.items() for c in cs]
-    if attr == "latency_ms":
-        terms += [t * (1.0 / top) for t in _pair_sum(problem.latency_pairs, y)]
-    m.objective = mip.xsum(terms)
-    if optimize(m, seconds_left) not in (mip.OptimizationStatus.OPTIMAL, mip.OptimizationStatus.FEASIBLE):
-        return None
-    return _pick(problem, x)
-
-
-def _pick(problem: Problem, x: dict) -> dict[str, str]:
-    return {la: next(c.precision for c in options if x[(la, c.precision)].x >= 0.5)
-            for la, options in problem.choices.items()}
-
-
-def _fmt(budget: Budget) -> str:
-    return ", ".join(f"{k}={v:g}" for k, v in budget.items())
 
 
 def _check_same_layers(layers: list[Layer], sensitivity: Sensitivity) -> None:
@@ -355,6 +33,7 @@ def build_problem(layers: list[Layer], sensitivity: Sensitivity, costs: CostTabl
     the sensitivity's penalty, the profile's latency (and measured RAM when it has it), the
     artifact's weight bytes and the BOPs."""
     from .latency import conversion_ms_per_element, edge_ms, layer_cost_ms, scales
+    from .memory import flash_offset, layer_flash
 
     _check_same_layers(layers, sensitivity)
     factors = scales(costs) if costs is not None else None
@@ -371,12 +50,14 @@ def build_problem(layers: list[Layer], sensitivity: Sensitivity, costs: CostTabl
             opts.append(Choice(la.name, str(p), sensitivity.penalty(la.name, p),
                                layer_cost_ms(costs, la, p, factors) if costs is not None else 0.0,
                                weight_bytes(la, p), bops(la, p),
-                               row.ram_bytes if row is not None and row.ram_bytes else working_set_bytes(la, p)))
+                               row.ram_bytes if row is not None and row.ram_bytes else working_set_bytes(la, p),
+                               layer_flash(costs, la, p)))
         choices[la.name] = opts
     f32 = Precision(32, 32, True)
     fixed = [la for la in layers if not la.searchable]
     constant = {"size_bytes": sum(weight_bytes(la, f32) for la in fixed), "bops": sum(bops(la, f32) for la in fixed),
-                "ram_bytes": max((working_set_bytes(la, f32) for la in fixed), default=0)}  # the largest, not a sum
+                "ram_bytes": max((working_set_bytes(la, f32) for la in fixed), default=0),  # the largest, not a sum
+                "flash_bytes": flash_offset(costs, layers)[0]}
     known = {la.name for la in layers if la.searchable}
     pairs = {(a, b): v for (a, b), v in sensitivity.pairs.items() if a[0] in known and b[0] in known}
     all_groups = tuple(dict.fromkeys(tuple(g) for g in (*sensitivity.groups, *groups)))
@@ -395,12 +76,18 @@ def build_problem(layers: list[Layer], sensitivity: Sensitivity, costs: CostTabl
 @dataclass(frozen=True)
 class SolveOptions:
     """What a search adds to the model's numbers: layers that must share one precision (on top
-    of the sensitivity's groups), and how long the solver may take per budget."""
+    of the sensitivity's groups), how long the solver may take per budget, layers pinned to
+    one precision, and the precisions every other layer may (`allow`) or may not (`exclude`) take."""
 
     groups: tuple[tuple[str, ...], ...] = ()
     time_limit_s: float = 30.0
     # layers kept out of the search at one precision: (name, "w8a8" / "f32" / "" = the widest)
     fixed: tuple[tuple[str, str], ...] = ()
+    allow: tuple[str, ...] = ()  # when given, the only precisions the searched layers may take
+    exclude: tuple[str, ...] = ()
+    # with a profile and no latency budget: policies whose penalty is within this fraction of the
+    # least count as tied, and the fastest of them wins (a hair of penalty is not worth 60x the time)
+    near_tie: float = 0.0
 
 
 def solve(layers: list[Layer], sensitivity: Sensitivity, costs: CostTable | None, budget: Budget, target: Target,
@@ -411,9 +98,12 @@ def solve(layers: list[Layer], sensitivity: Sensitivity, costs: CostTable | None
         raise ConfigError("a latency budget needs the device profile; give --profile")
     options = options if options is not None else SolveOptions()
     problem = fix_layers(build_problem(layers, sensitivity, costs, target, options.groups), options.fixed, target)
-    sol = solve_problem(problem, budget, options.time_limit_s)
+    problem = restrict(problem, options, target)
+    near_tie = options.near_tie if costs is not None and budget.latency_ms is None else 0.0
+    sol = solve_problem(problem, budget, options.time_limit_s, near_tie)
     predicted = {"objective": sol.objective, "size_bytes": sol.totals["size_bytes"], "bops": sol.totals["bops"],
-                 "ram_bytes": sol.totals["ram_bytes"], "solve_seconds": sol.seconds}
+                 "ram_bytes": sol.totals["ram_bytes"], "flash_bytes": sol.totals["flash_bytes"],
+                 "solve_seconds": sol.seconds}
     if costs is not None:
         predicted["latency_ms"] = sol.totals["latency_ms"]
     from .schema.core import QUANTIZER_KEYS, _quantizer
@@ -442,7 +132,7 @@ def fix_layers(problem: Problem, fixed: tuple[tuple[str, str], ...], target: Tar
     choices = dict(problem.choices)
     for name, text in fixed:
         if name not in choices:
-            raise ConfigError(f"--fixed {name}: the model has no searchable layer of that name; "
+            raise ConfigError(f"--pin {name}: the model has no searchable layer of that name; "
                               f"choose from {', '.join(choices) or '(none)'}")
         if not text:
             choices[name] = [_widest(choices[name])]
@@ -450,10 +140,40 @@ def fix_layers(problem: Problem, fixed: tuple[tuple[str, str], ...], target: Tar
         want = str(Precision.parse(text))
         kept = [c for c in choices[name] if c.precision == want]
         if not kept:
-            raise ConfigError(f"--fixed {name}={text}: {target.name} does not offer {want} for that layer; "
+            raise ConfigError(f"--pin {name}={text}: {target.name} does not offer {want} for that layer; "
                               f"choose from {', '.join(c.precision for c in choices[name])}")
         choices[name] = kept
     return replace(problem, choices=choices)
+
+
+def restrict(problem: Problem, options: SolveOptions, target: Target) -> Problem:
+    """`problem` with the precisions of `options.allow` only, less `options.exclude`, on every
+    layer not fixed (a pinned precision wins); a precision the target never offers, or a layer
+    left with nothing to choose, is refused, naming what it could take."""
+    if not options.allow and not options.exclude:
+        return problem
+    offered = {c.precision for cs in problem.choices.values() for c in cs}
+    offered |= {str(p) for ps in target.precisions.values() for p in ps}
+    allow = {_offered(t, offered, "--allow") for t in options.allow}
+    exclude = {_offered(t, offered, "--exclude") for t in options.exclude}
+    pinned = {n for n, _ in options.fixed}
+    choices = dict(problem.choices)
+    for name, cs in problem.choices.items():
+        if name in pinned:
+            continue
+        kept = [c for c in cs if (not allow or c.precision in allow) and c.precision not in exclude]
+        if not kept:
+            raise ConfigError(f"layer {name} takes {', '.join(c.precision for c in cs)} on {target.name}, and "
+                              "--allow/--exclude leave it none; allow one of those, or --pin the layer")
+        choices[name] = kept
+    return replace(problem, choices=choices)
+
+
+def _offered(text: str, offered: set[str], flag: str) -> str:
+    p = str(Precision.parse(text))
+    if p not in offered:
+        raise ConfigError(f"{flag} {text}: the target offers no layer {p}; choose from {', '.join(sorted(offered))}")
+    return p
 
 
 def shared_input_groups(costs: CostTable) -> tuple[tuple[str, ...], ...]:

@@ -6,8 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .errors import ConfigError, InfeasibleError
+from .program import METRICS
 from .schema import Budget, CostTable, Layer, Sensitivity, Target
-from .solve import METRICS, SolveOptions, solve
+from .solve import SolveOptions, solve
 
 
 @dataclass(frozen=True)

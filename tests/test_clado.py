@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from edgempq.program import Choice, Problem, objective, solve_problem
 from edgempq.schema import Budget, Precision
 from edgempq.sensitivity import RunOptions, compute
 from edgempq.sensitivity.clado import ReuseRunner, clado_matrix, psd_projection, solver_terms
-from edgempq.solve import Choice, Problem, objective, solve_problem
 
 from .test_sensitivity import TinyRes, tiny  # noqa: F401 - the fixture
 

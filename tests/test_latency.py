@@ -9,8 +9,9 @@ from torch import nn
 from edgempq.errors import ConfigError
 from edgempq.latency import conversion_ms_per_element, predict_latency, scales
 from edgempq.layers import layer_edges, trace
+from edgempq.program import solve_problem
 from edgempq.schema import CostRow, CostTable, Precision, Target
-from edgempq.solve import build_problem, solve_problem
+from edgempq.solve import build_problem
 
 TARGET = Target.from_dict({"name": "t", "backend": "litert",
                            "precisions": {"conv": ["f32", "w8a8"], "dwconv": ["f32"], "linear": ["f32"]}})

@@ -8,19 +8,9 @@ import random
 import pytest
 
 from edgempq.errors import ConfigError, InfeasibleError
+from edgempq.program import Choice, Problem, least_under, merge_groups, objective, solve_problem, totals
 from edgempq.schema import Budget, Sensitivity, Target
-from edgempq.solve import (
-    Choice,
-    Problem,
-    build_problem,
-    least_under,
-    merge_groups,
-    objective,
-    shared_input_groups,
-    solve,
-    solve_problem,
-    totals,
-)
+from edgempq.solve import build_problem, shared_input_groups, solve
 from edgempq.sweep import Sweep, sweep
 
 
@@ -327,9 +317,9 @@ def test_a_fixed_layer_keeps_its_precision_and_the_rest_is_searched_around_it(tw
     assert pick(("fc", ""), kb=40, scores=odd) == {"conv": "f32", "fc": "f32"}  # the widest the target offers
     with pytest.raises(InfeasibleError):
         pick(("fc", "f32"), ("conv", "f32"))  # both float does not fit 6 KB: the budget names it
-    with pytest.raises(ConfigError, match=r"--fixed fc=w4a8: t does not offer w4a8 for that layer; choose from "
+    with pytest.raises(ConfigError, match=r"--pin fc=w4a8: t does not offer w4a8 for that layer; choose from "
                                           r"w8a8, f32"):
         pick(("fc", "w4a8"))
-    with pytest.raises(ConfigError, match="--fixed nope: the model has no searchable layer of that name; "
+    with pytest.raises(ConfigError, match="--pin nope: the model has no searchable layer of that name; "
                                           "choose from conv, fc"):
         pick(("nope", ""))

@@ -26,8 +26,8 @@ SPEED = {"f32": 1.0, "f16": 1.05, "w8a8": 0.45, "w4a8": 0.8, "w8a16": 9.0, "w4a1
 def layer_problem(model: str, seed: int):
     from edgempq.layers import trace, weight_bytes
     from edgempq.models import load_model
+    from edgempq.program import Choice, Problem, totals
     from edgempq.schema import Budget, Precision
-    from edgempq.solve import Choice, Problem, totals
 
     m = load_model(f"zoo:{model}")
     layers = [la for la in trace(m.module, m.input_shape) if la.searchable]
@@ -51,8 +51,8 @@ def layer_problem(model: str, seed: int):
 
 
 def pairwise_problem(seed: int):
+    from edgempq.program import Choice, Problem
     from edgempq.schema import Budget
-    from edgempq.solve import Choice, Problem
 
     rng = random.Random(seed)
     names, precs = [f"l{i}" for i in range(19)], {"w2a8": 0.3, "w4a8": 0.6, "w8a8": 1.0}
@@ -64,7 +64,7 @@ def pairwise_problem(seed: int):
 
 
 def main() -> None:
-    from edgempq.solve import solve_problem
+    from edgempq.program import solve_problem
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=7)

@@ -228,6 +228,7 @@ class Budget(JsonDoc):
     size_kb: float | None = None
     bops: float | None = None
     ram_kb: float | None = None
+    flash_kb: float | None = None  # the whole flatbuffer: weights, biases, quantization and graph
 
     def __post_init__(self) -> None:
         for k, v in self.items():
@@ -244,12 +245,12 @@ class Budget(JsonDoc):
 
     @classmethod
     def from_dict(cls, d: Any) -> Budget:
-        """A budget from a dict of some of `latency_ms`, `size_kb`, `bops`, `ram_kb`."""
+        """A budget from a dict of some of `latency_ms`, `size_kb`, `bops`, `ram_kb`, `flash_kb`."""
         _check_keys(d, "budget", set(), set(_BUDGET_KEYS))
         return cls(**d)
 
 
-_BUDGET_KEYS = ("latency_ms", "size_kb", "bops", "ram_kb")
+_BUDGET_KEYS = ("latency_ms", "size_kb", "bops", "ram_kb", "flash_kb")
 
 
 QUANTIZER_KEYS = {"ptq": str, "ptq_params": str, "bias_correction": bool, "act_range": str}
