@@ -8,9 +8,11 @@ so the solver can use it exactly."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from .assign import alternating_assignment, domain, uniform_assignment
 from .errors import ConfigError
-from .schema import CostTable, Layer, Policy, Precision
+from .schema import CostTable, Layer, Policy, Precision, Target
 from .schema.results import PredictedLatency
 
 
@@ -121,19 +123,47 @@ def profile_points(table: CostTable) -> list[dict]:
     return pts
 
 
-def predicted_latency(policy: Policy, table: CostTable | None, target: str, model_hash: str) -> PredictedLatency | None:
+def predicted_latency(policy: Policy, table: CostTable | None, target: Target,
+                      model: ModelKey) -> PredictedLatency | None:
     """The policy's latency on `target` as the profile predicts it (per layer, with the profile's
-    own points), else as the search recorded it in the policy; None when neither is about this target."""
+    own points), else as the search recorded it in the policy; None when neither is about this
+    target. A profile holds for any target reaching its device (another name, other limits) and
+    for any weights of its architecture."""
     if table is not None:
-        if table.target.name != target:
-            raise ConfigError(f"the profile was measured on {table.target.name}, not on {target}; "
-                              f"give the profile of {target}")
-        if table.model_hash != model_hash:
-            raise ConfigError(f"the profile was made for another model or other weights (fingerprint "
-                              f"{table.model_hash}, this model's {model_hash}); profile it with the same --model "
-                              "and --weights (the cached measurements make that quick)")
+        if not table.target.same_device(target):
+            raise ConfigError(f"the profile was measured on {table.target.name} ({_device(table.target)}), not on "
+                              f"{target.name}'s device ({_device(target)}); give a profile measured on {target.name}")
+        check_profile_model(table, model)
         return PredictedLatency.from_dict({**policy_latency(table, policy.precisions), "points": profile_points(table)},
                                           "the predicted latency")
-    if policy.target == target and "latency_ms" in policy.predicted:
-        return PredictedLatency(float(policy.predicted["latency_ms"]), target)
+    if policy.target == target.name and "latency_ms" in policy.predicted:
+        return PredictedLatency(float(policy.predicted["latency_ms"]), target.name)
     return None
+
+
+@dataclass(frozen=True)
+class ModelKey:
+    """What a profile is checked against: the model's architecture fingerprint (None when not
+    known, e.g. from an older deploy.json) and its weights' fingerprint."""
+
+    arch_hash: str | None
+    model_hash: str | None = None
+
+
+def check_profile_model(table: CostTable, model: ModelKey) -> None:
+    """Refuse a profile of another architecture or input shape; an older profile (without an
+    architecture fingerprint) must be of the same weights."""
+    if table.arch_hash is not None:
+        if model.arch_hash is not None and model.arch_hash != table.arch_hash:
+            raise ConfigError(f"the profile is of another architecture or input shape (fingerprint {table.arch_hash}, "
+                              f"this model's {model.arch_hash}); profile this model (the cached measurements make "
+                              "that quick)")
+    elif model.model_hash is not None and table.model_hash != model.model_hash:
+        raise ConfigError(f"the profile was made for another model or other weights (fingerprint "
+                          f"{table.model_hash}, this model's {model.model_hash}); profile it again with the same "
+                          "--model (the cached measurements make that quick)")
+
+
+def _device(target: Target) -> str:
+    where = ", ".join(f"{k} {v}" for k, v in sorted(target.connection.items()) if k in ("host", "serial", "port"))
+    return f"backend {target.backend}, {target.threads} thread(s)" + (f", {where}" if where else "")

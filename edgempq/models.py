@@ -33,6 +33,11 @@ class LoadedModel:
     model_hash: str
     task: str = "classify"  # what it is for (edgempq.tasks), decided when data is fitted to it
 
+    @property
+    def arch_hash(self) -> str:
+        """Fingerprint of architecture and input shape, not of the weights: what a latency profile is of."""
+        return arch_hash(self.module, self.input_shape)
+
 
 def parse_shape(text: str) -> tuple[int, ...]:
     """'3x224x224' or '3,224,224' -> (3, 224, 224)."""
@@ -203,6 +208,16 @@ def _state_dict_of(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ModelError(f"weights file {path} does not hold a state_dict (a dict of tensors)")
     return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def arch_hash(module: nn.Module, input_shape: tuple[int, ...] | None) -> str:
+    """Fingerprint of the modules, the parameters' names, shapes and dtypes, and the input shape:
+    what sets latency and RAM, so a profile stays valid when only the weights change."""
+    h = hashlib.sha256(repr(module).encode())
+    for k, v in module.state_dict().items():
+        h.update(f"{k}{tuple(v.shape)}{v.dtype}".encode())
+    h.update(repr(tuple(input_shape) if input_shape is not None else None).encode())
+    return h.hexdigest()[:16]
 
 
 def model_hash(module: nn.Module) -> str:

@@ -24,7 +24,7 @@ from .metrics import scores
 from .models import LoadedModel, load_model
 from .progress import Progress
 from .quant import QuantConfig
-from .schema import Policy, Precision, Sensitivity
+from .schema import Policy, Precision, Sensitivity, Target
 from .schema.results import DeployResult, PredictedLatency, ValidationReport
 from .simulation import SimResult, float_result, load_model_and_data, output_shape, simulate, state_bytes
 from .train import TrainConfig, TrainResult, fit
@@ -173,7 +173,7 @@ def validate(artifact: str | Path, target_spec: str, opts: ValidateOptions | Non
     model, ds = _model_and_data(inputs, art.tflite)
     task = model.task if model else _artifact_task(art.tflite, ds, inputs["task"])
     samples = replace(_samples(ds, art.deploy, opts.samples, task), out_shape=output_shape(model) if model else None)
-    art = replace(art, predicted=_prediction(art.deploy, deployed or policy, opts.profile, target.name))
+    art = replace(art, predicted=_prediction(art.deploy, deployed or policy, opts.profile, target))
     def simulation() -> Simulation | None:
         if model is None or policy is None:
             return None if model is None else stage.Simulation(model.module)
@@ -296,19 +296,21 @@ def _samples(ds: Dataset, dep: DeployResult | None, samples: int | None, task: s
 
 
 def _prediction(dep: DeployResult | None, policy: Policy | None, profile_path: str | Path | None,
-                target: str) -> PredictedLatency | None:
+                target: Target) -> PredictedLatency | None:
     """The latency to hold the artifact to: predicted anew from `profile_path`, else deploy's when
     it is about this target."""
     if profile_path:
-        from .latency import predicted_latency
+        from .latency import ModelKey, predicted_latency
         from .schema import CostTable
 
         if policy is None:
             raise ConfigError("a latency prediction from --profile needs the artifact's policy; give --policy")
         table = CostTable.load(profile_path)
         policy.check_layers(list(table.layers))
-        return predicted_latency(policy, table, target, (dep.model_hash if dep else None) or table.model_hash)
-    return dep.latency if dep and dep.latency and dep.latency.target == target else None
+        # deploy.json names the weights, not the architecture: the policy's layers (checked
+        # above) tie it to the profile's architecture; an older profile must be of the same weights
+        return predicted_latency(policy, table, target, ModelKey(None, dep.model_hash if dep else None))
+    return dep.latency if dep and dep.latency and dep.latency.target == target.name else None
 
 
 def _simulation(art: Artifact, model: LoadedModel, ds: Dataset, policies: tuple, samples: Samples) -> Simulation:

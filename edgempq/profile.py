@@ -63,9 +63,10 @@ def _toolchain() -> dict[str, str]:
 
 def device_key(target: Target, fingerprint: dict[str, Any]) -> str:
     """Cache folder name: the target's timing options, what the device reported (not where it
-    is reached), and the toolchain that builds the measured models."""
+    is reached, nor the target's name or limits: a renamed or re-limited copy of a target finds
+    the same measurements), and the toolchain that builds the measured models."""
     ident = {k: fingerprint.get(k) for k in ("backend", "cpu", "machine", "cores", "runtime", "runtime_version")}
-    ident |= {"target": target.name, "threads": target.threads, "warmup": target.warmup, "runs": target.runs,
+    ident |= {"threads": target.threads, "warmup": target.warmup, "runs": target.runs,
               "max_seconds": target.max_seconds, "format": PROFILE_FORMAT, **_toolchain()}
     return _digest(json.dumps(ident, sort_keys=True))[:16]
 
@@ -119,13 +120,20 @@ class RowCache:
 
     def get_whole(self, arch_key: str, precision: str) -> float | None:
         """The cached whole-model median latency (ms) of `arch_key` at `precision`, or None."""
-        d = self._get(f"whole-{arch_key}-{precision}")
-        v = d.get("median_ms") if isinstance(d, dict) else None
-        return float(v) if isinstance(v, int | float) and v >= 0 else None
+        v = self.get_sizes(arch_key, precision).get("median_ms")
+        return float(v) if v is not None else None
 
-    def put_whole(self, arch_key: str, precision: str, ms: float) -> None:
-        """Cache a whole-model median latency of `ms` milliseconds."""
-        self._put(f"whole-{arch_key}-{precision}", {"median_ms": ms})
+    def get_sizes(self, arch_key: str, precision: str) -> dict[str, float]:
+        """The cached whole-model record of `arch_key` at `precision`: median_ms, and when
+        measured model_bytes (the flatbuffer) and arena_bytes (TFLite Micro's); {} if none."""
+        d = self._get(f"whole-{arch_key}-{precision}")
+        if not isinstance(d, dict):
+            return {}
+        return {k: v for k, v in d.items() if isinstance(v, int | float) and not isinstance(v, bool) and v >= 0}
+
+    def put_whole(self, arch_key: str, precision: str, ms: float, sizes: dict[str, int] | None = None) -> None:
+        """Cache a whole-model median latency of `ms` milliseconds (and its `sizes`)."""
+        self._put(f"whole-{arch_key}-{precision}", {"median_ms": ms, **(sizes or {})})
 
 
 @contextlib.contextmanager
@@ -167,6 +175,18 @@ def measure(backend: Backend, job: Job, float_model: bytes) -> CostRow:
     t = backend.time(model)
     return CostRow(job.layer.signature, str(job.precision), t.median_ms, t.p10_ms, t.p90_ms, t.runs,
                    weight_ops(model)[0].weight_bytes, len(model), backend.ram_bytes(model))
+
+
+@dataclass(frozen=True)
+class Whole:
+    """What the whole model measured at the uniform and alternating policies: median latencies
+    (ms) by precision (or pair key), and per uniform precision the flatbuffer's bytes and, on
+    TFLite Micro, the arena's."""
+
+    uniform_ms: dict[str, float]
+    mixed_ms: dict[str, float]
+    model_bytes: dict[str, int]
+    arena_bytes: dict[str, int]
 
 
 @dataclass(frozen=True)
@@ -213,59 +233,86 @@ class WholeModel:
 
 
 def measure_whole(backend: Backend, whole: WholeModel, layers: list[Layer], target: Target, cache: RowCache,
-                  on_step: Progress | None = None) -> tuple[dict[str, float], dict[str, float]]:
+                  on_step: Progress | None = None) -> Whole:
     """End-to-end median latency of the whole model at every uniform precision of the target,
     and of the policies alternating two domains (for the conversion costs), exported through the
-    same per-layer recipe (and checks) as any policy."""
-    from . import stop
-    from .export.float_graph import float_tflite
-    from .export.mapping import torch_weights
-    from .export.mixed import quantize_policy
-
-    precisions = sorted({str(p) for la in layers if la.searchable for p in target.allowed(la.kind)})
-    todo: list[tuple[str, str, dict[str, Precision]]] = []
-    for p in precisions:
-        assign = uniform_assignment(layers, target, p)
-        if assign is not None and p in {str(q) for q in assign.values()}:
-            todo.append(("uniform", p, assign))
-    todo += [("mixed", k, a) for k, a in alternating_policies(layers, target).items()]
+    same per-layer recipe (and checks) as any policy; the uniform models' sizes and arenas too."""
+    todo = _whole_policies(layers, target)
     key = whole.key(layers)
-    out: dict[str, dict[str, float]] = {"uniform": {}, "mixed": {}}
+    out = Whole({}, {}, {}, {})
     pending: list[tuple[str, str, str, bytes]] = []
     base, module = None, None
     for i, (what, p, assign) in enumerate(todo):
         if on_step:
             on_step(i, len(todo) * 2, f"building whole model {p}")
         variant = _digest(json.dumps(sorted((la.name, str(assign[la.name])) for la in layers if la.searchable)))[:8]
-        ms = cache.get_whole(f"{key}-{variant}", p)
-        if ms is not None:
-            out[what][p] = ms
+        cached = cache.get_sizes(f"{key}-{variant}", p)
+        if "median_ms" in cached and (what == "mixed" or "model_bytes" in cached):
+            _record(out, what, p, cached)
             continue
         if base is None:
+            from .export.float_graph import float_tflite
+
             module = whole.timing_copy()
             base = float_tflite(module, whole.input_shape)
-        model = quantize_policy(layers, base, assign, torch_weights(module, layers),
-                                fixed_weights=torch_weights(module, layers, fixed=True))
-        pending.append((what, p, f"{key}-{variant}", model))
-    # Round-robin rounds, median of the rounds: a slow or fast moment of the device then falls
-    # on every policy alike instead of on whichever one was being timed.
-    # Each round's timing is cached as it finishes, so an interrupted profile keeps them too.
+        pending.append((what, p, f"{key}-{variant}", _whole_tflite(layers, base, assign, module)))
+    times = _timed_rounds(backend, pending, len(todo), cache, on_step)
+    for what, p, ck, model in pending:
+        sizes = {"model_bytes": len(model)} if what == "uniform" else {}
+        arena = backend.ram_bytes(model) if what == "uniform" else None
+        if arena is not None:
+            sizes["arena_bytes"] = arena
+        cache.put_whole(ck, p, statistics.median(times[ck]), sizes)
+        _record(out, what, p, {"median_ms": statistics.median(times[ck]), **sizes})
+    return out
+
+
+def _whole_policies(layers: list[Layer], target: Target) -> list[tuple[str, str, dict[str, Precision]]]:
+    """(uniform or mixed, precision or pair key, assignment) of every whole model to measure."""
+    precisions = sorted({str(p) for la in layers if la.searchable for p in target.allowed(la.kind)})
+    todo: list[tuple[str, str, dict[str, Precision]]] = []
+    for p in precisions:
+        assign = uniform_assignment(layers, target, p)
+        if assign is not None and p in {str(q) for q in assign.values()}:
+            todo.append(("uniform", p, assign))
+    return todo + [("mixed", k, a) for k, a in alternating_policies(layers, target).items()]
+
+
+def _whole_tflite(layers: list[Layer], base: bytes, assign: dict[str, Precision], module: Any) -> bytes:
+    from .export.mapping import torch_weights
+    from .export.mixed import quantize_policy
+
+    return quantize_policy(layers, base, assign, torch_weights(module, layers),
+                           fixed_weights=torch_weights(module, layers, fixed=True))
+
+
+def _record(out: Whole, what: str, p: str, rec: dict[str, float]) -> None:
+    (out.uniform_ms if what == "uniform" else out.mixed_ms)[p] = float(rec["median_ms"])
+    for k in ("model_bytes", "arena_bytes"):
+        if what == "uniform" and k in rec:
+            getattr(out, k)[p] = int(rec[k])
+
+
+def _timed_rounds(backend: Backend, pending: list[tuple[str, str, str, bytes]], n_todo: int, cache: RowCache,
+                  on_step: Progress | None) -> dict[str, list[float]]:
+    """Round-robin rounds over `pending`: a slow or fast moment of the device then falls on
+    every policy alike instead of on whichever one was being timed. Each round's timing is
+    cached as it finishes, so an interrupted profile keeps them too."""
+    from . import stop
+
     times: dict[str, list[float]] = {}
     for r in range(WHOLE_ROUNDS):
         for j, (_, p, ck, model) in enumerate(pending):
             if on_step:
-                on_step(len(todo) + (r * len(pending) + j) * len(todo) // max(1, WHOLE_ROUNDS * len(pending)),
-                        len(todo) * 2, f"timing whole model {p} (round {r + 1}/{WHOLE_ROUNDS})")
+                on_step(n_todo + (r * len(pending) + j) * n_todo // max(1, WHOLE_ROUNDS * len(pending)),
+                        n_todo * 2, f"timing whole model {p} (round {r + 1}/{WHOLE_ROUNDS})")
             stop.check()
             ms = cache.get_whole(f"{ck}-round{r}", p)
             if ms is None:
                 ms = backend.time(model).median_ms
                 cache.put_whole(f"{ck}-round{r}", p, ms)
             times.setdefault(ck, []).append(ms)
-    for what, p, ck, _ in pending:
-        out[what][p] = statistics.median(times[ck])
-        cache.put_whole(ck, p, out[what][p])
-    return out["uniform"], out["mixed"]
+    return times
 
 
 def overheads(table_rows: dict[tuple[str, str], CostRow], layers: list[Layer], target: Target,
@@ -305,13 +352,13 @@ def profile(layers: list[Layer], target: Target, model_hash: str, use_cache: boo
                 row = measure(backend, job, floats[sig])
                 cache.put(job, row)
             rows.append(row)
-        whole_ms: dict[str, float] = {}
-        mixed_ms: dict[str, float] = {}
+        measured = Whole({}, {}, {}, {})
         if whole is not None:
-            whole_ms, mixed_ms = measure_whole(backend, whole, layers, target, cache, on_step)
+            measured = measure_whole(backend, whole, layers, target, cache, on_step)
         if on_step:
             on_step(len(jobs), len(jobs), "done")
     by_key = {(r.signature, r.precision): r for r in rows}
     edges = tuple(layer_edges(whole.module, layers)) if whole is not None else ()
-    return CostTable(target, fingerprint, model_hash, tuple(layers), tuple(rows), whole_ms,
-                     overheads(by_key, layers, target, whole_ms), edges, mixed_ms)
+    return CostTable(target, fingerprint, model_hash, tuple(layers), tuple(rows), measured.uniform_ms,
+                     overheads(by_key, layers, target, measured.uniform_ms), edges, measured.mixed_ms,
+                     whole_bytes=measured.model_bytes, whole_arena_bytes=measured.arena_bytes)

@@ -19,8 +19,8 @@ from .usernet import trained_user_model
 POLICIES = {
     "host": {"stem.0": "f32", "a.0": "f32", "a.3": "f16", "b.0": "f16", "b.3": "w8a8", "down": "w4a8",
              "c.0": "w8a8", "c.3": "w8a16", "d.0": "w8a16", "d.3": "w4a16", "fc": "w4a8"},
-    "tflm-host": {"stem.0": "w8a8", "a.0": "w8a8", "a.3": "w4a8", "b.0": "w8a16", "b.3": "w8a16", "down": "f32",
-                  "c.0": "f32", "c.3": "w4a8", "d.0": "w8a8", "d.3": "w8a8", "fc": "w8a16"},
+    "tflm-host": {"stem.0": "w8a8", "a.0": "w8a8", "a.3": "w4a8", "b.0": "w8a16", "b.3": "w8a16", "down": "w8a8",
+                  "c.0": "w8a16", "c.3": "w4a8", "d.0": "w8a8", "d.3": "w8a8", "fc": "w8a16"},
 }
 EXPECT = {"f32": ("float32", "float32"), "f16": ("float16", "float32"), "w8a8": ("int8", "int8"),
           "w4a8": ("int4", "int8"), "w8a16": ("int8", "int16"), "w4a16": ("int4", "int16")}

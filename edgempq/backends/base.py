@@ -30,7 +30,7 @@ def backend(name: str) -> Callable[[type[Backend]], type[Backend]]:
 
     def deco(cls: type[Backend]) -> type[Backend]:
         BACKENDS.register(name)(cls)
-        register_backend(name, cls.connection_keys)
+        register_backend(name, cls.connection_keys, cls.microcontroller)
         return cls
 
     return deco
@@ -59,6 +59,7 @@ class Backend(ABC):
     left on the device (remote temporary files) is removed."""
 
     connection_keys: ClassVar[frozenset[str]] = frozenset()  # what a target's [connection] may hold
+    microcontroller: ClassVar[bool] = False  # runs what a microcontroller runs: integer kernels in an arena
 
     def __init__(self, target: Target) -> None:
         self.target = target

@@ -21,6 +21,8 @@ _MAX_ARENA = 1 << 30
 class TFLMBackend(Backend):
     """TFLite Micro's reference interpreter on this machine, with the arena each model needs."""
 
+    microcontroller = True
+
     def __init__(self, target: Any) -> None:
         super().__init__(target)
         self._arena: dict[int, int] = {}

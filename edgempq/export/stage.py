@@ -51,7 +51,7 @@ def deploy(model: LoadedModel, data: Dataset, policy: Policy, target: Target, cf
     """Quantize `model` with `policy`, convert it to a mixed-precision .tflite verified op by op
     (and a C array for TFLite Micro targets) and score the simulation on the test split (its task's
     metrics)."""
-    from ..latency import predicted_latency
+    from ..latency import ModelKey, predicted_latency
     from ..layers import trace
     from ..quant import QuantConfig
     from ..simulation import quantized
@@ -66,11 +66,11 @@ def deploy(model: LoadedModel, data: Dataset, policy: Policy, target: Target, cf
         from ..report import check_sweep
 
         check_sweep(cfg.sweep, "the sweep")
-    latency = predicted_latency(policy, cfg.profile, target.name, model.model_hash)
+    latency = predicted_latency(policy, cfg.profile, target, ModelKey(model.arch_hash, model.model_hash))
     qmodel, ptq = quantized(model, data, policy, quant, cfg.qat_epochs, cfg.on_step)
     art = build(layers, qmodel, model.input_shape, policy, data.split("calibration")[0])
     io = io_details(art.tflite)  # the simulation holds the artifact's input ranges (see export.exact) from here
-    if target.backend == "tflm":
+    if target.microcontroller:
         art.files = dict(zip(("model_data.h", "model_data.cc"), c_array(art.tflite), strict=True))
         microcontroller_checks(art, target)
     result = _result(model, data, policy, target, cfg, art=art, layers=layers, ptq=ptq.to_dict(), io=io,

@@ -27,18 +27,22 @@ from .core import (
 # Backend name -> the keys of its [connection] (where the device is and how to reach it). Each
 # backend registers itself here as `edgempq.backends` imports it (which `import edgempq` does).
 CONNECTION_KEYS: dict[str, frozenset[str]] = {}
+MICROCONTROLLER_BACKENDS: set[str] = set()  # backends that run what a microcontroller runs
 
 
-def register_backend(name: str, connection_keys: frozenset[str]) -> None:
-    """Record that backend `name` exists and which [connection] keys its targets may hold."""
+def register_backend(name: str, connection_keys: frozenset[str], microcontroller: bool = False) -> None:
+    """Record that backend `name` exists, which [connection] keys its targets may hold and
+    whether it runs models as a microcontroller does (integer kernels, an arena, flash)."""
     CONNECTION_KEYS[name] = frozenset(connection_keys)
+    if microcontroller:
+        MICROCONTROLLER_BACKENDS.add(name)
 
 
 _HOST = re.compile(r"^[A-Za-z0-9_.:\[\]%-]+$")  # a name or address; never an option (leading '-')
 SAFE_PATH = re.compile(r"^/[A-Za-z0-9_./+-]+$")  # a path on a device that no shell can misread
 _OPS = {"dwconv": "DEPTHWISE_CONV_2D", "tconv": "TRANSPOSE_CONV"}
 _TOP_KEYS = {"name", "description", "backend", "threads", "warmup", "runs", "max_seconds", "flash_kb", "ram_kb",
-             "template", "precisions", "connection"}
+             "template", "allow_float", "precisions", "connection"}
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,9 @@ class Target(JsonDoc):
     ram_kb: float | None = None
     template: bool = False  # a template names no real device until the user edits it
     connection: dict[str, Any] = field(default_factory=dict)
+    # a microcontroller target offers float layers only when its file says so (they are slow and
+    # large there, and a host CPU's timings of TFLite Micro's float kernels make them look cheap)
+    allow_float: bool = False
 
     def __post_init__(self) -> None:
         if self.backend not in CONNECTION_KEYS:
@@ -86,6 +93,11 @@ class Target(JsonDoc):
             raise ConfigError(f"target {self.name}: [precisions] must list {', '.join(REQUIRED_KINDS)} "
                               "(and may list tconv) "
                               f"(missing {missing or 'none'}, unknown {sorted(unknown) or 'none'})")
+        floats = sorted({f"{k} {p}" for k, ps in self.precisions.items() for p in ps if p.is_float})
+        if self.microcontroller and floats and not self.allow_float:
+            raise ConfigError(f"target {self.name}: backend {self.backend} is a microcontroller's, which runs float "
+                              f"layers slowly from a large flash, but [precisions] lists {', '.join(floats)}; "
+                              "remove them, or set allow_float = true to offer float layers to the search")
         for kind, ps in self.precisions.items():
             for p in ps:
                 if not p.deployable:
@@ -106,6 +118,16 @@ class Target(JsonDoc):
             if problem:
                 raise ConfigError(f"target {self.name}: [connection] {k} {problem}, not {v!r}")
 
+    @property
+    def microcontroller(self) -> bool:
+        """Whether the target runs models as a microcontroller does (TFLite Micro: an arena, flash)."""
+        return self.backend in MICROCONTROLLER_BACKENDS
+
+    def same_device(self, other: Target) -> bool:
+        """Whether `other` reaches the same device with the same runtime options, whatever its
+        name, limits or precision lists: a profile measured through one holds for the other."""
+        return (self.backend, self.threads, self.connection) == (other.backend, other.threads, other.connection)
+
     def allowed(self, kind: str) -> tuple[Precision, ...]:
         """Precisions this target runs for a layer kind (fixed kinds run float32 only); a
         transposed conv the target does not list takes its conv precisions without int4 weights."""
@@ -121,6 +143,8 @@ class Target(JsonDoc):
         d.update({k: getattr(self, k) for k in ("flash_kb", "ram_kb") if getattr(self, k) is not None})
         if self.template:
             d["template"] = True
+        if self.allow_float:
+            d["allow_float"] = True
         d["precisions"] = {k: [str(p) for p in v] for k, v in self.precisions.items()}
         if self.connection:
             d["connection"] = dict(self.connection)
@@ -144,8 +168,9 @@ class Target(JsonDoc):
         for k in ("name", "backend", "description"):
             if k in d and not isinstance(d[k], str):
                 raise ConfigError(f"target {k} must be a string, not {d[k]!r}")
-        if not isinstance(d.get("template", False), bool):
-            raise ConfigError("target template must be true or false")
+        for k in ("template", "allow_float"):
+            if not isinstance(d.get(k, False), bool):
+                raise ConfigError(f"target {k} must be true or false")
         kw = {k: v for k, v in d.items() if k not in ("precisions", "connection")}
         return cls(precisions={k: tuple(Precision.parse(str(p)) for p in v) for k, v in precs.items()},
                    connection=dict(conn), **kw)
@@ -276,6 +301,13 @@ class CostTable(JsonDoc):
     mixed_ms: dict[str, float] = field(default_factory=dict)
     # layers the preflight found the converter folds into (layer: why): the search keeps them at f32
     folded: dict[str, str] = field(default_factory=dict)
+    # the architecture and input shape measured (models.arch_hash): what later stages check,
+    # since latency does not depend on the weights; None in profiles older than it
+    arch_hash: str | None = None
+    # per uniform precision, the whole model's flatbuffer bytes and (TFLite Micro) arena bytes:
+    # what the flash and RAM predictions are calibrated on
+    whole_bytes: dict[str, int] = field(default_factory=dict)
+    whole_arena_bytes: dict[str, int] = field(default_factory=dict)
 
     def row(self, signature: str, precision: Precision | str) -> CostRow | None:
         """The measurement of layer signature `signature` at `precision`, None if it was not measured."""
@@ -291,6 +323,11 @@ class CostTable(JsonDoc):
              "mixed_ms": dict(self.mixed_ms)}
         if self.folded:  # only when there are any, so profiles without them keep their checksum
             d["folded"] = dict(self.folded)
+        if self.arch_hash is not None:
+            d["arch_hash"] = self.arch_hash
+        for k in ("whole_bytes", "whole_arena_bytes"):
+            if getattr(self, k):
+                d[k] = dict(getattr(self, k))
         return d | {"sha256": _checksum(d)}
 
     @classmethod
@@ -298,7 +335,8 @@ class CostTable(JsonDoc):
         """A profile as `edgempq profile` wrote it: its checksum must match, so a truncated or
         hand-edited profile (one changed latency would steer the search) is refused, not used."""
         _check_keys(d, "profile", {"schema_version", "target", "fingerprint", "model_hash", "layers", "rows"},
-                    {"whole_ms", "overhead_ms", "edges", "mixed_ms", "folded", "sha256"})
+                    {"whole_ms", "overhead_ms", "edges", "mixed_ms", "folded", "arch_hash", "whole_bytes",
+                     "whole_arena_bytes", "sha256"})
         _check_version(d, "profile")
         if not all(isinstance(d[k], list) for k in ("layers", "rows")) or not isinstance(d["fingerprint"], dict):
             raise ConfigError("profile layers and rows must be lists and fingerprint an object")
@@ -317,9 +355,8 @@ class CostTable(JsonDoc):
             v = d.get(k, {})
             if not isinstance(v, dict) or not all(isinstance(x, int | float) for x in v.values()):
                 raise ConfigError(f"profile {k} must map precisions to numbers")
+        _check_extras(d)
         folded = d.get("folded", {})
-        if not isinstance(folded, dict) or not all(isinstance(v, str) for v in folded.values()):
-            raise ConfigError("profile folded must map layer names to reasons")
         body = {k: v for k, v in d.items() if k != "sha256"}
         if "sha256" not in d:
             raise ConfigError("profile has no checksum (it was not written by edgempq profile, or by an older "
@@ -332,7 +369,23 @@ class CostTable(JsonDoc):
                    {k: float(v) for k, v in d.get("whole_ms", {}).items()},
                    {k: float(v) for k, v in d.get("overhead_ms", {}).items()},
                    tuple((a, b, n) for a, b, n in edges), {k: float(v) for k, v in d.get("mixed_ms", {}).items()},
-                   dict(folded))
+                   dict(folded), d.get("arch_hash"), dict(d.get("whole_bytes", {})),
+                   dict(d.get("whole_arena_bytes", {})))
+
+
+def _check_extras(d: dict[str, Any]) -> None:
+    """The optional maps a profile may hold (folded layers, the architecture fingerprint, the
+    uniform whole models' bytes and arenas), their types checked."""
+    folded = d.get("folded", {})
+    if not isinstance(folded, dict) or not all(isinstance(v, str) for v in folded.values()):
+        raise ConfigError("profile folded must map layer names to reasons")
+    if not isinstance(d.get("arch_hash", ""), str):
+        raise ConfigError("profile arch_hash must be a string")
+    for k in ("whole_bytes", "whole_arena_bytes"):
+        v = d.get(k, {})
+        if not isinstance(v, dict) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
+                                              for n in v.values()):
+            raise ConfigError(f"profile {k} must map precisions to byte counts")
 
 
 def _checksum(d: dict[str, Any]) -> str:
