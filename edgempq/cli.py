@@ -157,20 +157,7 @@ def evaluate(source: Source, policy_path: str | None, precisions: tuple[str, ...
         with progress_bar(f"QAT {label}" if qat_epochs else f"PTQ {label} ({quant.weights})") as step:
             rows.append(replace(simulate(model, ds, pol, quant, qat_epochs, step)[1], label=label))
     show.rows(rows, f"{source.model} on {ds.name} (test split, {len(ds.splits['test'])} samples)")
-    given = ", ".join(f"{k}={v}" for k, v in _non_default(quant).items()) or "default parameters"
-    click.echo(f"PTQ {quant.weights} ({given}), {'with' if quant.bias_correction else 'without'} bias correction, "
-               f"activation ranges {quant.act_method}, on the calibration split "
-               f"({len(ds.splits['calibration'])} samples)")
-
-
-def _non_default(quant: Any) -> dict[str, Any]:
-    """The PTQ algorithm's parameters that differ from its defaults."""
-    from dataclasses import asdict
-
-    from .quant.weights import algorithm
-
-    defaults = asdict(algorithm(quant.weights, []).params)
-    return {k: v for k, v in quant.weight_params.items() if defaults.get(k) != v}
+    show.ptq_used(quant, len(ds.splits["calibration"]))
 
 
 @main.command()
@@ -191,8 +178,8 @@ def targets() -> None:
 
 @main.command()
 @click.option("--device", "device", required=True, help="a built-in target name or a target .toml file")
-@source_options(weights="a state_dict: weights do not change latency, but the profile is checked against the "
-                "model deploy and validate load, so give the weights you will deploy", data=None)
+@source_options(weights="a state_dict (optional: latency does not depend on the weights, and the profile is "
+                "checked against the architecture and input shape only)", data=None)
 @click.option("--input-shape", help="CxHxW (or 1,C,H,W) when the model does not declare it")
 @click.option("--no-cache", is_flag=True, help="measure everything again, and do not store it")
 @click.option("--layers-only", is_flag=True, help="skip the end-to-end timings of the whole model")
@@ -222,9 +209,10 @@ def profile(device: str, source: Source, input_shape: str | None, output: str, *
     with progress_bar(f"profiling on {target.name}") as step:
         whole = None if layers_only else WholeModel(m.module, m.input_shape)
         table = run_profile(layers, target, m.model_hash, use_cache=not no_cache, on_step=step, whole=whole)
-    if not flags["no_check"] and checked.folded:
-        from dataclasses import replace
+    from dataclasses import replace
 
+    table = replace(table, arch_hash=m.arch_hash)  # what later stages check: latency does not depend on weights
+    if not flags["no_check"] and checked.folded:
         table = replace(table, folded=checked.folded)
         click.echo(f"preflight: kept at f32, the converter folds into their weights: {', '.join(checked.folded)}")
     table.save(output)
@@ -254,88 +242,64 @@ def sensitivity(method: str, source: Source, precisions: str | None, device: str
         sens = pipeline.sensitivity(model, ds, method, chosen, list(params), step)
     sens.save(output)
     show.sensitivity(sens, layers, f"{method} on {source.model} ({ds.name}, calibration split)")
-    click.echo(f"scored {len(sens.penalties)} (layer, precision) pairs{_quantizer_said(sens.params)}; wrote {output}")
-
-
-def _quantizer_said(p: dict[str, Any]) -> str:
-    """How a measuring method quantized each layer, for the summary line ('' for the others)."""
-    if "ptq" not in p:
-        return ""
-    return (f", each layer quantized by PTQ {p['ptq']} ({p.get('ptq_params') or 'default parameters'}, "
-            f"{'with' if p.get('bias_correction') else 'without'} bias correction, activation ranges "
-            f"{p.get('act_range')})")
+    click.echo(f"scored {len(sens.penalties)} (layer, precision) pairs{show.quantizer_said(sens.params)}; "
+               f"wrote {output}")
 
 
 @main.command()
 @click.option("--profile", "profile_path", required=True, type=PATH, help="the profile.json of the model")
 @click.option("--sensitivity", "sens_path", required=True, type=PATH, help="a sensitivity.json")
 @budget_options
+@click.option("--no-target-limits", is_flag=True, help="do not apply the profiled target's own ram_kb and flash_kb")
 @click.option("--group", "groups", multiple=True, help="comma-separated layers that share one precision (repeatable)")
 @click.option("--group-shared-inputs", is_flag=True, help="layers that read the same activation share one precision")
-@click.option("--fixed", "fixed", multiple=True, metavar="NAME[=PRECISION]",
+@click.option("--pin", "--fixed", "pins", multiple=True, metavar="NAME[=PRECISION]",
               help="keep a layer out of the search at PRECISION (default: the widest the target offers; repeatable)")
-@click.option("--sweep", "sweep_spec", help="solve N budgets: latency_ms=LO:HI:N (or size_kb, bops, ram_kb)")
+@click.option("--allow", "allow", multiple=True, metavar="PRECISION[,...]",
+              help="the only precisions the other layers may take (repeatable)")
+@click.option("--exclude", "exclude", multiple=True, metavar="PRECISION[,...]",
+              help="precisions no layer but a pinned one may take (repeatable)")
+@click.option("--sweep", "sweep_spec", help="solve N budgets: latency_ms=LO:HI:N (or size_kb, flash_kb, bops, ram_kb)")
 @click.option("--time-limit", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="seconds for the solver; past it the best policy found is kept with its gap")
+@click.option("--near-tie", default=0.01, show_default=True, type=click.FloatRange(0, 1),
+              help="without --latency-ms: policies within this fraction of the least penalty are tied, and the "
+              "fastest on the device wins")
 @click.option("-o", "--output", default="policy.json", show_default=True, type=PATH,
               help="the policy (with --sweep: the front as JSON, and a PNG beside it)")
-def search(profile_path: str, sens_path: str, budget: Any, sweep_spec: str | None, output: str,
-           **grouping: Any) -> None:
-    """Pick one precision per layer: the least sensitivity penalty under the budgets."""
+def search(profile_path: str, sens_path: str, budget: Any, sweep_spec: str | None, output: str, **how: Any) -> None:
+    """Pick one precision per layer: the least sensitivity penalty under the budgets (and the
+    profiled target's flash and RAM), against all-int8 and all-float on the device."""
     check_output(output)
-    from .preflight import converter_fixed
     from .schema import CostTable, Sensitivity
-    from .solve import SolveOptions, shared_input_groups, solve
+    from .search import SearchRequest, precision_list
+    from .search import search as run_search
 
     table, sens = CostTable.load(profile_path), Sensitivity.load(sens_path)
-    groups = tuple(tuple(n.strip() for n in g.split(",") if n.strip()) for g in grouping["groups"])
-    if grouping["group_shared_inputs"]:
-        groups += shared_input_groups(table)
-    fixed = tuple((n.strip(), p.strip()) for n, _, p in (f.partition("=") for f in grouping["fixed"]))
-    fixed += converter_fixed(table, {n for n, _ in fixed})
-    options = SolveOptions(groups, grouping["time_limit"], fixed)
+    request = SearchRequest(budget, how["groups"], how["group_shared_inputs"], how["pins"],
+                            precision_list(how["allow"]), precision_list(how["exclude"]), how["time_limit"],
+                            not how["no_target_limits"], how["near_tie"])
     if sweep_spec:
-        from .sweep import Sweep
-
-        _search_sweep(table, sens, (sweep_spec, Sweep.parse(sweep_spec, budget)), options, output)
+        _search_sweep(table, sens, sweep_spec, request, output)
         return
-    if not budget.items():
-        raise EdgeMPQError("give at least one budget: --latency-ms, --size-kb, --bops or --ram-kb (or --sweep)")
-    policy = solve(list(table.layers), sens, table, budget, table.target, options)
-    policy.save(output)
-    show.policy(policy, list(table.layers), table)
-    if fixed:
-        why = {n: " (the converter folds into its weights)" for n in table.folded}
-        click.echo("kept out of the search: " + ", ".join(f"{n} at {policy.precisions[n]}{why.get(n, '')}"
-                                                          for n, _ in fixed))
+    res = run_search(table, sens, request)
+    res.policy.save(output)
+    show.searched(res)
     click.echo(f"wrote {output}")
 
 
-def _search_sweep(table: Any, sens: Any, swept: tuple[str, Any], options: Any, output: str) -> None:
-    """search --sweep: the front of `swept` (the spec as given, its `Sweep`) solved, written as
-    JSON and a PNG, one line a budget."""
+def _search_sweep(table: Any, sens: Any, spec: str, request: Any, output: str) -> None:
+    """search --sweep: the front of `spec` solved, written as JSON and a PNG, one line a budget."""
     from .files import write_json
     from .plots import pareto_front
-    from .sweep import sweep
+    from .search import sweep_search
 
-    spec, budgets = swept
-    key = budgets.key
-    with progress_bar(f"sweeping {key}") as step:
+    with progress_bar(f"sweeping {spec.partition('=')[0]}") as step:
         step(0, 1, spec)
-        points = sweep(list(table.layers), sens, table, budgets, table.target, options)
-    if not any(p["feasible"] for p in points):
-        from .errors import InfeasibleError
-
-        raise InfeasibleError(f"none of the budgets of the sweep {spec} can be met; at the loosest, "
-                              f"{points[-1]['reason']}")
-    write_json(Path(output), {"sweep": key, "method": sens.method, "target": table.target.name,
-                              "held": budgets.held.to_dict(), "points": points})
-    png = pareto_front(points, key, f"{sens.method} on {table.target.name}", Path(output).with_suffix(".png"))
-    for p in points:
-        pred = p.get("predicted", {})
-        click.echo(f"{key}={p['budget'][key]:<12.6g} " + (
-            f"objective {p['objective']:<10.4g} latency {pred.get('latency_ms', float('nan')):.3f} ms, "
-            f"size {pred['size_bytes'] / 1024:.1f} KB" if p["feasible"] else "infeasible"))
+        front = sweep_search(table, sens, spec, request)
+    write_json(Path(output), front.to_dict())
+    png = pareto_front(front.points, front.key, f"{sens.method} on {front.target}", Path(output).with_suffix(".png"))
+    show.front(front)
     click.echo(f"wrote {output} and {png}")
 
 

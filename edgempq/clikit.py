@@ -247,13 +247,16 @@ def budget_options(f: Callable) -> Callable:
         click.option("--latency-ms", type=float, help="end-to-end latency budget on the profiled device"),
         click.option("--size-kb", type=float, help="weight storage budget (as the artifact stores it)"),
         click.option("--bops", type=float, help="bit-operations budget (MACs x weight bits x activation bits)"),
-        click.option("--ram-kb", type=float, help="per-layer working-set budget (microcontrollers)"),
+        click.option("--ram-kb", type=float, help="RAM budget: TFLite Micro's arena on microcontroller targets, "
+                     "else the largest layer's working set (default: the profiled target's ram_kb)"),
+        click.option("--flash-kb", type=float, help="flash budget: the whole .tflite, graph and quantization "
+                     "included (default: the profiled target's flash_kb)"),
     ]
 
     def fold(kw: dict[str, Any]) -> dict[str, Any]:
         from .schema import Budget
 
-        budget = Budget(**{k: kw.pop(k) for k in ("latency_ms", "size_kb", "bops", "ram_kb")})
+        budget = Budget(**{k: kw.pop(k) for k in ("latency_ms", "size_kb", "bops", "ram_kb", "flash_kb")})
         return {**kw, "budget": budget}
 
     return _fold(options, fold)(f)

@@ -136,6 +136,10 @@ def _latency(out: Rendered, v: ValidationReport | None, pred: PredictedLatency |
     err = f" ({100 * lat.error:+.1f} % against the prediction)" if lat.error is not None else ""
     out.blocks.append(("p", f"Measured on {target}: median {_ms(lat.median_ms)} over {lat.runs} runs "
                             f"(p10 {_ms(lat.p10_ms)}, p90 {_ms(lat.p90_ms)}); predicted {_ms(pred_ms)}{err}."))
+    if v.device.get("runtime") == "tflite_micro":
+        out.blocks.append(("p", f"These are TFLite Micro's kernels timed on this host's CPU "
+                                f"({v.device.get('cpu', 'unknown')}), not on a microcontroller: the arena and "
+                                "flash carry over to a board, the milliseconds do not."))
 
 
 def _size(out: Rendered, d: DeployResult | None, v: ValidationReport | None) -> None:

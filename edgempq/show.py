@@ -69,6 +69,9 @@ def profile(table: Any, title: str) -> None:
             rows = [table.row(la.signature, p) for p in precs]
             t.add_row(la.name, la.kind, f"{la.macs:,}", *(f"{r.latency_ms:.3f}" if r else "-" for r in rows))
     console().print(t)
+    if table.target.microcontroller:
+        click.echo(f"{table.target.name} runs TFLite Micro's kernels on this CPU: its milliseconds are this CPU's, "
+                   "not a microcontroller's; the arena and flash carry over to a board")
     for p, ms in table.whole_ms.items():
         rows_sum = ms - table.overhead_ms.get(p, 0.0)
         click.echo(f"uniform {p:>5}: whole model {ms:8.3f} ms measured; its layers alone sum to {rows_sum:8.3f} ms "
@@ -114,12 +117,72 @@ def policy(policy: Any, layers: list, table: Any) -> None:
     pred, b = policy.predicted, policy.budget
     lines = [("latency", pred.get("latency_ms"), b.latency_ms, "ms", 1.0),
              ("size", pred["size_bytes"], b.size_kb, "KB", 1024.0), ("BOPs", pred["bops"], b.bops, "", 1.0),
+             ("flash", pred.get("flash_bytes"), b.flash_kb, "KB", 1024.0),
              ("RAM (largest layer)", pred["ram_bytes"], b.ram_kb, "KB", 1024.0)]
     for label, v, limit, unit, scale in lines:
         if v is not None:
             cap = f" (budget {limit:g})" if limit is not None else ""
             click.echo(f"predicted {label}: {v / scale:.6g} {unit}{cap}")
     click.echo(f"objective {pred['objective']:.6g}" + (f", gap {policy.gap:.2%}" if policy.gap else ""))
+
+
+def ptq_used(quant: Any, calibration: int) -> None:
+    """How evaluate's policies were quantized: the PTQ algorithm, the parameters given, bias
+    correction, activation ranges, the calibration samples."""
+    from dataclasses import asdict
+
+    from .quant.weights import algorithm
+
+    defaults = asdict(algorithm(quant.weights, []).params)
+    given = ", ".join(f"{k}={v}" for k, v in quant.weight_params.items() if defaults.get(k) != v)
+    click.echo(f"PTQ {quant.weights} ({given or 'default parameters'}), "
+               f"{'with' if quant.bias_correction else 'without'} bias correction, "
+               f"activation ranges {quant.act_method}, on the calibration split ({calibration} samples)")
+
+
+def quantizer_said(p: dict[str, Any]) -> str:
+    """How a measuring method quantized each layer, for the summary line ('' for the others)."""
+    if "ptq" not in p:
+        return ""
+    return (f", each layer quantized by PTQ {p['ptq']} ({p.get('ptq_params') or 'default parameters'}, "
+            f"{'with' if p.get('bias_correction') else 'without'} bias correction, activation ranges "
+            f"{p.get('act_range')})")
+
+
+def searched(res: Any) -> None:
+    """A search's policy and predictions, the limits taken from the target, the layers kept out
+    of the search, the policy against all-int8 and all-float, and the warnings."""
+    table = res.table
+    policy(res.policy, list(table.layers), table)
+    if res.from_target:
+        click.echo("limits of target " + table.target.name + " applied: " + ", ".join(
+            f"{k} = {getattr(res.budget, k):g}" for k in res.from_target) + " (--no-target-limits to lift them)")
+    if res.kept:
+        click.echo("kept out of the search: " + ", ".join(
+            f"{n} at {p}" + ("" if why == "pinned" else f" ({why})") for n, p, why in res.kept))
+    ms = res.policy.predicted.get("latency_ms")
+    if ms is not None and res.references:
+        click.echo(f"predicted latency {ms:.3g} ms against " + ", ".join(
+            f"{r.label} {r.latency_ms:.3g} ms ({'measured' if r.measured else 'predicted'})" for r in res.references))
+    if table.target.microcontroller:
+        click.echo(f"{table.target.name}'s timings are of the CPU that profiled it, not of a microcontroller's: "
+                   "its flash and RAM carry over, its milliseconds do not")
+    for w in res.warnings:
+        click.echo(f"warning: {w}", err=True)
+
+
+def front(f: Any) -> None:
+    """A sweep's front, one line a budget, the held target limits and the collapse warning."""
+    if f.from_target:
+        click.echo(f"held at target {f.target}'s limits: " + ", ".join(f"{k} = {getattr(f.held, k):g}"
+                                                                          for k in f.from_target))
+    for p in f.points:
+        pred = p.get("predicted", {})
+        click.echo(f"{f.key}={p['budget'][f.key]:<12.6g} " + (
+            f"objective {p['objective']:<10.4g} latency {pred.get('latency_ms', float('nan')):.3f} ms, "
+            f"size {pred['size_bytes'] / 1024:.1f} KB" if p["feasible"] else "infeasible"))
+    if f.note:
+        click.echo(f"warning: {f.note}", err=True)
 
 
 def deployed(report: DeployResult, folder: str) -> None:
