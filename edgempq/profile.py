@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 import json
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -131,6 +131,14 @@ class RowCache:
             return {}
         return {k: v for k, v in d.items() if isinstance(v, int | float) and not isinstance(v, bool) and v >= 0}
 
+    def get_graph(self, arch_key: str) -> dict | None:
+        """The cached float-graph skeleton of `arch_key`, or None."""
+        return self._get(f"graph-{arch_key}")
+
+    def put_graph(self, arch_key: str, graph: dict) -> None:
+        """Cache the float-graph skeleton of `arch_key`."""
+        self._put(f"graph-{arch_key}", graph)
+
     def put_whole(self, arch_key: str, precision: str, ms: float, sizes: dict[str, int] | None = None) -> None:
         """Cache a whole-model median latency of `ms` milliseconds (and its `sizes`)."""
         self._put(f"whole-{arch_key}-{precision}", {"median_ms": ms, **(sizes or {})})
@@ -187,6 +195,7 @@ class Whole:
     mixed_ms: dict[str, float]
     model_bytes: dict[str, int]
     arena_bytes: dict[str, int]
+    graph: Any = None  # on microcontrollers, the float graph's skeleton (arena.Graph) the arena is predicted on
 
 
 @dataclass(frozen=True)
@@ -239,7 +248,7 @@ def measure_whole(backend: Backend, whole: WholeModel, layers: list[Layer], targ
     same per-layer recipe (and checks) as any policy; the uniform models' sizes and arenas too."""
     todo = _whole_policies(layers, target)
     key = whole.key(layers)
-    out = Whole({}, {}, {}, {})
+    out = Whole({}, {}, {}, {}, _cached_graph(cache, key) if target.microcontroller else None)
     pending: list[tuple[str, str, str, bytes]] = []
     base, module = None, None
     for i, (what, p, assign) in enumerate(todo):
@@ -256,6 +265,14 @@ def measure_whole(backend: Backend, whole: WholeModel, layers: list[Layer], targ
             module = whole.timing_copy()
             base = float_tflite(module, whole.input_shape)
         pending.append((what, p, f"{key}-{variant}", _whole_tflite(layers, base, assign, module)))
+    if target.microcontroller and out.graph is None:
+        if base is None:
+            from .export.float_graph import float_tflite
+
+            module = whole.timing_copy()
+            base = float_tflite(module, whole.input_shape)
+        out = replace(out, graph=_skeleton(layers, base, module))
+        cache.put_graph(key, out.graph.to_dict())
     times = _timed_rounds(backend, pending, len(todo), cache, on_step)
     for what, p, ck, model in pending:
         sizes = {"model_bytes": len(model)} if what == "uniform" else {}
@@ -276,6 +293,25 @@ def _whole_policies(layers: list[Layer], target: Target) -> list[tuple[str, str,
         if assign is not None and p in {str(q) for q in assign.values()}:
             todo.append(("uniform", p, assign))
     return todo + [("mixed", k, a) for k, a in alternating_policies(layers, target).items()]
+
+
+def _cached_graph(cache: RowCache, key: str) -> Any:
+    from .schema.graph import Graph
+
+    d = cache.get_graph(key)
+    try:
+        return Graph.from_dict(d) if d is not None else None
+    except ConfigError:
+        return None  # a damaged entry: built again
+
+
+def _skeleton(layers: list[Layer], base: bytes, module: Any) -> Any:
+    """The float graph's skeleton (see arena.Graph), its ops named by the layers they carry."""
+    from .export.mapping import fixed_ops, map_layers, torch_weights
+    from .export.skeleton import skeleton
+
+    mapping = map_layers(layers, base, torch_weights(module, layers))
+    return skeleton(base, mapping, fixed_ops(layers, base, torch_weights(module, layers, fixed=True), mapping))
 
 
 def _whole_tflite(layers: list[Layer], base: bytes, assign: dict[str, Precision], module: Any) -> bytes:
@@ -352,7 +388,7 @@ def profile(layers: list[Layer], target: Target, model_hash: str, use_cache: boo
                 row = measure(backend, job, floats[sig])
                 cache.put(job, row)
             rows.append(row)
-        measured = Whole({}, {}, {}, {})
+        measured = Whole({}, {}, {}, {}, None)
         if whole is not None:
             measured = measure_whole(backend, whole, layers, target, cache, on_step)
         if on_step:
@@ -361,4 +397,4 @@ def profile(layers: list[Layer], target: Target, model_hash: str, use_cache: boo
     edges = tuple(layer_edges(whole.module, layers)) if whole is not None else ()
     return CostTable(target, fingerprint, model_hash, tuple(layers), tuple(rows), measured.uniform_ms,
                      overheads(by_key, layers, target, measured.uniform_ms), edges, measured.mixed_ms,
-                     whole_bytes=measured.model_bytes, whole_arena_bytes=measured.arena_bytes)
+                     whole_bytes=measured.model_bytes, whole_arena_bytes=measured.arena_bytes, graph=measured.graph)

@@ -52,6 +52,16 @@ class Problem:
     constant: dict[str, float] = field(default_factory=dict)  # metric field -> value
     # ms the device spends between two layers for their pair of choices (tensor conversions)
     latency_pairs: dict[tuple[tuple[str, str], tuple[str, str]], float] = field(default_factory=dict)
+    # linear rows every policy must meet: Σ coefficient × [layer takes precision] ≤ limit
+    rows: tuple[Row, ...] = ()
+
+
+@dataclass(frozen=True)
+class Row:
+    """A linear constraint on the choices: Σ coefficient · x(layer, precision) ≤ limit."""
+
+    coefficients: dict[tuple[str, str], float]
+    limit: float
 
 
 @dataclass(frozen=True)
@@ -249,6 +259,8 @@ def _base_model(problem: Problem, budget: Budget) -> tuple[mip.Model, dict, dict
             # a choice whose working set alone is over the RAM budget is excluded outright
             x[(la, c.precision)] = m.add_var(var_type=mip.BINARY, ub=0 if c.ram_bytes > ram_limit else 1)
         m += mip.xsum(x[(la, c.precision)] for c in options) == 1
+    for row in problem.rows:
+        m += mip.xsum(v * x[c] for c, v in row.coefficients.items() if c in x) <= row.limit
     for members, common in _group_options(problem):
         for la in members:
             for c in problem.choices[la]:

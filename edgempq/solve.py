@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, replace
+from typing import Any
 
 from .costs import bops, weight_bytes, working_set_bytes
 from .errors import ConfigError
-from .program import Choice, Problem, solve_problem
+from .program import Choice, Problem, Row, solve_problem
 from .schema import Budget, CostTable, Layer, Policy, Precision, Sensitivity, Target
 
 
@@ -93,17 +94,26 @@ class SolveOptions:
 def solve(layers: list[Layer], sensitivity: Sensitivity, costs: CostTable | None, budget: Budget, target: Target,
           options: SolveOptions | None = None) -> Policy:
     """The policy of least penalty that meets `budget` on `target`; a latency budget needs
-    `costs` (the device profile)."""
+    `costs` (the device profile). On a microcontroller profile with its graph, the RAM budget
+    holds TFLite Micro's predicted arena (see `arena`)."""
     if budget.latency_ms is not None and costs is None:
         raise ConfigError("a latency budget needs the device profile; give --profile")
     options = options if options is not None else SolveOptions()
     problem = fix_layers(build_problem(layers, sensitivity, costs, target, options.groups), options.fixed, target)
     problem = restrict(problem, options, target)
     near_tie = options.near_tie if costs is not None and budget.latency_ms is None else 0.0
-    sol = solve_problem(problem, budget, options.time_limit_s, near_tie)
+    from .arena import arena_model
+
+    model = arena_model(costs) if costs is not None and target.microcontroller else None
+    if model is not None:
+        sol, arena = _solve_in_arena(problem, budget, model, (options.time_limit_s, near_tie))
+    else:
+        sol, arena = solve_problem(problem, budget, options.time_limit_s, near_tie), None
     predicted = {"objective": sol.objective, "size_bytes": sol.totals["size_bytes"], "bops": sol.totals["bops"],
-                 "ram_bytes": sol.totals["ram_bytes"], "flash_bytes": sol.totals["flash_bytes"],
-                 "solve_seconds": sol.seconds}
+                 "ram_bytes": sol.totals["ram_bytes"] if arena is None else arena,
+                 "flash_bytes": sol.totals["flash_bytes"], "solve_seconds": sol.seconds}
+    if arena is not None:
+        predicted["arena_bytes"] = arena
     if costs is not None:
         predicted["latency_ms"] = sol.totals["latency_ms"]
     from .schema.core import QUANTIZER_KEYS, _quantizer
@@ -112,6 +122,73 @@ def solve(layers: list[Layer], sensitivity: Sensitivity, costs: CostTable | None
     return Policy({la: Precision.parse(p) for la, p in sol.precisions.items()}, budget, sensitivity.method,
                   target.name, sensitivity.model_hash, predicted, sol.status, sol.gap,
                   _quantizer(quantizer) if "ptq" in quantizer else None)
+
+
+ARENA_ROUNDS = 12
+
+
+def _solve_in_arena(problem: Problem, budget: Budget, model: Any, limits: tuple[float, float]) -> tuple[Any, int]:
+    """Solve with the RAM budget held on TFLite Micro's predicted arena. The solver holds the
+    bytes alive at every op (linear in the choices) plus the persistent tail under the budget,
+    for each width the ops between layers may compute at (the policy's most common activation
+    bits, a majority row); the planner's packing adds to those bytes, so each solution's arena
+    is predicted exactly and, while it is over, the rows are tightened by the excess."""
+    from .errors import InfeasibleError
+
+    if budget.ram_kb is None:
+        sol = solve_problem(problem, budget, *limits)
+        return sol, model.predict(_precisions(sol)).total
+    free, ram, tail = replace(budget, ram_kb=None), budget.ram_kb * 1024, model.anchor_tail()
+    first = solve_problem(problem, free, *limits)  # the other budgets' own infeasibility is theirs to say
+    least = model.predict(_precisions(first)).total
+    if least <= ram:
+        return first, least
+    choices = {n: [c.precision for c in cs] for n, cs in problem.choices.items()}
+    best = None
+    for bits in sorted({Precision.parse(p).act_bits for cs in choices.values() for p in cs
+                        if not Precision.parse(p).is_float}):
+        live = model.live_rows(choices, bits)
+        excess = 0.0
+        for _ in range(ARENA_ROUNDS):
+            rows = tuple(Row({k: v for k, v in r.items() if k != ("", "")}, ram - tail - excess - r[("", "")])
+                         for r in live) + (_majority(choices, bits),)
+            try:
+                sol = solve_problem(replace(problem, rows=problem.rows + rows), free, *limits)
+            except InfeasibleError:
+                break
+            arena = model.predict(_precisions(sol)).total
+            least = min(least, arena)
+            if arena <= ram:
+                if best is None or sol.objective < best[0].objective:
+                    best = (sol, arena)
+                break
+            excess += arena - ram
+    if best is None:
+        narrow = {n: min((Precision.parse(p) for p in ps), key=lambda q: (q.act_bits, -q.weight_bits))
+                  for n, ps in choices.items()}
+        floor = model.predict(narrow)
+        least = min(least, floor.total)
+        where = f" (it peaks where the tensors of {', '.join(floor.peak_layers[:4])} are alive)" if floor.peak_layers \
+            else ""
+        raise InfeasibleError(f"budget ram_kb={budget.ram_kb:g} cannot be met on TFLite Micro: the policies tried "
+                              f"need {least / 1024:.1f} KB of arena at least{where}; raise ram_kb to that, or make "
+                              "those layers' activations smaller (a smaller input, fewer channels)")
+    return best
+
+
+def _majority(choices: dict[str, list[str]], bits: int) -> Row:
+    """The policy's most common integer activation width is `bits`: no other width more often."""
+    coef = {}
+    for n, ps in choices.items():
+        for p in ps:
+            q = Precision.parse(p)
+            if not q.is_float:
+                coef[(n, p)] = -1.0 if q.act_bits == bits else 1.0
+    return Row(coef, 0.0)
+
+
+def _precisions(sol: Any) -> dict[str, Precision]:
+    return {n: Precision.parse(p) for n, p in sol.precisions.items()}
 
 
 def _widest(options: list[Choice]) -> Choice:

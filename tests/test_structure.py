@@ -112,7 +112,7 @@ def test_registries_are_full_after_a_plain_import():
 
 def test_the_core_loads_no_torch():
     out = _run("import sys\nimport edgempq.assign, edgempq.costs, edgempq.latency, edgempq.schema\n"
-               "import edgempq.program, edgempq.solve, edgempq.search, edgempq.memory\nimport edgempq.cli\n"
+               "import edgempq.program, edgempq.solve, edgempq.search, edgempq.memory, edgempq.arena\nimport edgempq.cli\n"
                "print('torch' in sys.modules)")
     assert out == "False"
 

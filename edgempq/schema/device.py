@@ -23,6 +23,7 @@ from .core import (
     _check_keys,
     _check_version,
 )
+from .graph import Graph
 
 # Backend name -> the keys of its [connection] (where the device is and how to reach it). Each
 # backend registers itself here as `edgempq.backends` imports it (which `import edgempq` does).
@@ -308,6 +309,8 @@ class CostTable(JsonDoc):
     # what the flash and RAM predictions are calibrated on
     whole_bytes: dict[str, int] = field(default_factory=dict)
     whole_arena_bytes: dict[str, int] = field(default_factory=dict)
+    # on microcontrollers, the float graph's skeleton the arena is predicted on (see edgempq.arena)
+    graph: Graph | None = None
 
     def row(self, signature: str, precision: Precision | str) -> CostRow | None:
         """The measurement of layer signature `signature` at `precision`, None if it was not measured."""
@@ -328,6 +331,8 @@ class CostTable(JsonDoc):
         for k in ("whole_bytes", "whole_arena_bytes"):
             if getattr(self, k):
                 d[k] = dict(getattr(self, k))
+        if self.graph is not None:
+            d["graph"] = self.graph.to_dict()
         return d | {"sha256": _checksum(d)}
 
     @classmethod
@@ -336,7 +341,7 @@ class CostTable(JsonDoc):
         hand-edited profile (one changed latency would steer the search) is refused, not used."""
         _check_keys(d, "profile", {"schema_version", "target", "fingerprint", "model_hash", "layers", "rows"},
                     {"whole_ms", "overhead_ms", "edges", "mixed_ms", "folded", "arch_hash", "whole_bytes",
-                     "whole_arena_bytes", "sha256"})
+                     "whole_arena_bytes", "graph", "sha256"})
         _check_version(d, "profile")
         if not all(isinstance(d[k], list) for k in ("layers", "rows")) or not isinstance(d["fingerprint"], dict):
             raise ConfigError("profile layers and rows must be lists and fingerprint an object")
@@ -370,7 +375,7 @@ class CostTable(JsonDoc):
                    {k: float(v) for k, v in d.get("overhead_ms", {}).items()},
                    tuple((a, b, n) for a, b, n in edges), {k: float(v) for k, v in d.get("mixed_ms", {}).items()},
                    dict(folded), d.get("arch_hash"), dict(d.get("whole_bytes", {})),
-                   dict(d.get("whole_arena_bytes", {})))
+                   dict(d.get("whole_arena_bytes", {})), _graph(d.get("graph")))
 
 
 def _check_extras(d: dict[str, Any]) -> None:
@@ -386,6 +391,10 @@ def _check_extras(d: dict[str, Any]) -> None:
         if not isinstance(v, dict) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
                                               for n in v.values()):
             raise ConfigError(f"profile {k} must map precisions to byte counts")
+
+
+def _graph(d: Any) -> Graph | None:
+    return Graph.from_dict(d) if d is not None else None
 
 
 def _checksum(d: dict[str, Any]) -> str:
