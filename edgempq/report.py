@@ -150,7 +150,9 @@ def _size(out: Rendered, d: DeployResult | None, v: ValidationReport | None) -> 
             ["weights, stored in the artifact", _kb(wb.artifact if wb else None)]]
     arena = (v.size.arena_bytes if v else None) or (d.arena_bytes if d else None)
     if arena:
-        rows.append(["TFLite Micro arena", _kb(arena)])
+        rows.append(["TFLite Micro arena, measured", _kb(arena)])
+    if d is not None and d.arena_predicted_bytes:
+        rows.append(["TFLite Micro arena, predicted from the profile", _kb(d.arena_predicted_bytes)])
     out.blocks.extend([("h2", "Size"), ("table", ["", "bytes"], rows)])
 
 

@@ -118,7 +118,8 @@ def policy(policy: Any, layers: list, table: Any) -> None:
     lines = [("latency", pred.get("latency_ms"), b.latency_ms, "ms", 1.0),
              ("size", pred["size_bytes"], b.size_kb, "KB", 1024.0), ("BOPs", pred["bops"], b.bops, "", 1.0),
              ("flash", pred.get("flash_bytes"), b.flash_kb, "KB", 1024.0),
-             ("RAM (largest layer)", pred["ram_bytes"], b.ram_kb, "KB", 1024.0)]
+             ("TFLite Micro arena" if "arena_bytes" in pred else "RAM (largest layer)", pred["ram_bytes"], b.ram_kb,
+              "KB", 1024.0)]
     for label, v, limit, unit, scale in lines:
         if v is not None:
             cap = f" (budget {limit:g})" if limit is not None else ""
@@ -199,7 +200,8 @@ def deployed(report: DeployResult, folder: str) -> None:
     sim = report.scores.get("simulated") or {"top1": report.simulated_top1}
     click.echo(f"simulated {describe(sim)} ({report.task}); model.tflite {report.tflite_bytes / 1024:.1f} KB, "
                f"weights {wb.artifact / 1024:.1f} KB (predicted {wb.predicted / 1024:.1f} KB)"
-               + (f", TFLite Micro arena {report.arena_bytes / 1024:.1f} KB" if report.arena_bytes else ""))
+               + (f", TFLite Micro arena {report.arena_bytes / 1024:.1f} KB" if report.arena_bytes else "")
+               + (f" (predicted {report.arena_predicted_bytes / 1024:.1f} KB)" if report.arena_predicted_bytes else ""))
     from .report import ptq_summary
 
     warning = loss_warning(report.task, report.scores.get("float", {}), sim)

@@ -67,6 +67,7 @@ def deploy(model: LoadedModel, data: Dataset, policy: Policy, target: Target, cf
 
         check_sweep(cfg.sweep, "the sweep")
     latency = predicted_latency(policy, cfg.profile, target, ModelKey(model.arch_hash, model.model_hash))
+    arena = predicted_arena(policy, cfg.profile, target)
     qmodel, ptq = quantized(model, data, policy, quant, cfg.qat_epochs, cfg.on_step)
     art = build(layers, qmodel, model.input_shape, policy, data.split("calibration")[0])
     io = io_details(art.tflite)  # the simulation holds the artifact's input ranges (see export.exact) from here
@@ -74,8 +75,25 @@ def deploy(model: LoadedModel, data: Dataset, policy: Policy, target: Target, cf
         art.files = dict(zip(("model_data.h", "model_data.cc"), c_array(art.tflite), strict=True))
         microcontroller_checks(art, target)
     result = _result(model, data, policy, target, cfg, art=art, layers=layers, ptq=ptq.to_dict(), io=io,
-                     latency=latency, scores=_scores(model, qmodel, art, data, io["output"]))
+                     latency=latency, scores=_scores(model, qmodel, art, data, io["output"]), arena=arena)
     return Deployment(result, art, policy, _state_bytes(qmodel))
+
+
+def predicted_arena(policy: Policy, table: CostTable | None, target: Target) -> int | None:
+    """The TFLite Micro arena `table` (a microcontroller profile) predicts for `policy`, refused
+    before anything is converted when it is over the target's ram_kb; None without such a profile."""
+    from ..arena import arena_model
+    from ..errors import DeviceError
+
+    model = arena_model(table) if target.microcontroller else None
+    if model is None:
+        return None
+    arena = model.predict(dict(policy.precisions)).total
+    if target.ram_kb is not None and arena > target.ram_kb * 1024:
+        raise DeviceError(f"the policy needs {arena / 1024:.1f} KB of TFLite Micro arena (predicted from the profile) "
+                          f"but target {target.name} has ram_kb = {target.ram_kb:g}; search again (search holds the "
+                          "target's ram_kb) or give a policy with fewer 16-bit activations")
+    return arena
 
 
 def _scores(model: LoadedModel, qmodel: Any, art: Artifact, data: Dataset,
@@ -111,6 +129,7 @@ def _result(model: LoadedModel, data: Dataset, policy: Policy, target: Target, c
         exact=ExactCheck(len(art.exact), art.exact), quantizer_note=quantizer_mismatch(policy, quant),
         input_ranges=art.input_ranges, output_rounding=art.rounding, skip_rounding=art.skips,
         skip_notes=tuple(art.skip_notes), tflite_bytes=len(art.tflite), arena_bytes=art.arena_bytes,
+        arena_predicted_bytes=built.get("arena"),
         input=IOTensor.from_dict(built["io"]["input"]), output=IOTensor.from_dict(built["io"]["output"]),
         weight_bytes=WeightBytes(policy_weight_bytes(layers, policy),
                                  sum(f["weight_bytes"] for f in art.found.values()) + fixed),

@@ -236,6 +236,7 @@ class DeployResult(Record):
     skip_rounding: dict[str, Json] = dataclasses.field(default_factory=dict)
     skip_notes: tuple[str, ...] = ()
     arena_bytes: int | None = None
+    arena_predicted_bytes: int | None = None  # the arena the profile predicted (edgempq.arena)
     latency: PredictedLatency | None = None
     sweep: Json | None = None
     sha256: dict[str, str] = dataclasses.field(default_factory=dict)
