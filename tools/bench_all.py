@@ -14,6 +14,8 @@ Parts (each also runnable alone as tools/bench_<part>.py):
   ptq       the PTQ weight algorithms on Adam-trained models, simulated and deployed; ResNet-18 PTQ time;
             parts 1 and 2's mixed policies with the first round's PTQ and the default
   models    eleven edge architectures through every step of the pipeline (tools/benchnets.py)
+  arena     TFLite Micro's arena predicted from the profile against the interpreter's, mixed policies
+  latency   the latency model's hit rates (±5 %, ±10 %) on random mixed policies, host and tflm-host
 
 Each part writes bench_results/all/<part>.json; BENCHMARKS.md and its plots (benchmarks/*.png)
 are written from whichever parts have results.
@@ -34,9 +36,9 @@ import benchkit  # noqa: E402
 from bench_device import KINDS  # noqa: E402
 from benchkit import RESULTS, log  # noqa: E402
 
-PARTS = ("device", "methods", "costs", "fidelity", "ptq", "models")
+PARTS = ("device", "methods", "costs", "fidelity", "ptq", "models", "arena", "latency")
 # fidelity right after the artifacts; ptq reads the policies of device and methods; costs reads methods
-RUN_ORDER = ("device", "fidelity", "methods", "ptq", "costs", "models")
+RUN_ORDER = ("device", "fidelity", "methods", "ptq", "costs", "models", "arena", "latency")
 ROOT = Path(__file__).resolve().parent.parent
 MD = ROOT / "BENCHMARKS.md"
 SEARCH_TARGET_S = 30.0
@@ -443,6 +445,14 @@ def part_sections(parts: dict, plots: Path, base: Path) -> dict[str, str]:
         import bench_models
 
         out["models"] = bench_models.section(parts["models"], table) + "\n"
+    if parts["arena"]:
+        import bench_arena
+
+        out["arena"] = bench_arena.section(parts["arena"], table) + "\n"
+    if parts["latency"]:
+        import bench_latency
+
+        out["latency"] = bench_latency.section(parts["latency"], table) + "\n"
     return out
 
 

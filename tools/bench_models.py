@@ -169,20 +169,22 @@ class _Run:
 
         from edgempq.export.stage import DeployConfig
         from edgempq.pipeline import ValidateOptions, deploy, layer_precisions, sensitivity, validate
-        from edgempq.preflight import converter_fixed
-        from edgempq.profile import profile
+        from edgempq.profile import WholeModel, profile
         from edgempq.schema import Budget
-        from edgempq.solve import SolveOptions, solve
+        from edgempq.search import SearchRequest, search
         from edgempq.targets import load_target
 
         target = load_target(self.target)
-        table = self.step("profile", lambda: replace(profile(layers, target, model.model_hash), folded=folded))
+        whole = WholeModel(model.module, model.input_shape)  # as `edgempq profile` measures by default
+        table = self.step("profile", lambda: replace(profile(layers, target, model.model_hash, whole=whole),
+                                                     folded=folded, arch_hash=model.arch_hash))
         sens = self.step("sensitivity", lambda: sensitivity(model, ds, METHOD, layer_precisions(layers,
                                                                                                  device=self.target)))
         budget = Budget(size_kb=_size_budget(layers, target, set(folded)) / 1024)
-        options = SolveOptions(fixed=converter_fixed(table, set()))
-        policy = self.step("search", lambda: solve(layers, sens, table, budget, target, options))
+        # as `edgempq search` does: the target's flash and RAM held too, the folded layers at f32
+        policy = self.step("search", lambda: search(table, sens, SearchRequest(budget)).policy)
         self.row["policy"] = {n: str(p) for n, p in policy.precisions.items()}
+        self.row["predicted_arena"] = policy.predicted.get("arena_bytes")
         folder = self.folder / f"{self.name}-artifact"
         cfg = DeployConfig(profile=table, weights=self.row["weights"], data_spec=data)
         dep = self.step("deploy", lambda: deploy(model, ds, policy, self.target, folder, cfg))
@@ -192,7 +194,7 @@ class _Run:
         self.row.update(artifact_top1=val.artifact_top1, agreement=val.agreement.top1 if val.agreement else None,
                         snr_db=val.agreement.snr_db if val.agreement else None, scores=val.scores,
                         latency_ms=val.latency.median_ms, predicted_ms=val.latency.predicted_ms,
-                        tflite_bytes=val.size.tflite_bytes)
+                        tflite_bytes=val.size.tflite_bytes, arena=val.size.arena_bytes)
 
 
 def _size_budget(layers: list, target: Any, folded: set[str]) -> float:
@@ -270,6 +272,10 @@ def section(res: dict, table: Any) -> str:
                          f"float model at {100 * floats.get('top1', float('nan')):.1f} % top-1 (logits near ties flip "
                          f"on small differences); output SNR {m.get('snr_db', float('nan')):.1f} dB")
         if m.get("target", res["target"]) != res["target"]:
+            if m.get("arena") and m.get("predicted_arena"):
+                notes.append(f"- {m['model']} on {m['target']}: TFLite Micro arena {m['arena'] / 1024:.1f} KB "
+                             f"measured, {m['predicted_arena'] / 1024:.1f} KB predicted by the search "
+                             f"({100 * (m['predicted_arena'] / m['arena'] - 1):+.2f} %)")
             continue  # the layer notes are the host row's
         if m.get("folded"):
             notes.append(f"- {m['model']}: kept at f32 by the preflight (the converter folds into their weights): "
