@@ -97,7 +97,12 @@ def search(table: CostTable, sens: Sensitivity, request: SearchRequest) -> Searc
     policy = solve(list(table.layers), sens, table, budget, table.target, options)
     kept = tuple((n, str(policy.precisions[n]), why) for n, _, why in kept)
     refs = references(table)
-    return Searched(policy, table, budget, from_target, kept, refs, tuple(slow_warnings(policy, table, refs)))
+    warnings = slow_warnings(policy, table, refs)
+    if table.target.microcontroller and budget.ram_kb is not None and "arena_bytes" not in policy.predicted:
+        warnings.append("this profile has no whole-model measurements (profiled with --layers-only, or by an older "
+                        "edgempq), so RAM was held on each layer's own single-layer arena, not on the model's; "
+                        "profile again without --layers-only for TFLite Micro's arena")
+    return Searched(policy, table, budget, from_target, kept, refs, tuple(warnings))
 
 
 def references(table: CostTable) -> tuple[Reference, ...]:

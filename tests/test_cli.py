@@ -149,6 +149,8 @@ def test_profile_prints_layer_costs_and_whole_model_errors(tmp_path):
     p = run("search", "--profile", str(out), "--sensitivity", str(sens), "--latency-ms", str(whole * 3),
             "--ram-kb", "64", "-o", str(pol))
     assert "predicted latency" in p.stdout and "(budget 64)" in p.stdout
+    assert "against all-int8" in p.stdout and "(measured)" in p.stdout and "predicted TFLite Micro arena" in p.stdout
+    assert "tflm-host's timings are of the CPU that profiled it" in p.stdout
     assert {r["layer"] for r in json.loads(pol.read_text())["layers"]} == {"0", "2", "5"}
     p = run("search", "--profile", str(out), "--sensitivity", str(sens), "--size-kb", "64", "--pin", "2=w4a8",
             "--fixed", "5", "-o", str(pol))

@@ -150,3 +150,13 @@ def test_microcontroller_targets_offer_no_float_unless_their_file_says_so():
     assert ok.microcontroller and Precision.parse("f32") in ok.allowed("conv")
     assert Target.from_dict(ok.to_dict()) == ok and ok.to_dict()["allow_float"] is True
     assert not target().microcontroller
+
+
+def test_a_microcontroller_profile_without_whole_models_says_its_ram_is_per_layer():
+    mcu = Target.from_dict({"name": "mcu", "backend": "tflm", "ram_kb": 64,
+                            "precisions": {k: ["w8a8", "w8a16"] for k in ("conv", "dwconv", "linear")}})
+    table = replace(profile_of(target()), target=mcu, whole_ms={}, whole_bytes={})
+    table = replace(table, rows=tuple(replace(r, ram_bytes=1000) for r in table.rows if r.precision != "f32"))
+    res = search(table, sens_of(table), SearchRequest(Budget(size_kb=1.0)))
+    assert res.from_target == ("ram_kb",) and "arena_bytes" not in res.policy.predicted
+    assert any("no whole-model measurements" in w for w in res.warnings)
