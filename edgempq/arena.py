@@ -21,6 +21,7 @@ within 0.03 % (tools/bench_arena.py)."""
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,8 +49,6 @@ def _bits(p: Precision) -> int:
 
 
 def _common_bits(precisions: dict[str, Precision]) -> int:
-    from collections import Counter
-
     c = Counter(p.act_bits for p in precisions.values() if not p.is_float)
     return c.most_common(1)[0][0] if c else 32
 
@@ -113,13 +112,10 @@ def plan(graph: Graph, layers: dict[str, Layer], precisions: dict[str, Precision
             bits[t], writer[t] = b, o.layer if p is not None else ""
             first.setdefault(t, step)
             last[t] = max(last.get(t, step), step)
-        if p is not None and not p.is_float:
-            la = layers[o.layer]
-            if p.weight_bits == 4 and o.op == "CONV_2D":  # noqa: PLR2004
-                scratch.append((la.weight_count, step))
-                int4 += 1
-            if o.op == "TRANSPOSE_CONV":
-                scratch.append((math.prod(la.out_shape) * (4 if p.act_bits <= 8 else 8), step))  # noqa: PLR2004
+        need = _scratch(layers[o.layer], p, o.op) if p is not None else 0
+        if need:
+            scratch.append((need, step))
+            int4 += o.op == "CONV_2D"
         step += 1
     outputs = read(list(graph.outputs), out_bits)
     for t in outputs:
@@ -127,6 +123,18 @@ def plan(graph: Graph, layers: dict[str, Layer], precisions: dict[str, Precision
     bufs = [(_align(elements[t] * _bytes(bits[t])), first[t], last[t], t, writer.get(t, "")) for t in sorted(first)]
     bufs += [(_align(n), s, s, fresh + i, "") for i, (n, s) in enumerate(scratch)]
     return _Planned(bufs, len(converted), int4)
+
+
+def _scratch(layer: Layer, p: Precision, op: str) -> int:
+    """The scratch bytes a layer's op asks TFLite Micro for while it runs: an int4 conv's weights
+    unpacked to int8, an integer transposed conv's accumulators (int32, int64 beside int16)."""
+    if p.is_float:
+        return 0
+    if p.weight_bits == 4 and op == "CONV_2D":
+        return layer.weight_count
+    if op == "TRANSPOSE_CONV":
+        return math.prod(layer.out_shape) * (4 if p.act_bits <= 8 else 8)
+    return 0
 
 
 def _align(n: int) -> int:
@@ -184,13 +192,9 @@ class ArenaModel:
             for t in (t for t in first if first[t] <= i <= last[t]):
                 _add_tensor(row, self.graph.elements[t], writer.get(t, ""), choices, common_bits)
             for p in choices.get(o.layer, ()):
-                q = Precision.parse(p)
-                la = self.layers[o.layer]
-                if not q.is_float and q.weight_bits == 4 and o.op == "CONV_2D":  # noqa: PLR2004
-                    row[(o.layer, p)] = row.get((o.layer, p), 0.0) + la.weight_count
-                if not q.is_float and o.op == "TRANSPOSE_CONV":
-                    row[(o.layer, p)] = row.get((o.layer, p), 0.0) + math.prod(la.out_shape) * (
-                        4 if q.act_bits <= 8 else 8)  # noqa: PLR2004
+                need = _scratch(self.layers[o.layer], Precision.parse(p), o.op)
+                if need:
+                    row[(o.layer, p)] = row.get((o.layer, p), 0.0) + need
             rows.append(row)
         return rows
 

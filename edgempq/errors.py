@@ -30,3 +30,7 @@ class DeviceError(EdgeMPQError):
 
 class InfeasibleError(EdgeMPQError):
     """A budget no choice of precisions can meet; the message gives the smallest achievable."""
+
+
+class SolverTimeoutError(InfeasibleError):
+    """The solver found no policy in its time limit: not a proof that none exists."""

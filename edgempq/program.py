@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError, InfeasibleError
+from .errors import ConfigError, InfeasibleError, SolverTimeoutError
 from .schema import Budget
 
 if TYPE_CHECKING:
@@ -74,6 +74,7 @@ class Solution:
     status: str  # optimal, or feasible when the time limit stopped the proof
     gap: float
     seconds: float
+    least: float | None = None  # the least penalty, when a near-tie gave a faster policy above it
 
 
 def totals(problem: Problem, pick: dict[str, str]) -> dict[str, float]:
@@ -166,9 +167,12 @@ def optimize(m: Any, seconds: float) -> Any:
             torch.set_num_threads(threads)
 
 
-def solve_problem(problem: Problem, budget: Budget, time_limit_s: float = 30.0, near_tie: float = 0.0) -> Solution:
+def solve_problem(problem: Problem, budget: Budget, time_limit_s: float = 30.0, near_tie: float = 0.0,
+                  explain: bool = True) -> Solution:
     """The optimum (or the best found in the time limit, with its gap) of `problem`; among the
-    policies whose penalty is within `near_tie` (a fraction) of the optimum's, the fastest."""
+    policies whose penalty is within `near_tie` (a fraction) of the optimum's, the fastest.
+    An infeasible problem is an InfeasibleError that says (`explain`, which takes more solves)
+    what the budgets need; a time-out, a SolverTimeoutError."""
     import mip
 
     check_feasible(problem, budget)
@@ -183,18 +187,21 @@ def solve_problem(problem: Problem, budget: Budget, time_limit_s: float = 30.0, 
     status = optimize(m, time_limit_s)
     if status not in (mip.OptimizationStatus.OPTIMAL, mip.OptimizationStatus.FEASIBLE):
         if status == mip.OptimizationStatus.INFEASIBLE:
-            raise InfeasibleError(_together_message(problem, budget))
-        raise InfeasibleError(f"the solver found no policy within {time_limit_s:g} s (status {status.name}); "
-                              "raise the time limit")
-    pick = _pick(problem, x)
+            raise InfeasibleError(_together_message(problem, budget) if explain else "no policy meets the budgets")
+        raise SolverTimeoutError(f"the solver found no policy within {time_limit_s:g} s (status {status.name}); "
+                                 "raise the time limit")
+    pick = optimal = _pick(problem, x)
     gap = 0.0 if status == mip.OptimizationStatus.OPTIMAL else float(m.gap)
     gap = gap if math.isfinite(gap) else None  # python-mip reports inf when the objective is near 0
     if status == mip.OptimizationStatus.OPTIMAL:
         left = time_limit_s - (time.perf_counter() - t0)
-        pick = _prefer_cheaper(m, problem, (x, y), scale, (left, near_tie)) or pick
+        cheaper = _prefer_cheaper(m, problem, (x, y), scale, (left, near_tie))
+        if cheaper is not None and _cost(problem, cheaper) <= _cost(problem, pick):
+            pick = cheaper  # a time-out in the second solve may stop at a slower one
+    least = objective(problem, optimal) if pick != optimal else None
     return Solution(pick, objective(problem, pick), totals(problem, pick),
                     "optimal" if status == mip.OptimizationStatus.OPTIMAL else "feasible", gap,
-                    time.perf_counter() - t0)
+                    time.perf_counter() - t0, least)
 
 
 def _metric_expr(problem: Problem, x: dict, y: dict, key: str) -> mip.LinExpr:
@@ -345,6 +352,12 @@ def _prefer_cheaper(m: mip.Model, problem: Problem, xy: tuple[dict, dict], scale
     if optimize(m, seconds_left) not in (mip.OptimizationStatus.OPTIMAL, mip.OptimizationStatus.FEASIBLE):
         return None
     return _pick(problem, x)
+
+
+def _cost(problem: Problem, pick: dict[str, str]) -> float:
+    """What a tie is broken on: the pick's latency, else its size."""
+    t = totals(problem, pick)
+    return t["latency_ms"] if any(c.latency_ms for cs in problem.choices.values() for c in cs) else t["size_bytes"]
 
 
 def _pick(problem: Problem, x: dict) -> dict[str, str]:

@@ -60,14 +60,32 @@ class Searched:
     warnings: tuple[str, ...]
 
 
-def applied_budget(budget: Budget, table: CostTable, use_target: bool) -> tuple[Budget, tuple[str, ...]]:
+def applied_budget(budget: Budget, table: CostTable, use_target: bool,
+                   swept: str | None = None) -> tuple[Budget, tuple[str, ...]]:
     """`budget` with the profiled target's ram_kb and flash_kb where the user set none (unless
-    `use_target` is False), and the names of the limits taken from the target."""
+    `use_target` is False, or a sweep varies that key), and the names of the limits taken."""
     if not use_target:
         return budget, ()
     taken = {k: getattr(table.target, k) for k in ("ram_kb", "flash_kb")
-             if getattr(table.target, k) is not None and getattr(budget, k) is None}
+             if getattr(table.target, k) is not None and getattr(budget, k) is None and k != swept}
     return replace(budget, **taken), tuple(taken)
+
+
+def limit_warnings(budget: Budget, table: CostTable, policy: Policy) -> list[str]:
+    """What the user should know of the flash and RAM the policy was held to: a budget above the
+    target's own (deploy checks the target's), and limits held on per-layer estimates."""
+    out = [f"--{k.replace('_', '-')} {getattr(budget, k):g} is above target {table.target.name}'s {k} = "
+           f"{getattr(table.target, k):g}: deploy holds the artifact to the target's"
+           for k in ("ram_kb", "flash_kb") if getattr(budget, k) is not None and getattr(table.target, k) is not None
+           and getattr(budget, k) > getattr(table.target, k)]
+    if table.target.microcontroller and budget.ram_kb is not None and "arena_bytes" not in policy.predicted:
+        out.append("this profile has no whole-model measurements (profiled with --layers-only, or by an older "
+                   "edgempq), so RAM was held on each layer's own single-layer arena, not on the model's; "
+                   "profile again without --layers-only for TFLite Micro's arena")
+    if budget.flash_kb is not None and not table.whole_bytes:
+        out.append("this profile has no whole-model sizes, so flash was held on the layers' weights alone (the "
+                   "graph and the fixed layers' overhead are not counted); profile again without --layers-only")
+    return out
 
 
 def solve_options(request: SearchRequest, table: CostTable) -> tuple[SolveOptions, tuple[tuple[str, str, str], ...]]:
@@ -91,17 +109,15 @@ def search(table: CostTable, sens: Sensitivity, request: SearchRequest) -> Searc
     uniform policies it is held against and what is worth a warning."""
     budget, from_target = applied_budget(request.budget, table, request.target_limits)
     if not budget.items():
-        raise ConfigError("give at least one budget: --latency-ms, --size-kb, --flash-kb, --bops or --ram-kb "
-                          "(or --sweep); the profiled target sets no flash or RAM limit of its own")
+        why = ("--no-target-limits lifted the target's own" if not request.target_limits
+               else "the profiled target sets no flash or RAM limit of its own")
+        raise ConfigError(f"give at least one budget: --latency-ms, --size-kb, --flash-kb, --bops or --ram-kb "
+                          f"(or --sweep); {why}")
     options, kept = solve_options(request, table)
     policy = solve(list(table.layers), sens, table, budget, table.target, options)
     kept = tuple((n, str(policy.precisions[n]), why) for n, _, why in kept)
     refs = references(table)
-    warnings = slow_warnings(policy, table, refs)
-    if table.target.microcontroller and budget.ram_kb is not None and "arena_bytes" not in policy.predicted:
-        warnings.append("this profile has no whole-model measurements (profiled with --layers-only, or by an older "
-                        "edgempq), so RAM was held on each layer's own single-layer arena, not on the model's; "
-                        "profile again without --layers-only for TFLite Micro's arena")
+    warnings = slow_warnings(policy, table, refs) + limit_warnings(budget, table, policy)
     return Searched(policy, table, budget, from_target, kept, refs, tuple(warnings))
 
 
@@ -167,9 +183,11 @@ def sweep_search(table: CostTable, sens: Sensitivity, spec: str, request: Search
     from .errors import InfeasibleError
     from .sweep import Sweep, sweep
 
-    held, from_target = applied_budget(request.budget, table, request.target_limits)
+    held, from_target = applied_budget(request.budget, table, request.target_limits, spec.partition("=")[0].strip())
     budgets = Sweep.parse(spec, held)
-    points = sweep(list(table.layers), sens, table, budgets, table.target, solve_options(request, table)[0])
+    # each point the least penalty under its budget: a front, so no near-ties traded for speed
+    options = replace(solve_options(request, table)[0], near_tie=0.0)
+    points = sweep(list(table.layers), sens, table, budgets, table.target, options)
     if not any(p["feasible"] for p in points):
         raise InfeasibleError(f"none of the budgets of the sweep {spec} can be met; at the loosest, "
                               f"{points[-1]['reason']}")

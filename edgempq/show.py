@@ -124,7 +124,9 @@ def policy(policy: Any, layers: list, table: Any) -> None:
         if v is not None:
             cap = f" (budget {limit:g})" if limit is not None else ""
             click.echo(f"predicted {label}: {v / scale:.6g} {unit}{cap}")
-    click.echo(f"objective {pred['objective']:.6g}" + (f", gap {policy.gap:.2%}" if policy.gap else ""))
+    click.echo(f"objective {pred['objective']:.6g}" + (f", gap {policy.gap:.2%}" if policy.gap else "")
+               + (f" (the least is {pred['least_objective']:.6g}: within --near-tie {pred['near_tie']:.0%} of it, the "
+                  "faster policy was taken)" if "least_objective" in pred else ""))
 
 
 def ptq_used(quant: Any, calibration: int) -> None:

@@ -114,6 +114,8 @@ def solve(layers: list[Layer], sensitivity: Sensitivity, costs: CostTable | None
                  "flash_bytes": sol.totals["flash_bytes"], "solve_seconds": sol.seconds}
     if arena is not None:
         predicted["arena_bytes"] = arena
+    if sol.least is not None and sol.least < sol.objective:  # said: the penalty is not the least
+        predicted |= {"least_objective": sol.least, "near_tie": near_tie}
     if costs is not None:
         predicted["latency_ms"] = sol.totals["latency_ms"]
     from .schema.core import QUANTIZER_KEYS, _quantizer
@@ -132,48 +134,83 @@ def _solve_in_arena(problem: Problem, budget: Budget, model: Any, limits: tuple[
     bytes alive at every op (linear in the choices) plus the persistent tail under the budget,
     for each width the ops between layers may compute at (the policy's most common activation
     bits, a majority row); the planner's packing adds to those bytes, so each solution's arena
-    is predicted exactly and, while it is over, the rows are tightened by the excess."""
+    is predicted exactly and the rows are tightened while it is over (bisected when too tight)."""
     from .errors import InfeasibleError
 
     if budget.ram_kb is None:
         sol = solve_problem(problem, budget, *limits)
         return sol, model.predict(_precisions(sol)).total
-    free, ram, tail = replace(budget, ram_kb=None), budget.ram_kb * 1024, model.anchor_tail()
+    free = replace(budget, ram_kb=None)
     first = solve_problem(problem, free, *limits)  # the other budgets' own infeasibility is theirs to say
-    least = model.predict(_precisions(first)).total
-    if least <= ram:
-        return first, least
+    seen = [(model.predict(_precisions(first)), first)]
+    if seen[0][0].total <= budget.ram_kb * 1024:
+        return first, seen[0][0].total
     choices = {n: [c.precision for c in cs] for n, cs in problem.choices.items()}
-    best = None
+    fits = []
     for bits in sorted({Precision.parse(p).act_bits for cs in choices.values() for p in cs
                         if not Precision.parse(p).is_float}):
-        live = model.live_rows(choices, bits)
-        excess = 0.0
-        for _ in range(ARENA_ROUNDS):
-            rows = tuple(Row({k: v for k, v in r.items() if k != ("", "")}, ram - tail - excess - r[("", "")])
-                         for r in live) + (_majority(choices, bits),)
-            try:
-                sol = solve_problem(replace(problem, rows=problem.rows + rows), free, *limits)
-            except InfeasibleError:
-                break
-            arena = model.predict(_precisions(sol)).total
-            least = min(least, arena)
-            if arena <= ram:
-                if best is None or sol.objective < best[0].objective:
-                    best = (sol, arena)
-                break
-            excess += arena - ram
-    if best is None:
-        narrow = {n: min((Precision.parse(p) for p in ps), key=lambda q: (q.act_bits, -q.weight_bits))
-                  for n, ps in choices.items()}
-        floor = model.predict(narrow)
-        least = min(least, floor.total)
-        where = f" (it peaks where the tensors of {', '.join(floor.peak_layers[:4])} are alive)" if floor.peak_layers \
-            else ""
-        raise InfeasibleError(f"budget ram_kb={budget.ram_kb:g} cannot be met on TFLite Micro: the policies tried "
-                              f"need {least / 1024:.1f} KB of arena at least{where}; raise ram_kb to that, or make "
-                              "those layers' activations smaller (a smaller input, fewer channels)")
-    return best
+        fits += _fit_width(replace(problem, rows=problem.rows + (_majority(choices, bits),)), free, model,
+                           (budget.ram_kb * 1024, model.live_rows(choices, bits)), limits, seen)
+    if fits:
+        sol, arena = min(fits, key=lambda f: f[0].objective)
+        return sol, arena
+    _narrowest(problem, free, model, limits, seen)
+    least = min(seen, key=lambda s: s[0].total)[0]
+    where = f" (it peaks where the tensors of {', '.join(least.peak_layers[:4])} are alive)" if least.peak_layers \
+        else ""
+    raise InfeasibleError(f"budget ram_kb={budget.ram_kb:g} cannot be met on TFLite Micro: the policies meeting the "
+                          f"other budgets need {least.total / 1024:.1f} KB of arena at least{where}; raise ram_kb to "
+                          "that, or make those layers' activations smaller (a smaller input, fewer channels)")
+
+
+def _fit_width(problem: Problem, budget: Budget, model: Any, ram: tuple[float, list], limits: tuple[float, float],
+               seen: list) -> list[tuple[Any, int]]:
+    """The policy under `ram` = (bytes, live rows) for one common width: the rows tightened by
+    each solution's excess, bisected back when they rule everything out; [] if none fits.
+    Every arena predicted is added to `seen` (arena, solution)."""
+    from .errors import InfeasibleError, SolverTimeoutError
+
+    limit, live = ram
+    tail = model.anchor_tail()
+    lo, hi, excess = 0.0, None, 0.0
+    for _ in range(ARENA_ROUNDS):
+        rows = tuple(Row({k: v for k, v in r.items() if k != ("", "")}, limit - tail - excess - r[("", "")])
+                     for r in live)
+        try:
+            sol = solve_problem(replace(problem, rows=problem.rows + rows), budget, *limits, explain=False)
+        except SolverTimeoutError:
+            raise
+        except InfeasibleError:
+            if excess <= lo:
+                return []  # the live bytes alone are over the budget at this width
+            hi, excess = excess, (lo + excess) / 2
+            continue
+        arena = model.predict(_precisions(sol))
+        seen.append((arena, sol))
+        if arena.total <= limit:
+            return [(sol, arena.total)]
+        lo = excess
+        excess += arena.total - limit
+        if hi is not None:
+            excess = min(excess, (lo + hi) / 2)
+    return []
+
+
+def _narrowest(problem: Problem, budget: Budget, model: Any, limits: tuple[float, float], seen: list) -> None:
+    """Add to `seen` the arena of the narrowest activations every layer can take, when that
+    policy meets the other budgets: the least arena the error can quote."""
+    from .errors import InfeasibleError
+
+    def width(c: Choice) -> tuple[int, int]:
+        p = Precision.parse(c.precision)
+        return p.act_bits, -p.weight_bits
+
+    narrow = {n: [min(cs, key=width)] for n, cs in problem.choices.items()}
+    try:
+        sol = solve_problem(replace(problem, choices=narrow), budget, *limits, explain=False)
+    except InfeasibleError:
+        return
+    seen.append((model.predict(_precisions(sol)), sol))
 
 
 def _majority(choices: dict[str, list[str]], bits: int) -> Row:

@@ -3,6 +3,7 @@ graphs, and on real models against the real TFLite Micro interpreter, in the sea
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import replace
 
@@ -131,3 +132,50 @@ def test_search_holds_the_arena_under_ram_kb_and_deploy_refuses_an_arena_over_it
     with pytest.raises(DeviceError, match=r"needs \d+\.\d KB of TFLite Micro arena \(predicted from the profile\) "
                                           "but target small has ram_kb"):
         predicted_arena(wide_policy, table, small)
+
+
+def mcu_table(module, shape, anchor_bytes):
+    """A hand-made tflm profile of `module`: its float graph a chain, rows of 1 ms, the uniform
+    w8a8 arena `anchor_bytes` as if measured."""
+    from edgempq.schema import CostRow, Target
+
+    layers = trace(module, shape)
+    target = Target.from_dict({"name": "mcu", "backend": "tflm", "ram_kb": 64,
+                               "precisions": {k: ["w8a8", "w8a16"] for k in ("conv", "dwconv", "linear")}})
+    names = [la.name for la in layers]
+    elements = [math.prod(shape)] + [math.prod(la.out_shape) for la in layers]
+    graph = Graph(tuple(GraphOp("CONV_2D", n, (i,), (i + 1,)) for i, n in enumerate(names)),
+                  dict(enumerate(elements)), (0,), (len(names),), len(names) + 1)
+    rows = tuple(CostRow(la.signature, p, 1.0, 1.0, 1.0, 5, 100, 1000, 1) for la in layers for p in ("w8a8", "w8a16"))
+    return CostTable(target, {}, "h", tuple(layers), rows, {"w8a8": 3.0, "w8a16": 3.0}, {}, (),
+                     whole_bytes={"w8a8": 3500, "w8a16": 3600}, whole_arena_bytes={"w8a8": anchor_bytes}, graph=graph)
+
+
+def test_the_arena_search_backs_off_when_its_rows_rule_out_everything():
+    """The rows are tightened by a mixed policy's excess; when that rules out the all-int8 policy
+    that fits, the tightening is bisected back instead of giving up."""
+    from edgempq.arena import arena_model
+    from edgempq.search import SearchRequest, search
+
+    module = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1))
+    table = mcu_table(module, (1, 8, 8), 4000)
+    model = arena_model(table)
+    int8 = model.predict({la.name: W8 for la in table.layers}).total
+    sens = Sensitivity("toy", {(la.name, p): (0.0 if p == "w8a16" and la.name == "1" else 1.0)
+                               for la in table.layers for p in ("w8a8", "w8a16")})
+    res = search(table, sens, SearchRequest(Budget(ram_kb=(int8 + 20) / 1024)))
+    assert res.policy.predicted["arena_bytes"] <= int8 + 20
+    with pytest.raises(InfeasibleError, match=r"the policies meeting the other budgets need 3\.\d KB of arena"):
+        search(table, sens, SearchRequest(Budget(ram_kb=1)))
+
+
+def test_an_older_profile_of_a_microcontroller_target_with_float_still_loads():
+    module = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1))
+    table = mcu_table(module, (1, 8, 8), 4000)
+    d = table.to_dict()
+    d["target"]["precisions"]["conv"] = ["f32", "w8a8", "w8a16"]  # as tflm-host listed it before allow_float
+    del d["sha256"]
+    from edgempq.schema.profile import _checksum
+
+    old = CostTable.from_dict(d | {"sha256": _checksum(d)})
+    assert old.target.allow_float and Precision.parse("f32") in old.target.allowed("conv")

@@ -160,3 +160,13 @@ def test_a_microcontroller_profile_without_whole_models_says_its_ram_is_per_laye
     res = search(table, sens_of(table), SearchRequest(Budget(size_kb=1.0)))
     assert res.from_target == ("ram_kb",) and "arena_bytes" not in res.policy.predicted
     assert any("no whole-model measurements" in w for w in res.warnings)
+
+
+def test_a_sweep_of_ram_does_not_hold_the_targets_ram_and_lifting_the_limits_is_said():
+    table = profile_of(target(flash_kb=100.0, ram_kb=4.0))
+    front = sweep_search(table, sens_of(table), "ram_kb=1:8:2", SearchRequest(Budget()))
+    assert front.from_target == ("flash_kb",) and "ram_kb" not in front.held.to_dict()
+    with pytest.raises(ConfigError, match="--no-target-limits lifted the target's own"):
+        search(table, sens_of(table), SearchRequest(Budget(), target_limits=False))
+    res = search(table, sens_of(table), SearchRequest(Budget(ram_kb=8.0)))
+    assert any("--ram-kb 8 is above target dev's ram_kb = 4" in w for w in res.warnings)

@@ -10,7 +10,8 @@ from .core import (
     Policy,
     Precision,
 )
-from .device import CostRow, CostTable, Target, Timing
+from .device import Target, Timing
+from .profile import CostRow, CostTable
 from .sensitivity import Sensitivity
 
 __all__ = ["DEPLOYABLE", "SCHEMA_VERSION", "SEARCHABLE_KINDS", "Budget", "CostRow", "CostTable", "JsonDoc",
