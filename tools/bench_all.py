@@ -16,6 +16,7 @@ Parts (each also runnable alone as tools/bench_<part>.py):
   models    eleven edge architectures through every step of the pipeline (tools/benchnets.py)
   arena     TFLite Micro's arena predicted from the profile against the interpreter's, mixed policies
   latency   the latency model's hit rates (±5 %, ±10 %) on random mixed policies, host and tflm-host
+  proof     latency-aware against size-only policies at the same size budget, trained models, deployed
 
 Each part writes bench_results/all/<part>.json; BENCHMARKS.md and its plots (benchmarks/*.png)
 are written from whichever parts have results.
@@ -36,9 +37,9 @@ import benchkit  # noqa: E402
 from bench_device import KINDS  # noqa: E402
 from benchkit import RESULTS, log  # noqa: E402
 
-PARTS = ("device", "methods", "costs", "fidelity", "ptq", "models", "arena", "latency")
+PARTS = ("device", "methods", "costs", "fidelity", "ptq", "models", "arena", "latency", "proof")
 # fidelity right after the artifacts; ptq reads the policies of device and methods; costs reads methods
-RUN_ORDER = ("device", "fidelity", "methods", "ptq", "costs", "models", "arena", "latency")
+RUN_ORDER = ("device", "fidelity", "methods", "ptq", "costs", "models", "arena", "latency", "proof")
 ROOT = Path(__file__).resolve().parent.parent
 MD = ROOT / "BENCHMARKS.md"
 SEARCH_TARGET_S = 30.0
@@ -453,6 +454,10 @@ def part_sections(parts: dict, plots: Path, base: Path) -> dict[str, str]:
         import bench_latency
 
         out["latency"] = bench_latency.section(parts["latency"], table) + "\n"
+    if parts["proof"]:
+        import bench_proof
+
+        out["proof"] = bench_proof.section(parts["proof"], table) + "\n"
     return out
 
 
