@@ -307,9 +307,10 @@ def _prediction(dep: DeployResult | None, policy: Policy | None, profile_path: s
             raise ConfigError("a latency prediction from --profile needs the artifact's policy; give --policy")
         table = CostTable.load(profile_path)
         policy.check_layers(list(table.layers))
-        # deploy.json names the weights, not the architecture: the policy's layers (checked
-        # above) tie it to the profile's architecture; an older profile must be of the same weights
-        return predicted_latency(policy, table, target, ModelKey(None, dep.model_hash if dep else None))
+        # deploy.json names the architecture (an older one only the weights, and then the
+        # policy's layers, checked above, tie it to the profile's); an older profile must be of the same weights
+        key = ModelKey(dep.arch_hash, dep.model_hash) if dep else ModelKey(None)
+        return predicted_latency(policy, table, target, key)
     return dep.latency if dep and dep.latency and dep.latency.target == target.name else None
 
 

@@ -243,3 +243,12 @@ def test_validate_holds_the_artifact_to_a_profiles_prediction(built, tmp_path):
     assert lat.predicted_ms > 0 and lat.error == pytest.approx((lat.median_ms - lat.predicted_ms) / lat.predicted_ms)
     assert set(lat.layers_ms) == set(Policy.load(built["all8"]).precisions)
     assert "against the prediction" in (tmp_path / "v" / "report.md").read_text()
+    # deploy.json names the architecture: a profile of another one (another input shape) is refused
+    from dataclasses import replace
+
+    from edgempq.errors import ConfigError
+
+    replace(table, arch_hash="0" * 16).save(tmp_path / "other.json")
+    with pytest.raises(ConfigError, match="the profile is of another architecture or input shape"):
+        validate(built["good"], "host", ValidateOptions(profile=tmp_path / "other.json", runs=1,
+                                                        out_dir=tmp_path / "w"))

@@ -121,7 +121,8 @@ def _result(model: LoadedModel, data: Dataset, policy: Policy, target: Target, c
     fixed = sum(weight_bytes(la, F32) for la in layers if not la.searchable)
     return DeployResult(
         model=absolute_spec(model.spec), weights=str(Path(cfg.weights).resolve()) if cfg.weights else None,
-        model_hash=model.model_hash, data=absolute_spec(cfg.data_spec or data.name), data_id=data.data_id,
+        model_hash=model.model_hash, arch_hash=model.arch_hash, data=absolute_spec(cfg.data_spec or data.name),
+        data_id=data.data_id,
         target=target.name, qat_epochs=cfg.qat_epochs, quant_config=quant.to_dict(),
         task=model.task, scores=built["scores"], simulated_top1=built["scores"]["simulated"].get("top1"),
         float_top1=built["scores"]["float"].get("top1"),

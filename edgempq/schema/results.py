@@ -237,6 +237,7 @@ class DeployResult(Record):
     skip_notes: tuple[str, ...] = ()
     arena_bytes: int | None = None
     arena_predicted_bytes: int | None = None  # the arena the profile predicted (edgempq.arena)
+    arch_hash: str | None = None  # the architecture and input shape (models.arch_hash) a profile must be of
     latency: PredictedLatency | None = None
     sweep: Json | None = None
     sha256: dict[str, str] = dataclasses.field(default_factory=dict)
