@@ -168,11 +168,15 @@ def targets() -> None:
     from .schema import SEARCHABLE_KINDS
     from .targets import builtin_targets, load_target
 
-    t = Table(Column("target", no_wrap=True), "backend", "threads", *SEARCHABLE_KINDS, "description")
+    t = Table(Column("target", no_wrap=True), "backend", "threads", *SEARCHABLE_KINDS, "limits", "description")
     for name in builtin_targets():
         tg = load_target(name)
+        limits = ", ".join(f"{k.removesuffix('_kb')} {getattr(tg, k):g} KB" for k in ("ram_kb", "flash_kb")
+                           if getattr(tg, k) is not None)
+        if tg.microcontroller:
+            limits += "; float allowed" if tg.allow_float else "; integer only"
         t.add_row(name + (" (template)" if tg.template else ""), tg.backend, str(tg.threads),
-                  *(" ".join(map(str, tg.allowed(k))) for k in SEARCHABLE_KINDS), tg.description)
+                  *(" ".join(map(str, tg.allowed(k))) for k in SEARCHABLE_KINDS), limits or "-", tg.description)
     show.console().print(t)
 
 
