@@ -20,6 +20,7 @@ within 0.03 % (tools/bench_arena.py)."""
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -176,9 +177,13 @@ class ArenaModel:
     layers: dict[str, Layer]
     anchor: tuple[dict[str, Precision], int]
 
+    @functools.cached_property
+    def _anchor_plan(self) -> _Planned:
+        return plan(self.graph, self.layers, self.anchor[0])
+
     def anchor_tail(self) -> int:
         """The persistent bytes of the anchor policy: measured arena less its predicted head."""
-        return self.anchor[1] - greedy(plan(self.graph, self.layers, self.anchor[0]).buffers)[0]
+        return self.anchor[1] - greedy(self._anchor_plan.buffers)[0]
 
     def live_rows(self, choices: dict[str, list[str]], common_bits: int) -> list[dict[tuple[str, str], float]]:
         """Per op of the float graph, the bytes alive at it (tensors by their lifetimes, the op's
@@ -202,9 +207,8 @@ class ArenaModel:
         """The arena TFLite Micro will need for `precisions` (every searchable layer's)."""
         planned = plan(self.graph, self.layers, precisions)
         head, peak = greedy(planned.buffers)
-        ref_assign, ref_bytes = self.anchor
-        ref = plan(self.graph, self.layers, ref_assign)
-        tail = (ref_bytes - greedy(ref.buffers)[0] + CONVERSION_TAIL * (planned.conversions - ref.conversions)
+        ref = self._anchor_plan
+        tail = (self.anchor_tail() + CONVERSION_TAIL * (planned.conversions - ref.conversions)
                 + INT4_TAIL * (planned.int4_convs - ref.int4_convs))
         return Arena(head + tail, head, tail, tuple(n for n in peak if n in precisions))
 

@@ -11,10 +11,8 @@ from __future__ import annotations
 import statistics
 
 from .assign import uniform_assignment
-from .costs import weight_bytes
+from .costs import F32, weight_bytes
 from .schema import CostTable, Layer, Precision
-
-F32 = Precision(32, 32, True)
 
 
 def layer_flash(table: CostTable | None, layer: Layer, precision: Precision) -> float:

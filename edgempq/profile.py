@@ -264,7 +264,7 @@ def measure_whole(backend: Backend, whole: WholeModel, layers: list[Layer], targ
 
             module = whole.timing_copy()
             base = float_tflite(module, whole.input_shape)
-        pending.append((what, p, f"{key}-{variant}", _whole_tflite(layers, base, assign, module)))
+        pending.append((what, p, f"{key}-{variant}", whole_tflite(layers, base, assign, module)))
     if target.microcontroller and out.graph is None:
         if base is None:
             from .export.float_graph import float_tflite
@@ -314,7 +314,9 @@ def _skeleton(layers: list[Layer], base: bytes, module: Any) -> Any:
     return skeleton(base, mapping, fixed_ops(layers, base, torch_weights(module, layers, fixed=True), mapping))
 
 
-def _whole_tflite(layers: list[Layer], base: bytes, assign: dict[str, Precision], module: Any) -> bytes:
+def whole_tflite(layers: list[Layer], base: bytes, assign: dict[str, Precision], module: Any) -> bytes:
+    """The whole model `base` (the float flatbuffer of `module`) at `assign`, quantized as deploy's
+    recipe does, the fixed layers' ops kept float."""
     from .export.mapping import torch_weights
     from .export.mixed import quantize_policy
 

@@ -87,9 +87,7 @@ def test_the_predicted_arena_is_what_tflite_micro_measures_for_mixed_policies(mc
     from edgempq.arena import arena_model
     from edgempq.backends import backend_for
     from edgempq.export.float_graph import float_tflite
-    from edgempq.export.mapping import torch_weights
-    from edgempq.export.mixed import quantize_policy
-    from edgempq.profile import WholeModel
+    from edgempq.profile import WholeModel, whole_tflite
 
     module, layers, table = mcu
     assert table.graph is not None and set(table.whole_arena_bytes) == {"w8a8", "w4a8", "w8a16"}
@@ -101,8 +99,7 @@ def test_the_predicted_arena_is_what_tflite_micro_measures_for_mixed_policies(mc
     with backend_for(table.target) as backend:
         for _ in range(4):
             assign = {la.name: rng.choice(table.target.allowed(la.kind)) for la in layers if la.searchable}
-            tflite = quantize_policy(layers, base, assign, torch_weights(timing, layers),
-                                     fixed_weights=torch_weights(timing, layers, fixed=True))
+            tflite = whole_tflite(layers, base, assign, timing)
             measured = backend.ram_bytes(tflite)
             assert model.predict(assign).total == pytest.approx(measured, rel=0.01), assign
 

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchkit  # noqa: E402
 from bench_device import KINDS  # noqa: E402
-from benchkit import RESULTS, log  # noqa: E402
+from benchkit import RESULTS, log, mix  # noqa: E402
 
 PARTS = ("device", "methods", "costs", "fidelity", "ptq", "models", "arena", "latency", "proof")
 # fidelity right after the artifacts; ptq reads the policies of device and methods; costs reads methods
@@ -81,13 +81,6 @@ def secs(v: float | None) -> str:
 
 def kb(v: float | None) -> str:
     return "–" if v is None else f"{v / 1024:.1f}"
-
-
-def mix(precisions: dict[str, str]) -> str:
-    """`5×f16, 4×w4a8, 1×w8a8`: how many layers take each precision."""
-    from collections import Counter
-
-    return ", ".join(f"{n}×{p}" for p, n in sorted(Counter(precisions.values()).items(), key=lambda t: -t[1]))
 
 
 def table(head: list[str], rows: list[list[str]]) -> str:

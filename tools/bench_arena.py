@@ -45,12 +45,10 @@ def bench_model(name: str, n: int, seed: int) -> dict:
     from edgempq.arena import arena_model
     from edgempq.backends import backend_for
     from edgempq.export.float_graph import float_tflite
-    from edgempq.export.mapping import torch_weights
-    from edgempq.export.mixed import quantize_policy
     from edgempq.layers import trace
     from edgempq.memory import predicted_flash
     from edgempq.models import model_hash
-    from edgempq.profile import WholeModel, profile
+    from edgempq.profile import WholeModel, profile, whole_tflite
     from edgempq.targets import load_target
 
     module = benchnets.NETS[name]().eval()
@@ -67,8 +65,7 @@ def bench_model(name: str, n: int, seed: int) -> dict:
             t0 = time.perf_counter()
             predicted = model.predict(assign).total
             dt = time.perf_counter() - t0
-            tflite = quantize_policy(layers, base, assign, torch_weights(timing, layers),
-                                     fixed_weights=torch_weights(timing, layers, fixed=True))
+            tflite = whole_tflite(layers, base, assign, timing)
             measured = backend.ram_bytes(tflite)
             old = max(table.row(la.signature, assign[la.name]).ram_bytes for la in layers if la.searchable)
             flash = predicted_flash(table, layers, assign)
@@ -99,8 +96,9 @@ def section(result: dict, table: Callable) -> str:
         old = [abs(r["largest_row"] / r["measured"] - 1) for r in m["policies"]]
         kbs = [r["measured"] / 1024 for r in m["policies"]]
         flash = [abs(r["flash_error"]) for r in m["policies"] if "flash_error" in r]
-        rows.append([m["model"], len(errs), f"{min(kbs):.1f}–{max(kbs):.1f}", _share(errs, 0.01), _share(errs, 0.05),
-                     _share(errs, 0.10), f"{100 * max(errs):.2f} %", f"{100 * max(old):.0f} %",
+        rows.append([m["model"], len(errs), f"{min(kbs):.1f}–{max(kbs):.1f}",
+                     *(benchkit.share(errs, tol) for tol in (0.01, 0.05, 0.10)), f"{100 * max(errs):.2f} %",
+                     f"{100 * max(old):.0f} %",
                      f"{100 * max(flash):.1f} %" if flash else "–"])
         worst.append(max(m["policies"], key=lambda r: abs(r["error"])) | {"model": m["model"]})
     lines = ["## 7. TFLite Micro's arena: predicted against measured", "",
@@ -115,17 +113,9 @@ def section(result: dict, table: Callable) -> str:
              table(["model", "policies", "measured KB", "within ±1 %", "within ±5 %", "within ±10 %", "worst error",
                     "earlier model's worst", "flash: worst error"], rows), "",
              "Worst policy per model: " + "; ".join(
-                 f"{w['model']} {w['policy']} ({_mix(w['mix'])}): {w['measured'] / 1024:.1f} KB measured, "
+                 f"{w['model']} {w['policy']} ({benchkit.counts(w['mix'])}): {w['measured'] / 1024:.1f} KB measured, "
                  f"{w['predicted'] / 1024:.1f} KB predicted" for w in worst) + "."]
     return "\n".join(lines)
-
-
-def _share(errs: list[float], tol: float) -> str:
-    return f"{sum(e <= tol for e in errs)}/{len(errs)}"
-
-
-def _mix(mix: dict[str, int]) -> str:
-    return ", ".join(f"{n}×{p}" for p, n in sorted(mix.items(), key=lambda t: -t[1]))
 
 
 def main() -> None:

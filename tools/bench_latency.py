@@ -38,12 +38,10 @@ def bench_model(name: str, target_name: str, n: int, seed: int) -> dict:
     """Profile `name` on the target, then time `n` random policies whole, in interleaved rounds."""
     from edgempq.backends import backend_for
     from edgempq.export.float_graph import float_tflite
-    from edgempq.export.mapping import torch_weights
-    from edgempq.export.mixed import quantize_policy
     from edgempq.latency import predict_latency
     from edgempq.layers import trace
     from edgempq.models import model_hash
-    from edgempq.profile import WholeModel, profile
+    from edgempq.profile import WholeModel, profile, whole_tflite
     from edgempq.targets import load_target
 
     module = benchnets.NETS[name]().eval()
@@ -55,8 +53,7 @@ def bench_model(name: str, target_name: str, n: int, seed: int) -> dict:
     base = float_tflite(timing, shape)
     built = {}
     for label, assign in mixed_policies(layers, target, n, seed).items():
-        built[label] = (assign, quantize_policy(layers, base, assign, torch_weights(timing, layers),
-                                                fixed_weights=torch_weights(timing, layers, fixed=True)))
+        built[label] = (assign, whole_tflite(layers, base, assign, timing))
     times: dict[str, list[float]] = {k: [] for k in built}
     with backend_for(target) as backend:
         for _ in range(ROUNDS):
@@ -90,9 +87,9 @@ def section(result: dict, table: Callable) -> str:
     for m in result["models"]:
         errs = [r["error"] for r in m["policies"]]
         worst = max(m["policies"], key=lambda r: abs(r["error"]))
-        rows.append([m["model"], m["target"], len(errs), _share(errs, 0.05), _share(errs, 0.10),
+        rows.append([m["model"], m["target"], len(errs), benchkit.share(errs, 0.05), benchkit.share(errs, 0.10),
                      f"{100 * statistics.median(errs):+.1f} %", f"{100 * worst['error']:+.1f} %",
-                     ", ".join(f"{k}×{v}" for k, v in sorted(worst["mix"].items(), key=lambda t: -t[1]))])
+                     benchkit.counts(worst["mix"])])
     return "\n".join([
         "## 8. The latency model: predicted against measured, mixed policies", "",
         f"`tools/bench_latency.py`: each MLPerf Tiny architecture profiled anew on each target, then "
@@ -103,10 +100,6 @@ def section(result: dict, table: Callable) -> str:
         "±10 %. `tflm-host` times are this CPU's running TFLite Micro's reference kernels.", "",
         table(["model", "target", "policies", "within ±5 %", "within ±10 %", "median error", "worst error",
                "worst policy's mix"], rows)])
-
-
-def _share(errs: list[float], tol: float) -> str:
-    return f"{sum(abs(e) <= tol for e in errs)}/{len(errs)}"
 
 
 def main() -> None:

@@ -113,10 +113,10 @@ def section(result: dict, table: Callable) -> str:
     for m in result["models"]:
         for s in m["summary"]:
             rows.append([m["model"], f"{s['size_kb']:.1f}", f"{s['size_ms']:.3f}", f"{100 * s['size_top1']:.2f} %",
-                         _mix(s["size_mix"]), "–" if s["aware_ms"] is None else f"{s['aware_ms']:.3f}",
+                         benchkit.mix(s["size_mix"]), "–" if s["aware_ms"] is None else f"{s['aware_ms']:.3f}",
                          "–" if s["aware_top1"] is None else f"{100 * s['aware_top1']:.2f} %",
                          "–" if s["speedup"] is None else f"{100 * s['speedup']:.0f} %",
-                         "–" if s["aware_mix"] is None else _mix(s["aware_mix"]),
+                         "–" if s["aware_mix"] is None else benchkit.mix(s["aware_mix"]),
                          "–" if s["match_top1"] is None else f"{100 * s['match_top1']:.2f} %"])
     return "\n".join([
         "## 9. The proof: latency-aware against size-only policies at the same size budget", "",
@@ -132,12 +132,6 @@ def section(result: dict, table: Callable) -> str:
         "on three of four models.", "",
         table(["model", "size budget KB", "size-only ms", "size-only top-1", "size-only mix", "aware ms",
                "aware top-1", "faster by", "aware mix", "aware top-1 at its latency"], rows)])
-
-
-def _mix(precisions: dict[str, str]) -> str:
-    from collections import Counter
-
-    return ", ".join(f"{n}×{p}" for p, n in sorted(Counter(precisions.values()).items(), key=lambda t: -t[1]))
 
 
 def run(quick: bool = False, folder: Path = RESULTS, only: list[str] | None = None) -> dict:

@@ -119,6 +119,23 @@ def load(name: str, folder: Path = RESULTS) -> dict | None:
     return json.loads(p.read_text()) if p.is_file() else None
 
 
+def counts(by_precision: dict[str, int]) -> str:
+    """`5×f16, 4×w4a8, 1×w8a8` from how many layers take each precision, most first."""
+    return ", ".join(f"{n}×{p}" for p, n in sorted(by_precision.items(), key=lambda t: -t[1]))
+
+
+def mix(precisions: dict[str, str]) -> str:
+    """`5×f16, 4×w4a8, 1×w8a8`: how many of a policy's layers take each precision."""
+    from collections import Counter
+
+    return counts(Counter(precisions.values()))
+
+
+def share(errors: list[float], tol: float) -> str:
+    """`k/n`: how many of the relative errors are within ±`tol`."""
+    return f"{sum(abs(e) <= tol for e in errors)}/{len(errors)}"
+
+
 def rel(a: float, b: float) -> float:
     """(a - b) / b."""
     return (a - b) / b
