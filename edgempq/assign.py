@@ -1,10 +1,12 @@
-"""Which precision each layer gets in the policies edgempq measures whole: uniform ones, and
-ones alternating two activation domains (float, 8-bit, 16-bit) layer by layer. Torch-free: the
-profiler, the latency model and the solver all use it."""
+"""Which precision each layer gets in the policies edgempq measures whole: uniform ones, ones
+alternating two activation domains (float, 8-bit, 16-bit) layer by layer, and random mixes (the
+probes the latency model is fitted on). Torch-free: the profiler, the latency model and the
+solver all use it."""
 
 from __future__ import annotations
 
 import itertools
+import random
 
 from .schema import Layer, Precision, Target
 
@@ -69,3 +71,11 @@ def alternating_policies(layers: list[Layer], target: Target) -> dict[str, dict[
         if assign is not None and len({domain(p) for p in assign.values()}) == 2:
             out[pair_key(a, b)] = assign
     return out
+
+
+def probe_assignments(layers: list[Layer], target: Target, n: int, seed: int = 0) -> list[dict[str, Precision]]:
+    """`n` random policies, each layer drawn from every precision the target runs for it
+    (seeded, so a profile measures the same probes again and its cache holds them)."""
+    rng = random.Random(seed)
+    searched = [la for la in layers if la.searchable]
+    return [{la.name: rng.choice(target.allowed(la.kind)) for la in searched} for _ in range(n)]

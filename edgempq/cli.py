@@ -187,14 +187,18 @@ def targets() -> None:
 @click.option("--input-shape", help="CxHxW (or 1,C,H,W) when the model does not declare it")
 @click.option("--no-cache", is_flag=True, help="measure everything again, and do not store it")
 @click.option("--layers-only", is_flag=True, help="skip the end-to-end timings of the whole model")
+@click.option("--probes", type=click.IntRange(0, 500), default=None,
+              help="random mixed policies timed whole, which the latency model is fitted on  [default: 24; "
+                   "0: fit on the uniform and alternating policies only]")
 @click.option("--no-check", is_flag=True, help="skip the preflight (the float conversion that refuses, before any "
               "measurement, a model that cannot deploy)")
 @click.option("-o", "--output", default="profile.json", show_default=True, type=PATH)
-def profile(device: str, source: Source, input_shape: str | None, output: str, **flags: bool) -> None:
+def profile(device: str, source: Source, input_shape: str | None, output: str, probes: int | None,
+            **flags: bool) -> None:
     """Measure what each layer costs on the device at each precision it can run."""
     check_output(output)
     from .layers import trace
-    from .profile import WholeModel
+    from .profile import PROBES, WholeModel
     from .profile import profile as run_profile
     from .targets import load_target
 
@@ -211,7 +215,7 @@ def profile(device: str, source: Source, input_shape: str | None, output: str, *
                    f"({checked.seconds:.1f} s)")
     no_cache, layers_only = flags["no_cache"], flags["layers_only"]
     with progress_bar(f"profiling on {target.name}") as step:
-        whole = None if layers_only else WholeModel(m.module, m.input_shape)
+        whole = None if layers_only else WholeModel(m.module, m.input_shape, PROBES if probes is None else probes)
         table = run_profile(layers, target, m.model_hash, use_cache=not no_cache, on_step=step, whole=whole)
     from dataclasses import replace
 

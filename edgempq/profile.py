@@ -11,18 +11,18 @@ import contextlib
 import hashlib
 import json
 import statistics
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .assign import alternating_policies, uniform_assignment
+from .assign import alternating_policies, probe_assignments, uniform_assignment
 from .backends import Backend, backend_for
 from .cache import cache_dir
 from .errors import ConfigError
 from .files import write_json
 from .layers import layer_edges
 from .progress import Progress
-from .schema import CostRow, CostTable, Layer, Precision, Target
+from .schema import CostRow, CostTable, Layer, Precision, Probe, Target
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -47,6 +47,8 @@ def _digest(text: str) -> str:
 
 PROFILE_FORMAT = 3  # bump when the single-layer models or what a row means change
 WHOLE_ROUNDS = 3  # whole-model timings: interleaved rounds, median
+WHOLE_RUNS, WHOLE_SECONDS = 100, 0.25  # at most, invokes and seconds per whole-model timing (see whole_runs)
+PROBES = 24  # random mixed policies measured whole, which the latency model is fitted on
 
 
 def _toolchain() -> dict[str, str]:
@@ -187,23 +189,26 @@ def measure(backend: Backend, job: Job, float_model: bytes) -> CostRow:
 
 @dataclass(frozen=True)
 class Whole:
-    """What the whole model measured at the uniform and alternating policies: median latencies
-    (ms) by precision (or pair key), and per uniform precision the flatbuffer's bytes and, on
-    TFLite Micro, the arena's."""
+    """What the whole model measured at the uniform, alternating and probe policies: median
+    latencies (ms) by precision (or pair key, or probe), and per uniform precision the
+    flatbuffer's bytes and, on TFLite Micro, the arena's."""
 
     uniform_ms: dict[str, float]
     mixed_ms: dict[str, float]
     model_bytes: dict[str, int]
     arena_bytes: dict[str, int]
     graph: Any = None  # on microcontrollers, the float graph's skeleton (arena.Graph) the arena is predicted on
+    probes: dict[str, Probe] = field(default_factory=dict)  # random mixed policies, for the latency model's fit
 
 
 @dataclass(frozen=True)
 class WholeModel:
-    """The model itself, for end-to-end timings at each uniform precision."""
+    """The model itself, for end-to-end timings at each uniform precision, alternating pair and
+    `probes` random mixed policies."""
 
     module: Any
     input_shape: tuple[int, ...]
+    probes: int = PROBES
 
     def key(self, layers: list[Layer]) -> str:
         """Architecture and input size, which set latency (the weights' values do not): the
@@ -244,27 +249,28 @@ class WholeModel:
 def measure_whole(backend: Backend, whole: WholeModel, layers: list[Layer], target: Target, cache: RowCache,
                   on_step: Progress | None = None) -> Whole:
     """End-to-end median latency of the whole model at every uniform precision of the target,
-    and of the policies alternating two domains (for the conversion costs), exported through the
-    same per-layer recipe (and checks) as any policy; the uniform models' sizes and arenas too."""
-    todo = _whole_policies(layers, target)
+    of the policies alternating two domains (for the conversion costs) and of `whole.probes`
+    random mixed ones (what the latency model is fitted on), exported through the same per-layer recipe
+    (and checks) as any policy; the uniform models' sizes and arenas too."""
+    todo = _whole_policies(layers, target, whole.probes)
     key = whole.key(layers)
     out = Whole({}, {}, {}, {}, _cached_graph(cache, key) if target.microcontroller else None)
-    pending: list[tuple[str, str, str, bytes]] = []
+    pending: list[tuple[str, str, str, bytes, dict[str, Precision]]] = []
     base, module = None, None
     for i, (what, p, assign) in enumerate(todo):
         if on_step:
             on_step(i, len(todo) * 2, f"building whole model {p}")
         variant = _digest(json.dumps(sorted((la.name, str(assign[la.name])) for la in layers if la.searchable)))[:8]
         cached = cache.get_sizes(f"{key}-{variant}", p)
-        if "median_ms" in cached and (what == "mixed" or "model_bytes" in cached):
-            _record(out, what, p, cached)
+        if "median_ms" in cached and (what != "uniform" or "model_bytes" in cached):
+            _record(out, what, p, assign, cached)
             continue
         if base is None:
             from .export.float_graph import float_tflite
 
             module = whole.timing_copy()
             base = float_tflite(module, whole.input_shape)
-        pending.append((what, p, f"{key}-{variant}", whole_tflite(layers, base, assign, module)))
+        pending.append((what, p, f"{key}-{variant}", whole_tflite(layers, base, assign, module), assign))
     if target.microcontroller and out.graph is None:
         if base is None:
             from .export.float_graph import float_tflite
@@ -274,25 +280,29 @@ def measure_whole(backend: Backend, whole: WholeModel, layers: list[Layer], targ
         out = replace(out, graph=_skeleton(layers, base, module))
         cache.put_graph(key, out.graph.to_dict())
     times = _timed_rounds(backend, pending, len(todo), cache, on_step)
-    for what, p, ck, model in pending:
+    for what, p, ck, model, assign in pending:
         sizes = {"model_bytes": len(model)} if what == "uniform" else {}
         arena = backend.ram_bytes(model) if what == "uniform" else None
         if arena is not None:
             sizes["arena_bytes"] = arena
         cache.put_whole(ck, p, statistics.median(times[ck]), sizes)
-        _record(out, what, p, {"median_ms": statistics.median(times[ck]), **sizes})
+        _record(out, what, p, assign, {"median_ms": statistics.median(times[ck]), **sizes})
     return out
 
 
-def _whole_policies(layers: list[Layer], target: Target) -> list[tuple[str, str, dict[str, Precision]]]:
-    """(uniform or mixed, precision or pair key, assignment) of every whole model to measure."""
+def _whole_policies(layers: list[Layer], target: Target, probes: int) -> list[tuple[str, str, dict]]:
+    """(uniform, mixed or probe; precision, pair key or probe label; assignment) of every whole
+    model to measure. No probes when no layer has a choice (they would all be the uniform one)."""
     precisions = sorted({str(p) for la in layers if la.searchable for p in target.allowed(la.kind)})
     todo: list[tuple[str, str, dict[str, Precision]]] = []
     for p in precisions:
         assign = uniform_assignment(layers, target, p)
         if assign is not None and p in {str(q) for q in assign.values()}:
             todo.append(("uniform", p, assign))
-    return todo + [("mixed", k, a) for k, a in alternating_policies(layers, target).items()]
+    todo += [("mixed", k, a) for k, a in alternating_policies(layers, target).items()]
+    if any(len(target.allowed(la.kind)) > 1 for la in layers if la.searchable):
+        todo += [("probe", f"probe {i:02d}", a) for i, a in enumerate(probe_assignments(layers, target, probes))]
+    return todo
 
 
 def _cached_graph(cache: RowCache, key: str) -> Any:
@@ -324,14 +334,17 @@ def whole_tflite(layers: list[Layer], base: bytes, assign: dict[str, Precision],
                            fixed_weights=torch_weights(module, layers, fixed=True))
 
 
-def _record(out: Whole, what: str, p: str, rec: dict[str, float]) -> None:
+def _record(out: Whole, what: str, p: str, assign: dict[str, Precision], rec: dict[str, float]) -> None:
+    if what == "probe":
+        out.probes[p] = Probe({k: str(q) for k, q in assign.items()}, float(rec["median_ms"]))
+        return
     (out.uniform_ms if what == "uniform" else out.mixed_ms)[p] = float(rec["median_ms"])
     for k in ("model_bytes", "arena_bytes"):
         if what == "uniform" and k in rec:
             getattr(out, k)[p] = int(rec[k])
 
 
-def _timed_rounds(backend: Backend, pending: list[tuple[str, str, str, bytes]], n_todo: int, cache: RowCache,
+def _timed_rounds(backend: Backend, pending: list[tuple[str, str, str, bytes, Any]], n_todo: int, cache: RowCache,
                   on_step: Progress | None) -> dict[str, list[float]]:
     """Round-robin rounds over `pending`: a slow or fast moment of the device then falls on
     every policy alike instead of on whichever one was being timed. Each round's timing is
@@ -339,18 +352,29 @@ def _timed_rounds(backend: Backend, pending: list[tuple[str, str, str, bytes]], 
     from . import stop
 
     times: dict[str, list[float]] = {}
+    first: dict[str, float] = {}
     for r in range(WHOLE_ROUNDS):
-        for j, (_, p, ck, model) in enumerate(pending):
+        for j, (_, p, ck, model, _) in enumerate(pending):
             if on_step:
                 on_step(n_todo + (r * len(pending) + j) * n_todo // max(1, WHOLE_ROUNDS * len(pending)),
                         n_todo * 2, f"timing whole model {p} (round {r + 1}/{WHOLE_ROUNDS})")
             stop.check()
             ms = cache.get_whole(f"{ck}-round{r}", p)
             if ms is None:
-                ms = backend.time(model).median_ms
+                ms = backend.time(model, whole_runs(backend.target, first.get(ck))).median_ms
                 cache.put_whole(f"{ck}-round{r}", p, ms)
+            first.setdefault(ck, ms)
             times.setdefault(ck, []).append(ms)
     return times
+
+
+def whole_runs(target: Target, first_ms: float | None) -> int:
+    """Invokes per whole-model timing: the target's in the first round; after it, as many more
+    (up to WHOLE_RUNS) as fit in WHOLE_SECONDS at the first round's median, since a fast model's
+    median over a few invokes is noisy and a slow model's is not."""
+    if first_ms is None or first_ms <= 0:
+        return target.runs
+    return max(target.runs, min(WHOLE_RUNS, int(WHOLE_SECONDS / (first_ms / 1e3))))
 
 
 def overheads(table_rows: dict[tuple[str, str], CostRow], layers: list[Layer], target: Target,
@@ -366,7 +390,8 @@ def overheads(table_rows: dict[tuple[str, str], CostRow], layers: list[Layer], t
 def profile(layers: list[Layer], target: Target, model_hash: str, use_cache: bool = True,
             on_step: Progress | None = None, whole: WholeModel | None = None) -> CostTable:
     """The cost table of `layers` on `target`, measuring only what the cache lacks; with
-    `whole`, also the whole model end to end at each uniform precision and the overheads."""
+    `whole`, also the whole model end to end at each uniform precision and the overheads, and
+    at its random mixed probes (for the latency model)."""
     with backend_for(target) as backend, contextlib.ExitStack() as held:
         fingerprint = backend.check()
         folder = cache_dir("profiles", device_key(target, fingerprint))
@@ -399,4 +424,5 @@ def profile(layers: list[Layer], target: Target, model_hash: str, use_cache: boo
     edges = tuple(layer_edges(whole.module, layers)) if whole is not None else ()
     return CostTable(target, fingerprint, model_hash, tuple(layers), tuple(rows), measured.uniform_ms,
                      overheads(by_key, layers, target, measured.uniform_ms), edges, measured.mixed_ms,
-                     whole_bytes=measured.model_bytes, whole_arena_bytes=measured.arena_bytes, graph=measured.graph)
+                     whole_bytes=measured.model_bytes, whole_arena_bytes=measured.arena_bytes, graph=measured.graph,
+                     probes=tuple(measured.probes[k] for k in sorted(measured.probes)))

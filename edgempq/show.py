@@ -75,18 +75,27 @@ def profile(table: Any, title: str) -> None:
     for p, ms in table.whole_ms.items():
         rows_sum = ms - table.overhead_ms.get(p, 0.0)
         click.echo(f"uniform {p:>5}: whole model {ms:8.3f} ms measured; its layers alone sum to {rows_sum:8.3f} ms "
-                   f"({(rows_sum - ms) / ms:+.1%}); the difference is kept as overhead")
-    from .assign import domain
-    from .latency import conversion_ms_per_element
-    from .schema import Precision
+                   f"({(rows_sum - ms) / ms:+.1%})")
+    _latency_model(table)
 
-    per_element = conversion_ms_per_element(table)
-    for key, ms in table.mixed_ms.items():
-        pair = "~".join(sorted(domain(Precision.parse(p)) for p in key.split("~")))
-        cost = per_element.get(pair)
-        click.echo(f"alternating {key}: whole model {ms:8.3f} ms measured; a tensor converted between "
-                   + (f"{pair.replace('~', ' and ')} costs {cost * 1e6:.3f} ms per million elements" if cost is not None
-                      else f"{pair.replace('~', ' and ')}: no crossing edge to fit"))
+
+def _latency_model(table: Any) -> None:
+    """The latency model's coefficients and how well it fits the profile's own whole models."""
+    from .latency import latency_fit, profile_points
+
+    fit = latency_fit(table)
+    if table.mixed_ms:
+        click.echo("a tensor converted between two domains costs, per million elements: " + ", ".join(
+            f"{k.replace('~', ' and ')} {v * 1e6:.3f} ms" for k, v in sorted(fit.per_element.items())))
+    click.echo("layers' rows scaled inside the whole model by: "
+               + ", ".join(f"{p} ×{v:.2f}" for p, v in sorted(fit.scales.items())))
+    points = profile_points(table)
+    if points:
+        errs = sorted(abs(q["predicted_ms"] / q["measured_ms"] - 1) for q in points if q["measured_ms"] > 0)
+        how = (f"fitted on {fit.fitted_on} whole models, {len(table.probes)} of them random mixes" if fit.fitted_on
+               else "solved from the uniform and alternating models")
+        click.echo(f"latency model ({how}): on those, "
+                   f"{sum(e <= 0.10 for e in errs)}/{len(errs)} within ±10 %, median error {errs[len(errs) // 2]:.1%}")
 
 
 def sensitivity(sens: Any, layers: list, title: str) -> None:

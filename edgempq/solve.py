@@ -33,11 +33,11 @@ def build_problem(layers: list[Layer], sensitivity: Sensitivity, costs: CostTabl
     """The numbers of a model: per searchable layer, the target's precisions for its kind with
     the sensitivity's penalty, the profile's latency (and measured RAM when it has it), the
     artifact's weight bytes and the BOPs."""
-    from .latency import conversion_ms_per_element, edge_ms, layer_cost_ms, scales
+    from .latency import edge_ms, latency_fit, layer_cost_ms
     from .memory import flash_offset, layer_flash
 
     _check_same_layers(layers, sensitivity)
-    factors = scales(costs) if costs is not None else None
+    fit = latency_fit(costs) if costs is not None else None
     choices: dict[str, list[Choice]] = {}
     for la in layers:
         if not la.searchable:
@@ -49,7 +49,7 @@ def build_problem(layers: list[Layer], sensitivity: Sensitivity, costs: CostTabl
                 raise ConfigError(f"the profile has no measurement of layer {la.name} at {p}; "
                                   f"profile the model again on {target.name}")
             opts.append(Choice(la.name, str(p), sensitivity.penalty(la.name, p),
-                               layer_cost_ms(costs, la, p, factors) if costs is not None else 0.0,
+                               layer_cost_ms(costs, la, p, fit) if costs is not None else 0.0,
                                weight_bytes(la, p), bops(la, p),
                                row.ram_bytes if row is not None and row.ram_bytes else working_set_bytes(la, p),
                                layer_flash(costs, la, p)))
@@ -64,7 +64,7 @@ def build_problem(layers: list[Layer], sensitivity: Sensitivity, costs: CostTabl
     all_groups = tuple(dict.fromkeys(tuple(g) for g in (*sensitivity.groups, *groups)))
     latency_pairs = {}
     if costs is not None:
-        per_element = conversion_ms_per_element(costs, factors)
+        per_element = fit.per_element
         for a, b, n in costs.edges:
             if a in choices and b in choices:
                 for ca, cb in itertools.product(choices[a], choices[b]):

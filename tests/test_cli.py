@@ -139,6 +139,12 @@ def test_profile_prints_layer_costs_and_whole_model_errors(tmp_path):
     doc = json.loads(out.read_text())
     # integer precisions only on a microcontroller: conv w8a8/w4a8/w8a16, linear w8a8/w8a16
     assert doc["target"]["name"] == "tflm-host" and len(doc["rows"]) == 2 * 3 + 2
+    # the latency model is fitted on random mixed policies timed whole, and says how well it fits them
+    assert len(doc["probes"]) == 24 and "latency model (fitted on" in p.stdout and "24 of them random mixes" in p.stdout
+    p = run("profile", "--device", "tflm-host", "--model", f"{tmp_path / 'net.py'}:net", "--input-shape",
+            "1,3,16,16", "--probes", "0", "-o", str(tmp_path / "p0.json"))
+    assert "solved from the uniform and alternating models" in p.stdout
+    assert "probes" not in json.loads((tmp_path / "p0.json").read_text())
     # then the rest of the search: a sensitivity on labelled data of the model's input, and the ILP
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "d.npz", x=rng.normal(size=(80, 3, 16, 16)).astype(np.float32), y=np.arange(80) % 4)

@@ -76,7 +76,8 @@ def _assert_uniform_policies_predict_their_measurement(layers, table) -> None:
     from edgempq.latency import predict_latency
 
     for p, ms in table.whole_ms.items():
-        assert predict_latency(table, uniform_assignment(layers, table.target, p)) == pytest.approx(ms, rel=1e-9)
+        # the fit solves the scales last, so that the uniform policies stay exact
+        assert predict_latency(table, uniform_assignment(layers, table.target, p)) == pytest.approx(ms, rel=1e-6)
 
 
 @pytest.mark.slow

@@ -102,3 +102,62 @@ def test_the_fit_rebuilds_exactly_the_alternating_policy_that_was_timed(table):
     for key, assign in timed.items():
         assert alternating_assignment(list(table.layers), TARGET, *key.split("~")) == assign
         assert str(assign["0"]) == key.split("~")[0]
+
+
+def _probed(table, truth, n=12):
+    """`table` with `n` random probes whose latencies follow the coefficients `truth` exactly."""
+    from dataclasses import replace
+
+    from edgempq.assign import probe_assignments
+    from edgempq.schema import Probe
+
+    layers = list(table.layers)
+    probes = tuple(Probe({k: str(v) for k, v in a.items()}, predict_latency(table, a, truth))
+                   for a in probe_assignments(layers, table.target, n, seed=3))
+    return replace(table, probes=probes)
+
+
+def test_the_joint_fit_recovers_the_coefficients_the_probes_were_made_with(table):
+    from edgempq.assign import probe_assignments, uniform_assignment
+    from edgempq.latency import LatencyFit, latency_fit
+
+    layers = list(table.layers)
+    # a device where a quantized layer alone pays 0.002 ms per element of its input and output
+    # and 0.05 ms per layer that it does not inside the model
+    truth = LatencyFit({"f32": 2.0, "w8a8": 1.5}, {"a8~f": 0.01}, {"a8": -0.002}, {"a8": -0.05})
+    timed = {p: predict_latency(table, uniform_assignment(layers, TARGET, p), truth) for p in ("f32", "w8a8")}
+    probed = _probed(replace_whole(table, timed, truth), truth)
+    fit = latency_fit(probed)
+    assert fit.fitted_on == 2 + 1 + 12
+    for held_out in probe_assignments(layers, TARGET, 5, seed=99):
+        assert predict_latency(probed, held_out) == pytest.approx(predict_latency(table, held_out, truth), rel=1e-4)
+
+
+def replace_whole(table, uniform, truth):
+    """`table` whose uniform and alternating timings follow `truth`."""
+    from dataclasses import replace
+
+    from edgempq.assign import alternating_assignment
+
+    alt = alternating_assignment(list(table.layers), TARGET, "w8a8", "f32")
+    return replace(table, whole_ms=uniform, mixed_ms={"w8a8~f32": predict_latency(table, alt, truth)})
+
+
+def test_probes_survive_the_profile_file_and_one_of_other_layers_is_refused(table, tmp_path):
+    import json
+
+    from edgempq.latency import LatencyFit
+
+    probed = _probed(table, LatencyFit({"f32": 1.0, "w8a8": 1.0}, {}), 3)
+    path = tmp_path / "p.json"
+    probed.save(path)
+    back = CostTable.load(path)
+    assert back.probes == probed.probes
+    doc = json.loads(path.read_text())
+    doc["probes"][0]["precisions"]["nope"] = "w8a8"
+    from edgempq.schema.profile import _checksum
+
+    doc["sha256"] = _checksum({k: v for k, v in doc.items() if k != "sha256"})
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match="probe names layers the profile does not have: nope"):
+        CostTable.load(path)

@@ -11,8 +11,8 @@ from .core import (
     Precision,
 )
 from .device import Target, Timing
-from .profile import CostRow, CostTable
+from .profile import CostRow, CostTable, Probe
 from .sensitivity import Sensitivity
 
 __all__ = ["DEPLOYABLE", "SCHEMA_VERSION", "SEARCHABLE_KINDS", "Budget", "CostRow", "CostTable", "JsonDoc",
-           "Layer", "Policy", "Precision", "Sensitivity", "Target", "Timing"]
+           "Layer", "Policy", "Precision", "Probe", "Sensitivity", "Target", "Timing"]

@@ -52,6 +52,32 @@ class CostRow:
 
 
 @dataclass(frozen=True)
+class Probe:
+    """A random mixed policy the profile measured whole (median ms), for the latency model to be
+    fitted on policies like the ones the search returns, not only on uniform and alternating ones."""
+
+    precisions: dict[str, str]
+    median_ms: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """The probe as the profile's JSON holds it."""
+        return {"precisions": dict(self.precisions), "median_ms": self.median_ms}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> Probe:
+        """A probe from a profile's JSON, its precisions and latency checked."""
+        _check_keys(d, "profile probe", {"precisions", "median_ms"})
+        v, pr = d["median_ms"], d["precisions"]
+        if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < math.inf:
+            raise ConfigError(f"profile probe median_ms must be a non-negative number, not {v!r}")
+        if not isinstance(pr, dict) or not all(isinstance(k, str) and isinstance(q, str) for k, q in pr.items()):
+            raise ConfigError("profile probe precisions must map layer names to precisions")
+        for q in pr.values():
+            Precision.parse(q)
+        return cls(dict(pr), float(v))
+
+
+@dataclass(frozen=True)
 class CostTable(JsonDoc):
     """A model's per-layer costs on one device: the traced layers, one row per (signature,
     precision), and per uniform precision the whole model measured end to end and what the
@@ -81,6 +107,8 @@ class CostTable(JsonDoc):
     whole_arena_bytes: dict[str, int] = field(default_factory=dict)
     # on microcontrollers, the float graph's skeleton the arena is predicted on (see edgempq.arena)
     graph: Graph | None = None
+    # random mixed policies measured whole, on which the latency model is fitted (see edgempq.latency)
+    probes: tuple[Probe, ...] = ()
 
     def row(self, signature: str, precision: Precision | str) -> CostRow | None:
         """The measurement of layer signature `signature` at `precision`, None if it was not measured."""
@@ -103,6 +131,8 @@ class CostTable(JsonDoc):
                 d[k] = dict(getattr(self, k))
         if self.graph is not None:
             d["graph"] = self.graph.to_dict()
+        if self.probes:
+            d["probes"] = [p.to_dict() for p in self.probes]
         return d | {"sha256": _checksum(d)}
 
     @classmethod
@@ -111,7 +141,7 @@ class CostTable(JsonDoc):
         hand-edited profile (one changed latency would steer the search) is refused, not used."""
         _check_keys(d, "profile", {"schema_version", "target", "fingerprint", "model_hash", "layers", "rows"},
                     {"whole_ms", "overhead_ms", "edges", "mixed_ms", "folded", "arch_hash", "whole_bytes",
-                     "whole_arena_bytes", "graph", "sha256"})
+                     "whole_arena_bytes", "graph", "probes", "sha256"})
         _check_version(d, "profile")
         if not all(isinstance(d[k], list) for k in ("layers", "rows")) or not isinstance(d["fingerprint"], dict):
             raise ConfigError("profile layers and rows must be lists and fingerprint an object")
@@ -145,7 +175,21 @@ class CostTable(JsonDoc):
                    {k: float(v) for k, v in d.get("overhead_ms", {}).items()},
                    tuple((a, b, n) for a, b, n in edges), {k: float(v) for k, v in d.get("mixed_ms", {}).items()},
                    dict(folded), d.get("arch_hash"), dict(d.get("whole_bytes", {})),
-                   dict(d.get("whole_arena_bytes", {})), _graph(d.get("graph")))
+                   dict(d.get("whole_arena_bytes", {})), _graph(d.get("graph")),
+                   _probes(d.get("probes", []), d["layers"]))
+
+
+def _probes(d: Any, layers: list[Any]) -> tuple[Probe, ...]:
+    """The profile's probes, each naming every searched layer of the profile and no other."""
+    if not isinstance(d, list):
+        raise ConfigError("profile probes must be a list")
+    probes = tuple(Probe.from_dict(p) for p in d)
+    names = {la.get("name") for la in layers if isinstance(la, dict)}
+    for p in probes:
+        if not set(p.precisions) <= names:
+            raise ConfigError(f"a profile probe names layers the profile does not have: "
+                              f"{', '.join(sorted(set(p.precisions) - names))}")
+    return probes
 
 
 def _check_extras(d: dict[str, Any]) -> None:
