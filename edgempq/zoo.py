@@ -189,6 +189,24 @@ class PlainCNN(nn.Module):
         return self.fc(self.features(x).mean((2, 3)))
 
 
+class MLP(nn.Module):
+    """Fully connected layers with ReLU between them on the flattened input: the network a
+    keyword-spotting or sensor model on a microcontroller often is."""
+
+    def __init__(self, num_classes: int = 10, in_features: int = 784, widths: tuple[int, ...] = (256, 128)) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        for w in widths:
+            layers += [nn.Linear(in_features, w), nn.ReLU()]
+            in_features = w
+        self.body = nn.Sequential(*layers)
+        self.fc = nn.Linear(in_features, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits for a batch of samples of any shape (flattened)."""
+        return self.fc(self.body(x))
+
+
 def _init_weights(model: nn.Module) -> None:
     """torchvision's initialisation: Kaiming (fan-out) convs, unit BN, small linear weights."""
     for m in model.modules():
@@ -242,6 +260,10 @@ def _mnist_cnn(num_classes: int, in_channels: int) -> nn.Module:
     return PlainCNN(num_classes, in_channels)
 
 
+def _mnist_mlp(num_classes: int, in_channels: int) -> nn.Module:
+    return MLP(num_classes, in_channels * 28 * 28)
+
+
 ZOO: dict[str, ZooEntry] = {
     e.name: e
     for e in (
@@ -256,5 +278,7 @@ ZOO: dict[str, ZooEntry] = {
                  "MobileNetV2-style net for 28x28 digits, inverted residuals with depthwise convs"),
         ZooEntry("mnist_cnn", _mnist_cnn, (1, 28, 28), 10, "mnist",
                  "plain CNN for 28x28 digits: five 3x3 conv-BN-ReLU blocks (16-32-32-64-64), pool, linear"),
+        ZooEntry("mnist_mlp", _mnist_mlp, (1, 28, 28), 10, "mnist",
+                 "MLP for 28x28 digits: flattened, fully connected 784-256-128-10 with ReLU"),
     )
 }

@@ -136,14 +136,29 @@ def test_benchmarks_md_renders_every_part(bench, tmp_path):
             "mean_logit_error": 0.01, "interleaved_ms": 0.30, "interleaved_error": 0.0,
             "logit_range": 30.0, "predicted_ms": 0.3, "measured_ms": 0.31, "latency_error": 0.033,
             "tflite_bytes": 90000, "predicted_weight_bytes": 5000, "stored_weight_bytes": 5000}]}]})
+    policies = [{"policy": f"random {i}", "error": e, "same_session_error": e, "mix": {"w8a8": 2}}
+                for i, e in enumerate((0.02, -0.04, 0.08, 0.12))]
+    write_json(tmp_path / "latency.json", {"part": "latency", "quick": True, "machine": _machine(), "rounds": 5,
+                                           "models": [{"model": "ds_cnn", "target": "host", "policies": policies,
+                                                       "probes": 24, "drift": 1.01}]})
+    summary = {"budget": 0, "limits": {"flash_kb": 1024, "ram_kb": 256}, "size_ms": 2.0, "size_top1": 0.98,
+               "aware_ms": 1.0, "aware_top1": 0.981, "speedup": 0.5, "match_ms": 1.9, "match_top1": 0.98,
+               "size_mix": {"a": "w8a16"}, "aware_mix": {"a": "w8a8"}}
+    write_json(tmp_path / "proof.json", {"part": "proof", "quick": True, "machine": _machine(), "models": [
+        {"model": "mnist_mlp", "target": "tflm-host", "summary": [summary], "rows": []}]})
     a = bench["all"]
     md = a.render(tmp_path, tmp_path / "BENCHMARKS.md", tmp_path / "plots")
     text = md.read_text()
     for heading in ("## Targets", "## 1. Device-aware", "## 2. Sensitivity methods", "## 3. Costs",
-                    "## 4. Fidelity", "--quick"):
+                    "## 4. Fidelity", "## 8. The latency model", "## 9. The proof", "--quick"):
         assert heading in text
     assert "| search (ompq sensitivity + solve) under 30 s (mnist_resnet8) | 0.15 s | met |" in text
-    assert "1/1 comparisons" in text
+    assert "comparisons" not in text  # part 1's equal-latency target was retired for part 9's
+    assert ("| latency predicted within ±10 % for ≥ 90 % of random mixed policies (ds_cnn, host) | 3/4 "
+            "(±5 %: 2/4) | **not met** |") in text
+    assert "| at equal budget and top-1 (±0.3 point), latency-aware ≥ 20 % faster on 3 of 4 models (tflm-host) | " \
+           "1 of 1: mnist_mlp | met |" in text
+    assert "| mnist_mlp | tflm-host | flash 1024 KB, RAM 256 KB | 2.000 |" in text
     assert (tmp_path / "plots" / "device_mnist_resnet8.png").stat().st_size > 1000
     assert (tmp_path / "plots" / "methods_mnist_resnet8.png").stat().st_size > 1000
     assert "Weight bytes: 1/1 exact" in text
@@ -242,3 +257,24 @@ def test_the_models_part_renders_each_step_and_the_refusal_it_met(bench):
     assert "| tiny_vit | host | classify | 5/9 | ✔ 1.0 s | ✘ | – |" in text
     assert "- **tiny_vit** on host, preflight: onnx2tf cannot convert the Mul in module 'a'" in text
     assert "- tiny_vit: 1 layer(s) kept float — why" in text
+
+
+def test_the_proof_sets_budgets_as_each_device_s_user_would_and_counts_its_wins(bench):
+    sys.path.insert(0, str(TOOLS))
+    import bench_proof as p
+
+    from edgempq.targets import load_target
+
+    host, mcu = load_target("host"), load_target("tflm-host")
+    assert p.budgets(host, 10240, 20000, False) == [{"size_kb": 6.0}, {"size_kb": 8.0}]
+    assert p.budgets(mcu, 10240, 20480, False) == [{"flash_kb": 1024, "ram_kb": 256},
+                                                   {"flash_kb": 15.0, "ram_kb": 256}]
+    assert p.limits_text({"flash_kb": 15.0, "ram_kb": 256}) == "flash 15 KB, RAM 256 KB"
+    size = {"kind": "size", "budget_index": 0, "budget": {"size_kb": 6.0}, "measured_ms": 1.0, "top1": 0.98,
+            "key": "a", "precisions": {"x": "w8a16"}}
+    fast = {"kind": "latency", "budget_index": 0, "measured_ms": 0.5, "top1": 0.979, "precisions": {"x": "w8a8"}}
+    worse = {"kind": "latency", "budget_index": 0, "measured_ms": 0.1, "top1": 0.95, "precisions": {"x": "w4a8"}}
+    s = p.summary([size, fast, worse])[0]
+    assert s["aware_ms"] == 0.5 and s["speedup"] == pytest.approx(0.5)  # the faster one loses 3 points: not equal
+    text = p.section({"models": [{"model": "m", "target": "host", "summary": [s]}]}, bench["all"].table)
+    assert "1 of 1 on `host`" in text and "| m | host | size 6 KB |" in text

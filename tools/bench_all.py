@@ -16,7 +16,7 @@ Parts (each also runnable alone as tools/bench_<part>.py):
   models    eleven edge architectures through every step of the pipeline (tools/benchnets.py)
   arena     TFLite Micro's arena predicted from the profile against the interpreter's, mixed policies
   latency   the latency model's hit rates (±5 %, ±10 %) on random mixed policies, host and tflm-host
-  proof     latency-aware against size-only policies at the same size budget, trained models, deployed
+  proof     latency-aware against size-only policies at the same budget, trained models, host and tflm-host
 
 Each part writes bench_results/all/<part>.json; BENCHMARKS.md and its plots (benchmarks/*.png)
 are written from whichever parts have results.
@@ -181,9 +181,13 @@ def plot_methods(m: dict, path: Path) -> Path:
 
 # ---------------------------------------------------------------- sections
 
-def targets_section(dev: dict | None, meth: dict | None, ptq: dict | None = None) -> str:
+RETIRED = ("at equal measured latency, latency-aware accuracy ≥ proxy accuracy",)  # target rows no part writes
+
+
+def targets_section(dev: dict | None, meth: dict | None, ptq: dict | None = None,
+                    latency: dict | None = None, proof: dict | None = None) -> str:
     out = ["## Targets", ""]
-    rows = []
+    rows = _latency_targets(latency) + _proof_targets(proof)
     if dev:
         for m in dev["models"]:
             s = m["summary"]["latency"]
@@ -196,16 +200,7 @@ def targets_section(dev: dict | None, meth: dict | None, ptq: dict | None = None
             rows.append([f"latency-aware policies exceed their budget by at most the profile's prediction error "
                          f"({m['model']})", f"largest over budget {pct(s['max_over'], True)}; prediction error on "
                          f"the {len(errs)} other policies: median ±{pct(typical)}, largest ±{pct(err)}", verdict])
-        for m in dev["models"]:
-            eq = m["equal_latency"]
-            if not eq:
-                continue
-            worse = [e for e in eq if e["top1_gain"] < 0]
-            gains = [e["top1_gain"] for e in eq]
-            rows.append([f"at equal measured latency, latency-aware accuracy ≥ proxy accuracy ({m['model']})",
-                         f"{len(eq) - len(worse)}/{len(eq)} comparisons, gain {pct(min(gains), True)} … "
-                         f"{pct(max(gains), True)} top-1",
-                         "met" if not worse else "**not met**"])
+        # part 1's accuracy at equal measured latency was retired for part 9's proof (RETIRED)
     if meth:
         for m in meth["models"]:
             for name in ("ompq", "csmpq"):
@@ -219,6 +214,32 @@ def targets_section(dev: dict | None, meth: dict | None, ptq: dict | None = None
         rows += bench_ptq.targets(ptq)
     out.append(table(["target", "measured", ""], rows) if rows else "No results yet.")
     return "\n".join(out)
+
+
+def _latency_targets(latency: dict | None) -> list[list[str]]:
+    """Part 8's target per model and device: ≥ 90 % of the held-out policies within ±10 %."""
+    rows = []
+    for m in (latency or {}).get("models", []):
+        errs = [abs(r["error"]) for r in m["policies"]]
+        hit = sum(e <= 0.10 for e in errs)  # noqa: PLR2004
+        rows.append([f"latency predicted within ±10 % for ≥ 90 % of random mixed policies ({m['model']}, "
+                     f"{m['target']})", f"{hit}/{len(errs)} (±5 %: {sum(e <= 0.05 for e in errs)}/{len(errs)})",  # noqa: PLR2004
+                     "met" if errs and hit >= 0.9 * len(errs) else "**not met**"])
+    return rows
+
+
+def _proof_targets(proof: dict | None) -> list[list[str]]:
+    """Part 9's target per device: at equal budget and top-1 (±0.3 point), the latency-aware
+    policy ≥ 20 % faster (measured) on at least three of four models."""
+    rows = []
+    models = (proof or {}).get("models", [])
+    for target in sorted({m.get("target", "host") for m in models}):
+        mine = [m for m in models if m.get("target", "host") == target]
+        won = [m["model"] for m in mine if any((s["speedup"] or 0) >= 0.2 for s in m["summary"])]  # noqa: PLR2004
+        rows.append([f"at equal budget and top-1 (±0.3 point), latency-aware ≥ 20 % faster on 3 of 4 models "
+                     f"({target})", f"{len(won)} of {len(mine)}" + (f": {', '.join(won)}" if won else ""),
+                     "met" if len(won) >= min(3, len(mine)) and mine else "**not met**"])
+    return rows
 
 
 def device_section(dev: dict, plots: Path, base: Path) -> str:
@@ -482,7 +503,8 @@ def splice(only: list[str], folder: Path = RESULTS, md: Path = MD, note: str | N
     head, body = pieces[0], pieces[1:]
     titles = {p: t.split("\n", 1)[0] for p, t in fresh.items()}
     out = [piece for piece in body if piece.split("\n", 1)[0] not in titles.values()]
-    out = [_merge_targets(piece, targets_section(parts["device"], parts["methods"], parts["ptq"]))
+    out = [_merge_targets(piece, targets_section(parts["device"], parts["methods"], parts["ptq"], parts["latency"],
+                                                 parts["proof"]))
            if piece.startswith("## Targets") else piece for piece in out]
     out += [fresh[p] for p in PARTS if p in fresh]
     out.sort(key=_section_order)
@@ -502,11 +524,12 @@ def _section_order(piece: str) -> tuple[int, str]:
 def _merge_targets(old: str, new: str) -> str:
     """The old Targets table with the new table's rows: same target replaced, others appended."""
     rows = [line for line in new.splitlines() if line.startswith("| ") and not line.startswith("| target |")]
-    if not rows:
+    if not rows and not any(f"| {r}" in old for r in RETIRED):
         return old
     key = {r.split(" | ", 1)[0]: r for r in rows}
     lines = old.rstrip("\n").splitlines()
-    kept = [line for line in lines if line.split(" | ", 1)[0] not in key]
+    kept = [line for line in lines if line.split(" | ", 1)[0] not in key
+            and not any(line.startswith(f"| {r}") for r in RETIRED)]
     return "\n".join(kept + rows) + "\n\n"
 
 
@@ -536,7 +559,7 @@ def render(folder: Path = RESULTS, md: Path = MD, plots: Path | None = None, wal
         lines += [note, ""]
     if wall:
         lines += ["Wall time of this run: " + ", ".join(f"{k} {secs(v)}" for k, v in wall.items()) + ".", ""]
-    lines += [targets_section(parts["device"], parts["methods"], parts["ptq"]), ""]
+    lines += [targets_section(parts["device"], parts["methods"], parts["ptq"], parts["latency"], parts["proof"]), ""]
     lines += [text for text in part_sections(parts, plots, md.parent).values()]
     return atomic_write_text(md, "\n".join(lines).rstrip() + "\n")
 

@@ -141,6 +141,7 @@ class _Run:
     rows: list[dict] = field(default_factory=list)
     policies: dict[str, Policy] = field(default_factory=dict)
     built: dict[str, dict] = field(default_factory=dict)
+    target_name: str = TARGET  # what the policies deploy to
 
     def solve(self, target: Target, budget: dict) -> Solved:
         """The least-penalty policy under `budget` on `target`, or why there is none."""
@@ -178,7 +179,8 @@ class _Run:
 
         for p in ("w8a8", "f32"):
             pol = Policy.uniform(self.layers, p)
-            pol = Policy(pol.precisions, method=f"uniform {p}", target=TARGET, model_hash=self.model.model_hash,
+            pol = Policy(pol.precisions, method=f"uniform {p}", target=self.target_name,
+                         model_hash=self.model.model_hash,
                          predicted={"latency_ms": predict_latency(self.table, pol.precisions),
                                     "size_bytes": policy_weight_bytes(self.layers, pol),
                                     "bops": policy_bops(self.layers, pol)})
@@ -197,8 +199,9 @@ class _Run:
 
         d = self.art_root / key
         t = time.perf_counter()
-        deploy(self.model, self.ds, pol, TARGET, d, DeployConfig(profile=self.table, weights=self.meta["weights"],
-                                                                   data_spec="mnist" if self.trained else "digits"))
+        deploy(self.model, self.ds, pol, self.target_name, d,
+               DeployConfig(profile=self.table, weights=self.meta["weights"],
+                            data_spec="mnist" if self.trained else "digits"))
         secs = time.perf_counter() - t
         data = (d / "model.tflite").read_bytes()
         entry = {"deploy_s": secs, "tflite_bytes": len(data), "folder": str(d)}
