@@ -7,6 +7,7 @@ to the layers kept out of the search and solves. The budget sweep (the Pareto fr
 from __future__ import annotations
 
 import itertools
+import time
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -106,7 +107,7 @@ def solve(layers: list[Layer], sensitivity: Sensitivity, costs: CostTable | None
 
     model = arena_model(costs) if costs is not None and target.microcontroller else None
     if model is not None:
-        sol, arena = _solve_in_arena(problem, budget, model, (options.time_limit_s, near_tie))
+        sol, arena = _solve_in_arena(problem, budget, model, _Timed(options.time_limit_s, near_tie))
     else:
         sol, arena = solve_problem(problem, budget, options.time_limit_s, near_tie), None
     predicted = {"objective": sol.objective, "size_bytes": sol.totals["size_bytes"], "bops": sol.totals["bops"],
@@ -129,7 +130,25 @@ def solve(layers: list[Layer], sensitivity: Sensitivity, costs: CostTable | None
 ARENA_ROUNDS = 12
 
 
-def _solve_in_arena(problem: Problem, budget: Budget, model: Any, limits: tuple[float, float]) -> tuple[Any, int]:
+class _Timed:
+    """The arena loop's solves, which share one time limit between them: each gets what is left."""
+
+    def __init__(self, time_limit_s: float, near_tie: float) -> None:
+        self.limit, self.near_tie, self.solves = time_limit_s, near_tie, 0
+        self.end = time.perf_counter() + time_limit_s
+
+    def __call__(self, problem: Problem, budget: Budget, explain: bool = True) -> Any:
+        from .errors import SolverTimeoutError
+
+        left = self.end - time.perf_counter()
+        if left <= 0:
+            raise SolverTimeoutError(f"the RAM search used its whole time limit ({self.limit:g} s, {self.solves} "
+                                     "solves) before a policy fit the arena; raise --time-limit")
+        self.solves += 1
+        return solve_problem(problem, budget, left, self.near_tie, explain=explain)
+
+
+def _solve_in_arena(problem: Problem, budget: Budget, model: Any, solver: _Timed) -> tuple[Any, int]:
     """Solve with the RAM budget held on TFLite Micro's predicted arena. The solver holds the
     bytes alive at every op (linear in the choices) plus the persistent tail under the budget,
     for each width the ops between layers may compute at (the policy's most common activation
@@ -138,10 +157,10 @@ def _solve_in_arena(problem: Problem, budget: Budget, model: Any, limits: tuple[
     from .errors import InfeasibleError
 
     if budget.ram_kb is None:
-        sol = solve_problem(problem, budget, *limits)
+        sol = solver(problem, budget)
         return sol, model.predict(_precisions(sol)).total
     free = replace(budget, ram_kb=None)
-    first = solve_problem(problem, free, *limits)  # the other budgets' own infeasibility is theirs to say
+    first = solver(problem, free)  # the other budgets' own infeasibility is theirs to say
     seen = [(model.predict(_precisions(first)), first)]
     if seen[0][0].total <= budget.ram_kb * 1024:
         return first, seen[0][0].total
@@ -150,11 +169,11 @@ def _solve_in_arena(problem: Problem, budget: Budget, model: Any, limits: tuple[
     for bits in sorted({Precision.parse(p).act_bits for cs in choices.values() for p in cs
                         if not Precision.parse(p).is_float}):
         fits += _fit_width(replace(problem, rows=problem.rows + (_majority(choices, bits),)), free, model,
-                           (budget.ram_kb * 1024, model.live_rows(choices, bits)), limits, seen)
+                           (budget.ram_kb * 1024, model.live_rows(choices, bits)), solver, seen)
     if fits:
         sol, arena = min(fits, key=lambda f: f[0].objective)
         return sol, arena
-    _narrowest(problem, free, model, limits, seen)
+    _narrowest(problem, free, model, solver, seen)
     least = min(seen, key=lambda s: s[0].total)[0]
     where = f" (it peaks where the tensors of {', '.join(least.peak_layers[:4])} are alive)" if least.peak_layers \
         else ""
@@ -163,7 +182,7 @@ def _solve_in_arena(problem: Problem, budget: Budget, model: Any, limits: tuple[
                           "that, or make those layers' activations smaller (a smaller input, fewer channels)")
 
 
-def _fit_width(problem: Problem, budget: Budget, model: Any, ram: tuple[float, list], limits: tuple[float, float],
+def _fit_width(problem: Problem, budget: Budget, model: Any, ram: tuple[float, list], solver: _Timed,
                seen: list) -> list[tuple[Any, int]]:
     """The policy under `ram` = (bytes, live rows) for one common width: the rows tightened by
     each solution's excess, bisected back when they rule everything out; [] if none fits.
@@ -177,7 +196,7 @@ def _fit_width(problem: Problem, budget: Budget, model: Any, ram: tuple[float, l
         rows = tuple(Row({k: v for k, v in r.items() if k != ("", "")}, limit - tail - excess - r[("", "")])
                      for r in live)
         try:
-            sol = solve_problem(replace(problem, rows=problem.rows + rows), budget, *limits, explain=False)
+            sol = solver(replace(problem, rows=problem.rows + rows), budget, explain=False)
         except SolverTimeoutError:
             raise
         except InfeasibleError:
@@ -196,7 +215,7 @@ def _fit_width(problem: Problem, budget: Budget, model: Any, ram: tuple[float, l
     return []
 
 
-def _narrowest(problem: Problem, budget: Budget, model: Any, limits: tuple[float, float], seen: list) -> None:
+def _narrowest(problem: Problem, budget: Budget, model: Any, solver: _Timed, seen: list) -> None:
     """Add to `seen` the arena of the narrowest activations every layer can take, when that
     policy meets the other budgets: the least arena the error can quote."""
     from .errors import InfeasibleError
@@ -207,7 +226,7 @@ def _narrowest(problem: Problem, budget: Budget, model: Any, limits: tuple[float
 
     narrow = {n: [min(cs, key=width)] for n, cs in problem.choices.items()}
     try:
-        sol = solve_problem(replace(problem, choices=narrow), budget, *limits, explain=False)
+        sol = solver(replace(problem, choices=narrow), budget, explain=False)
     except InfeasibleError:
         return
     seen.append((model.predict(_precisions(sol)), sol))

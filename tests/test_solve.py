@@ -323,3 +323,17 @@ def test_a_fixed_layer_keeps_its_precision_and_the_rest_is_searched_around_it(tw
     with pytest.raises(ConfigError, match="--pin nope: the model has no searchable layer of that name; "
                                           "choose from conv, fc"):
         pick(("nope", ""))
+
+
+def test_the_arena_loop_s_solves_share_one_time_limit():
+    import time
+
+    from edgempq.errors import SolverTimeoutError
+    from edgempq.solve import _Timed
+
+    solver = _Timed(0.05, 0.0)
+    problem = two_way({"a": 1.0})
+    assert solver(problem, Budget()).precisions  # the first solve gets what is left of the limit
+    time.sleep(0.06)
+    with pytest.raises(SolverTimeoutError, match=r"the RAM search used its whole time limit \(0.05 s, 1 solves\)"):
+        solver(problem, Budget())
