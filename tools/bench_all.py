@@ -501,8 +501,8 @@ def splice(only: list[str], folder: Path = RESULTS, md: Path = MD, note: str | N
     fresh = {p: text for p, text in part_sections(parts, plots, md.parent).items() if p in only}
     pieces = _sections(md.read_text())
     head, body = pieces[0], pieces[1:]
-    titles = {p: t.split("\n", 1)[0] for p, t in fresh.items()}
-    out = [piece for piece in body if piece.split("\n", 1)[0] not in titles.values()]
+    titles = {_part_key(t) for t in fresh.values()}
+    out = [piece for piece in body if _part_key(piece) not in titles]  # by number: a title may change
     out = [_merge_targets(piece, targets_section(parts["device"], parts["methods"], parts["ptq"], parts["latency"],
                                                  parts["proof"]))
            if piece.startswith("## Targets") else piece for piece in out]
@@ -512,6 +512,13 @@ def splice(only: list[str], folder: Path = RESULTS, md: Path = MD, note: str | N
         head = head.rstrip("\n") + "\n\n" + note + "\n\n"
     return atomic_write_text(md, (head + "".join(p if p.endswith("\n\n") else p.rstrip("\n") + "\n\n"
                                                  for p in out)).rstrip() + "\n")
+
+
+def _part_key(piece: str) -> str:
+    """What identifies a section across runs: its part number ("## 9."), else its whole title."""
+    title = piece.split("\n", 1)[0]
+    number = title[3:].split(".", 1)[0]
+    return f"## {number}." if title.startswith("## ") and number.isdigit() else title
 
 
 def _section_order(piece: str) -> tuple[int, str]:
