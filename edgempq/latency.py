@@ -251,10 +251,10 @@ def policy_latency(table: CostTable, precisions: dict[str, Precision], fit: Late
             "target": table.target.name, "model_hash": table.model_hash}
 
 
-def profile_points(table: CostTable) -> list[dict]:
+def profile_points(table: CostTable, fit: LatencyFit | None = None) -> list[dict]:
     """The profile's own whole-model timings (uniform, alternating and probe policies) with what
     the predictor says of them: how well the latency model fits the device it was measured on."""
-    fit = latency_fit(table)
+    fit = latency_fit(table) if fit is None else fit
     return [{"label": label, "predicted_ms": predict_latency(table, assign, fit), "measured_ms": ms}
             for label, assign, ms in whole_points(table)]
 
@@ -270,7 +270,9 @@ def predicted_latency(policy: Policy, table: CostTable | None, target: Target,
             raise ConfigError(f"the profile was measured on {table.target.name} ({_device(table.target)}), not on "
                               f"{target.name}'s device ({_device(target)}); give a profile measured on {target.name}")
         check_profile_model(table, model)
-        return PredictedLatency.from_dict({**policy_latency(table, policy.precisions), "points": profile_points(table)},
+        fit = latency_fit(table)
+        return PredictedLatency.from_dict({**policy_latency(table, policy.precisions, fit),
+                                           "points": profile_points(table, fit)},
                                           "the predicted latency")
     if policy.target == target.name and "latency_ms" in policy.predicted:
         return PredictedLatency(float(policy.predicted["latency_ms"]), target.name)

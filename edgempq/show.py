@@ -89,7 +89,7 @@ def _latency_model(table: Any) -> None:
             f"{k.replace('~', ' and ')} {v * 1e6:.3f} ms" for k, v in sorted(fit.per_element.items())))
     click.echo("layers' rows scaled inside the whole model by: "
                + ", ".join(f"{p} ×{v:.2f}" for p, v in sorted(fit.scales.items())))
-    points = profile_points(table)
+    points = profile_points(table, fit)
     if points:
         errs = sorted(abs(q["predicted_ms"] / q["measured_ms"] - 1) for q in points if q["measured_ms"] > 0)
         how = (f"fitted on {fit.fitted_on} whole models, {len(table.probes)} of them random mixes" if fit.fitted_on

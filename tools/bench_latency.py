@@ -11,7 +11,6 @@ Untrained weights: latency depends on the graph and the precisions, not on the v
 from __future__ import annotations
 
 import argparse
-import random
 import statistics
 import sys
 from collections.abc import Callable
@@ -30,10 +29,11 @@ SEED = 1  # the profile's probes are drawn with seed 0
 
 
 def mixed_policies(layers: list, target: object, n: int, seed: int) -> dict[str, dict]:
-    """`n` random policies over every precision the target runs for each layer."""
-    rng = random.Random(seed)
-    return {f"random {i:02d}": {la.name: rng.choice(target.allowed(la.kind)) for la in layers if la.searchable}
-            for i in range(n)}
+    """`n` random policies over every precision the target runs for each layer (drawn as the
+    profile draws its probes, with another `seed`)."""
+    from edgempq.assign import probe_assignments
+
+    return {f"random {i:02d}": a for i, a in enumerate(probe_assignments(layers, target, n, seed))}
 
 
 def bench_model(name: str, target_name: str, n: int, seed: int) -> dict:
@@ -41,8 +41,6 @@ def bench_model(name: str, target_name: str, n: int, seed: int) -> dict:
     with the profile's own whole models (uniform, alternating, probes) timed again: the error
     against the profile as measured (what a user sees), and against the same latency model
     fitted on those re-timed points (its own error, without the device's drift since profiling)."""
-    from dataclasses import replace
-
     from edgempq.backends import backend_for
     from edgempq.export.float_graph import float_tflite
     from edgempq.latency import predict_latency, whole_points
@@ -71,7 +69,7 @@ def bench_model(name: str, target_name: str, n: int, seed: int) -> dict:
                 runs = whole_runs(target, times[label][0] if times[label] else None)
                 times[label].append(backend.time(tflite, runs).median_ms)
     ms = {k: statistics.median(v) for k, v in times.items()}
-    same = _refitted(table, ms, replace)
+    same = _refitted(table, ms)
     drift = statistics.median(ms[f"fit {label}"] / was for label, _, was in whole_points(table))
     rows = []
     for label, (assign, _) in built.items():
@@ -86,8 +84,10 @@ def bench_model(name: str, target_name: str, n: int, seed: int) -> dict:
     return {"model": name, "target": target_name, "policies": rows, "probes": len(table.probes), "drift": drift}
 
 
-def _refitted(table: object, ms: dict[str, float], replace: Callable) -> object:
+def _refitted(table: object, ms: dict[str, float]) -> object:
     """`table` with its whole-model points replaced by their re-timed medians `ms`."""
+    from dataclasses import replace
+
     from edgempq.schema import Probe
 
     return replace(table, whole_ms={p: ms[f"fit {p}"] for p in table.whole_ms if f"fit {p}" in ms},
