@@ -3,13 +3,8 @@
 The arena is a head, where the greedy memory planner lays out the activation tensors by their
 lifetimes, and a tail of persistent bytes (a struct per tensor and op, each op's data). The
 profile keeps the float graph's skeleton (`Graph`) and measures the uniform whole models'
-arenas; a policy's quantized graph follows from the skeleton by the quantizer's rules:
-- a searched layer's op computes at its activation bits, a fixed layer's at float, every other
-  op (pads, pools, adds) at the policy's most common integer bits;
-- a tensor read at other bits than it was written gets a conversion op (QUANTIZE, DEQUANTIZE)
-  just before its first reader at those bits (an op's inputs in tensor order), shared by later
-  readers, its output a new tensor;
-- the model's input and output are at the common bits (float when the layer nearest is float).
+arenas; a policy's quantized graph (each op's bits, the conversions the quantizer inserts) follows
+from the skeleton by the quantizer's rules (`edgempq.qgraph`).
 The head replays TFLite Micro's GreedyMemoryPlanner (largest buffer first, equal sizes in
 reverse tensor order, each at the lowest offset clear of the buffers alive with it; tensors
 aligned to 16 bytes; an int4 conv's unpacked weights and an integer transposed conv's
@@ -22,10 +17,10 @@ from __future__ import annotations
 
 import functools
 import math
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from .qgraph import bits_of, derive, end_bits
 from .schema import Layer, Precision
 from .schema.graph import Graph
 
@@ -45,15 +40,6 @@ class Arena:
     peak_layers: tuple[str, ...]
 
 
-def _bits(p: Precision) -> int:
-    return 32 if p.is_float else p.act_bits
-
-
-def _common_bits(precisions: dict[str, Precision]) -> int:
-    c = Counter(p.act_bits for p in precisions.values() if not p.is_float)
-    return c.most_common(1)[0][0] if c else 32
-
-
 @dataclass
 class _Planned:
     """The quantized graph's buffers: (bytes, first op, last op, tensor order, producing layer)."""
@@ -63,67 +49,37 @@ class _Planned:
     int4_convs: int
 
 
-def _end_bits(graph: Graph, precisions: dict[str, Precision], a: int) -> tuple[int, int]:
-    """Bits of the model's input and output: float when the layer nearest them is float."""
-    order = [o.layer for o in graph.ops if o.layer in precisions]
-    if not order:
-        return a, a
-    return (32 if precisions[order[0]].is_float else a), (32 if precisions[order[-1]].is_float else a)
-
-
 def plan(graph: Graph, layers: dict[str, Layer], precisions: dict[str, Precision]) -> _Planned:
-    """The buffers TFLite Micro plans for `precisions`: each tensor with its lifetime, the
-    conversions the quantizer inserts, and each op's scratch."""
-    a = _common_bits(precisions)
-    in_bits, out_bits = _end_bits(graph, precisions, a)
-    bits = dict.fromkeys(graph.inputs, in_bits)
-    elements = dict(graph.elements)
-    writer = dict.fromkeys(graph.inputs, "")
-    first, last = dict.fromkeys(graph.inputs, 0), dict.fromkeys(graph.inputs, 0)
-    converted: dict[tuple[int, int], int] = {}
-    step, fresh, scratch = 0, graph.tensors, []
-    int4 = 0
-
-    def convert(t: int, b: int) -> int:
-        """The tensor the reader reads: `t` at bits `b`, through a conversion op placed now."""
-        nonlocal step, fresh
-        if bits.get(t, b) == b:
-            return t
-        if (t, b) not in converted:  # a conversion op just before the reader
-            converted[(t, b)] = fresh
-            bits[fresh], elements[fresh], writer[fresh] = b, elements[t], writer.get(t, "")
-            first[fresh] = last[fresh] = step
-            last[t] = step
-            fresh, step = fresh + 1, step + 1
-        return converted[(t, b)]
-
-    def read(ts: list[int], b: int) -> list[int]:
-        """An op's inputs at bits `b` (converted in tensor order), read at the op's step."""
-        got = [convert(t, b) for t in sorted(ts)]  # the quantizer converts an op's inputs in tensor order
-        for t in got:
-            first.setdefault(t, step)
-            last[t] = step
-        return got
-
-    for o in graph.ops:
-        p = precisions.get(o.layer)
-        b = _bits(p) if p is not None else 32 if o.layer else a
-        read(list(o.inputs), b)
-        for t in o.outputs:
-            bits[t], writer[t] = b, o.layer if p is not None else ""
-            first.setdefault(t, step)
-            last[t] = max(last.get(t, step), step)
-        need = _scratch(layers[o.layer], p, o.op) if p is not None else 0
+    """The buffers TFLite Micro plans for `precisions`: each tensor of the quantized graph
+    (`qgraph.derive`: conversions included) with its lifetime, and each op's scratch."""
+    q = derive(graph, precisions)
+    bits = dict.fromkeys(graph.inputs, 0)
+    first: dict[int, int] = dict.fromkeys(graph.inputs, 0)
+    last: dict[int, int] = dict.fromkeys(graph.inputs, 0)
+    scratch, int4 = [], 0
+    for i, s in enumerate(q.steps):
+        for t in s.reads:
+            first.setdefault(t, i)
+            last[t] = i
+        for t in s.writes:
+            bits[t] = s.bits
+            first.setdefault(t, i)
+            last[t] = max(last.get(t, i), i)
+        p = precisions.get(s.op.layer) if s.op is not None else None
+        need = _scratch(layers[s.op.layer], p, s.op.op) if p is not None else 0
         if need:
-            scratch.append((need, step))
-            int4 += o.op == "CONV_2D"
-        step += 1
-    outputs = read(list(graph.outputs), out_bits)
-    for t in outputs:
-        last[t] = step - 1 if step else 0
-    bufs = [(_align(elements[t] * _bytes(bits[t])), first[t], last[t], t, writer.get(t, "")) for t in sorted(first)]
+            scratch.append((need, i))
+            int4 += s.op.op == "CONV_2D"
+    end_bits_ = end_bits(graph, precisions, q.common)[0]
+    for t in graph.inputs:
+        bits[t] = end_bits_
+    for t in q.outputs:
+        first.setdefault(t, len(q.steps) - 1)
+        last[t] = max(len(q.steps) - 1, 0)
+    fresh = graph.tensors + sum(s.op is None for s in q.steps)
+    bufs = [(_align(q.elements[t] * _bytes(bits[t])), first[t], last[t], t, q.writer.get(t, "")) for t in sorted(first)]
     bufs += [(_align(n), s, s, fresh + i, "") for i, (n, s) in enumerate(scratch)]
-    return _Planned(bufs, len(converted), int4)
+    return _Planned(bufs, fresh - graph.tensors, int4)
 
 
 def _scratch(layer: Layer, p: Precision, op: str) -> int:
@@ -235,7 +191,7 @@ def _add_tensor(row: dict, elements: int, layer: str, choices: dict[str, list[st
     """Add a tensor's bytes to `row`: by its writer's choice, float for a fixed op, else at the common bits."""
     if layer in choices:
         for p in choices[layer]:
-            row[(layer, p)] = row.get((layer, p), 0.0) + elements * _bytes(_bits(Precision.parse(p)))
+            row[(layer, p)] = row.get((layer, p), 0.0) + elements * _bytes(bits_of(Precision.parse(p)))
     else:
         row[("", "")] += elements * (4 if layer else _bytes(common_bits))
 

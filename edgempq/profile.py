@@ -197,7 +197,7 @@ class Whole:
     mixed_ms: dict[str, float]
     model_bytes: dict[str, int]
     arena_bytes: dict[str, int]
-    graph: Any = None  # on microcontrollers, the float graph's skeleton (arena.Graph) the arena is predicted on
+    graph: Any = None  # the float graph's skeleton (schema.graph.Graph): the latency model's and the arena's
     probes: dict[str, Probe] = field(default_factory=dict)  # random mixed policies, for the latency model's fit
 
 
@@ -254,9 +254,19 @@ def measure_whole(backend: Backend, whole: WholeModel, layers: list[Layer], targ
     (and checks) as any policy; the uniform models' sizes and arenas too."""
     todo = _whole_policies(layers, target, whole.probes)
     key = whole.key(layers)
-    out = Whole({}, {}, {}, {}, _cached_graph(cache, key) if target.microcontroller else None)
+    out = Whole({}, {}, {}, {}, _cached_graph(cache, key))
     pending: list[tuple[str, str, str, bytes, dict[str, Precision]]] = []
-    base, module = None, None
+    built: list[tuple[bytes, Any]] = []
+
+    def float_base() -> tuple[bytes, Any]:
+        """The float flatbuffer and the module it was converted from, built once when needed."""
+        if not built:
+            from .export.float_graph import float_tflite
+
+            module = whole.timing_copy()
+            built.append((float_tflite(module, whole.input_shape), module))
+        return built[0]
+
     for i, (what, p, assign) in enumerate(todo):
         if on_step:
             on_step(i, len(todo) * 2, f"building whole model {p}")
@@ -265,18 +275,10 @@ def measure_whole(backend: Backend, whole: WholeModel, layers: list[Layer], targ
         if "median_ms" in cached and (what != "uniform" or "model_bytes" in cached):
             _record(out, what, p, assign, cached)
             continue
-        if base is None:
-            from .export.float_graph import float_tflite
-
-            module = whole.timing_copy()
-            base = float_tflite(module, whole.input_shape)
+        base, module = float_base()
         pending.append((what, p, f"{key}-{variant}", whole_tflite(layers, base, assign, module), assign))
-    if target.microcontroller and out.graph is None:
-        if base is None:
-            from .export.float_graph import float_tflite
-
-            module = whole.timing_copy()
-            base = float_tflite(module, whole.input_shape)
+    if out.graph is None:
+        base, module = float_base()
         out = replace(out, graph=_skeleton(layers, base, module))
         cache.put_graph(key, out.graph.to_dict())
     times = _timed_rounds(backend, pending, len(todo), cache, on_step)

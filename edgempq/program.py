@@ -3,9 +3,11 @@
 One binary per (layer, precision the target runs for the layer's kind), exactly one per layer;
 the objective is the Sensitivity's penalties plus its pairwise terms, each product of two
 binaries linearised exactly (y ≤ xᵢ, y ≤ xⱼ, y ≥ xᵢ + xⱼ − 1). Budgets: latency (the profile's
-scaled per-layer costs), size (weight bytes as the artifact stores them), BOPs, and RAM (every
-layer's working set under the limit). The solver sees only numbers (`Choice`), so it is tested
-with hand-made tables; `solve.py` builds them from a model's layers, profile and sensitivity."""
+scaled per-layer costs, the conversions between layers as pairwise and any-of terms, and, per case
+of the policy's common bits, what those add), size (weight bytes as the artifact stores them), BOPs, and RAM (every
+layer's working set under the limit). A problem with cases is solved once per case, under the
+case's rows; the best policy over them wins. The solver sees only numbers (`problem.py`), so it is
+tested with hand-made tables; `solve.py` builds them from a model's layers, profile and sensitivity."""
 
 from __future__ import annotations
 
@@ -13,11 +15,27 @@ import itertools
 import math
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError, InfeasibleError, SolverTimeoutError
+from .errors import InfeasibleError, SolverTimeoutError
+from .problem import (
+    AnyOf,
+    Case,
+    Choice,
+    Problem,
+    Row,
+    Solution,
+    group_options,
+    merge_groups,
+    objective,
+    totals,
+    with_case,
+)
 from .schema import Budget
+
+__all__ = ["AnyOf", "Case", "Choice", "Problem", "Row", "Solution", "check_feasible", "least_under", "merge_groups",
+           "objective", "solve_problem", "totals", "with_case"]
 
 if TYPE_CHECKING:
     import mip
@@ -27,124 +45,33 @@ METRICS = {"latency_ms": ("latency_ms", 1.0, "ms"), "size_kb": ("size_bytes", 10
            "flash_kb": ("flash_bytes", 1024.0, "KB")}
 
 
-@dataclass(frozen=True)
-class Choice:
-    """One option of one layer, as numbers."""
-
-    layer: str
-    precision: str
-    penalty: float
-    latency_ms: float = 0.0
-    size_bytes: float = 0.0
-    bops: float = 0.0
-    ram_bytes: float = 0.0
-    flash_bytes: float = 0.0  # what the layer adds to the flatbuffer (weights, bias, quantization, op)
-
-
-@dataclass(frozen=True)
-class Problem:
-    """Options per layer (model order), pairwise penalties, groups that share a precision, and
-    what the fixed layers add to each total (e.g. their float32 weight bytes)."""
-
-    choices: dict[str, list[Choice]]
-    pairs: dict[tuple[tuple[str, str], tuple[str, str]], float] = field(default_factory=dict)
-    groups: tuple[tuple[str, ...], ...] = ()
-    constant: dict[str, float] = field(default_factory=dict)  # metric field -> value
-    # ms the device spends between two layers for their pair of choices (tensor conversions)
-    latency_pairs: dict[tuple[tuple[str, str], tuple[str, str]], float] = field(default_factory=dict)
-    # linear rows every policy must meet: Σ coefficient × [layer takes precision] ≤ limit
-    rows: tuple[Row, ...] = ()
-
-
-@dataclass(frozen=True)
-class Row:
-    """A linear constraint on the choices: Σ coefficient · x(layer, precision) ≤ limit."""
-
-    coefficients: dict[tuple[str, str], float]
-    limit: float
-
-
-@dataclass(frozen=True)
-class Solution:
-    """The solver's answer: a precision per layer, its penalty and totals, and how sure it is."""
-
-    precisions: dict[str, str]
-    objective: float
-    totals: dict[str, float]  # latency_ms, size_bytes, bops, ram_bytes (the largest layer)
-    status: str  # optimal, or feasible when the time limit stopped the proof
-    gap: float
-    seconds: float
-    least: float | None = None  # the least penalty, when a near-tie gave a faster policy above it
-
-
-def totals(problem: Problem, pick: dict[str, str]) -> dict[str, float]:
-    """What a pick costs: sums of latency (with the conversions between its layers), size and
-    BOPs, and the largest layer's RAM."""
-    chosen = [next(c for c in problem.choices[la] if c.precision == p) for la, p in pick.items()]
-    out = {k: sum(getattr(c, k) for c in chosen) + problem.constant.get(k, 0.0)
-           for k in ("latency_ms", "size_bytes", "bops", "flash_bytes")}
-    out["latency_ms"] += _picked_pairs(problem.latency_pairs, pick)
-    out["ram_bytes"] = max([c.ram_bytes for c in chosen] + [problem.constant.get("ram_bytes", 0.0)])
-    return out
-
-
-def _picked_pairs(pairs: dict, pick: dict[str, str]) -> float:
-    return sum(v for (a, b), v in pairs.items() if pick.get(a[0]) == a[1] and pick.get(b[0]) == b[1])
-
-
-def objective(problem: Problem, pick: dict[str, str]) -> float:
-    """Σ penalties of the picked choices plus the pairwise terms both of whose choices are picked."""
-    own = sum(next(c.penalty for c in problem.choices[la] if c.precision == p) for la, p in pick.items())
-    return own + _picked_pairs(problem.pairs, pick)
-
-
-def merge_groups(groups: tuple[tuple[str, ...], ...]) -> list[tuple[str, ...]]:
-    """Groups that share a layer become one group (sharing a precision is transitive)."""
-    merged: list[list[str]] = []
-    for g in groups:
-        if not g:
-            raise ConfigError("a group of layers is empty; list two or more layers, comma-separated")
-        hit = [m for m in merged if set(m) & set(g)]
-        new = list(dict.fromkeys([la for m in hit for la in m] + list(g)))
-        merged = [m for m in merged if m not in hit] + [new]
-    return [tuple(m) for m in merged]
-
-
-def _group_options(problem: Problem) -> list[tuple[tuple[str, ...], list[str]]]:
-    """Decision units: each group (or lone layer) with the precisions all its members have."""
-    groups = merge_groups(problem.groups)
-    grouped = {la for g in groups for la in g}
-    units = list(groups) + [(la,) for la in problem.choices if la not in grouped]
-    out = []
-    for members in units:
-        missing = [la for la in members if la not in problem.choices]
-        if missing:
-            raise ConfigError(f"group {', '.join(members)} names layer(s) {', '.join(missing)} that are not searched")
-        common = [c.precision for c in problem.choices[members[0]]
-                  if all(any(o.precision == c.precision for o in problem.choices[m]) for m in members[1:])]
-        if not common:
-            raise InfeasibleError(f"layers {', '.join(members)} must share a precision but have none in common; "
-                                  "drop the group or give them a common precision")
-        out.append((members, common))
-    return out
-
-
 def check_feasible(problem: Problem, budget: Budget) -> None:
     """Raise InfeasibleError naming the first budget that even the cheapest choices break, and
     the smallest value that is achievable."""
-    units = _group_options(problem)
-    for key, limit in budget.items():
-        attr, scale, unit = METRICS[key]
+    _raise_needs(budget, _needs(problem, budget))
+
+
+def _needs(problem: Problem, budget: Budget) -> dict[str, float | None]:
+    """Per budget, the least value the cheapest choices reach (None when unknown)."""
+    units = group_options(problem)
+    out: dict[str, float | None] = {}
+    for key, _ in budget.items():
+        attr, scale, _ = METRICS[key]
         per_unit = [min(sum(_metric(problem, la, p, attr) for la in members) if attr != "ram_bytes"
                         else max(_metric(problem, la, p, attr) for la in members) for p in options)
                     for members, options in units]
-        need = (max([*per_unit, problem.constant.get("ram_bytes", 0.0)]) if attr == "ram_bytes"
-                else sum(per_unit) + problem.constant.get(attr, 0.0)) / scale
-        if attr == "latency_ms" and problem.latency_pairs:
-            need = _min_latency(problem, budget)  # conversions between layers count too
-            if need is None:
-                continue  # RAM or groups rule everything out, or no proof in time: the solve says which
-        if need > limit * (1 + 1e-9):
+        out[key] = (max([*per_unit, problem.constant.get("ram_bytes", 0.0)]) if attr == "ram_bytes"
+                    else sum(per_unit) + problem.constant.get(attr, 0.0)) / scale
+        if attr == "latency_ms" and (problem.latency_pairs or problem.latency_any or problem.rows):
+            out[key] = _min_latency(problem, budget)  # conversions between layers count too
+    return out
+
+
+def _raise_needs(budget: Budget, needs: dict[str, float | None]) -> None:
+    for key, limit in budget.items():
+        need = needs.get(key)
+        if need is not None and need > limit * (1 + 1e-9):  # None: RAM or groups rule all out, the solve says which
+            unit = METRICS[key][2]
             raise InfeasibleError(f"budget {key}={limit:g} cannot be met: the cheapest precision per layer needs "
                                   f"{need:.6g} {unit}; raise {key} to at least {need:.6g}")
 
@@ -168,13 +95,15 @@ def optimize(m: Any, seconds: float) -> Any:
 
 
 def solve_problem(problem: Problem, budget: Budget, time_limit_s: float = 30.0, near_tie: float = 0.0,
-                  explain: bool = True) -> Solution:
-    """The optimum (or the best found in the time limit, with its gap) of `problem`; among the
-    policies whose penalty is within `near_tie` (a fraction) of the optimum's, the fastest.
-    An infeasible problem is an InfeasibleError that says (`explain`, which takes more solves)
-    what the budgets need; a time-out, a SolverTimeoutError."""
+                  explain: bool = True, tie_base: float | None = None) -> Solution:
+    """The optimum (or the best found in the time limit, with its gap) of `problem`, over all its
+    cases; among the policies whose penalty is within `near_tie` (a fraction) of the optimum's
+    (of `tie_base`, when given), the fastest. An infeasible problem is an InfeasibleError that
+    says (`explain`, which takes more solves) what the budgets need; a time-out, a SolverTimeoutError."""
     import mip
 
+    if problem.cases:
+        return _solve_cases(problem, budget, time_limit_s, near_tie, explain)
     check_feasible(problem, budget)
     t0 = time.perf_counter()
     m, x, y = _base_model(problem, budget)
@@ -195,13 +124,46 @@ def solve_problem(problem: Problem, budget: Budget, time_limit_s: float = 30.0, 
     gap = gap if math.isfinite(gap) else None  # python-mip reports inf when the objective is near 0
     if status == mip.OptimizationStatus.OPTIMAL:
         left = time_limit_s - (time.perf_counter() - t0)
-        cheaper = _prefer_cheaper(m, problem, (x, y), scale, (left, near_tie))
+        base = m.objective_value if tie_base is None else tie_base / scale
+        cheaper = _prefer_cheaper(m, problem, (x, y), scale, (left, near_tie, base))
         if cheaper is not None and _cost(problem, cheaper) <= _cost(problem, pick):
             pick = cheaper  # a time-out in the second solve may stop at a slower one
     least = objective(problem, optimal) if pick != optimal else None
     return Solution(pick, objective(problem, pick), totals(problem, pick),
                     "optimal" if status == mip.OptimizationStatus.OPTIMAL else "feasible", gap,
                     time.perf_counter() - t0, least)
+
+
+def _solve_cases(problem: Problem, budget: Budget, time_limit_s: float, near_tie: float, explain: bool) -> Solution:
+    """The best policy over the problem's cases, which share the time limit: each case's optimum;
+    then, among the cases within the near-tie window of the least of them (exact ties always),
+    the fastest policy in the window."""
+    t0 = time.perf_counter()
+    merged = [with_case(problem, c) for c in problem.cases]
+
+    def left() -> float:
+        return max(1e-3, time_limit_s - (time.perf_counter() - t0))
+
+    found = []
+    for q in merged:
+        try:
+            found.append((q, solve_problem(q, budget, left(), 0.0, explain=False)))
+        except InfeasibleError:
+            continue
+    if not found:
+        if explain:
+            needs = [_needs(q, budget) for q in merged]
+            _raise_needs(budget, {k: min((n[k] for n in needs if n[k] is not None), default=None)
+                                  for k, _ in budget.items()})
+        raise InfeasibleError(_together_message(problem, budget) if explain else "no policy meets the budgets")
+    best = min(s.objective for _, s in found)
+    window = best + max(1e-7 * max(1.0, abs(best)), near_tie * abs(best))
+    near = [(q, s) for q, s in found if s.objective <= window]
+    if near_tie > 0:
+        near = [(q, solve_problem(q, budget, left(), near_tie, explain=False, tie_base=best)) for q, _ in near]
+    q, sol = min(near, key=lambda f: (_cost(f[0], f[1].precisions), f[1].objective))
+    least = best if sol.objective > best + 1e-7 * max(1.0, abs(best)) else None
+    return replace(sol, least=least, seconds=time.perf_counter() - t0)
 
 
 def _metric_expr(problem: Problem, x: dict, y: dict, key: str) -> mip.LinExpr:
@@ -228,6 +190,9 @@ def least_under(problem: Problem, budget: Budget, key: str) -> float | None:
     other budgets reaches; None if none does or CBC gives no proof in 30 s."""
     import mip
 
+    if problem.cases:
+        found = [least_under(with_case(problem, c), budget, key) for c in problem.cases]
+        return min((v for v in found if v is not None), default=None)
     others = replace(budget, **{key: None})
     m, x, y = _base_model(problem, others)
     _add_budgets(m, problem, x, y, others)
@@ -268,7 +233,7 @@ def _base_model(problem: Problem, budget: Budget) -> tuple[mip.Model, dict, dict
         m += mip.xsum(x[(la, c.precision)] for c in options) == 1
     for row in problem.rows:
         m += mip.xsum(v * x[c] for c, v in row.coefficients.items() if c in x) <= row.limit
-    for members, common in _group_options(problem):
+    for members, common in group_options(problem):
         for la in members:
             for c in problem.choices[la]:
                 if c.precision not in common:
@@ -276,7 +241,25 @@ def _base_model(problem: Problem, budget: Budget) -> tuple[mip.Model, dict, dict
         for other in members[1:]:
             for p in common:
                 m += x[(members[0], p)] == x[(other, p)]
-    return m, x, _pair_vars(m, problem, x)
+    return m, x, _pair_vars(m, problem, x) | _any_vars(m, problem, x)
+
+
+def _any_vars(m: mip.Model, problem: Problem, x: dict) -> dict:
+    """One z ≥ 0 per any-of term, z ≥ Σ x(given) + x(reader) − 1 for each reader (z ≥ x(reader)
+    without a given): at least 1 exactly when the term is paid. Its cost is never negative, so
+    an optimum or a budget takes z at that bound. Choices cut from the problem are left out."""
+    import mip
+
+    z = {}
+    for i, t in enumerate(problem.latency_any):
+        given = [c for c in t.given if c in x]
+        readers = [c for c in t.readers if c in x]
+        if t.ms <= 0 or not readers or (t.given and not given):
+            continue
+        z[("any", i)] = v = m.add_var(lb=0.0, ub=1.0)
+        for r in readers:
+            m += v >= mip.xsum(x[c] for c in given) + x[r] - (1 if given else 0)
+    return z
 
 
 def _pair_vars(m: mip.Model, problem: Problem, x: dict) -> dict:
@@ -315,7 +298,13 @@ def _latency_expr(problem: Problem, x: dict, y: dict) -> mip.LinExpr:
     import mip
 
     return mip.xsum([c.latency_ms * x[(la, c.precision)] for la, cs in problem.choices.items() for c in cs]
-                    + _pair_sum(problem.latency_pairs, y))
+                    + _latency_extras(problem, y))
+
+
+def _latency_extras(problem: Problem, y: dict) -> list:
+    """The latency of the pairs and any-of terms (conversions), as terms of the model."""
+    return _pair_sum(problem.latency_pairs, y) + [t.ms * y[("any", i)] for i, t in enumerate(problem.latency_any)
+                                                  if ("any", i) in y]
 
 
 def _min_latency(problem: Problem, budget: Budget) -> float | None:
@@ -330,24 +319,23 @@ def _prefer_cheaper(m: mip.Model, problem: Problem, xy: tuple[dict, dict], scale
     without latencies, the smallest): equal accuracy at a lower cost is what a user wants from a
     tie. Penalties closer than a tenth of the smallest gap between two of a layer's choices (and
     than 1e-7 of the objective) count as equal, and so do those within `limits`' near-tie
-    fraction of the optimum. `limits` is (seconds left, near-tie fraction). None if the second
-    solve finds nothing in time."""
+    fraction of the optimum. `limits` is (seconds left, near-tie fraction, the optimum the window
+    is measured from). None if the second solve finds nothing in time."""
     import mip
 
     x, y = xy
-    seconds_left, near_tie = limits
+    seconds_left, near_tie, best = limits
     attr = "latency_ms" if any(c.latency_ms for cs in problem.choices.values() for c in cs) else "size_bytes"
     top = max((getattr(c, attr) for cs in problem.choices.values() for c in cs), default=0.0)
     if top <= 0 or seconds_left <= 0:
         return None
     gaps = [abs(a.penalty - b.penalty) / scale for cs in problem.choices.values()
             for a, b in itertools.combinations(cs, 2) if a.penalty != b.penalty]
-    best = m.objective_value
     exact = max(1e-12, min([1e-7 * max(1.0, abs(best)), *(0.1 * g for g in gaps)]))
     m += m.objective <= best + max(exact, near_tie * abs(best))
     terms = [getattr(c, attr) / top * x[(la, c.precision)] for la, cs in problem.choices.items() for c in cs]
     if attr == "latency_ms":
-        terms += [t * (1.0 / top) for t in _pair_sum(problem.latency_pairs, y)]
+        terms += [t * (1.0 / top) for t in _latency_extras(problem, y)]
     m.objective = mip.xsum(terms)
     if optimize(m, seconds_left) not in (mip.OptimizationStatus.OPTIMAL, mip.OptimizationStatus.FEASIBLE):
         return None

@@ -72,8 +72,8 @@ def applied_budget(budget: Budget, table: CostTable, use_target: bool,
 
 
 def limit_warnings(budget: Budget, table: CostTable, policy: Policy) -> list[str]:
-    """What the user should know of the flash and RAM the policy was held to: a budget above the
-    target's own (deploy checks the target's), and limits held on per-layer estimates."""
+    """What the user should know of the flash, RAM and latency the policy was held to: a budget
+    above the target's own (deploy checks the target's), and limits held on per-layer estimates."""
     out = [f"--{k.replace('_', '-')} {getattr(budget, k):g} is above target {table.target.name}'s {k} = "
            f"{getattr(table.target, k):g}: deploy holds the artifact to the target's"
            for k in ("ram_kb", "flash_kb") if getattr(budget, k) is not None and getattr(table.target, k) is not None
@@ -85,6 +85,9 @@ def limit_warnings(budget: Budget, table: CostTable, policy: Policy) -> list[str
     if budget.flash_kb is not None and not table.whole_bytes:
         out.append("this profile has no whole-model sizes, so flash was held on the layers' weights alone (the "
                    "graph and the fixed layers' overhead are not counted); profile again without --layers-only")
+    if table.whole_ms and table.graph is None:
+        out.append("this profile predates the float graph's skeleton, so latency was predicted on the layers alone "
+                   "(the ops between them and the conversions next to those are not counted); profile again")
     return out
 
 

@@ -84,9 +84,15 @@ def _latency_model(table: Any) -> None:
     from .latency import latency_fit, profile_points
 
     fit = latency_fit(table)
-    if table.mixed_ms:
+    if fit.conversions:
         click.echo("a tensor converted between two domains costs, per million elements: " + ", ".join(
-            f"{k.replace('~', ' and ')} {v * 1e6:.3f} ms" for k, v in sorted(fit.per_element.items())))
+            f"{k.replace('>', ' to ')} {v * 1e6:.3f} ms" for k, v in sorted(fit.conversions.items())))
+    if fit.ops:
+        click.echo("the ops between layers cost, per million output elements: " + ", ".join(
+            f"in {k} {v * 1e6:.3f} ms" for k, v in sorted(fit.ops.items())))
+    if table.graph is None and table.whole_ms:
+        click.echo("this profile predates the float graph's skeleton: the ops between layers and the conversions "
+                   "next to them are not modelled; profile again for them (cached rows make it quick)")
     click.echo("layers' rows scaled inside the whole model by: "
                + ", ".join(f"{p} ×{v:.2f}" for p, v in sorted(fit.scales.items())))
     points = profile_points(table, fit)

@@ -6,14 +6,13 @@ to the layers kept out of the search and solves. The budget sweep (the Pareto fr
 
 from __future__ import annotations
 
-import itertools
 import time
 from dataclasses import dataclass, replace
 from typing import Any
 
 from .costs import bops, weight_bytes, working_set_bytes
 from .errors import ConfigError
-from .program import Choice, Problem, Row, solve_problem
+from .program import Choice, Problem, Row, solve_problem, with_case
 from .schema import Budget, CostTable, Layer, Policy, Precision, Sensitivity, Target
 
 
@@ -33,8 +32,10 @@ def build_problem(layers: list[Layer], sensitivity: Sensitivity, costs: CostTabl
                   groups: tuple[tuple[str, ...], ...] = ()) -> Problem:
     """The numbers of a model: per searchable layer, the target's precisions for its kind with
     the sensitivity's penalty, the profile's latency (and measured RAM when it has it), the
-    artifact's weight bytes and the BOPs."""
-    from .latency import edge_ms, latency_fit, layer_cost_ms
+    artifact's weight bytes and the BOPs; with a profile, the cases of the policy's common bits
+    and the latency of the conversions and the ops between layers in each (`latency_program`)."""
+    from .latency import latency_fit, layer_cost_ms
+    from .latency_program import latency_cases
     from .memory import flash_offset, layer_flash
 
     _check_same_layers(layers, sensitivity)
@@ -63,16 +64,9 @@ def build_problem(layers: list[Layer], sensitivity: Sensitivity, costs: CostTabl
     known = {la.name for la in layers if la.searchable}
     pairs = {(a, b): v for (a, b), v in sensitivity.pairs.items() if a[0] in known and b[0] in known}
     all_groups = tuple(dict.fromkeys(tuple(g) for g in (*sensitivity.groups, *groups)))
-    latency_pairs = {}
-    if costs is not None:
-        per_element = fit.per_element
-        for a, b, n in costs.edges:
-            if a in choices and b in choices:
-                for ca, cb in itertools.product(choices[a], choices[b]):
-                    ms = edge_ms(per_element, n, Precision.parse(ca.precision), Precision.parse(cb.precision))
-                    if ms > 0:
-                        latency_pairs[((a, ca.precision), (b, cb.precision))] = ms
-    return Problem(choices, pairs, all_groups, constant, latency_pairs)
+    cases = () if costs is None else latency_cases(costs, fit, {n: [c.precision for c in cs]
+                                                                for n, cs in choices.items()})
+    return Problem(choices, pairs, all_groups, constant, cases=cases)
 
 
 @dataclass(frozen=True)
@@ -153,7 +147,8 @@ def _solve_in_arena(problem: Problem, budget: Budget, model: Any, solver: _Timed
     bytes alive at every op (linear in the choices) plus the persistent tail under the budget,
     for each width the ops between layers may compute at (the policy's most common activation
     bits, a majority row); the planner's packing adds to those bytes, so each solution's arena
-    is predicted exactly and the rows are tightened while it is over (bisected when too tight)."""
+    is predicted exactly and the rows are tightened while it is over (bisected when too tight).
+    The widths are the problem's cases (`latency_program`)."""
     from .errors import InfeasibleError
 
     if budget.ram_kb is None:
@@ -166,10 +161,9 @@ def _solve_in_arena(problem: Problem, budget: Budget, model: Any, solver: _Timed
         return first, seen[0][0].total
     choices = {n: [c.precision for c in cs] for n, cs in problem.choices.items()}
     fits = []
-    for bits in sorted({Precision.parse(p).act_bits for cs in choices.values() for p in cs
-                        if not Precision.parse(p).is_float}):
-        fits += _fit_width(replace(problem, rows=problem.rows + (_majority(choices, bits),)), free, model,
-                           (budget.ram_kb * 1024, model.live_rows(choices, bits)), solver, seen)
+    for case in problem.cases:  # one per common width: the ops between layers compute at it
+        fits += _fit_width(with_case(problem, case), free, model,
+                           (budget.ram_kb * 1024, model.live_rows(choices, int(case.label))), solver, seen)
     if fits:
         sol, arena = min(fits, key=lambda f: f[0].objective)
         return sol, arena
@@ -230,17 +224,6 @@ def _narrowest(problem: Problem, budget: Budget, model: Any, solver: _Timed, see
     except InfeasibleError:
         return
     seen.append((model.predict(_precisions(sol)), sol))
-
-
-def _majority(choices: dict[str, list[str]], bits: int) -> Row:
-    """The policy's most common integer activation width is `bits`: no other width more often."""
-    coef = {}
-    for n, ps in choices.items():
-        for p in ps:
-            q = Precision.parse(p)
-            if not q.is_float:
-                coef[(n, p)] = -1.0 if q.act_bits == bits else 1.0
-    return Row(coef, 0.0)
 
 
 def _precisions(sol: Any) -> dict[str, Precision]:

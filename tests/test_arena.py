@@ -40,10 +40,10 @@ def chain_graph() -> tuple[Graph, dict[str, Layer]]:
 def test_conversions_appear_where_widths_change_and_cost_their_tail():
     g, layers = chain_graph()
     same = plan(g, layers, {"0": W8, "2": W8})
-    mixed = plan(g, layers, {"0": W16, "2": W8})  # a tie: the first layer's 16 bits are the common ones
-    assert same.conversions == 0 and mixed.conversions == 2  # "0"'s output to 8 bits, the output back to 16
+    mixed = plan(g, layers, {"0": W16, "2": W8})  # a tie: the narrower 8 bits are the common ones
+    assert same.conversions == 0 and mixed.conversions == 2  # the input to 16 bits, "0"'s output back to 8
     assert [b[0] for b in same.buffers] == [64, 256, 256]
-    assert sorted(b[0] for b in mixed.buffers) == [128, 256, 256, 512, 512]
+    assert sorted(b[0] for b in mixed.buffers) == [64, 128, 256, 256, 512]
     model = ArenaModel(g, layers, ({"0": W8, "2": W8}, 1000))  # measured 1000 bytes: head 512, tail 488
     assert model.anchor_tail() == 488
     assert model.predict({"0": W8, "2": W8}).total == 1000

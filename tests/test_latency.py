@@ -1,4 +1,6 @@
-"""Latency prediction from a profile, on a hand-made table: scales, conversions, edges."""
+"""Latency prediction from a profile, on hand-made tables: scales, conversions (per direction),
+the ops between layers at the policy's common bits, and the integer program's terms, which must
+cost every policy exactly as the predictor does."""
 
 from __future__ import annotations
 
@@ -7,7 +9,8 @@ import torch
 from torch import nn
 
 from edgempq.errors import ConfigError
-from edgempq.latency import conversion_ms_per_element, predict_latency, scales
+from edgempq.latency import predict_latency
+from edgempq.latency_fit import conversion_ms_per_element, scales
 from edgempq.layers import layer_edges, trace
 from edgempq.program import solve_problem
 from edgempq.schema import CostRow, CostTable, Precision, Target
@@ -60,7 +63,7 @@ def test_residual_sums_give_each_reader_its_nearest_producers():
 
 def test_scales_make_uniform_policies_exact_and_conversions_are_fitted(table):
     assert scales(table) == pytest.approx({"f32": 2.0, "w8a8": 1.0})
-    assert conversion_ms_per_element(table) == pytest.approx({"a8~f": 0.01})
+    assert conversion_ms_per_element(table) == pytest.approx({"a8>f": 0.01, "f>a8": 0.01})
     names = [la.name for la in table.layers]
     assert predict_latency(table, dict.fromkeys(names, F32)) == pytest.approx(12.0)
     assert predict_latency(table, dict.fromkeys(names, W8)) == pytest.approx(3.0)
@@ -124,7 +127,8 @@ def test_the_joint_fit_recovers_the_coefficients_the_probes_were_made_with(table
     layers = list(table.layers)
     # a device where a quantized layer alone pays 0.002 ms per element of its input and output
     # and 0.05 ms per layer that it does not inside the model
-    truth = LatencyFit({"f32": 2.0, "w8a8": 1.5}, {"a8~f": 0.01}, {"a8": -0.002}, {"a8": -0.05})
+    truth = LatencyFit({"f32": 2.0, "w8a8": 1.5}, {"a8>f": 0.01, "f>a8": 0.02}, alone_per_element={"a8": -0.002},
+                       alone_per_layer={"a8": -0.05})
     timed = {p: predict_latency(table, uniform_assignment(layers, TARGET, p), truth) for p in ("f32", "w8a8")}
     probed = _probed(replace_whole(table, timed, truth), truth)
     fit = latency_fit(probed)

@@ -113,6 +113,7 @@ def test_registries_are_full_after_a_plain_import():
 def test_the_core_loads_no_torch():
     out = _run("import sys\nimport edgempq.assign, edgempq.costs, edgempq.latency, edgempq.schema\n"
                "import edgempq.program, edgempq.solve, edgempq.search, edgempq.memory, edgempq.arena\n"
+               "import edgempq.qgraph, edgempq.latency_fit, edgempq.latency_program, edgempq.problem\n"
                "import edgempq.cli\nprint('torch' in sys.modules)")
     assert out == "False"
 

@@ -24,7 +24,7 @@ from benchkit import RESULTS, log  # noqa: E402
 
 TARGETS = ("host", "tflm-host")
 POLICIES = 20
-ROUNDS = 5
+ROUNDS = 7
 SEED = 1  # the profile's probes are drawn with seed 0
 
 
@@ -78,6 +78,7 @@ def bench_model(name: str, target_name: str, n: int, seed: int) -> dict:
         predicted, refit = predict_latency(table, assign), predict_latency(same, assign)
         rows.append({"policy": label, "measured_ms": ms[label], "predicted_ms": predicted,
                      "error": predicted / ms[label] - 1, "same_session_error": refit / ms[label] - 1,
+                     "round_spread": (max(times[label]) - min(times[label])) / ms[label],
                      "mix": {str(p): sum(str(q) == str(p) for q in assign.values()) for p in set(assign.values())}})
         log(f"{name} on {target_name} {label}: measured {ms[label]:.3f} ms, predicted {predicted:.3f} ms "
             f"({rows[-1]['error']:+.1%}; refitted on this session's points {rows[-1]['same_session_error']:+.1%})")
@@ -117,23 +118,29 @@ def section(result: dict, table: Callable) -> str:
         rows.append([m["model"], m["target"], len(errs), benchkit.share(errs, 0.05), benchkit.share(errs, 0.10),
                      benchkit.share(same, 0.10) if same else "–",
                      f"{100 * statistics.median(errs):+.1f} %", f"{100 * worst['error']:+.1f} %",
-                     benchkit.counts(worst["mix"]), f"{100 * (m['drift'] - 1):+.1f} %" if "drift" in m else "–"])
+                     benchkit.counts(worst["mix"]),
+                     f"{100 * worst['round_spread']:.0f} %" if "round_spread" in worst else "–",
+                     f"{100 * (m['drift'] - 1):+.1f} %" if "drift" in m else "–"])
     return "\n".join([
         "## 8. The latency model: predicted against measured, mixed policies", "",
         f"`tools/bench_latency.py`: each MLPerf Tiny architecture profiled anew on each target, then "
         f"{POLICIES} random policies over every precision the target runs (int16 mixes included; float too on "
         f"`host`) built whole and timed in {result['rounds']} interleaved rounds in the same session (each the "
         "median of as many invokes as fit in a quarter second, at most 100, as the profile's); the prediction is "
-        "the profile's: per-layer rows scaled per precision, less what a quantized layer pays alone for its own "
-        "input and output conversions, plus conversions per element crossing between domains, all fitted on "
-        "the whole models the profile measured (uniform, alternating and its random probes). The policies here "
-        "are held out (another seed than the probes'). Issue 19's target: ≥ 90 % of the policies within ±10 %. "
-        "`tflm-host` times are this CPU's running TFLite Micro's reference kernels.", "",
+        "the profile's, costed on each policy's quantized graph as the quantizer builds it: the layers' rows "
+        "scaled per precision (less what a quantized layer pays alone for its own input and output conversions), "
+        "each conversion op per element and per direction (int8 to int16 and back differ), and the ops between "
+        "layers (pads, pools, adds) per element in the domain the policy's common bits put them in; the "
+        "coefficients are fitted on the whole models the profile measured (uniform, alternating and its random "
+        "probes). The policies here are held out (another seed than the probes'). Issue 19's target: ≥ 90 % of the "
+        "policies within ±10 %. "
+"`tflm-host` times are this CPU's running TFLite Micro's reference kernels.", "",
         "'refitted': the same model fitted on the profile's whole models timed again in the same rounds as "
         "the policies (its own error, without the device's drift since profiling); 'drift': how the profile's "
-        "whole models timed then against now (median).", "",
+        "whole models timed then against now (median); 'rounds': how far apart the worst policy's "
+        "fastest and slowest rounds were, against its median (this shared machine's noise).", "",
         table(["model", "target", "policies", "within ±5 %", "within ±10 %", "refitted within ±10 %",
-               "median error", "worst error", "worst policy's mix", "drift"], rows)])
+               "median error", "worst error", "worst policy's mix", "rounds", "drift"], rows)])
 
 
 def main() -> None:

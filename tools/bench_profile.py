@@ -50,7 +50,7 @@ def bench_model(name: str, device: str, n_policies: int, seed: int, out_dir: str
     result: dict = {"model": name, "device": device, "layers": sum(la.searchable for la in layers),
                     "rows": len(table.rows), "cold_s": cold, "warm_s_median": statistics.median(warm_runs),
                     "uniform": {}, "mixed": []}
-    from edgempq.latency import conversion_ms_per_element
+    from edgempq.latency_fit import conversion_ms_per_element
 
     result["conversion_ms_per_million_elements"] = {k: v * 1e6 for k, v in conversion_ms_per_element(table).items()}
     result["alternating_ms"] = dict(table.mixed_ms)

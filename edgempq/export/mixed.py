@@ -4,8 +4,6 @@ checked op by op against what was asked."""
 
 from __future__ import annotations
 
-from collections import Counter
-
 import numpy as np
 
 from ..errors import ConversionError
@@ -16,9 +14,11 @@ from .recipe import OpInfo, OpRule, check_op, quantize, weight_ops
 
 def default_act_bits(precisions: dict[str, Precision]) -> int | None:
     """Bits of the ops between layers (pools, adds): the most common integer activation width
-    of the policy; None when every layer is float."""
-    bits = Counter(p.act_bits for p in precisions.values() if not p.is_float)
-    return bits.most_common(1)[0][0] if bits else None
+    of the policy, the narrower on a tie (`qgraph.common_bits`); None when every layer is float."""
+    from ..qgraph import FLOAT_BITS, common_bits
+
+    a = common_bits(precisions)
+    return None if a == FLOAT_BITS else a
 
 
 F32 = Precision.parse("f32")

@@ -1,5 +1,5 @@
-"""The float graph's skeleton a profile keeps on microcontrollers: what `edgempq.arena`
-predicts TFLite Micro's arena from, for any policy."""
+"""The float graph's skeleton a profile keeps: what `edgempq.qgraph` derives any policy's
+quantized graph from, for the latency model and TFLite Micro's arena."""
 
 from __future__ import annotations
 

@@ -105,7 +105,7 @@ class CostTable(JsonDoc):
     # what the flash and RAM predictions are calibrated on
     whole_bytes: dict[str, int] = field(default_factory=dict)
     whole_arena_bytes: dict[str, int] = field(default_factory=dict)
-    # on microcontrollers, the float graph's skeleton the arena is predicted on (see edgempq.arena)
+    # the float graph's skeleton the latency model and the arena work on (see edgempq.qgraph)
     graph: Graph | None = None
     # random mixed policies measured whole, on which the latency model is fitted (see edgempq.latency)
     probes: tuple[Probe, ...] = ()

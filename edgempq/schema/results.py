@@ -148,13 +148,14 @@ class LatencyPoint(Record):
 
 @dataclasses.dataclass(frozen=True)
 class PredictedLatency(Record):
-    """A policy's latency on `target`: from a profile (per layer, conversions, the profile's own
-    points) or, without one, the total the search recorded in the policy."""
+    """A policy's latency on `target`: from a profile (per layer, conversions, the ops between
+    layers, the profile's own points) or, without one, the total the search recorded in the policy."""
 
     predicted_ms: float
     target: str
     layers_ms: dict[str, float] | None = None
     conversions_ms: float | None = None
+    ops_ms: float | None = None  # the ops between layers (pads, pools, adds)
     model_hash: str | None = None
     points: tuple[LatencyPoint, ...] | None = None
 
