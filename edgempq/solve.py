@@ -121,7 +121,7 @@ def solve(layers: list[Layer], sensitivity: Sensitivity, costs: CostTable | None
                   _quantizer(quantizer) if "ptq" in quantizer else None)
 
 
-ARENA_ROUNDS = 12
+ARENA_ROUNDS = 24
 
 
 class _Timed:
@@ -145,10 +145,9 @@ class _Timed:
 def _solve_in_arena(problem: Problem, budget: Budget, model: Any, solver: _Timed) -> tuple[Any, int]:
     """Solve with the RAM budget held on TFLite Micro's predicted arena. The solver holds the
     bytes alive at every op (linear in the choices) plus the persistent tail under the budget,
-    for each width the ops between layers may compute at (the policy's most common activation
-    bits, a majority row); the planner's packing adds to those bytes, so each solution's arena
-    is predicted exactly and the rows are tightened while it is over (bisected when too tight).
-    The widths are the problem's cases (`latency_program`)."""
+    in each of the problem's cases (`latency_program`: the width the ops between layers compute
+    at, held by its majority rows); the planner's packing adds to those bytes, so each solution's
+    arena is predicted exactly and the rows are tightened while it is over (bisected when too tight)."""
     from .errors import InfeasibleError
 
     if budget.ram_kb is None:
@@ -178,30 +177,34 @@ def _solve_in_arena(problem: Problem, budget: Budget, model: Any, solver: _Timed
 
 def _fit_width(problem: Problem, budget: Budget, model: Any, ram: tuple[float, list], solver: _Timed,
                seen: list) -> list[tuple[Any, int]]:
-    """The policy under `ram` = (bytes, live rows) for one common width: the rows tightened by
-    each solution's excess, bisected back when they rule everything out; [] if none fits.
-    Every arena predicted is added to `seen` (arena, solution)."""
-    from .errors import InfeasibleError, SolverTimeoutError
+    """The policy under `ram` = (bytes, live rows) for one common width: each solution over the
+    budget is cut from the problem (the planner's packing put it over, not the live bytes) and
+    the rows are tightened by its excess, bisected back when they rule everything out; [] if
+    none fits. Every arena predicted is added to `seen` (arena, solution)."""
+    from .arena import ALIGN
+    from .errors import InfeasibleError
 
     limit, live = ram
     tail = model.anchor_tail()
     lo, hi, excess = 0.0, None, 0.0
+    cuts: list[Row] = []
     for _ in range(ARENA_ROUNDS):
         rows = tuple(Row({k: v for k, v in r.items() if k != ("", "")}, limit - tail - excess - r[("", "")])
                      for r in live)
         try:
-            sol = solver(replace(problem, rows=problem.rows + rows), budget, explain=False)
-        except SolverTimeoutError:
-            raise
+            sol = solver(replace(problem, rows=problem.rows + rows + tuple(cuts)), budget, explain=False)
         except InfeasibleError:
-            if excess <= lo:
-                return []  # the live bytes alone are over the budget at this width
-            hi, excess = excess, (lo + excess) / 2
+            if excess <= 0:
+                return []  # the live bytes alone are over the budget at this width, or every fit is cut
+            hi = excess
+            excess = (lo + hi) / 2 if hi - lo > ALIGN else 0.0  # the cuts may rule out what fit at lo
+            lo = lo if excess else 0.0
             continue
         arena = model.predict(_precisions(sol))
         seen.append((arena, sol))
         if arena.total <= limit:
             return [(sol, arena.total)]
+        cuts.append(Row({(n, p): 1.0 for n, p in sol.precisions.items()}, len(sol.precisions) - 1.0))
         lo = excess
         excess += arena.total - limit
         if hi is not None:
