@@ -1,190 +1,78 @@
 """Per-layer cost tables measured on the device (`edgempq profile`).
 
 Each distinct (layer signature, precision) the target can run becomes a single-layer TFLite
-model, quantized the way deployment quantizes, timed on the device. Every measurement is
-written to the cache as soon as it completes (atomically, with a checksum), keyed by the
-device's fingerprint, so a second profile is near-free and an interrupted one resumes."""
+model, quantized the way deployment quantizes, timed on the device; with the model itself, the
+whole model at the uniform, alternating and probe policies. Every timing is taken in interleaved
+rounds, the fastest kept (`rounds`), and written to the cache as soon as it completes
+(`profile_cache`: atomically, with a checksum, keyed by the device's fingerprint), so a second
+profile is near-free and an interrupted one resumes."""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
-import statistics
 from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .assign import alternating_policies, probe_assignments, uniform_assignment
 from .backends import Backend, backend_for
 from .cache import cache_dir
 from .errors import ConfigError
-from .files import write_json
 from .layers import layer_edges
+from .profile_cache import Job, RowCache, device_key, device_lock, digest, jobs_for
 from .progress import Progress
-from .schema import CostRow, CostTable, Layer, Precision, Probe, Target
+from .rounds import Timed, fastest, timed_rounds
+from .schema import CostRow, CostTable, Layer, Precision, Probe, Target, Timing
 
-if TYPE_CHECKING:
-    from collections.abc import Iterator
-
-
-@dataclass(frozen=True)
-class Job:
-    """One measurement to make: a layer signature at one precision."""
-
-    layer: Layer  # the first layer with this signature
-    precision: Precision
-
-    @property
-    def key(self) -> str:
-        """Cache file name: a digest of the layer's signature and the precision."""
-        return f"{_digest(self.layer.signature)[:20]}-{self.precision}"
-
-
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-PROFILE_FORMAT = 3  # bump when the single-layer models or what a row means change
-WHOLE_ROUNDS = 3  # whole-model timings: interleaved rounds, median
-WHOLE_RUNS, WHOLE_SECONDS = 100, 0.25  # at most, invokes and seconds per whole-model timing (see whole_runs)
 PROBES = 24  # random mixed policies measured whole, which the latency model is fitted on
 
 
-def _toolchain() -> dict[str, str]:
-    from importlib import metadata
+def measure_rows(backend: Backend, jobs: list[Job], cache: RowCache, on_step: Progress | None = None) -> list[CostRow]:
+    """The row of every job: from the cache, else its single-layer model built, timed in
+    interleaved rounds with the others (the fastest round kept, `rounds`) and its RAM measured
+    on TFLite Micro; each row cached as it is made."""
+    from . import stop
+    from .export.layer_model import float_layer_model
 
-    out = {}
-    for pkg in ("ai-edge-quantizer", "tensorflow", "onnx2tf"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = "none"
-    return out
-
-
-def device_key(target: Target, fingerprint: dict[str, Any]) -> str:
-    """Cache folder name: the target's timing options, what the device reported (not where it
-    is reached, nor the target's name or limits: a renamed or re-limited copy of a target finds
-    the same measurements), and the toolchain that builds the measured models."""
-    ident = {k: fingerprint.get(k) for k in ("backend", "cpu", "machine", "cores", "runtime", "runtime_version")}
-    ident |= {"threads": target.threads, "warmup": target.warmup, "runs": target.runs,
-              "max_seconds": target.max_seconds, "format": PROFILE_FORMAT, **_toolchain()}
-    return _digest(json.dumps(ident, sort_keys=True))[:16]
-
-
-def jobs_for(layers: list[Layer], target: Target) -> list[Job]:
-    """One job per distinct (signature, precision) of the searchable layers."""
-    seen: dict[tuple[str, str], Job] = {}
-    for la in layers:
-        if la.searchable:
-            for p in target.allowed(la.kind):
-                seen.setdefault((la.signature, str(p)), Job(la, p))
-    return list(seen.values())
+    rows = {j.key: r for j in jobs if (r := cache.get(j)) is not None}
+    built: list[tuple[Job, bytes]] = []
+    floats: dict[str, bytes] = {}
+    for i, job in enumerate(j for j in jobs if j.key not in rows):
+        stop.check()  # a Ctrl-C that a converter swallowed still stops here, between measurements
+        if on_step:
+            on_step(i, 2 * len(jobs), f"building {job.layer.kind} {job.precision}")
+        sig = job.layer.signature
+        if sig not in floats:
+            floats = {sig: float_layer_model(job.layer)}  # keep one: jobs come grouped by layer
+        built.append((job, build_model(job, floats[sig])))
+    times = timed_rounds(backend, [Timed(j.key, f"{j.layer.kind} {j.precision}", m) for j, m in built], cache,
+                         on_step=_offset(on_step, len(jobs), 2 * len(jobs)))
+    for job, model in built:
+        rows[job.key] = _row(backend, job, model, fastest(times[job.key]))
+        cache.put(job, rows[job.key])
+    return [rows[j.key] for j in jobs]
 
 
-class RowCache:
-    """One JSON file per measurement, with a checksum: a truncated or hand-edited file is
-    ignored and measured again. `folder=None` caches nothing."""
-
-    def __init__(self, folder: Path | None) -> None:
-        self.folder = folder
-
-    def _get(self, key: str) -> dict | None:
-        if self.folder is None:
-            return None
-        try:
-            doc = json.loads((self.folder / f"{key}.json").read_text())
-            ok = doc.get("sha256") == _digest(json.dumps(doc["row"], sort_keys=True))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return None
-        return doc["row"] if ok else None
-
-    def _put(self, key: str, d: dict) -> None:
-        if self.folder is not None:
-            write_json(self.folder / f"{key}.json", {"row": d, "sha256": _digest(json.dumps(d, sort_keys=True))})
-
-    def get(self, job: Job) -> CostRow | None:
-        """The cached row of `job`, or None if it is missing, damaged or of another measurement."""
-        d = self._get(job.key)
-        try:
-            row = CostRow.from_dict(d) if d is not None else None
-        except (ConfigError, TypeError):
-            return None
-        # the file name says which measurement it holds; a row of another layer or precision
-        # (a copied or renamed file) is measured again, never used in its place
-        ok = row is not None and row.signature == job.layer.signature and str(row.precision) == str(job.precision)
-        return row if ok else None
-
-    def put(self, job: Job, row: CostRow) -> None:
-        """Cache the measured `row` of `job`."""
-        self._put(job.key, row.to_dict())
-
-    def get_whole(self, arch_key: str, precision: str) -> float | None:
-        """The cached whole-model median latency (ms) of `arch_key` at `precision`, or None."""
-        v = self.get_sizes(arch_key, precision).get("median_ms")
-        return float(v) if v is not None else None
-
-    def get_sizes(self, arch_key: str, precision: str) -> dict[str, float]:
-        """The cached whole-model record of `arch_key` at `precision`: median_ms, and when
-        measured model_bytes (the flatbuffer) and arena_bytes (TFLite Micro's); {} if none."""
-        d = self._get(f"whole-{arch_key}-{precision}")
-        if not isinstance(d, dict):
-            return {}
-        return {k: v for k, v in d.items() if isinstance(v, int | float) and not isinstance(v, bool) and v >= 0}
-
-    def get_graph(self, arch_key: str) -> dict | None:
-        """The cached float-graph skeleton of `arch_key`, or None."""
-        return self._get(f"graph-{arch_key}")
-
-    def put_graph(self, arch_key: str, graph: dict) -> None:
-        """Cache the float-graph skeleton of `arch_key`."""
-        self._put(f"graph-{arch_key}", graph)
-
-    def put_whole(self, arch_key: str, precision: str, ms: float, sizes: dict[str, int] | None = None) -> None:
-        """Cache a whole-model median latency of `ms` milliseconds (and its `sizes`)."""
-        self._put(f"whole-{arch_key}-{precision}", {"median_ms": ms, **(sizes or {})})
-
-
-@contextlib.contextmanager
-def device_lock(folder: Path, target_name: str, on_step: Progress | None = None) -> Iterator[None]:
-    """Hold the device's cache folder for one profile at a time (an advisory lock on a file in
-    it): a second profile of the same device waits, then finds the first one's measurements in
-    the cache, instead of measuring everything again while the device is busy with the first
-    (which would also skew both timings)."""
-    import fcntl  # POSIX: edgempq runs on Linux and macOS hosts
-
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        f = open(folder / ".lock", "a+")  # noqa: SIM115 - held across the yield below
-    except OSError as e:
-        raise ConfigError(f"cannot use the profile cache {folder} ({e.strerror}); make it writable, set "
-                          "EDGEMPQ_CACHE to another folder") from None
-    with f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if on_step:
-                on_step(0, 0, f"waiting for another profile of {target_name} to finish")
-            fcntl.flock(f, fcntl.LOCK_EX)
-        except OSError:
-            pass  # a file system without locks: profiles of one device are not kept apart
-        try:
-            yield
-        finally:
-            with contextlib.suppress(OSError):
-                fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def measure(backend: Backend, job: Job, float_model: bytes) -> CostRow:
-    """Build the single-layer model of `job` and time it (and its RAM, on TFLite Micro)."""
+def build_model(job: Job, float_model: bytes) -> bytes:
+    """The single-layer model of `job`, quantized as deployment quantizes (from the layer's float
+    model `float_model`)."""
     from .export.layer_model import layer_model
+
+    return layer_model(job.layer, job.precision, float_model)
+
+
+def _row(backend: Backend, job: Job, model: bytes, t: Timing) -> CostRow:
     from .export.recipe import weight_ops
 
-    model = layer_model(job.layer, job.precision, float_model)
-    t = backend.time(model)
     return CostRow(job.layer.signature, str(job.precision), t.median_ms, t.p10_ms, t.p90_ms, t.runs,
                    weight_ops(model)[0].weight_bytes, len(model), backend.ram_bytes(model))
+
+
+def _offset(on_step: Progress | None, start: int, total: int) -> Progress | None:
+    """`on_step` for a stage that fills the bar from `start` of `total` to its end."""
+    if on_step is None:
+        return None
+    return lambda i, n, msg: on_step(start + (total - start) * i // max(1, n), total, msg)
 
 
 @dataclass(frozen=True)
@@ -220,7 +108,7 @@ class WholeModel:
         except Exception:  # noqa: BLE001 - untraceable models: modules and shapes only
             code = ""
         sigs = "|".join(la.signature for la in layers)
-        return _digest(repr(self.module) + code + sigs + repr(tuple(self.input_shape)))[:16]
+        return digest(repr(self.module) + code + sigs + repr(tuple(self.input_shape)))[:16]
 
     def timing_copy(self) -> Any:
         """A copy whose BatchNorm statistics are re-estimated on random inputs, so every layer
@@ -270,7 +158,7 @@ def measure_whole(backend: Backend, whole: WholeModel, layers: list[Layer], targ
     for i, (what, p, assign) in enumerate(todo):
         if on_step:
             on_step(i, len(todo) * 2, f"building whole model {p}")
-        variant = _digest(json.dumps(sorted((la.name, str(assign[la.name])) for la in layers if la.searchable)))[:8]
+        variant = digest(json.dumps(sorted((la.name, str(assign[la.name])) for la in layers if la.searchable)))[:8]
         cached = cache.get_sizes(f"{key}-{variant}", p)
         if "median_ms" in cached and (what != "uniform" or "model_bytes" in cached):
             _record(out, what, p, assign, cached)
@@ -281,14 +169,16 @@ def measure_whole(backend: Backend, whole: WholeModel, layers: list[Layer], targ
         base, module = float_base()
         out = replace(out, graph=_skeleton(layers, base, module))
         cache.put_graph(key, out.graph.to_dict())
-    times = _timed_rounds(backend, pending, len(todo), cache, on_step)
+    times = timed_rounds(backend, [Timed(f"whole-{ck}-{p}", f"whole model {p}", m) for _, p, ck, m, _ in pending],
+                         cache, on_step=_offset(on_step, len(todo), 2 * len(todo)))
     for what, p, ck, model, assign in pending:
         sizes = {"model_bytes": len(model)} if what == "uniform" else {}
         arena = backend.ram_bytes(model) if what == "uniform" else None
         if arena is not None:
             sizes["arena_bytes"] = arena
-        cache.put_whole(ck, p, statistics.median(times[ck]), sizes)
-        _record(out, what, p, assign, {"median_ms": statistics.median(times[ck]), **sizes})
+        ms = fastest(times[f"whole-{ck}-{p}"]).median_ms
+        cache.put_whole(ck, p, ms, sizes)
+        _record(out, what, p, assign, {"median_ms": ms, **sizes})
     return out
 
 
@@ -346,39 +236,6 @@ def _record(out: Whole, what: str, p: str, assign: dict[str, Precision], rec: di
             getattr(out, k)[p] = int(rec[k])
 
 
-def _timed_rounds(backend: Backend, pending: list[tuple[str, str, str, bytes, Any]], n_todo: int, cache: RowCache,
-                  on_step: Progress | None) -> dict[str, list[float]]:
-    """Round-robin rounds over `pending`: a slow or fast moment of the device then falls on
-    every policy alike instead of on whichever one was being timed. Each round's timing is
-    cached as it finishes, so an interrupted profile keeps them too."""
-    from . import stop
-
-    times: dict[str, list[float]] = {}
-    first: dict[str, float] = {}
-    for r in range(WHOLE_ROUNDS):
-        for j, (_, p, ck, model, _) in enumerate(pending):
-            if on_step:
-                on_step(n_todo + (r * len(pending) + j) * n_todo // max(1, WHOLE_ROUNDS * len(pending)),
-                        n_todo * 2, f"timing whole model {p} (round {r + 1}/{WHOLE_ROUNDS})")
-            stop.check()
-            ms = cache.get_whole(f"{ck}-round{r}", p)
-            if ms is None:
-                ms = backend.time(model, whole_runs(backend.target, first.get(ck))).median_ms
-                cache.put_whole(f"{ck}-round{r}", p, ms)
-            first.setdefault(ck, ms)
-            times.setdefault(ck, []).append(ms)
-    return times
-
-
-def whole_runs(target: Target, first_ms: float | None) -> int:
-    """Invokes per whole-model timing: the target's in the first round; after it, as many more
-    (up to WHOLE_RUNS) as fit in WHOLE_SECONDS at the first round's median, since a fast model's
-    median over a few invokes is noisy and a slow model's is not."""
-    if first_ms is None or first_ms <= 0:
-        return target.runs
-    return max(target.runs, min(WHOLE_RUNS, int(WHOLE_SECONDS / (first_ms / 1e3))))
-
-
 def overheads(table_rows: dict[tuple[str, str], CostRow], layers: list[Layer], target: Target,
               whole_ms: dict[str, float]) -> dict[str, float]:
     """Per uniform precision: measured whole model minus the sum of its layers' rows."""
@@ -400,23 +257,7 @@ def profile(layers: list[Layer], target: Target, model_hash: str, use_cache: boo
         held.enter_context(device_lock(folder, target.name, on_step))  # with --no-cache too: one at a time
         cache = RowCache(folder if use_cache else None)
         jobs = jobs_for(layers, target)
-        rows, floats = [], {}
-        from . import stop
-
-        for i, job in enumerate(jobs):
-            stop.check()  # a Ctrl-C that a converter swallowed still stops here, between measurements
-            if on_step:
-                on_step(i, len(jobs), f"{job.layer.kind} {job.precision}")
-            row = cache.get(job)
-            if row is None:
-                sig = job.layer.signature
-                if sig not in floats:
-                    from .export.layer_model import float_layer_model
-
-                    floats = {sig: float_layer_model(job.layer)}  # keep one: jobs come grouped by layer
-                row = measure(backend, job, floats[sig])
-                cache.put(job, row)
-            rows.append(row)
+        rows = measure_rows(backend, jobs, cache, on_step)
         measured = Whole({}, {}, {}, {}, None)
         if whole is not None:
             measured = measure_whole(backend, whole, layers, target, cache, on_step)

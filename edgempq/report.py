@@ -134,7 +134,9 @@ def _latency(out: Rendered, v: ValidationReport | None, pred: PredictedLatency |
         return
     lat = v.latency
     err = f" ({100 * lat.error:+.1f} % against the prediction)" if lat.error is not None else ""
-    out.blocks.append(("p", f"Measured on {target}: median {_ms(lat.median_ms)} over {lat.runs} runs "
+    rounds = (f", the fastest of {len(lat.rounds_ms)} rounds ({', '.join(_ms(r) for r in lat.rounds_ms)})"
+              if lat.rounds_ms else "")
+    out.blocks.append(("p", f"Measured on {target}: median {_ms(lat.median_ms)} over {lat.runs} runs{rounds} "
                             f"(p10 {_ms(lat.p10_ms)}, p90 {_ms(lat.p90_ms)}); predicted {_ms(pred_ms)}{err}."))
     if v.device.get("runtime") == "tflite_micro":
         out.blocks.append(("p", f"These are TFLite Micro's kernels timed on this host's CPU "

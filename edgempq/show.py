@@ -258,7 +258,8 @@ def validation(v: ValidationReport, report: str) -> None:
     lat = v.latency
     pred = (f", predicted {lat.predicted_ms:.3f} ms ({lat.error:+.1%})" if lat.predicted_ms is not None
             else " (no prediction: give --profile)")
-    click.echo(f"latency median {lat.median_ms:.3f} ms (p10 {lat.p10_ms:.3f}, p90 {lat.p90_ms:.3f}){pred}")
+    rounds = f", fastest of {len(lat.rounds_ms)} rounds" if lat.rounds_ms else ""
+    click.echo(f"latency median {lat.median_ms:.3f} ms (p10 {lat.p10_ms:.3f}, p90 {lat.p90_ms:.3f}{rounds}){pred}")
     size = v.size
     line = f"model.tflite {size.tflite_bytes / 1024:.1f} KB"
     if size.weight_bytes_artifact is not None:

@@ -15,6 +15,7 @@ import numpy as np
 
 from .errors import DataError
 from .progress import Progress
+from .rounds import ROUNDS, fastest
 from .schema import Target
 from .schema.results import (
     Agreement,
@@ -85,7 +86,7 @@ class _Measured:
     outputs: np.ndarray  # dequantized, as PyTorch lays them out
     seconds: float
     scores: dict[str, float]
-    timing: Any
+    timings: list[Any]  # one per round
     ram: int | None
 
 
@@ -110,7 +111,7 @@ def validate(artifact: Artifact, target: Target, data: Samples,
         samples=int(len(data.x)), device=m.device, task=data.task, eval_seconds=m.seconds,
         artifact_top1=m.scores.get("top1"), artifact_top5=m.scores.get("top5"),
         predictions=tuple(int(v) for v in np.argmax(m.outputs, axis=1)) if classes else (),
-        latency=_latency(m.timing, artifact.predicted), size=_size(artifact, m.ram, target),
+        latency=_latency(m.timings, artifact.predicted), size=_size(artifact, m.ram, target),
         deploy_report=dep is not None, deployed_target=dep.target if dep else None, data_note=data.note,
         scores=scores, **compared)
 
@@ -137,10 +138,12 @@ def _measure(artifact: Artifact, target: Target, data: Samples, cfg: ValidateCon
             raw, seconds = backend.outputs(artifact.tflite, x)
             outputs = _as_torch(raw, data, io_quantization(artifact.tflite)[1]["shape"])
             scores = task.scores(outputs, task.target(data.x, data.y))
-        step(2, 4, "timing")
-        timing = backend.time(artifact.tflite, cfg.runs)
+        timings = []
+        for r in range(ROUNDS):  # the fastest round kept, as the profile keeps its own (`rounds`)
+            step(2, 4, f"timing (round {r + 1}/{ROUNDS})")
+            timings.append(backend.time(artifact.tflite, cfg.runs))
         ram = backend.ram_bytes(artifact.tflite)
-    return _Measured(device, outputs, seconds, scores, timing, ram)
+    return _Measured(device, outputs, seconds, scores, timings, ram)
 
 
 def _as_torch(raw: np.ndarray, data: Samples, artifact_shape: list[int]) -> np.ndarray:
@@ -215,13 +218,16 @@ def logits(module: Any, x: np.ndarray, batch: int = 256) -> np.ndarray:
     return np.concatenate(out)
 
 
-def _latency(timing: Any, pred: PredictedLatency | None) -> MeasuredLatency:
-    """The measured latency, with the prediction and its relative error when there is one."""
+def _latency(timings: list[Any], pred: PredictedLatency | None) -> MeasuredLatency:
+    """The measured latency (the fastest round), with the prediction and its relative error when
+    there is one."""
+    t = fastest(timings)
+    rounds = tuple(x.median_ms for x in timings)
     if pred is None:
-        return MeasuredLatency(timing.median_ms, timing.p10_ms, timing.p90_ms, timing.runs)
+        return MeasuredLatency(t.median_ms, t.p10_ms, t.p90_ms, t.runs, rounds_ms=rounds)
     p = float(pred.predicted_ms)
-    return MeasuredLatency(timing.median_ms, timing.p10_ms, timing.p90_ms, timing.runs, predicted_ms=p,
-                           error=(timing.median_ms - p) / p, layers_ms=pred.layers_ms, points=pred.points)
+    return MeasuredLatency(t.median_ms, t.p10_ms, t.p90_ms, t.runs, predicted_ms=p, error=(t.median_ms - p) / p,
+                           layers_ms=pred.layers_ms, points=pred.points, rounds_ms=rounds)
 
 
 def _size(artifact: Artifact, ram: int | None, target: Target) -> SizeCheck:

@@ -109,15 +109,24 @@ def npz_data(tmp_path):
 
 @pytest.fixture
 def counted(monkeypatch):
-    """The keys of the profile jobs measured (not read from the cache) while the test runs."""
+    """What the profile measured (not read from the cache) while the test runs: the keys of the
+    jobs whose single-layer models were built (`.built`), and every (key, round) timed (`.timed`)."""
+    import types
+
     import edgempq.profile as prof
+    from edgempq.profile_cache import RowCache
 
-    calls = []
-    real = prof.measure
+    out = types.SimpleNamespace(built=[], timed=[])
+    build, put = prof.build_model, RowCache.put_round
 
-    def counting(backend, job, float_model):
-        calls.append(job.key)
-        return real(backend, job, float_model)
+    def building(job, float_model):
+        out.built.append(job.key)
+        return build(job, float_model)
 
-    monkeypatch.setattr(prof, "measure", counting)
-    return calls
+    def timing(self, key, r, t):
+        out.timed.append((key, r))
+        return put(self, key, r, t)
+
+    monkeypatch.setattr(prof, "build_model", building)
+    monkeypatch.setattr(RowCache, "put_round", timing)
+    return out

@@ -20,6 +20,7 @@ import pytest
 import edgempq.profile as prof
 from edgempq.layers import trace
 from edgempq.models import load_model
+from edgempq.rounds import ROUNDS
 from edgempq.targets import load_target
 
 from .devices import SSHServer, need, ssh_target
@@ -53,7 +54,7 @@ def _cli(*args: str, cache: Path, env_extra: dict | None = None, **kw) -> subpro
 
 
 def _rows(cache: Path) -> dict[str, str]:
-    """The finished measurements in the cache: file name -> content."""
+    """The finished timings in the cache (every round of every row): file name -> content."""
     return {f.name: f.read_text() for f in cache.rglob("*.json")}
 
 
@@ -80,11 +81,11 @@ def test_an_interrupted_profile_keeps_what_it_finished_and_resumes(tmp_path, mon
     assert "interrupted; no file was left half-written" in err and "keeps its finished measurements" in err
     assert not out.exists() and not list(tmp_path.glob(".p.json*"))
     done = _rows(cache)
-    assert 5 <= len(done) < JOBS
+    assert 5 <= len(done) < JOBS * ROUNDS
     table = _resume(spec, load_target("host"), cache, monkeypatch)
-    assert len(counted) + len(done) == len(table.rows) == JOBS  # none measured twice, none lost
+    assert len(counted.timed) + len(done) == len(table.rows) * ROUNDS == JOBS * ROUNDS  # none timed twice or lost
     after = _rows(cache)
-    assert all(after[k] == v for k, v in done.items())  # the finished rows were kept as they were
+    assert all(after[k] == v for k, v in done.items())  # the finished timings were kept as they were
     assert len({(r.signature, r.precision) for r in table.rows}) == JOBS
 
 
@@ -143,14 +144,14 @@ def test_a_profile_whose_device_disappears_resumes_when_it_is_back(tmp_path, own
     assert len(ours) == 1 and ours[0].startswith("error: target loopback") and "unreachable" in ours[0], err
     assert not out.exists()
     done = _rows(cache)
-    assert 3 <= len(done) < JOBS
+    assert 3 <= len(done) < JOBS * ROUNDS
     (tmp_path / "sshd-again").mkdir()
     back = SSHServer(tmp_path / "sshd-again")  # the board is back (another port: only the address changed)
     try:
         table = _resume(spec, ssh_target(back, device_python), cache, monkeypatch)
     finally:
         back.stop()
-    assert len(counted) + len(done) == len(table.rows) == JOBS
+    assert len(counted.timed) + len(done) == len(table.rows) * ROUNDS == JOBS * ROUNDS
     assert all(_rows(cache)[k] == v for k, v in done.items())
     import shutil
 
@@ -256,11 +257,12 @@ def test_the_help_says_a_model_file_is_executed():
 def test_a_cached_row_filed_under_another_precision_is_measured_again(tmp_path, monkeypatch, counted):
     spec, cache = _net(tmp_path, factory="tiny"), tmp_path / "cache"
     first = _resume(spec, load_target("host"), cache, monkeypatch)
-    files = {f.stem.rsplit("-", 1)[1]: f for f in cache.rglob("*.json")}
+    files = {f.stem.rsplit("-", 1)[1]: f for f in cache.rglob("*.json") if not f.stem.startswith("round-")}
     files["w8a8"].write_text(files["f32"].read_text())  # a valid, checksummed row, of f32
-    counted.clear()
+    counted.built.clear()
     again = _resume(spec, load_target("host"), cache, monkeypatch)
-    assert [k.rsplit("-", 1)[1] for k in counted] == ["w8a8"]  # only the misfiled row was measured again
+    assert [k.rsplit("-", 1)[1] for k in counted.built] == ["w8a8"]  # only the misfiled row was built again
+    assert len(counted.timed) == len(first.rows) * ROUNDS  # from its own cached rounds: none timed again
     assert sorted(r.precision for r in again.rows) == sorted(r.precision for r in first.rows)
 
 

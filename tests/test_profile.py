@@ -16,6 +16,7 @@ import pytest
 import edgempq.profile as prof
 from edgempq.layers import trace
 from edgempq.models import load_model
+from edgempq.rounds import ROUNDS
 from edgempq.schema import CostTable
 from edgempq.targets import load_target
 
@@ -47,13 +48,14 @@ def test_identical_layers_are_measured_once_and_the_cache_is_reused(net_spec, tm
     # 2 distinct conv signatures x 6 + dwconv x 4 + linear x 6 (the repeated conv is not measured twice)
     expected = 2 * 6 + 4 + 6
     table = prof.profile(layers, target, m.model_hash)
-    assert len(counted) == len(table.rows) == expected
+    assert len(counted.built) == len(table.rows) == expected
+    assert len(counted.timed) == expected * ROUNDS  # each timed in every round
     assert all(table.row(la.signature, p) for la in layers for p in target.allowed(la.kind))
     again = prof.profile(layers, target, m.model_hash)
-    assert len(counted) == expected  # nothing measured again
+    assert len(counted.built) == expected and len(counted.timed) == expected * ROUNDS  # nothing measured again
     assert again.rows == table.rows
     fresh = prof.profile(layers, target, m.model_hash, use_cache=False)
-    assert len(counted) == 2 * expected and len(fresh.rows) == expected
+    assert len(counted.built) == 2 * expected and len(fresh.rows) == expected
     loaded = CostTable.load(table.save(tmp_path / "profile.json"))
     assert loaded == table
 
@@ -73,14 +75,16 @@ def test_a_damaged_cache_row_is_measured_again(net_spec, tmp_path, monkeypatch, 
     m = load_model(net_spec)
     layers = trace(m.module, m.input_shape)
     prof.profile(layers, load_target("host"), m.model_hash)
-    files = sorted((tmp_path / "cache" / "profiles").rglob("*.json"))
+    files = sorted(f for f in (tmp_path / "cache" / "profiles").rglob("*.json") if not f.stem.startswith("round-"))
     doc = json.loads(files[0].read_text())
     doc["row"]["latency_ms"] = 0.000001  # a hand edit: checksum no longer matches
     files[0].write_text(json.dumps(doc))
     files[1].write_text(files[1].read_text()[:20])  # truncated
-    n = len(counted)
+    round1 = files[0].with_name(f"round-{files[0].stem}-1.json")
+    round1.write_text(round1.read_text()[:20])  # and one round of the first: only that round is timed again
+    built, timed = len(counted.built), len(counted.timed)
     prof.profile(layers, load_target("host"), m.model_hash)
-    assert len(counted) == n + 2
+    assert len(counted.built) == built + 2 and counted.timed[timed:] == [(files[0].stem, 1)]
 
 
 def test_a_killed_profile_resumes_without_measuring_finished_rows(net_spec, tmp_path, monkeypatch, counted):
@@ -96,11 +100,12 @@ def test_a_killed_profile_resumes_without_measuring_finished_rows(net_spec, tmp_
     p.send_signal(signal.SIGKILL)
     p.wait()
     done = {f.stem for f in cache.rglob("*.json")}
-    assert 5 <= len(done) < 22 and not (tmp_path / "p.json").exists()
+    rounds = {d for d in done if d.startswith("round-") and not d.startswith("round-whole-")}  # the rows' timings
+    assert 5 <= len(rounds) < 22 * ROUNDS and not (tmp_path / "p.json").exists()
     for f in cache.rglob("*.json"):  # what the kill left is whole: rename is atomic
         assert "sha256" in json.loads(f.read_text())
     monkeypatch.setenv("EDGEMPQ_CACHE", str(cache))
     m = load_model(net_spec)
     table = prof.profile(trace(m.module, m.input_shape), load_target("host"), m.model_hash)
-    assert not set(counted) & done  # nothing finished before the kill was measured again
-    assert len(counted) + len(done) == len(table.rows) == 22
+    assert not {f"round-{k}-{r}" for k, r in counted.timed} & done  # nothing timed before the kill was timed again
+    assert len(counted.timed) + len(rounds) == len(table.rows) * ROUNDS == 22 * ROUNDS

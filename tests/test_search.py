@@ -14,6 +14,7 @@ from edgempq.latency import ModelKey, predicted_latency
 from edgempq.layers import layer_edges, trace
 from edgempq.memory import flash_offset, predicted_flash
 from edgempq.models import arch_hash, model_hash
+from edgempq.qgraph import layer_graph
 from edgempq.schema import Budget, CostRow, CostTable, Policy, Precision, Sensitivity, Target
 from edgempq.search import SearchRequest, search, sweep_search
 
@@ -37,8 +38,10 @@ def profile_of(tg, model=None):
     layers = trace(model, (1, 6, 6))
     rows = tuple(CostRow(la.signature, p, MS[p], 0, 0, 5, 0, FLASH[p]) for la in layers for p in PRECISIONS)
     whole = {p: 3 * MS[p] for p in PRECISIONS}  # the rows add up to the whole model: scale 1
-    return CostTable(tg, {}, model_hash(model), tuple(layers), rows, whole, {}, tuple(layer_edges(model, layers)),
-                     whole_bytes={p: 3 * FLASH[p] + 500 for p in PRECISIONS}, arch_hash=arch_hash(model, (1, 6, 6)))
+    edges = tuple(layer_edges(model, layers))
+    return CostTable(tg, {}, model_hash(model), tuple(layers), rows, whole, {}, edges,
+                     whole_bytes={p: 3 * FLASH[p] + 500 for p in PRECISIONS}, arch_hash=arch_hash(model, (1, 6, 6)),
+                     graph=layer_graph(layers, edges))  # a chain of convs: its layers are its graph
 
 
 def sens_of(table, penalty=None):
@@ -132,7 +135,7 @@ def test_a_profile_holds_for_other_weights_and_a_renamed_or_relimited_copy_of_it
 
 
 def test_the_profile_cache_is_keyed_by_the_device_not_the_targets_name_or_limits():
-    from edgempq.profile import device_key
+    from edgempq.profile_cache import device_key
 
     tg = target()
     fp = {"backend": "litert", "cpu": "x", "cores": 2}
@@ -170,3 +173,11 @@ def test_a_sweep_of_ram_does_not_hold_the_targets_ram_and_lifting_the_limits_is_
         search(table, sens_of(table), SearchRequest(Budget(), target_limits=False))
     res = search(table, sens_of(table), SearchRequest(Budget(ram_kb=8.0)))
     assert any("--ram-kb 8 is above target dev's ram_kb = 4" in w for w in res.warnings)
+
+
+def test_a_profile_without_the_graphs_skeleton_says_its_latency_counts_the_layers_alone():
+    from dataclasses import replace
+
+    table = replace(profile_of(target()), graph=None)  # as an older edgempq profiled
+    res = search(table, sens_of(table), SearchRequest(Budget(size_kb=100.0)))
+    assert any("predates the float graph's skeleton" in w for w in res.warnings)

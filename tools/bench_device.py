@@ -222,7 +222,7 @@ class _Run:
         """Per feasible proxy policy, the latency-aware policy under its measured latency, built."""
         first = benchkit.interleaved_ms(backend, self.artifacts(), max(2, rounds // 2), log=log)
         for r in [r for r in self.rows if r["kind"] in PROXIES and r["feasible"]]:
-            budget = {"latency_ms": first[r["key"]]["median_ms"]}
+            budget = {"latency_ms": first[r["key"]]["ms"]}
             m = self.add("match", None, budget["latency_ms"], budget, self.solve(target, budget))  # counted apart
             m.update({"for": r["key"], "for_kind": r["kind"], "for_budget": r["budget_index"]})
             r["match"] = m.get("key")
@@ -232,7 +232,7 @@ class _Run:
         """Each feasible row's measured latency and its artifact's numbers."""
         for r in self.rows:
             if r["feasible"]:
-                r["measured_ms"] = timing[r["key"]]["median_ms"]
+                r["measured_ms"] = timing[r["key"]]["ms"]
                 r["rounds_ms"] = timing[r["key"]]["rounds_ms"]
                 b = self.built[r["key"]]
                 r.update({k: b[k] for k in ("top1", "deploy_s", "tflite_bytes", "folder") if k in b})

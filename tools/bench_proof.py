@@ -78,7 +78,7 @@ def run_model(name: str, target_name: str, quick: bool, folder: Path) -> dict:
         run.build_all(backend)
         first = benchkit.interleaved_ms(backend, run.artifacts(), 2, log=log)
         for r in [r for r in run.rows if r["kind"] == "size" and r["feasible"]]:
-            budget = {**r["budget"], "latency_ms": first[r["key"]]["median_ms"]}
+            budget = {**r["budget"], "latency_ms": first[r["key"]]["ms"]}
             m = run.add("match", r["budget_index"], budget["latency_ms"], budget, run.solve(target, budget))
             m["for"] = r["key"]
         run.build_all(backend)

@@ -63,15 +63,18 @@ def timed(fn, repeats: int = 1) -> tuple[object, float]:
 
 
 def interleaved_ms(backend, models: dict[str, bytes], rounds: int, log=print) -> dict[str, dict]:
-    """Each model timed once per round, round-robin, for `rounds` rounds: per model the median of
-    the rounds' medians and every round's median. A slow moment of the device then falls on
-    every model alike, so the comparison is side by side."""
+    """Each model timed once per round, round-robin, for `rounds` rounds, as the profile times
+    (edgempq.rounds): per model the fastest round's median ("ms", what the profile records and
+    predicts), the median of the rounds' medians and every round's median. A slow moment of the
+    device then falls on every model alike, so the comparison is side by side."""
+    from edgempq.rounds import runs_for
+
     per: dict[str, list[float]] = {k: [] for k in models}
     for r in range(rounds):
         for k, data in models.items():
-            per[k].append(backend.time(data).median_ms)
+            per[k].append(backend.time(data, runs_for(backend.target, per[k][0] if per[k] else None)).median_ms)
         log(f"  timing round {r + 1}/{rounds} done")
-    return {k: {"median_ms": statistics.median(v), "rounds_ms": v} for k, v in per.items()}
+    return {k: {"ms": min(v), "median_ms": statistics.median(v), "rounds_ms": v} for k, v in per.items()}
 
 
 def trained_model(name: str):

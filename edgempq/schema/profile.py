@@ -16,8 +16,9 @@ from .graph import Graph
 @dataclass(frozen=True)
 class CostRow:
     """What one layer signature costs at one precision, measured on the device: the
-    single-layer model end to end (median, p10, p90 over `runs`), its weight bytes as stored,
-    the model's size and, on TFLite Micro, the arena it needs."""
+    single-layer model end to end (median, p10, p90 over `runs` in the fastest of its rounds,
+    `edgempq.rounds`), its weight bytes as stored, the model's size and, on TFLite Micro, the
+    arena it needs."""
 
     signature: str
     precision: str
@@ -53,8 +54,9 @@ class CostRow:
 
 @dataclass(frozen=True)
 class Probe:
-    """A random mixed policy the profile measured whole (median ms), for the latency model to be
-    fitted on policies like the ones the search returns, not only on uniform and alternating ones."""
+    """A random mixed policy the profile measured whole (its fastest round's median, ms), for the
+    latency model to be fitted on policies like the ones the search returns, not only on uniform
+    and alternating ones."""
 
     precisions: dict[str, str]
     median_ms: float

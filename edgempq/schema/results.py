@@ -248,7 +248,8 @@ class DeployResult(Record):
 
 @dataclasses.dataclass(frozen=True)
 class MeasuredLatency(Record):
-    """The artifact's latency on the device and, when a prediction is about this device, how well it held."""
+    """The artifact's latency on the device (the fastest of its timing rounds: `edgempq.rounds`)
+    and, when a prediction is about this device, how well it held."""
 
     median_ms: float
     p10_ms: float
@@ -258,6 +259,7 @@ class MeasuredLatency(Record):
     error: float | None = None  # (measured - predicted) / predicted
     layers_ms: dict[str, float] | None = None
     points: tuple[LatencyPoint, ...] | None = None
+    rounds_ms: tuple[float, ...] | None = None  # each round's median; the fastest is the latency above
 
 
 @dataclasses.dataclass(frozen=True)
