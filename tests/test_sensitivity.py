@@ -94,7 +94,7 @@ def test_ompq_coefficients_are_suffix_means_of_theta():
 
 def test_ompq_penalties_reproduce_the_papers_objective(tiny):
     m, layers, precisions, data = tiny
-    s = compute("ompq", m, layers, precisions, data)
+    s = compute("ompq", m, layers, precisions, data, RunOptions({"objective": "bits"}))
     coef = np.array(s.info["coefficient"]) / max(s.info["coefficient"])
     names = [u[0] for u in s.info["units"]]
     # minimising Σ c (16 - bits) == maximising Σ c bits: the penalty difference of two widths is c × Δbits
@@ -102,13 +102,45 @@ def test_ompq_penalties_reproduce_the_papers_objective(tiny):
         assert s.penalty(name, "w4a8") - s.penalty(name, "w8a8") == pytest.approx(4 * c)
 
 
+def test_by_default_the_bit_objectives_weigh_each_widths_relative_error_on_the_layer(tiny):
+    from edgempq.sensitivity.noise import relative_noise
+
+    m, layers, precisions, data = tiny
+    todo = [la for la in layers if la.searchable]
+    errors = relative_noise(m, todo, precisions, torch.from_numpy(data.inputs[:32]))
+    for method in ("ompq", "csmpq"):
+        s = compute(method, m, layers, precisions, data)
+        coef = dict(zip([u[0] for u in s.info["units"]], s.info.get("coefficient", s.info["theta"]), strict=True))
+        top = max(coef.values())
+        for name, c in coef.items():
+            w4, w8 = errors[(name, "w4a8")][0], errors[(name, "w8a8")][0]
+            assert w4 > 10 * w8 > 0  # a bit more halves the step: about 4x less error per bit
+            assert s.penalty(name, "w4a8") - s.penalty(name, "w8a8") == pytest.approx(c / top * (w4 - w8), rel=1e-6)
+
+
+def test_every_proxy_method_scores_16_bit_activations_better_than_8_bit_ones(tiny):
+    # a target with both widths: int16 activations must be chosen because they help, so they
+    # score better, float better still; at equal weights the difference is the activations'
+    m, layers, _, data = tiny
+    both = [Precision.parse(p) for p in ("f32", "w8a8", "w8a16", "w4a8", "w4a16")]
+    precisions = {la.name: both for la in layers if la.searchable}
+    for method in ("ompq", "csmpq", "hawq"):
+        s = compute(method, m, layers, precisions, data)
+        for name in precisions:
+            if max(s.penalty(name, "w4a8"), s.penalty(name, "w4a16")) > 0:  # a layer the method weighs at all
+                assert s.penalty(name, "w8a8") > s.penalty(name, "w8a16") >= s.penalty(name, "f32") == 0.0, method
+                assert s.penalty(name, "w4a8") > s.penalty(name, "w4a16"), method
+
+
 def test_residual_grouping_shares_the_block_conv_and_its_downsample(tiny):
     m, layers, _, _ = tiny
     _, unit_list = units(m, [la for la in layers if la.searchable], "residual")
     assert ("conv2", "down.0") in [u.layers for u in unit_list]
-    s = compute("ompq", m, layers, tiny[2], tiny[3], RunOptions({"grouping": "residual"}))
+    s = compute("ompq", m, layers, tiny[2], tiny[3], RunOptions({"grouping": "residual", "objective": "bits"}))
     assert s.groups == (("conv2", "down.0"),)
-    assert s.penalty("conv2", "w4a8") == pytest.approx(s.penalty("down.0", "w4a8"))
+    assert s.penalty("conv2", "w4a8") == pytest.approx(s.penalty("down.0", "w4a8"))  # one coefficient, split
+    noise = compute("ompq", m, layers, tiny[2], tiny[3], RunOptions({"grouping": "residual"}))
+    assert noise.groups == (("conv2", "down.0"),)  # the same split coefficient, weighing each layer's own error
 
 
 # -- CSMPQ --------------------------------------------------------------------------------------
@@ -176,10 +208,15 @@ def test_hutchinson_trace_matches_the_exact_hessian_of_a_tiny_model():
 
 def test_hawq_penalty_is_trace_per_parameter_times_quantization_error(tiny):
     m, layers, precisions, data = tiny
-    s = compute("hawq", m, layers, precisions, data, RunOptions({"probes": 30}))
+    s = compute("hawq", m, layers, precisions, data, RunOptions({"probes": 30, "act_share": 0}))
     assert all(s.penalty(n, "f32") == 0.0 for n in precisions)
-    assert s.penalty("conv2", "w4a8") == pytest.approx(s.penalty("conv2", "w4a16"))  # weights only
+    assert s.penalty("conv2", "w4a8") == pytest.approx(s.penalty("conv2", "w4a16"))  # weights only, as the paper
     assert any(s.penalty(n, "w2a8") > 0 for n in precisions)
+    from edgempq.sensitivity.noise import quant_error
+
+    # the head has no BatchNorm to fold: its weights are the model's
+    expected = max(s.info["avg_trace"]["fc"], 0.0) * quant_error(m.fc.weight.detach(), Precision.parse("w4a8"))
+    assert s.penalty("fc", "w4a8") == pytest.approx(expected, rel=1e-6)
 
 
 # -- measured -------------------------------------------------------------------------------------

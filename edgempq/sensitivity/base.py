@@ -129,15 +129,59 @@ def searchable(layers: list[Layer], precisions: dict[str, list[Precision]]) -> l
     return [la for la in layers if la.searchable and la.name in precisions]
 
 
+@dataclass(frozen=True)
+class Objective:
+    """How a per-layer coefficient becomes penalties: `noise` weighs each precision's relative
+    error (`noise.relative_noise`, given as `errors`), `bits` the bits it loses (the papers'
+    linear objective); activations count with `act_share`."""
+
+    kind: str
+    act_share: float
+    errors: dict | None = None
+
+    def penalties(self, precisions: dict[str, list[Precision]], coefficient: dict[str, float]) -> dict:
+        """The penalty of every (layer, precision)."""
+        if self.kind == "noise":
+            return noise_penalties(precisions, coefficient, self.errors or {}, self.act_share)
+        return bit_penalties(precisions, coefficient, self.act_share)
+
+
+OBJECTIVES = ("noise", "bits")
+
+
+def check_objective(method: str, objective: str) -> None:
+    """Refuse an objective that is not noise or bits, naming the method."""
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"{method} objective must be noise or bits, not {objective!r}")
+
+
+def method_objective(kind: str, act_share: float, model: nn.Module, layers: list[Layer],
+                     precisions: dict[str, list[Precision]], x: Tensor) -> Objective:
+    """The Objective of a bit-objective method; `noise` measures the errors on batch `x`."""
+    from .noise import relative_noise
+
+    return Objective(kind, act_share, relative_noise(model, layers, precisions, x) if kind == "noise" else None)
+
+
 def unit_sensitivity(name: str, unit_list: list, coefficient: np.ndarray, precisions: dict[str, list[Precision]],
-                     act_share: float, info: dict) -> Sensitivity:
-    """The bit-objective Sensitivity of per-unit coefficients: a group's coefficient is split
+                     objective: Objective, info: dict) -> Sensitivity:
+    """The Sensitivity of per-unit coefficients under `objective`: a group's coefficient is split
     over its layers, so a shared decision counts it once; groups go to the solver."""
     per_layer = {}
     for u, c in zip(unit_list, coefficient, strict=True):
         per_layer |= {layer: float(c) / len(u.layers) for layer in u.layers}
-    return Sensitivity(name, bit_penalties(precisions, per_layer, act_share),
+    return Sensitivity(name, objective.penalties(precisions, per_layer),
                        groups=tuple(u.layers for u in unit_list if len(u.layers) > 1), info=info)
+
+
+def noise_penalties(precisions: dict[str, list[Precision]], coefficient: dict[str, float], noise: dict,
+                    act_share: float = 1.0, normalise: bool = True) -> dict[tuple[str, str], float]:
+    """c_l · (weight error + act_share · activation error) of each (layer, precision), the errors
+    relative to the layer's own weights and input (`noise.relative_noise`); coefficients scaled
+    so the largest is 1 when `normalise`."""
+    top = (max((abs(c) for c in coefficient.values()), default=0.0) or 1.0) if normalise else 1.0
+    return {(name, str(p)): coefficient[name] / top * (noise[(name, str(p))][0] + act_share * noise[(name, str(p))][1])
+            for name, ps in precisions.items() for p in ps}
 
 
 def effective_bits(p: Precision) -> tuple[int, int]:

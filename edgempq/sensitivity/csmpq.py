@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..progress import Progress
 from ..schema import Layer, Precision, Sensitivity
-from .base import METHODS, Method, SensData, searchable, unit_sensitivity
+from .base import METHODS, Method, SensData, check_objective, method_objective, searchable, unit_sensitivity
 from .features import features, units
 
 
@@ -74,7 +74,8 @@ class CSMPQ(Method):
         documents: str = "samples"
         batch_size: int = 32
         grouping: str = "none"
-        act_share: float = 0.0
+        objective: str = "noise"  # or bits, the paper's (see ompq)
+        act_share: float = 1.0
         seed: int = 0
 
         def __post_init__(self) -> None:
@@ -84,6 +85,7 @@ class CSMPQ(Method):
                 raise ConfigError(f"csmpq documents must be samples or classes, not {self.documents!r}")
             if self.batch_size < 2 or self.beta < 0 or self.act_share < 0 or (self.coe is not None and self.coe <= 0):
                 raise ConfigError("csmpq needs batch_size >= 2, beta >= 0, act_share >= 0 and coe > 0")
+            check_objective("csmpq", self.objective)
 
     def compute(self, model: nn.Module, layers: list[Layer], precisions: dict[str, list[Precision]],
                 data: SensData, on_step: Progress | None = None) -> Sensitivity:
@@ -91,7 +93,8 @@ class CSMPQ(Method):
         p = self.params
         if p.documents == "classes":
             data.require_classes("csmpq with documents=classes (a document a class)")
-        gm, unit_list = units(model, searchable(layers, precisions), p.grouping)
+        todo = searchable(layers, precisions)
+        gm, unit_list = units(model, todo, p.grouping)
         x, y = data.batch(p.batch_size, p.seed)
         if p.documents == "classes" and len(np.unique(y.numpy())) < 2:
             raise ConfigError("csmpq documents=classes needs at least two classes in the batch; raise batch_size")
@@ -106,4 +109,5 @@ class CSMPQ(Method):
         s = np.array(scores)
         theta = np.maximum(s, 0.0) if p.mode == "qat" else np.exp(-p.beta * s)
         info = {"units": [list(u.layers) for u in unit_list], "tfidf": s.tolist(), "theta": theta.tolist()}
-        return unit_sensitivity(self.name, unit_list, theta, precisions, p.act_share, info)
+        objective = method_objective(p.objective, p.act_share, model, todo, precisions, x)
+        return unit_sensitivity(self.name, unit_list, theta, precisions, objective, info)

@@ -4,7 +4,8 @@ curvature of the loss along its weights times how far quantization moves them.
 The average Hessian trace per parameter of each layer, Tr(H_l) / P_l, is estimated with
 Hutchinson's method (E[vᵀHv] = Tr(H) for Rademacher v, Hv by double backpropagation), on the
 BatchNorm-folded model, because the folded weights are what deployment quantizes. The penalty of
-a precision is Tr(H_l)/P_l × ‖Q_b(W_l) − W_l‖², with Q_b the deployment's weight quantizer."""
+a precision is Tr(H_l)/P_l × ‖Q_b(W_l) − W_l‖², with Q_b the deployment's weight quantizer, plus
+the same for the input activations' relative error (`noise`)."""
 
 from __future__ import annotations
 
@@ -16,13 +17,12 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..layers import weight_axis
 from ..metrics import target_loss
 from ..progress import Progress
 from ..quant.fold import fold_batchnorm
-from ..quant.quantizers import WeightQuantizer
 from ..schema import Layer, Precision, Sensitivity
-from .base import METHODS, Method, SensData, searchable
+from .base import METHODS, Method, SensData, noise_penalties, searchable
+from .noise import relative_noise
 
 
 def hutchinson_traces(loss_fn: Callable[[], Tensor], params: list[Tensor], probes: int, tol: float,
@@ -55,22 +55,12 @@ def auto_probes(macs: int) -> int:
     return int(min(100, max(12, 150 / per_probe_s if per_probe_s > 0 else 100)))
 
 
-def quant_error(weight: Tensor, p: Precision, axis: int = 0) -> float:
-    """‖Q(W) − W‖² for the deployment's weight quantizer at `p` (per output channel, on dim
-    `axis`; float: f16 rounding or 0)."""
-    with torch.no_grad():
-        if p.is_float:
-            return float(((weight.half().float() - weight) ** 2).sum()) if p.weight_bits == 16 else 0.0
-        q = WeightQuantizer(p.weight_bits, axis)
-        q.calibrate(weight)
-        return float(((q(weight) - weight) ** 2).sum())
-
-
 @METHODS.register("hawq")
 class HAWQ(Method):
-    """HAWQ Hessian-trace sensitivity. Scores weight precision only (activation bits of the same
-    weight width score the same). A negative trace estimate (a non-convex point, or too few
-    probes) is taken as 0, and kept in `info`."""
+    """HAWQ Hessian-trace sensitivity. The paper scores weight precision only; here the input
+    activations' relative error at each width adds to the weights' (`act_share`), so that a
+    target's 16-bit activations score better than its 8-bit ones. A negative trace estimate (a
+    non-convex point, or too few probes) is taken as 0, and kept in `info`."""
 
     name = "hawq"
 
@@ -80,11 +70,13 @@ class HAWQ(Method):
         tol: float = 1e-3  # HAWQ-V3's stopping tolerance
         batches: int = 1
         batch_size: int = 32
+        act_share: float = 1.0  # the input's relative error against the weights' (0: weights only, as the paper)
         seed: int = 0
 
         def __post_init__(self) -> None:
-            if self.probes < 0 or self.batches < 1 or self.batch_size < 1 or self.tol < 0:
-                raise ConfigError("hawq needs probes >= 0 (0 = auto), batches and batch_size >= 1, tol >= 0")
+            if self.probes < 0 or self.batches < 1 or self.batch_size < 1 or self.tol < 0 or self.act_share < 0:
+                raise ConfigError("hawq needs probes >= 0 (0 = auto), batches and batch_size >= 1, tol >= 0 and "
+                                  "act_share >= 0")
 
     def compute(self, model: nn.Module, layers: list[Layer], precisions: dict[str, list[Precision]],
                 data: SensData, on_step: Progress | None = None) -> Sensitivity:
@@ -117,10 +109,11 @@ class HAWQ(Method):
             traces = [a + b * len(x) / n for a, b in zip(traces, tr, strict=True)]
             done += probes
         avg = {la.name: t / la.weight_count for la, t in zip(todo, traces, strict=True)}
-        penalties = {}
-        for la, w in zip(todo, weights, strict=True):
-            axis = weight_axis(model.get_submodule(la.name))
-            for prec in precisions[la.name]:
-                penalties[(la.name, str(prec))] = max(avg[la.name], 0.0) * quant_error(w.detach(), prec, axis)
+        # Tr(H)/P × ‖Q(W) − W‖² = Tr(H)/P × ‖W‖² × the relative error, and the input's relative
+        # error moves the output as much as the same relative error on the weights
+        coef = {la.name: max(avg[la.name], 0.0) * float((w.detach() ** 2).sum())
+                for la, w in zip(todo, weights, strict=True)}
+        errors = relative_noise(model, todo, precisions, x_all[:p.batch_size])
+        penalties = noise_penalties(precisions, coef, errors, p.act_share, normalise=False)
         trace = {la.name: t for la, t in zip(todo, traces, strict=True)}
         return Sensitivity(self.name, penalties, info={"trace": trace, "avg_trace": avg, "probes": probes})
