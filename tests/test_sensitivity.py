@@ -308,3 +308,16 @@ def test_sensitivity_file_rejects_unknown_keys_and_duplicate_rows():
         Sensitivity.from_dict(d)
     with pytest.raises(ConfigError, match="no score for layer a at w4a8"):
         s.penalty("a", "w4a8")
+
+
+def test_gmpq_complexity_loss_is_off_by_default_and_pushes_the_largest_layers_to_fewer_bits(tiny):
+    # the solver holds the budget; the paper's complexity pressure (by MACs) would decide π instead
+    m, layers, precisions, data = tiny
+    assert get_method("gmpq").Params().cd == 0.0
+    plain = compute("gmpq", m, layers, precisions, data, RunOptions({"epochs": 2}))
+    paper = compute("gmpq", m, layers, precisions, data, RunOptions({"epochs": 2, "cd": 3e-4}))
+    big = max((la for la in layers if la.searchable), key=lambda la: la.macs).name
+    def shift(s: Sensitivity) -> float:
+        return s.penalty(big, "w8a8") - s.penalty(big, "w2a8")
+
+    assert shift(paper) > shift(plain)  # 8 bits cost more against 2 under the complexity loss
