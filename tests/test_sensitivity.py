@@ -230,12 +230,19 @@ def test_measured_penalty_is_the_loss_increase_of_quantizing_one_layer_with_the_
 
     m, layers, precisions, data = tiny
     s = compute("measured", m, layers, {"conv2": [Precision.parse("w2a8")]}, data,
-                RunOptions({"samples": 64, "ptq": ptq}))
+                RunOptions({"samples": 64, "ptq": ptq, "loss": "ce"}))
     x, y = data.batch(64, 0)
-    base = mean_loss(apply(m, Policy({})), x, y, 64)
+    float_model = apply(m, Policy({}))
+    base = mean_loss(float_model, x, y, 64)
     q, _ = quantize(m, Policy({"conv2": Precision.parse("w2a8")}), x.numpy(), QuantConfig(weights=ptq))
     assert s.penalty("conv2", "w2a8") == pytest.approx(mean_loss(q, x, y, 64) - base, rel=1e-5)
     assert s.params["ptq"] == ptq
+    # by default: the divergence from the float model's outputs (its own divergence is 0)
+    kl = compute("measured", m, layers, {"conv2": [Precision.parse("w2a8")]}, data,
+                 RunOptions({"samples": 64, "ptq": ptq}))
+    with torch.no_grad():
+        reference = float_model(x)
+    assert kl.penalty("conv2", "w2a8") == pytest.approx(mean_loss(q, x, y, 64, reference), rel=1e-5)
 
 
 def test_a_loss_measuring_method_refuses_an_unknown_ptq_algorithm_parameter_or_range(tiny):
