@@ -215,8 +215,18 @@ def test_hawq_penalty_is_trace_per_parameter_times_quantization_error(tiny):
     from edgempq.sensitivity.noise import quant_error
 
     # the head has no BatchNorm to fold: its weights are the model's
-    expected = max(s.info["avg_trace"]["fc"], 0.0) * quant_error(m.fc.weight.detach(), Precision.parse("w4a8"))
+    from edgempq.sensitivity.hawq import floored
+
+    trace = floored(s.info["avg_trace"])["fc"]
+    expected = trace * quant_error(m.fc.weight.detach(), Precision.parse("w4a8"))
     assert s.penalty("fc", "w4a8") == pytest.approx(expected, rel=1e-6)
+
+
+def test_a_non_positive_trace_estimate_makes_a_layer_the_least_sensitive_not_free():
+    from edgempq.sensitivity.hawq import floored
+
+    assert floored({"a": 2.0, "b": 0.5, "c": -1e-5, "d": 0.0}) == {"a": 2.0, "b": 0.5, "c": 0.5, "d": 0.5}
+    assert floored({"a": -1.0}) == {"a": 1.0}  # nothing measured: every layer weighs its error alike
 
 
 # -- measured -------------------------------------------------------------------------------------

@@ -55,12 +55,26 @@ def auto_probes(macs: int) -> int:
     return int(min(100, max(12, 150 / per_probe_s if per_probe_s > 0 else 100)))
 
 
+def floored(avg: dict[str, float]) -> dict[str, float]:
+    """Each layer's trace per weight, a non-positive estimate raised to the least positive one.
+
+    Near a minimum the estimate of a flat layer's trace falls below 0 by the probes' noise (on
+    MNIST MobileNet the classifier's, whose true trace cannot be negative: cross-entropy is convex
+    in its weights). Taken as 0 it made every width of the layer free, so the classifier went to
+    2 bits even with no budget; as the least sensitive measured layer it is first to narrow, its
+    widths still ordered by their error."""
+    positive = [t for t in avg.values() if t > 0]
+    least = min(positive) if positive else 1.0
+    return {n: t if t > 0 else least for n, t in avg.items()}
+
+
 @METHODS.register("hawq")
 class HAWQ(Method):
     """HAWQ Hessian-trace sensitivity. The paper scores weight precision only; here the input
     activations' relative error at each width adds to the weights' (`act_share`), so that a
-    target's 16-bit activations score better than its 8-bit ones. A negative trace estimate (a
-    non-convex point, or too few probes) is taken as 0, and kept in `info`."""
+    target's 16-bit activations score better than its 8-bit ones. A non-positive trace estimate (a
+    non-convex point, or the probes' noise on a flat layer) is raised to the least positive one
+    (`floored`) and listed in `info`."""
 
     name = "hawq"
 
@@ -111,9 +125,10 @@ class HAWQ(Method):
         avg = {la.name: t / la.weight_count for la, t in zip(todo, traces, strict=True)}
         # Tr(H)/P × ‖Q(W) − W‖² = Tr(H)/P × ‖W‖² × the relative error, and the input's relative
         # error moves the output as much as the same relative error on the weights
-        coef = {la.name: max(avg[la.name], 0.0) * float((w.detach() ** 2).sum())
-                for la, w in zip(todo, weights, strict=True)}
+        used = floored(avg)
+        coef = {la.name: used[la.name] * float((w.detach() ** 2).sum()) for la, w in zip(todo, weights, strict=True)}
         errors = relative_noise(model, todo, precisions, x_all[:p.batch_size])
         penalties = noise_penalties(precisions, coef, errors, p.act_share, normalise=False)
         trace = {la.name: t for la, t in zip(todo, traces, strict=True)}
-        return Sensitivity(self.name, penalties, info={"trace": trace, "avg_trace": avg, "probes": probes})
+        return Sensitivity(self.name, penalties, info={"trace": trace, "avg_trace": avg, "probes": probes,
+                                                       "nonpositive_trace": [n for n, t in avg.items() if t <= 0]})
