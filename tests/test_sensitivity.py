@@ -212,11 +212,10 @@ def test_hawq_penalty_is_trace_per_parameter_times_quantization_error(tiny):
     assert all(s.penalty(n, "f32") == 0.0 for n in precisions)
     assert s.penalty("conv2", "w4a8") == pytest.approx(s.penalty("conv2", "w4a16"))  # weights only, as the paper
     assert any(s.penalty(n, "w2a8") > 0 for n in precisions)
+    from edgempq.sensitivity.hawq import floored
     from edgempq.sensitivity.noise import quant_error
 
     # the head has no BatchNorm to fold: its weights are the model's
-    from edgempq.sensitivity.hawq import floored
-
     trace = floored(s.info["avg_trace"])["fc"]
     expected = trace * quant_error(m.fc.weight.detach(), Precision.parse("w4a8"))
     assert s.penalty("fc", "w4a8") == pytest.approx(expected, rel=1e-6)
