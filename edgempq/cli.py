@@ -229,7 +229,8 @@ def profile(device: str, source: Source, input_shape: str | None, output: str, p
 
 
 @main.command()
-@click.option("--method", required=True, help="the method: ompq, csmpq, hawq, measured, clado, gmpq or limpq")
+@click.option("--method", required=True, help="the method: ompq, csmpq, hawq, measured, clado, gmpq or limpq "
+              "(the README's method table says which to use)")
 @source_options(data=DATA_HELP + " (default: the zoo model's); its calibration split is used")
 @click.option("--precisions", help="comma-separated precisions to score for every layer (default: all deployable)")
 @click.option("--device", help="score the precisions this target runs for each layer's kind")
@@ -250,6 +251,7 @@ def sensitivity(method: str, source: Source, precisions: str | None, device: str
         sens = pipeline.sensitivity(model, ds, method, chosen, list(params), step)
     sens.save(output)
     show.sensitivity(sens, layers, f"{method} on {source.model} ({ds.name}, calibration split)")
+    show.standing(sens)
     click.echo(f"scored {len(sens.penalties)} (layer, precision) pairs{show.quantizer_said(sens.params)}; "
                f"wrote {output}")
 

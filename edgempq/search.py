@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from .errors import ConfigError
 from .schema import Budget, CostTable, Policy, Precision, Sensitivity
 from .solve import SolveOptions, shared_input_groups, solve
+from .standing import warning as standing_warning
 
 SLOW_FACTOR = 2.0  # a policy predicted slower than this many times all-int8 is warned about
 NEAR_TIE = 0.01  # without a latency budget, penalties within 1 % of the least are a tie the fastest wins
@@ -121,6 +122,7 @@ def search(table: CostTable, sens: Sensitivity, request: SearchRequest) -> Searc
     kept = tuple((n, str(policy.precisions[n]), why) for n, _, why in kept)
     refs = references(table)
     warnings = slow_warnings(policy, table, refs) + limit_warnings(budget, table, policy)
+    warnings += [w for w in [standing_warning(sens.method, sens.info)] if w]
     return Searched(policy, table, budget, from_target, kept, refs, tuple(warnings))
 
 

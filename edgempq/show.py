@@ -120,6 +120,16 @@ def sensitivity(sens: Any, layers: list, title: str) -> None:
         click.echo(f"shares one decision: {', '.join(g)}")
 
 
+def standing(sens: Any) -> None:
+    """What the benchmark said of the method that scored `sens`, when its policies lost to
+    random ones somewhere (info's `below_random`)."""
+    from .standing import warning
+
+    text = warning(sens.method, sens.info)
+    if text:
+        click.echo("note: " + text)
+
+
 def policy(policy: Any, layers: list, table: Any) -> None:
     """A policy's precision per layer and its predicted costs against the budget."""
     from rich.table import Table

@@ -111,13 +111,16 @@ def _methods_result():
     rows = [{"method": meth, "metric": metric, "share": s, "feasible": True, "ptq_top1": 0.9, "qat_top1": 0.95,
              "size_bytes": 1000, "bops": 10}
             for meth in ("ompq", "csmpq", "random0") for metric in ("size", "bops") for s in (0.5, 0.75)]
+    rows[7]["ptq_top1"] = 0.85  # csmpq at bops 0.75: below the random one, and down 5 points from bops 0.5
     rows += [{"method": "uniform w4a8", "metric": None, "share": None, "feasible": True, "ptq_top1": 0.9,
               "qat_top1": 0.96, "size_bytes": 2048, "bops": 50}]
     return {"part": "methods", "quick": True, "widths": ["w2a8", "w3a8", "w4a8", "w8a8"],
             "qat": {"samples": 1000, "epochs": 1}, "machine": _machine(), "models": [{
                 "model": "mnist_resnet8", "int8": {"size_bytes": 4096, "bops": 100}, "float_top1": 0.977,
                 "shares": [0.5, 0.75], "methods": ["ompq", "csmpq"], "rows": rows,
-                "search": {m: {"sensitivity_s": 0.1, "solve_s": 0.05, "search_s": 0.15} for m in ("ompq", "csmpq")}}]}
+                "search": {m: {"sensitivity_s": 0.1, "solve_s": 0.05, "search_s": 0.15,
+                               "unconstrained": {"widest": "w8a8", "layers": 10, "narrower": n}}
+                           for m, n in (("ompq", {}), ("csmpq", {"fc": "w2a8"}))}}]}
 
 
 def test_benchmarks_md_renders_every_part(bench, tmp_path):
@@ -154,6 +157,11 @@ def test_benchmarks_md_renders_every_part(bench, tmp_path):
         assert heading in text
     assert "| search (ompq sensitivity + solve) under 30 s (mnist_resnet8) | 0.15 s | met |" in text
     assert "comparisons" not in text  # part 1's equal-latency target was retired for part 9's
+    assert ("| every method's PTQ top-1 ≥ the random policies' median at each feasible budget (mnist_resnet8) | "
+            "7 of 8; below: csmpq bops 0.75 (85.0 vs 90.0) | **not met** |") in text
+    assert "every method (mnist_resnet8) | csmpq bops 0.5 → 0.75: 90.0 → 85.0 | **not met** |" in text
+    assert "| with no budget every layer at the widest width, every method (mnist_resnet8) | csmpq: 1 of 10 " \
+           "narrower | **not met** |" in text
     assert ("| latency predicted within ±10 % for ≥ 90 % of random mixed policies (ds_cnn, host) | 3/4 "
             "(±5 %: 2/4) | **not met** |") in text
     assert "| at equal budget and top-1 (±0.3 point), latency-aware ≥ 20 % faster on 3 of 4 models (tflm-host) | " \

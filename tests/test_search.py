@@ -181,3 +181,15 @@ def test_a_profile_without_the_graphs_skeleton_says_its_latency_counts_the_layer
     table = replace(profile_of(target()), graph=None)  # as an older edgempq profiled
     res = search(table, sens_of(table), SearchRequest(Budget(size_kb=100.0)))
     assert any("predates the float graph's skeleton" in w for w in res.warnings)
+
+
+def test_search_warns_when_the_sensitivity_came_from_a_method_that_lost_to_random():
+    table = profile_of(target())
+    lost = replace(sens_of(table), method="bad",
+                   info={"below_random": ["net size 0.5: 90.0 % against the random median 95.0 %"]})
+    res = search(table, lost, SearchRequest(Budget(latency_ms=10)))
+    assert [w for w in res.warnings if "median of random" in w] == [
+        "bad's policies were below the median of random policies in the benchmark at 1 budget(s) (net size 0.5: "
+        "90.0 % against the random median 95.0 %): see the README's method table for when to use it"]
+    assert not any("median of random" in w for w in search(table, sens_of(table),
+                                                           SearchRequest(Budget(latency_ms=10))).warnings)

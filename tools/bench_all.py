@@ -202,6 +202,7 @@ def targets_section(dev: dict | None, meth: dict | None, ptq: dict | None = None
                          f"the {len(errs)} other policies: median ±{pct(typical)}, largest ±{pct(err)}", verdict])
         # part 1's accuracy at equal measured latency was retired for part 9's proof (RETIRED)
     if meth:
+        rows += _method_targets(meth)
         for m in meth["models"]:
             for name in ("ompq", "csmpq"):
                 if name in m["search"]:
@@ -214,6 +215,76 @@ def targets_section(dev: dict | None, meth: dict | None, ptq: dict | None = None
         rows += bench_ptq.targets(ptq)
     out.append(table(["target", "measured", ""], rows) if rows else "No results yet.")
     return "\n".join(out)
+
+
+def _method_targets(meth: dict) -> list[list[str]]:
+    """Part 2's targets per model: every method's PTQ top-1 at or above the random policies'
+    median and non-decreasing in the budget (within 0.5 point); GMPQ within 2 points of HAWQ at
+    the tightest feasible size budget from 0.5 up; with no budget every layer at its widest."""
+    from edgempq.standing import SIGNIFICANT, summarise
+
+    rows = []
+    for m in meth["models"]:
+        below = summarise({"models": [m]}, "")["methods"]
+        lost = [f"{k} {b['metric']} {b['share']:g} ({b['top1']:.1f} vs {b['random_median']:.1f})"
+                for k, v in below.items() for b in v["below_random"]]
+        n = sum(v["budgets"] for v in below.values())
+        rows.append([f"every method's PTQ top-1 ≥ the random policies' median at each feasible budget ({m['model']})",
+                     f"{n - len(lost)} of {n}" + (f"; below: {', '.join(lost)}" if lost else ""),
+                     "met" if not lost else "**not met**"])
+        ps = [b["p_worse"] for v in below.values() for b in v["below_random"] if b["p_worse"] is not None]
+        if ps:
+            sig = sum(p < SIGNIFICANT for p in ps)
+            rows.append([f"… none significantly below the median random policy (paired exact test on the test "
+                         f"samples, p < {SIGNIFICANT}) ({m['model']})",
+                         f"{sig} significantly below; lowest p {min(ps):.2g}", "met" if not sig else "**not met**"])
+        drops = _drops(m)
+        rows.append([f"PTQ top-1 non-decreasing in the budget within 0.5 point, every method ({m['model']})",
+                     "; ".join(drops) if drops else "no drop over 0.5", "met" if not drops else "**not met**"])
+        rows += _gmpq_target(m) + _unconstrained_target(m)
+    return rows
+
+
+def _ptq(m: dict, method: str, metric: str) -> list[tuple[float, float]]:
+    """(share, PTQ top-1 in %) of `method`'s feasible policies under `metric`, by share."""
+    return sorted((r["share"], 100 * r["ptq_top1"]) for r in m["rows"]
+                  if r["method"] == method and r["metric"] == metric and r.get("feasible"))
+
+
+def _drops(m: dict) -> list[str]:
+    """Where a method's PTQ top-1 falls by more than 0.5 point as its budget loosens."""
+    out = []
+    for name in m["methods"]:
+        for metric in ("size", "bops"):
+            pts = _ptq(m, name, metric)
+            out += [f"{name} {metric} {a:g} → {b:g}: {x:.1f} → {y:.1f}"
+                    for (a, x), (b, y) in zip(pts, pts[1:], strict=False) if y < x - 0.5]  # noqa: PLR2004
+    return out
+
+
+def _gmpq_target(m: dict) -> list[list[str]]:
+    if not {"gmpq", "hawq"} <= set(m["methods"]):
+        return []
+    both = [dict(_ptq(m, k, "size")) for k in ("gmpq", "hawq")]
+    shares = [s for s in sorted(set(both[0]) & set(both[1])) if s >= 0.5]  # noqa: PLR2004
+    if not shares:
+        return [[f"GMPQ within 2 points of HAWQ at the tightest feasible size budget ≥ 0.5 ({m['model']})",
+                 "no such budget feasible for both", "–"]]
+    s = shares[0]
+    gap = both[0][s] - both[1][s]
+    return [[f"GMPQ within 2 points of HAWQ at the tightest feasible size budget ≥ 0.5 ({m['model']})",
+             f"size {s:g}: GMPQ {both[0][s]:.1f} %, HAWQ {both[1][s]:.1f} % ({gap:+.1f})",
+             "met" if gap >= -2 else "**not met**"]]  # noqa: PLR2004
+
+
+def _unconstrained_target(m: dict) -> list[list[str]]:
+    """Every method (CLADO's sanity check): with no budget, every layer at the widest width."""
+    got = {k: v["unconstrained"] for k, v in m["search"].items() if "unconstrained" in v}
+    if not got:
+        return []
+    off = [f"{k}: {len(u['narrower'])} of {u['layers']} narrower" for k, u in got.items() if u["narrower"]]
+    return [[f"with no budget every layer at the widest width, every method ({m['model']})",
+             "; ".join(off) if off else f"{len(got)} of {len(got)} methods", "met" if not off else "**not met**"]]
 
 
 def _latency_targets(latency: dict | None) -> list[list[str]]:

@@ -76,7 +76,7 @@ def evaluate(model, ds, policy, qat: bool) -> dict:
 
     t = time.perf_counter()
     q, res = simulate(model, ds, policy)
-    out = {"ptq_top1": res.top1, "ptq_s": time.perf_counter() - t}
+    out = {"ptq_top1": res.top1, "ptq_s": time.perf_counter() - t, "ptq_correct": correct_on_test(q, ds)}
     if qat:
         t = time.perf_counter()
         x, y = ds.split("train")
@@ -84,6 +84,18 @@ def evaluate(model, ds, policy, qat: bool) -> dict:
         finetune(q, x[idx], y[idx], QAT_EPOCHS)
         out.update(qat_top1=accuracy(q, *ds.split("test")), qat_s=time.perf_counter() - t)
     return out
+
+
+def correct_on_test(q, ds) -> str:
+    """Per test sample, whether the quantized model classifies it right (packed), for the paired
+    test of a method's policy against the median random one (edgempq/standing.py)."""
+    import numpy as np
+
+    from edgempq.metrics import predict
+    from edgempq.standing import pack
+
+    x, y = ds.split("test")
+    return pack(np.argmax(predict(q, x), axis=1) == y)
 
 
 def run_model(name: str, quick: bool) -> dict:
@@ -147,9 +159,22 @@ def run_model(name: str, quick: bool) -> dict:
         if r["feasible"]:
             r.update(results[r["key"]])
     search = {m: {"sensitivity_s": costs[m], "solve_s": statistics.median(solve_s.get(m, [0.0])),
-                  "search_s": costs[m] + statistics.median(solve_s.get(m, [0.0]))} for m in methods}
+                  "search_s": costs[m] + statistics.median(solve_s.get(m, [0.0])),
+                  "unconstrained": unconstrained(layers, sens[m], target)} for m in methods}
     return {"model": name, "int8": int8, "float_top1": meta.get("test_top1"), "shares": list(shares),
             "methods": list(methods), "rows": rows, "search": search, "distinct_policies": len(policies)}
+
+
+def unconstrained(layers, sens, target) -> dict:
+    """The sanity check of CLADO's paper, for every method: with no budget the least-penalty
+    policy should keep every layer at its widest width (a size budget no policy reaches)."""
+    from edgempq.schema import Budget
+    from edgempq.solve import solve
+
+    pol = solve(layers, sens, None, Budget(size_kb=1e12), target)
+    widest = str(max(target.precisions, key=lambda p: p.weight_bits))
+    narrower = {k: str(v) for k, v in pol.precisions.items() if str(v) != widest}
+    return {"widest": widest, "layers": len(pol.precisions), "narrower": narrower}
 
 
 def run(quick: bool = False, folder: Path = RESULTS) -> dict:
@@ -157,10 +182,35 @@ def run(quick: bool = False, folder: Path = RESULTS) -> dict:
            "qat": {"samples": QAT_SAMPLES, "epochs": QAT_EPOCHS}, "machine": benchkit.machine(),
            "models": [run_model(n, quick) for n in benchkit.models(quick).trained]}
     benchkit.save("methods", out, folder)
+    if not quick:
+        write_standing(out)
     return out
+
+
+def write_standing(out: dict) -> Path:
+    """The package's standing.json from a full run: each method's budgets below the random median,
+    which `edgempq sensitivity` and `search` then tell the user (edgempq/standing.py)."""
+    import json
+
+    from edgempq.files import atomic_write_text
+    from edgempq.standing import FILE, summarise
+
+    day = str(out["machine"].get("date", ""))[:10]
+    models = " and ".join(m["model"] for m in out["models"])
+    source = (f"BENCHMARKS.md part 2 ({day}; {models}; weight widths "
+              f"{'/'.join(w[1] for w in out['widths'])}, 8-bit activations, default PTQ)")
+    atomic_write_text(FILE, json.dumps(summarise(out, source), indent=1) + "\n")
+    log(f"wrote {FILE}")
+    return FILE
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="one model, three methods, two budgets")
-    run(ap.parse_args().quick)
+    ap.add_argument("--standing", action="store_true",
+                    help="only write edgempq/standing.json again from the saved results")
+    args = ap.parse_args()
+    if args.standing:
+        write_standing(benchkit.load("methods"))
+    else:
+        run(args.quick)

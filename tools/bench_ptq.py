@@ -241,12 +241,10 @@ def paired(old, new) -> dict:
     """The samples only min-max gets right and only the default gets right, and the one-sided
     exact (McNemar / sign) test's p-value that the default is the worse: P(X >= only_minmax)
     for X ~ Binomial(discordant, 1/2)."""
-    from math import comb
+    from edgempq.standing import p_worse
 
     b, c = int((old & ~new).sum()), int((new & ~old).sum())
-    n = b + c
-    p = sum(comb(n, k) for k in range(b, n + 1)) / 2**n if n else 1.0
-    return {"only_minmax": b, "only_default": c, "p_worse": p}
+    return {"only_minmax": b, "only_default": c, "p_worse": p_worse(b, c)}
 
 
 def rerun_mixed(folder: Path = RESULTS) -> dict:

@@ -18,6 +18,7 @@ from ..params import parse_params
 from ..progress import Progress
 from ..registry import Registry
 from ..schema import Layer, Precision, Sensitivity
+from ..standing import with_standing
 
 REF_BITS = 16  # bits at which a layer counts as lossless in the bit objectives (f16 / f32 too)
 
@@ -121,7 +122,7 @@ def compute(name: str, model: nn.Module, layers: list[Layer], precisions: dict[s
         torch.manual_seed(getattr(method.params, "seed", 0))
         sens = method.compute(work, layers, precisions, data, opts.on_step)
     return dataclasses.replace(sens, model_hash=opts.model_hash, data_id=data.data_id,
-                               params=dataclasses.asdict(method.params))
+                               params=dataclasses.asdict(method.params), info=with_standing(name, sens.info))
 
 
 def searchable(layers: list[Layer], precisions: dict[str, list[Precision]]) -> list[Layer]:
