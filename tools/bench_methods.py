@@ -73,10 +73,11 @@ def evaluate(model, ds, policy, qat: bool) -> dict:
     from edgempq.metrics import accuracy
     from edgempq.pipeline import simulate
     from edgempq.quant import finetune
+    from edgempq.standing import pack
 
     t = time.perf_counter()
     q, res = simulate(model, ds, policy)
-    out = {"ptq_top1": res.top1, "ptq_s": time.perf_counter() - t, "ptq_correct": correct_on_test(q, ds)}
+    out = {"ptq_top1": res.top1, "ptq_s": time.perf_counter() - t, "ptq_correct": pack(benchkit.correct_on_test(q, ds))}
     if qat:
         t = time.perf_counter()
         x, y = ds.split("train")
@@ -84,18 +85,6 @@ def evaluate(model, ds, policy, qat: bool) -> dict:
         finetune(q, x[idx], y[idx], QAT_EPOCHS)
         out.update(qat_top1=accuracy(q, *ds.split("test")), qat_s=time.perf_counter() - t)
     return out
-
-
-def correct_on_test(q, ds) -> str:
-    """Per test sample, whether the quantized model classifies it right (packed), for the paired
-    test of a method's policy against the median random one (edgempq/standing.py)."""
-    import numpy as np
-
-    from edgempq.metrics import predict
-    from edgempq.standing import pack
-
-    x, y = ds.split("test")
-    return pack(np.argmax(predict(q, x), axis=1) == y)
 
 
 def run_model(name: str, quick: bool) -> dict:

@@ -227,14 +227,10 @@ def mixed(folder: Path, quick: bool) -> dict:
 
 def correct_on_test(model, ds, policy, label: str):
     """Per test sample, whether `label`'s simulation of `policy` classifies it right."""
-    import numpy as np
-
-    from edgempq.metrics import predict
     from edgempq.pipeline import simulate
 
     q, _ = simulate(model, ds, policy, quant_config(label))
-    x, y = ds.split("test")
-    return np.argmax(predict(q, x), axis=1) == y
+    return benchkit.correct_on_test(q, ds)
 
 
 def paired(old, new) -> dict:

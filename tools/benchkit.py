@@ -117,6 +117,17 @@ def save(name: str, result: dict, folder: Path = RESULTS) -> Path:
     return write_json(folder / f"{name}.json", result)
 
 
+def correct_on_test(q, ds):
+    """Per test sample, whether the (quantized) classifier `q` gets it right: a bool array, for
+    paired tests between two models on the same samples."""
+    import numpy as np
+
+    from edgempq.metrics import predict
+
+    x, y = ds.split("test")
+    return np.argmax(predict(q, x), axis=1) == y
+
+
 def load(name: str, folder: Path = RESULTS) -> dict | None:
     p = folder / f"{name}.json"
     return json.loads(p.read_text()) if p.is_file() else None
