@@ -358,6 +358,8 @@ def deploy(source: Source, policy_path: str, device: str, cfg: Any, output: str)
               help="always (or never) compare the layers' outputs with the simulation")
 @click.option("-o", "--output", "out_dir", type=PATH,
               help="where validation.json and the report go (default: beside the artifact)")
+@click.option("--trust", is_flag=True,
+              help="import the model code the deploy folder names (by default only zoo: models load from it)")
 def validate(artifact: str, device: str, **options: Any) -> None:
     """Run a deployed artifact (a deploy folder or a .tflite) on the device over the test split:
     accuracy against the float model and the simulation, latency against the prediction, size;

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shlex
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -127,11 +128,13 @@ def deploy(model: LoadedModel, ds: Dataset, policy: Policy, target_spec: str, ou
     from .export.stage import deploy as build
     from .report import write_report
     from .targets import load_target
+    from .trust import remember
 
     dep = build(model, ds, policy, load_target(target_spec), cfg or DeployConfig())
     folder = Path(out_dir)
     result = write(dep, folder)
     write_report(folder, result)
+    remember(result.model)  # the user ran this code: validate may load it from the folder
     return result
 
 
@@ -154,6 +157,7 @@ class ValidateOptions:
     min_agreement: float = MIN_AGREEMENT
     find_divergence: bool | None = None
     out_dir: str | Path | None = None
+    trust: bool = False  # import the model code deploy.json names (never done unless the user says so)
     on_step: Progress | None = field(default=None, compare=False)
 
 
@@ -231,9 +235,24 @@ def _resolve(art: Artifact, opts: ValidateOptions) -> dict[str, Any]:
     weights = opts.weights or (dep.weights if dep else None)
     if weights and not Path(weights).is_file():
         raise ConfigError(f"the weights {weights} the artifact was deployed with are gone; give them with --weights")
+    if not opts.model and dep is not None:
+        _check_runs_no_code(art, dep.model, opts.trust)
     return {"model": opts.model or (dep.model if dep else None), "weights": weights,
             "data": opts.data or (dep.data if dep else None), "model_hash": dep.model_hash if dep else None,
             "task": opts.task or (dep.task if dep else None)}
+
+
+def _check_runs_no_code(art: Artifact, spec: str, trust: bool) -> None:
+    """A deploy folder is data: the model its deploy.json names is loaded only when it is one of
+    edgempq's own (zoo:) or code the user deployed from here (`trust`); else the user names it
+    with --model, or passes --trust."""
+    from .trust import trusted
+
+    if trust or trusted(spec):
+        return
+    raise ConfigError(f"{art.path.parent / 'deploy.json'} names the model {spec!r}, code you have not deployed "
+                      f"from on this machine (or that changed since), and validate runs no code a deploy folder "
+                      f"names: give --model {shlex.quote(spec)} (with --weights) if you trust it, or pass --trust")
 
 
 def _policy(art: Artifact, policy_path: str | Path | None) -> tuple[Policy | None, Path | None, Policy | None]:

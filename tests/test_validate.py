@@ -252,3 +252,31 @@ def test_validate_holds_the_artifact_to_a_profiles_prediction(built, tmp_path):
     with pytest.raises(ConfigError, match="the profile is of another architecture or input shape"):
         validate(built["good"], "host", ValidateOptions(profile=tmp_path / "other.json", runs=1,
                                                         out_dir=tmp_path / "w"))
+
+
+def test_a_deploy_folder_never_makes_validate_run_the_code_it_names(built, tmp_path):
+    """deploy.json's model is imported only when it is the user's own deployed code (or zoo:),
+    named again with --model, or with --trust; an edited one ends in one sentence, nothing run."""
+    import shutil
+
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil.py"
+    evil.write_text(f"open({str(marker)!r}, 'w').close()\n\ndef make():\n    raise SystemExit(3)\n")
+    for spec in (f"{evil}:make", "os:abort", "subprocess:getoutput"):
+        copy = tmp_path / "copy"
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(built["good"], copy)
+        doc = json.loads((copy / "deploy.json").read_text())
+        (copy / "deploy.json").write_text(json.dumps({**doc, "model": spec}))
+        r = run("validate", str(copy), "--device", "host", "--samples", "16", check=False)
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        assert f"names the model '{spec}'" in r.stderr and "pass --trust" in r.stderr
+        assert not marker.exists() and not (copy / "validation.json").exists()
+    # the user's own deployed model loads from the folder as before (the fixture's deploy ran here)
+    from edgempq.trust import trusted
+
+    assert trusted(json.loads((built["good"] / "deploy.json").read_text())["model"])
+    # --trust is the user's word: the named code runs (and here fails, in one sentence)
+    (copy / "deploy.json").write_text(json.dumps({**doc, "model": f"{evil}:make"}))
+    r = run("validate", str(copy), "--device", "host", "--samples", "16", "--trust", check=False)
+    assert r.returncode == 1 and "Traceback" not in r.stderr and marker.exists()
