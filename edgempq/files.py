@@ -74,24 +74,38 @@ def write_json(path: str | Path, obj: Any) -> Path:
 
 
 def read_json(path: str | Path, what: str) -> Any:
-    """Parse a JSON file; a missing or malformed file is a ConfigError naming it and `what`."""
-    text = _read_text(path, what)
+    """Parse a JSON file; a missing, malformed or hostile file (nested past the parser's depth,
+    an integer of thousands of digits) is a ConfigError naming it and `what`."""
+    return parse_json(_read_text(path, what), f"{what} file {path}")
+
+
+def parse_json(text: str, where: str) -> Any:
+    """JSON text parsed; every way it can fail is a ConfigError naming `where`."""
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise ConfigError(
-            f"{what} file {path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); "
-            "regenerate it or fix it by hand"
-        ) from None
+        raise ConfigError(f"{where} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); "
+                          "regenerate it or fix it by hand") from None
+    except (ValueError, RecursionError) as e:
+        raise ConfigError(f"{where} is not JSON edgempq reads ({_hostile(e)}); regenerate it") from None
 
 
 def read_toml(path: str | Path, what: str) -> dict[str, Any]:
-    """Parse a TOML file; a missing or malformed file is a ConfigError naming it and `what`."""
+    """Parse a TOML file; a missing, malformed or hostile file is a ConfigError naming it and `what`."""
     text = _read_text(path, what)
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{what} file {path} is not valid TOML ({e}); fix its syntax") from None
+    except (ValueError, RecursionError) as e:
+        raise ConfigError(f"{what} file {path} is not TOML edgempq reads ({_hostile(e)}); fix it") from None
+
+
+def _hostile(e: BaseException) -> str:
+    """What a parser met that no file edgempq writes holds."""
+    if isinstance(e, RecursionError):
+        return "it nests deeper than a parser's recursion limit"
+    return "an integer of more than 4300 digits" if "digits" in str(e) else str(e)
 
 
 def _read_text(path: str | Path, what: str) -> str:

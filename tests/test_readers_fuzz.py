@@ -162,3 +162,33 @@ def test_random_deploy_report_is_ignored_or_our_error(doc):
         (Path(d) / "deploy.json").write_text(json.dumps(doc))
         with contextlib.suppress(EdgeMPQError):
             assert open_artifact(d).deploy is None  # its checksum cannot match: a random report is never used
+
+
+HOSTILE_JSON = {"nested": "[" * 100000 + "]" * 100000, "huge integer": '{"a": ' + "9" * 5000 + "}",
+                "nested object": '{"a": ' * 50000 + "1" + "}" * 50000}
+
+
+def test_hostile_json_and_toml_are_one_sentence_in_every_reader(tmp_path):
+    """Documents past the parser's depth or with integers of thousands of digits: our error, named."""
+    import pytest
+
+    from edgempq.errors import ConfigError
+    from edgempq.files import read_json, read_toml
+    from edgempq.schema import CostTable, Policy, Sensitivity
+
+    for name, text in HOSTILE_JSON.items():
+        p = tmp_path / "f.json"
+        p.write_text(text)
+        with pytest.raises(ConfigError, match=f"{p} is not JSON edgempq reads") as e:
+            read_json(p, "policy")
+        assert ("digits" in str(e.value)) == (name == "huge integer")
+        for cls in (CostTable, Sensitivity, Policy):
+            with pytest.raises(ConfigError):
+                cls.load(p)
+            with pytest.raises(ConfigError, match="not JSON edgempq reads"):
+                cls.from_json(text)
+    for text in ("a = " + "9" * 5000, "a = " + "[" * 100000 + "]" * 100000):
+        p = tmp_path / "t.toml"
+        p.write_text(text)
+        with pytest.raises(ConfigError, match=f"{p} is not (valid )?TOML"):
+            read_toml(p, "target")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..errors import ConfigError
-from ..files import read_json, write_json
+from ..files import parse_json, read_json, write_json
 
 SCHEMA_VERSION = 1
 
@@ -126,11 +126,7 @@ class JsonDoc:
     @classmethod
     def from_json(cls, text: str) -> Any:
         """The document parsed from JSON text; a ConfigError if it is not valid JSON or does not fit."""
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{cls.what} is not valid JSON ({e.msg} at line {e.lineno})") from None
-        return cls.from_dict(d)
+        return cls.from_dict(parse_json(text, cls.what))
 
     def save(self, path: str | Path) -> Path:
         """Write the document to `path` as JSON, atomically; returns the path written."""
