@@ -16,6 +16,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write `data` to `path` via a temporary file in the same folder and a rename, so a reader
     never sees a half-written file and an interrupted write leaves the old file intact."""
     path = Path(path)
+    refuse_special(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -47,6 +48,7 @@ def check_output(path: str | Path, folder: bool = False) -> Path:
             raise ConfigError(f"output folder {path} is a file; choose a folder")
         if not folder and path.is_dir():
             raise ConfigError(f"cannot write {path} (it is a folder); choose a file name")
+        refuse_special(path)
         probe = path if folder and path.is_dir() else path.parent
         probe = next((p for p in (probe, *probe.parents) if p.exists()), Path("."))
         writable = probe.is_dir() and os.access(probe, os.W_OK | os.X_OK)
@@ -55,6 +57,19 @@ def check_output(path: str | Path, folder: bool = False) -> Path:
     if not writable:
         raise ConfigError(f"cannot write {path} ({probe} is not a writable folder); choose a writable location")
     return path
+
+
+def refuse_special(path: Path) -> None:
+    """An output that exists and is not a regular file (a FIFO, a device node, a socket) is
+    refused: the rename that makes a write atomic would replace it (as root, `-o /dev/null`
+    would replace the system's)."""
+    try:
+        special = path.exists() and not path.is_file() and not path.is_dir()
+    except OSError:
+        return  # the write itself will say why
+    if special:
+        raise ConfigError(f"cannot write {path}: it exists and is not a regular file (a FIFO, device or socket), "
+                          "which writing would replace; choose a file name")
 
 
 def _umask() -> int:

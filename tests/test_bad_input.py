@@ -208,3 +208,22 @@ def test_files_that_cannot_be_read_are_named_with_the_reason(files, monkeypatch)
     monkeypatch.setattr(data_mod.np, "load", denied)
     with pytest.raises(DataError, match="cannot be read \\(Permission denied\\); check its permissions"):
         data_mod.load_data(str(files / "good.npz"))
+
+
+def test_an_output_that_is_a_fifo_or_device_is_refused_never_replaced(files, tmp_path):
+    import os
+    import stat
+
+    from edgempq.errors import ConfigError
+    from edgempq.files import atomic_write_bytes
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for out in (fifo, Path("/dev/null")):
+        r = CliRunner().invoke(main, ["search", "--profile", str(files / "profile.json"), "--sensitivity",
+                                      str(files / "sens.json"), "--size-kb", "100", "-o", str(out)])
+        assert r.exit_code == 1 and "it exists and is not a regular file" in r.stderr, r.output
+        with pytest.raises(ConfigError, match="not a regular file"):
+            atomic_write_bytes(out, b"x")
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and stat.S_ISCHR(os.lstat("/dev/null").st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo"]  # no temporary file left
