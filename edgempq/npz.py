@@ -23,6 +23,9 @@ _NOTES = {"NHWC": "x read as N x H x W x C and transposed to channels first",
           "NHW": "x read as N x H x W one-channel images"}
 
 
+MAX_CLASSES = 100_000  # class ids index the model's outputs: 0 .. MAX_CLASSES - 1
+
+
 def read_npz(path: Path, shape: tuple[int, ...] | None, layout: str | None = None,
              gray_to_rgb: bool = False) -> tuple[np.ndarray, np.ndarray, float, str]:
     """(x as float32 raw values, channels first; y as int64 labels, float32 targets, or an
@@ -57,6 +60,9 @@ def _check_targets(path: Path, y: np.ndarray) -> None:
         if y.size and y.min() < 0:
             raise DataError(f"data file {path}: y holds negative labels (from {int(y.min())}); class labels "
                             "count from 0")
+        if y.size and int(y.max()) >= MAX_CLASSES:  # also before a uint64 label wraps to a negative int64
+            raise DataError(f"data file {path}: y holds the label {int(y.max())}, past the {MAX_CLASSES} classes "
+                            "edgempq handles; class labels are 0, 1, 2, ... one a model output")
     elif np.issubdtype(y.dtype, np.floating):
         if not np.all(np.isfinite(y)):
             raise DataError(f"data file {path}: y holds NaN or infinite targets; clean them out")

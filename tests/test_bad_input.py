@@ -227,3 +227,12 @@ def test_an_output_that_is_a_fifo_or_device_is_refused_never_replaced(files, tmp
             atomic_write_bytes(out, b"x")
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and stat.S_ISCHR(os.lstat("/dev/null").st_mode)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo"]  # no temporary file left
+
+
+@pytest.mark.parametrize("label", [np.int64(10**12), np.uint64(2**64 - 1), np.int64(100_000)])
+def test_a_label_past_the_classes_edgempq_handles_is_refused_before_anything_is_built(tmp_path, label):
+    path = tmp_path / "d.npz"
+    np.savez(path, x=np.zeros((4, 1, 8, 8), np.float32), y=np.array([0, 1, 2, label], dtype=np.asarray(label).dtype))
+    r = CliRunner().invoke(main, ["data", "--data", str(path)])
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
+    assert f"y holds the label {int(label)}, past the 100000 classes" in r.stderr
