@@ -350,7 +350,7 @@ def deploy(source: Source, policy_path: str, device: str, cfg: Any, output: str)
 @click.option("--policy", type=PATH, help="the policy to simulate (default: the deployed one)")
 @click.option("--profile", type=PATH, help="the profile.json that predicts its latency")
 @click.option("--samples", type=click.IntRange(1), help="only the first N test samples")
-@click.option("--runs", type=click.IntRange(1), help="timed runs (default: the target's)")
+@click.option("--runs", type=click.IntRange(1, 100_000), help="timed runs (default: the target's)")
 @click.option("--min-agreement", default=MIN_AGREEMENT_DEFAULT, show_default=True, type=click.FloatRange(0, 1),
               help="below this top-1 agreement with the simulation (per pixel for dense outputs; an SNR under "
               "30 dB for values), find the layer where they part")

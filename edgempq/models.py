@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import math
 import pickle
 import sys
 from dataclasses import dataclass
@@ -39,6 +40,9 @@ class LoadedModel:
         return arch_hash(self.module, self.input_shape)
 
 
+MAX_SAMPLE_VALUES = 1 << 26  # one sample's values: refused before anything is allocated past this
+
+
 def parse_shape(text: str) -> tuple[int, ...]:
     """'3x224x224' or '3,224,224' -> (3, 224, 224)."""
     try:
@@ -47,6 +51,11 @@ def parse_shape(text: str) -> tuple[int, ...]:
         dims = ()
     if not dims or any(d <= 0 for d in dims):
         raise ModelError(f"input shape {text!r} is not valid; write it as CxHxW, e.g. 3x224x224")
+    values = math.prod(dims)
+    if values > MAX_SAMPLE_VALUES:
+        raise ModelError(f"input shape {text!r} is {values:,} values a sample ({values * 4 / 2**30:.1f} GiB as "
+                         f"float32), past the {MAX_SAMPLE_VALUES:,} edgempq allocates (3x4096x4096 fits); "
+                         "check the shape")
     return dims
 
 

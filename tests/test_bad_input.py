@@ -236,3 +236,13 @@ def test_a_label_past_the_classes_edgempq_handles_is_refused_before_anything_is_
     r = CliRunner().invoke(main, ["data", "--data", str(path)])
     assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
     assert f"y holds the label {int(label)}, past the 100000 classes" in r.stderr
+
+
+def test_limits_are_checked_before_anything_is_allocated_or_run(tmp_path):
+    r = CliRunner().invoke(main, ["data", "--data", "digits", "--input-shape", "1x20000x20000"])
+    assert r.exit_code == 1 and "is 400,000,000 values a sample" in r.stderr, r.output
+    r = CliRunner().invoke(main, ["validate", str(tmp_path), "--device", "host", "--runs", str(10**9)])
+    assert r.exit_code == 1 and "1<=x<=100000" in r.stderr  # before the artifact is opened
+    from edgempq.models import parse_shape
+
+    assert parse_shape("3x4096x4096") == (3, 4096, 4096)

@@ -35,7 +35,13 @@ BASE = 'name = "x"\nbackend = "litert"\n[precisions]\nconv = ["w8a8"]\ndwconv = 
     (BASE.replace('dwconv = ["w8a8"]', 'dwconv = ["w4a8"]'), "dwconv cannot take w4a8"),
     (BASE.replace('conv = ["w8a8"]\n', 'conv = ["w2a8"]\n', 1), "cannot be deployed"),
     (BASE.replace('linear = ["w8a8"]\n', ""), "missing ['linear']"),
-    (BASE.replace('backend = "litert"', 'backend = "litert"\nthreads = 0'), "threads must be an integer, 1 or more"),
+    (BASE.replace('backend = "litert"', 'backend = "litert"\nthreads = 0'), "threads must be an integer from 1 to 256"),
+    (BASE.replace('backend = "litert"', 'backend = "litert"\nthreads = 10000'), "from 1 to 256, not 10000"),
+    (BASE.replace('backend = "litert"', 'backend = "litert"\nruns = 1000000000'), "runs must be an integer from 1 "
+                                                                                   "to 100000, not 1000000000"),
+    (BASE.replace('backend = "litert"', 'backend = "tflm"\nwarmup = 20000'), "warmup must be an integer from 0"),
+    (BASE.replace('backend = "litert"', 'backend = "litert"\nmax_seconds = 1e9'), "max_seconds must be a positive "
+                                                                                    "number up to 3600"),
     (BASE + "[connection]\nhost = \"pi\"\n", "unknown key(s) host for backend litert"),
     (BASE.replace('conv = ["w8a8"]\n', 'conv = ["int8"]\n', 1), "unknown precision 'int8'"),
     ("name = [", "not valid TOML"),

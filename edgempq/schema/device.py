@@ -42,6 +42,12 @@ _TOP_KEYS = {"name", "description", "backend", "threads", "warmup", "runs", "max
              "template", "allow_float", "precisions", "connection"}
 
 
+# the most a target may ask for, checked when it loads (for every backend alike): more threads
+# than any board has cores, or runs and seconds that would time one model for days, are typos
+LIMITS = {"threads": 256, "warmup": 10_000, "runs": 100_000, "max_seconds": 3600.0,
+          "flash_kb": 1024.0 ** 3, "ram_kb": 1024.0 ** 3}
+
+
 @dataclass(frozen=True)
 class Target(JsonDoc):
     """A device: the backend that reaches it, runtime options, the precisions it can run per
@@ -74,14 +80,14 @@ class Target(JsonDoc):
 
     def _check_numbers(self) -> None:
         for k in ("threads", "warmup", "runs"):
-            v = getattr(self, k)
-            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if k == "warmup" else 1):
-                least = "0 or more" if k == "warmup" else "1 or more"
-                raise ConfigError(f"target {self.name}: {k} must be an integer, {least}, not {v!r}")
+            v, most = getattr(self, k), LIMITS[k]
+            if isinstance(v, bool) or not isinstance(v, int) or not (0 if k == "warmup" else 1) <= v <= most:
+                least = "0" if k == "warmup" else "1"
+                raise ConfigError(f"target {self.name}: {k} must be an integer from {least} to {most}, not {v!r}")
         for k in ("flash_kb", "ram_kb", "max_seconds"):
             v = getattr(self, k)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < math.inf):
-                raise ConfigError(f"target {self.name}: {k} must be a positive number, not {v!r}")
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v <= LIMITS[k]):
+                raise ConfigError(f"target {self.name}: {k} must be a positive number up to {LIMITS[k]:g}, not {v!r}")
 
     def _check_precisions(self) -> None:
         missing = [k for k in REQUIRED_KINDS if not self.precisions.get(k)]
