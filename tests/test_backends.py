@@ -183,3 +183,31 @@ def test_benchmark_model_output_is_parsed():
     assert t.median_ms == pytest.approx(0.8005) and t.p90_ms == pytest.approx(0.8005 + 0.0256)
     with pytest.raises(DeviceError, match="no timing"):
         parse_benchmark_model("ERROR: could not open graph", 50, "phone")
+
+
+def test_ssh_key_and_known_hosts_paths_reach_ssh_as_written(sshd, device_python, tmp_path):
+    """ssh %-expands IdentityFile and UserKnownHostsFile and unescapes quotes and backslashes in
+    option values: files whose names hold all three are still the ones it reads."""
+    import shutil
+
+    odd = tmp_path / 'dir %h "q" %%'
+    odd.mkdir()
+    key, known = odd / "key %r\\", odd / 'known "hosts" %d\\'
+    shutil.copyfile(sshd.root / "clientkey", key)
+    key.chmod(0o600)
+    shutil.copyfile(sshd.root / "known_hosts", known)
+    with backend_for(_ssh_target(sshd, device_python, key=str(key), known_hosts=str(known))) as b:
+        assert b.check()["runtime"] == "ai_edge_litert"
+    known.write_text("")  # the very file is read: emptied, the host is unknown
+    with pytest.raises(DeviceError, match="host key is not known"), \
+            backend_for(_ssh_target(sshd, device_python, key=str(key), known_hosts=str(known))) as b:
+        b.check()
+
+
+def test_adb_benchmark_model_failing_is_an_error_not_a_timing(fake_adb, tmp_path, tiny_models):
+    tool = tmp_path / "benchmark_model"
+    tool.write_text("#!/bin/sh\necho 'ERROR: graph 0.005 could not be read: Inference (avg): 5' >&2\nexit 1\n")
+    tool.chmod(0o755)
+    t = replace(fake_adb, connection={**fake_adb.connection, "benchmark_model": str(tool)})
+    with pytest.raises(DeviceError, match="failed on the phone \\(exit 1"), backend_for(t) as b:
+        b.time(tiny_models["f32"], runs=2, warmup=0)

@@ -72,6 +72,10 @@ class ADBBackend(RemoteBackend):
         p = self._exec(["timeout", str(max(1, int(self.timeout))), str(self.benchmark_model),
                         f"--graph={remote}", f"--num_threads={self.target.threads}",
                         f"--num_runs={runs}", f"--warmup_runs={warmup}", "--min_secs=0"])
+        if p.returncode != 0:  # its error text may hold numbers that read as a timing
+            tail = (p.stderr.strip() or p.stdout.strip())[-300:]
+            raise DeviceError(f"target {self.target.name}: {self.benchmark_model} failed on the phone "
+                              f"(exit {p.returncode}: {tail!r}); check benchmark_model in [connection]")
         return parse_benchmark_model(p.stdout + p.stderr, runs, self.target.name)
 
 

@@ -13,6 +13,14 @@ from .base import backend
 from .remote import RemoteBackend, quoted
 
 
+def ssh_path(path: object) -> str:
+    """A file path as one ssh option value that names exactly that file: double-quoted, with its
+    backslashes and quotes escaped (ssh's option parser unescapes them) and its % doubled (ssh
+    expands %-tokens in IdentityFile and UserKnownHostsFile)."""
+    text = os.path.expanduser(str(path)).replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+    return f'"{text}"'
+
+
 @backend("ssh")
 class SSHBackend(RemoteBackend):
     """A Linux device reached with the system ssh and scp, batch mode, host key checked."""
@@ -28,20 +36,16 @@ class SSHBackend(RemoteBackend):
         if conn.get("key") and not os.path.isfile(os.path.expanduser(str(conn["key"]))):
             raise DeviceError(f"target {target.name}: the key file named in [connection] does not exist; "
                               "check key (the path of the private key)")
-        if '"' in str(conn.get("known_hosts", "")):
-            raise DeviceError(f"target {target.name}: the known_hosts path in [connection] contains a double quote, "
-                              "which ssh cannot take; move the file")
         self.dest = f"{conn['user']}@{self.host}" if conn.get("user") else self.host
 
     def _opts(self) -> list[str]:
         conn = self.target.connection
         o = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
              "-o", f"ConnectTimeout={max(1, int(min(self.timeout, 30)))}", "-o", "LogLevel=ERROR"]
-        if conn.get("key"):
-            o += ["-i", os.path.expanduser(str(conn["key"])), "-o", "IdentitiesOnly=yes"]
+        if conn.get("key"):  # not -i, whose path ssh checks as written but then %-expands
+            o += ["-o", f"IdentityFile={ssh_path(conn['key'])}", "-o", "IdentitiesOnly=yes"]
         if conn.get("known_hosts"):
-            path = os.path.expanduser(str(conn["known_hosts"])).replace("%", "%%")  # ssh expands %-tokens
-            o += ["-o", f'UserKnownHostsFile="{path}"']
+            o += ["-o", f"UserKnownHostsFile={ssh_path(conn['known_hosts'])}"]
         return o
 
     def _checked(self, p: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
