@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 import tomllib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -133,3 +135,30 @@ def _read_text(path: str | Path, what: str) -> str:
         return p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{what} file {p} cannot be read ({e}); check its permissions") from None
+
+
+@contextlib.contextmanager
+def exclusive(lock_file: Path, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+    """Hold an advisory lock on `lock_file` (created if need be) for the block: a second holder
+    waits (`on_wait` is called first, to say so). On a file system without locks it runs unlocked."""
+    import fcntl  # POSIX: edgempq runs on Linux and macOS hosts
+
+    try:
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+        f = open(lock_file, "a+")  # noqa: SIM115 - held across the yield below
+    except OSError as e:
+        raise ConfigError(f"cannot create the lock {lock_file} ({e.strerror}); choose a writable location") from None
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait:
+                on_wait()
+            fcntl.flock(f, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                fcntl.flock(f, fcntl.LOCK_UN)

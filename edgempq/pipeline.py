@@ -124,18 +124,24 @@ def deploy(model: LoadedModel, ds: Dataset, policy: Policy, target_spec: str, ou
     """The deploy command: the deploy stage on `target_spec`'s target (see `export.stage`), then
     the folder `out_dir` written: model.tflite, its recipe, the policy, the simulated model
     (simulation.pt, which validate compares against), deploy.json and the report."""
-    from .export.deploy import write
+    from .export.deploy import publish, write
     from .export.stage import deploy as build
+    from .files import exclusive
     from .report import write_report
     from .targets import load_target
     from .trust import remember
 
     dep = build(model, ds, policy, load_target(target_spec), cfg or DeployConfig())
     folder = Path(out_dir)
-    result = write(dep, folder)
-    write_report(folder, result)
+    with exclusive(folder / LOCK_FILE):  # two deploys into one folder: one after the other
+        result = write(dep, folder)
+        write_report(folder, result)
+        publish(folder, result)  # last: a deploy that failed at any byte leaves no deploy.json
     remember(result.model)  # the user ran this code: validate may load it from the folder
     return result
+
+
+LOCK_FILE = ".edgempq.lock"  # in a deploy folder: deploys and validates into it take turns
 
 
 @dataclass(frozen=True)
@@ -166,6 +172,7 @@ def validate(artifact: str | Path, target_spec: str, opts: ValidateOptions | Non
     on `target_spec`, compared with the float model, the simulation and the profile; writes
     validation.json and the report and returns the validation."""
     from . import validate as stage
+    from .files import exclusive
     from .report import write_report
     from .targets import load_target
 
@@ -190,8 +197,12 @@ def validate(artifact: str | Path, target_spec: str, opts: ValidateOptions | Non
                      data=inputs["data"] or samples.data).as_json()
     folder = Path(opts.out_dir) if opts.out_dir else art.path.parent
     folder.mkdir(parents=True, exist_ok=True)
-    report.save(folder / stage.VALIDATION_FILE)
-    write_report(folder, art.deploy, report)
+    with exclusive(folder / LOCK_FILE):
+        # the old validation.json goes first and the new one last: a validate that fails while
+        # writing leaves no validation.json beside a report of another run
+        (folder / stage.VALIDATION_FILE).unlink(missing_ok=True)
+        write_report(folder, art.deploy, report)
+        report.save(folder / stage.VALIDATION_FILE)
     return report
 
 
@@ -218,10 +229,26 @@ def open_artifact(path: str | Path) -> Artifact:
     sums = doc.get("sha256")
     if not isinstance(sums, dict) or sums.get("model.tflite") != hashlib.sha256(data).hexdigest():
         return Artifact(tfl, data)  # it describes another build (or an interrupted deploy): not used
+    _check_own_checksum(doc, info)
     try:
         return Artifact(tfl, data, DeployResult.from_dict(doc))
     except ConfigError as e:
         raise ConfigError(f"{info}: {e}; deploy again") from None
+
+
+def _check_own_checksum(doc: dict[str, Any], info: Path) -> None:
+    """deploy.json must match the checksum deploy wrote into it (removed from `doc` here): an
+    edited one is refused, since validate would otherwise act on what the edit says."""
+    from .export.deploy import DOCUMENT_SHA256
+    from .schema.core import canonical_sha256
+
+    claimed = doc.pop(DOCUMENT_SHA256, None)
+    if claimed == canonical_sha256(doc):
+        return
+    why = ("has no checksum of its own (an older edgempq wrote it, or a hand)" if claimed is None
+           else "does not match its own checksum: it was edited after deploy wrote it")
+    raise ConfigError(f"{info} {why}, and validate does not act on it; deploy again, or validate a copy of "
+                      f"{info.parent / 'model.tflite'} outside the folder with --data (and --model)")
 
 
 def _resolve(art: Artifact, opts: ValidateOptions) -> dict[str, Any]:

@@ -9,15 +9,12 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .errors import ConfigError
-from .files import write_json
+from .files import exclusive, write_json
 from .progress import Progress
 from .schema import CostRow, Layer, Precision, Target, Timing
-
-if TYPE_CHECKING:
-    from collections.abc import Iterator
 
 
 @dataclass(frozen=True)
@@ -144,31 +141,18 @@ class RowCache:
         self._put(f"round-{key}-{r}", dict(t.__dict__))
 
 
-@contextlib.contextmanager
-def device_lock(folder: Path, target_name: str, on_step: Progress | None = None) -> Iterator[None]:
+def device_lock(folder: Path, target_name: str, on_step: Progress | None = None) -> contextlib.AbstractContextManager:
     """Hold the device's cache folder for one profile at a time (an advisory lock on a file in
     it): a second profile of the same device waits, then finds the first one's measurements in
     the cache, instead of measuring everything again while the device is busy with the first
     (which would also skew both timings)."""
-    import fcntl  # POSIX: edgempq runs on Linux and macOS hosts
+    def waiting() -> None:
+        if on_step:
+            on_step(0, 0, f"waiting for another profile of {target_name} to finish")
 
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        f = open(folder / ".lock", "a+")  # noqa: SIM115 - held across the yield below
     except OSError as e:
         raise ConfigError(f"cannot use the profile cache {folder} ({e.strerror}); make it writable, set "
                           "EDGEMPQ_CACHE to another folder") from None
-    with f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if on_step:
-                on_step(0, 0, f"waiting for another profile of {target_name} to finish")
-            fcntl.flock(f, fcntl.LOCK_EX)
-        except OSError:
-            pass  # a file system without locks: profiles of one device are not kept apart
-        try:
-            yield
-        finally:
-            with contextlib.suppress(OSError):
-                fcntl.flock(f, fcntl.LOCK_UN)
+    return exclusive(folder / ".lock", waiting)

@@ -198,7 +198,7 @@ def test_an_older_profile_of_a_microcontroller_target_with_float_still_loads():
     d = table.to_dict()
     d["target"]["precisions"]["conv"] = ["f32", "w8a8", "w8a16"]  # as tflm-host listed it before allow_float
     del d["sha256"]
-    from edgempq.schema.profile import _checksum
+    from edgempq.schema.core import canonical_sha256 as _checksum
 
     old = CostTable.from_dict(d | {"sha256": _checksum(d)})
     assert old.target.allow_float and Precision.parse("f32") in old.target.allowed("conv")

@@ -294,8 +294,11 @@ def test_a_simulation_saved_without_output_rounding_takes_it_from_the_artifact(d
     info = json.loads((old / "deploy.json").read_text())
     import hashlib
 
+    from edgempq.schema.core import canonical_sha256
+
+    info.pop("document_sha256")
     info["sha256"]["simulation.pt"] = hashlib.sha256((old / "simulation.pt").read_bytes()).hexdigest()
-    (old / "deploy.json").write_text(json.dumps(info))
+    (old / "deploy.json").write_text(json.dumps(info | {"document_sha256": canonical_sha256(info)}))
     given = ValidateOptions(model=f"{folder.parent / 'net.py'}:net", data=str(folder.parent / "d.npz"),
                             weights=folder.parent / "w.pt", runs=1)
     val = validate(old, "host", given)

@@ -163,7 +163,7 @@ def test_probes_survive_the_profile_file_and_one_of_other_layers_is_refused(tabl
     assert back.probes == probed.probes
     doc = json.loads(path.read_text())
     doc["probes"][0]["precisions"]["nope"] = "w8a8"
-    from edgempq.schema.profile import _checksum
+    from edgempq.schema.core import canonical_sha256 as _checksum
 
     doc["sha256"] = _checksum({k: v for k, v in doc.items() if k != "sha256"})
     path.write_text(json.dumps(doc))

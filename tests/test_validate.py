@@ -266,8 +266,9 @@ def test_a_deploy_folder_never_makes_validate_run_the_code_it_names(built, tmp_p
         copy = tmp_path / "copy"
         shutil.rmtree(copy, ignore_errors=True)
         shutil.copytree(built["good"], copy)
+        (copy / "validation.json").unlink(missing_ok=True)  # of the tests before
         doc = json.loads((copy / "deploy.json").read_text())
-        (copy / "deploy.json").write_text(json.dumps({**doc, "model": spec}))
+        (copy / "deploy.json").write_text(json.dumps(resigned({**doc, "model": spec})))  # as a sender can
         r = run("validate", str(copy), "--device", "host", "--samples", "16", check=False)
         assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
         assert f"names the model '{spec}'" in r.stderr and "pass --trust" in r.stderr
@@ -277,6 +278,105 @@ def test_a_deploy_folder_never_makes_validate_run_the_code_it_names(built, tmp_p
 
     assert trusted(json.loads((built["good"] / "deploy.json").read_text())["model"])
     # --trust is the user's word: the named code runs (and here fails, in one sentence)
-    (copy / "deploy.json").write_text(json.dumps({**doc, "model": f"{evil}:make"}))
+    (copy / "deploy.json").write_text(json.dumps(resigned({**doc, "model": f"{evil}:make"})))
     r = run("validate", str(copy), "--device", "host", "--samples", "16", "--trust", check=False)
     assert r.returncode == 1 and "Traceback" not in r.stderr and marker.exists()
+
+
+def resigned(doc: dict) -> dict:
+    """`doc` with deploy.json's checksum of itself computed anew (anyone can)."""
+    from edgempq.schema.core import canonical_sha256
+
+    body = {k: v for k, v in doc.items() if k != "document_sha256"}
+    return body | {"document_sha256": canonical_sha256(body)}
+
+
+def test_an_edited_deploy_json_is_refused_and_a_resigned_hostile_one_never_escapes(built, tmp_path):
+    """deploy.json is covered by its own checksum; one whose checksum was made to match is read
+    through the typed schema: our error or a DeployResult, nothing else, whatever it holds."""
+    import contextlib
+    import shutil
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from edgempq.errors import EdgeMPQError
+    from edgempq.pipeline import open_artifact
+
+    from .test_readers_fuzz import _json
+
+    copy = tmp_path / "copy"
+    shutil.copytree(built["good"], copy)
+    real = json.loads((copy / "deploy.json").read_text())
+    (copy / "deploy.json").write_text(json.dumps({**real, "target": "elsewhere"}))
+    with pytest.raises(ConfigError, match="does not match its own checksum: it was edited after deploy"):
+        open_artifact(copy)
+    (copy / "deploy.json").write_text(json.dumps({k: v for k, v in real.items() if k != "document_sha256"}))
+    with pytest.raises(ConfigError, match="has no checksum of its own"):
+        open_artifact(copy)
+    keys = sorted(k for k in real if k not in ("sha256", "document_sha256", "schema_version"))
+
+    @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(key=st.sampled_from(keys), value=_json, sub=st.booleans())
+    def hostile(key, value, sub):
+        doc = json.loads(json.dumps(real))
+        if sub and isinstance(doc[key], dict) and doc[key]:
+            doc[key][sorted(doc[key])[0]] = value  # one level down: a field of latency, weight_bytes, ...
+        elif sub and isinstance(doc[key], list) and doc[key] and isinstance(doc[key][0], dict):
+            doc[key][0][sorted(doc[key][0])[0]] = value  # a field of the first layer row
+        else:
+            doc[key] = value
+        (copy / "deploy.json").write_text(json.dumps(resigned(doc)))
+        with contextlib.suppress(EdgeMPQError):
+            open_artifact(copy)
+
+    hostile()
+
+
+def test_a_deploy_or_validate_that_fails_writing_leaves_no_folder_validate_accepts(built, tmp_path, monkeypatch):
+    """A full disk at the report (written after the artifact): no deploy.json, no validation.json
+    beside a report of another run; the previous build's deploy.json is gone from the start."""
+    import errno
+    import os
+    import shutil
+
+    import edgempq.files
+    from edgempq.pipeline import ValidateOptions, deploy, open_artifact, validate
+    from edgempq.simulation import load_model_and_data
+
+    copy = tmp_path / "copy"
+    shutil.copytree(built["good"], copy)
+    real_replace = os.replace
+
+    def full_disk(src, dst, *a, **k):
+        if str(dst).endswith("report.html"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_replace(src, dst, *a, **k)
+
+    monkeypatch.setattr(edgempq.files.os, "replace", full_disk)
+    with pytest.raises(ConfigError, match="No space left on device"):
+        validate(copy, "host", ValidateOptions(samples=16, runs=1))
+    assert not (copy / "validation.json").exists() and open_artifact(copy).deploy is not None
+    model, ds = load_model_and_data(built["model"], built["data"], built["weights"])
+    from edgempq.export.stage import DeployConfig
+
+    with pytest.raises(ConfigError, match="No space left on device"):
+        deploy(model, ds, Policy.load(built["all8"]), "host", copy,
+               DeployConfig(weights=built["weights"], data_spec=built["data"]))
+    assert not (copy / "deploy.json").exists() and open_artifact(copy).deploy is None
+    assert not [p for p in copy.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_an_exclusive_folder_lock_makes_a_second_holder_wait(tmp_path):
+    import subprocess
+    import sys
+
+    from edgempq.files import exclusive
+
+    lock = tmp_path / ".edgempq.lock"
+    probe = ("import fcntl, sys\nf = open(sys.argv[1], 'a+')\ntry:\n    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+             "    print('free')\nexcept BlockingIOError:\n    print('busy')\n")
+    with exclusive(lock):
+        held = subprocess.run([sys.executable, "-c", probe, str(lock)], capture_output=True, text=True).stdout
+    after = subprocess.run([sys.executable, "-c", probe, str(lock)], capture_output=True, text=True).stdout
+    assert (held.strip(), after.strip()) == ("busy", "free")

@@ -263,10 +263,14 @@ def microcontroller_checks(art: Artifact, target: Target) -> None:
                           f"flash_kb = {target.flash_kb:g}; search again with a smaller --size-kb")
 
 
+DOCUMENT_SHA256 = "document_sha256"  # deploy.json's checksum of itself (the key left out)
+
+
 def write(dep: Deployment, folder: Path) -> DeployResult:
-    """Write the artifact's files (each atomically) and return deploy.json's value. deploy.json
-    goes last and records the sha256 of model.tflite and simulation.pt: a folder whose writing
-    was interrupted has no deploy.json, or one whose hashes do not match, and validate ignores it."""
+    """Write the artifact's files (each atomically) but deploy.json, removed first with the old
+    validation.json (they describe the previous build), and return deploy.json's value, which
+    records the sha256 of model.tflite and simulation.pt. `publish` writes deploy.json last, so
+    a folder whose writing failed at any byte has none, and validate does not take it for a deploy."""
     import dataclasses
     import hashlib
 
@@ -274,7 +278,7 @@ def write(dep: Deployment, folder: Path) -> DeployResult:
 
     art = dep.artifact
     folder.mkdir(parents=True, exist_ok=True)
-    for stale in ("deploy.json", "validation.json"):  # they describe the previous build
+    for stale in ("deploy.json", "validation.json"):
         (folder / stale).unlink(missing_ok=True)
     result = dataclasses.replace(dep.result, sha256={"model.tflite": hashlib.sha256(art.tflite).hexdigest(),
                                                      "simulation.pt": hashlib.sha256(dep.simulation).hexdigest()})
@@ -285,6 +289,14 @@ def write(dep: Deployment, folder: Path) -> DeployResult:
     atomic_write_bytes(folder / "simulation.pt", dep.simulation)
     for name, text in art.files.items():
         atomic_write_text(folder / name, text)
-    result = result.as_json()
-    write_json(folder / "deploy.json", result.to_dict())
-    return result
+    return result.as_json()
+
+
+def publish(folder: Path, result: DeployResult) -> Path:
+    """deploy.json, the last file of a deploy, with the checksum of its own content
+    (`document_sha256`) beside those of the files it describes."""
+    from ..files import write_json
+    from ..schema.core import canonical_sha256
+
+    doc = result.to_dict()
+    return write_json(folder / "deploy.json", doc | {DOCUMENT_SHA256: canonical_sha256(doc)})

@@ -354,3 +354,10 @@ class Policy(JsonDoc):
             None if gap is None else float(_typed(gap, int | float, "policy gap")),
             _quantizer(d.get("quantizer")),
         )
+
+
+def canonical_sha256(d: dict[str, Any]) -> str:
+    """sha256 of a document's canonical JSON (keys sorted): what was written, reproducibly."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()

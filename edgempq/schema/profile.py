@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..errors import ConfigError
-from .core import SCHEMA_VERSION, JsonDoc, Layer, Precision, _check_keys, _check_version
+from .core import SCHEMA_VERSION, JsonDoc, Layer, Precision, _check_keys, _check_version, canonical_sha256
 from .device import Target
 from .graph import Graph
 
@@ -135,7 +135,7 @@ class CostTable(JsonDoc):
             d["graph"] = self.graph.to_dict()
         if self.probes:
             d["probes"] = [p.to_dict() for p in self.probes]
-        return d | {"sha256": _checksum(d)}
+        return d | {"sha256": canonical_sha256(d)}
 
     @classmethod
     def from_dict(cls, d: Any) -> CostTable:
@@ -168,7 +168,7 @@ class CostTable(JsonDoc):
         if "sha256" not in d:
             raise ConfigError("profile has no checksum (it was not written by edgempq profile, or by an older "
                               "version); profile the model again")
-        if d["sha256"] != _checksum(body):
+        if d["sha256"] != canonical_sha256(body):
             raise ConfigError("profile does not match its checksum: it was edited or damaged after it was "
                               "measured, and a changed number would steer the search; profile the model again")
         return cls(_measured_target(d["target"]), d["fingerprint"], str(d["model_hash"]),
@@ -222,11 +222,3 @@ def _measured_target(d: Any) -> Target:
 
 def _graph(d: Any) -> Graph | None:
     return Graph.from_dict(d) if d is not None else None
-
-
-def _checksum(d: dict[str, Any]) -> str:
-    """sha256 of a document's canonical JSON (keys sorted): what `save` wrote, reproducibly."""
-    import hashlib
-    import json
-
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
