@@ -336,7 +336,7 @@ def deploy(source: Source, policy_path: str, device: str, cfg: Any, output: str)
     with progress_bar("quantizing and converting") as step:
         step(0, 1, "")
         report = pipeline.deploy(model, ds, policy, device, output, replace(cfg, on_step=step))
-    show.deployed(report, output)
+    show.deployed(report, output, device)  # the hint names the target as the user did (a .toml file, say)
 
 
 @main.command()

@@ -181,7 +181,7 @@ def validate(artifact: str | Path, target_spec: str, opts: ValidateOptions | Non
     target = load_target(target_spec)
     inputs = _resolve(art, opts)
     policy, sim_state, deployed = _policy(art, opts.policy)
-    model, ds = _model_and_data(inputs, art.tflite)
+    model, ds = _model_and_data(inputs, art)
     task = model.task if model else _artifact_task(art.tflite, ds, inputs["task"])
     samples = replace(_samples(ds, art.deploy, opts.samples, task), out_shape=output_shape(model) if model else None)
     art = replace(art, predicted=_prediction(art.deploy, deployed or policy, opts.profile, target))
@@ -228,7 +228,8 @@ def open_artifact(path: str | Path) -> Artifact:
         raise ConfigError(f"{info} is not a deploy report (not a JSON object); deploy again")
     sums = doc.get("sha256")
     if not isinstance(sums, dict) or sums.get("model.tflite") != hashlib.sha256(data).hexdigest():
-        return Artifact(tfl, data)  # it describes another build (or an interrupted deploy): not used
+        return Artifact(tfl, data, unused_report=f"{info} describes another build (its checksum of model.tflite "
+                        "differs), so it is not used")  # an interrupted or later deploy
     _check_own_checksum(doc, info)
     try:
         return Artifact(tfl, data, DeployResult.from_dict(doc))
@@ -255,8 +256,8 @@ def _resolve(art: Artifact, opts: ValidateOptions) -> dict[str, Any]:
     """The model, weights and data to validate with: the options', else deploy's."""
     dep = art.deploy
     if not opts.model and dep is None and (opts.policy or opts.find_divergence):
-        raise ConfigError(f"{art.path} has no deploy report beside it, so comparing with a simulation needs the "
-                          "model: give --model (and --weights)")
+        raise ConfigError(f"{art.no_report}, so comparing with a simulation needs the model: give --model "
+                          "(and --weights)")
     if opts.weights and not Path(opts.weights).is_file():
         raise ConfigError(f"weights file {opts.weights} does not exist; give the state_dict the model was trained to")
     weights = opts.weights or (dep.weights if dep else None)
@@ -298,7 +299,7 @@ def _policy(art: Artifact, policy_path: str | Path | None) -> tuple[Policy | Non
     return policy, (state_path if found else None), deployed
 
 
-def _model_and_data(inputs: dict[str, Any], tflite: bytes) -> tuple[LoadedModel | None, Dataset]:
+def _model_and_data(inputs: dict[str, Any], art: Artifact) -> tuple[LoadedModel | None, Dataset]:
     """The model (None when only the data is known) and the data, checked against deploy's model."""
     from .data import load_data
     from .layout import torch_sample_shape
@@ -310,9 +311,8 @@ def _model_and_data(inputs: dict[str, Any], tflite: bytes) -> tuple[LoadedModel 
                               f"with these weights is {model.model_hash}; give the weights it was deployed with")
         return model, ds
     if not inputs["data"]:
-        raise ConfigError("the artifact has no deploy.json beside it; give --data (and --model, --policy to "
-                          "compare with the simulation)")
-    return None, load_data(inputs["data"], torch_sample_shape(io_shape(tflite)))
+        raise ConfigError(f"{art.no_report}; give --data (and --model, --policy to compare with the simulation)")
+    return None, load_data(inputs["data"], torch_sample_shape(io_shape(art.tflite)))
 
 
 def _artifact_task(tflite: bytes, ds: Dataset, given: str | None = None) -> str:

@@ -213,7 +213,7 @@ def front(f: Any) -> None:
         click.echo(f"warning: {f.note}", err=True)
 
 
-def deployed(report: DeployResult, folder: str) -> None:
+def deployed(report: DeployResult, folder: str, device: str | None = None) -> None:
     """What deploy built: each layer's op and types, size, the PTQ summary, predicted latency."""
     from rich.table import Table
 
@@ -239,8 +239,10 @@ def deployed(report: DeployResult, folder: str) -> None:
         click.echo(text.replace("`", ""))
     if report.latency is not None:
         click.echo(f"predicted latency on {report.target}: {report.latency.predicted_ms:.3f} ms")
+    import shlex
+
     click.echo(f"wrote {folder}/ (report: {folder}/report.html); check it on the device with "
-               f"`edgempq validate {folder} --device {report.target}`")
+               f"`edgempq validate {shlex.quote(str(folder))} --device {shlex.quote(device or report.target)}`")
 
 
 def _pct(v: float | None) -> str:

@@ -41,6 +41,12 @@ class Artifact:
     tflite: bytes
     deploy: DeployResult | None = None
     predicted: PredictedLatency | None = None
+    unused_report: str | None = None  # why a deploy.json beside it was not used (it is of another build)
+
+    @property
+    def no_report(self) -> str:
+        """Why validate has no deploy report for it, in words."""
+        return self.unused_report or f"{self.path} has no deploy.json beside it"
 
 
 @dataclass(frozen=True)

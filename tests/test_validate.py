@@ -196,6 +196,10 @@ def test_a_deploy_report_of_another_build_is_not_used(built, tmp_path):
     data[-1] ^= 1  # same length, another build
     (copy / "model.tflite").write_bytes(bytes(data))
     assert open_artifact(copy).deploy is None
+    from edgempq.pipeline import validate
+
+    with pytest.raises(ConfigError, match="deploy.json describes another build .* give --data"):
+        validate(copy, "host")
     (copy / "deploy.json").write_text("[1, 2]")
     (copy / "model.tflite").write_bytes((built["good"] / "model.tflite").read_bytes())
     with pytest.raises(ConfigError, match="not a deploy report"):
@@ -380,3 +384,11 @@ def test_an_exclusive_folder_lock_makes_a_second_holder_wait(tmp_path):
         held = subprocess.run([sys.executable, "-c", probe, str(lock)], capture_output=True, text=True).stdout
     after = subprocess.run([sys.executable, "-c", probe, str(lock)], capture_output=True, text=True).stdout
     assert (held.strip(), after.strip()) == ("busy", "free")
+
+
+def test_deploys_next_step_names_the_target_as_the_user_did_and_quotes_it(built, capsys):
+    from edgempq import show
+    from edgempq.pipeline import open_artifact
+
+    show.deployed(open_artifact(built["good"]).deploy, "my build", "my pi.toml")
+    assert "`edgempq validate 'my build' --device 'my pi.toml'`" in capsys.readouterr().out
