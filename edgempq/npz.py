@@ -10,6 +10,7 @@ ways, or looks channels last with no model to tell, is refused; numpy only."""
 
 from __future__ import annotations
 
+import math
 import zipfile
 from pathlib import Path
 
@@ -87,10 +88,35 @@ def _arrays(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
         if "x" not in f:
             has = ", ".join(f.files) or "no arrays"
             raise DataError(f"data file {path} must hold an array 'x' (and 'y', its labels or targets); it has {has}")
+        _check_sizes(path, f)
         try:
             return f["x"], f.get("y", None)
         except (OSError, ValueError, zipfile.BadZipFile) as e:
             raise DataError(f"data file {path} is damaged ({e})") from None
+
+
+def _check_sizes(path: Path, f: np.lib.npyio.NpzFile) -> None:
+    """Each array's size as its header declares it, refused before it is read when it would not
+    fit in the memory this machine has free (a small compressed file may declare a huge array)."""
+    import psutil
+
+    free = psutil.virtual_memory().available
+    for name in ("x", "y"):
+        if name not in f:
+            continue
+        try:
+            with f.zip.open(f"{name}.npy") as member:
+                major, _ = np.lib.format.read_magic(member)
+                read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                shape, _, dtype = read(member)
+        except KeyError:  # stored under another member name: numpy reads it as it is
+            continue
+        except (OSError, ValueError, zipfile.BadZipFile) as e:
+            raise DataError(f"data file {path}: array {name} is damaged ({e})") from None
+        size = math.prod(shape) * dtype.itemsize
+        if size > free // 2:
+            raise DataError(f"data file {path}: array {name} declares shape {shape} of {dtype}, {size / 2**30:.1f} "
+                            f"GiB, more than half the {free / 2**30:.1f} GiB this machine has free; use fewer samples")
 
 
 def _layout(x: np.ndarray, shape: tuple[int, ...] | None, gray_to_rgb: bool, where: str) -> str:

@@ -246,3 +246,20 @@ def test_limits_are_checked_before_anything_is_allocated_or_run(tmp_path):
     from edgempq.models import parse_shape
 
     assert parse_shape("3x4096x4096") == (3, 4096, 4096)
+
+
+def test_an_npz_declaring_an_array_past_free_memory_is_refused_before_it_is_read(tmp_path):
+    import io
+    import zipfile
+
+    header = np.lib.format.header_data_from_array_1_0(np.zeros((2, 2), np.float32))
+    header["shape"] = (10**6, 1, 1000, 1000)  # 3.7 TB declared, 64 bytes stored
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, header)
+    buf.write(bytes(64))
+    path = tmp_path / "bomb.npz"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("x.npy", buf.getvalue())
+    r = CliRunner().invoke(main, ["data", "--data", str(path)])
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
+    assert "array x declares shape (1000000, 1, 1000, 1000) of float32, 3725.3 GiB" in r.stderr
