@@ -238,18 +238,14 @@ def open_artifact(path: str | Path) -> Artifact:
 
 
 def _check_own_checksum(doc: dict[str, Any], info: Path) -> None:
-    """deploy.json must match the checksum deploy wrote into it (removed from `doc` here): an
-    edited one is refused, since validate would otherwise act on what the edit says."""
-    from .export.deploy import DOCUMENT_SHA256
-    from .schema.core import canonical_sha256
+    """deploy.json must carry the checksum of itself deploy wrote (the schema checks it matches):
+    validate acts on no report that could have been edited unseen."""
+    from .schema.results import SIGNATURE
 
-    claimed = doc.pop(DOCUMENT_SHA256, None)
-    if claimed == canonical_sha256(doc):
-        return
-    why = ("has no checksum of its own (an older edgempq wrote it, or a hand)" if claimed is None
-           else "does not match its own checksum: it was edited after deploy wrote it")
-    raise ConfigError(f"{info} {why}, and validate does not act on it; deploy again, or validate a copy of "
-                      f"{info.parent / 'model.tflite'} outside the folder with --data (and --model)")
+    if SIGNATURE not in doc:
+        raise ConfigError(f"{info} has no checksum of its own (an older edgempq wrote it, or a hand), and validate "
+                          f"does not act on it; deploy again, or validate a copy of {info.parent / 'model.tflite'} "
+                          "outside the folder with --data (and --model)")
 
 
 def _resolve(art: Artifact, opts: ValidateOptions) -> dict[str, Any]:

@@ -313,7 +313,7 @@ def test_an_edited_deploy_json_is_refused_and_a_resigned_hostile_one_never_escap
     shutil.copytree(built["good"], copy)
     real = json.loads((copy / "deploy.json").read_text())
     (copy / "deploy.json").write_text(json.dumps({**real, "target": "elsewhere"}))
-    with pytest.raises(ConfigError, match="does not match its own checksum: it was edited after deploy"):
+    with pytest.raises(ConfigError, match="does not match its own checksum: it was edited after it was written"):
         open_artifact(copy)
     (copy / "deploy.json").write_text(json.dumps({k: v for k, v in real.items() if k != "document_sha256"}))
     with pytest.raises(ConfigError, match="has no checksum of its own"):

@@ -263,9 +263,6 @@ def microcontroller_checks(art: Artifact, target: Target) -> None:
                           f"flash_kb = {target.flash_kb:g}; search again with a smaller --size-kb")
 
 
-DOCUMENT_SHA256 = "document_sha256"  # deploy.json's checksum of itself (the key left out)
-
-
 def write(dep: Deployment, folder: Path) -> DeployResult:
     """Write the artifact's files (each atomically) but deploy.json, removed first with the old
     validation.json (they describe the previous build), and return deploy.json's value, which
@@ -293,10 +290,8 @@ def write(dep: Deployment, folder: Path) -> DeployResult:
 
 
 def publish(folder: Path, result: DeployResult) -> Path:
-    """deploy.json, the last file of a deploy, with the checksum of its own content
-    (`document_sha256`) beside those of the files it describes."""
+    """deploy.json, the last file of a deploy, with the checksum of its own content (the schema's
+    SIGNATURE) beside those of the files it describes."""
     from ..files import write_json
-    from ..schema.core import canonical_sha256
 
-    doc = result.to_dict()
-    return write_json(folder / "deploy.json", doc | {DOCUMENT_SHA256: canonical_sha256(doc)})
+    return write_json(folder / "deploy.json", result.to_dict())

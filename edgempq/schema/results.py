@@ -15,15 +15,17 @@ import typing
 from typing import Any, ClassVar, Union
 
 from ..errors import ConfigError
-from .core import SCHEMA_VERSION, JsonDoc
+from .core import SCHEMA_VERSION, JsonDoc, canonical_sha256
 
 Json = dict[str, Any]  # a JSON object, checked as one and kept as it is
+SIGNATURE = "document_sha256"  # a signed record's checksum of itself (computed without this key)
 
 
 class Record(JsonDoc):
     """A frozen dataclass whose fields are JSON values, Records, tuples or str-keyed dicts of them."""
 
     versioned: ClassVar[bool] = False  # a top-level file: carries schema_version
+    signed: ClassVar[bool] = False  # carries SIGNATURE, its own checksum, checked when it is read
 
     def as_json(self) -> Any:
         """This value as it reads back from its JSON file (tuples inside JSON objects become lists)."""
@@ -32,7 +34,8 @@ class Record(JsonDoc):
     def to_dict(self) -> dict[str, Any]:
         """The JSON object of this value (None fields included, so every key is always there)."""
         d = {f.name: _dump(getattr(self, f.name)) for f in dataclasses.fields(self)}
-        return {"schema_version": SCHEMA_VERSION, **d} if self.versioned else d
+        d = {"schema_version": SCHEMA_VERSION, **d} if self.versioned else d
+        return d | {SIGNATURE: canonical_sha256(d)} if self.signed else d
 
     @classmethod
     def from_dict(cls, d: Any, what: str | None = None) -> Any:
@@ -41,6 +44,8 @@ class Record(JsonDoc):
         if not isinstance(d, dict):
             raise ConfigError(f"{what} must be a JSON object, not {type(d).__name__}")
         d = dict(d)
+        if cls.signed and SIGNATURE in d and d.pop(SIGNATURE) != canonical_sha256(d):
+            raise ConfigError(f"{what} does not match its own checksum: it was edited after it was written")
         if cls.versioned:
             version = d.pop("schema_version", SCHEMA_VERSION)  # files written before versioning have none
             if version != SCHEMA_VERSION:
@@ -210,6 +215,7 @@ class DeployResult(Record):
 
     what: ClassVar[str] = "deploy report"
     versioned: ClassVar[bool] = True
+    signed: ClassVar[bool] = True
 
     model: str
     model_hash: str
