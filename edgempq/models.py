@@ -119,6 +119,11 @@ def _float_opt(name: str, key: str, val: str) -> float:
     return v
 
 
+def names_a_file(target: str) -> bool:
+    """Whether the part of a spec before its factory is a Python file (else a module name)."""
+    return target.endswith(".py") or "/" in target or Path(target).exists()
+
+
 def _from_factory(spec: str) -> nn.Module:
     target, sep, attr = spec.rpartition(":")
     if not sep or not target or not attr:
@@ -126,7 +131,7 @@ def _from_factory(spec: str) -> nn.Module:
             f"model spec {spec!r} is not understood; write zoo:NAME, path/to/file.py:factory "
             "or package.module:factory"
         )
-    if target.endswith(".py") or "/" in target or Path(target).exists():
+    if names_a_file(target):
         mod = _import_file(Path(target))
     else:
         try:

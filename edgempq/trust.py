@@ -30,10 +30,12 @@ def fingerprint(spec: str) -> str | None:
     that cannot be read)."""
     if spec.startswith("zoo:"):
         return None
+    from .models import names_a_file
+
     head, colon, factory = spec.rpartition(":")
     target = head if colon else spec
     path = Path(target)
-    if target.endswith(".py") or "/" in target or path.exists():
+    if names_a_file(target):  # as load_model decides what to import
         try:
             digest = hashlib.sha256(path.read_bytes()).hexdigest()
         except OSError:
