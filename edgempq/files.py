@@ -107,6 +107,17 @@ def parse_json(text: str, where: str) -> Any:
         raise ConfigError(f"{where} is not JSON edgempq reads ({_hostile(e)}); regenerate it") from None
 
 
+def read_own_json(path: Path, max_bytes: int = 1 << 20) -> Any:
+    """A small JSON file edgempq keeps for itself (a cache, shipped data), or None when it is
+    missing, larger than `max_bytes` or unreadable in any way: its reader falls back, never fails."""
+    try:
+        if path.stat().st_size > max_bytes:
+            return None
+        return json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError):
+        return None
+
+
 def read_toml(path: str | Path, what: str) -> dict[str, Any]:
     """Parse a TOML file; a missing, malformed or hostile file is a ConfigError naming it and `what`."""
     text = _read_text(path, what)

@@ -5,7 +5,6 @@ chance, with the numbers, instead of finding out on the device."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +15,9 @@ SIGNIFICANT = 0.05  # a loss to the random median is significant below this p
 
 def _document(path: Path | None = None) -> dict[str, Any]:
     """The shipped standing, or {} when it is missing or unreadable (the method still runs)."""
-    path = path or FILE
-    try:
-        if path.stat().st_size > MAX_BYTES:
-            return {}
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError, RecursionError):
-        return {}
+    from .files import read_own_json
+
+    doc = read_own_json(path or FILE, MAX_BYTES)
     return doc if isinstance(doc, dict) and isinstance(doc.get("methods"), dict) else {}
 
 

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from .cache import cache_dir
-from .files import atomic_write_text
+from .files import atomic_write_text, read_own_json
 
 MAX_ENTRIES = 1000  # the oldest are forgotten past this
 MAX_BYTES = 1 << 20
@@ -45,13 +45,7 @@ def fingerprint(spec: str) -> str | None:
 
 
 def _entries() -> list[str]:
-    try:
-        p = store_path()
-        if p.stat().st_size > MAX_BYTES:
-            return []
-        doc = json.loads(p.read_text())
-    except (OSError, ValueError, RecursionError):
-        return []
+    doc = read_own_json(store_path(), MAX_BYTES)
     return [e for e in doc if isinstance(e, str)] if isinstance(doc, list) else []
 
 
