@@ -7,7 +7,7 @@ import json
 import os
 import tempfile
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -149,27 +149,99 @@ def _read_text(path: str | Path, what: str) -> str:
 
 
 @contextlib.contextmanager
-def exclusive(lock_file: Path, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
-    """Hold an advisory lock on `lock_file` (created if need be) for the block: a second holder
-    waits (`on_wait` is called first, to say so). On a file system without locks it runs unlocked."""
+def exclusive(lock: Path, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+    """Hold an advisory lock on `lock` for the block: a folder that exists is locked itself (no
+    file is left in it); any other path is a lock file, created if need be. A second holder waits
+    (`on_wait` is called first, to say so). On a file system without locks it runs unlocked."""
     import fcntl  # POSIX: edgempq runs on Linux and macOS hosts
 
     try:
-        lock_file.parent.mkdir(parents=True, exist_ok=True)
-        f = open(lock_file, "a+")  # noqa: SIM115 - held across the yield below
+        if lock.is_dir():
+            fd = os.open(lock, os.O_RDONLY)
+        else:
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as e:
-        raise ConfigError(f"cannot create the lock {lock_file} ({e.strerror}); choose a writable location") from None
-    with f:
+        raise ConfigError(f"cannot lock {lock} ({e.strerror}); choose a writable location") from None
+    try:
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             if on_wait:
                 on_wait()
-            fcntl.flock(f, fcntl.LOCK_EX)
+            fcntl.flock(fd, fcntl.LOCK_EX)
         except OSError:
             pass
-        try:
-            yield
-        finally:
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+STAGING = ".edgempq-staging-"  # the hidden folder a folder's next files are built in
+
+
+@contextlib.contextmanager
+def staged(folder: Path, owned: Iterable[str], anchor: str) -> Iterator[Path]:
+    """Build a folder's files in a hidden staging folder inside it and move them in together,
+    `anchor` (the file that says the folder is whole, such as deploy.json) last; the folder is
+    locked meanwhile, so two writers take turns. A failure while building leaves the folder as it
+    was; one while moving in leaves it without `anchor` (the old one goes first), so nothing reads
+    a mix of two runs as one. The `owned` files that this run does not write (an earlier run's
+    plots) go, as the anchor did. A folder this created and that stays empty is removed."""
+    import shutil
+
+    created = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create the folder {folder} ({e.strerror}); choose a writable location") from None
+    try:
+        with exclusive(folder):
+            for orphan in folder.glob(STAGING + "*"):  # of a run that was killed: nobody else holds the lock
+                shutil.rmtree(orphan, ignore_errors=True)
+            stage = _stage_in(folder)
+            try:
+                yield stage
+                _move_in(stage, folder, set(owned), anchor)
+            except ConfigError as e:  # name the file where the user will look for it
+                raise ConfigError(str(e).replace(f"{stage}{os.sep}", f"{folder}{os.sep}")) from None
+            finally:
+                shutil.rmtree(stage, ignore_errors=True)
+    finally:
+        if created:
             with contextlib.suppress(OSError):
-                fcntl.flock(f, fcntl.LOCK_UN)
+                folder.rmdir()  # only when empty
+
+
+def _stage_in(folder: Path) -> Path:
+    try:
+        return Path(tempfile.mkdtemp(prefix=STAGING, dir=folder))
+    except OSError as e:
+        raise ConfigError(f"cannot write into {folder} ({e.strerror}); choose a writable location") from None
+
+
+def _move_in(stage: Path, folder: Path, owned: set[str], anchor: str) -> None:
+    """Move `stage`'s files into `folder`: the old `anchor` and the owned files this run did not
+    write first, then the new files, `anchor` last; each move is a rename, which needs no space."""
+    names = sorted((p.name for p in stage.iterdir()), key=lambda n: (n == anchor, n))
+    for name in names:
+        refuse_special(folder / name)
+    try:
+        for name in (anchor, *sorted(owned - set(names))):
+            (folder / name).unlink(missing_ok=True)
+        for name in names:
+            os.replace(stage / name, folder / name)
+        _sync(folder)
+    except OSError as e:
+        raise ConfigError(f"cannot move the new files into {folder} ({e.strerror}); it holds no {anchor} "
+                          "now, run the command again") from None
+
+
+def _sync(folder: Path) -> None:
+    """The renames made durable (a folder's entries are flushed by an fsync of the folder)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

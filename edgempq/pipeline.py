@@ -18,6 +18,7 @@ import torch
 from .cache import cache_dir
 from .data import Dataset
 from .errors import ConfigError, DataError, ModelError
+from .export.deploy import DEPLOY_FILE
 from .export.stage import DeployConfig
 from .files import atomic_write_bytes, write_json
 from .layers import trace
@@ -29,7 +30,7 @@ from .schema import Policy, Precision, Sensitivity, Target
 from .schema.results import DeployResult, PredictedLatency, ValidationReport
 from .simulation import SimResult, float_result, load_model_and_data, output_shape, simulate, state_bytes
 from .train import TrainConfig, TrainResult, fit
-from .validate import MIN_AGREEMENT
+from .validate import MIN_AGREEMENT, VALIDATION_FILE
 
 if TYPE_CHECKING:
     from .validate import Artifact, Samples, Simulation
@@ -124,24 +125,22 @@ def deploy(model: LoadedModel, ds: Dataset, policy: Policy, target_spec: str, ou
     """The deploy command: the deploy stage on `target_spec`'s target (see `export.stage`), then
     the folder `out_dir` written: model.tflite, its recipe, the policy, the simulated model
     (simulation.pt, which validate compares against), deploy.json and the report."""
-    from .export.deploy import publish, write
+    from . import report
+    from .export import deploy as files
     from .export.stage import deploy as build
-    from .files import exclusive
-    from .report import write_report
+    from .files import staged
     from .targets import load_target
     from .trust import remember
 
     dep = build(model, ds, policy, load_target(target_spec), cfg or DeployConfig())
     folder = Path(out_dir)
-    with exclusive(folder / LOCK_FILE):  # two deploys into one folder: one after the other
-        result = write(dep, folder)
-        write_report(folder, result)
-        publish(folder, result)  # last: a deploy that failed at any byte leaves no deploy.json
+    # built aside and moved in together, deploy.json last; the old validation describes another build
+    with staged(folder, (*files.FILES, *report.FILES, VALIDATION_FILE), anchor=DEPLOY_FILE) as stage:
+        result = files.write(dep, stage)
+        report.write_report(stage, result, shown_as=folder)
+        files.publish(stage, result)
     remember(result.model)  # the user ran this code: validate may load it from the folder
     return result
-
-
-LOCK_FILE = ".edgempq.lock"  # in a deploy folder: deploys and validates into it take turns
 
 
 @dataclass(frozen=True)
@@ -171,9 +170,9 @@ def validate(artifact: str | Path, target_spec: str, opts: ValidateOptions | Non
     """The validate command: `artifact` (a deploy folder or a .tflite) run over the test split
     on `target_spec`, compared with the float model, the simulation and the profile; writes
     validation.json and the report and returns the validation."""
+    from . import report as reports
     from . import validate as stage
-    from .files import exclusive
-    from .report import write_report
+    from .files import staged
     from .targets import load_target
 
     opts = opts or ValidateOptions()
@@ -196,13 +195,9 @@ def validate(artifact: str | Path, target_spec: str, opts: ValidateOptions | Non
     report = replace(report, model=inputs["model"], weights=str(inputs["weights"]) if inputs["weights"] else None,
                      data=inputs["data"] or samples.data).as_json()
     folder = Path(opts.out_dir) if opts.out_dir else art.path.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    with exclusive(folder / LOCK_FILE):
-        # the old validation.json goes first and the new one last: a validate that fails while
-        # writing leaves no validation.json beside a report of another run
-        (folder / stage.VALIDATION_FILE).unlink(missing_ok=True)
-        write_report(folder, art.deploy, report)
-        report.save(folder / stage.VALIDATION_FILE)
+    with staged(folder, reports.FILES, anchor=VALIDATION_FILE) as aside:  # validation.json moved in last
+        reports.write_report(aside, art.deploy, report, shown_as=folder)
+        report.save(aside / VALIDATION_FILE)
     return report
 
 
@@ -220,7 +215,7 @@ def open_artifact(path: str | Path) -> Artifact:
     data = tfl.read_bytes()
     if data[4:8] != b"TFL3":
         raise ConfigError(f"artifact {tfl} is not a TFLite flatbuffer; give the model.tflite deploy wrote")
-    info = tfl.parent / "deploy.json"
+    info = tfl.parent / DEPLOY_FILE
     if tfl.name != "model.tflite" or not info.is_file():
         return Artifact(tfl, data)
     doc = read_json(info, "deploy report")

@@ -17,6 +17,7 @@ from .schema.results import DeployResult, Divergence, PredictedLatency, Validati
 
 Block = tuple  # ("h1"|"h2"|"p", text) | ("table", header, rows) | ("img", caption, file name)
 PLOTS = ("report_layers.png", "report_latency.png", "report_pareto.png")
+FILES = ("report.md", "report.html", *PLOTS)  # what `write_report` may write
 
 
 def _kb(v: float | None) -> str:
@@ -372,17 +373,15 @@ def to_html(bl: list[Block], folder: Path) -> str:
 
 
 def write_report(folder: str | Path, deploy: DeployResult | None,
-                 validation: ValidationReport | None = None) -> dict[str, Path]:
-    """Write report.md, report.html and their PNGs into `folder` (each atomically); returns
-    their paths."""
+                 validation: ValidationReport | None = None, shown_as: str | Path | None = None) -> dict[str, Path]:
+    """Write report.md, report.html and their PNGs (those of `FILES` this report has) into
+    `folder` (each atomically); returns their paths. `shown_as` is the folder the report says
+    it is in (the deploy folder, when `folder` is its staging folder)."""
     from .files import atomic_write_text
 
     folder = Path(folder)
-    r = render(deploy, validation, f" from {folder}")
+    r = render(deploy, validation, f" from {shown_as or folder}")
     paths = {f.name: f.draw(folder / f.name) for f in r.figures}
-    for name in PLOTS:  # plots of an earlier report this one no longer has
-        if name not in paths:
-            (folder / name).unlink(missing_ok=True)
     paths["report.md"] = atomic_write_text(folder / "report.md", to_markdown(r.blocks))
     paths["report.html"] = atomic_write_text(folder / "report.html", to_html(r.blocks, folder))
     return paths

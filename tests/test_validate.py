@@ -337,53 +337,46 @@ def test_an_edited_deploy_json_is_refused_and_a_resigned_hostile_one_never_escap
     hostile()
 
 
-def test_a_deploy_or_validate_that_fails_writing_leaves_no_folder_validate_accepts(built, tmp_path, monkeypatch):
-    """A full disk at the report (written after the artifact): no deploy.json, no validation.json
-    beside a report of another run; the previous build's deploy.json is gone from the start."""
+def test_a_deploy_or_validate_that_fails_writing_leaves_the_previous_folder_or_none(built, tmp_path, monkeypatch):
+    """A full disk while the files are built (at the report, after the artifact) leaves the folder
+    as it was, byte for byte; one while they move in leaves no deploy.json (validate refuses it)."""
     import errno
     import os
     import shutil
 
     import edgempq.files
+    from edgempq.export.stage import DeployConfig
+    from edgempq.files import STAGING
     from edgempq.pipeline import ValidateOptions, deploy, open_artifact, validate
     from edgempq.simulation import load_model_and_data
 
     copy = tmp_path / "copy"
     shutil.copytree(built["good"], copy)
+    validate(copy, "host", ValidateOptions(samples=16, runs=1))
+    before = {p.name: p.read_bytes() for p in copy.iterdir()}
     real_replace = os.replace
 
-    def full_disk(src, dst, *a, **k):
-        if str(dst).endswith("report.html"):
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real_replace(src, dst, *a, **k)
+    def full_disk_at(name: str, moving_in: bool):
+        def replace(src, dst, *a, **k):
+            if Path(dst).name == name and (Path(dst).parent == copy) == moving_in:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real_replace(src, dst, *a, **k)
+        return replace
 
-    monkeypatch.setattr(edgempq.files.os, "replace", full_disk)
-    with pytest.raises(ConfigError, match="No space left on device"):
-        validate(copy, "host", ValidateOptions(samples=16, runs=1))
-    assert not (copy / "validation.json").exists() and open_artifact(copy).deploy is not None
     model, ds = load_model_and_data(built["model"], built["data"], built["weights"])
-    from edgempq.export.stage import DeployConfig
-
-    with pytest.raises(ConfigError, match="No space left on device"):
-        deploy(model, ds, Policy.load(built["all8"]), "host", copy,
-               DeployConfig(weights=built["weights"], data_spec=built["data"]))
+    again = (lambda: validate(copy, "host", ValidateOptions(samples=16, runs=1)),
+             lambda: deploy(model, ds, Policy.load(built["all8"]), "host", copy,
+                            DeployConfig(weights=built["weights"], data_spec=built["data"])))
+    for run in again:
+        monkeypatch.setattr(edgempq.files.os, "replace", full_disk_at("report.html", moving_in=False))
+        with pytest.raises(ConfigError, match=f"cannot write {copy}/report.html .No space left on device"):
+            run()
+        assert {p.name: p.read_bytes() for p in copy.iterdir()} == before
+    monkeypatch.setattr(edgempq.files.os, "replace", full_disk_at("model.tflite", moving_in=True))
+    with pytest.raises(ConfigError, match="it holds no deploy.json now"):
+        again[1]()
     assert not (copy / "deploy.json").exists() and open_artifact(copy).deploy is None
-    assert not [p for p in copy.iterdir() if p.name.endswith(".tmp")]
-
-
-def test_an_exclusive_folder_lock_makes_a_second_holder_wait(tmp_path):
-    import subprocess
-    import sys
-
-    from edgempq.files import exclusive
-
-    lock = tmp_path / ".edgempq.lock"
-    probe = ("import fcntl, sys\nf = open(sys.argv[1], 'a+')\ntry:\n    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
-             "    print('free')\nexcept BlockingIOError:\n    print('busy')\n")
-    with exclusive(lock):
-        held = subprocess.run([sys.executable, "-c", probe, str(lock)], capture_output=True, text=True).stdout
-    after = subprocess.run([sys.executable, "-c", probe, str(lock)], capture_output=True, text=True).stdout
-    assert (held.strip(), after.strip()) == ("busy", "free")
+    assert not [p for p in copy.iterdir() if p.name.endswith(".tmp") or p.name.startswith(STAGING)]
 
 
 def test_deploys_next_step_names_the_target_as_the_user_did_and_quotes_it(built, capsys):

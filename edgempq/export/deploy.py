@@ -263,20 +263,20 @@ def microcontroller_checks(art: Artifact, target: Target) -> None:
                           f"flash_kb = {target.flash_kb:g}; search again with a smaller --size-kb")
 
 
+DEPLOY_FILE = "deploy.json"  # a deploy folder's anchor: moved in last, it says the folder is whole
+FILES = ("model.tflite", "recipe.json", "policy.json", "simulation.pt", "model_data.h", "model_data.cc")
+
+
 def write(dep: Deployment, folder: Path) -> DeployResult:
-    """Write the artifact's files (each atomically) but deploy.json, removed first with the old
-    validation.json (they describe the previous build), and return deploy.json's value, which
-    records the sha256 of model.tflite and simulation.pt. `publish` writes deploy.json last, so
-    a folder whose writing failed at any byte has none, and validate does not take it for a deploy."""
+    """Write the artifact's files into `folder` (the deploy's staging folder, see
+    `files.staged`) and return deploy.json's value, which records the sha256 of model.tflite and
+    simulation.pt. `publish` writes deploy.json."""
     import dataclasses
     import hashlib
 
     from ..files import atomic_write_bytes, atomic_write_text, write_json
 
     art = dep.artifact
-    folder.mkdir(parents=True, exist_ok=True)
-    for stale in ("deploy.json", "validation.json"):
-        (folder / stale).unlink(missing_ok=True)
     result = dataclasses.replace(dep.result, sha256={"model.tflite": hashlib.sha256(art.tflite).hexdigest(),
                                                      "simulation.pt": hashlib.sha256(dep.simulation).hexdigest()})
     atomic_write_bytes(folder / "model.tflite", art.tflite)
@@ -294,4 +294,4 @@ def publish(folder: Path, result: DeployResult) -> Path:
     SIGNATURE) beside those of the files it describes."""
     from ..files import write_json
 
-    return write_json(folder / "deploy.json", result.to_dict())
+    return write_json(folder / DEPLOY_FILE, result.to_dict())
