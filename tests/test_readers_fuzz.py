@@ -192,3 +192,53 @@ def test_hostile_json_and_toml_are_one_sentence_in_every_reader(tmp_path):
         p.write_text(text)
         with pytest.raises(ConfigError, match=f"{p} is not (valid )?TOML"):
             read_toml(p, "target")
+
+
+_hostile_leaf = (_scalar | st.integers(-10**30, 10**30) | st.sampled_from([float("nan"), float("inf"), -1, -1e300, 0])
+                 | _json)
+
+
+def _resigned_profile(data) -> dict:
+    """The real profile with one value anywhere in it (a row's latency, a layer's shape, the
+    target's threads) replaced by anything, and its checksum made to match again, as a sender can."""
+    from edgempq.schema.core import canonical_sha256
+
+    doc = json.loads(json.dumps(_real_profile()))
+    body = {k: v for k, v in doc.items() if k != "sha256"}
+    node = body
+    for _ in range(data.draw(st.integers(1, 3))):
+        keys = list(node) if isinstance(node, dict) else list(range(len(node)))
+        if not keys:
+            break
+        key = data.draw(st.sampled_from(keys))
+        if not isinstance(node[key], dict | list) or data.draw(st.booleans()):
+            node[key] = data.draw(_hostile_leaf)
+            break
+        node = node[key]
+    return body | {"sha256": canonical_sha256(body)}
+
+
+@FUZZ
+@given(data=st.data())
+def test_a_resigned_hostile_profile_is_refused_or_used_without_escaping(data):
+    """A profile whose checksum matches but whose content is hostile: refused in one sentence,
+    or, if it loads, the latency prediction and the solve that use it give a finite result or
+    our error."""
+    import math
+
+    from edgempq.latency import predict_latency
+    from edgempq.schema import Budget, CostTable, Precision, Sensitivity
+    from edgempq.solve import solve
+
+    try:
+        table = CostTable.from_json(json.dumps(_resigned_profile(data)))
+    except EdgeMPQError:
+        return
+    layers = list(table.layers)
+    sens = Sensitivity("noise", {(la.name, p): 1.0 - 0.1 * i for la in layers
+                                 for i, p in enumerate(("f32", "w8a8"))})
+    with contextlib.suppress(EdgeMPQError):
+        ms = predict_latency(table, {la.name: Precision.parse("w8a8") for la in layers})
+        assert math.isfinite(ms) and ms >= 0, ms
+    with contextlib.suppress(EdgeMPQError):
+        solve(layers, sens, table, Budget(latency_ms=1.0), table.target)

@@ -176,3 +176,10 @@ def test_a_deploy_report_reads_its_nested_values_typed():
         DeployResult.from_dict({**doc, "weight_bytes": {"predicted": 5}})
     with pytest.raises(ConfigError, match="deploy report's quant_config must be a JSON object, not str"):
         DeployResult.from_dict({**doc, "quant_config": "gptq"})
+    sizes = [({"tflite_bytes": -5}, "tflite_bytes must be a finite number of at least 0, not -5"),
+             ({"input": {**io, "shape": [1, -8]}}, r"input's shape\[1\] must be a finite number of at least 0"),
+             ({"latency": {**doc["latency"], "predicted_ms": float("nan")}}, "predicted_ms must be a finite number"),
+             ({"weight_bytes": {"predicted": 5, "artifact": -1}}, "artifact must be a finite number of at least 0")]
+    for change, message in sizes:  # a size, a time or a count below 0 is no measurement
+        with pytest.raises(ConfigError, match=message):
+            DeployResult.from_dict({**doc, **change})

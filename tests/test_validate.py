@@ -367,10 +367,10 @@ def test_a_deploy_or_validate_that_fails_writing_leaves_the_previous_folder_or_n
     again = (lambda: validate(copy, "host", ValidateOptions(samples=16, runs=1)),
              lambda: deploy(model, ds, Policy.load(built["all8"]), "host", copy,
                             DeployConfig(weights=built["weights"], data_spec=built["data"])))
-    for run in again:
+    for command in again:
         monkeypatch.setattr(edgempq.files.os, "replace", full_disk_at("report.html", moving_in=False))
         with pytest.raises(ConfigError, match=f"cannot write {copy}/report.html .No space left on device"):
-            run()
+            command()
         assert {p.name: p.read_bytes() for p in copy.iterdir()} == before
     monkeypatch.setattr(edgempq.files.os, "replace", full_disk_at("model.tflite", moving_in=True))
     with pytest.raises(ConfigError, match="it holds no deploy.json now"):

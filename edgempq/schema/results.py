@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
-from typing import Any, ClassVar, Union
+from typing import Annotated, Any, ClassVar, Union
 
 from ..errors import ConfigError
 from .core import SCHEMA_VERSION, JsonDoc, canonical_sha256
 
 Json = dict[str, Any]  # a JSON object, checked as one and kept as it is
+NON_NEGATIVE = "non-negative"
+Count = Annotated[int, NON_NEGATIVE]  # bytes, runs, samples, an index: an integer >= 0
+Amount = Annotated[float, NON_NEGATIVE]  # milliseconds, seconds, an error's size: a finite number >= 0
 SIGNATURE = "document_sha256"  # a signed record's checksum of itself (computed without this key)
 
 
@@ -55,7 +59,7 @@ class Record(JsonDoc):
         unknown = sorted(set(d) - set(fields))
         if unknown:
             raise ConfigError(f"{what} has unknown key(s) {', '.join(unknown)}; allowed: {', '.join(fields)}")
-        hints = typing.get_type_hints(cls)
+        hints = typing.get_type_hints(cls, include_extras=True)
         kw = {}
         for name, f in fields.items():
             if name in d:
@@ -83,6 +87,8 @@ def _load(v: Any, hint: Any, what: str) -> Any:
     if hint is Any:
         return v
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Annotated:
+        return _non_negative(_load(v, args[0], what), what)
     if origin in (Union, types.UnionType):
         if v is None and type(None) in args:
             return None
@@ -116,6 +122,12 @@ def _scalar(v: Any, hint: type, what: str) -> Any:
     return v
 
 
+def _non_negative(v: int | float, what: str) -> int | float:
+    if not (math.isfinite(v) and v >= 0):
+        raise ConfigError(f"{what} must be a finite number of at least 0, not {v!r}")
+    return v
+
+
 def _kind(v: Any) -> str:
     return "null" if v is None else f"{type(v).__name__} {v!r}"[:60]
 
@@ -127,9 +139,9 @@ class IOTensor(Record):
     """The artifact's input or output as a caller feeds or reads it (real = scale · (q − zero_point))."""
 
     name: str
-    shape: tuple[int, ...]
+    shape: tuple[Count, ...]
     dtype: str
-    scale: float
+    scale: Amount
     zero_point: int
 
 
@@ -137,8 +149,8 @@ class IOTensor(Record):
 class WeightBytes(Record):
     """Weight bytes the solver's size model predicted, and those stored in the artifact."""
 
-    predicted: int
-    artifact: int
+    predicted: Count
+    artifact: Count
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,8 +158,8 @@ class LatencyPoint(Record):
     """One whole-model timing against its prediction (a profile's uniform or alternating policy, or an artifact)."""
 
     label: str
-    predicted_ms: float
-    measured_ms: float
+    predicted_ms: Amount
+    measured_ms: Amount
     artifact: bool = False
 
 
@@ -156,11 +168,11 @@ class PredictedLatency(Record):
     """A policy's latency on `target`: from a profile (per layer, conversions, the ops between
     layers, the profile's own points) or, without one, the total the search recorded in the policy."""
 
-    predicted_ms: float
+    predicted_ms: Amount
     target: str
     layers_ms: dict[str, float] | None = None
-    conversions_ms: float | None = None
-    ops_ms: float | None = None  # the ops between layers (pads, pools, adds)
+    conversions_ms: Amount | None = None
+    ops_ms: Amount | None = None  # the ops between layers (pads, pools, adds)
     model_hash: str | None = None
     points: tuple[LatencyPoint, ...] | None = None
 
@@ -180,19 +192,19 @@ class LayerRow(Record):
 
     layer: str
     precision: str
-    op_index: int
+    op_index: Count
     op_output: str
     op: str
     weight_type: str
     activation_type: str
-    weight_bytes: int
+    weight_bytes: Count
 
 
 @dataclasses.dataclass(frozen=True)
 class ExactCheck(Record):
     """The integer layers whose weights, scales and biases were compared with the simulation bit for bit."""
 
-    layers: int
+    layers: Count
     checked: Json
 
 
@@ -204,7 +216,7 @@ class PTQSummary(Record):
     params: Json
     bias_correction: bool
     sequential: bool
-    seconds: float
+    seconds: Amount
     layers: dict[str, Json | None] = dataclasses.field(default_factory=dict)
     notes: tuple[str, ...] = ()
 
@@ -223,7 +235,7 @@ class DeployResult(Record):
     data_id: str
     target: str
     quant_config: Json
-    tflite_bytes: int
+    tflite_bytes: Count
     input: IOTensor
     output: IOTensor
     weight_bytes: WeightBytes
@@ -234,7 +246,7 @@ class DeployResult(Record):
     simulated_top1: float | None = None  # classifiers: the simulation's test top-1
     float_top1: float | None = None  # classifiers: the float model on the same test split
     scores: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)  # float/simulated -> metrics
-    qat_epochs: int = 0
+    qat_epochs: Count = 0
     ptq: PTQSummary | None = None
     exact: ExactCheck | None = None
     quantizer_note: str | None = None
@@ -242,8 +254,8 @@ class DeployResult(Record):
     output_rounding: dict[str, Json] = dataclasses.field(default_factory=dict)
     skip_rounding: dict[str, Json] = dataclasses.field(default_factory=dict)
     skip_notes: tuple[str, ...] = ()
-    arena_bytes: int | None = None
-    arena_predicted_bytes: int | None = None  # the arena the profile predicted (edgempq.arena)
+    arena_bytes: Count | None = None
+    arena_predicted_bytes: Count | None = None  # the arena the profile predicted (edgempq.arena)
     arch_hash: str | None = None  # the architecture and input shape (models.arch_hash) a profile must be of
     latency: PredictedLatency | None = None
     sweep: Json | None = None
@@ -257,11 +269,11 @@ class MeasuredLatency(Record):
     """The artifact's latency on the device (the fastest of its timing rounds: `edgempq.rounds`)
     and, when a prediction is about this device, how well it held."""
 
-    median_ms: float
+    median_ms: Amount
     p10_ms: float
     p90_ms: float
-    runs: int
-    predicted_ms: float | None = None
+    runs: Count
+    predicted_ms: Amount | None = None
     error: float | None = None  # (measured - predicted) / predicted
     layers_ms: dict[str, float] | None = None
     points: tuple[LatencyPoint, ...] | None = None
@@ -272,10 +284,10 @@ class MeasuredLatency(Record):
 class SizeCheck(Record):
     """The artifact's bytes, its weights predicted and stored, the TFLite Micro arena, and the target's budgets."""
 
-    tflite_bytes: int
-    weight_bytes_predicted: int | None = None
-    weight_bytes_artifact: int | None = None
-    arena_bytes: int | None = None
+    tflite_bytes: Count
+    weight_bytes_predicted: Count | None = None
+    weight_bytes_artifact: Count | None = None
+    arena_bytes: Count | None = None
     ram_kb_budget: float | None = None
     flash_kb_budget: float | None = None
 
@@ -286,10 +298,10 @@ class Agreement(Record):
     outputs; None for values), how far their outputs are apart, and the outputs' SNR and cosine."""
 
     top1: float | None
-    disagreeing: int
-    max_logit_error: float
-    mean_logit_error: float
-    logit_range: float
+    disagreeing: Count
+    max_logit_error: Amount
+    mean_logit_error: Amount
+    logit_range: Amount
     snr_db: float | None = None
     cosine: float | None = None
 
@@ -300,7 +312,7 @@ class DivergenceRow(Record):
 
     layer: str
     precision: str
-    op_index: int
+    op_index: Count
     relative_error: float | None
     parts: bool
     note: str | None = None
@@ -313,7 +325,7 @@ class Divergence(Record):
     layer: str | None
     tol: float | None = None
     jump: float | None = None
-    samples: int | None = None
+    samples: Count | None = None
     layers: tuple[DivergenceRow, ...] = ()
     note: str | None = None
 
@@ -330,9 +342,9 @@ class ValidationReport(Record):
     target: str
     data: str
     data_id: str
-    samples: int
+    samples: Count
     device: Json
-    eval_seconds: float
+    eval_seconds: Amount
     latency: MeasuredLatency
     size: SizeCheck
     model: str | None = None
@@ -344,7 +356,7 @@ class ValidationReport(Record):
     scores: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)  # float/simulated/artifact -> metrics
     artifact_top1: float | None = None  # classifiers: top-1 and top-5 on the device
     artifact_top5: float | None = None
-    predictions: tuple[int, ...] = ()
+    predictions: tuple[Count, ...] = ()
     float_top1: float | None = None
     simulated_policy: str | None = None
     simulation: str | None = None
