@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import DataError
+from .schema.results import TASKS  # the schema's: deploy.json and validation.json hold only these
 
-TASKS = ("classify", "dense", "regress", "reconstruct")
 LABELLED = ("classify", "dense")  # tasks whose targets are class ids
 # a headline score this far below the float model's means the data is likely preprocessed unlike training
 LOSS_WARNING = {"top1": 0.10, "miou": 0.10, "snr_db": 10.0}

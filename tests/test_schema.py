@@ -180,6 +180,21 @@ def test_a_deploy_report_reads_its_nested_values_typed():
              ({"input": {**io, "shape": [1, -8]}}, r"input's shape\[1\] must be a finite number of at least 0"),
              ({"latency": {**doc["latency"], "predicted_ms": float("nan")}}, "predicted_ms must be a finite number"),
              ({"weight_bytes": {"predicted": 5, "artifact": -1}}, "artifact must be a finite number of at least 0")]
+    sizes.append(({"task": "evil"}, "deploy report's task must be one of classify, dense, regress, reconstruct"))
     for change, message in sizes:  # a size, a time or a count below 0 is no measurement
         with pytest.raises(ConfigError, match=message):
             DeployResult.from_dict({**doc, **change})
+
+
+def test_deploy_jsons_quantization_settings_are_checked_field_by_field():
+    from edgempq.quant import QuantConfig
+
+    what = "deploy.json's quant_config"
+    bad = [({"percentile": "x"}, "quant_config's percentile must be float, not str 'x'"),
+           ({"fold_bn": "yes"}, "fold_bn must be bool"), ({"weight_params": [1]}, "weight_params must be dict"),
+           ({"act_method": "zz"}, r"quant_config is not valid \(act_method must be one of"),
+           ({"extra": 1}, "quant_config has unknown key.*extra")]
+    for doc, message in bad:
+        with pytest.raises(ConfigError, match=message):
+            QuantConfig.from_dict(doc, what)
+    assert QuantConfig.from_dict({"percentile": 99}, what).percentile == 99  # an integer is a number

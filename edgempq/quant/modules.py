@@ -7,7 +7,7 @@ paths (and weight keys) as the float model."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 import torch
@@ -64,7 +64,16 @@ class QuantConfig:
             extra = sorted(set(d) - known) if isinstance(d, dict) else []
             raise ConfigError(f"{what} has unknown key(s) {', '.join(extra) or '(not an object)'}; they were "
                               "written by another edgempq version: deploy again")
-        return cls(**d)
+        for f in fields(cls):  # each value of its field's type (an int for a float), as to_dict wrote it
+            kind = type(f.default_factory() if f.default is MISSING else f.default)
+            v = d.get(f.name, f.default)
+            if f.name in d and not (type(v) is kind or kind is float and type(v) is int):
+                raise ConfigError(f"{what}'s {f.name} must be {kind.__name__}, not {type(v).__name__} {v!r:.40}; "
+                                  "deploy again")
+        try:
+            return cls(**d)
+        except ConfigError as e:
+            raise ConfigError(f"{what} is not valid ({e}); deploy again") from None
 
 
 class _QuantMixin:

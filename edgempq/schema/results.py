@@ -22,6 +22,8 @@ Json = dict[str, Any]  # a JSON object, checked as one and kept as it is
 NON_NEGATIVE = "non-negative"
 Count = Annotated[int, NON_NEGATIVE]  # bytes, runs, samples, an index: an integer >= 0
 Amount = Annotated[float, NON_NEGATIVE]  # milliseconds, seconds, an error's size: a finite number >= 0
+TASKS = ("classify", "dense", "regress", "reconstruct")  # what a model is for (see edgempq.tasks)
+Task = Annotated[str, TASKS]  # one of them
 SIGNATURE = "document_sha256"  # a signed record's checksum of itself (computed without this key)
 
 
@@ -88,7 +90,7 @@ def _load(v: Any, hint: Any, what: str) -> Any:
         return v
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is Annotated:
-        return _non_negative(_load(v, args[0], what), what)
+        return _restricted(_load(v, args[0], what), args[1], what)
     if origin in (Union, types.UnionType):
         if v is None and type(None) in args:
             return None
@@ -122,9 +124,13 @@ def _scalar(v: Any, hint: type, what: str) -> Any:
     return v
 
 
-def _non_negative(v: int | float, what: str) -> int | float:
-    if not (math.isfinite(v) and v >= 0):
-        raise ConfigError(f"{what} must be a finite number of at least 0, not {v!r}")
+def _restricted(v: Any, allowed: Any, what: str) -> Any:
+    """`v` when it is NON_NEGATIVE as `allowed` says (finite and >= 0), or one of `allowed`."""
+    if allowed == NON_NEGATIVE:
+        if not (math.isfinite(v) and v >= 0):
+            raise ConfigError(f"{what} must be a finite number of at least 0, not {v!r}")
+    elif v not in allowed:
+        raise ConfigError(f"{what} must be one of {', '.join(allowed)}, not {_kind(v)}")
     return v
 
 
@@ -242,7 +248,7 @@ class DeployResult(Record):
     policy: PolicySummary
     layers: tuple[LayerRow, ...]
     weights: str | None = None
-    task: str = "classify"  # see edgempq.tasks
+    task: Task = "classify"
     simulated_top1: float | None = None  # classifiers: the simulation's test top-1
     float_top1: float | None = None  # classifiers: the float model on the same test split
     scores: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)  # float/simulated -> metrics
@@ -352,7 +358,7 @@ class ValidationReport(Record):
     deploy_report: bool = False
     deployed_target: str | None = None
     data_note: str | None = None
-    task: str = "classify"
+    task: Task = "classify"
     scores: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)  # float/simulated/artifact -> metrics
     artifact_top1: float | None = None  # classifiers: top-1 and top-5 on the device
     artifact_top5: float | None = None
