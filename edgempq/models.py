@@ -95,8 +95,23 @@ def _from_zoo(rest: str) -> tuple[nn.Module, tuple[int, ...], int, str | None]:
         else:
             valid = ", ".join(["input_size", *opts])
             raise ModelError(f"zoo model {name!r} has no option {key!r}; its options are: {valid}")
-    module = entry.build(**opts)
-    return module, (opts["in_channels"], size, size), opts["num_classes"], entry.dataset
+    shape = (opts["in_channels"], size, size)
+    parse_shape("x".join(map(str, shape)))  # the sample's size, refused before anything is built
+    _check_fits(name, entry.build, opts)
+    return entry.build(**opts), shape, opts["num_classes"], entry.dataset
+
+
+def _check_fits(name: str, build: Any, opts: dict[str, Any]) -> None:
+    """The zoo model's weights counted on the meta device (nothing allocated) and refused when
+    they need more than half the memory this machine has free (`num_classes=10^9` would be 4 TB)."""
+    import psutil
+
+    with torch.device("meta"):
+        n = sum(p.numel() for p in build(**opts).parameters())
+    free = psutil.virtual_memory().available
+    if 4 * n > free // 2:
+        raise ModelError(f"zoo model {name!r} with these options has {n:,} weights ({4 * n / 2**30:.1f} GiB), more "
+                         f"than half the {free / 2**30:.1f} GiB this machine has free; use smaller options")
 
 
 def _int_opt(name: str, key: str, val: str) -> int:
@@ -105,7 +120,7 @@ def _int_opt(name: str, key: str, val: str) -> int:
     except ValueError:
         v = 0
     if v <= 0:
-        raise ModelError(f"zoo model {name!r} option {key} must be a positive integer, not {val!r}")
+        raise ModelError(f"zoo model {name!r} option {key} must be a positive integer, not {val[:40]!r}")
     return v
 
 
@@ -115,7 +130,7 @@ def _float_opt(name: str, key: str, val: str) -> float:
     except ValueError:
         v = 0.0
     if not 0 < v < float("inf"):
-        raise ModelError(f"zoo model {name!r} option {key} must be a positive number, not {val!r}")
+        raise ModelError(f"zoo model {name!r} option {key} must be a positive number, not {val[:40]!r}")
     return v
 
 
