@@ -63,8 +63,9 @@ def predicted_latency(policy: Policy, table: CostTable | None, target: Target,
         return PredictedLatency.from_dict({**policy_latency(table, policy.precisions, fit),
                                            "points": profile_points(table, fit)},
                                           "the predicted latency")
-    if policy.target == target.name and "latency_ms" in policy.predicted:
-        return PredictedLatency(float(policy.predicted["latency_ms"]), target.name)
+    if policy.target == target.name and "latency_ms" in policy.predicted:  # checked as deploy.json's would be
+        return PredictedLatency.from_dict({"predicted_ms": policy.predicted["latency_ms"], "target": target.name},
+                                          "the policy's predicted latency")
     return None
 
 

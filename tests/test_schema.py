@@ -180,6 +180,7 @@ def test_a_deploy_report_reads_its_nested_values_typed():
              ({"input": {**io, "shape": [1, -8]}}, r"input's shape\[1\] must be a finite number of at least 0"),
              ({"latency": {**doc["latency"], "predicted_ms": float("nan")}}, "predicted_ms must be a finite number"),
              ({"weight_bytes": {"predicted": 5, "artifact": -1}}, "artifact must be a finite number of at least 0")]
+    sizes.append(({"latency": {**doc["latency"], "predicted_ms": 0}}, "predicted_ms must be a finite number above 0"))
     sizes.append(({"task": "evil"}, "deploy report's task must be one of classify, dense, regress, reconstruct"))
     for change, message in sizes:  # a size, a time or a count below 0 is no measurement
         with pytest.raises(ConfigError, match=message):

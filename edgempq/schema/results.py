@@ -21,7 +21,9 @@ from .core import SCHEMA_VERSION, JsonDoc, canonical_sha256
 Json = dict[str, Any]  # a JSON object, checked as one and kept as it is
 NON_NEGATIVE = "non-negative"
 Count = Annotated[int, NON_NEGATIVE]  # bytes, runs, samples, an index: an integer >= 0
-Amount = Annotated[float, NON_NEGATIVE]  # milliseconds, seconds, an error's size: a finite number >= 0
+Amount = Annotated[float, NON_NEGATIVE]  # seconds, an error's size: a finite number >= 0
+POSITIVE = "positive"
+Duration = Annotated[float, POSITIVE]  # a predicted latency: a finite number > 0 (a measured one may round to 0)
 TASKS = ("classify", "dense", "regress", "reconstruct")  # what a model is for (see edgempq.tasks)
 Task = Annotated[str, TASKS]  # one of them
 SIGNATURE = "document_sha256"  # a signed record's checksum of itself (computed without this key)
@@ -125,10 +127,11 @@ def _scalar(v: Any, hint: type, what: str) -> Any:
 
 
 def _restricted(v: Any, allowed: Any, what: str) -> Any:
-    """`v` when it is NON_NEGATIVE as `allowed` says (finite and >= 0), or one of `allowed`."""
-    if allowed == NON_NEGATIVE:
-        if not (math.isfinite(v) and v >= 0):
-            raise ConfigError(f"{what} must be a finite number of at least 0, not {v!r}")
+    """`v` when it is NON_NEGATIVE or POSITIVE as `allowed` says, or one of `allowed`."""
+    if allowed in (NON_NEGATIVE, POSITIVE):
+        if not (math.isfinite(v) and (v > 0 if allowed == POSITIVE else v >= 0)):
+            least = "above 0" if allowed == POSITIVE else "of at least 0"
+            raise ConfigError(f"{what} must be a finite number {least}, not {v!r}")
     elif v not in allowed:
         raise ConfigError(f"{what} must be one of {', '.join(allowed)}, not {_kind(v)}")
     return v
@@ -164,7 +167,7 @@ class LatencyPoint(Record):
     """One whole-model timing against its prediction (a profile's uniform or alternating policy, or an artifact)."""
 
     label: str
-    predicted_ms: Amount
+    predicted_ms: Duration
     measured_ms: Amount
     artifact: bool = False
 
@@ -174,7 +177,7 @@ class PredictedLatency(Record):
     """A policy's latency on `target`: from a profile (per layer, conversions, the ops between
     layers, the profile's own points) or, without one, the total the search recorded in the policy."""
 
-    predicted_ms: Amount
+    predicted_ms: Duration
     target: str
     layers_ms: dict[str, float] | None = None
     conversions_ms: Amount | None = None
@@ -279,7 +282,7 @@ class MeasuredLatency(Record):
     p10_ms: float
     p90_ms: float
     runs: Count
-    predicted_ms: Amount | None = None
+    predicted_ms: Duration | None = None
     error: float | None = None  # (measured - predicted) / predicted
     layers_ms: dict[str, float] | None = None
     points: tuple[LatencyPoint, ...] | None = None
