@@ -39,8 +39,8 @@ def read_npz(path: Path, shape: tuple[int, ...] | None, layout: str | None = Non
         raise DataError(f"data file {path}: x must be N x C x H x W, N x H x W, N x C x L (for a model of input "
                         f"C x L) or N x F, and y N labels or targets; got x {x.shape}, y {y.shape}")
     _check_targets(path, y)
-    if not np.issubdtype(x.dtype, np.number):
-        raise DataError(f"data file {path}: x must be numeric, not {x.dtype}")
+    if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
+        raise DataError(f"data file {path}: x must hold real numbers, not {x.dtype}")
     found = layout or _layout(x, shape, gray_to_rgb, f"data file {path}")
     if len(found) != x.ndim:
         raise DataError(f"data file {path}: layout {found} needs a {len(found)}-D x but x is {x.shape}; "
@@ -90,9 +90,17 @@ def _arrays(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
             raise DataError(f"data file {path} must hold an array 'x' (and 'y', its labels or targets); it has {has}")
         _check_sizes(path, f)
         try:
-            return f["x"], f.get("y", None)
+            x, y = f["x"], f.get("y", None)
         except (OSError, ValueError, zipfile.BadZipFile) as e:
-            raise DataError(f"data file {path} is damaged ({e})") from None
+            raise DataError(f"data file {path} is damaged ({_first_line(e)})") from None
+    for name, a in (("x", x), ("y", y)):
+        if a is not None and not isinstance(a, np.ndarray):  # a member that is no .npy: numpy gives its bytes
+            raise DataError(f"data file {path}: {name} is not a numpy array (write it with numpy.savez)")
+    return x, y
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def _check_sizes(path: Path, f: np.lib.npyio.NpzFile) -> None:
@@ -104,15 +112,14 @@ def _check_sizes(path: Path, f: np.lib.npyio.NpzFile) -> None:
     for name in ("x", "y"):
         if name not in f:
             continue
+        member_name = f"{name}.npy" if f"{name}.npy" in f.zip.namelist() else name  # numpy reads either
         try:
-            with f.zip.open(f"{name}.npy") as member:
+            with f.zip.open(member_name) as member:
                 major, _ = np.lib.format.read_magic(member)
                 read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
                 shape, _, dtype = read(member)
-        except KeyError:  # stored under another member name: numpy reads it as it is
-            continue
-        except (OSError, ValueError, zipfile.BadZipFile) as e:
-            raise DataError(f"data file {path}: array {name} is damaged ({e})") from None
+        except (OSError, ValueError, zipfile.BadZipFile) as e:  # no .npy magic, or a header numpy refuses
+            raise DataError(f"data file {path}: array {name} is not a readable .npy ({_first_line(e)})") from None
         size = math.prod(shape) * dtype.itemsize
         if size > free // 2:
             raise DataError(f"data file {path}: array {name} declares shape {shape} of {dtype}, {size / 2**30:.1f} "

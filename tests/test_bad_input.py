@@ -257,9 +257,20 @@ def test_an_npz_declaring_an_array_past_free_memory_is_refused_before_it_is_read
     buf = io.BytesIO()
     np.lib.format.write_array_header_1_0(buf, header)
     buf.write(bytes(64))
-    path = tmp_path / "bomb.npz"
-    with zipfile.ZipFile(path, "w") as z:
-        z.writestr("x.npy", buf.getvalue())
+    deep = b"{'descr': '<f4', 'fortran_order': False, 'shape': " + b"(" * 10**5 + b")" * 10**5 + b"}"
+    members = {  # the member as numpy finds it: x.npy, or x with a .npy's content
+        "x.npy": (buf.getvalue(), "array x declares shape (1000000, 1, 1000, 1000) of float32, 3725.3 GiB"),
+        "x": (buf.getvalue(), "array x declares shape (1000000, 1, 1000, 1000) of float32, 3725.3 GiB"),
+        "x ": (b"not an array", "array x is not a readable .npy (the magic string is not correct"),
+        "x.npy ": (b"\x93NUMPY\x02\x00" + len(deep).to_bytes(4, "little") + deep,
+                   "array x is not a readable .npy (Header info length (200051) is large")}
+    for name, (data, message) in members.items():
+        path = tmp_path / "bomb.npz"
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr(name.strip(), data)
+        r = CliRunner().invoke(main, ["data", "--data", str(path)])
+        assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
+        assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    np.savez(path, x=np.ones((4, 8), np.complex64), y=np.zeros(4, np.int64))
     r = CliRunner().invoke(main, ["data", "--data", str(path)])
-    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
-    assert "array x declares shape (1000000, 1, 1000, 1000) of float32, 3725.3 GiB" in r.stderr
+    assert r.exit_code == 1 and "x must hold real numbers, not complex64" in r.stderr, r.stderr
