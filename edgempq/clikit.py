@@ -64,6 +64,7 @@ class Group(click.Group):
         from . import stop
 
         try:
+            _join_torchrun()
             return super().invoke(ctx)
         except KeyboardInterrupt as e:
             _interrupted(isinstance(e, Terminated))
@@ -73,7 +74,7 @@ class Group(click.Group):
             if stop.requested() is not None:
                 _interrupted(stop.requested() == signal.SIGTERM)
             if isinstance(e, EdgeMPQError):
-                click.echo(f"error: {e}", err=True)
+                click.echo(f"{_rank_prefix()}error: {e}", err=True)
                 sys.exit(1)
             if isinstance(e, click.UsageError):  # a bad option or value: one sentence, not click's usage block
                 _usage_error(e)
@@ -115,12 +116,36 @@ def _interrupted(terminated: bool) -> NoReturn:
     sys.exit(143 if terminated else 130)
 
 
+def _join_torchrun() -> None:
+    """Under torchrun, join the command's process group; every rank but 0 prints nothing on
+    stdout (its errors still reach stderr, named by rank) and writes no file (`files`)."""
+    import os
+
+    from .distributed import is_main, start, world
+
+    if world().size > 1:
+        start()
+        if not is_main():
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the rest of this process
+
+
+def _rank_prefix() -> str:
+    from .distributed import world
+
+    return f"rank {world().rank}: " if world().size > 1 else ""
+
+
 @contextmanager
 def progress_bar(label: str) -> Iterator[Callable[[int, int, float | str], None]]:
     """A rich progress bar with ETA driven by (done, total, info) callbacks; a float info is a
     training loss."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from .distributed import is_main
+
+    if not is_main():  # under torchrun rank 0 shows the progress of its share
+        yield lambda i, total, info: None
+        return
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=True) as bar:
         task = bar.add_task(label, total=None, info="")

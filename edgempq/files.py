@@ -17,8 +17,12 @@ from .errors import ConfigError
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write `data` to `path` via a temporary file in the same folder and a rename, so a reader
     never sees a half-written file and an interrupted write leaves the old file intact."""
+    from .distributed import is_main
+
     path = Path(path)
     refuse_special(path)
+    if not is_main():  # under torchrun rank 0 writes; the other ranks hold the same result
+        return path
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -190,6 +194,12 @@ def staged(folder: Path, owned: Iterable[str], anchor: str) -> Iterator[Path]:
     plots) go, as the anchor did. A folder this created and that stays empty is removed."""
     import shutil
 
+    from .distributed import is_main
+
+    if not is_main():  # under torchrun rank 0 writes the folder; the others build aside and drop it
+        with tempfile.TemporaryDirectory() as aside:
+            yield Path(aside)
+        return
     created = not folder.exists()
     try:
         folder.mkdir(parents=True, exist_ok=True)

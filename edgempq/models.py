@@ -98,7 +98,10 @@ def _from_zoo(rest: str) -> tuple[nn.Module, tuple[int, ...], int, str | None]:
     shape = (opts["in_channels"], size, size)
     parse_shape("x".join(map(str, shape)))  # the sample's size, refused before anything is built
     _check_fits(name, entry.build, opts)
-    return entry.build(**opts), shape, opts["num_classes"], entry.dataset
+    with torch.random.fork_rng(devices=[]):  # the same initial weights in every run and every torchrun rank
+        torch.manual_seed(0)
+        module = entry.build(**opts)
+    return module, shape, opts["num_classes"], entry.dataset
 
 
 def _check_fits(name: str, build: Any, opts: dict[str, Any]) -> None:

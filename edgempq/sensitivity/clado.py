@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..distributed import gather_items, map_shared, share_groups
 from ..errors import ConfigError
 from ..progress import Progress
 from ..quant import DEFAULT_WEIGHTS, QuantConfig, apply, quantize
@@ -47,14 +48,29 @@ def clado_matrix(items: list[tuple[Hashable, Hashable]], loss_change: Callable[[
     """G over `items` = (layer, choice): `loss_change(items)` is ΔL with exactly those items
     applied (one, or two of different layers)."""
     n = len(items)
-    single = np.array([loss_change((it,)) for it in items], dtype=np.float64)
+    single = np.array(map_shared(items, lambda it: loss_change((it,))), dtype=np.float64)
     g = np.diag(2.0 * single)
     pairs = [(i, j) for i, j in itertools.combinations(range(n), 2) if items[i][0] != items[j][0]]
-    for k, (i, j) in enumerate(pairs):
+    firsts = _first_items(pairs)
+    mine = [k for k in range(len(pairs)) if pairs[k][0] in firsts]
+    measured = {}
+    for done, k in enumerate(mine):
         if on_pair:
-            on_pair(k, len(pairs))
-        g[i, j] = g[j, i] = loss_change((items[i], items[j])) - single[i] - single[j]
+            on_pair(done, len(mine))
+        i, j = pairs[k]
+        measured[k] = loss_change((items[i], items[j]))
+    for (i, j), changed in zip(pairs, gather_items(len(pairs), measured), strict=True):
+        g[i, j] = g[j, i] = changed - single[i] - single[j]
     return g
+
+
+def _first_items(pairs: list[tuple[int, int]]) -> set[int]:
+    """The first items whose pairs this rank measures under torchrun: whole groups, since a
+    group reuses its first item's run."""
+    sizes: dict[int, int] = {}
+    for i, _ in pairs:
+        sizes[i] = sizes.get(i, 0) + 1
+    return share_groups(sizes)
 
 
 def solver_terms(items: list[tuple], g: np.ndarray) -> tuple[dict, dict]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ..distributed import gather_items, ranks, share
 from ..errors import ConfigError
 from ..metrics import target_loss
 from ..progress import Progress
@@ -28,22 +29,34 @@ from .noise import relative_noise
 def hutchinson_traces(loss_fn: Callable[[], Tensor], params: list[Tensor], probes: int, tol: float,
                       generator: torch.Generator, on_probe: Callable[[int], None] | None = None) -> list[float]:
     """Tr of the Hessian block of each parameter tensor: the mean of vᵀHv over Rademacher
-    probes, stopping early once the total changes by less than `tol` (relative)."""
+    probes, stopping early once the total changes by less than `tol` (relative).
+
+    Under torchrun the probes go round the ranks: every rank draws each probe from `generator`
+    in turn (so the draws are one process's) and computes its own, the products are gathered and
+    the stop is checked probe by probe, so the result and the generator's state after it are
+    those of one process."""
     loss = loss_fn()
     grads = torch.autograd.grad(loss, params, create_graph=True)
     sums = [0.0] * len(params)
     last = None
-    for k in range(probes):
-        vs = [torch.randint(0, 2, p.shape, generator=generator).to(p.dtype) * 2 - 1 for p in params]
-        hvs = torch.autograd.grad(grads, params, grad_outputs=vs, retain_graph=True)
-        for i, (v, hv) in enumerate(zip(vs, hvs, strict=True)):
-            sums[i] += float((v * hv).sum())
-        total = sum(sums) / (k + 1)
-        if on_probe:
-            on_probe(k)
-        if last is not None and k >= 2 and abs(total - last) <= tol * (abs(last) + 1e-12):
-            return [s / (k + 1) for s in sums]
-        last = total
+    for first in range(0, probes, ranks()):
+        block = range(first, min(first + ranks(), probes))
+        states, mine = [], {}
+        for i in range(len(block)):
+            vs = [torch.randint(0, 2, p.shape, generator=generator).to(p.dtype) * 2 - 1 for p in params]
+            states.append(generator.get_state())
+            if i in share(len(block)):
+                hvs = torch.autograd.grad(grads, params, grad_outputs=vs, retain_graph=True)
+                mine[i] = [float((v * hv).sum()) for v, hv in zip(vs, hvs, strict=True)]
+        for i, (k, products) in enumerate(zip(block, gather_items(len(block), mine), strict=True)):
+            sums = [s + v for s, v in zip(sums, products, strict=True)]
+            total = sum(sums) / (k + 1)
+            if on_probe:
+                on_probe(k)
+            if last is not None and k >= 2 and abs(total - last) <= tol * (abs(last) + 1e-12):
+                generator.set_state(states[i])  # as if the later probes of the block were never drawn
+                return [s / (k + 1) for s in sums]
+            last = total
     return [s / probes for s in sums]
 
 

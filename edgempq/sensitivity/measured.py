@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 from torch import nn
 
+from ..distributed import gather_items, share
 from ..errors import ConfigError
 from ..metrics import target_loss
 from ..progress import Progress
@@ -130,14 +131,17 @@ class Measured(Method):
                 reference = torch.cat([ref_model(x[i:i + p.batch_size]) for i in range(0, len(x), p.batch_size)])
         base = mean_loss(ref_model, x, y, p.batch_size, reference)
         jobs = [(la, prec) for la in searchable(layers, precisions) for prec in precisions[la.name]]
-        penalties, raw = {}, {}
-        for i, (la, prec) in enumerate(jobs):
+        mine = {}  # under torchrun, this rank's share of the (layer, precision) runs
+        todo = share(len(jobs))
+        for k, i in enumerate(todo):
+            la, prec = jobs[i]
             if on_step:
-                on_step(i, len(jobs), f"{la.name} {prec}")
+                on_step(k, len(todo), f"{la.name} {prec}")
             q, _ = quantize(model, Policy({la.name: prec}), x.numpy(), cfg)
-            loss = mean_loss(q, x, y, p.batch_size, reference)
-            penalties[(la.name, str(prec))] = loss - base
-            raw[f"{la.name} {prec}"] = loss
+            mine[i] = mean_loss(q, x, y, p.batch_size, reference)
         if on_step:
-            on_step(len(jobs), len(jobs), "done")
+            on_step(len(todo), len(todo), "done")
+        losses = gather_items(len(jobs), mine)
+        penalties = {(la.name, str(prec)): loss - base for (la, prec), loss in zip(jobs, losses, strict=True)}
+        raw = {f"{la.name} {prec}": loss for (la, prec), loss in zip(jobs, losses, strict=True)}
         return Sensitivity(self.name, penalties, info={"float_loss": base, "loss": raw})

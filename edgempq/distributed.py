@@ -1,0 +1,132 @@
+"""Running under torchrun: which process this is, and the few collective steps the heavy stages
+need to split their work and agree on one result.
+
+`torchrun --nproc_per_node=N edgempq ...` (or `python -m torch.distributed.run`) starts N copies
+of the command with RANK, WORLD_SIZE and LOCAL_RANK set; `start` joins them into one process
+group (gloo on CPU, nccl when the processes use CUDA). A stage splits independent work with
+`share` (each rank takes every N-th item) and puts the pieces together with `gather`, so every
+rank ends with the same result, equal to one process's. Only rank 0 prints and writes files
+(`is_main`). Without torchrun every function is the one-process identity: nothing to import,
+nothing to wait for."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from .errors import ConfigError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the command's processes."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+
+def world() -> World:
+    """The world torchrun describes in the environment (one process without it)."""
+    try:
+        return World(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+                     int(os.environ.get("LOCAL_RANK", 0)))
+    except ValueError:
+        raise ConfigError("RANK, WORLD_SIZE and LOCAL_RANK must be integers (torchrun sets them); "
+                          "unset them to run one process") from None
+
+
+def is_main() -> bool:
+    """Whether this process prints and writes: rank 0, or the only process."""
+    return world().rank == 0
+
+
+def device() -> str:
+    """Where this process computes: EDGEMPQ_DEVICE (cpu, cuda, cuda:N), else its local GPU
+    under torchrun when there is one, else the CPU."""
+    import torch
+
+    chosen = os.environ.get("EDGEMPQ_DEVICE")
+    if chosen:
+        if chosen.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"EDGEMPQ_DEVICE={chosen} but this machine has no CUDA device; set it to cpu")
+        return chosen
+    return f"cuda:{world().local_rank}" if torch.cuda.is_available() and world().size > 1 else "cpu"
+
+
+def start() -> World:
+    """Join torchrun's process group once (gloo on CPU, nccl on CUDA); a no-op for one process."""
+    w = world()
+    if w.size <= 1:
+        return w
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        import atexit
+
+        backend = "nccl" if device().startswith("cuda") else "gloo"
+        dist.init_process_group(backend)
+        atexit.register(dist.destroy_process_group)
+    return w
+
+
+def active() -> bool:
+    """Whether several processes share this command's work now."""
+    if world().size <= 1:
+        return False
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+def ranks() -> int:
+    """How many processes share the work now (1 without torchrun)."""
+    return world().size if active() else 1
+
+
+def share(n: int) -> range:
+    """The indices of `n` independent items this rank takes: every size-th from its rank."""
+    return range(world().rank if active() else 0, n, ranks())
+
+
+def gather(mine: T) -> list[T]:
+    """Every rank's `mine`, in rank order, on every rank (picklable values)."""
+    if not active():
+        return [mine]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * world().size
+    dist.all_gather_object(out, mine)
+    return out
+
+
+def gather_items(n: int, mine: dict[int, T]) -> list[T]:
+    """The `n` items split by `share`, each rank's `mine` (index -> value), back in index order."""
+    merged: dict[int, T] = {}
+    for part in gather(mine):
+        merged.update(part)
+    missing = sorted(set(range(n)) - set(merged))
+    if missing:
+        raise RuntimeError(f"items {missing[:5]} were computed by no rank")  # a bug, not a user's error
+    return [merged[i] for i in range(n)]
+
+
+def map_shared(items: Sequence[Any], fn: Any) -> list[Any]:
+    """`fn(item)` for every item, split over the ranks and gathered in order."""
+    return gather_items(len(items), {i: fn(items[i]) for i in share(len(items))})
+
+
+def share_groups(sizes: dict[Any, int]) -> set[Any]:
+    """The groups of work (key -> its number of items) this rank takes whole: the largest first,
+    each to the rank with the fewest items so far, the same choice on every rank."""
+    load, mine, rank = [0] * ranks(), set(), world().rank if active() else 0
+    for key in sorted(sizes, key=lambda k: (-sizes[k], str(k))):
+        r = min(range(len(load)), key=lambda r: (load[r], r))
+        load[r] += sizes[key]
+        if r == rank:
+            mine.add(key)
+    return mine

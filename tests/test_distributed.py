@@ -1,0 +1,67 @@
+"""The heavy sensitivity stages under torchrun with real processes (gloo on this CPU): the work
+is split over the ranks and gathered, and the file rank 0 writes is byte for byte the one a
+single process writes; the other ranks print and write nothing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+MODEL = ["--model", "zoo:mnist_cnn?input_size=8", "--data", "digits", "--precisions", "w4a8,w8a8"]
+METHODS = {"measured": ["samples=48"], "clado": ["samples=48"],
+           # probes in rounds of two, stopping early inside a round, over two batches: the draws and
+           # the stop must still be one process's
+           "hawq": ["probes=9", "tol=0.02", "batches=2", "batch_size=16"]}
+
+
+def _run(tmp: Path, procs: int, method: str) -> tuple[bytes, subprocess.CompletedProcess]:
+    out = tmp / f"{method}-{procs}.json"
+    args = [str(BIN / "edgempq"), "sensitivity", "--method", method, *MODEL, "-o", str(out)]
+    for p in METHODS[method]:
+        args += ["--param", p]
+    if procs > 1:
+        args = [str(BIN / "torchrun"), f"--nproc_per_node={procs}", "--standalone", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # torchrun's default: one thread a rank, here for both
+    env.pop("RANK", None)
+    env.pop("WORLD_SIZE", None)
+    r = subprocess.run(args, capture_output=True, text=True, env=env, cwd=tmp, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out.read_bytes(), r
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_two_processes_give_one_process_result(tmp_path, method):
+    one, _ = _run(tmp_path, 1, method)
+    two, r = _run(tmp_path, 2, method)
+    assert two == one
+    assert r.stdout.count("wrote ") == 1  # rank 1 printed nothing
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{method}-1.json", f"{method}-2.json"]
+
+
+def test_one_process_needs_no_process_group():
+    from edgempq import distributed as d
+
+    assert d.world() == d.World() and not d.active() and d.ranks() == 1
+    assert list(d.share(5)) == [0, 1, 2, 3, 4] and d.gather_items(2, {0: "a", 1: "b"}) == ["a", "b"]
+    assert d.share_groups({3: 4, 1: 9}) == {1, 3} and d.map_shared([1, 2, 3], lambda v: v * v) == [1, 4, 9]
+
+
+def test_a_bad_torchrun_environment_is_one_sentence(monkeypatch):
+    from edgempq import distributed as d
+    from edgempq.errors import ConfigError
+
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(ConfigError, match="RANK, WORLD_SIZE and LOCAL_RANK must be integers"):
+        d.world()
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("EDGEMPQ_DEVICE", "cuda:0")
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="this machine has no CUDA device; set it to cpu"):
+            d.device()
