@@ -51,7 +51,8 @@ def check_output(path: str | Path, folder: bool = False) -> Path:
     path = Path(path)
     try:
         if folder and path.exists() and not path.is_dir():
-            raise ConfigError(f"output folder {path} is a file; choose a folder")
+            kind = "a file" if path.is_file() else "not a folder (a FIFO, device or socket)"
+            raise ConfigError(f"output folder {path} is {kind}; choose a folder")
         if not folder and path.is_dir():
             raise ConfigError(f"cannot write {path} (it is a folder); choose a file name")
         refuse_special(path)
@@ -140,16 +141,29 @@ def _hostile(e: BaseException) -> str:
     return "an integer of more than 4300 digits" if "digits" in str(e) else str(e)
 
 
+def missing(path: Path) -> str:
+    """Why `path`, which is no regular file, cannot be read as one: what follows its name."""
+    try:
+        there = path.exists()
+    except OSError:
+        there = False
+    if not there:
+        return "does not exist; check the path"
+    return "is not a regular file (a FIFO, device or socket); give the path of a file"
+
+
 def _read_text(path: str | Path, what: str) -> str:
     p = Path(path)
     if p.is_dir():
         raise ConfigError(f"{what} file {p} is a directory; give the path of the file")
     if not p.is_file():
-        raise ConfigError(f"{what} file {p} does not exist; check the path")
+        raise ConfigError(f"{what} file {p} {missing(p)}")
     try:
         return p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{what} file {p} cannot be read ({e}); check its permissions") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} file {p} is not UTF-8 text; save it as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"{what} file {p} cannot be read ({e.strerror}); check its permissions") from None
 
 
 @contextlib.contextmanager

@@ -50,12 +50,13 @@ def parse_shape(text: str) -> tuple[int, ...]:
     except ValueError:
         dims = ()
     if not dims or any(d <= 0 for d in dims):
-        raise ModelError(f"input shape {text!r} is not valid; write it as CxHxW, e.g. 3x224x224")
+        raise ModelError(f"input shape {text[:40]!r} is not valid; write it as CxHxW, e.g. 3x224x224")
     values = math.prod(dims)
     if values > MAX_SAMPLE_VALUES:
-        raise ModelError(f"input shape {text!r} is {values:,} values a sample ({values * 4 / 2**30:.1f} GiB as "
-                         f"float32), past the {MAX_SAMPLE_VALUES:,} edgempq allocates (3x4096x4096 fits); "
-                         "check the shape")
+        size = (f"{values:,} values a sample ({values * 4 / 2**30:.1f} GiB as float32)" if values < 10**15
+                else "more than 10^15 values a sample")
+        raise ModelError(f"input shape {text[:40]!r} is {size}, past the {MAX_SAMPLE_VALUES:,} edgempq allocates "
+                         "(3x4096x4096 fits); check the shape")
     return dims
 
 
@@ -206,7 +207,9 @@ def _load_weights(module: nn.Module, path: Path) -> None:
     if path.exists() and not path.is_file():
         raise ModelError(f"weights file {path} is not a file (a folder?); give the state_dict file")
     if not path.is_file():
-        raise ModelError(f"weights file {path} does not exist; check the path")
+        from .files import missing
+
+        raise ModelError(f"weights file {path} {missing(path)}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except OSError as e:

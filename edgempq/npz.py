@@ -73,7 +73,9 @@ def _check_targets(path: Path, y: np.ndarray) -> None:
 
 def _arrays(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     if not path.is_file():
-        raise DataError(f"data file {path} does not exist; check the path")
+        from .files import missing
+
+        raise DataError(f"data file {path} {missing(path)}")
     try:
         f = np.load(path, allow_pickle=False)
     except PermissionError as e:

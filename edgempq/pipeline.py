@@ -210,7 +210,9 @@ def open_artifact(path: str | Path) -> Artifact:
     p = Path(path)
     tfl = p / "model.tflite" if p.is_dir() else p
     if not tfl.is_file():
-        where = f"deploy folder {p} has no model.tflite" if p.is_dir() else f"artifact {p} does not exist"
+        from .files import missing
+
+        where = f"deploy folder {p} has no model.tflite" if p.is_dir() else f"artifact {p} {missing(p).split(';')[0]}"
         raise ConfigError(f"{where}; give a folder written by `edgempq deploy` or a .tflite file")
     data = tfl.read_bytes()
     if data[4:8] != b"TFL3":
@@ -250,7 +252,10 @@ def _resolve(art: Artifact, opts: ValidateOptions) -> dict[str, Any]:
         raise ConfigError(f"{art.no_report}, so comparing with a simulation needs the model: give --model "
                           "(and --weights)")
     if opts.weights and not Path(opts.weights).is_file():
-        raise ConfigError(f"weights file {opts.weights} does not exist; give the state_dict the model was trained to")
+        from .files import missing
+
+        why = "is a directory" if Path(opts.weights).is_dir() else missing(Path(opts.weights)).split(";")[0]
+        raise ConfigError(f"weights file {opts.weights} {why}; give the state_dict the model was trained to")
     weights = opts.weights or (dep.weights if dep else None)
     if weights and not Path(weights).is_file():
         raise ConfigError(f"the weights {weights} the artifact was deployed with are gone; give them with --weights")
@@ -277,17 +282,31 @@ def _check_runs_no_code(art: Artifact, spec: str, trust: bool) -> None:
 def _policy(art: Artifact, policy_path: str | Path | None) -> tuple[Policy | None, Path | None, Policy | None]:
     """(the policy to simulate, the saved simulation state when that policy is deploy's own,
     the policy the artifact was deployed with)."""
-    own = art.path.parent / "policy.json"
-    deployed = Policy.load(own) if art.deploy and own.is_file() else None
+    own = _deployed_file(art, "policy.json")
+    deployed = Policy.load(own) if own else None
     if policy_path:
         policy = Policy.load(policy_path)
         if deployed is None or policy.precisions != deployed.precisions:
             return policy, None, deployed
     else:
         policy = deployed
-    state_path = art.path.parent / "simulation.pt"
-    found = policy is not None and art.deploy is not None and state_path.is_file()
-    return policy, (state_path if found else None), deployed
+    state_path = _deployed_file(art, "simulation.pt") if policy is not None else None
+    return policy, state_path, deployed
+
+
+def _deployed_file(art: Artifact, name: str) -> Path | None:
+    """The file `name` deploy wrote beside the artifact, when deploy.json describes the folder
+    and the file is there; it must be as deploy wrote it (deploy.json holds its sha256), since
+    validate compares the artifact against it."""
+    path = art.path.parent / name
+    if art.deploy is None or not path.is_file():
+        return None
+    want = art.deploy.sha256.get(name)
+    if want != hashlib.sha256(path.read_bytes()).hexdigest():
+        change = "was changed after deploy" if want else "has no checksum in deploy.json (an older edgempq wrote it)"
+        raise ConfigError(f"{path} {change}; deploy again, or give the policy to compare with by --policy from "
+                          "outside the folder")
+    return path
 
 
 def _model_and_data(inputs: dict[str, Any], art: Artifact) -> tuple[LoadedModel | None, Dataset]:

@@ -274,3 +274,23 @@ def test_an_npz_declaring_an_array_past_free_memory_is_refused_before_it_is_read
     np.savez(path, x=np.ones((4, 8), np.complex64), y=np.zeros(4, np.int64))
     r = CliRunner().invoke(main, ["data", "--data", str(path)])
     assert r.exit_code == 1 and "x must hold real numbers, not complex64" in r.stderr, r.stderr
+
+
+def test_inputs_that_are_no_regular_file_or_no_utf8_are_named_as_such(tmp_path):
+    import os
+
+    from edgempq.errors import ConfigError
+    from edgempq.targets import load_target
+
+    os.mkfifo(tmp_path / "in.toml")
+    os.mkfifo(tmp_path / "in.npz")
+    with pytest.raises(ConfigError, match="is not a regular file .a FIFO, device or socket.; give the path of a file"):
+        load_target(str(tmp_path / "in.toml"))
+    r = CliRunner().invoke(main, ["data", "--data", str(tmp_path / "in.npz")])
+    assert r.exit_code == 1 and "is not a regular file (a FIFO, device or socket)" in r.stderr, r.stderr
+    binary = tmp_path / "bin.toml"
+    binary.write_bytes(b"\xff\xfe name = 1")
+    with pytest.raises(ConfigError, match="is not UTF-8 text; save it as UTF-8"):
+        load_target(str(binary))
+    r = CliRunner().invoke(main, ["data", "--data", "digits", "--input-shape", "1x" + "9" * 4000 + "x1"])
+    assert r.exit_code == 1 and "is more than 10^15 values a sample" in r.stderr and len(r.stderr) < 300, r.stderr

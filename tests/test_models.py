@@ -88,11 +88,14 @@ def test_weights_round_trip_and_wrapped_checkpoint(tmp_path):
         assert b.model_hash == a.model_hash
 
 
-def test_model_hash_changes_with_weights():
-    torch.manual_seed(0)
+def test_model_hash_changes_with_weights(tmp_path):
+    torch.manual_seed(1)  # a zoo model without weights is initialised alike in every run (torchrun's ranks)
     a = load_model("zoo:mnist_resnet8")
-    torch.manual_seed(1)
-    assert load_model("zoo:mnist_resnet8").model_hash != a.model_hash
+    assert load_model("zoo:mnist_resnet8").model_hash == a.model_hash
+    state = a.module.state_dict()
+    state["fc.weight"] = state["fc.weight"] + 1
+    torch.save(state, tmp_path / "w.pt")
+    assert load_model("zoo:mnist_resnet8", tmp_path / "w.pt").model_hash != a.model_hash
 
 
 def test_pickled_module_is_refused_as_unsafe(tmp_path):

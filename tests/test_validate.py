@@ -385,3 +385,24 @@ def test_deploys_next_step_names_the_target_as_the_user_did_and_quotes_it(built,
 
     show.deployed(open_artifact(built["good"]).deploy, "my build", "my pi.toml")
     assert "`edgempq validate 'my build' --device 'my pi.toml'`" in capsys.readouterr().out
+
+
+def test_a_policy_or_simulation_changed_in_the_folder_is_refused_by_name(built, tmp_path):
+    """validate compares the artifact with the policy and simulation deploy saved beside it: each
+    must be as deploy wrote it (deploy.json holds their sha256), not silently another."""
+    import shutil
+
+    from edgempq.pipeline import ValidateOptions, validate
+
+    for name, edit in (("policy.json", lambda t: t.replace("w8a8", "w4a8", 1)), ("simulation.pt", lambda t: t)):
+        copy = tmp_path / name
+        shutil.copytree(built["good"], copy)
+        path = copy / name
+        before = {f.name: f.read_bytes() for f in copy.iterdir() if f.name != name}
+        if name == "policy.json":
+            path.write_text(edit(path.read_text()))
+        else:
+            path.write_bytes(path.read_bytes() + b"\0")
+        with pytest.raises(ConfigError, match=f"{path} was changed after deploy; deploy again, or give the policy"):
+            validate(copy, "host", ValidateOptions(samples=16, runs=1))
+        assert {f.name: f.read_bytes() for f in copy.iterdir() if f.name != name} == before  # nothing written

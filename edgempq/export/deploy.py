@@ -277,12 +277,14 @@ def write(dep: Deployment, folder: Path) -> DeployResult:
     from ..files import atomic_write_bytes, atomic_write_text, write_json
 
     art = dep.artifact
-    result = dataclasses.replace(dep.result, sha256={"model.tflite": hashlib.sha256(art.tflite).hexdigest(),
-                                                     "simulation.pt": hashlib.sha256(dep.simulation).hexdigest()})
+    policy = dep.policy.to_json().encode()
+    files = {"model.tflite": art.tflite, "simulation.pt": dep.simulation, "policy.json": policy}
+    sums = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
+    result = dataclasses.replace(dep.result, sha256=sums)
     atomic_write_bytes(folder / "model.tflite", art.tflite)
     recipe = [{"regex": r.regex, "op": r.op, "precision": str(r.precision), "layer": r.label} for r in art.rules]
     write_json(folder / "recipe.json", {"rules": recipe})
-    dep.policy.save(folder / "policy.json")
+    atomic_write_bytes(folder / "policy.json", policy)
     atomic_write_bytes(folder / "simulation.pt", dep.simulation)
     for name, text in art.files.items():
         atomic_write_text(folder / name, text)
