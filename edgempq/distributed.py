@@ -41,8 +41,10 @@ def world() -> World:
 
 
 def is_main() -> bool:
-    """Whether this process prints and writes: rank 0, or the only process."""
-    return world().rank == 0
+    """Whether this process prints and writes: rank 0, or the only process (a stray RANK without
+    WORLD_SIZE must not silence a lone run)."""
+    w = world()
+    return w.rank == 0 or w.size <= 1
 
 
 def device() -> str:

@@ -55,6 +55,8 @@ def test_a_bad_torchrun_environment_is_one_sentence(monkeypatch):
     from edgempq import distributed as d
     from edgempq.errors import ConfigError
 
+    monkeypatch.setenv("RANK", "1")
+    assert d.is_main()  # a stray RANK alone: still the only process, which writes
     monkeypatch.setenv("WORLD_SIZE", "two")
     with pytest.raises(ConfigError, match="RANK, WORLD_SIZE and LOCAL_RANK must be integers"):
         d.world()
