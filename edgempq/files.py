@@ -142,14 +142,21 @@ def _hostile(e: BaseException) -> str:
 
 
 def missing(path: Path) -> str:
-    """Why `path`, which is no regular file, cannot be read as one: what follows its name."""
+    """Why `path`, which is no regular file, cannot be read as one, and what to do: what follows
+    its name in a message (`not_found` is the first half, for callers with their own advice)."""
+    why = not_found(path)
+    return f"{why}; " + ("check the path" if why == "does not exist" else "give the path of a file")
+
+
+def not_found(path: Path) -> str:
+    """'does not exist', or what `path` is instead of a regular file."""
     try:
         there = path.exists()
     except OSError:
         there = False
     if not there:
-        return "does not exist; check the path"
-    return "is not a regular file (a FIFO, device or socket); give the path of a file"
+        return "does not exist"
+    return "is a directory" if path.is_dir() else "is not a regular file (a FIFO, device or socket)"
 
 
 def _read_text(path: str | Path, what: str) -> str:

@@ -210,9 +210,9 @@ def open_artifact(path: str | Path) -> Artifact:
     p = Path(path)
     tfl = p / "model.tflite" if p.is_dir() else p
     if not tfl.is_file():
-        from .files import missing
+        from .files import not_found
 
-        where = f"deploy folder {p} has no model.tflite" if p.is_dir() else f"artifact {p} {missing(p).split(';')[0]}"
+        where = f"deploy folder {p} has no model.tflite" if p.is_dir() else f"artifact {p} {not_found(p)}"
         raise ConfigError(f"{where}; give a folder written by `edgempq deploy` or a .tflite file")
     data = tfl.read_bytes()
     if data[4:8] != b"TFL3":
@@ -252,10 +252,10 @@ def _resolve(art: Artifact, opts: ValidateOptions) -> dict[str, Any]:
         raise ConfigError(f"{art.no_report}, so comparing with a simulation needs the model: give --model "
                           "(and --weights)")
     if opts.weights and not Path(opts.weights).is_file():
-        from .files import missing
+        from .files import not_found
 
-        why = "is a directory" if Path(opts.weights).is_dir() else missing(Path(opts.weights)).split(";")[0]
-        raise ConfigError(f"weights file {opts.weights} {why}; give the state_dict the model was trained to")
+        raise ConfigError(f"weights file {opts.weights} {not_found(Path(opts.weights))}; give the state_dict the "
+                          "model was trained to")
     weights = opts.weights or (dep.weights if dep else None)
     if weights and not Path(weights).is_file():
         raise ConfigError(f"the weights {weights} the artifact was deployed with are gone; give them with --weights")
