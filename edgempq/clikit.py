@@ -64,8 +64,15 @@ class Group(click.Group):
         from . import stop
 
         try:
+            from .distributed import Standby, finish
+
             _join_torchrun()
-            return super().invoke(ctx)
+            try:
+                result = super().invoke(ctx)
+            except Standby:
+                result = None
+            finish()
+            return result
         except KeyboardInterrupt as e:
             _interrupted(isinstance(e, Terminated))
         except Exception as e:
@@ -139,24 +146,30 @@ def _rank_prefix() -> str:
 def progress_bar(label: str) -> Iterator[Callable[[int, int, float | str], None]]:
     """A rich progress bar with ETA driven by (done, total, info) callbacks; a float info is a
     training loss."""
+    with progress_bars([label]) as steps:
+        yield steps[0]
+
+
+@contextmanager
+def progress_bars(labels: list[str]) -> Iterator[list[Callable[[int, int, float | str], None]]]:
+    """One progress bar per label (the devices of a farm), each driven by its own callback."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from .distributed import is_main
 
     if not is_main():  # under torchrun rank 0 shows the progress of its share
-        yield lambda i, total, info: None
+        yield [lambda i, total, info: None for _ in labels]
         return
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=True) as bar:
-        task = bar.add_task(label, total=None, info="")
 
-        def step(i: int, total: int, info: float | str) -> None:
-            text = f"loss {info:.3f}" if isinstance(info, float) else info
-            bar.update(task, completed=i, total=total, info=text)
+        def stepper(task: Any) -> Callable[[int, int, float | str], None]:
+            def step(i: int, total: int, info: float | str) -> None:
+                text = f"loss {info:.3f}" if isinstance(info, float) else info
+                bar.update(task, completed=i, total=total, info=text)
+            return step
 
-        yield step
-
-
+        yield [stepper(bar.add_task(label, total=None, info="")) for label in labels]
 
 
 @dataclass(frozen=True)

@@ -71,9 +71,43 @@ def start() -> World:
         import atexit
 
         backend = "nccl" if device().startswith("cuda") else "gloo"
-        dist.init_process_group(backend)
-        atexit.register(dist.destroy_process_group)
+        from datetime import timedelta
+
+        # a rank standing by waits at the final barrier while rank 0 converts and times the
+        # artifact, which can take long; a rank that fails ends the whole group through torchrun
+        dist.init_process_group(backend, timeout=timedelta(hours=6))
+        atexit.register(_leave)
     return w
+
+
+class Standby(Exception):  # noqa: N818 - not an error: this rank's part of the command is done
+    """Raised on a rank whose share of the command is done while rank 0 finishes it alone (the
+    artifact after deploy's data-parallel QAT); the command exits 0 on that rank once rank 0 is
+    done."""
+
+
+def stand_by() -> None:
+    """From here rank 0 goes on alone: every other rank waits for the end of the command (so
+    that what rank 0 times runs on an otherwise quiet machine)."""
+    if active() and not is_main():
+        raise Standby
+
+
+def finish() -> None:
+    """After a command that succeeded on this rank: wait for the other ranks, then leave the
+    group (gloo's threads abort the process now and then when a peer leaves first)."""
+    if active():
+        import torch.distributed as dist
+
+        dist.barrier()
+        _leave()
+
+
+def _leave() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def active() -> bool:
@@ -123,12 +157,16 @@ def map_shared(items: Sequence[Any], fn: Any) -> list[Any]:
 
 
 def share_groups(sizes: dict[Any, int]) -> set[Any]:
-    """The groups of work (key -> its number of items) this rank takes whole: the largest first,
-    each to the rank with the fewest items so far, the same choice on every rank."""
-    load, mine, rank = [0] * ranks(), set(), world().rank if active() else 0
+    """The groups of work (key -> its number of items) this rank takes whole (see `balance`)."""
+    return balance(sizes, ranks())[world().rank if active() else 0]
+
+
+def balance(sizes: dict[Any, float], parts: int) -> list[set[Any]]:
+    """Groups of work (key -> its size) dealt whole into `parts` shares: the largest first, each
+    to the share with the least work so far; the same deal wherever it is computed."""
+    load, shares = [0.0] * parts, [set() for _ in range(parts)]
     for key in sorted(sizes, key=lambda k: (-sizes[k], str(k))):
-        r = min(range(len(load)), key=lambda r: (load[r], r))
+        r = min(range(parts), key=lambda r: (load[r], r))
         load[r] += sizes[key]
-        if r == rank:
-            mine.add(key)
-    return mine
+        shares[r].add(key)
+    return shares

@@ -99,35 +99,52 @@ def fit(
 
 def _fit(model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: TrainConfig,
          val: tuple[np.ndarray, np.ndarray] | None, on_step: Progress | None) -> TrainResult:
-    gen = torch.Generator().manual_seed(cfg.seed)
+    from . import data_parallel
+
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(
             params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
     else:
         opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = (len(x) + cfg.batch_size - 1) // cfg.batch_size
-    total = steps_per_epoch * cfg.epochs
+    total = (len(x) + cfg.batch_size - 1) // cfg.batch_size * cfg.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: warmup_cosine(i, total))
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    loss_of, shift = task_loss(cfg.task), cfg.augment_shift if cfg.task in ("classify", "reconstruct") else 0
-    t0, loss_val, step = time.perf_counter(), float("nan"), 0
+    t0 = time.perf_counter()
     model.train()
+    with data_parallel.synced_batchnorm(model):
+        loss_val = _epochs(data_parallel.wrap(model), (x, y), cfg, (opt, sched, params), on_step)
+    data_parallel.agree(model)
+    model.eval()
+    val_scores = scores(model, *val, cfg.task) if val is not None and len(val[0]) else {}
+    return TrainResult(time.perf_counter() - t0, loss_val, val_scores)
+
+
+def _epochs(net: nn.Module, data: tuple[np.ndarray, np.ndarray], cfg: TrainConfig, optim: tuple,
+            on_step: Progress | None) -> float:
+    """Every epoch's steps; the last batch's loss. Under torchrun each rank takes its share of
+    each batch (the shuffles and shifts are drawn for the whole batch on every rank)."""
+    from . import data_parallel
+
+    opt, sched, params = optim
+    gen = torch.Generator().manual_seed(cfg.seed)
+    xt, yt = torch.from_numpy(data[0]), torch.from_numpy(data[1])
+    loss_of, shift = task_loss(cfg.task), cfg.augment_shift if cfg.task in ("classify", "reconstruct") else 0
+    loss_val, step, total = float("nan"), 0, (len(xt) + cfg.batch_size - 1) // cfg.batch_size * cfg.epochs
     for _ in range(cfg.epochs):
-        order = torch.randperm(len(x), generator=gen)
-        for i in range(0, len(x), cfg.batch_size):
+        order = torch.randperm(len(xt), generator=gen)
+        for i in range(0, len(xt), cfg.batch_size):
             idx = order[i : i + cfg.batch_size]
-            xb = shift_batch(xt[idx], shift, gen)
-            loss = loss_of(model(xb), xb, yt[idx])
+            part = data_parallel.shard(len(idx))
+            xb, yb = shift_batch(xt[idx], shift, gen)[part.positions], yt[idx][part.positions]
+            out = net(xb)
+            loss = loss_of(out, xb, yb)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            data_parallel.local_loss(loss, part, out).backward()
             nn.utils.clip_grad_norm_(params, 5.0)
             opt.step()
             sched.step()
             step += 1
-            loss_val = loss.item()
+            loss_val = data_parallel.global_means([loss.item() if not part.empty else 0.0], part)[0]
             if on_step:
                 on_step(step, total, loss_val)
-    model.eval()
-    val_scores = scores(model, *val, cfg.task) if val is not None and len(val[0]) else {}
-    return TrainResult(time.perf_counter() - t0, loss_val, val_scores)
+    return loss_val

@@ -51,6 +51,7 @@ def deploy(model: LoadedModel, data: Dataset, policy: Policy, target: Target, cf
     """Quantize `model` with `policy`, convert it to a mixed-precision .tflite verified op by op
     (and a C array for TFLite Micro targets) and score the simulation on the test split (its task's
     metrics)."""
+    from ..distributed import stand_by
     from ..latency import ModelKey, predicted_latency
     from ..layers import trace
     from ..quant import QuantConfig
@@ -69,6 +70,7 @@ def deploy(model: LoadedModel, data: Dataset, policy: Policy, target: Target, cf
     latency = predicted_latency(policy, cfg.profile, target, ModelKey(model.arch_hash, model.model_hash))
     arena = predicted_arena(policy, cfg.profile, target)
     qmodel, ptq = quantized(model, data, policy, quant, cfg.qat_epochs, cfg.on_step)
+    stand_by()  # under torchrun rank 0 converts and times alone, the others' QAT share done
     art = build(layers, qmodel, model.input_shape, policy, data.split("calibration")[0])
     io = io_details(art.tflite)  # the simulation holds the artifact's input ranges (see export.exact) from here
     if target.microcontroller:

@@ -154,7 +154,7 @@ class _StepQuantizer(nn.Module):
         """The step to use on `x`: with LSQ, its gradient is scaled by 1/sqrt(n * qmax)."""
         if not self.learnable:
             return self.scale
-        return grad_scale(self.scale.abs().clamp_min(1e-9), 1.0 / math.sqrt(x[0].numel() * self.qmax))
+        return grad_scale(self.scale.abs().clamp_min(1e-9), 1.0 / math.sqrt(math.prod(x.shape[1:]) * self.qmax))
 
     def step_value(self) -> Tensor:
         """The step the forward pass uses, detached: what the artifact must store."""

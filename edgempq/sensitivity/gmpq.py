@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..data_parallel import average_gradients, global_means, local_loss, shard, synced_batchnorm
 from ..errors import ConfigError
 from ..layers import apply_weights, weight_axis
 from ..progress import Progress
@@ -239,19 +240,23 @@ class _Search:
         steps = p.epochs * self.per_epoch
         history: list[list[float]] = []
         self.student.train()
-        for _ in range(p.epochs):
-            order = torch.randperm(len(x_all), generator=gen)
-            for i in range(0, len(x_all), p.batch_size):
-                idx = order[i:i + p.batch_size]
-                loss, parts = self.step(x_all[idx], y_all[idx])
-                history.append(parts)
-                if on_step:
-                    on_step(len(history) - 1, steps, f"loss {loss.item():.3f}")
+        with synced_batchnorm(self.s_gm):  # the graph the steps run holds the BatchNorms
+            for _ in range(p.epochs):
+                order = torch.randperm(len(x_all), generator=gen)
+                for i in range(0, len(x_all), p.batch_size):
+                    idx = order[i:i + p.batch_size]
+                    loss, parts = self.step(x_all[idx], y_all[idx])
+                    history.append(parts)
+                    if on_step:
+                        on_step(len(history) - 1, steps, f"loss {loss:.3f}")
         return history
 
-    def step(self, xb: Tensor, yb: Tensor) -> tuple[Tensor, list[float]]:
-        """One optimisation step on a batch; its total loss and the (ce, attribution, complexity) parts."""
+    def step(self, xb: Tensor, yb: Tensor) -> tuple[float, list[float]]:
+        """One optimisation step on a batch (under torchrun, on this rank's share of it, the
+        gradients averaged); its total loss and the (ce, attribution, complexity) parts."""
         p = self.params
+        part = shard(len(xb))
+        xb, yb = xb[part.positions], yb[part.positions]
         t_logits, t_feat = self.t_gm(xb.clone().requires_grad_(True))  # so the map has a gradient
         t_map = attribution(t_logits, t_feat, create_graph=False).detach()
         s_logits, s_feat = self.s_gm(xb)
@@ -261,16 +266,19 @@ class _Search:
         l_attr = imitation_loss(t_map, s_map, power)
         l_c = sum(self.macs[n] * bw * ba for n, (bw, ba) in bits.items()) / self.first if bits else torch.zeros(())
         ce = nn.functional.cross_entropy(s_logits, yb)
-        loss = ce + p.aw * l_attr + p.cd * l_c
+        per_sample = ce + p.aw * l_attr  # a mean over the samples; the complexity is the network's
         self.opt_w.zero_grad()
         self.opt_a.zero_grad()
-        loss.backward()
+        (local_loss(per_sample, part, s_logits, s_map) + p.cd * l_c).backward()
+        average_gradients(list(self.student.parameters()))
         nn.utils.clip_grad_norm_(self.rest, p.clip)  # the second-order attribution gradient spikes
         self.opt_w.step()
         self.opt_a.step()
         for d in self.decay:  # x0.1 every 10 epochs, as the paper
             d.step()
-        return loss, [ce.item(), l_attr.item(), float(torch.as_tensor(l_c).detach())]
+        ce_v, attr_v = global_means([ce.item(), l_attr.item()], part)
+        l_c_v = float(torch.as_tensor(l_c).detach())
+        return ce_v + p.aw * attr_v + p.cd * l_c_v, [ce_v, attr_v, l_c_v]
 
 
 def _read_out(todo: list[Layer], precisions: dict[str, list[Precision]],

@@ -27,6 +27,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..data_parallel import (
+    average_gradients,
+    global_any,
+    global_mean_abs,
+    global_means,
+    local_loss,
+    shard,
+    synced_batchnorm,
+)
 from ..errors import ConfigError
 from ..layers import apply_weights
 from ..metrics import target_loss
@@ -37,10 +46,10 @@ from ..schema import Layer, Precision, Sensitivity
 from .base import METHODS, Method, SensData, searchable
 
 
-def lsq(x: Tensor, step: Tensor, qn: int, qp: int) -> Tensor:
+def lsq(x: Tensor, step: Tensor, qn: int, qp: int, numel: int | None = None) -> Tensor:
     """LSQ fake quantization: round(clamp(x / s, qn, qp)) · s, the step's gradient scaled by
-    1 / sqrt(qp · numel)."""
-    s = grad_scale(step.clamp_min(1e-5), 1.0 / math.sqrt(qp * x.numel()))
+    1 / sqrt(qp · numel), `numel` the elements of the whole batch (x's by default)."""
+    s = grad_scale(step.clamp_min(1e-5), 1.0 / math.sqrt(qp * (numel or x.numel())))
     return round_ste(torch.clamp(x / s, qn, qp)) * s
 
 
@@ -60,10 +69,12 @@ class MultiBitLayer(nn.Module):
         self.register_buffer("a_ready", torch.zeros(len(act_bits), dtype=torch.bool))
         self.register_buffer("a_signed", torch.zeros((), dtype=torch.bool))
         self.current: tuple[int, int] | None = None
+        self.batch: int | None = None  # the whole batch's samples when a rank sees only its share
 
-    def use(self, bits: tuple[int, int] | None) -> None:
-        """Select the (weight, activation) widths of the next forward passes; None runs the layer float."""
-        self.current = bits
+    def use(self, bits: tuple[int, int] | None, batch: int | None = None) -> None:
+        """Select the (weight, activation) widths of the next forward passes (None runs the layer
+        float) and the samples of the whole batch they are a share of (None: all of it)."""
+        self.current, self.batch = bits, batch
 
     def forward(self, x: Tensor) -> Tensor:
         """The layer with its weight and input LSQ-quantized at the current widths (as is when float)."""
@@ -72,17 +83,18 @@ class MultiBitLayer(nn.Module):
             wb, ab = self.current
             i, j = self.weight_bits.index(wb), self.act_bits.index(ab)
             w = lsq(w, self.step_w[i], -(2 ** (wb - 1)), 2 ** (wb - 1) - 1)
-            if not bool(self.a_ready[j]):  # lazily, on the first batch seen at this width
+            if not bool(self.a_ready[j]):  # lazily, on the first batch seen at this width (every rank's share)
                 with torch.no_grad():
                     if not bool(self.a_ready.any()):
-                        self.a_signed.fill_(bool((x < 0).any()))
+                        self.a_signed.fill_(global_any(x < 0))
                     qp = 2 ** (ab - 1) - 1 if bool(self.a_signed) else 2 ** ab - 1
-                    self.step_a[j] = x.abs().mean() * 2 / math.sqrt(qp)
+                    self.step_a[j] = global_mean_abs(x) * 2 / math.sqrt(qp)
                     self.a_ready[j] = True
+            numel = math.prod(x.shape[1:]) * self.batch if self.batch is not None else None
             if bool(self.a_signed):
-                x = lsq(x, self.step_a[j], -(2 ** (ab - 1)), 2 ** (ab - 1) - 1)
+                x = lsq(x, self.step_a[j], -(2 ** (ab - 1)), 2 ** (ab - 1) - 1, numel)
             else:
-                x = lsq(x, self.step_a[j], 0, 2 ** ab - 1)
+                x = lsq(x, self.step_a[j], 0, 2 ** ab - 1, numel)
         return apply_weights(self.layer, x, w, self.layer.bias)
 
 
@@ -202,40 +214,45 @@ class _Training:
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=self.steps, eta_min=1e-5)
 
     def run(self, x_all: Tensor, y_all: Tensor, on_step: Progress | None) -> list[float]:
-        """Every epoch's steps over shuffled batches; the mean loss of each step."""
+        """Every epoch's steps over shuffled batches; the mean loss of each step. Under torchrun
+        each rank takes its share of every batch and the gradients are averaged."""
         p = self.params
         gen = torch.Generator().manual_seed(p.seed)
         self.net.train()
         losses: list[float] = []
-        for _ in range(p.epochs):
-            order = torch.randperm(len(x_all), generator=gen)
-            for i in range(0, len(x_all), p.batch_size):
-                idx = order[i:i + p.batch_size]
-                losses.append(self.step(x_all[idx], y_all[idx]))
-                if on_step:
-                    on_step(len(losses) - 1, self.steps, f"loss {losses[-1]:.3f}")
+        with synced_batchnorm(self.net):
+            for _ in range(p.epochs):
+                order = torch.randperm(len(x_all), generator=gen)
+                for i in range(0, len(x_all), p.batch_size):
+                    idx = order[i:i + p.batch_size]
+                    losses.append(self.step(x_all[idx], y_all[idx]))
+                    if on_step:
+                        on_step(len(losses) - 1, self.steps, f"loss {losses[-1]:.3f}")
         return losses
 
     def step(self, xb: Tensor, yb: Tensor) -> float:
         """One SGD step on the summed gradients of every configuration; their mean loss."""
         self.opt.zero_grad()
-        total = 0.0
+        batch, part = len(xb), shard(len(xb))
+        xb, yb = xb[part.positions], yb[part.positions]
+        losses = []
         configs = self.configs()
         for cfg in configs:
             for n, m in self.multi.items():
                 q = cfg[n]
-                m.use(None if q is None else (q.weight_bits, q.act_bits))
+                m.use(None if q is None else (q.weight_bits, q.act_bits), batch)
             out = self.net(xb)
             loss = (nn.functional.cross_entropy(out, yb, label_smoothing=self.params.label_smoothing)
                     if not yb.dtype.is_floating_point else target_loss(out, yb))
-            loss.backward()
-            total += loss.item()
+            local_loss(loss, part, out).backward()
+            losses.append(loss.item())
+        average_gradients(list(self.net.parameters()))
         for prm in self.net.parameters():
             if prm.grad is not None:
                 prm.grad.clamp_(-1.0, 1.0)
         self.opt.step()
         self.sched.step()
-        return total / len(configs)
+        return sum(global_means(losses, part)) / len(configs)
 
     def configs(self) -> list[dict[str, Precision | None]]:
         """Each uniform precision (None where a layer cannot take it: float), then one random mixed policy."""
