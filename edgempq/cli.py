@@ -181,7 +181,11 @@ def targets() -> None:
 
 
 @main.command()
-@click.option("--device", "device", required=True, help="a built-in target name or a target .toml file")
+@click.option("--device", "devices", required=True, multiple=True,
+              help="a built-in target name or a target .toml file; repeat it for a farm of devices, profiled at "
+                   "once, one profile each (PROFILE-NAME.json)")
+@click.option("--spread", is_flag=True, help="the devices are identical boards: share this model's measurements "
+              "between them and write one profile")
 @source_options(weights="a state_dict (optional: latency does not depend on the weights, and the profile is "
                 "checked against the architecture and input shape only)", data=None)
 @click.option("--input-shape", help="CxHxW (or 1,C,H,W) when the model does not declare it")
@@ -193,39 +197,13 @@ def targets() -> None:
 @click.option("--no-check", is_flag=True, help="skip the preflight (the float conversion that refuses, before any "
               "measurement, a model that cannot deploy)")
 @click.option("-o", "--output", default="profile.json", show_default=True, type=PATH)
-def profile(device: str, source: Source, input_shape: str | None, output: str, probes: int | None,
-            **flags: bool) -> None:
+def profile(devices: tuple[str, ...], source: Source, input_shape: str | None, output: str, **flags: Any) -> None:
     """Measure what each layer costs on the device at each precision it can run."""
     check_output(output)
-    from .layers import trace
-    from .profile import PROBES, WholeModel
-    from .profile import profile as run_profile
-    from .targets import load_target
+    from .profile_command import ProfileOptions
+    from .profile_command import profile as run
 
-    target = load_target(device)
-    m = _model_with_shape(source, input_shape)
-    layers = trace(m.module, m.input_shape)
-    if not flags["no_check"]:
-        from .preflight import preflight
-
-        with progress_bar("preflight: converting the float model") as step:
-            step(0, 1, "")
-            checked = preflight(m.module, m.input_shape, layers)
-        click.echo(f"preflight: {checked.searchable} searchable layers each mapped to its TFLite op "
-                   f"({checked.seconds:.1f} s)")
-    no_cache, layers_only = flags["no_cache"], flags["layers_only"]
-    with progress_bar(f"profiling on {target.name}") as step:
-        whole = None if layers_only else WholeModel(m.module, m.input_shape, PROBES if probes is None else probes)
-        table = run_profile(layers, target, m.model_hash, use_cache=not no_cache, on_step=step, whole=whole)
-    from dataclasses import replace
-
-    table = replace(table, arch_hash=m.arch_hash)  # what later stages check: latency does not depend on weights
-    if not flags["no_check"] and checked.folded:
-        table = replace(table, folded=checked.folded)
-        click.echo(f"preflight: kept at f32, the converter folds into their weights: {', '.join(checked.folded)}")
-    table.save(output)
-    show.profile(table, f"{source.model} on {target.name}")
-    click.echo(f"{len(table.rows)} measurements for {sum(la.searchable for la in layers)} layers; wrote {output}")
+    run(source, _model_with_shape(source, input_shape), ProfileOptions(devices, output, **flags))
 
 
 @main.command()

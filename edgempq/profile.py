@@ -97,6 +97,7 @@ class WholeModel:
     module: Any
     input_shape: tuple[int, ...]
     probes: int = PROBES
+    part: tuple[int, int] = (0, 1)  # (i, n): measure only every n-th whole model from the i-th (a farm's board)
 
     def key(self, layers: list[Layer]) -> str:
         """Architecture and input size, which set latency (the weights' values do not): the
@@ -140,7 +141,7 @@ def measure_whole(backend: Backend, whole: WholeModel, layers: list[Layer], targ
     of the policies alternating two domains (for the conversion costs) and of `whole.probes`
     random mixed ones (what the latency model is fitted on), exported through the same per-layer recipe
     (and checks) as any policy; the uniform models' sizes and arenas too."""
-    todo = _whole_policies(layers, target, whole.probes)
+    todo = _whole_policies(layers, target, whole.probes)[whole.part[0]::whole.part[1]]
     key = whole.key(layers)
     out = Whole({}, {}, {}, {}, _cached_graph(cache, key))
     pending: list[tuple[str, str, str, bytes, dict[str, Precision]]] = []
@@ -165,7 +166,7 @@ def measure_whole(backend: Backend, whole: WholeModel, layers: list[Layer], targ
             continue
         base, module = float_base()
         pending.append((what, p, f"{key}-{variant}", whole_tflite(layers, base, assign, module), assign))
-    if out.graph is None:
+    if out.graph is None and whole.part[0] == 0:
         base, module = float_base()
         out = replace(out, graph=_skeleton(layers, base, module))
         cache.put_graph(key, out.graph.to_dict())
@@ -254,7 +255,7 @@ def profile(layers: list[Layer], target: Target, model_hash: str, use_cache: boo
     with backend_for(target) as backend, contextlib.ExitStack() as held:
         fingerprint = backend.check()
         folder = cache_dir("profiles", device_key(target, fingerprint))
-        held.enter_context(device_lock(folder, target.name, on_step))  # with --no-cache too: one at a time
+        held.enter_context(device_lock(folder, target, on_step))  # with --no-cache too: one at a time
         cache = RowCache(folder if use_cache else None)
         jobs = jobs_for(layers, target)
         rows = measure_rows(backend, jobs, cache, on_step)

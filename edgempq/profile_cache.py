@@ -141,11 +141,13 @@ class RowCache:
         self._put(f"round-{key}-{r}", dict(t.__dict__))
 
 
-def device_lock(folder: Path, target_name: str, on_step: Progress | None = None) -> contextlib.AbstractContextManager:
-    """Hold the device's cache folder for one profile at a time (an advisory lock on a file in
-    it): a second profile of the same device waits, then finds the first one's measurements in
-    the cache, instead of measuring everything again while the device is busy with the first
-    (which would also skew both timings)."""
+def device_lock(folder: Path, target: Target, on_step: Progress | None = None) -> contextlib.AbstractContextManager:
+    """Hold the device for one profile at a time (an advisory lock on a file in its cache
+    folder): a second profile of the same device waits, then finds the first one's measurements
+    in the cache, instead of measuring everything again while the device is busy with the first
+    (which would also skew both timings). Identical boards share the cache folder but each has
+    its own lock, named by where it is reached, so a farm times them at once."""
+    target_name = target.name
     def waiting() -> None:
         if on_step:
             on_step(0, 0, f"waiting for another profile of {target_name} to finish")
@@ -155,4 +157,5 @@ def device_lock(folder: Path, target_name: str, on_step: Progress | None = None)
     except OSError as e:
         raise ConfigError(f"cannot use the profile cache {folder} ({e.strerror}); make it writable, set "
                           "EDGEMPQ_CACHE to another folder") from None
-    return exclusive(folder / ".lock", waiting)
+    board = digest(json.dumps(target.connection, sort_keys=True, default=str))[:12] if target.connection else ""
+    return exclusive(folder / (f".lock-{board}" if board else ".lock"), waiting)
