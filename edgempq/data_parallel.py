@@ -57,9 +57,8 @@ def wrap(model: nn.Module) -> nn.Module:
     """`model` in DistributedDataParallel when several processes train it, else as it is."""
     if not distributed.active():
         return model
-    device = distributed.device()
-    ids = [torch.device(device).index] if device.startswith("cuda") else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    on = next((p.device for p in model.parameters()), torch.device("cpu"))
+    return nn.parallel.DistributedDataParallel(model, device_ids=[on.index] if on.type == "cuda" else None)
 
 
 def average_gradients(params: Sequence[nn.Parameter]) -> None:

@@ -70,7 +70,12 @@ def start() -> World:
     if not dist.is_initialized():
         import atexit
 
-        backend = "nccl" if device().startswith("cuda") else "gloo"
+        backend = "gloo"
+        if device().startswith("cuda"):  # CUDA tensors through nccl; what stays on the CPU through gloo
+            import torch
+
+            torch.cuda.set_device(torch.device(device()))
+            backend = "cpu:gloo,cuda:nccl"
         from datetime import timedelta
 
         # a rank standing by waits at the final barrier while rank 0 converts and times the
