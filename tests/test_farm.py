@@ -23,18 +23,17 @@ MODEL = ["--model", "zoo:mnist_cnn?input_size=8"]
 def boards(tmp_path, device_python):
     """Two boards of one kind: two sshd on loopback in front of this machine."""
     need("sshd")
-    servers = []
-    for name in ("board-a", "board-b"):
-        (tmp_path / name).mkdir()
-        servers.append(SSHServer(tmp_path / name))
-    files = []
-    for name, server in zip(("board-a", "board-b"), servers, strict=True):
-        path = tmp_path / f"{name}.toml"
-        path.write_text(_board(server, device_python, name).to_toml())
-        files.append(path)
-    yield files
-    for s in servers:
-        s.stop()
+    servers, files = [], []
+    try:
+        for name in ("board-a", "board-b"):
+            (tmp_path / name).mkdir()
+            servers.append(SSHServer(tmp_path / name))
+            files.append(tmp_path / f"{name}.toml")
+            files[-1].write_text(_board(servers[-1], device_python, name).to_toml())
+        yield files
+    finally:  # a failed setup too leaves no sshd running
+        for s in servers:
+            s.stop()
 
 
 def _board(server: SSHServer, python: str, name: str):

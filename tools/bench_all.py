@@ -17,6 +17,9 @@ Parts (each also runnable alone as tools/bench_<part>.py):
   arena     TFLite Micro's arena predicted from the profile against the interpreter's, mixed policies
   latency   the latency model's hit rates (±5 %, ±10 %) on random mixed policies, host and tflm-host
   proof     latency-aware against size-only policies at the same budget, trained models, host and tflm-host
+  distributed  sensitivity (clado, hawq) on 1 process against 2 under torchrun, and the one-process path
+            before and after the distributed change (measured, clado, hawq; git worktrees)
+  farm      a cold profile on one loopback ssh board against --spread over two
 
 Each part writes bench_results/all/<part>.json; BENCHMARKS.md and its plots (benchmarks/*.png)
 are written from whichever parts have results.
@@ -37,9 +40,11 @@ import benchkit  # noqa: E402
 from bench_device import KINDS  # noqa: E402
 from benchkit import RESULTS, log, mix  # noqa: E402
 
-PARTS = ("device", "methods", "costs", "fidelity", "ptq", "models", "arena", "latency", "proof")
+PARTS = ("device", "methods", "costs", "fidelity", "ptq", "models", "arena", "latency", "proof", "distributed",
+         "farm")
 # fidelity right after the artifacts; ptq reads the policies of device and methods; costs reads methods
-RUN_ORDER = ("device", "fidelity", "methods", "ptq", "costs", "models", "arena", "latency", "proof")
+RUN_ORDER = ("device", "fidelity", "methods", "ptq", "costs", "models", "arena", "latency", "proof",
+             "distributed", "farm")
 ROOT = Path(__file__).resolve().parent.parent
 MD = ROOT / "BENCHMARKS.md"
 SEARCH_TARGET_S = 30.0
@@ -543,6 +548,14 @@ def part_sections(parts: dict, plots: Path, base: Path) -> dict[str, str]:
         import bench_proof
 
         out["proof"] = bench_proof.section(parts["proof"], table) + "\n"
+    if parts["distributed"]:
+        import bench_distributed
+
+        out["distributed"] = bench_distributed.section(parts["distributed"], table) + "\n"
+    if parts["farm"]:
+        import bench_farm
+
+        out["farm"] = bench_farm.section(parts["farm"], table) + "\n"
     return out
 
 
