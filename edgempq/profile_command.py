@@ -38,7 +38,7 @@ def profile(source: Source, model: Any, opts: ProfileOptions) -> None:
     outputs = _outputs(opts)
     targets = [load_target(d) for d in opts.devices]  # every target file checked before any work
     layers = trace(model.module, model.input_shape)
-    folded = () if opts.no_check else _preflight(model, layers)
+    folded = {} if opts.no_check else _preflight(model, layers)
     tables = []
     if len(targets) > 1:
         request = _request(source, model, opts)
@@ -82,8 +82,9 @@ def _request(source: Source, model: Any, opts: ProfileOptions) -> Any:
                    PROBES if opts.probes is None else opts.probes, opts.layers_only, not opts.no_cache, opts.spread)
 
 
-def _preflight(model: Any, layers: list) -> tuple[str, ...]:
-    """The float conversion once, before any measurement; the layers the converter folds."""
+def _preflight(model: Any, layers: list) -> dict[str, Any]:
+    """The float conversion once, before any measurement; the layers the converter folds (each
+    named with what it folds into)."""
     from .preflight import preflight
 
     with progress_bar("preflight: converting the float model") as step:
@@ -93,7 +94,7 @@ def _preflight(model: Any, layers: list) -> tuple[str, ...]:
                f"({checked.seconds:.1f} s)")
     if checked.folded:
         click.echo(f"preflight: kept at f32, the converter folds into their weights: {', '.join(checked.folded)}")
-    return tuple(checked.folded)
+    return dict(checked.folded)
 
 
 def _one(model: Any, layers: list, target: Any, opts: ProfileOptions) -> Any:
