@@ -67,9 +67,14 @@ def check_identical(request: Request) -> str:
     from .profile_cache import device_key
     from .targets import load_target
 
-    keys, seen = [], []
+    keys, seen, places = [], [], []
     for device in request.devices:
         target = load_target(device)
+        place = (target.backend, sorted(target.connection.items()))
+        if place in places:
+            raise ConfigError(f"--spread: {device} reaches the same board as "
+                              f"{request.devices[places.index(place)]}; give each board once")
+        places.append(place)
         with backend_for(target) as backend:
             fingerprint = backend.check()
         keys.append(device_key(target, fingerprint))
