@@ -57,6 +57,7 @@ QUICK_SPLIT = {"clado": (("samples=32",), True), "hawq": (("probes=12",), True)}
 # and not per sample, so few samples show it the most; and the part stays within 40 minutes
 BEFORE_AFTER = {"measured": ("samples=32",), "clado": ("samples=32",), "hawq": ()}
 THREADS = (1, None)  # OMP_NUM_THREADS=1, then torch's default
+QUIET = 0.1  # other processes' cores busy (median) under which a run counts as alone on the machine
 QUICK_BEFORE_AFTER = {"measured": ("samples=32",), "clado": ("samples=32",), "hawq": ("probes=12",)}
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT",
                 "TORCHELASTIC_RUN_ID")
@@ -279,15 +280,27 @@ def _spread(walls: list[float]) -> str:
     return f"{_s(min(walls))}–{_s(max(walls))}" if len(walls) > 1 else _s(walls[0])
 
 
+def cpu_bound(r: dict, procs: int) -> float:
+    """The speed-up the split allows when every rank has a core to itself: one process's CPU
+    seconds over the CPU seconds of one rank of `procs` (medians)."""
+    return statistics.median(r["one"]["cpu_s"]) / (statistics.median(r["two"]["cpu_s"]) / procs)
+
+
+def extra_cpu(r: dict) -> float:
+    """The CPU seconds the ranks together spend beyond one process (medians): repeated work and joining."""
+    return statistics.median(r["two"]["cpu_s"]) - statistics.median(r["one"]["cpu_s"])
+
+
 def section(result: dict, table: Callable) -> str:
     """BENCHMARKS.md's part 10: one process against two, then the one-process path before and
     after the change."""
     procs, threads, cores = result["procs"], result["threads_default"], result["machine"]["cores"]
     code = result.get("code")
     changed = len(code["checkout_changes"]) if code else 0
+    files = f"{changed} file{'s' if changed > 1 else ''}"
     which = (f"The code of HEAD ({code['commits']['new'][:7]}) from a git worktree (PYTHONPATH on it), so that "
              "edits in progress in the checkout stay out"
-             + (f" ({changed} files of edgempq/ had uncommitted changes then)" if changed else "") + ". "
+             + (f" ({files} of edgempq/ had uncommitted changes then)" if changed else "") + ". "
              if code else "The installed edgempq (no git worktree could be made). ")
     split = result["split"]
     ba = result.get("before_after") or {}
@@ -295,13 +308,25 @@ def section(result: dict, table: Callable) -> str:
     sides += [t[k] for r in ba.get("methods", []) for t in r["threads"].values() for k in ("old", "new")]
     others = [v for side in sides for v in side.get("others_cores", []) if v is not None]
     loads = [v for side in sides for v in side["load"]]
-    shared = (f"other processes kept {statistics.median(others):.2f} of the {cores} cores busy on average during "
-              f"a run (median over this part's runs; the most {max(others):.2f})" if others else
-              f"the 1-minute load average was {min(loads):.1f}–{max(loads):.1f} when the runs started")
+    busy = f"{statistics.median(others):.2f} of the {cores} cores busy, median over this part's runs, at most " \
+           f"{max(others):.2f}" if others else ""
+    if not others:
+        shared = (f"the 1-minute load average was {min(loads):.1f}–{max(loads):.1f} when the runs started, which "
+                  "adds noise to every row")
+    elif statistics.median(others) < QUIET:
+        shared = f"in this run the machine was otherwise quiet (other processes kept {busy})"
+    else:
+        shared = (f"in this run other processes kept {busy}, which adds noise to every row, and the more to the "
+                  "default-thread runs: with another busy process on the cores torch's threads wait on each other "
+                  "whenever one of them is descheduled ("
+                  + "; ".join(f"{r['method']} took {_spread(r['default_threads']['wall_s'])} at the default "
+                              f"threads against {_spread(r['one']['wall_s'])} on one" for r in split) + ")")
+    extra = "; ".join(f"{r['method']} {extra_cpu(r):.0f} s ({extra_cpu(r) / statistics.median(r['one']['cpu_s']):.0%} "
+                      "of one process's)" for r in split)
     rows = [[r["method"], _params(r), _runs(r["one"]), _runs(r["two"]), f"×{r['speedup']:.2f}",
              _runs(r["default_threads"]), f"×{r['speedup_vs_threads']:.2f}",
              f"{statistics.median(r['one']['cpu_s']):.0f} / {statistics.median(r['two']['cpu_s']):.0f} s",
-             "yes" if r["identical"] else "**no**",
+             f"×{cpu_bound(r, procs):.2f}", "yes" if r["identical"] else "**no**",
              "yes" if r["identical_default_threads"] else "no"] for r in split]
     quick = "A `--quick` smoke run: small sample counts, one run each. " if result.get("quick") else ""
     samples = "" if result.get("quick") else (
@@ -315,20 +340,19 @@ def section(result: dict, table: Callable) -> str:
              f"({threads} threads) to see whether {procs} processes beat plain intra-op threading. {which}{samples}"
              f"The runs alternate (1 process, {procs} processes, default threads, then again); the median of the runs "
              "counted in brackets. CPU: the median CPU seconds of the command's processes (one process / "
-             f"{procs}). Identical: every file of one and of {procs} processes, every round, the same bytes; the "
+             f"{procs}); on free cores: one process's CPU over a rank's share of the {procs} processes' CPU, the "
+             f"speed-up the split allows when each rank has a core of its own (the {procs} processes' CPU beyond "
+             "one process's is the work every rank repeats, and the cost of joining). Identical: every file of "
+             f"one and of {procs} processes, every round, the same bytes; the "
              "last column compares the default-thread runs' files with them (threads may order float sums "
              "differently).", "",
              table(["method", "parameters", "1 process", f"{procs} processes", "speed-up",
                     "1 process, default threads", f"{procs} processes against threads", f"CPU 1 / {procs}",
-                    "identical", "default threads identical"], rows), "",
-             f"What limits the speed-up here: {cores} cores for {procs} processes, shared with whatever else "
-             f"runs: {shared}, which adds noise to every row, and the more to the default-thread runs: with "
-             "another busy process on the cores torch's threads wait on each other whenever one of them is "
-             "descheduled ("
-             + "; ".join(f"{r['method']} took {_spread(r['default_threads']['wall_s'])} at the default "
-                         f"threads against {_spread(r['one']['wall_s'])} on one" for r in split)
-             + "). The processes join over gloo (TCP on the loopback), and gathering the pieces is a "
-             "collective step. And what is not split runs on every rank in full: start-up and imports, "
+                    "on free cores", "identical", "default threads identical"], rows), "",
+             f"What limits the speed-up here: {cores} cores for {procs} processes, so any other work takes cores "
+             f"from the ranks: {shared}. The processes join over gloo (TCP on the loopback), and gathering the "
+             f"pieces is a collective step. And what is not split runs on every rank in full ({procs} processes "
+             f"spent this much CPU beyond one process's: {extra}): start-up and imports, "
              "loading the model and the data, tracing, the float baseline, CLADO's PTQ copies of the model "
              "(one a precision, every layer), HAWQ's forward pass and gradient graph (only its Hessian-vector "
              f"probes are split, in rounds of {procs}, and they stop early). Against {threads} threads in one "

@@ -97,7 +97,7 @@ def section(result: dict, table: Callable) -> str:
              f"{one / two:.2f}×"]]
     took = next((r["took"] for r in result["two"] if r["took"]), "")
     return "\n".join([
-        "## Part 11: a farm of boards",
+        "## 11. A farm of boards",
         "",
         f"A cold profile of `{result['model']}` (the linux-ssh template's precisions, {result['probes']} probes), "
         f"on one loopback ssh board and spread over two identical ones, {result['repeats']} run(s) each, "
