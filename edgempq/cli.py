@@ -18,6 +18,7 @@ from .clikit import (
     Group,
     Source,
     budget_options,
+    compute_option,
     deploy_options,
     progress_bar,
     quant_options,
@@ -113,9 +114,10 @@ def _model_with_shape(source: Source, input_shape: str | None) -> Any:
 @main.command()
 @source_options(weights=None)
 @train_options
+@compute_option
 @click.option("-o", "--output", required=True, type=PATH, help="where to save the weights (.pt)")
 def train(source: Source, cfg: Any, output: str) -> None:
-    """Train a model on the CPU and save its state_dict."""
+    """Train a model (on the GPU when there is one) and save its state_dict."""
     check_output(output)
     import torch
 
@@ -213,6 +215,7 @@ def profile(devices: tuple[str, ...], source: Source, input_shape: str | None, o
 @click.option("--precisions", help="comma-separated precisions to score for every layer (default: all deployable)")
 @click.option("--device", help="score the precisions this target runs for each layer's kind")
 @click.option("--param", "params", multiple=True, help="a method parameter as key=value (repeatable)")
+@compute_option
 @click.option("-o", "--output", default="sensitivity.json", show_default=True, type=PATH)
 def sensitivity(method: str, source: Source, precisions: str | None, device: str | None, params: tuple[str, ...],
                 output: str) -> None:
@@ -296,6 +299,7 @@ def _search_sweep(table: Any, sens: Any, spec: str, request: Any, output: str) -
 @click.option("--policy", "policy_path", required=True, type=PATH, help="a policy.json (search's, or by hand)")
 @click.option("--device", required=True, help="the target: a built-in name or a target .toml file")
 @deploy_options
+@compute_option
 @click.option("-o", "--output", default="build", show_default=True, type=PATH)
 def deploy(source: Source, policy_path: str, device: str, cfg: Any, output: str) -> None:
     """Build the mixed-precision .tflite (and C array for TFLite Micro) the policy describes,

@@ -300,6 +300,27 @@ def budget_options(f: Callable) -> Callable:
     return _fold(options, fold)(f)
 
 
+def compute_option(f: Callable) -> Callable:
+    """--compute: where the heavy stage computes (edgempq.compute), given to every process of the
+    command (and to torchrun's, which inherit the environment) as EDGEMPQ_DEVICE; a bad value or a
+    missing GPU fails before the model loads."""
+    option = click.option("--compute", metavar="cpu|cuda|cuda:N", help="where training and the sensitivity "
+                          "search compute (default: the GPU when there is one, else the CPU; also EDGEMPQ_DEVICE)")
+
+    def fold(kw: dict[str, Any]) -> dict[str, Any]:
+        import os
+
+        from .distributed import device
+
+        chosen = kw.pop("compute")
+        if chosen is not None:
+            os.environ["EDGEMPQ_DEVICE"] = chosen
+        device()
+        return kw
+
+    return _fold([option], fold)(f)
+
+
 def train_options(f: Callable) -> Callable:
     """--epochs, --batch-size, --lr and --seed, folded into `cfg: TrainConfig`."""
     options = [

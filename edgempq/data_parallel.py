@@ -40,7 +40,7 @@ def shard(batch: int) -> Shard:
     """This rank's samples of a global batch of `batch` and the factor world · n_local / n_global."""
     size = distributed.ranks()
     rank = distributed.world().rank if size > 1 else 0
-    positions = torch.arange(rank, batch, size)
+    positions = torch.arange(rank, batch, size, device="cpu")  # indexes the batches drawn on the CPU
     return Shard(positions, size * len(positions) / batch)
 
 
@@ -95,7 +95,7 @@ def global_sum(values: Tensor) -> Tensor:
 def global_mean_abs(x: Tensor) -> Tensor:
     """The mean of |x| over every rank's samples (no gradient)."""
     both = global_sum(torch.stack([x.detach().abs().sum().double(),
-                                   torch.tensor(float(x.numel()), dtype=torch.float64)]))
+                                   torch.tensor(float(x.numel()), dtype=torch.float64, device=x.device)]))
     return (both[0] / both[1].clamp_min(1)).to(x.dtype)
 
 
@@ -109,7 +109,7 @@ def global_means(values: Sequence[float], part: Shard) -> list[float]:
     process would have them: for the losses a step reports."""
     if not distributed.active():
         return list(values)
-    weights = torch.tensor([0.0 if part.empty else v * part.scale for v in values], dtype=torch.float64)
+    weights = torch.tensor([0.0 if part.empty else v * part.scale for v in values], dtype=torch.float64, device="cpu")
     return (global_sum(weights) / distributed.ranks()).tolist()
 
 
@@ -157,7 +157,7 @@ class SyncBatchNorm(nn.Module):
         all_reduce = _AllReduceSum.apply
         dims = [d for d in range(x.dim()) if d != 1]
         shape = [1, -1] + [1] * (x.dim() - 2)
-        count = global_sum(torch.tensor(float(x.numel() // max(x.shape[1], 1)), dtype=x.dtype))
+        count = global_sum(torch.tensor(float(x.numel() // max(x.shape[1], 1)), dtype=x.dtype, device=x.device))
         mean = all_reduce(x.sum(dims)) / count
         var = all_reduce(((x - mean.view(shape)) ** 2).sum(dims)) / count
         if bn.training and bn.running_mean is not None:

@@ -48,16 +48,26 @@ def is_main() -> bool:
 
 
 def device() -> str:
-    """Where this process computes: EDGEMPQ_DEVICE (cpu, cuda, cuda:N), else its local GPU
-    under torchrun when there is one, else the CPU."""
+    """Where this process's heavy stages compute (see edgempq.compute): EDGEMPQ_DEVICE (cpu,
+    cuda, cuda:N; `--compute` sets it), else the process's GPU when the machine has one (under
+    torchrun the rank's local GPU), else the CPU."""
+    import re
+
     import torch
 
-    chosen = os.environ.get("EDGEMPQ_DEVICE")
+    chosen = os.environ.get("EDGEMPQ_DEVICE", "").strip()
     if chosen:
-        if chosen.startswith("cuda") and not torch.cuda.is_available():
-            raise ConfigError(f"EDGEMPQ_DEVICE={chosen} but this machine has no CUDA device; set it to cpu")
+        if not re.fullmatch(r"cpu|cuda(:\d{1,3})?", chosen):
+            raise ConfigError(f"EDGEMPQ_DEVICE (or --compute) is {chosen!r}; give cpu, cuda or cuda:N")
+        if chosen.startswith("cuda"):
+            if not torch.cuda.is_available():
+                raise ConfigError(f"EDGEMPQ_DEVICE (or --compute) is {chosen} but this machine has no CUDA "
+                                  "device; give cpu")
+            if ":" in chosen and int(chosen.split(":")[1]) >= torch.cuda.device_count():
+                raise ConfigError(f"EDGEMPQ_DEVICE (or --compute) is {chosen} but this machine has "
+                                  f"{torch.cuda.device_count()} CUDA device(s), numbered from 0")
         return chosen
-    return f"cuda:{world().local_rank}" if torch.cuda.is_available() and world().size > 1 else "cpu"
+    return f"cuda:{world().local_rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"
 
 
 def start() -> World:

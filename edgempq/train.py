@@ -1,4 +1,5 @@
-"""Training on the CPU: float training of zoo models (`edgempq train`) and the QAT finetune."""
+"""Training: float training of zoo models (`edgempq train`) and the QAT finetune, on the compute
+device (edgempq.compute), data-parallel under torchrun."""
 
 from __future__ import annotations
 
@@ -63,12 +64,12 @@ def shift_batch(x: torch.Tensor, shift: int, gen: torch.Generator) -> torch.Tens
     if x.dim() == 3:
         n, _, length = x.shape
         padded = nn.functional.pad(x, (shift, shift))
-        dx = torch.randint(0, 2 * shift + 1, (n,), generator=gen).tolist()
+        dx = torch.randint(0, 2 * shift + 1, (n,), generator=gen, device=gen.device).tolist()
         return torch.stack([padded[i, :, dx[i]:dx[i] + length] for i in range(n)])
     n, _, h, w = x.shape
     padded = nn.functional.pad(x, (shift, shift, shift, shift))
-    dy = torch.randint(0, 2 * shift + 1, (n,), generator=gen).tolist()
-    dx = torch.randint(0, 2 * shift + 1, (n,), generator=gen).tolist()
+    dy = torch.randint(0, 2 * shift + 1, (n,), generator=gen, device=gen.device).tolist()
+    dx = torch.randint(0, 2 * shift + 1, (n,), generator=gen, device=gen.device).tolist()
     return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
 
 
@@ -99,21 +100,21 @@ def fit(
 
 def _fit(model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: TrainConfig,
          val: tuple[np.ndarray, np.ndarray] | None, on_step: Progress | None) -> TrainResult:
-    from . import data_parallel
+    from . import compute, data_parallel
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(
-            params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
-    else:
-        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    total = (len(x) + cfg.batch_size - 1) // cfg.batch_size * cfg.epochs
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: warmup_cosine(i, total))
     t0 = time.perf_counter()
     model.train()
-    with data_parallel.synced_batchnorm(model):
-        loss_val = _epochs(data_parallel.wrap(model), (x, y), cfg, (opt, sched, params), on_step)
-    data_parallel.agree(model)
+    with compute.computing(model), data_parallel.synced_batchnorm(model):
+        params = [p for p in model.parameters() if p.requires_grad]
+        if cfg.optimizer == "sgd":
+            opt: torch.optim.Optimizer = torch.optim.SGD(
+                params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
+        else:
+            opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        total = (len(x) + cfg.batch_size - 1) // cfg.batch_size * cfg.epochs
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: warmup_cosine(i, total))
+        loss_val = _epochs(data_parallel.wrap(model), (x, y), cfg, (opt, sched, params, total), on_step)
+        data_parallel.agree(model)
     model.eval()
     val_scores = scores(model, *val, cfg.task) if val is not None and len(val[0]) else {}
     return TrainResult(time.perf_counter() - t0, loss_val, val_scores)
@@ -121,21 +122,22 @@ def _fit(model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: TrainConfig,
 
 def _epochs(net: nn.Module, data: tuple[np.ndarray, np.ndarray], cfg: TrainConfig, optim: tuple,
             on_step: Progress | None) -> float:
-    """Every epoch's steps; the last batch's loss. Under torchrun each rank takes its share of
-    each batch (the shuffles and shifts are drawn for the whole batch on every rank)."""
-    from . import data_parallel
+    """Every epoch's steps; the last batch's loss. The batches are drawn and shifted on the CPU
+    and moved to the compute device; under torchrun each rank takes its share of each batch (the
+    shuffles and shifts are drawn for the whole batch on every rank)."""
+    from . import compute, data_parallel
 
-    opt, sched, params = optim
+    opt, sched, params, total = optim
     gen = torch.Generator().manual_seed(cfg.seed)
     xt, yt = torch.from_numpy(data[0]), torch.from_numpy(data[1])
     loss_of, shift = task_loss(cfg.task), cfg.augment_shift if cfg.task in ("classify", "reconstruct") else 0
-    loss_val, step, total = float("nan"), 0, (len(xt) + cfg.batch_size - 1) // cfg.batch_size * cfg.epochs
+    loss_val, step = float("nan"), 0
     for _ in range(cfg.epochs):
-        order = torch.randperm(len(xt), generator=gen)
+        order = torch.randperm(len(xt), generator=gen, device="cpu")
         for i in range(0, len(xt), cfg.batch_size):
             idx = order[i : i + cfg.batch_size]
             part = data_parallel.shard(len(idx))
-            xb, yb = shift_batch(xt[idx], shift, gen)[part.positions], yt[idx][part.positions]
+            xb, yb = compute.to_device(shift_batch(xt[idx], shift, gen)[part.positions], yt[idx][part.positions])
             out = net(xb)
             loss = loss_of(out, xb, yb)
             opt.zero_grad(set_to_none=True)

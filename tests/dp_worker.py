@@ -7,6 +7,8 @@ random data, batches that do not divide evenly over two ranks; rank 0 saves what
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -27,13 +29,25 @@ def data(n: int = 45) -> tuple[np.ndarray, np.ndarray]:
     return rng.standard_normal((n, 1, 8, 8)).astype(np.float32), rng.integers(0, 4, n)
 
 
+@contextmanager
+def strict_device() -> Iterator[None]:
+    """Tensors made without a device land on `meta` (see tests/test_compute.py): the synced
+    BatchNorm and the collectives must make theirs where the model computes."""
+    torch.set_default_device("meta")
+    try:
+        yield
+    finally:
+        torch.set_default_device(None)
+
+
 def learned(job: str) -> dict[str, torch.Tensor]:
     from edgempq.train import TrainConfig, fit
 
     x, y = data()
     if job == "fit":  # batches of 7: shares of 4 and 3, and a last batch of 3
         model = net()
-        fit(model, x, y, TrainConfig(epochs=2, batch_size=7, lr=0.01))
+        with strict_device():
+            fit(model, x, y, TrainConfig(epochs=2, batch_size=7, lr=0.01))
         return model.state_dict()
     from edgempq.quant import QuantConfig, finetune, quantize
     from edgempq.schema import Policy, Precision
@@ -42,7 +56,8 @@ def learned(job: str) -> dict[str, torch.Tensor]:
     if job == "qat":
         q, _ = quantize(net().eval(), policy, x[:16], QuantConfig(weights="minmax"))
         # SGD: Adam turns a gradient of float noise (a step whose rounding is balanced) into a full step
-        finetune(q, x, y, 1, TrainConfig(epochs=1, batch_size=9, lr=1e-3, augment_shift=0))
+        with strict_device():
+            finetune(q, x, y, 1, TrainConfig(epochs=1, batch_size=9, lr=1e-3, augment_shift=0))
         return q.state_dict()
     return _search(job, net().eval(), x, y)
 

@@ -58,6 +58,8 @@ def test_help_lists_the_verbs_without_importing_torch_or_tensorflow():
      "Invalid value for '--act-range': 'wide' is not one of 'minmax', 'percentile', 'mse'; see `"),
     (["evaluate", "--model", "zoo:mnist_resnet8", "--ptq-param", "iters=5", "--ptq", "adaround", "--ptq-param",
       "iters=6"], "parameter iters of PTQ algorithm adaround is given twice"),
+    (["sensitivity", "--method", "hawq", "--model", "zoo:mnist_resnet8", "--compute", "gpu"],
+     "EDGEMPQ_DEVICE (or --compute) is 'gpu'; give cpu, cuda or cuda:N"),
     (["deploy", "--nonsense"], "No such option '--nonsense'"),
     (["nonsense"], "No such command 'nonsense'"),
     (["--nonsense"], "No such option '--nonsense'"),

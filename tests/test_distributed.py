@@ -121,5 +121,5 @@ def test_a_bad_torchrun_environment_is_one_sentence(monkeypatch):
     import torch
 
     if not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match="this machine has no CUDA device; set it to cpu"):
+        with pytest.raises(ConfigError, match="this machine has no CUDA device; give cpu"):
             d.device()

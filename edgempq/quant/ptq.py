@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..compute import on_cpu
 from ..errors import ConfigError
 from ..layers import LAYER_TYPES, layer_kind
 from ..schema import Policy
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from .weights.base import WeightAlgorithm
 
 
+@on_cpu()
 def apply(model: nn.Module, policy: Policy, cfg: QuantConfig | None = None,
           example: Tensor | None = None) -> nn.Module:
     """A fake-quantized copy of `model` in eval mode with BatchNorm folded (`example`, a batch
@@ -129,6 +131,7 @@ class PTQReport:
         return asdict(self)
 
 
+@on_cpu()
 def quantize(model: nn.Module, policy: Policy, x: np.ndarray, cfg: QuantConfig | None = None,
              sequential: bool = True, on_step: Callable[[int, int, str], None] | None = None,
              ) -> tuple[nn.Module, PTQReport]:

@@ -83,7 +83,7 @@ def symmetric_bound(values: Tensor, bits: int, method: str, percentile: float) -
     if method == "percentile":
         return _rank_value(a, percentile / 100.0)
     qmin, qmax = weight_qrange(bits)
-    ratios = torch.linspace(1.0 / _MSE_GRID, 1.0, _MSE_GRID, dtype=values.dtype)
+    ratios = torch.linspace(1.0 / _MSE_GRID, 1.0, _MSE_GRID, dtype=values.dtype, device=values.device)
     best_err = torch.full_like(top, math.inf)
     best = top.clone()
     for r in ratios:
@@ -112,7 +112,7 @@ def asymmetric_range(values: Tensor, bits: int, method: str, percentile: float) 
         hi = _rank_value(row, percentile / 100.0).item()
     elif method == "mse":
         best = (math.inf, lo, hi)
-        for r in torch.linspace(1.0 / _MSE_GRID, 1.0, _MSE_GRID).tolist():
+        for r in torch.linspace(1.0 / _MSE_GRID, 1.0, _MSE_GRID, device="cpu").tolist():
             s, zp = asymmetric_qparams(lo * r, hi * r, bits)
             qmin, qmax = act_qrange(bits)
             err = (fake_quantize(values, s, zp, qmin, qmax) - values).pow(2).sum().item()
@@ -128,7 +128,7 @@ def asymmetric_qparams(lo: float, hi: float, bits: int) -> tuple[Tensor, Tensor]
     lo, hi = min(lo, 0.0), max(hi, 0.0)
     scale = max(hi - lo, 1e-9) / (qmax - qmin)
     zp = round(qmin - lo / scale)
-    return torch.tensor(scale), torch.tensor(float(min(max(zp, qmin), qmax)))
+    return torch.tensor(scale, device="cpu"), torch.tensor(float(min(max(zp, qmin), qmax)), device="cpu")
 
 
 class _StepQuantizer(nn.Module):
@@ -194,7 +194,7 @@ class WeightQuantizer(_StepQuantizer):
 
     def forward(self, w: Tensor) -> Tensor:
         """`w` rounded to the per-channel grid, with the straight-through gradient."""
-        return fake_quantize(w, self.step(w), torch.zeros((), dtype=w.dtype), self.qmin, self.qmax)
+        return fake_quantize(w, self.step(w), torch.zeros((), dtype=w.dtype, device=w.device), self.qmin, self.qmax)
 
     def extra_repr(self) -> str:
         """The width and the grid's state, for printing."""
@@ -217,23 +217,23 @@ class ActQuantizer(_StepQuantizer):
         self.seed = seed
         self._gen: torch.Generator | None = None
         self._lo, self._hi = math.inf, -math.inf
-        self._sample, self._keys = torch.zeros(0), torch.zeros(0)
+        self._sample, self._keys = torch.zeros(0, device="cpu"), torch.zeros(0, device="cpu")
         self.register_buffer("zero_point", torch.zeros(()))
 
     def start_observing(self) -> None:
         """Forget the ranges seen so far and record those of the inputs that follow."""
         self.observing, self._lo, self._hi = True, math.inf, -math.inf
-        self._sample, self._keys = torch.zeros(0), torch.zeros(0)
+        self._sample, self._keys = torch.zeros(0, device="cpu"), torch.zeros(0, device="cpu")
         self._gen = torch.Generator().manual_seed(self.seed)  # same samples on every run
 
     @torch.no_grad()
     def _observe(self, x: Tensor) -> None:
-        flat = x.detach().reshape(-1).float()
+        flat = x.detach().reshape(-1).float().cpu()  # observed and sampled on the CPU, whatever computes x
         self._lo, self._hi = min(self._lo, flat.min().item()), max(self._hi, flat.max().item())
         if self.method != "minmax":
             # Bottom-k sampling: every value seen gets a random key; the k smallest keys kept
             # so far are a uniform sample of all batches, whatever their number and size.
-            keys = torch.cat([self._keys, torch.rand(flat.numel(), generator=self._gen)])
+            keys = torch.cat([self._keys, torch.rand(flat.numel(), generator=self._gen, device="cpu")])
             vals = torch.cat([self._sample, flat])
             keep = keys.topk(min(_SAMPLE_CAP, keys.numel()), largest=False).indices
             self._sample, self._keys = vals[keep], keys[keep]
@@ -244,20 +244,20 @@ class ActQuantizer(_StepQuantizer):
         self.observing = False
         if not math.isfinite(self._lo):
             return  # never reached by the calibration data; stays uncalibrated
-        vals = self._sample if self._sample.numel() else torch.tensor([self._lo, self._hi])
+        vals = self._sample if self._sample.numel() else torch.tensor([self._lo, self._hi], device="cpu")
         if self.symmetric:
             bound = symmetric_bound(vals.unsqueeze(0), self.bits, self.method, self.percentile)
-            scale, zp = bound[0].clamp_min(1e-9) / self.qmax, torch.tensor(0.0)
+            scale, zp = bound[0].clamp_min(1e-9) / self.qmax, torch.tensor(0.0, device="cpu")
         else:
             if self.method == "minmax":
                 lo, hi = self._lo, self._hi
             else:
                 lo, hi = asymmetric_range(vals, self.bits, self.method, self.percentile)
             scale, zp = asymmetric_qparams(lo, hi, self.bits)
-        self.scale.data = scale.reshape(()).to(self.scale.dtype)
-        self.zero_point.data = zp.reshape(()).to(self.zero_point.dtype)
+        self.scale.data = scale.reshape(()).to(self.scale)  # the quantizer's dtype and device
+        self.zero_point.data = zp.reshape(()).to(self.zero_point)
         self.calibrated, self._gen = True, None
-        self._sample, self._keys = torch.zeros(0), torch.zeros(0)
+        self._sample, self._keys = torch.zeros(0, device="cpu"), torch.zeros(0, device="cpu")
 
     def representable(self) -> tuple[float, float]:
         """(lowest, highest) real value the calibrated grid holds."""
@@ -267,8 +267,9 @@ class ActQuantizer(_StepQuantizer):
     @torch.no_grad()
     def set_range(self, scale: float, zero_point: int) -> None:
         """Take a scale and zero point given from outside (the artifact's, so that the two agree)."""
-        self.scale.data = torch.tensor(float(scale), dtype=self.scale.dtype)
-        self.zero_point.data = torch.tensor(float(zero_point), dtype=self.zero_point.dtype)
+        self.scale.data = torch.tensor(float(scale), dtype=self.scale.dtype, device=self.scale.device)
+        self.zero_point.data = torch.tensor(float(zero_point), dtype=self.zero_point.dtype,
+                                            device=self.zero_point.device)
         self.calibrated = True
 
     @torch.no_grad()
@@ -279,7 +280,8 @@ class ActQuantizer(_StepQuantizer):
             self.__dict__.pop("input_grid", None)
             self._buffers.pop("input_grid", None)
             return
-        self.register_buffer("input_grid", torch.tensor([float(v) for v in grid], dtype=torch.float64))
+        self.register_buffer("input_grid", torch.tensor([float(v) for v in grid], dtype=torch.float64,
+                                                        device=self.scale.device))
 
     def forward(self, x: Tensor) -> Tensor:
         """`x` on the activation grid (after the input grid, if any); while observing, `x` unchanged."""

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..compute import place, to_device
 from ..distributed import gather_items, map_shared, share_groups
 from ..errors import ConfigError
 from ..progress import Progress
@@ -230,11 +231,12 @@ class Clado(Method):
         x, y = data.batch(p.samples, p.seed)
         cfg = ptq_config(p)
         scored = searchable(layers, precisions)
-        fmodel = apply(model, Policy({}), cfg)  # float, BatchNorm folded as in every quantized copy
-        copies = _calibrated_copies(model, scored, precisions, x, cfg, on_step)
+        # the PTQ runs on the CPU, the loss changes on the compute device
+        fmodel = place(apply(model, Policy({}), cfg))  # float, BatchNorm folded as in every quantized copy
+        copies = {prec: place(c) for prec, c in _calibrated_copies(model, scored, precisions, x, cfg, on_step).items()}
         items = [(la.name, str(q)) for la in scored for q in precisions[la.name] if str(q) != "f32"]
         runner = ReuseRunner(fmodel, [la.name for la in scored])
-        loss_change = _LossChange(runner, copies, x, y, p)
+        loss_change = _LossChange(runner, copies, *to_device(x, y), p)
 
         def on_pair(k: int, n: int) -> None:
             if on_step:

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..compute import computing, on_cpu, to_device
 from ..data_parallel import average_gradients, global_means, local_loss, shard, synced_batchnorm
 from ..errors import ConfigError
 from ..layers import apply_weights, weight_axis
@@ -58,8 +59,8 @@ class MixedLayer(nn.Module):
     def expected_bits(self) -> tuple[Tensor, Tensor]:
         """E[b^w] and E[b^a] under softmax(α^w) and softmax(α^a), differentiable in α."""
         pw, pa = torch.softmax(self.alpha_w, 0), torch.softmax(self.alpha_a, 0)
-        return (pw * torch.tensor(self.weight_bits, dtype=pw.dtype)).sum(), \
-            (pa * torch.tensor(self.act_bits, dtype=pa.dtype)).sum()
+        return (pw * torch.tensor(self.weight_bits, dtype=pw.dtype, device=pw.device)).sum(), \
+            (pa * torch.tensor(self.act_bits, dtype=pa.dtype, device=pa.device)).sum()
 
     def forward(self, x: Tensor) -> Tensor:
         """The layer on the π^a-mixed quantized input with the π^w-mixed quantized weights."""
@@ -173,11 +174,13 @@ class GMPQ(Method):
         if not scored:  # only float choices: nothing to search
             return Sensitivity(self.name, {(la.name, str(q)): 0.0 for la in todo for q in precisions[la.name]},
                                info={"read_out": {}, "steps": 0})
-        mixed = _mix(student, scored, precisions, p.seed)
+        with on_cpu():  # built and calibrated on the CPU, moved to the compute device to train
+            mixed = _mix(student, scored, precisions, p.seed)
         x_all = torch.from_numpy(np.ascontiguousarray(data.inputs)).float()
         y_all = torch.from_numpy(np.asarray(data.labels)).long()
-        _calibrate_acts(student, x_all[: 4 * p.batch_size], p.batch_size)
-        history = _Search(teacher, student, mixed, scored, x_all, p).train(x_all, y_all, on_step)
+        _calibrate_acts(student, x_all[: 4 * p.batch_size], p.batch_size)  # observed on the CPU
+        with computing(teacher), computing(student):  # the learned α are read back on the CPU
+            history = _Search(teacher, student, mixed, scored, x_all, p).train(x_all, y_all, on_step)
         penalties, read = _read_out(todo, precisions, mixed)
         last = np.mean(history[-max(1, len(history) // 10):], axis=0).tolist() if history else []
         info = {"read_out": read, "final_losses": dict(zip(("ce", "attribution", "complexity"), last, strict=False)),
@@ -220,7 +223,7 @@ class _Search:
                  x_all: Tensor, params: GMPQ.Params) -> None:
         p = self.params = params
         self.student, self.mixed = student, mixed
-        example = x_all[:2]
+        (example,) = to_device(x_all[:2])
         self.t_gm, self.s_gm = with_last_feature(teacher, example), with_last_feature(student, example)
         self.macs = {la.name: float(max(la.macs, 1)) for la in scored}
         self.first = self.macs[scored[0].name]
@@ -236,13 +239,13 @@ class _Search:
     def train(self, x_all: Tensor, y_all: Tensor, on_step: Progress | None) -> list[list[float]]:
         """Every epoch's steps over shuffled batches; the (ce, attribution, complexity) losses of each step."""
         p = self.params
-        gen = torch.Generator().manual_seed(p.seed)
+        gen = torch.Generator().manual_seed(p.seed)  # batches are drawn on the CPU, then moved
         steps = p.epochs * self.per_epoch
         history: list[list[float]] = []
         self.student.train()
         with synced_batchnorm(self.s_gm):  # the graph the steps run holds the BatchNorms
             for _ in range(p.epochs):
-                order = torch.randperm(len(x_all), generator=gen)
+                order = torch.randperm(len(x_all), generator=gen, device=gen.device)
                 for i in range(0, len(x_all), p.batch_size):
                     idx = order[i:i + p.batch_size]
                     loss, parts = self.step(x_all[idx], y_all[idx])
@@ -256,7 +259,7 @@ class _Search:
         gradients averaged); its total loss and the (ce, attribution, complexity) parts."""
         p = self.params
         part = shard(len(xb))
-        xb, yb = xb[part.positions], yb[part.positions]
+        xb, yb = to_device(xb[part.positions], yb[part.positions])
         t_logits, t_feat = self.t_gm(xb.clone().requires_grad_(True))  # so the map has a gradient
         t_map = attribution(t_logits, t_feat, create_graph=False).detach()
         s_logits, s_feat = self.s_gm(xb)
@@ -264,7 +267,7 @@ class _Search:
         bits = {n: m.expected_bits() for n, m in self.mixed.items()}
         power = p.pnorm if p.pnorm > 0 else capacity_power(list(bits.values()), p.product)
         l_attr = imitation_loss(t_map, s_map, power)
-        l_c = sum(self.macs[n] * bw * ba for n, (bw, ba) in bits.items()) / self.first if bits else torch.zeros(())
+        l_c = sum(self.macs[n] * bw * ba for n, (bw, ba) in bits.items()) / self.first  # scored layers: never empty
         ce = nn.functional.cross_entropy(s_logits, yb)
         per_sample = ce + p.aw * l_attr  # a mean over the samples; the complexity is the network's
         self.opt_w.zero_grad()
@@ -277,7 +280,7 @@ class _Search:
         for d in self.decay:  # x0.1 every 10 epochs, as the paper
             d.step()
         ce_v, attr_v = global_means([ce.item(), l_attr.item()], part)
-        l_c_v = float(torch.as_tensor(l_c).detach())
+        l_c_v = float(l_c.detach())
         return ce_v + p.aw * attr_v + p.cd * l_c_v, [ce_v, attr_v, l_c_v]
 
 

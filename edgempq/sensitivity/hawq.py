@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ..compute import computing, to_device
 from ..distributed import gather_items, ranks, share
 from ..errors import ConfigError
 from ..metrics import target_loss
@@ -43,7 +44,9 @@ def hutchinson_traces(loss_fn: Callable[[], Tensor], params: list[Tensor], probe
         block = range(first, min(first + ranks(), probes))
         states, mine = [], {}
         for i in range(len(block)):
-            vs = [torch.randint(0, 2, p.shape, generator=generator).to(p.dtype) * 2 - 1 for p in params]
+            # drawn on the generator's device (the CPU), so any compute device draws the same probes
+            vs = [(torch.randint(0, 2, p.shape, generator=generator, device=generator.device) * 2 - 1).to(p)
+                  for p in params]
             states.append(generator.get_state())
             if i in share(len(block)):
                 hvs = torch.autograd.grad(grads, params, grad_outputs=vs, retain_graph=True)
@@ -121,20 +124,8 @@ class HAWQ(Method):
         n = min(len(data.inputs), p.batches * p.batch_size)
         probes = p.probes or auto_probes(sum(la.macs for la in todo) * n)
         x_all, y_all = data.batch(n, p.seed)
-        traces = [0.0] * len(todo)
-        steps = probes * ((n + p.batch_size - 1) // p.batch_size)
-        done = 0
-        for start in range(0, n, p.batch_size):
-            x, y = x_all[start:start + p.batch_size], y_all[start:start + p.batch_size]
-
-            def tick(_k: int, done_before: int = done) -> None:
-                if on_step:
-                    on_step(done_before + _k + 1, steps, "probes")
-
-            tr = hutchinson_traces(lambda x=x, y=y: target_loss(model(x), y), weights,
-                                   probes, p.tol, gen, tick)
-            traces = [a + b * len(x) / n for a, b in zip(traces, tr, strict=True)]
-            done += probes
+        with computing(model):  # the noise terms below are the CPU's, as deploy quantizes there
+            traces = self._traces(model, weights, (x_all, y_all), probes, gen, on_step)
         avg = {la.name: t / la.weight_count for la, t in zip(todo, traces, strict=True)}
         # Tr(H)/P × ‖Q(W) − W‖² = Tr(H)/P × ‖W‖² × the relative error, and the input's relative
         # error moves the output as much as the same relative error on the weights
@@ -145,3 +136,25 @@ class HAWQ(Method):
         trace = {la.name: t for la, t in zip(todo, traces, strict=True)}
         return Sensitivity(self.name, penalties, info={"trace": trace, "avg_trace": avg, "probes": probes,
                                                        "nonpositive_trace": [n for n, t in avg.items() if t <= 0]})
+
+    def _traces(self, model: nn.Module, weights: list[Tensor], batch: tuple[Tensor, Tensor], probes: int,
+                gen: torch.Generator, on_step: Progress | None) -> list[float]:
+        """Each weight tensor's Hessian trace over the samples, batch by batch (each batch's
+        traces weighted by its share of the samples)."""
+        p = self.params
+        x_all, y_all = batch
+        n = len(x_all)
+        traces = [0.0] * len(weights)
+        steps = probes * ((n + p.batch_size - 1) // p.batch_size)
+        done = 0
+        for start in range(0, n, p.batch_size):
+            x, y = to_device(x_all[start:start + p.batch_size], y_all[start:start + p.batch_size])
+
+            def tick(_k: int, done_before: int = done) -> None:
+                if on_step:
+                    on_step(done_before + _k + 1, steps, "probes")
+
+            tr = hutchinson_traces(lambda x=x, y=y: target_loss(model(x), y), weights, probes, p.tol, gen, tick)
+            traces = [a + b * len(x) / n for a, b in zip(traces, tr, strict=True)]
+            done += probes
+        return traces

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..compute import computing, on_cpu, to_device
 from ..data_parallel import (
     average_gradients,
     global_any,
@@ -162,11 +163,13 @@ class LIMPQ(Method):
         todo = searchable(layers, precisions)
         scored = [la for la in todo if any(not q.is_float for q in precisions[la.name])]
         ints = {la.name: [q for q in precisions[la.name] if not q.is_float] for la in scored}
-        net, multi = _multi_precision(model, ints)  # a copy: the caller's model is never changed
+        with on_cpu():  # built on the CPU, moved to the compute device to train
+            net, multi = _multi_precision(model, ints)  # a copy: the caller's model is never changed
         x_all = torch.from_numpy(np.ascontiguousarray(data.inputs)).float()
         y_all = data.targets()
-        training = _Training(net, multi, ints, p, len(x_all))
-        losses = training.run(x_all, y_all, on_step)
+        with computing(net):  # the learned steps are read back on the CPU
+            training = _Training(net, multi, ints, p, len(x_all))
+            losses = training.run(x_all, y_all, on_step)
         for m in multi.values():
             m.use(None)
         raw = _indicators(multi)
@@ -217,12 +220,12 @@ class _Training:
         """Every epoch's steps over shuffled batches; the mean loss of each step. Under torchrun
         each rank takes its share of every batch and the gradients are averaged."""
         p = self.params
-        gen = torch.Generator().manual_seed(p.seed)
+        gen = torch.Generator().manual_seed(p.seed)  # batches are drawn on the CPU, then moved
         self.net.train()
         losses: list[float] = []
         with synced_batchnorm(self.net):
             for _ in range(p.epochs):
-                order = torch.randperm(len(x_all), generator=gen)
+                order = torch.randperm(len(x_all), generator=gen, device=gen.device)
                 for i in range(0, len(x_all), p.batch_size):
                     idx = order[i:i + p.batch_size]
                     losses.append(self.step(x_all[idx], y_all[idx]))
@@ -234,7 +237,7 @@ class _Training:
         """One SGD step on the summed gradients of every configuration; their mean loss."""
         self.opt.zero_grad()
         batch, part = len(xb), shard(len(xb))
-        xb, yb = xb[part.positions], yb[part.positions]
+        xb, yb = to_device(xb[part.positions], yb[part.positions])
         losses = []
         configs = self.configs()
         for cfg in configs:

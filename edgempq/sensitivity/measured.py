@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 from torch import nn
 
+from ..compute import place, to_device
 from ..distributed import gather_items, share
 from ..errors import ConfigError
 from ..metrics import target_loss
@@ -124,12 +125,13 @@ class Measured(Method):
         p = self.params
         x, y = data.batch(p.samples, p.seed)
         cfg = ptq_config(p)
-        ref_model = apply(model, Policy({}), cfg)  # BatchNorm folded as in every quantized copy
+        ref_model = place(apply(model, Policy({}), cfg))  # BatchNorm folded as in every quantized copy
+        xd, yd = to_device(x, y)  # the PTQ runs on the CPU, the losses on the compute device
         reference = None
         if p.loss == "kl":
             with torch.no_grad():
-                reference = torch.cat([ref_model(x[i:i + p.batch_size]) for i in range(0, len(x), p.batch_size)])
-        base = mean_loss(ref_model, x, y, p.batch_size, reference)
+                reference = torch.cat([ref_model(xd[i:i + p.batch_size]) for i in range(0, len(x), p.batch_size)])
+        base = mean_loss(ref_model, xd, yd, p.batch_size, reference)
         jobs = [(la, prec) for la in searchable(layers, precisions) for prec in precisions[la.name]]
         mine = {}  # under torchrun, this rank's share of the (layer, precision) runs
         todo = share(len(jobs))
@@ -138,7 +140,7 @@ class Measured(Method):
             if on_step:
                 on_step(k, len(todo), f"{la.name} {prec}")
             q, _ = quantize(model, Policy({la.name: prec}), x.numpy(), cfg)
-            mine[i] = mean_loss(q, x, y, p.batch_size, reference)
+            mine[i] = mean_loss(place(q), xd, yd, p.batch_size, reference)
         if on_step:
             on_step(len(todo), len(todo), "done")
         losses = gather_items(len(jobs), mine)

@@ -19,6 +19,7 @@ import copy
 import torch
 from torch import Tensor, nn
 
+from ..compute import on_cpu
 from ..layers import weight_axis
 from ..quant.fold import fold_batchnorm
 from ..quant.quantizers import ActQuantizer, WeightQuantizer
@@ -39,6 +40,7 @@ def quant_error(weight: Tensor, p: Precision, axis: int = 0) -> float:
 Noise = dict[tuple[str, str], tuple[float, float]]  # (layer, precision) -> (weight, activation) relative error
 
 
+@on_cpu()
 @torch.no_grad()
 def relative_noise(model: nn.Module, layers: list[Layer], precisions: dict[str, list[Precision]],
                    x: Tensor) -> Noise:
