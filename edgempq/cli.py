@@ -177,6 +177,8 @@ def targets() -> None:
                            if getattr(tg, k) is not None)
         if tg.microcontroller:
             limits += "; float allowed" if tg.allow_float else "; integer only"
+        if tg.emulated:
+            limits = (limits + "; " if limits else "") + "emulated: validate only"
         t.add_row(name + (" (template)" if tg.template else ""), tg.backend, str(tg.threads),
                   *(" ".join(map(str, tg.allowed(k))) for k in SEARCHABLE_KINDS), limits or "-", tg.description)
     show.console().print(t)

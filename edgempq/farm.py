@@ -176,6 +176,8 @@ def _measure_share(layers: list, target: Any, whole: Any, part: tuple[int, int],
     from .profile import measure_rows, measure_whole
     from .profile_cache import RowCache, device_key, device_lock, jobs_for
 
+    target.check_timeable()
+
     jobs = jobs_for(layers, target)
     sizes = {j.layer.signature: float(j.layer.macs + 1) * sum(k.layer.signature == j.layer.signature for k in jobs)
              for j in jobs}

@@ -252,6 +252,7 @@ def profile(layers: list[Layer], target: Target, model_hash: str, use_cache: boo
     """The cost table of `layers` on `target`, measuring only what the cache lacks; with
     `whole`, also the whole model end to end at each uniform precision and the overheads, and
     at its random mixed probes (for the latency model)."""
+    target.check_timeable()
     with backend_for(target) as backend, contextlib.ExitStack() as held:
         fingerprint = backend.check()
         folder = cache_dir("profiles", device_key(target, fingerprint))

@@ -37,6 +37,8 @@ def profile(source: Source, model: Any, opts: ProfileOptions) -> None:
 
     outputs = _outputs(opts)
     targets = [load_target(d) for d in opts.devices]  # every target file checked before any work
+    for t in targets:
+        t.check_timeable()
     layers = trace(model.module, model.input_shape)
     folded = {} if opts.no_check else _preflight(model, layers)
     tables = []

@@ -139,6 +139,10 @@ def _latency(out: Rendered, v: ValidationReport | None, pred: PredictedLatency |
               if lat.rounds_ms else "")
     out.blocks.append(("p", f"Measured on {target}: median {_ms(lat.median_ms)} over {lat.runs} runs{rounds} "
                             f"(p10 {_ms(lat.p10_ms)}, p90 {_ms(lat.p90_ms)}); predicted {_ms(pred_ms)}{err}."))
+    if lat.emulated:
+        out.blocks.append(("p", f"{target} is emulated ({v.device.get('machine', 'another CPU')} under an "
+                                "emulator): these milliseconds are the emulator's, not the board's, and are held "
+                                "to no prediction. What the artifact computes there is the board's."))
     if v.device.get("runtime") == "tflite_micro":
         out.blocks.append(("p", f"These are TFLite Micro's kernels timed on this host's CPU "
                                 f"({v.device.get('cpu', 'unknown')}), not on a microcontroller: the arena and "

@@ -269,6 +269,7 @@ def validation(v: ValidationReport, report: str) -> None:
         click.echo(f"agreement with the simulation: {agreement_words(v.task, v.agreement)}")
     lat = v.latency
     pred = (f", predicted {lat.predicted_ms:.3f} ms ({lat.error:+.1%})" if lat.predicted_ms is not None
+            else " under emulation: the emulator's time, not the board's, held to no prediction" if lat.emulated
             else " (no prediction: give --profile)")
     rounds = f", fastest of {len(lat.rounds_ms)} rounds" if lat.rounds_ms else ""
     click.echo(f"latency median {lat.median_ms:.3f} ms (p10 {lat.p10_ms:.3f}, p90 {lat.p90_ms:.3f}{rounds}){pred}")

@@ -117,7 +117,7 @@ def validate(artifact: Artifact, target: Target, data: Samples,
         samples=int(len(data.x)), device=m.device, task=data.task, eval_seconds=m.seconds,
         artifact_top1=m.scores.get("top1"), artifact_top5=m.scores.get("top5"),
         predictions=tuple(int(v) for v in np.argmax(m.outputs, axis=1)) if classes else (),
-        latency=_latency(m.timings, artifact.predicted), size=_size(artifact, m.ram, target),
+        latency=_latency(m.timings, artifact.predicted, target.emulated), size=_size(artifact, m.ram, target),
         deploy_report=dep is not None, deployed_target=dep.target if dep else None, data_note=data.note,
         scores=scores, **compared)
 
@@ -224,13 +224,13 @@ def logits(module: Any, x: np.ndarray, batch: int = 256) -> np.ndarray:
     return np.concatenate(out)
 
 
-def _latency(timings: list[Any], pred: PredictedLatency | None) -> MeasuredLatency:
+def _latency(timings: list[Any], pred: PredictedLatency | None, emulated: bool = False) -> MeasuredLatency:
     """The measured latency (the fastest round), with the prediction and its relative error when
-    there is one."""
+    there is one; an emulated device's time is kept apart, held to no prediction."""
     t = fastest(timings)
     rounds = tuple(x.median_ms for x in timings)
-    if pred is None:
-        return MeasuredLatency(t.median_ms, t.p10_ms, t.p90_ms, t.runs, rounds_ms=rounds)
+    if pred is None or emulated:
+        return MeasuredLatency(t.median_ms, t.p10_ms, t.p90_ms, t.runs, rounds_ms=rounds, emulated=emulated)
     p = float(pred.predicted_ms)
     return MeasuredLatency(t.median_ms, t.p10_ms, t.p90_ms, t.runs, predicted_ms=p, error=(t.median_ms - p) / p,
                            layers_ms=pred.layers_ms, points=pred.points, rounds_ms=rounds)

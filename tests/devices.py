@@ -25,7 +25,7 @@ def need(program: str) -> str:
     if path is None:
         if os.environ.get("CI"):
             pytest.fail(f"{program} is not installed; .ci/run must install it")
-        pytest.skip(f"{program} is not installed (apt-get install openssh-server adb)")
+        pytest.skip(f"{program} is not installed (apt-get install openssh-server adb qemu-user-static)")
     return path
 
 

@@ -37,7 +37,8 @@ class DeviceError(Exception):
 
 
 def load_interpreter_class():
-    """(Interpreter class, runtime name, version) of the first TFLite runtime installed."""
+    """(Interpreter class, runtime name, version) of the first TFLite runtime installed:
+    ai_edge_litert (LiteRT 1.x and 2.x), else tflite_runtime."""
     try:
         import ai_edge_litert
         from ai_edge_litert import interpreter as mod
@@ -47,12 +48,35 @@ def load_interpreter_class():
         pass
     try:
         import tflite_runtime
-        from tflite_runtime import interpreter as mod
-
-        return mod.Interpreter, "tflite_runtime", getattr(tflite_runtime, "__version__", "unknown")
     except ImportError:
         raise DeviceError("no TFLite runtime on this device: install ai-edge-litert (or tflite-runtime) "
                           "for this Python") from None
+    version = getattr(tflite_runtime, "__version__", "unknown")
+    if int(np.__version__.split(".")[0]) >= 2:  # its extension is built against numpy 1 and fails in 2
+        raise DeviceError(f"tflite_runtime {version} is built for numpy 1 and cannot run beside numpy "
+                          f"{np.__version__} on this device: install numpy<2 for this Python, or install "
+                          "ai-edge-litert instead of tflite-runtime")
+    from tflite_runtime import interpreter as mod
+
+    return mod.Interpreter, "tflite_runtime", version
+
+
+# what a runtime's refusal to prepare a model means, and what to do about it
+_KNOWN_REFUSALS = (  # (where, the check that failed, what it means)
+    ("quantize.cc", "output->type == kTfLiteUInt8 || output->type == kTfLiteInt8",
+     "this runtime cannot requantize 8-bit values to 16 bits (a w*a16 layer fed by the int8 input or by a "
+     "w*a8 layer); ai-edge-litert 2.1.3 or newer can: upgrade it on the device, or deploy a policy whose "
+     "16-bit layers are fed by float or 16-bit values only"),
+)
+
+
+def load_failure(error: Exception) -> str:
+    """Why the installed runtime cannot load a model, in one sentence that names the runtime."""
+    _, runtime, version = load_interpreter_class()
+    text = f"{type(error).__name__}: {error}".replace("\n", " ")
+    hint = next((h for where, check, h in _KNOWN_REFUSALS if where in text and check in text), None)
+    said = f"{runtime} {version} cannot load the model ({text[:600]})"
+    return f"{said}; {hint}" if hint else said
 
 
 def cpu_model() -> str:
@@ -93,7 +117,7 @@ def make_interpreter(model: bytes, threads: int):
         it = cls(model_content=model, num_threads=threads)
         it.allocate_tensors()
     except Exception as e:  # noqa: BLE001 - the runtime raises many types
-        raise DeviceError(f"the TFLite runtime cannot load the model ({type(e).__name__}: {e})") from None
+        raise DeviceError(load_failure(e)) from None
     return it
 
 

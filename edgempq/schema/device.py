@@ -39,7 +39,7 @@ _HOST = re.compile(r"^[A-Za-z0-9_.:\[\]%-]+$")  # a name or address; never an op
 SAFE_PATH = re.compile(r"^/[A-Za-z0-9_./+-]+$")  # a path on a device that no shell can misread
 _OPS = {"dwconv": "DEPTHWISE_CONV_2D", "tconv": "TRANSPOSE_CONV"}
 _TOP_KEYS = {"name", "description", "backend", "threads", "warmup", "runs", "max_seconds", "flash_kb", "ram_kb",
-             "template", "allow_float", "precisions", "connection"}
+             "template", "allow_float", "emulated", "precisions", "connection"}
 
 
 # the most a target may ask for, checked when it loads (for every backend alike): more threads
@@ -69,6 +69,9 @@ class Target(JsonDoc):
     # a microcontroller target offers float layers only when its file says so (they are slow and
     # large there, and a host CPU's timings of TFLite Micro's float kernels make them look cheap)
     allow_float: bool = False
+    # an emulator runs it (qemu-user on another CPU): what it computes is the board's, its times
+    # are the emulator's, so profile refuses it and validate keeps its time out of any latency figure
+    emulated: bool = False
 
     def __post_init__(self) -> None:
         if self.backend not in CONNECTION_KEYS:
@@ -126,6 +129,13 @@ class Target(JsonDoc):
         """Whether the target runs models as a microcontroller does (TFLite Micro: an arena, flash)."""
         return self.backend in MICROCONTROLLER_BACKENDS
 
+    def check_timeable(self) -> None:
+        """Refuse to profile an emulated target: its times are the emulator's, not the board's."""
+        if self.emulated:
+            raise ConfigError(f"target {self.name} is emulated (emulated = true): its times are the emulator's, "
+                              "not the board's, so it cannot be profiled; profile the real board (this target "
+                              "with the board's host in [connection]), and validate artifacts here")
+
     def same_device(self, other: Target) -> bool:
         """Whether `other` reaches the same device with the same runtime options, whatever its
         name, limits or precision lists: a profile measured through one holds for the other."""
@@ -148,6 +158,8 @@ class Target(JsonDoc):
             d["template"] = True
         if self.allow_float:
             d["allow_float"] = True
+        if self.emulated:
+            d["emulated"] = True
         d["precisions"] = {k: [str(p) for p in v] for k, v in self.precisions.items()}
         if self.connection:
             d["connection"] = dict(self.connection)
@@ -171,7 +183,7 @@ class Target(JsonDoc):
         for k in ("name", "backend", "description"):
             if k in d and not isinstance(d[k], str):
                 raise ConfigError(f"target {k} must be a string, not {d[k]!r}")
-        for k in ("template", "allow_float"):
+        for k in ("template", "allow_float", "emulated"):
             if not isinstance(d.get(k, False), bool):
                 raise ConfigError(f"target {k} must be true or false")
         kw = {k: v for k, v in d.items() if k not in ("precisions", "connection")}

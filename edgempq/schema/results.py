@@ -287,6 +287,7 @@ class MeasuredLatency(Record):
     layers_ms: dict[str, float] | None = None
     points: tuple[LatencyPoint, ...] | None = None
     rounds_ms: tuple[float, ...] | None = None  # each round's median; the fastest is the latency above
+    emulated: bool = False  # timed under an emulator: not the board's latency, compared with no prediction
 
 
 @dataclasses.dataclass(frozen=True)

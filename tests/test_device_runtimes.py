@@ -1,0 +1,106 @@
+"""The device runner (tools/edgempq_device.py) on each TFLite runtime a board may carry:
+ai-edge-litert 1.4 to 2.3 and tflite-runtime 2.14, each installed alone from PyPI (this
+machine's wheels; the runner is the same Python on a board) and run by a Python that sees
+nothing else. Every runtime runs an artifact its kernels can; one it cannot (8-bit activations
+requantized to 16 bits, which LiteRT prepares from 2.1.3 on) and a runtime that cannot run at
+all (tflite-runtime beside numpy 2) end in one sentence naming the runtime and what to do."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from .arm64 import deployed, eval_samples
+
+RUNNER = Path(__file__).resolve().parent.parent / "tools" / "edgempq_device.py"
+# name -> (what pip installs, whether it requantizes int8 to int16)
+RUNTIMES = {
+    "ai_edge_litert 1.4.0": (["ai-edge-litert==1.4.0"], False),
+    "ai_edge_litert 2.0.3": (["ai-edge-litert==2.0.3"], False),
+    "ai_edge_litert 2.1.2": (["ai-edge-litert==2.1.2"], False),
+    "ai_edge_litert 2.1.3": (["ai-edge-litert==2.1.3"], True),
+    "ai_edge_litert 2.3.0": (["ai-edge-litert==2.3.0"], True),
+    "tflite_runtime 2.14.0": (["tflite-runtime==2.14.0", "numpy<2"], False),
+}
+
+
+def _installed(packages: list[str]) -> Path:
+    """A folder holding only `packages` and what they need, built once per machine."""
+    root = Path(tempfile.gettempdir()) / "edgempq-runtimes" / "_".join(packages).replace("<", "lt").replace("=", "")
+    if not (root / ".ready").exists():
+        p = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                            "--no-warn-conflicts", "--only-binary=:all:", "--target", str(root), *packages],
+                           capture_output=True, text=True, env={**os.environ, "PIP_ROOT_USER_ACTION": "ignore"})
+        if p.returncode != 0:
+            raise RuntimeError(f"installing {packages} failed: {p.stderr[-2000:]}")
+        (root / ".ready").write_text("ok")
+    return root
+
+
+def _runner(folder: Path | None, *args: str) -> dict:
+    """The runner's JSON answer, run by this Python without its site-packages (-S) on what
+    `folder` holds (None: this Python as it is, with the LiteRT edgempq itself uses)."""
+    isolated = ["-S"] if folder is not None else []
+    env = {**os.environ, "PYTHONPATH": str(folder)} if folder is not None else None
+    p = subprocess.run([sys.executable, *isolated, str(RUNNER), *args], capture_output=True, text=True, env=env,
+                       timeout=1800)
+    assert "Traceback" not in p.stderr, p.stderr[-3000:]
+    answer = json.loads(p.stdout.strip().splitlines()[-1])
+    assert (p.returncode == 2) == ("error" in answer), (p.returncode, answer)
+    return answer
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    """A mixed artifact any runtime prepares (int8, int4 and float16 weights), one that
+    requantizes 8-bit activations to 16 bits, and the test samples as the runner's eval reads
+    them. (Before 2.1.3 any w*a16 layer fails but one fed straight by a float op: the input
+    is int8, and the converter puts a float layer's output back on int8 before a PAD.)"""
+    from edgempq.schema import Policy, Precision
+
+    def deal(widths: tuple[str, ...]):  # the widths round the searched layers
+        return lambda layers: Policy({la.name: Precision.parse(widths[i % len(widths)])
+                                      for i, la in enumerate(la for la in layers if la.searchable)})
+
+    folder = tmp_path_factory.mktemp("runtimes")
+    built = deployed(folder, "host", {"plain": deal(("w8a8", "w4a8", "f16")),
+                                      "requant": deal(("w8a8", "w8a16"))})
+    tflite = (built["plain"] / "model.tflite").read_bytes()
+    x, y = eval_samples(tflite)
+    np.savez(folder / "data.npz", x=x, y=y)
+    return {name: built[name] / "model.tflite" for name in built} | {"data": folder / "data.npz"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("runtime", sorted(RUNTIMES))
+def test_the_runner_works_on_every_runtime_or_says_what_it_lacks(runtime, artifacts):
+    packages, requantizes = RUNTIMES[runtime]
+    folder = _installed(packages)
+    info = _runner(folder, "info")
+    assert f"{info['runtime']} {info['runtime_version']}" == runtime
+    reference = _runner(None, "eval", str(artifacts["plain"]), str(artifacts["data"]))
+    plain = _runner(folder, "eval", str(artifacts["plain"]), str(artifacts["data"]))
+    assert plain["top1"] == reference["top1"] > 0.9 and plain["predictions"] == reference["predictions"]
+    timed = _runner(folder, "time", str(artifacts["plain"]), "--runs", "3", "--warmup", "1")
+    assert timed["runs"] == 3 and timed["median_ms"] > 0
+    requant = _runner(folder, "eval", str(artifacts["requant"]), str(artifacts["data"]))
+    if requantizes:
+        assert requant["top1"] > 0.9
+    else:
+        assert requant["error"].startswith(f"{runtime} cannot load the model (")
+        assert "ai-edge-litert 2.1.3 or newer can: upgrade it on the device" in requant["error"]
+
+
+@pytest.mark.slow
+def test_tflite_runtime_beside_numpy_2_is_one_sentence(artifacts):
+    folder = _installed(["tflite-runtime==2.14.0", "numpy>=2"])
+    answer = _runner(folder, "eval", str(artifacts["plain"]), str(artifacts["data"]))
+    assert answer["error"].startswith("tflite_runtime 2.14.0 is built for numpy 1 and cannot run beside numpy 2.")
+    assert "install numpy<2 for this Python" in answer["error"]
