@@ -171,6 +171,7 @@ def _measure_share(layers: list, target: Any, whole: Any, part: tuple[int, int],
     whole models, timed and written to the cache it shares with the other boards; what it
     measured, said in words."""
     from .backends import backend_for
+    from .backends.base import check_runtime
     from .cache import cache_dir
     from .distributed import balance
     from .profile import measure_rows, measure_whole
@@ -183,7 +184,9 @@ def _measure_share(layers: list, target: Any, whole: Any, part: tuple[int, int],
              for j in jobs}
     mine = balance(sizes, part[1])[part[0]]
     with backend_for(target) as backend, contextlib.ExitStack() as held:
-        key = device_key(target, backend.check())
+        fingerprint = backend.check()
+        check_runtime(target, fingerprint)
+        key = device_key(target, fingerprint)
         folder = cache_dir("profiles", key)
         held.enter_context(device_lock(folder, target, on_step))
         cache = RowCache(folder)

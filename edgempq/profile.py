@@ -16,6 +16,7 @@ from typing import Any
 
 from .assign import alternating_policies, probe_assignments, uniform_assignment
 from .backends import Backend, backend_for
+from .backends.base import check_runtime
 from .cache import cache_dir
 from .errors import ConfigError
 from .layers import layer_edges
@@ -255,6 +256,7 @@ def profile(layers: list[Layer], target: Target, model_hash: str, use_cache: boo
     target.check_timeable()
     with backend_for(target) as backend, contextlib.ExitStack() as held:
         fingerprint = backend.check()
+        check_runtime(target, fingerprint)
         folder = cache_dir("profiles", device_key(target, fingerprint))
         held.enter_context(device_lock(folder, target, on_step))  # with --no-cache too: one at a time
         cache = RowCache(folder if use_cache else None)

@@ -104,3 +104,37 @@ def test_tflite_runtime_beside_numpy_2_is_one_sentence(artifacts):
     answer = _runner(folder, "eval", str(artifacts["plain"]), str(artifacts["data"]))
     assert answer["error"].startswith("tflite_runtime 2.14.0 is built for numpy 1 and cannot run beside numpy 2.")
     assert "install numpy<2 for this Python" in answer["error"]
+
+
+def test_which_runtimes_cannot_run_16_bit_activations():
+    from edgempq.backends.base import runtime_problem
+    from edgempq.targets import load_target
+
+    host = load_target("host")  # offers w8a16 and w4a16
+    for runtime, version in (("ai_edge_litert", "1.4.0"), ("ai_edge_litert", "2.1.2"), ("tflite_runtime", "2.14.0")):
+        problem = runtime_problem(host, {"runtime": runtime, "runtime_version": version})
+        assert problem.startswith(f"target host: the device's {runtime} {version} cannot requantize")
+        assert "remove w4a16, w8a16 from a copy of the target's [precisions]" in problem
+    for version in ("2.1.3", "2.3.0", "2.4.0.dev20261026", "unknown"):
+        assert runtime_problem(host, {"runtime": "ai_edge_litert", "runtime_version": version}) is None
+    assert runtime_problem(load_target("tflm-host"), {"runtime": "tflite_micro", "runtime_version": "x"}) is None
+
+
+@pytest.mark.slow
+def test_profile_refuses_a_board_whose_runtime_cannot_load_16_bit_layers(sshd, tmp_path):
+    """A board over ssh whose Python has ai-edge-litert 1.4.0: its single-layer w8a16 models
+    would time well, and every artifact with one would fail there."""
+    from .devices import ssh_target
+
+    python = tmp_path / "board python"
+    python.write_text(f"#!/bin/sh\nPYTHONPATH='{_installed(RUNTIMES['ai_edge_litert 1.4.0'][0])}' "
+                      f"exec '{sys.executable}' -S \"$@\"\n")
+    python.chmod(0o755)
+    target = tmp_path / "old.toml"
+    target.write_text(ssh_target(sshd, str(python)).to_toml())
+    p = subprocess.run([sys.executable, "-m", "edgempq", "profile", "--model", "zoo:mnist_cnn?input_size=8",
+                        "--device", str(target), "--no-check", "-o", str(tmp_path / "p.json")],
+                       capture_output=True, text=True, timeout=1800,
+                       env={**os.environ, "EDGEMPQ_CACHE": str(tmp_path / "cache")})
+    assert p.returncode == 1 and "Traceback" not in p.stderr and not (tmp_path / "p.json").exists()
+    assert "error: target loopback: the device's ai_edge_litert 1.4.0 cannot requantize 8-bit values" in p.stderr

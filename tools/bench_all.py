@@ -20,6 +20,7 @@ Parts (each also runnable alone as tools/bench_<part>.py):
   distributed  sensitivity (clado, hawq) on 1 process against 2 under torchrun, and the one-process path
             before and after the distributed change (measured, clado, hawq; git worktrees)
   farm      a cold profile on one loopback ssh board against --spread over two
+  arm64     each precision's artifact on an emulated arm64 board (qemu-user, over ssh) against host's answers
 
 Each part writes bench_results/all/<part>.json; BENCHMARKS.md and its plots (benchmarks/*.png)
 are written from whichever parts have results.
@@ -41,10 +42,10 @@ from bench_device import KINDS  # noqa: E402
 from benchkit import RESULTS, log, mix  # noqa: E402
 
 PARTS = ("device", "methods", "costs", "fidelity", "ptq", "models", "arena", "latency", "proof", "distributed",
-         "farm")
+         "farm", "arm64")
 # fidelity right after the artifacts; ptq reads the policies of device and methods; costs reads methods
 RUN_ORDER = ("device", "fidelity", "methods", "ptq", "costs", "models", "arena", "latency", "proof",
-             "distributed", "farm")
+             "distributed", "farm", "arm64")
 ROOT = Path(__file__).resolve().parent.parent
 MD = ROOT / "BENCHMARKS.md"
 SEARCH_TARGET_S = 30.0
@@ -528,34 +529,11 @@ def part_sections(parts: dict, plots: Path, base: Path) -> dict[str, str]:
         out["costs"] = costs_section(costs, parts["device"], parts["fidelity"]) + "\n"
     if parts["fidelity"]:
         out["fidelity"] = fidelity_section(parts["fidelity"]) + "\n"
-    if parts["ptq"]:
-        import bench_ptq
+    import importlib
 
-        out["ptq"] = bench_ptq.section(parts["ptq"], table) + "\n"
-    if parts["models"]:
-        import bench_models
-
-        out["models"] = bench_models.section(parts["models"], table) + "\n"
-    if parts["arena"]:
-        import bench_arena
-
-        out["arena"] = bench_arena.section(parts["arena"], table) + "\n"
-    if parts["latency"]:
-        import bench_latency
-
-        out["latency"] = bench_latency.section(parts["latency"], table) + "\n"
-    if parts["proof"]:
-        import bench_proof
-
-        out["proof"] = bench_proof.section(parts["proof"], table) + "\n"
-    if parts["distributed"]:
-        import bench_distributed
-
-        out["distributed"] = bench_distributed.section(parts["distributed"], table) + "\n"
-    if parts["farm"]:
-        import bench_farm
-
-        out["farm"] = bench_farm.section(parts["farm"], table) + "\n"
+    for part in ("ptq", "models", "arena", "latency", "proof", "distributed", "farm", "arm64"):
+        if parts[part]:  # the parts whose tools/bench_<part>.py writes its own section
+            out[part] = importlib.import_module(f"bench_{part}").section(parts[part], table) + "\n"
     return out
 
 

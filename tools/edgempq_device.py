@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """edgempq's device-side runner: times and runs .tflite models on the device it runs on.
 
-Needs only Python 3, numpy and a TFLite interpreter (ai_edge_litert, else tflite_runtime); no
+Needs only Python 3, numpy and a TFLite interpreter (ai_edge_litert 1.4 to 2.3, else tflite_runtime
+2.14 beside numpy 1); a runtime that cannot load a model says which it is and why. No
 torch, no edgempq. Every mode prints one JSON object on stdout; failures print
 {"error": "..."} and exit with status 2.
 

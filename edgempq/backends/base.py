@@ -139,6 +139,37 @@ def backend_for(target: Target) -> Backend:
     return BACKENDS.get(target.backend)(target)
 
 
+INT16_REQUANTIZE_SINCE = (2, 1, 3)  # the first ai-edge-litert whose QUANTIZE turns int8 into int16
+
+
+def runtime_problem(target: Target, fingerprint: dict[str, Any]) -> str | None:
+    """Why the device's TFLite runtime cannot run what the target offers, or None. LiteRT before
+    2.1.3 (and every tflite-runtime) cannot requantize 8-bit values to 16 bits, which any
+    artifact with a 16-bit-activation layer does (its input is int8), though such a layer timed
+    alone runs: profiled, the search would choose what the board then refuses to load."""
+    a16 = sorted({str(p) for ps in target.precisions.values() for p in ps if not p.is_float and p.act_bits == 16})
+    runtime, version = fingerprint.get("runtime"), str(fingerprint.get("runtime_version", ""))
+    if not a16 or runtime not in ("ai_edge_litert", "tflite_runtime"):
+        return None
+    if runtime == "ai_edge_litert":
+        try:
+            if tuple(int(v) for v in version.split(".")[:3]) >= INT16_REQUANTIZE_SINCE:
+                return None
+        except ValueError:  # a development build: let the device say what it cannot load
+            return None
+    return (f"target {target.name}: the device's {runtime} {version} cannot requantize 8-bit values to 16 bits, "
+            f"so an artifact with a {' or '.join(a16)} layer would not load there; upgrade ai-edge-litert on the "
+            f"device to {'.'.join(map(str, INT16_REQUANTIZE_SINCE))} or newer, or remove {', '.join(a16)} from "
+            "a copy of the target's [precisions]")
+
+
+def check_runtime(target: Target, fingerprint: dict[str, Any]) -> None:
+    """Refuse to profile a device whose runtime cannot run what the target offers (`runtime_problem`)."""
+    problem = runtime_problem(target, fingerprint)
+    if problem:
+        raise DeviceError(problem)
+
+
 @cache
 def device_script() -> ModuleType:
     """tools/edgempq_device.py as a module: local backends time and run with the same code the
