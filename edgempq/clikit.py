@@ -66,7 +66,7 @@ class Group(click.Group):
         try:
             from .distributed import Standby, finish
 
-            _join_torchrun()
+            _join_torchrun(ctx.args)
             try:
                 result = super().invoke(ctx)
             except Standby:
@@ -123,14 +123,21 @@ def _interrupted(terminated: bool) -> NoReturn:
     sys.exit(143 if terminated else 130)
 
 
-def _join_torchrun() -> None:
-    """Under torchrun, join the command's process group; every rank but 0 prints nothing on
-    stdout (its errors still reach stderr, named by rank) and writes no file (`files`)."""
+def _join_torchrun(args: list[str]) -> None:
+    """Under torchrun, join the command's process group (on the device the command's --compute
+    names, read from its arguments here: the group is joined before they are parsed); every
+    rank but 0 prints nothing on stdout (its errors still reach stderr, named by rank) and
+    writes no file (`files`)."""
     import os
 
     from .distributed import is_main, start, world
 
     if world().size > 1:
+        for i, arg in enumerate(args):
+            if arg.startswith("--compute="):
+                os.environ["EDGEMPQ_DEVICE"] = arg.split("=", 1)[1]
+            elif arg == "--compute" and i + 1 < len(args):
+                os.environ["EDGEMPQ_DEVICE"] = args[i + 1]
         start()
         if not is_main():
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the rest of this process
@@ -301,9 +308,9 @@ def budget_options(f: Callable) -> Callable:
 
 
 def compute_option(f: Callable) -> Callable:
-    """--compute: where the heavy stage computes (edgempq.compute), given to every process of the
-    command (and to torchrun's, which inherit the environment) as EDGEMPQ_DEVICE; a bad value or a
-    missing GPU fails before the model loads."""
+    """--compute: where the heavy stage computes (edgempq.compute), set as EDGEMPQ_DEVICE for the
+    process (under torchrun every rank reads it from its own arguments before it joins the group,
+    `_join_torchrun`); a bad value or a missing GPU fails before the model loads."""
     option = click.option("--compute", metavar="cpu|cuda|cuda:N", help="where training and the sensitivity "
                           "search compute (default: the GPU when there is one, else the CPU; also EDGEMPQ_DEVICE)")
 

@@ -23,8 +23,25 @@ M = TypeVar("M", bound=nn.Module)
 
 
 def device() -> torch.device:
-    """The device this process's heavy stages compute on."""
-    return torch.device(distributed.device())
+    """The device this process's heavy stages compute on (on CUDA, in full float32)."""
+    dev = torch.device(distributed.device())
+    if dev.type == "cuda":
+        _full_float32()
+    return dev
+
+
+def _full_float32() -> None:
+    """No TF32 on the GPU: cuDNN's convolutions use it by default (matmuls on request), rounding
+    to 10 mantissa bits, about one int8 step of an activation, so fake-quantized values would
+    flip across their rounding boundaries and measured's and CLADO's near-lossless comparisons
+    (w8a8 against w8a16) would drown in it."""
+    torch.backends.cudnn.conv.fp32_precision = "ieee"
+    torch.backends.cuda.matmul.fp32_precision = "ieee"
+
+
+def rng_devices() -> list[int]:
+    """The CUDA devices whose random state a seeded stage forks (torch.manual_seed seeds them all)."""
+    return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
 
 
 def to_device(*tensors: Tensor) -> tuple[Tensor, ...]:

@@ -49,25 +49,33 @@ def is_main() -> bool:
 
 def device() -> str:
     """Where this process's heavy stages compute (see edgempq.compute): EDGEMPQ_DEVICE (cpu,
-    cuda, cuda:N; `--compute` sets it), else the process's GPU when the machine has one (under
-    torchrun the rank's local GPU), else the CPU."""
+    cuda, cuda:N; `--compute` sets it), else the process's GPU when the machine has one, else the
+    CPU. Under torchrun, `cuda` is each rank's local GPU (one GPU a rank; a numbered GPU is for
+    one process, CUDA_VISIBLE_DEVICES chooses a node's)."""
     import re
 
     import torch
 
-    chosen = os.environ.get("EDGEMPQ_DEVICE", "").strip()
-    if chosen:
-        if not re.fullmatch(r"cpu|cuda(:\d{1,3})?", chosen):
-            raise ConfigError(f"EDGEMPQ_DEVICE (or --compute) is {chosen!r}; give cpu, cuda or cuda:N")
-        if chosen.startswith("cuda"):
-            if not torch.cuda.is_available():
-                raise ConfigError(f"EDGEMPQ_DEVICE (or --compute) is {chosen} but this machine has no CUDA "
-                                  "device; give cpu")
-            if ":" in chosen and int(chosen.split(":")[1]) >= torch.cuda.device_count():
-                raise ConfigError(f"EDGEMPQ_DEVICE (or --compute) is {chosen} but this machine has "
-                                  f"{torch.cuda.device_count()} CUDA device(s), numbered from 0")
+    chosen = os.environ.get("EDGEMPQ_DEVICE", "").strip() or ("cuda" if torch.cuda.is_available() else "cpu")
+    if not re.fullmatch(r"cpu|cuda(:\d{1,3})?", chosen):
+        raise ConfigError(f"EDGEMPQ_DEVICE (or --compute) is {chosen!r}; give cpu, cuda or cuda:N")
+    if chosen == "cpu":
         return chosen
-    return f"cuda:{world().local_rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"
+    if not torch.cuda.is_available():
+        raise ConfigError(f"EDGEMPQ_DEVICE (or --compute) is {chosen} but this machine has no CUDA device; give cpu")
+    count, w = torch.cuda.device_count(), world()
+    if w.size > 1:
+        if chosen != "cuda":
+            raise ConfigError(f"EDGEMPQ_DEVICE (or --compute) is {chosen}, but under torchrun each rank takes its "
+                              "local GPU: give cuda (and CUDA_VISIBLE_DEVICES to choose a node's GPUs)")
+        if w.local_rank >= count:
+            raise ConfigError(f"torchrun started more processes on this node than its {count} CUDA device(s): "
+                              f"give --nproc_per_node={count} or fewer, or --compute cpu")
+        return f"cuda:{w.local_rank}"
+    if ":" in chosen and int(chosen.split(":")[1]) >= count:
+        raise ConfigError(f"EDGEMPQ_DEVICE (or --compute) is {chosen} but this machine has {count} CUDA "
+                          "device(s), numbered from 0")
+    return chosen if ":" in chosen else "cuda:0"
 
 
 def start() -> World:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import compute
 from .errors import ConfigError
 from .metrics import scores, task_loss
 from .progress import Progress
@@ -93,14 +94,14 @@ def fit(
     """Train `model` in place on (x, y); deterministic for `cfg.seed` on one thread count."""
     if len(x) == 0:
         raise ConfigError("the training split is empty; use a larger dataset")
-    with torch.random.fork_rng(devices=[]):  # seeded here, the caller's random state left as it was
+    with torch.random.fork_rng(devices=compute.rng_devices()):  # seeded here, the caller's random state kept
         torch.manual_seed(cfg.seed)
         return _fit(model, x, y, cfg, val, on_step)
 
 
 def _fit(model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: TrainConfig,
          val: tuple[np.ndarray, np.ndarray] | None, on_step: Progress | None) -> TrainResult:
-    from . import compute, data_parallel
+    from . import data_parallel
 
     t0 = time.perf_counter()
     model.train()
@@ -125,7 +126,7 @@ def _epochs(net: nn.Module, data: tuple[np.ndarray, np.ndarray], cfg: TrainConfi
     """Every epoch's steps; the last batch's loss. The batches are drawn and shifted on the CPU
     and moved to the compute device; under torchrun each rank takes its share of each batch (the
     shuffles and shifts are drawn for the whole batch on every rank)."""
-    from . import compute, data_parallel
+    from . import data_parallel
 
     opt, sched, params, total = optim
     gen = torch.Generator().manual_seed(cfg.seed)

@@ -100,3 +100,33 @@ def test_computing_puts_the_model_back_on_the_cpu_when_the_block_fails(monkeypat
         assert m is model
         raise RuntimeError("boom")
     assert next(model.parameters()).device.type == "cpu"
+
+
+def test_which_gpu_each_process_takes(monkeypatch):
+    """The choice alone (no CUDA op runs): this machine's torch is told it has two GPUs."""
+    from edgempq import distributed
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    for var in ("EDGEMPQ_DEVICE", "WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    assert distributed.device() == "cuda:0"  # one process: the first GPU by default
+    monkeypatch.setenv("EDGEMPQ_DEVICE", "cuda:1")
+    assert distributed.device() == "cuda:1"
+    monkeypatch.setenv("EDGEMPQ_DEVICE", "cuda:2")
+    with pytest.raises(ConfigError, match="has 2 CUDA device\\(s\\), numbered from 0"):
+        distributed.device()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("EDGEMPQ_DEVICE", "cuda")
+    assert distributed.device() == "cuda:1"  # under torchrun: the rank's local GPU
+    monkeypatch.setenv("EDGEMPQ_DEVICE", "cuda:0")  # every rank on one GPU would fail in nccl
+    with pytest.raises(ConfigError, match="under torchrun each rank takes its local GPU: give cuda"):
+        distributed.device()
+    monkeypatch.setenv("EDGEMPQ_DEVICE", "cuda")
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    with pytest.raises(ConfigError, match="more processes on this node than its 2 CUDA device"):
+        distributed.device()
+    monkeypatch.setenv("EDGEMPQ_DEVICE", "cpu")
+    assert distributed.device() == "cpu"

@@ -78,7 +78,7 @@ def test_train_and_deploy_under_torchrun(tmp_path):
     import torch
 
     train = [str(BIN / "edgempq"), "train", "--model", "zoo:mnist_cnn?input_size=8", "--data", "digits",
-             "--epochs", "1", "--batch-size", "50", "--lr", "0.02"]
+             "--epochs", "1", "--batch-size", "50", "--lr", "0.02", "--compute", "cpu"]  # read before the group
     _torchrun(1, [*train, "-o", "one.pt"], tmp_path)
     r = _torchrun(2, [*train, "-o", "two.pt"], tmp_path)
     assert r.stdout.count("wrote ") == 1

@@ -48,7 +48,7 @@ def apply(model: nn.Module, policy: Policy, cfg: QuantConfig | None = None,
         _, reason = layer_kind(m)
         if reason:
             raise ConfigError(f"policy sets a precision for layer {name!r}, which stays float: {reason}")
-    q = copy.deepcopy(model).eval()
+    q = copy.deepcopy(model).eval().to("cpu")  # the PTQ and the simulation run on the CPU (edgempq.compute)
     if cfg.fold_bn:
         fold_batchnorm(q, example)
     for name, precision in policy.precisions.items():

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..compute import rng_devices
 from ..errors import ConfigError, DataError
 from ..params import parse_params
 from ..progress import Progress
@@ -118,7 +119,7 @@ def compute(name: str, model: nn.Module, layers: list[Layer], precisions: dict[s
         raise ConfigError(f"precisions name layer(s) {', '.join(unknown)} that are not searchable layers")
     method = cls(parse_params(cls, opts.params or {}))
     work = copy.deepcopy(model).eval()
-    with torch.random.fork_rng(devices=[]):  # seeded here, the caller's random state left as it was
+    with torch.random.fork_rng(devices=rng_devices()):  # seeded here, the caller's random state left as it was
         torch.manual_seed(getattr(method.params, "seed", 0))
         sens = method.compute(work, layers, precisions, data, opts.on_step)
     return dataclasses.replace(sens, model_hash=opts.model_hash, data_id=data.data_id,

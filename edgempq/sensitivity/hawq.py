@@ -117,20 +117,21 @@ class HAWQ(Method):
         fold_batchnorm(model)
         for q in model.parameters():
             q.requires_grad_(False)
-        weights = [model.get_submodule(la.name).weight for la in todo]
-        for w in weights:
-            w.requires_grad_(True)
+        for la in todo:
+            model.get_submodule(la.name).weight.requires_grad_(True)
         gen = torch.Generator().manual_seed(p.seed)
         n = min(len(data.inputs), p.batches * p.batch_size)
         probes = p.probes or auto_probes(sum(la.macs for la in todo) * n)
         x_all, y_all = data.batch(n, p.seed)
         with computing(model):  # the noise terms below are the CPU's, as deploy quantizes there
+            weights = [model.get_submodule(la.name).weight for la in todo]  # the tensors on the device
             traces = self._traces(model, weights, (x_all, y_all), probes, gen, on_step)
         avg = {la.name: t / la.weight_count for la, t in zip(todo, traces, strict=True)}
         # Tr(H)/P × ‖Q(W) − W‖² = Tr(H)/P × ‖W‖² × the relative error, and the input's relative
         # error moves the output as much as the same relative error on the weights
         used = floored(avg)
-        coef = {la.name: used[la.name] * float((w.detach() ** 2).sum()) for la, w in zip(todo, weights, strict=True)}
+        coef = {la.name: used[la.name] * float((model.get_submodule(la.name).weight.detach() ** 2).sum())
+                for la in todo}
         errors = relative_noise(model, todo, precisions, x_all[:p.batch_size])
         penalties = noise_penalties(precisions, coef, errors, p.act_share, normalise=False)
         trace = {la.name: t for la, t in zip(todo, traces, strict=True)}
