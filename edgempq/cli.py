@@ -140,6 +140,7 @@ def train(source: Source, cfg: Any, output: str) -> None:
 @click.option("--policy", "policy_path", type=PATH, help="a policy.json to simulate")
 @click.option("--precision", "precisions", multiple=True, help="a uniform precision to simulate (repeatable)")
 @quant_options
+@compute_option
 def evaluate(source: Source, policy_path: str | None, precisions: tuple[str, ...], quant: Any,
              qat_epochs: int) -> None:
     """Test top-1 of the float model and of simulated (fake-quantized) policies."""
@@ -366,6 +367,7 @@ def validate(artifact: str, device: str, **options: Any) -> None:
 
 @main.command()
 @click.option("--retrain", is_flag=True, help="train again even if cached weights exist")
+@compute_option
 @click.option("-o", "--output", default="edgempq-demo", show_default=True, type=PATH,
               help="where the profile, sensitivity, policy, artifact and report go")
 def demo(retrain: bool, output: str) -> None:
