@@ -78,15 +78,17 @@ def trained(folder: Path, epochs: int = 10) -> tuple[Any, Any, Path]:
     return (*load_model_and_data(MODEL, DATA, weights), weights)
 
 
-def deployed(folder: Path, target_spec: str, chosen: dict[str, Any] | None = None) -> dict[str, Path]:
-    """The trained model deployed for `target_spec` at each policy (by default those of
-    `policies`; `chosen` maps a name to a function of the layers giving one): name -> deploy folder."""
+def deployed(folder: Path, target_spec: str, chosen: dict[str, Any] | None = None,
+             model: tuple | None = None) -> dict[str, Path]:
+    """The trained model (`model`, as `trained` gives it; trained now without) deployed for
+    `target_spec` at each policy (by default those of `policies`; `chosen` maps a name to a
+    function of the layers giving one): name -> deploy folder."""
     from edgempq.export.stage import DeployConfig
     from edgempq.layers import trace
     from edgempq.pipeline import deploy
     from edgempq.targets import load_target
 
-    model, ds, weights = trained(folder)
+    model, ds, weights = model or trained(folder)
     layers = trace(model.module, model.input_shape)
     named = ({n: f(layers) for n, f in chosen.items()} if chosen is not None
              else policies(layers, load_target(target_spec)))

@@ -36,6 +36,14 @@ def device_python(device_venv_python) -> str:
     return device_venv_python
 
 
+@pytest.fixture(scope="session")
+def digits_cnn(tmp_path_factory):
+    """(model, data, weights file): zoo:mnist_cnn at 8x8 trained on the digits (tests/arm64.py)."""
+    from .arm64 import trained
+
+    return trained(tmp_path_factory.mktemp("digits_cnn"))
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     mp = pytest.MonkeyPatch()

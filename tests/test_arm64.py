@@ -17,13 +17,13 @@ from .arm64 import board_python, board_target, compare, deployed
 
 
 @pytest.fixture(scope="module")
-def board(sshd, tmp_path_factory):
+def board(sshd, tmp_path_factory, digits_cnn):
     """The emulated board as a target file, and the artifacts deployed for it."""
     python = board_python()
     folder = tmp_path_factory.mktemp("arm64")
     target_file = folder / "arm64-board.toml"
     target_file.write_text(board_target(sshd, python).to_toml())
-    return {"file": target_file, "folder": folder, "built": deployed(folder, str(target_file))}
+    return {"file": target_file, "folder": folder, "built": deployed(folder, str(target_file), model=digits_cnn)}
 
 
 @pytest.mark.slow

@@ -62,7 +62,7 @@ def _runner(where: Path | str | None, *args: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def artifacts(tmp_path_factory):
+def artifacts(tmp_path_factory, digits_cnn):
     """A mixed artifact any runtime prepares (int8, int4 and float16 weights), one that
     requantizes 8-bit activations to 16 bits, and the test samples as the runner's eval reads
     them. (Before 2.1.3 any w*a16 layer fails but one fed straight by a float op: the input
@@ -75,7 +75,7 @@ def artifacts(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("runtimes")
     built = deployed(folder, "host", {"plain": deal(("w8a8", "w4a8", "f16")),
-                                      "requant": deal(("w8a8", "w8a16"))})
+                                      "requant": deal(("w8a8", "w8a16"))}, model=digits_cnn)
     tflite = (built["plain"] / "model.tflite").read_bytes()
     x, y = eval_samples(tflite)
     np.savez(folder / "data.npz", x=x, y=y)
