@@ -8,7 +8,6 @@ Untrained weights: the arena depends on the graph and the precisions, not on the
 
 from __future__ import annotations
 
-import argparse
 import random
 import sys
 import time
@@ -119,14 +118,9 @@ def section(result: dict, table: Callable) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="one model, four random policies")
-    ap.add_argument("--results", type=Path, default=RESULTS)
-    args = ap.parse_args()
-    out = run(args.quick, args.results)
+    out, results = benchkit.cli(__doc__, run, "one model, four random policies")
     worst = max(abs(r["error"]) for m in out["models"] for r in m["policies"])
-    log(f"worst |error| {worst:.2%}; wrote {args.results / 'arena.json'}")
-
+    log(f"worst |error| {worst:.2%}; wrote {results / 'arena.json'}")
 
 if __name__ == "__main__":
     main()

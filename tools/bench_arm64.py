@@ -15,7 +15,6 @@ Results: bench_results/all/arm64.json.
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -109,12 +108,7 @@ def section(result: dict, table: Callable) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--results", type=Path, default=RESULTS)
-    a = ap.parse_args()
-    run(a.quick, a.results)
-
+    benchkit.cli(__doc__, run, "the default core only")
 
 if __name__ == "__main__":
     main()

@@ -22,7 +22,6 @@ of the command and its children (getrusage). Results: bench_results/all/distribu
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import resource
@@ -387,15 +386,10 @@ def section(result: dict, table: Callable) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="small sample counts, one run each")
-    ap.add_argument("--results", type=Path, default=RESULTS)
-    args = ap.parse_args()
-    out = run(args.quick, args.results)
+    out, results = benchkit.cli(__doc__, run, "small sample counts, one run each")
     for r in out["split"]:
         log(f"{r['method']}: ×{r['speedup']:.2f} on {PROCS} processes, identical {r['identical']}")
-    log(f"wrote {args.results / 'distributed.json'}")
-
+    log(f"wrote {results / 'distributed.json'}")
 
 if __name__ == "__main__":
     main()

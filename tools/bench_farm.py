@@ -13,7 +13,6 @@ the host builds, so the speed-up here is a floor. Results: bench_results/all/far
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import subprocess
@@ -115,12 +114,7 @@ def section(result: dict, table: Callable) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--results", type=Path, default=RESULTS)
-    a = ap.parse_args()
-    run(a.quick, a.results)
-
+    benchkit.cli(__doc__, run, "one run each, no probes")
 
 if __name__ == "__main__":
     main()

@@ -10,7 +10,6 @@ Untrained weights: latency depends on the graph and the precisions, not on the v
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 from collections.abc import Callable
@@ -152,13 +151,8 @@ def section(result: dict, table: Callable) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="one model, five policies")
-    ap.add_argument("--results", type=Path, default=RESULTS)
-    args = ap.parse_args()
-    run(args.quick, args.results)
-    log(f"wrote {args.results / 'latency.json'}")
-
+    _, results = benchkit.cli(__doc__, run, "one model, five policies")
+    log(f"wrote {results / 'latency.json'}")
 
 if __name__ == "__main__":
     main()

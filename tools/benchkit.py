@@ -157,3 +157,15 @@ def rel(a: float, b: float) -> float:
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def cli(doc: str, run, quick_help: str = "a smoke run") -> tuple[dict, Path]:
+    """A part's command line (`--quick`, `--results`), then `run(quick, results)`: its result and
+    the results folder."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help=quick_help)
+    ap.add_argument("--results", type=Path, default=RESULTS)
+    args = ap.parse_args()
+    return run(args.quick, args.results), args.results
