@@ -1,5 +1,6 @@
-"""Part 12 of the benchmarks: one artifact's answers on an emulated arm64 board against this
-machine's, per precision, and what the board costs.
+"""Part 12 of the benchmarks: artifacts' answers on an emulated arm64 board against host's.
+
+Per precision, against this machine's answers, and what the board costs.
 
     .venv/bin/python tools/bench_arm64.py [--quick]   (or tools/bench_all.py --part arm64)
 
